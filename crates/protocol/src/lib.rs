@@ -1,0 +1,22 @@
+//! Meridian's client wire protocol, version 1.
+//!
+//! Clients speak JSON text frames over a WebSocket at `/v1/ws` (see `docs/protocol.md`). This
+//! crate owns everything about those frames and nothing about I/O: validated identifiers
+//! ([`RoomId`], [`UserId`]), request parsing ([`Request::parse`]), replies and server events
+//! ([`Reply`], [`Event`]), the stable error codes ([`ErrorCode`]) and connection tokens
+//! ([`token`]). The region node (`crates/region-node`) drives it; the regional state store
+//! (`crates/region-state`) uses [`RoomEventFrame`] to put sequence numbers into room events
+//! without decoding them again.
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
+mod error;
+mod ids;
+pub mod token;
+mod wire;
+
+pub use error::ErrorCode;
+pub use ids::{IdError, RoomId, UserId};
+pub use wire::{
+    Event, LeftReason, MemberEntry, PresenceEntry, Reply, Request, RequestError, RequestId,
+    ResumePoint, RoomEventFrame, StateEntry, PROTOCOL_VERSION,
+};

@@ -1,0 +1,1009 @@
+//! The production [`StateStore`]: one Redis (or a Sentinel-managed primary) per region.
+//!
+//! Every room's keys share the hash tag `{room}`, and every multi-key update of a room is one
+//! Lua script, so the schema works on Redis Cluster and a crash between two commands cannot
+//! leave a room half-updated. The per-node index (`mn:{node}:idx`) lives in another slot and is
+//! written *before* a join and removed *after* a leave: a crash leaves at most an index entry
+//! whose reaping is a no-op, never a member nobody can reap. See `docs/redis-schema.md`.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use meridian_protocol::{
+    LeftReason, MemberEntry, PresenceEntry, RoomEventFrame, RoomId, StateEntry, UserId,
+};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::streams::StreamRangeReply;
+use redis::{AsyncCommands, Script};
+use serde_json::value::RawValue;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{
+    now_ms, random_token, split_seq, ConnRef, Inbound, JoinOutcome, MemberPage, NodeId, Published,
+    ReapedNode, Recovery, StateStore, StoreError, StoreLimits, StoreResult,
+};
+
+/// Where and how to reach the region's Redis.
+#[derive(Debug, Clone)]
+pub struct RedisStoreConfig {
+    /// `redis://host:port/db` (or `rediss://` for TLS).
+    pub url: String,
+    /// This region's name.
+    pub region: String,
+    /// This node's id.
+    pub node: NodeId,
+    /// Lease, history and replay limits.
+    pub limits: StoreLimits,
+}
+
+/// Keys of one room; all share the `{room}` hash tag.
+struct RoomKeys {
+    keys: [String; 9],
+    channel: String,
+}
+
+impl RoomKeys {
+    fn new(room: &RoomId) -> Self {
+        let k = |s: &str| format!("mr:{{{room}}}:{s}");
+        Self {
+            keys: [
+                k("meta"),  // 1 hash: epoch, seq
+                k("hist"),  // 2 stream: id <seq>-0, field e = frame
+                k("conns"), // 3 set of node|conn|user
+                k("cc"),    // 4 hash user -> connections in the room
+                k("mem"),   // 5 zset of users, score 0 (lexicographic pages)
+                k("reg"),   // 6 hash user -> region
+                k("sv"),    // 7 hash state key -> version
+                k("st"),    // 8 hash state key -> value (JSON)
+                k("idem:"), // 9 idempotency key prefix (per call, see `with_idem`)
+            ],
+            channel: k("ev"),
+        }
+    }
+}
+
+fn room_of_channel(channel: &str) -> Option<RoomId> {
+    let rest = channel.strip_prefix("mr:{")?.strip_suffix("}:ev")?;
+    RoomId::new(rest).ok()
+}
+
+fn user_conns_key(user: &UserId) -> String {
+    format!("mu:{{{user}}}:conns")
+}
+fn lease_key(node: &NodeId) -> String {
+    format!("mn:{{{node}}}:lease")
+}
+fn index_key(node: &NodeId) -> String {
+    format!("mn:{{{node}}}:idx")
+}
+fn reaping_key(node: &NodeId) -> String {
+    format!("mn:{{{node}}}:reaping")
+}
+fn inbox_channel(node: &NodeId) -> String {
+    format!("mn:{{{node}}}:inbox")
+}
+const NODES_KEY: &str = "meridian:nodes";
+
+/// The Lua shared by every script that sequences a room event: ARGV[1..4] are channel,
+/// history length, history TTL (ms) and a fresh epoch for a room that has none.
+const APPEND_LUA: &str = r#"
+local function ensure_epoch()
+  local epoch = redis.call('HGET', KEYS[1], 'epoch')
+  if not epoch then
+    epoch = ARGV[4]
+    redis.call('DEL', KEYS[2])
+    redis.call('HSET', KEYS[1], 'epoch', epoch, 'seq', 0)
+    redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  end
+  return epoch
+end
+local function current_seq()
+  return tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
+end
+local function append(head)
+  local epoch = ensure_epoch()
+  local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+  local s = string.format('%d', seq)
+  local frame = head .. ',"seq":' .. s .. ',"epoch":"' .. epoch .. '"}'
+  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], s .. '-0', 'e', frame)
+  redis.call('PUBLISH', ARGV[1], s .. ' ' .. frame)
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  redis.call('PEXPIRE', KEYS[2], ARGV[3])
+  return {epoch, seq}
+end
+"#;
+
+/// ARGV[5] token, [6] user, [7] region, [8] max members, [9] joined head.
+const JOIN_LUA: &str = r#"
+if redis.call('SADD', KEYS[3], ARGV[5]) == 0 then
+  return {0, ensure_epoch(), current_seq()}
+end
+if redis.call('HINCRBY', KEYS[4], ARGV[6], 1) == 1 then
+  local max = tonumber(ARGV[8])
+  if max > 0 and redis.call('ZCARD', KEYS[5]) >= max then
+    redis.call('SREM', KEYS[3], ARGV[5])
+    redis.call('HDEL', KEYS[4], ARGV[6])
+    return {-1, '', 0}
+  end
+  redis.call('ZADD', KEYS[5], 0, ARGV[6])
+  redis.call('HSET', KEYS[6], ARGV[6], ARGV[7])
+  local r = append(ARGV[9])
+  return {1, r[1], r[2]}
+end
+return {0, ensure_epoch(), current_seq()}
+"#;
+
+/// ARGV[5] token, [6] user, [7] left head.
+const LEAVE_LUA: &str = r#"
+if redis.call('SREM', KEYS[3], ARGV[5]) == 0 then return 0 end
+if redis.call('HINCRBY', KEYS[4], ARGV[6], -1) > 0 then return 0 end
+redis.call('HDEL', KEYS[4], ARGV[6])
+redis.call('ZREM', KEYS[5], ARGV[6])
+redis.call('HDEL', KEYS[6], ARGV[6])
+append(ARGV[7])
+return 1
+"#;
+
+/// ARGV[5] message head, [6] idempotency window in ms ('' without a key). KEYS[9] is the
+/// idempotency key.
+const PUBLISH_LUA: &str = r#"
+if ARGV[6] ~= '' then
+  local prev = redis.call('GET', KEYS[9])
+  if prev then return {0, ensure_epoch(), tonumber(prev)} end
+end
+local r = append(ARGV[5])
+if ARGV[6] ~= '' then redis.call('SET', KEYS[9], r[2], 'PX', ARGV[6]) end
+return {1, r[1], r[2]}
+"#;
+
+/// ARGV[5] key, [6] value, [7] if_version (-1: none), [8] state_changed head.
+const STATE_SET_LUA: &str = r#"
+local cur = tonumber(redis.call('HGET', KEYS[7], ARGV[5]) or '0')
+local want = tonumber(ARGV[7])
+if want >= 0 and cur ~= want then return {-1, cur} end
+local v = cur + 1
+redis.call('HSET', KEYS[7], ARGV[5], v)
+redis.call('HSET', KEYS[8], ARGV[5], ARGV[6])
+redis.call('PEXPIRE', KEYS[7], ARGV[3])
+redis.call('PEXPIRE', KEYS[8], ARGV[3])
+append(ARGV[8] .. ',"version":' .. string.format('%d', v))
+return {1, v}
+"#;
+
+/// ARGV[5] key, [6] if_version (-1: none), [7] state_changed head (value null).
+const STATE_DELETE_LUA: &str = r#"
+local cur = tonumber(redis.call('HGET', KEYS[7], ARGV[5]) or '0')
+local want = tonumber(ARGV[6])
+if want >= 0 and cur ~= want then return {-1, cur} end
+if cur == 0 then return {0, 0} end
+redis.call('HDEL', KEYS[7], ARGV[5])
+redis.call('HDEL', KEYS[8], ARGV[5])
+append(ARGV[7] .. ',"version":' .. string.format('%d', cur + 1))
+return {1, cur + 1}
+"#;
+
+struct Scripts {
+    join: Script,
+    leave: Script,
+    publish: Script,
+    state_set: Script,
+    state_delete: Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        let s = |body: &str| Script::new(&format!("{APPEND_LUA}\n{body}"));
+        Self {
+            join: s(JOIN_LUA),
+            leave: s(LEAVE_LUA),
+            publish: s(PUBLISH_LUA),
+            state_set: s(STATE_SET_LUA),
+            state_delete: s(STATE_DELETE_LUA),
+        }
+    }
+}
+
+/// Commands for the task that owns the pub/sub connection. Processed in order, so a
+/// subscribe and an unsubscribe of the same room can never overtake each other.
+enum PubSubCmd {
+    Subscribe(RoomId, oneshot::Sender<StoreResult<()>>),
+    Unsubscribe(RoomId, oneshot::Sender<StoreResult<()>>),
+}
+
+/// State shared between the store handle and its pub/sub task.
+struct PubSubShared {
+    /// Subscription counts per room; the pub/sub task subscribes the rooms with a count > 0.
+    counts: Mutex<HashMap<RoomId, usize>>,
+    up: AtomicBool,
+}
+
+/// The Redis-backed [`StateStore`].
+pub struct RedisStore {
+    conn: ConnectionManager,
+    config: RedisStoreConfig,
+    scripts: Arc<Scripts>,
+    pubsub: Arc<PubSubShared>,
+    commands: mpsc::UnboundedSender<PubSubCmd>,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("node", &self.config.node)
+            .field("region", &self.config.region)
+            .finish()
+    }
+}
+
+impl RedisStore {
+    /// Connects (commands and pub/sub) and starts the pub/sub task, which pushes this node's
+    /// room events and direct messages into `inbound` and follows reconnects.
+    pub async fn connect(
+        config: RedisStoreConfig,
+        inbound: mpsc::Sender<Inbound>,
+    ) -> StoreResult<Self> {
+        let client = redis::Client::open(config.url.as_str())?;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(1));
+        let conn = client
+            .get_connection_manager_with_config(manager_config)
+            .await?;
+        let pubsub = Arc::new(PubSubShared {
+            counts: Mutex::new(HashMap::new()),
+            up: AtomicBool::new(false),
+        });
+        let (commands, command_rx) = mpsc::unbounded_channel();
+        let (ready_tx, ready_rx) = oneshot::channel();
+        tokio::spawn(pubsub_task(
+            client,
+            inbox_channel(&config.node),
+            pubsub.clone(),
+            command_rx,
+            inbound,
+            ready_tx,
+        ));
+        // The first connection must work; later losses are retried by the task.
+        ready_rx.await.map_err(|_| StoreError::PubSubDown)??;
+        Ok(Self {
+            conn,
+            config,
+            scripts: Arc::new(Scripts::new()),
+            pubsub,
+            commands,
+        })
+    }
+
+    fn conn(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    fn room_script<'a>(&self, script: &'a Script, keys: &RoomKeys) -> redis::ScriptInvocation<'a> {
+        let limits = &self.config.limits;
+        let mut inv = script.prepare_invoke();
+        for k in &keys.keys {
+            inv.key(k);
+        }
+        inv.arg(&keys.channel)
+            .arg(limits.history_len.max(1))
+            .arg(limits.history_ttl.as_millis() as u64)
+            .arg(random_token(8));
+        inv
+    }
+
+    async fn leave_token(
+        &self,
+        room: &RoomId,
+        conn: &ConnRef,
+        reason: LeftReason,
+    ) -> StoreResult<bool> {
+        let keys = RoomKeys::new(room);
+        let head = RoomEventFrame::left(room, &conn.user, &self.config.region, reason);
+        let mut inv = self.room_script(&self.scripts.leave, &keys);
+        inv.arg(conn.room_token())
+            .arg(conn.user.as_str())
+            .arg(head.head());
+        let left: i64 = inv.invoke_async(&mut self.conn()).await?;
+        Ok(left == 1)
+    }
+}
+
+fn index_room_entry(room: &RoomId, conn: &ConnRef) -> String {
+    format!("r|{}|{}|{}", conn.conn, conn.user, room)
+}
+fn index_user_entry(conn: &ConnRef) -> String {
+    format!("u|{}|{}", conn.conn, conn.user)
+}
+
+#[async_trait]
+impl StateStore for RedisStore {
+    fn node(&self) -> &NodeId {
+        &self.config.node
+    }
+
+    fn region(&self) -> &str {
+        &self.config.region
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        let _: String = redis::cmd("PING").query_async(&mut self.conn()).await?;
+        if !self.pubsub.up.load(Ordering::Relaxed) {
+            return Err(StoreError::PubSubDown);
+        }
+        Ok(())
+    }
+
+    async fn renew_lease(&self) -> StoreResult<()> {
+        let node = &self.config.node;
+        let ttl = self.config.limits.lease_ttl.as_millis() as u64;
+        let _: () = redis::pipe()
+            .cmd("SET")
+            .arg(lease_key(node))
+            .arg(&self.config.region)
+            .arg("PX")
+            .arg(ttl)
+            .ignore()
+            .zadd(NODES_KEY, node.as_str(), now_ms())
+            .ignore()
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(())
+    }
+
+    async fn release_lease(&self) -> StoreResult<()> {
+        let node = &self.config.node;
+        let _: () = redis::pipe()
+            .del(lease_key(node))
+            .ignore()
+            .del(index_key(node))
+            .ignore()
+            .zrem(NODES_KEY, node.as_str())
+            .ignore()
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(())
+    }
+
+    async fn reap_dead_nodes(&self) -> StoreResult<Vec<ReapedNode>> {
+        let ttl = self.config.limits.lease_ttl.as_millis() as u64;
+        let stale_before = now_ms().saturating_sub(ttl);
+        let mut conn = self.conn();
+        let candidates: Vec<String> = conn.zrangebyscore(NODES_KEY, "-inf", stale_before).await?;
+        let mut reaped = Vec::new();
+        for candidate in candidates {
+            let Some(node) = NodeId::from_stored(&candidate) else {
+                let _: () = conn.zrem(NODES_KEY, &candidate).await?;
+                continue;
+            };
+            if node == self.config.node {
+                continue;
+            }
+            let alive: bool = conn.exists(lease_key(&node)).await?;
+            if alive {
+                continue;
+            }
+            // One reaper per dead node at a time; the scripts are idempotent anyway.
+            let claimed: bool = redis::cmd("SET")
+                .arg(reaping_key(&node))
+                .arg(self.config.node.as_str())
+                .arg("NX")
+                .arg("PX")
+                .arg(30_000)
+                .query_async::<Option<String>>(&mut conn)
+                .await?
+                .is_some();
+            if !claimed {
+                continue;
+            }
+            let entries: Vec<String> = conn.smembers(index_key(&node)).await?;
+            let mut report = ReapedNode {
+                node: node.clone(),
+                memberships: 0,
+                left_events: 0,
+            };
+            let mut presence = redis::pipe();
+            for entry in &entries {
+                let mut parts = entry.splitn(4, '|');
+                let (kind, conn_no, user) = (parts.next(), parts.next(), parts.next());
+                let (Some(conn_no), Some(user)) = (
+                    conn_no.and_then(|c| c.parse::<u64>().ok()),
+                    user.and_then(|u| UserId::new(u).ok()),
+                ) else {
+                    tracing::warn!(%node, entry, "skipping malformed node index entry");
+                    continue;
+                };
+                let dead = ConnRef {
+                    node: node.clone(),
+                    conn: conn_no,
+                    user,
+                };
+                match (kind, parts.next().map(RoomId::new)) {
+                    (Some("r"), Some(Ok(room))) => {
+                        report.memberships += 1;
+                        if self.leave_token(&room, &dead, LeftReason::NodeLost).await? {
+                            report.left_events += 1;
+                        }
+                    }
+                    (Some("u"), None) => {
+                        presence
+                            .hdel(
+                                user_conns_key(&dead.user),
+                                format!("{}|{}", node, dead.conn),
+                            )
+                            .ignore();
+                    }
+                    _ => tracing::warn!(%node, entry, "skipping malformed node index entry"),
+                }
+            }
+            presence
+                .del(index_key(&node))
+                .ignore()
+                .zrem(NODES_KEY, node.as_str())
+                .ignore()
+                .del(reaping_key(&node))
+                .ignore();
+            let _: () = presence.query_async(&mut conn).await?;
+            reaped.push(report);
+        }
+        Ok(reaped)
+    }
+
+    async fn connect(&self, conn: &ConnRef) -> StoreResult<()> {
+        let _: () = redis::pipe()
+            .sadd(index_key(&conn.node), index_user_entry(conn))
+            .ignore()
+            .hset(
+                user_conns_key(&conn.user),
+                format!("{}|{}", conn.node, conn.conn),
+                format!("{}|{}", self.config.region, now_ms()),
+            )
+            .ignore()
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(())
+    }
+
+    async fn disconnect(&self, conn: &ConnRef) -> StoreResult<()> {
+        let _: () = redis::pipe()
+            .hdel(
+                user_conns_key(&conn.user),
+                format!("{}|{}", conn.node, conn.conn),
+            )
+            .ignore()
+            .srem(index_key(&conn.node), index_user_entry(conn))
+            .ignore()
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(())
+    }
+
+    async fn presence(&self, users: &[UserId]) -> StoreResult<Vec<PresenceEntry>> {
+        let mut pipe = redis::pipe();
+        for user in users {
+            pipe.hgetall(user_conns_key(user));
+        }
+        let per_user: Vec<HashMap<String, String>> = pipe.query_async(&mut self.conn()).await?;
+        // Connections count only while their node's lease lives.
+        let nodes: BTreeSet<&str> = per_user
+            .iter()
+            .flat_map(|m| m.keys())
+            .filter_map(|field| field.split('|').next())
+            .collect();
+        let mut lease_pipe = redis::pipe();
+        for node in &nodes {
+            lease_pipe.exists(format!("mn:{{{node}}}:lease"));
+        }
+        let alive: Vec<bool> = if nodes.is_empty() {
+            Vec::new()
+        } else {
+            lease_pipe.query_async(&mut self.conn()).await?
+        };
+        let live: HashSet<&str> = nodes
+            .iter()
+            .zip(alive)
+            .filter_map(|(n, a)| a.then_some(*n))
+            .collect();
+        Ok(users
+            .iter()
+            .zip(&per_user)
+            .map(|(user, conns)| {
+                let mut connections = 0;
+                let mut regions = BTreeSet::new();
+                for (field, value) in conns {
+                    if field.split('|').next().is_some_and(|n| live.contains(n)) {
+                        connections += 1;
+                        regions.insert(value.split('|').next().unwrap_or_default().to_owned());
+                    }
+                }
+                PresenceEntry {
+                    user: user.clone(),
+                    online: connections > 0,
+                    connections,
+                    regions: regions.into_iter().collect(),
+                }
+            })
+            .collect())
+    }
+
+    async fn join(
+        &self,
+        room: &RoomId,
+        conn: &ConnRef,
+        max_members: u32,
+    ) -> StoreResult<JoinOutcome> {
+        let keys = RoomKeys::new(room);
+        let index_entry = index_room_entry(room, conn);
+        let mut c = self.conn();
+        // Index first: a crash after this leaves an entry whose reaping is a no-op.
+        let _: () = c.sadd(index_key(&conn.node), &index_entry).await?;
+        let head = RoomEventFrame::joined(room, &conn.user, &self.config.region);
+        let mut inv = self.room_script(&self.scripts.join, &keys);
+        inv.arg(conn.room_token())
+            .arg(conn.user.as_str())
+            .arg(&self.config.region)
+            .arg(max_members)
+            .arg(head.head());
+        let (status, epoch, seq): (i64, String, u64) = inv.invoke_async(&mut c).await?;
+        if status < 0 {
+            let _: () = c.srem(index_key(&conn.node), &index_entry).await?;
+            return Err(StoreError::RoomFull { max: max_members });
+        }
+        Ok(JoinOutcome {
+            first: status == 1,
+            epoch,
+            seq,
+        })
+    }
+
+    async fn leave(&self, room: &RoomId, conn: &ConnRef, reason: LeftReason) -> StoreResult<bool> {
+        let left = self.leave_token(room, conn, reason).await?;
+        let _: () = self
+            .conn()
+            .srem(index_key(&conn.node), index_room_entry(room, conn))
+            .await?;
+        Ok(left)
+    }
+
+    async fn members(
+        &self,
+        room: &RoomId,
+        after: Option<&UserId>,
+        limit: u32,
+    ) -> StoreResult<MemberPage> {
+        let keys = RoomKeys::new(room);
+        let min = after.map_or_else(|| "-".to_owned(), |u| format!("({u}"));
+        let limit = limit.max(1);
+        let mut c = self.conn();
+        let users: Vec<String> = redis::cmd("ZRANGEBYLEX")
+            .arg(&keys.keys[4])
+            .arg(min)
+            .arg("+")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit + 1)
+            .query_async(&mut c)
+            .await?;
+        let has_more = users.len() > limit as usize;
+        let users: Vec<String> = users.into_iter().take(limit as usize).collect();
+        let regions: Vec<Option<String>> = if users.is_empty() {
+            Vec::new()
+        } else {
+            redis::cmd("HMGET")
+                .arg(&keys.keys[5])
+                .arg(&users)
+                .query_async(&mut c)
+                .await?
+        };
+        let members = users
+            .into_iter()
+            .zip(regions)
+            .filter_map(|(u, r)| {
+                Some(MemberEntry {
+                    user: UserId::new(u).ok()?,
+                    region: r.unwrap_or_default(),
+                })
+            })
+            .collect::<Vec<_>>();
+        let next = if has_more {
+            members.last().map(|m| m.user.clone())
+        } else {
+            None
+        };
+        Ok(MemberPage { members, next })
+    }
+
+    async fn publish(
+        &self,
+        room: &RoomId,
+        frame: &RoomEventFrame,
+        idempotency: Option<(&UserId, &str)>,
+    ) -> StoreResult<Published> {
+        let mut keys = RoomKeys::new(room);
+        if let Some((user, key)) = idempotency {
+            keys.keys[8] = format!("{}{}|{}", keys.keys[8], user, key);
+        }
+        let mut inv = self.room_script(&self.scripts.publish, &keys);
+        inv.arg(frame.head());
+        match idempotency {
+            Some(_) => inv.arg(self.config.limits.idempotency_window.as_millis() as u64),
+            None => inv.arg(""),
+        };
+        let (status, epoch, seq): (i64, String, u64) = inv.invoke_async(&mut self.conn()).await?;
+        Ok(Published {
+            seq,
+            epoch,
+            duplicate: status == 0,
+        })
+    }
+
+    async fn history(&self, room: &RoomId, epoch: &str, seq: u64) -> StoreResult<Recovery> {
+        let keys = RoomKeys::new(room);
+        let max = self.config.limits.max_replay;
+        let ((cur_epoch, cur_seq), oldest, newer): (
+            (Option<String>, Option<u64>),
+            StreamRangeReply,
+            StreamRangeReply,
+        ) = redis::pipe()
+            .atomic()
+            .cmd("HMGET")
+            .arg(&keys.keys[0])
+            .arg("epoch")
+            .arg("seq")
+            .cmd("XRANGE")
+            .arg(&keys.keys[1])
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(1)
+            .cmd("XRANGE")
+            .arg(&keys.keys[1])
+            .arg(format!("{}-0", seq.saturating_add(1)))
+            .arg("+")
+            .arg("COUNT")
+            .arg(max.saturating_add(1))
+            .query_async(&mut self.conn())
+            .await?;
+        let entry_seq = |id: &str| id.split('-').next().and_then(|s| s.parse::<u64>().ok());
+        let oldest = oldest.ids.first().and_then(|e| entry_seq(&e.id));
+        let mut events = Vec::with_capacity(newer.ids.len());
+        for entry in &newer.ids {
+            let s = entry_seq(&entry.id)
+                .ok_or_else(|| StoreError::Corrupt(format!("stream id {}", entry.id)))?;
+            let frame = match entry.map.get("e") {
+                Some(redis::Value::BulkString(b)) => Bytes::copy_from_slice(b),
+                _ => {
+                    return Err(StoreError::Corrupt(format!(
+                        "history entry {} has no frame",
+                        entry.id
+                    )))
+                }
+            };
+            events.push((s, frame));
+        }
+        Ok(crate::memory::decide_recovery(
+            cur_epoch.as_deref().unwrap_or(""),
+            cur_seq.unwrap_or(0),
+            oldest,
+            epoch,
+            seq,
+            max,
+            events,
+        ))
+    }
+
+    async fn send_direct(&self, to: &UserId, frame: &str) -> StoreResult<bool> {
+        let mut c = self.conn();
+        let fields: Vec<String> = c.hkeys(user_conns_key(to)).await?;
+        let nodes: BTreeSet<&str> = fields.iter().filter_map(|f| f.split('|').next()).collect();
+        if nodes.is_empty() {
+            return Ok(false);
+        }
+        let payload = format!("{to} {frame}");
+        let mut pipe = redis::pipe();
+        for node in &nodes {
+            pipe.publish(format!("mn:{{{node}}}:inbox"), &payload);
+        }
+        let receivers: Vec<u64> = pipe.query_async(&mut c).await?;
+        Ok(receivers.iter().sum::<u64>() > 0)
+    }
+
+    async fn state_set(
+        &self,
+        room: &RoomId,
+        key: &str,
+        value: &RawValue,
+        if_version: Option<u64>,
+        by: &UserId,
+    ) -> StoreResult<u64> {
+        let keys = RoomKeys::new(room);
+        let head = RoomEventFrame::state_changed(room, key, Some(value), by);
+        let mut inv = self.room_script(&self.scripts.state_set, &keys);
+        inv.arg(key)
+            .arg(value.get())
+            .arg(if_version.map_or(-1, |v| v as i64))
+            .arg(head.head());
+        let (status, version): (i64, u64) = inv.invoke_async(&mut self.conn()).await?;
+        if status < 0 {
+            return Err(StoreError::VersionConflict { current: version });
+        }
+        Ok(version)
+    }
+
+    async fn state_get(&self, room: &RoomId, key: Option<&str>) -> StoreResult<Vec<StateEntry>> {
+        let keys = RoomKeys::new(room);
+        let mut c = self.conn();
+        let pairs: Vec<(String, Option<String>, Option<u64>)> = match key {
+            Some(key) => {
+                let (value, version): (Option<String>, Option<u64>) = redis::pipe()
+                    .atomic()
+                    .hget(&keys.keys[7], key)
+                    .hget(&keys.keys[6], key)
+                    .query_async(&mut c)
+                    .await?;
+                vec![(key.to_owned(), value, version)]
+            }
+            None => {
+                let (values, versions): (HashMap<String, String>, HashMap<String, u64>) =
+                    redis::pipe()
+                        .atomic()
+                        .hgetall(&keys.keys[7])
+                        .hgetall(&keys.keys[6])
+                        .query_async(&mut c)
+                        .await?;
+                let mut all: Vec<_> = values
+                    .into_iter()
+                    .map(|(k, v)| {
+                        let version = versions.get(&k).copied();
+                        (k, Some(v), version)
+                    })
+                    .collect();
+                all.sort_by(|a, b| a.0.cmp(&b.0));
+                all
+            }
+        };
+        let mut out = Vec::new();
+        for (key, value, version) in pairs {
+            if let (Some(value), Some(version)) = (value, version) {
+                let value = RawValue::from_string(value)
+                    .map_err(|e| StoreError::Corrupt(format!("state key {key}: {e}")))?;
+                out.push(StateEntry {
+                    key,
+                    value,
+                    version,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    async fn state_delete(
+        &self,
+        room: &RoomId,
+        key: &str,
+        if_version: Option<u64>,
+        by: &UserId,
+    ) -> StoreResult<bool> {
+        let keys = RoomKeys::new(room);
+        let head = RoomEventFrame::state_changed(room, key, None, by);
+        let mut inv = self.room_script(&self.scripts.state_delete, &keys);
+        inv.arg(key)
+            .arg(if_version.map_or(-1, |v| v as i64))
+            .arg(head.head());
+        let (status, version): (i64, u64) = inv.invoke_async(&mut self.conn()).await?;
+        if status < 0 {
+            return Err(StoreError::VersionConflict { current: version });
+        }
+        Ok(status == 1)
+    }
+
+    async fn subscribe(&self, room: &RoomId) -> StoreResult<()> {
+        {
+            let mut counts = self.pubsub.counts.lock().unwrap_or_else(|p| p.into_inner());
+            *counts.entry(room.clone()).or_insert(0) += 1;
+        }
+        let (ack, acked) = oneshot::channel();
+        let result = match self.commands.send(PubSubCmd::Subscribe(room.clone(), ack)) {
+            Ok(()) => match tokio::time::timeout(Duration::from_secs(3), acked).await {
+                Ok(Ok(r)) => r,
+                _ => Err(StoreError::PubSubDown),
+            },
+            Err(_) => Err(StoreError::PubSubDown),
+        };
+        if result.is_err() {
+            // Undo the count so a failed join leaves no subscription behind.
+            self.unsubscribe(room).await?;
+        }
+        result
+    }
+
+    async fn unsubscribe(&self, room: &RoomId) -> StoreResult<()> {
+        {
+            let mut counts = self.pubsub.counts.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(c) = counts.get_mut(room) {
+                *c -= 1;
+                if *c == 0 {
+                    counts.remove(room);
+                }
+            }
+        }
+        // The task re-checks the count when it gets here, so a join racing in between keeps
+        // the subscription.
+        let (ack, acked) = oneshot::channel();
+        if self
+            .commands
+            .send(PubSubCmd::Unsubscribe(room.clone(), ack))
+            .is_err()
+        {
+            return Err(StoreError::PubSubDown);
+        }
+        match tokio::time::timeout(Duration::from_secs(3), acked).await {
+            Ok(Ok(r)) => r,
+            _ => Err(StoreError::PubSubDown),
+        }
+    }
+}
+
+fn room_channel(room: &RoomId) -> String {
+    format!("mr:{{{room}}}:ev")
+}
+
+/// Owns the pub/sub connection: applies subscription commands in order, forwards messages to
+/// the node, and on connection loss reconnects with backoff and restores every subscription.
+async fn pubsub_task(
+    client: redis::Client,
+    inbox: String,
+    shared: Arc<PubSubShared>,
+    mut commands: mpsc::UnboundedReceiver<PubSubCmd>,
+    inbound: mpsc::Sender<Inbound>,
+    ready: oneshot::Sender<StoreResult<()>>,
+) {
+    let mut ready = Some(ready);
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let connected = async {
+            let (mut sink, stream) = client.get_async_pubsub().await?.split();
+            sink.subscribe(&inbox).await?;
+            let rooms: Vec<RoomId> = {
+                let counts = shared.counts.lock().unwrap_or_else(|p| p.into_inner());
+                counts.keys().cloned().collect()
+            };
+            for room in &rooms {
+                sink.subscribe(room_channel(room)).await?;
+            }
+            Ok::<_, redis::RedisError>((sink, stream, rooms))
+        }
+        .await;
+        let (mut sink, mut stream, rooms) = match connected {
+            Ok(c) => c,
+            Err(e) => {
+                if let Some(ready) = ready.take() {
+                    let _ = ready.send(Err(e.into()));
+                    return;
+                }
+                tracing::warn!(error = %e, "redis pub/sub reconnect failed; retrying");
+                if commands.is_closed() {
+                    return;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(50);
+        shared.up.store(true, Ordering::Relaxed);
+        let mut active: HashSet<RoomId> = rooms.into_iter().collect();
+        match ready.take() {
+            Some(ready) => {
+                let _ = ready.send(Ok(()));
+            }
+            None => {
+                tracing::info!(
+                    rooms = active.len(),
+                    "redis pub/sub reconnected; subscriptions restored"
+                );
+                let _ = inbound.send(Inbound::Resubscribed).await;
+            }
+        }
+        loop {
+            tokio::select! {
+                cmd = commands.recv() => {
+                    let Some(cmd) = cmd else { return };
+                    let result = match cmd {
+                        PubSubCmd::Subscribe(room, ack) => {
+                            let r = if active.contains(&room) {
+                                Ok(())
+                            } else {
+                                sink.subscribe(room_channel(&room)).await.map(|()| {
+                                    active.insert(room);
+                                })
+                            };
+                            let failed = r.is_err();
+                            let _ = ack.send(r.map_err(StoreError::from));
+                            if failed { Err(()) } else { Ok(()) }
+                        }
+                        PubSubCmd::Unsubscribe(room, ack) => {
+                            let wanted = {
+                                let counts = shared.counts.lock().unwrap_or_else(|p| p.into_inner());
+                                counts.contains_key(&room)
+                            };
+                            let r = if !wanted && active.remove(&room) {
+                                sink.unsubscribe(room_channel(&room)).await
+                            } else {
+                                Ok(())
+                            };
+                            let failed = r.is_err();
+                            let _ = ack.send(r.map_err(StoreError::from));
+                            if failed { Err(()) } else { Ok(()) }
+                        }
+                    };
+                    if result.is_err() {
+                        break;
+                    }
+                }
+                msg = stream.next() => {
+                    let Some(msg) = msg else { break };
+                    let channel = msg.get_channel_name();
+                    let payload = msg.get_payload_bytes();
+                    let item = if channel == inbox {
+                        split_user(payload)
+                    } else {
+                        room_of_channel(channel).and_then(|room| {
+                            split_seq(payload).map(|(seq, frame)| Inbound::Room { room, seq, frame })
+                        })
+                    };
+                    match item {
+                        Some(item) => {
+                            if inbound.send(item).await.is_err() {
+                                return;
+                            }
+                        }
+                        None => tracing::warn!(channel, "dropping malformed pub/sub message"),
+                    }
+                }
+            }
+        }
+        shared.up.store(false, Ordering::Relaxed);
+        tracing::warn!("redis pub/sub connection lost; reconnecting");
+    }
+}
+
+/// Parses a node inbox payload `"<user> <frame>"`.
+fn split_user(payload: &[u8]) -> Option<Inbound> {
+    let space = payload.iter().position(|b| *b == b' ')?;
+    let user = UserId::new(std::str::from_utf8(&payload[..space]).ok()?).ok()?;
+    Some(Inbound::Direct {
+        user,
+        frame: Bytes::copy_from_slice(&payload[space + 1..]),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_round_trip() {
+        let room = RoomId::new("a/b:c").unwrap();
+        assert_eq!(room_of_channel(&room_channel(&room)), Some(room));
+        assert_eq!(room_of_channel("mn:{x}:inbox"), None);
+    }
+
+    #[test]
+    fn malformed_inbox_payloads_are_rejected() {
+        assert!(split_user(b"nospace").is_none());
+        assert!(split_user(b"bad{user {}").is_none());
+        assert!(matches!(
+            split_user(b"bob {\"x\":1}"),
+            Some(Inbound::Direct { .. })
+        ));
+        assert!(split_seq(b"x {}").is_none());
+        assert_eq!(split_seq(b"7 {}").map(|(s, _)| s), Some(7));
+    }
+}

@@ -1,0 +1,98 @@
+//! Test support: a real `redis-server` on a free loopback port, killed on drop.
+//!
+//! Used by this crate's conformance tests and by the end-to-end tests in `tests/`.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A `redis-server` child process on `127.0.0.1:<port>`, without persistence.
+#[derive(Debug)]
+pub struct RedisServer {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+/// Errors starting a test Redis.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RedisServerError {
+    /// `redis-server` could not be started (is it installed?).
+    #[error("cannot start redis-server (install it: apt-get install -y redis-server): {0}")]
+    Spawn(std::io::Error),
+    /// The server did not answer PING in time.
+    #[error("redis-server on port {0} did not become ready")]
+    NotReady(u16),
+}
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl RedisServer {
+    /// Starts a server and waits until it answers PING (at most 10 s).
+    pub fn start() -> Result<Self, RedisServerError> {
+        Self::start_with_args(&[])
+    }
+
+    /// Starts a server with extra `redis-server` arguments.
+    pub fn start_with_args(extra: &[&str]) -> Result<Self, RedisServerError> {
+        let port = free_port().map_err(RedisServerError::Spawn)?;
+        let dir =
+            std::env::temp_dir().join(format!("meridian-redis-{port}-{}", crate::random_token(6)));
+        std::fs::create_dir_all(&dir).map_err(RedisServerError::Spawn)?;
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(&dir)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(RedisServerError::Spawn)?;
+        let server = Self { child, port, dir };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(client) = redis::Client::open(server.url().as_str()) {
+                if let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_millis(200))
+                {
+                    if redis::cmd("PING").query::<String>(&mut conn).is_ok() {
+                        return Ok(server);
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err(RedisServerError::NotReady(port))
+    }
+
+    /// The server's port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `redis://127.0.0.1:<port>/`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
