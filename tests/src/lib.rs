@@ -1,1 +1,433 @@
-//! placeholder
+//! Harness for Meridian's end-to-end tests: real `redis-server` and `region-node` processes on
+//! loopback, a WebSocket client that speaks protocol v1, and token minting. Every child is
+//! killed on drop, so a failing test leaves nothing behind.
+//!
+//! The tests need the binaries built first (`cargo build --bins`; `.ci/run` does it).
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, Context, Result};
+use futures_util::{SinkExt, StreamExt};
+use meridian_protocol::token::{issue, Claims, RoomGrant};
+use meridian_protocol::UserId;
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub use region_state::testing::RedisServer;
+
+/// The token secret every test node uses.
+pub const SECRET: &str = "e2e-secret-0123456789";
+
+/// Where cargo put the workspace's binaries (next to this test executable).
+pub fn bin_path(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    // target/<profile>/deps/<test-binary>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .ok_or_else(|| anyhow!("cannot locate the target directory from {}", exe.display()))?;
+    let path = dir.join(name);
+    if !path.exists() {
+        bail!(
+            "{} is missing: run `cargo build --bins` first",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// A scratch directory removed on drop.
+#[derive(Debug)]
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    /// Creates a fresh directory under the system temp dir.
+    pub fn new(tag: &str) -> Result<Self> {
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos();
+        let path =
+            std::env::temp_dir().join(format!("meridian-{tag}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&path)?;
+        Ok(Self(path))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Test timings: short leases and timeouts so failure paths finish in seconds. The ping
+/// timeout is long because test clients only answer pings while they are being read.
+pub const FAST_TIMING: &[(&str, u64)] = &[
+    ("hello_timeout_ms", 1000),
+    ("ping_interval_ms", 1000),
+    ("ping_timeout_ms", 30000),
+    ("lease_ttl_ms", 1500),
+    ("lease_renew_ms", 500),
+    ("reap_interval_ms", 300),
+    ("drain_deadline_ms", 4000),
+    ("drain_reconnect_min_ms", 50),
+    ("drain_reconnect_max_ms", 500),
+];
+
+/// A `region-node` child process.
+#[derive(Debug)]
+pub struct NodeProcess {
+    child: Child,
+    /// Its bound address.
+    pub addr: SocketAddr,
+    _dir: TempDir,
+}
+
+impl NodeProcess {
+    /// Starts a node on `redis_url` with [`FAST_TIMING`] plus `extra` TOML, and waits for its
+    /// "listening on" line.
+    pub fn start(region: &str, redis_url: &str, extra: &str) -> Result<Self> {
+        Self::start_with_timing(region, redis_url, extra, &[])
+    }
+
+    /// Like [`NodeProcess::start`], replacing some [`FAST_TIMING`] values.
+    pub fn start_with_timing(
+        region: &str,
+        redis_url: &str,
+        extra: &str,
+        timing: &[(&str, u64)],
+    ) -> Result<Self> {
+        let dir = TempDir::new("node")?;
+        let config = dir.0.join("node.toml");
+        let mut toml = format!(
+            "region = \"{region}\"\nlisten = \"127.0.0.1:0\"\ntoken_secret = \"{SECRET}\"\n\
+             store = {{ kind = \"redis\", url = \"{redis_url}\" }}\n{extra}\n[timing]\n"
+        );
+        for (key, value) in FAST_TIMING {
+            let value = timing
+                .iter()
+                .find(|(k, _)| k == key)
+                .map_or(*value, |(_, v)| *v);
+            toml.push_str(&format!("{key} = {value}\n"));
+        }
+        std::fs::write(&config, toml)?;
+        let mut child = Command::new(bin_path("region-node")?)
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "warn,region_node=info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("spawn region-node")?;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("listening on ") {
+                    let _ = tx.send(addr.trim().to_owned());
+                }
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(a) => a.parse()?,
+            Err(_) => {
+                let _ = child.kill();
+                bail!("region-node did not report its address");
+            }
+        };
+        Ok(Self {
+            child,
+            addr,
+            _dir: dir,
+        })
+    }
+
+    /// `ws://addr/v1/ws`.
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/v1/ws", self.addr)
+    }
+
+    /// Sends a signal (`"KILL"`, `"TERM"`) with kill(1).
+    pub fn signal(&self, sig: &str) -> Result<()> {
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()?;
+        if !status.success() {
+            bail!("kill -{sig} failed");
+        }
+        Ok(())
+    }
+
+    /// Waits for the process to exit, at most `within`; returns its exit status.
+    pub fn wait_exit(&mut self, within: Duration) -> Result<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!("process still running after {within:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// GET a path on the node's HTTP port; returns (status, body).
+    pub async fn http_get(&self, path: &str) -> Result<(u16, String)> {
+        http_get(self.addr, path).await
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal HTTP/1.1 GET over loopback (no client dependency needed for three endpoints).
+pub async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(addr).await?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await??;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow!("bad HTTP response: {text}"))?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// A token for `user` valid for `ttl_secs` (negative: already expired), with grants.
+pub fn token_with(user: &str, ttl_secs: i64, grants: &[(&str, bool)], secret: &str) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let claims = Claims {
+        sub: UserId::new(user).unwrap_or_else(|e| panic!("bad test user {user}: {e}")),
+        exp: (now + ttl_secs).max(0) as u64,
+        rooms: grants
+            .iter()
+            .map(|(p, publish)| RoomGrant {
+                pattern: (*p).to_owned(),
+                publish: *publish,
+            })
+            .collect(),
+    };
+    issue(secret.as_bytes(), &claims).unwrap_or_else(|e| panic!("issue: {e}"))
+}
+
+/// A token for `user` allowed to join and publish everywhere, valid for an hour.
+pub fn token(user: &str) -> String {
+    token_with(user, 3600, &[("*", true)], SECRET)
+}
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A protocol v1 client: requests wait for their reply while events queue up in order.
+#[derive(Debug)]
+pub struct Client {
+    ws: Ws,
+    next_id: u64,
+    events: VecDeque<Value>,
+    /// Set when the server closed the connection (code, reason).
+    pub closed: Option<(u16, String)>,
+}
+
+/// How long a test waits for any one frame.
+pub const WAIT: Duration = Duration::from_secs(5);
+
+impl Client {
+    /// Opens a WebSocket without saying hello.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url)).await??;
+        Ok(Self {
+            ws,
+            next_id: 0,
+            events: VecDeque::new(),
+            closed: None,
+        })
+    }
+
+    /// Connects and says hello with `token`; returns the client and the hello result.
+    pub async fn hello(url: &str, token: &str, resume: Value) -> Result<(Self, Value)> {
+        let mut c = Self::connect(url).await?;
+        let r = c
+            .request(json!({"op": "hello", "token": token, "resume": resume}))
+            .await?;
+        let result = ok(r)?;
+        Ok((c, result))
+    }
+
+    /// Sends a raw text frame.
+    pub async fn send_raw(&mut self, text: impl Into<String>) -> Result<()> {
+        self.ws.send(Message::Text(text.into().into())).await?;
+        Ok(())
+    }
+
+    async fn next_frame(&mut self, wait: Duration) -> Result<Option<Value>> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let msg = match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => return Ok(None),
+                Ok(None) => bail!("connection closed (close: {:?})", self.closed),
+                Ok(Some(m)) => m?,
+            };
+            match msg {
+                Message::Text(t) => return Ok(Some(serde_json::from_str(&t)?)),
+                Message::Close(f) => {
+                    self.closed = Some(
+                        f.map(|f| (u16::from(f.code), f.reason.to_string()))
+                            .unwrap_or((1005, String::new())),
+                    );
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Sends a request (an `id` is added) and waits for its reply; events received meanwhile
+    /// are queued for [`Client::event`].
+    pub async fn request(&mut self, mut req: Value) -> Result<Value> {
+        self.next_id += 1;
+        let id = self.next_id;
+        req["id"] = json!(id);
+        self.send_raw(req.to_string()).await?;
+        self.reply_for(Some(id)).await
+    }
+
+    /// Waits for the reply with this id (`None`: a reply with `id: null`).
+    pub async fn reply_for(&mut self, id: Option<u64>) -> Result<Value> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Some(frame) = self.next_frame(left).await? else {
+                bail!("no reply to request {id:?}")
+            };
+            let is_reply = matches!(frame["type"].as_str(), Some("ok") | Some("error"))
+                && frame.get("id").is_some();
+            if is_reply && frame["id"].as_u64() == id {
+                return Ok(frame);
+            }
+            self.events.push_back(frame);
+        }
+    }
+
+    /// The next server event of type `kind` (others are kept), within `wait`.
+    pub async fn event_within(&mut self, kind: &str, wait: Duration) -> Result<Value> {
+        if let Some(i) = self.events.iter().position(|e| e["type"] == kind) {
+            return self.events.remove(i).ok_or_else(|| anyhow!("queue"));
+        }
+        let deadline = Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Some(frame) = self.next_frame(left).await? else {
+                bail!("no {kind} event within {wait:?}")
+            };
+            if frame["type"] == kind {
+                return Ok(frame);
+            }
+            self.events.push_back(frame);
+        }
+    }
+
+    /// The next event of type `kind` within [`WAIT`].
+    pub async fn event(&mut self, kind: &str) -> Result<Value> {
+        self.event_within(kind, WAIT).await
+    }
+
+    /// Every event of type `kind` that arrives within `wait` (plus those queued).
+    pub async fn drain_events(&mut self, kind: &str, wait: Duration) -> Result<Vec<Value>> {
+        let mut out: Vec<Value> = Vec::new();
+        let mut rest = VecDeque::new();
+        for e in self.events.drain(..) {
+            if e["type"] == kind {
+                out.push(e)
+            } else {
+                rest.push_back(e)
+            }
+        }
+        self.events = rest;
+        let deadline = Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(out);
+            }
+            match self.next_frame(left).await {
+                Ok(Some(f)) if f["type"] == kind => out.push(f),
+                Ok(Some(f)) => self.events.push_back(f),
+                Ok(None) | Err(_) => return Ok(out),
+            }
+        }
+    }
+
+    /// Waits until the server closes the connection; returns the close code.
+    pub async fn closed_within(&mut self, wait: Duration) -> Result<u16> {
+        let deadline = Instant::now() + wait;
+        loop {
+            if let Some((code, _)) = &self.closed {
+                return Ok(*code);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                bail!("connection still open after {wait:?}");
+            }
+            match self.next_frame(left).await {
+                Ok(Some(f)) => self.events.push_back(f),
+                Ok(None) => {}
+                Err(_) => return Ok(self.closed.as_ref().map_or(1006, |c| c.0)),
+            }
+        }
+    }
+}
+
+/// The `result` of an `ok` reply, or an error naming the code.
+pub fn ok(reply: Value) -> Result<Value> {
+    if reply["type"] == "ok" {
+        Ok(reply["result"].clone())
+    } else {
+        bail!("expected ok, got {reply}")
+    }
+}
+
+/// The `code` of an `error` reply.
+pub fn error_code(reply: &Value) -> String {
+    assert_eq!(
+        reply["type"], "error",
+        "expected an error reply, got {reply}"
+    );
+    reply["code"].as_str().unwrap_or_default().to_owned()
+}
+
+/// Polls `check` every 50 ms until it returns true or `within` passes.
+pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}

@@ -3,6 +3,9 @@
 //! A [`Harness`] makes stores for several nodes of one region; [`run_all`] runs every check
 //! against it. Rooms and users get random names, so checks never see each other's data.
 
+// A test suite: a panic is a failed assertion.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -21,45 +24,26 @@ pub trait Harness: Send + Sync {
     async fn node(&self, limits: StoreLimits) -> (Box<dyn StateStore>, mpsc::Receiver<Inbound>);
 }
 
-type Check =
-    fn(&'static dyn Harness) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
-
-/// Every check, by name.
-pub const CHECKS: &[(&str, Check)] = &[
-    ("join_leave_events_count_connections", |h| {
-        Box::pin(join_leave_events_count_connections(h))
-    }),
-    ("publish_sequences_and_replays", |h| {
-        Box::pin(publish_sequences_and_replays(h))
-    }),
-    ("trimmed_or_foreign_history_is_lost", |h| {
-        Box::pin(trimmed_or_foreign_history_is_lost(h))
-    }),
-    ("idempotent_publish", |h| Box::pin(idempotent_publish(h))),
-    ("members_paginate_in_order", |h| {
-        Box::pin(members_paginate_in_order(h))
-    }),
-    ("room_full_is_refused", |h| {
-        Box::pin(room_full_is_refused(h))
-    }),
-    ("presence_and_direct_messages", |h| {
-        Box::pin(presence_and_direct_messages(h))
-    }),
-    ("state_versions_and_cas", |h| {
-        Box::pin(state_versions_and_cas(h))
-    }),
-    ("dead_node_is_reaped", |h| Box::pin(dead_node_is_reaped(h))),
-    ("unsubscribe_stops_events", |h| {
-        Box::pin(unsubscribe_stops_events(h))
-    }),
-];
-
-/// Runs every check in [`CHECKS`].
-pub async fn run_all(h: &'static dyn Harness) {
-    for (name, check) in CHECKS {
-        eprintln!("conformance: {name}");
-        check(h).await;
+/// Runs every check, in order, printing each name so a failure is easy to place.
+pub async fn run_all(h: &dyn Harness) {
+    macro_rules! check {
+        ($($name:ident),* $(,)?) => {$(
+            eprintln!("conformance: {}", stringify!($name));
+            $name(h).await;
+        )*};
     }
+    check!(
+        join_leave_events_count_connections,
+        publish_sequences_and_replays,
+        trimmed_or_foreign_history_is_lost,
+        idempotent_publish,
+        members_paginate_in_order,
+        room_full_is_refused,
+        presence_and_direct_messages,
+        state_versions_and_cas,
+        dead_node_is_reaped,
+        unsubscribe_stops_events,
+    );
 }
 
 fn room() -> RoomId {
@@ -107,7 +91,7 @@ async fn assert_quiet(rx: &mut mpsc::Receiver<Inbound>) {
     }
 }
 
-async fn join_leave_events_count_connections(h: &'static dyn Harness) {
+async fn join_leave_events_count_connections(h: &dyn Harness) {
     let (observer, mut events) = h.node(StoreLimits::default()).await;
     let (other, _rx) = h.node(StoreLimits::default()).await;
     let r = room();
@@ -131,6 +115,14 @@ async fn join_leave_events_count_connections(h: &'static dyn Harness) {
     assert_eq!(j2.seq, j1.seq);
     // Joining again on the same connection is a no-op.
     assert!(!other.join(&r, &tab2, 0).await.unwrap().first);
+    // A third connection of the same user, on another node.
+    let tab3 = conn(&*observer, 1, &alice);
+    assert!(!observer.join(&r, &tab3, 0).await.unwrap().first);
+    assert!(!observer
+        .leave(&r, &tab3, LeftReason::Disconnect)
+        .await
+        .unwrap());
+    assert_quiet(&mut events).await;
     let page = observer.members(&r, None, 10).await.unwrap();
     assert_eq!(page.members.len(), 1);
     assert_eq!(page.members[0].region, other.region());
@@ -160,7 +152,7 @@ async fn join_leave_events_count_connections(h: &'static dyn Harness) {
     observer.unsubscribe(&r).await.unwrap();
 }
 
-async fn publish_sequences_and_replays(h: &'static dyn Harness) {
+async fn publish_sequences_and_replays(h: &dyn Harness) {
     let (store, mut events) = h.node(StoreLimits::default()).await;
     let r = room();
     let u = user("pub");
@@ -207,7 +199,7 @@ async fn publish_sequences_and_replays(h: &'static dyn Harness) {
     store.unsubscribe(&r).await.unwrap();
 }
 
-async fn trimmed_or_foreign_history_is_lost(h: &'static dyn Harness) {
+async fn trimmed_or_foreign_history_is_lost(h: &dyn Harness) {
     let limits = StoreLimits {
         history_len: 3,
         ..StoreLimits::default()
@@ -251,7 +243,7 @@ async fn trimmed_or_foreign_history_is_lost(h: &'static dyn Harness) {
     ));
 }
 
-async fn idempotent_publish(h: &'static dyn Harness) {
+async fn idempotent_publish(h: &dyn Harness) {
     let (store, mut events) = h.node(StoreLimits::default()).await;
     let r = room();
     let u = user("pub");
@@ -274,7 +266,7 @@ async fn idempotent_publish(h: &'static dyn Harness) {
     store.unsubscribe(&r).await.unwrap();
 }
 
-async fn members_paginate_in_order(h: &'static dyn Harness) {
+async fn members_paginate_in_order(h: &dyn Harness) {
     let (store, _events) = h.node(StoreLimits::default()).await;
     let r = room();
     let mut users: Vec<UserId> = (0..25)
@@ -304,7 +296,7 @@ async fn members_paginate_in_order(h: &'static dyn Harness) {
     assert_eq!(seen, users);
 }
 
-async fn room_full_is_refused(h: &'static dyn Harness) {
+async fn room_full_is_refused(h: &dyn Harness) {
     let (store, _events) = h.node(StoreLimits::default()).await;
     let r = room();
     let (a, b, c) = (user("a"), user("b"), user("c"));
@@ -325,7 +317,7 @@ async fn room_full_is_refused(h: &'static dyn Harness) {
     assert_eq!(store.members(&r, None, 10).await.unwrap().members.len(), 2);
 }
 
-async fn presence_and_direct_messages(h: &'static dyn Harness) {
+async fn presence_and_direct_messages(h: &dyn Harness) {
     let (sender, _s_rx) = h.node(StoreLimits::default()).await;
     let (holder, mut h_rx) = h.node(StoreLimits::default()).await;
     sender.renew_lease().await.unwrap();
@@ -363,13 +355,13 @@ async fn presence_and_direct_messages(h: &'static dyn Harness) {
     }
     assert!(!sender.send_direct(&nobody, "{}").await.unwrap());
     holder.disconnect(&c).await.unwrap();
-    assert!(!sender.presence(&[bob.clone()]).await.unwrap()[0].online);
+    assert!(!sender.presence(std::slice::from_ref(&bob)).await.unwrap()[0].online);
     assert!(!sender.send_direct(&bob, "{}").await.unwrap());
     holder.release_lease().await.unwrap();
     sender.release_lease().await.unwrap();
 }
 
-async fn state_versions_and_cas(h: &'static dyn Harness) {
+async fn state_versions_and_cas(h: &dyn Harness) {
     let (store, mut events) = h.node(StoreLimits::default()).await;
     let r = room();
     let u = user("w");
@@ -434,7 +426,7 @@ async fn state_versions_and_cas(h: &'static dyn Harness) {
     store.unsubscribe(&r).await.unwrap();
 }
 
-async fn dead_node_is_reaped(h: &'static dyn Harness) {
+async fn dead_node_is_reaped(h: &dyn Harness) {
     let short = StoreLimits {
         lease_ttl: Duration::from_millis(300),
         ..StoreLimits::default()
@@ -500,7 +492,7 @@ async fn dead_node_is_reaped(h: &'static dyn Harness) {
     let _ = NodeId::random();
 }
 
-async fn unsubscribe_stops_events(h: &'static dyn Harness) {
+async fn unsubscribe_stops_events(h: &dyn Harness) {
     let (store, mut events) = h.node(StoreLimits::default()).await;
     let r = room();
     let u = user("u");

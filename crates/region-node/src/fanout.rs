@@ -1,0 +1,272 @@
+//! The node's only state: which local connections are in which rooms, and which connections
+//! belong to which user. Room events arrive once from the store and are handed, as the same
+//! shared bytes, to every local subscriber's bounded queue.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use axum::extract::ws::Utf8Bytes;
+use meridian_protocol::{RoomId, UserId};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Most events buffered for one subscriber while its join or resume is in flight.
+const MAX_BUFFERED: usize = 4096;
+
+/// The sending side of one connection: a bounded queue and the signal that it overflowed.
+#[derive(Clone, Debug)]
+pub struct Outbox {
+    /// Frames for the connection's socket.
+    pub tx: mpsc::Sender<Utf8Bytes>,
+    /// Cancelled when the queue overflowed: the session sends `reconnect` and closes.
+    pub overflowed: CancellationToken,
+}
+
+impl Outbox {
+    /// Queues a frame without waiting; a full queue marks the connection a slow consumer.
+    pub fn push(&self, frame: Utf8Bytes) -> bool {
+        if self.overflowed.is_cancelled() {
+            return false;
+        }
+        match self.tx.try_send(frame) {
+            Ok(()) => true,
+            Err(_) => {
+                self.overflowed.cancel();
+                false
+            }
+        }
+    }
+}
+
+/// Where a subscriber is in its room's sequence.
+#[derive(Debug)]
+enum Cursor {
+    /// Join or resume in flight: events are held until the join's position is known.
+    Buffering {
+        events: Vec<(u64, Utf8Bytes)>,
+        overflow: bool,
+    },
+    /// Delivering events after `last` of the room's history `epoch`.
+    Live { last: u64, epoch: Arc<str> },
+}
+
+/// One connection's membership of one room.
+#[derive(Debug)]
+pub struct Subscriber {
+    /// Node-local connection number.
+    pub conn: u64,
+    outbox: Outbox,
+    cursor: Mutex<Cursor>,
+}
+
+impl Subscriber {
+    /// A subscriber that buffers until [`Subscriber::go_live`].
+    pub fn new(conn: u64, outbox: Outbox) -> Arc<Self> {
+        Arc::new(Self {
+            conn,
+            outbox,
+            cursor: Mutex::new(Cursor::Buffering {
+                events: Vec::new(),
+                overflow: false,
+            }),
+        })
+    }
+
+    fn cursor(&self) -> MutexGuard<'_, Cursor> {
+        self.cursor.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Delivers an event unless the subscriber has seen its sequence number already.
+    /// Returns whether it was queued.
+    pub fn offer(&self, seq: u64, frame: &Utf8Bytes) -> bool {
+        let mut cursor = self.cursor();
+        match &mut *cursor {
+            Cursor::Buffering { events, overflow } => {
+                if events.len() < MAX_BUFFERED {
+                    events.push((seq, frame.clone()));
+                } else {
+                    *overflow = true;
+                }
+                false
+            }
+            Cursor::Live { last, .. } => {
+                if seq <= *last {
+                    return false;
+                }
+                *last = seq;
+                self.outbox.push(frame.clone())
+            }
+        }
+    }
+
+    /// Switches to live delivery after position `seq` of `epoch` (everything up to it was
+    /// delivered or is not for this subscriber), flushing buffered events after it in order.
+    /// Returns false when the buffer overflowed, i.e. events were lost and the client must
+    /// resync.
+    pub fn go_live(&self, seq: u64, epoch: &str) -> bool {
+        let mut cursor = self.cursor();
+        let epoch: Arc<str> = epoch.into();
+        let live = Cursor::Live {
+            last: seq,
+            epoch: epoch.clone(),
+        };
+        let (events, overflow) = match std::mem::replace(&mut *cursor, live) {
+            Cursor::Buffering { events, overflow } => (events, overflow),
+            Cursor::Live { last, .. } => {
+                *cursor = Cursor::Live {
+                    last: last.max(seq),
+                    epoch,
+                };
+                return true;
+            }
+        };
+        let mut last = seq;
+        for (s, frame) in events {
+            if s > last {
+                last = s;
+                self.outbox.push(frame);
+            }
+        }
+        *cursor = Cursor::Live { last, epoch };
+        !overflow
+    }
+
+    /// The epoch and last sequence number delivered; `None` while buffering.
+    pub fn position(&self) -> Option<(Arc<str>, u64)> {
+        match &*self.cursor() {
+            Cursor::Live { last, epoch } => Some((epoch.clone(), *last)),
+            Cursor::Buffering { .. } => None,
+        }
+    }
+}
+
+/// Local rooms and users of this node.
+#[derive(Debug, Default)]
+pub struct LocalIndex {
+    rooms: Mutex<HashMap<RoomId, Vec<Arc<Subscriber>>>>,
+    users: Mutex<HashMap<UserId, Vec<(u64, Outbox)>>>,
+}
+
+impl LocalIndex {
+    /// Adds a subscriber to a room.
+    pub fn add_subscriber(&self, room: &RoomId, sub: Arc<Subscriber>) {
+        let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
+        rooms.entry(room.clone()).or_default().push(sub);
+    }
+
+    /// Removes a connection's subscriber from a room.
+    pub fn remove_subscriber(&self, room: &RoomId, conn: u64) {
+        let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(subs) = rooms.get_mut(room) {
+            subs.retain(|s| s.conn != conn);
+            if subs.is_empty() {
+                rooms.remove(room);
+            }
+        }
+    }
+
+    /// Hands a room event to every local subscriber of the room. Returns deliveries made.
+    pub fn deliver_room(&self, room: &RoomId, seq: u64, frame: &Utf8Bytes) -> usize {
+        // Clone the Arcs out so the room map is not locked while subscribers are visited.
+        let subs: Vec<Arc<Subscriber>> = {
+            let rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
+            match rooms.get(room) {
+                Some(s) => s.clone(),
+                None => return 0,
+            }
+        };
+        subs.iter().filter(|s| s.offer(seq, frame)).count()
+    }
+
+    /// The local rooms and, for each, the lowest position a live subscriber has reached: what
+    /// a catch-up after a pub/sub outage must replay from.
+    pub fn room_positions(&self) -> Vec<(RoomId, Arc<str>, u64)> {
+        let rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
+        rooms
+            .iter()
+            .filter_map(|(room, subs)| {
+                let (epoch, last) = subs
+                    .iter()
+                    .filter_map(|s| s.position())
+                    .min_by_key(|(_, l)| *l)?;
+                Some((room.clone(), epoch, last))
+            })
+            .collect()
+    }
+
+    /// Registers a connection of a user for direct messages.
+    pub fn add_user_conn(&self, user: &UserId, conn: u64, outbox: Outbox) {
+        let mut users = self.users.lock().unwrap_or_else(|p| p.into_inner());
+        users.entry(user.clone()).or_default().push((conn, outbox));
+    }
+
+    /// Unregisters a connection of a user.
+    pub fn remove_user_conn(&self, user: &UserId, conn: u64) {
+        let mut users = self.users.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(conns) = users.get_mut(user) {
+            conns.retain(|(c, _)| *c != conn);
+            if conns.is_empty() {
+                users.remove(user);
+            }
+        }
+    }
+
+    /// Hands a direct message to every local connection of `user`.
+    pub fn deliver_direct(&self, user: &UserId, frame: &Utf8Bytes) -> usize {
+        let outboxes: Vec<Outbox> = {
+            let users = self.users.lock().unwrap_or_else(|p| p.into_inner());
+            users
+                .get(user)
+                .map(|c| c.iter().map(|(_, o)| o.clone()).collect())
+                .unwrap_or_default()
+        };
+        outboxes.iter().filter(|o| o.push(frame.clone())).count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outbox(cap: usize) -> (Outbox, mpsc::Receiver<Utf8Bytes>) {
+        let (tx, rx) = mpsc::channel(cap);
+        (
+            Outbox {
+                tx,
+                overflowed: CancellationToken::new(),
+            },
+            rx,
+        )
+    }
+
+    #[test]
+    fn buffered_events_flush_in_order_without_duplicates() {
+        let (o, mut rx) = outbox(16);
+        let sub = Subscriber::new(1, o);
+        for s in [5u64, 6, 7] {
+            assert!(!sub.offer(s, &Utf8Bytes::from(format!("{s}"))));
+        }
+        assert!(sub.go_live(5, "e"));
+        assert!(!sub.offer(6, &Utf8Bytes::from("dup")));
+        assert!(sub.offer(8, &Utf8Bytes::from("8")));
+        let got: Vec<String> = std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|f| f.to_string())
+            .collect();
+        assert_eq!(got, vec!["6", "7", "8"]);
+    }
+
+    #[test]
+    fn full_queue_marks_slow_consumer() {
+        let (o, _rx) = outbox(1);
+        let flag = o.overflowed.clone();
+        let sub = Subscriber::new(1, o);
+        sub.go_live(0, "e");
+        assert!(sub.offer(1, &Utf8Bytes::from("a")));
+        assert!(!sub.offer(2, &Utf8Bytes::from("b")));
+        assert!(flag.is_cancelled());
+        assert!(
+            !sub.offer(3, &Utf8Bytes::from("c")),
+            "nothing more is queued once overflowed"
+        );
+    }
+}

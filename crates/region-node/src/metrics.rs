@@ -1,0 +1,147 @@
+//! Prometheus metrics of one node, served at `/metrics`. One registry per node instance (no
+//! globals), so several nodes can run in one test process.
+
+use std::time::Duration;
+
+use meridian_protocol::ErrorCode;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(&'static str, &'static str)>;
+
+/// Every metric the node exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Open WebSocket connections (authenticated or not).
+    pub connections: Gauge,
+    /// Connections accepted since start.
+    pub connections_total: Counter,
+    /// Successful joins.
+    pub joins: Counter,
+    /// Text frames received from clients.
+    pub frames_in: Counter,
+    /// Frames sent to clients (replies, events, replays).
+    pub frames_out: Counter,
+    /// Room events delivered to local subscribers (one per subscriber).
+    pub deliveries: Counter,
+    /// Time to hand one room event to every local subscriber, from its arrival on pub/sub.
+    pub fanout_seconds: Histogram,
+    /// Latency of state store calls, by operation.
+    pub store_seconds: Family<Labels, Histogram>,
+    /// Error replies, by code.
+    pub errors: Family<Labels, Counter>,
+    /// Connections dropped because their send queue filled.
+    pub slow_consumers: Counter,
+    /// Members removed from rooms because their node died.
+    pub reaped_members: Counter,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+fn latency_histogram() -> Histogram {
+    // 50 µs .. ~3.3 s
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 17))
+}
+
+impl Metrics {
+    /// A fresh registry with every metric registered under `meridian_node_`.
+    pub fn new(region: &str) -> Self {
+        let mut root = Registry::with_prefix_and_labels(
+            "meridian_node",
+            [(
+                std::borrow::Cow::Borrowed("region"),
+                std::borrow::Cow::Owned(region.to_owned()),
+            )]
+            .into_iter(),
+        );
+        let m = Self {
+            connections: Gauge::default(),
+            connections_total: Counter::default(),
+            joins: Counter::default(),
+            frames_in: Counter::default(),
+            frames_out: Counter::default(),
+            deliveries: Counter::default(),
+            fanout_seconds: latency_histogram(),
+            store_seconds: Family::new_with_constructor(latency_histogram),
+            errors: Family::default(),
+            slow_consumers: Counter::default(),
+            reaped_members: Counter::default(),
+            registry: Registry::default(),
+        };
+        let r = &mut root;
+        r.register(
+            "connections",
+            "Open WebSocket connections",
+            m.connections.clone(),
+        );
+        r.register(
+            "connections_accepted",
+            "Connections accepted",
+            m.connections_total.clone(),
+        );
+        r.register("joins", "Successful room joins", m.joins.clone());
+        r.register("frames_in", "Text frames received", m.frames_in.clone());
+        r.register("frames_out", "Frames sent", m.frames_out.clone());
+        r.register(
+            "deliveries",
+            "Room events handed to local subscribers",
+            m.deliveries.clone(),
+        );
+        r.register(
+            "fanout_seconds",
+            "Time to hand one room event to all local subscribers",
+            m.fanout_seconds.clone(),
+        );
+        r.register(
+            "store_seconds",
+            "State store call latency by operation",
+            m.store_seconds.clone(),
+        );
+        r.register("errors", "Error replies by code", m.errors.clone());
+        r.register(
+            "slow_consumers",
+            "Connections dropped for a full send queue",
+            m.slow_consumers.clone(),
+        );
+        r.register(
+            "reaped_members",
+            "Room memberships removed from dead nodes",
+            m.reaped_members.clone(),
+        );
+        Self {
+            registry: root,
+            ..m
+        }
+    }
+
+    /// Counts an error reply.
+    pub fn error(&self, code: ErrorCode) {
+        self.errors
+            .get_or_create(&vec![("code", code.as_str())])
+            .inc();
+    }
+
+    /// Records one store call.
+    pub fn store_call(&self, op: &'static str, took: Duration) {
+        self.store_seconds
+            .get_or_create(&vec![("op", op)])
+            .observe(took.as_secs_f64());
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

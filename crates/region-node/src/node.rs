@@ -1,0 +1,367 @@
+//! The node runtime: shared state, background loops (lease, reaper, fan-out dispatcher) and
+//! the HTTP/WebSocket server with graceful drain.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{Utf8Bytes, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use meridian_protocol::token::TokenVerifier;
+use region_state::{
+    Inbound, MemoryRegion, NodeId, Recovery, RedisStore, RedisStoreConfig, StateStore, StoreError,
+};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{NodeConfig, StoreConfig};
+use crate::fanout::LocalIndex;
+use crate::metrics::Metrics;
+
+/// Errors that stop a node from starting or running.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// The regional store could not be reached at start-up.
+    #[error("cannot reach the regional state store: {0}")]
+    Store(#[from] StoreError),
+    /// The listener failed.
+    #[error("server I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Everything a node's sessions and loops share.
+pub struct Node {
+    /// The validated configuration.
+    pub config: Arc<NodeConfig>,
+    /// The regional state store.
+    pub store: Arc<dyn StateStore>,
+    /// Token verification with the shared secret.
+    pub verifier: TokenVerifier,
+    /// Local rooms and users.
+    pub local: LocalIndex,
+    /// Metrics.
+    pub metrics: Metrics,
+    next_conn: AtomicU64,
+    /// Cancelled on SIGTERM: sessions send `reconnect`, `/readyz` fails.
+    pub draining: CancellationToken,
+    /// Cancelled when sessions still open must close (drain grace over).
+    pub closing: CancellationToken,
+    sessions: TaskTracker,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("node", self.store.node())
+            .finish()
+    }
+}
+
+impl Node {
+    /// A fresh connection number.
+    pub fn next_conn(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Times one store call into the `store_seconds` histogram.
+    pub async fn timed<T>(&self, op: &'static str, f: impl std::future::Future<Output = T>) -> T {
+        let start = Instant::now();
+        let out = f.await;
+        self.metrics.store_call(op, start.elapsed());
+        out
+    }
+}
+
+/// A started node: its address and a handle to wait for it.
+#[derive(Debug)]
+pub struct RunningNode {
+    /// The bound address.
+    pub addr: SocketAddr,
+    /// The node's id in the store.
+    pub node_id: NodeId,
+    /// Resolves when the node has fully stopped.
+    pub done: tokio::task::JoinHandle<Result<(), NodeError>>,
+}
+
+/// Connects the configured store and serves on `listener` until `shutdown` is cancelled, then
+/// drains. The library entry point that `main` and in-process tests share.
+pub async fn start(
+    config: NodeConfig,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<RunningNode, NodeError> {
+    let node_id = NodeId::random();
+    let (inbound_tx, inbound_rx) = mpsc::channel(65_536);
+    let limits = config.store_limits();
+    let store: Arc<dyn StateStore> = match &config.store {
+        StoreConfig::Redis { url } => Arc::new(
+            RedisStore::connect(
+                RedisStoreConfig {
+                    url: url.clone(),
+                    region: config.region.clone(),
+                    node: node_id.clone(),
+                    limits,
+                },
+                inbound_tx,
+            )
+            .await?,
+        ),
+        StoreConfig::Memory => {
+            tracing::warn!(
+                "store.kind = memory: single-node dev region, nothing is shared or persisted"
+            );
+            Arc::new(MemoryRegion::new().store(&config.region, node_id.clone(), limits, inbound_tx))
+        }
+    };
+    start_with_store(config, store, inbound_rx, listener, shutdown).await
+}
+
+/// Like [`start`], with a store made by the caller (tests share one [`MemoryRegion`]).
+pub async fn start_with_store(
+    config: NodeConfig,
+    store: Arc<dyn StateStore>,
+    inbound: mpsc::Receiver<Inbound>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<RunningNode, NodeError> {
+    store.renew_lease().await?;
+    let addr = listener.local_addr()?;
+    let node_id = store.node().clone();
+    let node = Arc::new(Node {
+        verifier: TokenVerifier::new(config.token_secret.as_bytes()),
+        metrics: Metrics::new(&config.region),
+        config: Arc::new(config),
+        store,
+        local: LocalIndex::default(),
+        next_conn: AtomicU64::new(0),
+        draining: CancellationToken::new(),
+        closing: CancellationToken::new(),
+        sessions: TaskTracker::new(),
+    });
+    tracing::info!(%addr, node = %node_id, region = %node.config.region, "region node serving");
+    let done = tokio::spawn(run(node, listener, inbound, shutdown));
+    Ok(RunningNode {
+        addr,
+        node_id,
+        done,
+    })
+}
+
+async fn run(
+    node: Arc<Node>,
+    listener: TcpListener,
+    inbound: mpsc::Receiver<Inbound>,
+    shutdown: CancellationToken,
+) -> Result<(), NodeError> {
+    let loops = CancellationToken::new();
+    let background = TaskTracker::new();
+    background.spawn(dispatch(node.clone(), inbound, loops.clone()));
+    background.spawn(lease_loop(node.clone(), loops.clone()));
+    background.spawn(reap_loop(node.clone(), loops.clone()));
+    background.close();
+
+    let app = Router::new()
+        .route("/v1/ws", get(ws_upgrade))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(node.clone());
+    let server_stop = shutdown.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(server_stop.cancelled_owned())
+        .await
+    });
+
+    shutdown.cancelled().await;
+    let deadline = Duration::from_millis(node.config.timing.drain_deadline_ms);
+    let started = Instant::now();
+    tracing::info!(
+        sessions = node.sessions.len(),
+        ?deadline,
+        "draining: telling clients to reconnect"
+    );
+    node.draining.cancel();
+    // Sessions get most of the deadline to go on their own after `reconnect`; then the rest
+    // are closed and every session's store cleanup gets the remainder.
+    let close_at = deadline
+        .saturating_sub(Duration::from_millis(2_000))
+        .max(deadline / 2);
+    node.sessions.close();
+    if tokio::time::timeout(close_at, node.sessions.wait())
+        .await
+        .is_err()
+    {
+        tracing::info!(
+            remaining = node.sessions.len(),
+            "drain grace over: closing remaining sessions"
+        );
+        node.closing.cancel();
+        let rest = deadline
+            .saturating_sub(started.elapsed())
+            .saturating_sub(Duration::from_millis(300));
+        if tokio::time::timeout(rest, node.sessions.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                remaining = node.sessions.len(),
+                "sessions did not finish cleanup in time"
+            );
+        }
+    }
+    match server.await {
+        Ok(Err(e)) => tracing::warn!(error = %e, "server error during shutdown"),
+        Err(e) => tracing::warn!(error = %e, "server task failed"),
+        Ok(Ok(())) => {}
+    }
+    loops.cancel();
+    background.wait().await;
+    if let Err(e) = node.store.release_lease().await {
+        tracing::warn!(error = %e, "could not release the node lease; it will expire");
+    }
+    tracing::info!(
+        took_ms = started.elapsed().as_millis() as u64,
+        "node stopped"
+    );
+    Ok(())
+}
+
+async fn ws_upgrade(
+    State(node): State<Arc<Node>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if node.draining.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
+    }
+    let hard_limit = node
+        .config
+        .limits
+        .max_frame_bytes
+        .saturating_mul(4)
+        .max(64 * 1024);
+    let tracker = node.sessions.clone();
+    ws.max_message_size(hard_limit)
+        .max_frame_size(hard_limit)
+        .on_upgrade(move |socket| tracker.track_future(crate::session::serve(node, socket, peer)))
+}
+
+async fn readyz(State(node): State<Arc<Node>>) -> Response {
+    if node.draining.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
+    }
+    match tokio::time::timeout(Duration::from_secs(1), node.store.ping()).await {
+        Ok(Ok(())) => "ready\n".into_response(),
+        Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}\n")).into_response(),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "store: timeout\n").into_response(),
+    }
+}
+
+async fn metrics(State(node): State<Arc<Node>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        node.metrics.render(),
+    )
+        .into_response()
+}
+
+/// Hands what the store pushes to local connections.
+async fn dispatch(node: Arc<Node>, mut inbound: mpsc::Receiver<Inbound>, stop: CancellationToken) {
+    loop {
+        let item = tokio::select! {
+            _ = stop.cancelled() => return,
+            item = inbound.recv() => match item { Some(i) => i, None => return },
+        };
+        let started = Instant::now();
+        match item {
+            Inbound::Room { room, seq, frame } => {
+                let Ok(text) = Utf8Bytes::try_from(frame) else {
+                    tracing::warn!(%room, "dropping a room event that is not UTF-8");
+                    continue;
+                };
+                let n = node.local.deliver_room(&room, seq, &text);
+                node.metrics.deliveries.inc_by(n as u64);
+                node.metrics
+                    .fanout_seconds
+                    .observe(started.elapsed().as_secs_f64());
+            }
+            Inbound::Direct { user, frame } => {
+                if let Ok(text) = Utf8Bytes::try_from(frame) {
+                    node.local.deliver_direct(&user, &text);
+                }
+            }
+            Inbound::Resubscribed => {
+                tokio::spawn(catch_up(node.clone()));
+            }
+        }
+    }
+}
+
+/// After a pub/sub outage: replays, from room history, what local subscribers missed.
+async fn catch_up(node: Arc<Node>) {
+    for (room, epoch, last) in node.local.room_positions() {
+        match node.store.history(&room, &epoch, last).await {
+            Ok(Recovery::Replay { events, .. }) => {
+                for (seq, frame) in events {
+                    if let Ok(text) = Utf8Bytes::try_from(frame) {
+                        node.local.deliver_room(&room, seq, &text);
+                    }
+                }
+            }
+            Ok(Recovery::Lost { .. }) => {
+                tracing::warn!(%room, "room history no longer covers the pub/sub outage");
+            }
+            Err(e) => tracing::warn!(%room, error = %e, "catch-up after pub/sub outage failed"),
+        }
+    }
+}
+
+async fn lease_loop(node: Arc<Node>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_millis(node.config.timing.lease_renew_ms));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = node.timed("renew_lease", node.store.renew_lease()).await {
+            tracing::warn!(error = %e, "lease renewal failed");
+        }
+    }
+}
+
+async fn reap_loop(node: Arc<Node>, stop: CancellationToken) {
+    let base = node.config.timing.reap_interval_ms;
+    loop {
+        // Jitter so a region's nodes do not all scan at the same instant.
+        let wait = base + rand::random::<u64>() % (base / 4 + 1);
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
+        }
+        match node.timed("reap", node.store.reap_dead_nodes()).await {
+            Ok(reaped) => {
+                for r in reaped {
+                    node.metrics.reaped_members.inc_by(r.memberships as u64);
+                    tracing::info!(dead = %r.node, memberships = r.memberships, left = r.left_events, "reaped a dead node");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "reaper failed"),
+        }
+    }
+}

@@ -1,0 +1,700 @@
+//! One client connection: `hello`, then requests and events until the client leaves, the
+//! connection dies, it falls too far behind, or the node drains.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use meridian_protocol::token::Claims;
+use meridian_protocol::{
+    ErrorCode, Event, LeftReason, Reply, Request, RequestId, ResumePoint, RoomEventFrame, RoomId,
+};
+use region_state::{ConnRef, Recovery, StoreError};
+use serde::Serialize;
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::fanout::{Outbox, Subscriber};
+use crate::node::Node;
+
+/// WebSocket close codes used by the node.
+mod close {
+    pub const NORMAL: u16 = 1000;
+    pub const POLICY: u16 = 1008;
+    pub const TOO_BIG: u16 = 1009;
+    pub const RESTART: u16 = 1012;
+    pub const TRY_LATER: u16 = 1013;
+}
+
+/// A request's failure: code and message for the client.
+struct Failure(ErrorCode, String);
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::RoomFull { max } => {
+                Failure(ErrorCode::RoomFull, format!("room is full ({max} members)"))
+            }
+            StoreError::VersionConflict { current } => Failure(
+                ErrorCode::VersionConflict,
+                format!("the key is at version {current}"),
+            ),
+            e if e.is_retryable() => Failure(
+                ErrorCode::Unavailable,
+                format!("regional store unavailable: {e}"),
+            ),
+            e => Failure(ErrorCode::Internal, e.to_string()),
+        }
+    }
+}
+
+type Outcome = Result<serde_json::Value, Failure>;
+
+/// Token bucket for requests per connection.
+struct TokenBucket {
+    tokens: f64,
+    rate: f64,
+    burst: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    fn new(rate: f64, burst: f64) -> Self {
+        Self {
+            tokens: burst,
+            rate,
+            burst,
+            last: Instant::now(),
+        }
+    }
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens =
+            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Serves one upgraded WebSocket until it ends, then cleans its state out of the store.
+pub async fn serve(node: Arc<Node>, mut ws: WebSocket, peer: SocketAddr) {
+    node.metrics.connections.inc();
+    node.metrics.connections_total.inc();
+    let conn_no = node.next_conn();
+    let span = tracing::debug_span!("conn", conn = conn_no, %peer);
+    let _enter = span.enter();
+    drop(_enter);
+    match hello(&node, &mut ws, conn_no).await {
+        Some((session, replays)) => session.run(ws, replays).await,
+        None => close_with(&mut ws, close::NORMAL, "").await,
+    }
+    node.metrics.connections.dec();
+}
+
+struct Session {
+    node: Arc<Node>,
+    conn: ConnRef,
+    claims: Claims,
+    rooms: HashMap<RoomId, Arc<Subscriber>>,
+    outbox: Outbox,
+    queue: mpsc::Receiver<Utf8Bytes>,
+    bucket: TokenBucket,
+}
+
+async fn send_text(node: &Node, ws: &mut WebSocket, text: impl Into<Utf8Bytes>) -> bool {
+    let timeout = Duration::from_millis(node.config.timing.ping_timeout_ms);
+    node.metrics.frames_out.inc();
+    matches!(
+        tokio::time::timeout(timeout, ws.send(Message::Text(text.into()))).await,
+        Ok(Ok(()))
+    )
+}
+
+async fn close_with(ws: &mut WebSocket, code: u16, reason: &str) {
+    let frame = CloseFrame {
+        code,
+        reason: Utf8Bytes::from(reason),
+    };
+    let _ =
+        tokio::time::timeout(Duration::from_secs(1), ws.send(Message::Close(Some(frame)))).await;
+}
+
+fn error_reply(id: Option<&RequestId>, code: ErrorCode, message: &str) -> String {
+    let reply: Reply<'_, ()> = Reply::Error { id, code, message };
+    reply.encode()
+}
+
+fn ok_reply<T: Serialize>(id: &RequestId, result: T) -> String {
+    Reply::Ok { id, result }.encode()
+}
+
+/// Frames to write right after the hello reply: replayed room history.
+type Replays = Vec<bytes::Bytes>;
+
+/// Waits for `hello`, authenticates and resumes. `None` means the connection is done.
+async fn hello(node: &Arc<Node>, ws: &mut WebSocket, conn_no: u64) -> Option<(Session, Replays)> {
+    let timing = &node.config.timing;
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(timing.hello_timeout_ms);
+    loop {
+        let msg = tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => {
+                node.metrics.error(ErrorCode::NotAuthenticated);
+                let text = Event::Error { code: ErrorCode::NotAuthenticated, message: "no hello in time" }.encode();
+                send_text(node, ws, text).await;
+                close_with(ws, close::POLICY, "no hello in time").await;
+                return None;
+            }
+            _ = node.draining.cancelled() => {
+                close_with(ws, close::TRY_LATER, "draining").await;
+                return None;
+            }
+            msg = ws.recv() => msg,
+        };
+        let text = match msg {
+            Some(Ok(Message::Text(t))) => t,
+            Some(Ok(Message::Binary(_))) => {
+                node.metrics.error(ErrorCode::BinaryNotSupported);
+                send_text(
+                    node,
+                    ws,
+                    error_reply(None, ErrorCode::BinaryNotSupported, "send JSON text frames"),
+                )
+                .await;
+                continue;
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(_)) | None => return None,
+        };
+        node.metrics.frames_in.inc();
+        if text.len() > node.config.limits.max_frame_bytes {
+            node.metrics.error(ErrorCode::FrameTooLarge);
+            send_text(
+                node,
+                ws,
+                error_reply(None, ErrorCode::FrameTooLarge, "frame too large"),
+            )
+            .await;
+            continue;
+        }
+        let (id, request) = match Request::parse(&text) {
+            Ok(r) => r,
+            Err(e) => {
+                node.metrics.error(e.code);
+                send_text(node, ws, error_reply(e.id.as_ref(), e.code, &e.message)).await;
+                continue;
+            }
+        };
+        let Request::Hello { token, resume } = request else {
+            node.metrics.error(ErrorCode::NotAuthenticated);
+            send_text(
+                node,
+                ws,
+                error_reply(Some(&id), ErrorCode::NotAuthenticated, "send hello first"),
+            )
+            .await;
+            continue;
+        };
+        let claims = match token.as_deref().map(|t| node.verifier.verify(t)) {
+            None => Err((ErrorCode::TokenMissing, "hello needs a token".to_owned())),
+            Some(Err(e)) => Err((e.code(), e.to_string())),
+            Some(Ok(c)) => Ok(c),
+        };
+        let claims = match claims {
+            Ok(c) => c,
+            Err((code, message)) => {
+                node.metrics.error(code);
+                send_text(node, ws, error_reply(Some(&id), code, &message)).await;
+                close_with(ws, close::POLICY, code.as_str()).await;
+                return None;
+            }
+        };
+        let conn = ConnRef {
+            node: node.store.node().clone(),
+            conn: conn_no,
+            user: claims.sub.clone(),
+        };
+        if let Err(e) = node.timed("connect", node.store.connect(&conn)).await {
+            let Failure(code, message) = e.into();
+            node.metrics.error(code);
+            send_text(node, ws, error_reply(Some(&id), code, &message)).await;
+            close_with(ws, close::TRY_LATER, "store unavailable").await;
+            return None;
+        }
+        let (tx, queue) = mpsc::channel(node.config.limits.send_queue);
+        let outbox = Outbox {
+            tx,
+            overflowed: CancellationToken::new(),
+        };
+        node.local
+            .add_user_conn(&conn.user, conn_no, outbox.clone());
+        let limits = &node.config.limits;
+        let mut session = Session {
+            node: node.clone(),
+            conn,
+            claims,
+            rooms: HashMap::new(),
+            outbox,
+            queue,
+            bucket: TokenBucket::new(limits.requests_per_second, limits.request_burst),
+        };
+        let mut resumed = Vec::new();
+        let mut replays = Vec::new();
+        for point in resume.into_iter().take(limits.max_rooms_per_connection) {
+            resumed.push(session.resume(point, &mut replays).await);
+        }
+        let reply = ok_reply(
+            &id,
+            json!({
+                "protocol": meridian_protocol::PROTOCOL_VERSION,
+                "user": session.conn.user,
+                "conn": conn_no,
+                "node": session.conn.node.as_str(),
+                "region": node.config.region,
+                "resumed": resumed,
+            }),
+        );
+        if !send_text(node, ws, reply).await {
+            session.cleanup().await;
+            return None;
+        }
+        return Some((session, replays));
+    }
+}
+
+impl Session {
+    async fn run(mut self, mut ws: WebSocket, replays: Replays) {
+        let node = self.node.clone();
+        let timing = &node.config.timing;
+        for frame in replays {
+            if let Ok(text) = Utf8Bytes::try_from(frame) {
+                if !send_text(&node, &mut ws, text).await {
+                    self.cleanup().await;
+                    return;
+                }
+            }
+        }
+        let ping_timeout = Duration::from_millis(timing.ping_timeout_ms);
+        let mut ping = tokio::time::interval(Duration::from_millis(timing.ping_interval_ms));
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ping.tick().await;
+        let mut last_heard = Instant::now();
+        let mut drain_sent = false;
+        let overflowed = self.outbox.overflowed.clone();
+        loop {
+            tokio::select! {
+                biased;
+                _ = overflowed.cancelled() => {
+                    node.metrics.slow_consumers.inc();
+                    tracing::info!(user = %self.conn.user, "slow consumer: send queue full, dropping connection");
+                    let text = Event::Reconnect { after_ms: jitter(100, 1_000), reason: "slow_consumer", url: None, region: None }.encode();
+                    send_text(&node, &mut ws, text).await;
+                    close_with(&mut ws, close::POLICY, "slow consumer").await;
+                    break;
+                }
+                _ = node.closing.cancelled() => {
+                    close_with(&mut ws, close::RESTART, "node shutting down").await;
+                    break;
+                }
+                _ = node.draining.cancelled(), if !drain_sent => {
+                    drain_sent = true;
+                    let t = &node.config.timing;
+                    let text = Event::Reconnect {
+                        after_ms: jitter(t.drain_reconnect_min_ms, t.drain_reconnect_max_ms),
+                        reason: "draining",
+                        url: None,
+                        region: None,
+                    }
+                    .encode();
+                    if !send_text(&node, &mut ws, text).await {
+                        break;
+                    }
+                }
+                frame = self.queue.recv() => {
+                    let Some(frame) = frame else { break };
+                    if !send_text(&node, &mut ws, frame).await {
+                        break;
+                    }
+                }
+                msg = ws.recv() => {
+                    last_heard = Instant::now();
+                    match msg {
+                        Some(Ok(Message::Text(text))) => {
+                            node.metrics.frames_in.inc();
+                            let reply = self.handle(&text).await;
+                            if !send_text(&node, &mut ws, reply).await {
+                                break;
+                            }
+                        }
+                        Some(Ok(Message::Binary(_))) => {
+                            node.metrics.error(ErrorCode::BinaryNotSupported);
+                            if !send_text(&node, &mut ws, error_reply(None, ErrorCode::BinaryNotSupported, "send JSON text frames")).await {
+                                break;
+                            }
+                        }
+                        Some(Ok(Message::Close(_))) | None => break,
+                        Some(Ok(_)) => {}
+                        Some(Err(e)) => {
+                            // tungstenite refuses frames over the hard limit before we see them.
+                            if matches!(e.to_string(), s if s.contains("too long") || s.contains("Space limit")) {
+                                node.metrics.error(ErrorCode::FrameTooLarge);
+                                close_with(&mut ws, close::TOO_BIG, "frame too large").await;
+                            }
+                            break;
+                        }
+                    }
+                }
+                _ = ping.tick() => {
+                    if last_heard.elapsed() > ping_timeout {
+                        tracing::info!(user = %self.conn.user, "no pong within ping_timeout; closing dead connection");
+                        break;
+                    }
+                    if tokio::time::timeout(ping_timeout, ws.send(Message::Ping(bytes::Bytes::new()))).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            ws.send(Message::Close(Some(CloseFrame {
+                code: close::NORMAL,
+                reason: Utf8Bytes::from_static(""),
+            }))),
+        )
+        .await;
+        self.cleanup().await;
+    }
+
+    /// Parses, rate-limits and executes one request; returns the reply frame.
+    async fn handle(&mut self, text: &str) -> String {
+        let node = self.node.clone();
+        if text.len() > node.config.limits.max_frame_bytes {
+            node.metrics.error(ErrorCode::FrameTooLarge);
+            let m = format!(
+                "frame is {} bytes; the limit is {}",
+                text.len(),
+                node.config.limits.max_frame_bytes
+            );
+            return error_reply(None, ErrorCode::FrameTooLarge, &m);
+        }
+        let (id, request) = match Request::parse(text) {
+            Ok(r) => r,
+            Err(e) => {
+                node.metrics.error(e.code);
+                return error_reply(e.id.as_ref(), e.code, &e.message);
+            }
+        };
+        if !self.bucket.take() {
+            node.metrics.error(ErrorCode::RateLimited);
+            return error_reply(
+                Some(&id),
+                ErrorCode::RateLimited,
+                "too many requests; slow down",
+            );
+        }
+        match self.execute(request).await {
+            Ok(result) => ok_reply(&id, result),
+            Err(Failure(code, message)) => {
+                node.metrics.error(code);
+                error_reply(Some(&id), code, &message)
+            }
+        }
+    }
+
+    async fn execute(&mut self, request: Request) -> Outcome {
+        let node = self.node.clone();
+        let store = &node.store;
+        match request {
+            Request::Hello { .. } => Err(Failure(
+                ErrorCode::AlreadyAuthenticated,
+                "hello was already sent".into(),
+            )),
+            Request::Ping => Ok(json!({ "pong": true })),
+            Request::Join { room } => {
+                if let Some(sub) = self.rooms.get(&room) {
+                    let (epoch, seq) = sub.position().unwrap_or_default();
+                    return Ok(
+                        json!({ "room": room, "epoch": &*epoch, "seq": seq, "first": false }),
+                    );
+                }
+                let mut discard = Vec::new();
+                let (epoch, seq, first) = self.join(&room, None, &mut discard).await?;
+                Ok(json!({ "room": room, "epoch": epoch, "seq": seq, "first": first }))
+            }
+            Request::Leave { room } => {
+                let Some(_) = self.rooms.get(&room) else {
+                    return Err(not_joined(&room));
+                };
+                let left = node
+                    .timed("leave", store.leave(&room, &self.conn, LeftReason::Leave))
+                    .await?;
+                self.rooms.remove(&room);
+                node.local.remove_subscriber(&room, self.conn.conn);
+                let _ = store.unsubscribe(&room).await;
+                Ok(json!({ "room": room, "left": left }))
+            }
+            Request::Publish {
+                room,
+                data,
+                idempotency_key,
+            } => {
+                self.may_write(&room)?;
+                let frame = RoomEventFrame::message(&room, &self.conn.user, &data);
+                let idem = idempotency_key.as_deref().map(|k| (&self.conn.user, k));
+                let p = node
+                    .timed("publish", store.publish(&room, &frame, idem))
+                    .await?;
+                Ok(
+                    json!({ "room": room, "seq": p.seq, "epoch": p.epoch, "duplicate": p.duplicate }),
+                )
+            }
+            Request::Send { to, data } => {
+                let frame = Event::Direct {
+                    from: &self.conn.user,
+                    data: &data,
+                }
+                .encode();
+                if node
+                    .timed("send_direct", store.send_direct(&to, &frame))
+                    .await?
+                {
+                    Ok(json!({ "to": to }))
+                } else {
+                    Err(Failure(
+                        ErrorCode::UserOffline,
+                        format!("{to} has no live connection"),
+                    ))
+                }
+            }
+            Request::Members { room, after, limit } => {
+                self.may_see(&room)?;
+                let max = node.config.limits.members_page_max;
+                let limit = limit.unwrap_or(max).clamp(1, max);
+                let page = node
+                    .timed("members", store.members(&room, after.as_ref(), limit))
+                    .await?;
+                Ok(json!({ "room": room, "members": page.members, "next": page.next }))
+            }
+            Request::Presence { users } => {
+                let entries = node.timed("presence", store.presence(&users)).await?;
+                Ok(json!({ "users": entries }))
+            }
+            Request::StateSet {
+                room,
+                key,
+                value,
+                if_version,
+            } => {
+                self.may_write(&room)?;
+                let version = node
+                    .timed(
+                        "state_set",
+                        store.state_set(&room, &key, &value, if_version, &self.conn.user),
+                    )
+                    .await?;
+                Ok(json!({ "room": room, "key": key, "version": version }))
+            }
+            Request::StateGet { room, key } => {
+                self.may_see(&room)?;
+                let entries = node
+                    .timed("state_get", store.state_get(&room, key.as_deref()))
+                    .await?;
+                Ok(json!({ "room": room, "entries": entries }))
+            }
+            Request::StateDelete {
+                room,
+                key,
+                if_version,
+            } => {
+                self.may_write(&room)?;
+                let deleted = node
+                    .timed(
+                        "state_delete",
+                        store.state_delete(&room, &key, if_version, &self.conn.user),
+                    )
+                    .await?;
+                Ok(json!({ "room": room, "key": key, "deleted": deleted }))
+            }
+            _ => Err(Failure(
+                ErrorCode::UnknownOp,
+                "op not supported by this node".into(),
+            )),
+        }
+    }
+
+    fn may_see(&self, room: &RoomId) -> Result<(), Failure> {
+        if self.claims.may_join(room) {
+            Ok(())
+        } else {
+            Err(Failure(
+                ErrorCode::Forbidden,
+                format!("the token does not cover room {room}"),
+            ))
+        }
+    }
+
+    fn may_write(&self, room: &RoomId) -> Result<(), Failure> {
+        if !self.rooms.contains_key(room) {
+            return Err(not_joined(room));
+        }
+        if !self.claims.may_publish(room) {
+            return Err(Failure(
+                ErrorCode::PublishForbidden,
+                format!("the token does not allow publishing in {room}"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Joins a room: subscribe first (so nothing published after the join is missed), then
+    /// the store join, then — when resuming — the history replay, then live delivery.
+    /// Returns (epoch, seq, first).
+    async fn join(
+        &mut self,
+        room: &RoomId,
+        resume: Option<(&str, u64)>,
+        replays: &mut Replays,
+    ) -> Result<(String, u64, bool), Failure> {
+        self.may_see(room)?;
+        let node = self.node.clone();
+        let limits = &node.config.limits;
+        if self.rooms.len() >= limits.max_rooms_per_connection {
+            return Err(Failure(
+                ErrorCode::TooManyRooms,
+                format!(
+                    "a connection may be in at most {} rooms",
+                    limits.max_rooms_per_connection
+                ),
+            ));
+        }
+        let sub = Subscriber::new(self.conn.conn, self.outbox.clone());
+        node.local.add_subscriber(room, sub.clone());
+        if let Err(e) = node.timed("subscribe", node.store.subscribe(room)).await {
+            node.local.remove_subscriber(room, self.conn.conn);
+            return Err(e.into());
+        }
+        let joined = node
+            .timed(
+                "join",
+                node.store
+                    .join(room, &self.conn, limits.max_members_per_room),
+            )
+            .await;
+        let outcome = match joined {
+            Ok(o) => o,
+            Err(e) => {
+                node.local.remove_subscriber(room, self.conn.conn);
+                let _ = node.store.unsubscribe(room).await;
+                return Err(e.into());
+            }
+        };
+        node.metrics.joins.inc();
+        self.rooms.insert(room.clone(), sub.clone());
+        let mut position = outcome.seq;
+        if let Some((epoch, seq)) = resume {
+            match node
+                .timed("history", node.store.history(room, epoch, seq))
+                .await
+            {
+                Ok(Recovery::Replay { events, .. }) => {
+                    for (s, frame) in events {
+                        // The resumer's own `joined` is not news to it (as on a plain join).
+                        if !(outcome.first && s == outcome.seq) {
+                            replays.push(frame);
+                        }
+                        position = position.max(s);
+                    }
+                }
+                Ok(Recovery::Lost { .. }) => {
+                    sub.go_live(outcome.seq, &outcome.epoch);
+                    return Err(Failure(ErrorCode::Internal, "history_lost".into()));
+                }
+                Err(e) => {
+                    sub.go_live(outcome.seq, &outcome.epoch);
+                    return Err(e.into());
+                }
+            }
+        }
+        sub.go_live(position, &outcome.epoch);
+        Ok((outcome.epoch, position, outcome.first))
+    }
+
+    /// One room of a `hello` resume list, reported as `{room, status, epoch, seq}`.
+    async fn resume(&mut self, point: ResumePoint, replays: &mut Replays) -> serde_json::Value {
+        let ResumePoint { room, epoch, seq } = point;
+        let before = replays.len();
+        match self.join(&room, Some((&epoch, seq)), replays).await {
+            Ok((epoch, seq, _)) => json!({
+                "room": room, "status": "recovered", "epoch": epoch, "seq": seq,
+                "replayed": replays.len() - before,
+            }),
+            Err(Failure(ErrorCode::Internal, m)) if m == "history_lost" => {
+                let (epoch, seq) = self
+                    .rooms
+                    .get(&room)
+                    .and_then(|s| s.position())
+                    .unwrap_or_default();
+                json!({ "room": room, "status": "history_lost", "epoch": &*epoch, "seq": seq })
+            }
+            Err(Failure(code, message)) => {
+                self.node.metrics.error(code);
+                json!({ "room": room, "status": "error", "code": code, "message": message })
+            }
+        }
+    }
+
+    /// Removes the connection's memberships and presence from the store. Retries for a while
+    /// when the store is unreachable so a Redis blip does not leave ghost members.
+    async fn cleanup(&mut self) {
+        let node = self.node.clone();
+        node.local.remove_user_conn(&self.conn.user, self.conn.conn);
+        let rooms: Vec<RoomId> = self.rooms.drain().map(|(r, _)| r).collect();
+        for room in &rooms {
+            node.local.remove_subscriber(room, self.conn.conn);
+        }
+        let store = node.store.clone();
+        let conn = self.conn.clone();
+        let work = async move {
+            let mut pending = rooms;
+            let mut backoff = Duration::from_millis(100);
+            for _ in 0..8 {
+                let mut failed = Vec::new();
+                for room in pending {
+                    match store.leave(&room, &conn, LeftReason::Disconnect).await {
+                        Ok(_) => {
+                            let _ = store.unsubscribe(&room).await;
+                        }
+                        Err(_) => failed.push(room),
+                    }
+                }
+                pending = failed;
+                if pending.is_empty() && store.disconnect(&conn).await.is_ok() {
+                    return;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+            tracing::warn!(user = %conn.user, rooms = pending.len(), "could not remove a closed connection from the store");
+        };
+        work.await;
+    }
+}
+
+fn not_joined(room: &RoomId) -> Failure {
+    Failure(
+        ErrorCode::NotJoined,
+        format!("not in room {room}; join it first"),
+    )
+}
+
+fn jitter(min: u64, max: u64) -> u64 {
+    min + rand::random::<u64>() % (max.saturating_sub(min) + 1)
+}

@@ -1,0 +1,566 @@
+//! End-to-end tests of one region: a real redis-server and two region-node processes.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use meridian_e2e::*;
+use serde_json::{json, Value};
+
+struct Region {
+    redis: RedisServer,
+    n1: NodeProcess,
+    n2: NodeProcess,
+}
+
+fn region() -> Result<Region> {
+    region_with("")
+}
+
+fn region_with(extra: &str) -> Result<Region> {
+    let redis = RedisServer::start()?;
+    let n1 = NodeProcess::start("test-region", &redis.url(), extra)?;
+    let n2 = NodeProcess::start("test-region", &redis.url(), extra)?;
+    Ok(Region { redis, n1, n2 })
+}
+
+async fn join(c: &mut Client, room: &str) -> Result<Value> {
+    ok(c.request(json!({"op": "join", "room": room})).await?)
+}
+
+/// 1. A on node 1 and B on node 2 meet in room R; each sees the other's `joined`; messages
+///    cross nodes exactly once with sequence numbers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reference_flow_across_two_nodes() -> Result<()> {
+    let r = region()?;
+    let (mut a, _) = Client::hello(&r.n1.ws_url(), &token("alice"), json!([])).await?;
+    let (mut b, hello_b) = Client::hello(&r.n2.ws_url(), &token("bob"), json!([])).await?;
+    assert_eq!(hello_b["user"], "bob");
+    assert_eq!(hello_b["region"], "test-region");
+
+    join(&mut b, "room-r").await?;
+    let ja = join(&mut a, "room-r").await?;
+    assert_eq!(ja["first"], true);
+    let joined = b.event("joined").await?;
+    assert_eq!(
+        (joined["user"].as_str(), joined["room"].as_str()),
+        (Some("alice"), Some("room-r"))
+    );
+    // A joined after B: A learns of B from `members` (and B's `joined` came before A's join).
+    let members = ok(a
+        .request(json!({"op": "members", "room": "room-r"}))
+        .await?)?;
+    let mut names: Vec<&str> = members["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["user"].as_str().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, vec!["alice", "bob"]);
+    assert!(members["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|m| m["region"] == "test-region"));
+
+    let pa = ok(a
+        .request(json!({"op": "publish", "room": "room-r", "data": {"text": "hi bob"}}))
+        .await?)?;
+    let seq_a = pa["seq"].as_u64().unwrap();
+    let m = b.event("message").await?;
+    assert_eq!(
+        (
+            m["from"].as_str(),
+            m["data"]["text"].as_str(),
+            m["seq"].as_u64()
+        ),
+        (Some("alice"), Some("hi bob"), Some(seq_a))
+    );
+    let pb = ok(b
+        .request(json!({"op": "publish", "room": "room-r", "data": {"text": "hi alice"}}))
+        .await?)?;
+    assert!(pb["seq"].as_u64().unwrap() > seq_a);
+    let mut got_a = Vec::new();
+    for e in a
+        .drain_events("message", Duration::from_millis(500))
+        .await?
+    {
+        if e["from"] == "bob" {
+            got_a.push(e);
+        }
+    }
+    assert_eq!(got_a.len(), 1, "exactly once: {got_a:?}");
+    assert_eq!(got_a[0]["data"]["text"], "hi alice");
+    let dup_b: Vec<Value> = b
+        .drain_events("message", Duration::from_millis(300))
+        .await?
+        .into_iter()
+        .filter(|e| e["from"] == "alice")
+        .collect();
+    assert!(dup_b.is_empty(), "no duplicate for B: {dup_b:?}");
+
+    // Second tab of A: no new `joined`; closing one tab sends no `left`.
+    let (mut a2, _) = Client::hello(&r.n2.ws_url(), &token("alice"), json!([])).await?;
+    assert_eq!(join(&mut a2, "room-r").await?["first"], false);
+    drop(a2);
+    let lefts = b.drain_events("left", Duration::from_millis(700)).await?;
+    assert!(
+        lefts.is_empty(),
+        "a second tab closing is not a leave: {lefts:?}"
+    );
+    ok(a.request(json!({"op": "leave", "room": "room-r"})).await?)?;
+    let left = b.event("left").await?;
+    assert_eq!(
+        (left["user"].as_str(), left["reason"].as_str()),
+        (Some("alice"), Some("leave"))
+    );
+
+    // Presence and room state across nodes.
+    let p = ok(b
+        .request(json!({"op": "presence", "users": ["alice", "nobody"]}))
+        .await?)?;
+    assert_eq!(p["users"][0]["online"], true);
+    assert_eq!(p["users"][1]["online"], false);
+    ok(b.request(json!({"op": "state_set", "room": "room-r", "key": "topic", "value": "launch", "if_version": 0})).await?)?;
+    join(&mut a, "room-r").await?;
+    let st = ok(a
+        .request(json!({"op": "state_get", "room": "room-r", "key": "topic"}))
+        .await?)?;
+    assert_eq!(
+        (
+            st["entries"][0]["value"].as_str(),
+            st["entries"][0]["version"].as_u64()
+        ),
+        (Some("launch"), Some(1))
+    );
+    let conflict = a.request(json!({"op": "state_set", "room": "room-r", "key": "topic", "value": "x", "if_version": 0})).await?;
+    assert_eq!(error_code(&conflict), "version_conflict");
+    drop(r.redis);
+    Ok(())
+}
+
+/// 2. Direct messages A→B and B→A across nodes, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_messages_cross_nodes_in_order() -> Result<()> {
+    let r = region()?;
+    let (mut a, _) = Client::hello(&r.n1.ws_url(), &token("alice"), json!([])).await?;
+    let (mut b, _) = Client::hello(&r.n2.ws_url(), &token("bob"), json!([])).await?;
+    let offer = json!({"kind": "offer", "sdp": "v=0\r\no=- 46117 2 IN IP4 127.0.0.1\r\n"});
+    ok(a.request(json!({"op": "send", "to": "bob", "data": offer}))
+        .await?)?;
+    for i in 0..5 {
+        ok(a.request(json!({"op": "send", "to": "bob", "data": {"kind": "ice", "candidate": format!("candidate:{i} 1 udp 2122260223 127.0.0.1 5{i}000 typ host")}})).await?)?;
+    }
+    let first = b.event("direct").await?;
+    assert_eq!(
+        (first["from"].as_str(), first["data"]["kind"].as_str()),
+        (Some("alice"), Some("offer"))
+    );
+    assert_eq!(first["data"]["sdp"], offer["sdp"]);
+    for i in 0..5 {
+        let ice = b.event("direct").await?;
+        assert!(
+            ice["data"]["candidate"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("candidate:{i} ")),
+            "in order: {ice}"
+        );
+    }
+    ok(
+        b.request(json!({"op": "send", "to": "alice", "data": {"kind": "answer", "sdp": "v=0"}}))
+            .await?,
+    )?;
+    ok(b.request(
+        json!({"op": "send", "to": "alice", "data": {"kind": "ice", "candidate": "end"}}),
+    )
+    .await?)?;
+    assert_eq!(a.event("direct").await?["data"]["kind"], "answer");
+    assert_eq!(a.event("direct").await?["data"]["candidate"], "end");
+    let offline = a
+        .request(json!({"op": "send", "to": "carol", "data": 1}))
+        .await?;
+    assert_eq!(error_code(&offline), "user_offline");
+    Ok(())
+}
+
+/// 3. kill -9 of node 2: A gets `left {node_lost}` within lease + reap interval, B's presence is
+///    gone; B resumes on node 1 and gets every message published meanwhile, exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_loss_is_reaped_and_resume_misses_nothing() -> Result<()> {
+    let mut r = region()?;
+    let (mut a, _) = Client::hello(&r.n1.ws_url(), &token("alice"), json!([])).await?;
+    let (mut b, _) = Client::hello(&r.n2.ws_url(), &token("bob"), json!([])).await?;
+    join(&mut a, "room-k").await?;
+    let jb = join(&mut b, "room-k").await?;
+    a.event("joined").await?;
+    let p1 = ok(a
+        .request(json!({"op": "publish", "room": "room-k", "data": 1}))
+        .await?)?;
+    let m1 = b.event("message").await?;
+    assert_eq!(m1["seq"], p1["seq"]);
+    let (epoch, last_seen) = (
+        m1["epoch"].as_str().unwrap().to_owned(),
+        m1["seq"].as_u64().unwrap(),
+    );
+    assert_eq!(jb["epoch"].as_str(), Some(epoch.as_str()));
+
+    let killed_at = Instant::now();
+    r.n2.signal("KILL")?;
+    r.n2.wait_exit(Duration::from_secs(5))?;
+    // Published while B is gone.
+    let mut missed = Vec::new();
+    for i in 2..=4 {
+        missed.push(
+            ok(
+                a.request(json!({"op": "publish", "room": "room-k", "data": i}))
+                    .await?,
+            )?["seq"]
+                .as_u64()
+                .unwrap(),
+        );
+    }
+    let left = a.event_within("left", Duration::from_secs(6)).await?;
+    let took = killed_at.elapsed();
+    assert_eq!(
+        (left["user"].as_str(), left["reason"].as_str()),
+        (Some("bob"), Some("node_lost"))
+    );
+    // lease 1.5 s + reap interval 0.3 s (+ jitter, + scheduling).
+    assert!(
+        took < Duration::from_millis(1500 + 300 + 75 + 1500),
+        "left after {took:?}"
+    );
+    eprintln!("node_lost observed {took:?} after kill -9 (lease 1500 ms, reap 300 ms)");
+    let p = ok(a
+        .request(json!({"op": "presence", "users": ["bob"]}))
+        .await?)?;
+    assert_eq!(p["users"][0]["online"], false);
+
+    drop(b);
+    let (mut b, hello) = Client::hello(
+        &r.n1.ws_url(),
+        &token("bob"),
+        json!([{"room": "room-k", "epoch": epoch, "seq": last_seen}]),
+    )
+    .await?;
+    assert_eq!(hello["resumed"][0]["status"], "recovered", "{hello}");
+    let replayed = b
+        .drain_events("message", Duration::from_millis(800))
+        .await?;
+    let seqs: Vec<u64> = replayed
+        .iter()
+        .map(|m| m["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, missed, "every missed message, once, in order");
+    let data: Vec<i64> = replayed
+        .iter()
+        .map(|m| m["data"].as_i64().unwrap())
+        .collect();
+    assert_eq!(data, vec![2, 3, 4]);
+    // Live again after the resume.
+    let p5 = ok(a
+        .request(json!({"op": "publish", "room": "room-k", "data": 5}))
+        .await?)?;
+    let m5 = b.event("message").await?;
+    assert_eq!(m5["seq"], p5["seq"]);
+    assert_eq!(a.event("joined").await?["user"], "bob");
+
+    // A resume from a position the history no longer covers says so.
+    let (_c, lost) = Client::hello(
+        &r.n1.ws_url(),
+        &token("carol"),
+        json!([{"room": "room-k", "epoch": "not-the-epoch", "seq": 1}]),
+    )
+    .await?;
+    assert_eq!(lost["resumed"][0]["status"], "history_lost", "{lost}");
+    Ok(())
+}
+
+/// 4. Bad input gets its error code; the connection (and everyone else) carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_error_codes() -> Result<()> {
+    let r = region_with("[limits]\nmax_frame_bytes = 4096\nrequests_per_second = 5.0\nrequest_burst = 10.0\nmax_rooms_per_connection = 2")?;
+    let url = r.n1.ws_url();
+    // A bystander on the same node, in a room with a member on the other node.
+    let (mut by, _) = Client::hello(&url, &token("bystander"), json!([])).await?;
+    let (mut peer, _) = Client::hello(&r.n2.ws_url(), &token("peer"), json!([])).await?;
+    join(&mut by, "calm").await?;
+    join(&mut peer, "calm").await?;
+
+    // Tokens: missing, forged, expired; each closes the connection with 1008.
+    for (tok, code) in [
+        (None, "token_missing"),
+        (
+            Some(token_with(
+                "mallory",
+                3600,
+                &[("*", true)],
+                "not-the-secret-at-all",
+            )),
+            "token_invalid",
+        ),
+        (Some("garbage".to_owned()), "token_invalid"),
+        (
+            Some(token_with("late", -10, &[("*", true)], SECRET)),
+            "token_expired",
+        ),
+    ] {
+        let mut c = Client::connect(&url).await?;
+        let reply = c
+            .request(match tok {
+                Some(t) => json!({"op": "hello", "token": t}),
+                None => json!({"op": "hello"}),
+            })
+            .await?;
+        assert_eq!(error_code(&reply), code);
+        assert_eq!(c.closed_within(Duration::from_secs(2)).await?, 1008);
+    }
+    // Requests before hello.
+    let mut c = Client::connect(&url).await?;
+    assert_eq!(
+        error_code(&c.request(json!({"op": "join", "room": "calm"})).await?),
+        "not_authenticated"
+    );
+    // Never saying hello: closed after hello_timeout_ms (1 s).
+    let mut silent = Client::connect(&url).await?;
+    assert_eq!(silent.closed_within(Duration::from_secs(3)).await?, 1008);
+
+    let scoped = token_with(
+        "scoped",
+        3600,
+        &[("lobby/*", true), ("stage", false)],
+        SECRET,
+    );
+    let (mut s, _) = Client::hello(&url, &scoped, json!([])).await?;
+    s.send_raw("{not json").await?;
+    assert_eq!(error_code(&s.reply_for(None).await?), "bad_request");
+    s.send_raw("[1,2]").await?;
+    assert_eq!(error_code(&s.reply_for(None).await?), "bad_request");
+    assert_eq!(
+        error_code(&s.request(json!({"op": "teleport"})).await?),
+        "unknown_op"
+    );
+    assert_eq!(
+        error_code(&s.request(json!({"op": "join", "room": "bad room"})).await?),
+        "invalid_id"
+    );
+    assert_eq!(
+        error_code(&s.request(json!({"op": "join"})).await?),
+        "bad_request"
+    );
+    let big = "x".repeat(5000);
+    // Too large to be parsed, so the reply cannot echo the id.
+    s.send_raw(json!({"id": 77, "op": "publish", "room": "lobby/1", "data": big}).to_string())
+        .await?;
+    assert_eq!(error_code(&s.reply_for(None).await?), "frame_too_large");
+    assert_eq!(
+        error_code(&s.request(json!({"op": "join", "room": "secret"})).await?),
+        "forbidden"
+    );
+    assert_eq!(
+        error_code(
+            &s.request(json!({"op": "members", "room": "secret"}))
+                .await?
+        ),
+        "forbidden"
+    );
+    assert_eq!(
+        error_code(
+            &s.request(json!({"op": "publish", "room": "lobby/1", "data": 1}))
+                .await?
+        ),
+        "not_joined"
+    );
+    join(&mut s, "stage").await?;
+    assert_eq!(
+        error_code(
+            &s.request(json!({"op": "publish", "room": "stage", "data": 1}))
+                .await?
+        ),
+        "publish_forbidden"
+    );
+    assert_eq!(
+        error_code(
+            &s.request(json!({"op": "state_set", "room": "stage", "key": "k", "value": 1}))
+                .await?
+        ),
+        "publish_forbidden"
+    );
+    join(&mut s, "lobby/1").await?;
+    assert_eq!(
+        error_code(&s.request(json!({"op": "join", "room": "lobby/2"})).await?),
+        "too_many_rooms"
+    );
+    assert_eq!(
+        error_code(&s.request(json!({"op": "hello", "token": scoped})).await?),
+        "already_authenticated"
+    );
+
+    // Flood past the rate limit: 5/s with a burst of 10.
+    let mut codes = Vec::new();
+    for i in 0..30 {
+        let reply = s
+            .request(json!({"op": "publish", "room": "lobby/1", "data": i}))
+            .await?;
+        codes.push(if reply["type"] == "ok" {
+            "ok".to_owned()
+        } else {
+            error_code(&reply)
+        });
+    }
+    let limited = codes.iter().filter(|c| *c == "rate_limited").count();
+    assert!(limited >= 15, "rate limit applies: {codes:?}");
+    assert!(
+        codes.iter().all(|c| c == "ok" || c == "rate_limited"),
+        "{codes:?}"
+    );
+
+    // An oversized frame beyond the hard limit (4x) closes only that connection (1009).
+    let mut huge = Client::hello(&url, &token("huge"), json!([])).await?.0;
+    huge.send_raw(format!(
+        "{{\"id\":1,\"op\":\"ping\",\"pad\":\"{}\"}}",
+        "y".repeat(70_000)
+    ))
+    .await?;
+    assert_eq!(huge.closed_within(Duration::from_secs(2)).await?, 1009);
+
+    // The bystander and its peer never noticed.
+    let p = ok(by
+        .request(json!({"op": "publish", "room": "calm", "data": "still here"}))
+        .await?)?;
+    let m = peer.event("message").await?;
+    assert_eq!(
+        (m["data"].as_str(), m["seq"].as_u64()),
+        (Some("still here"), p["seq"].as_u64())
+    );
+    assert_eq!(ok(by.request(json!({"op": "ping"})).await?)?["pong"], true);
+    let metrics = r.n1.http_get("/metrics").await?.1;
+    assert!(
+        metrics
+            .contains("meridian_node_errors_total{region=\"test-region\",code=\"rate_limited\"}"),
+        "{metrics}"
+    );
+    Ok(())
+}
+
+/// 5. SIGTERM: clients get `reconnect`, `/readyz` turns false, the process exits in time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_within_deadline() -> Result<()> {
+    let mut r = region()?;
+    assert_eq!(r.n1.http_get("/healthz").await?.0, 200);
+    assert_eq!(r.n1.http_get("/readyz").await?.0, 200);
+    let mut clients = Vec::new();
+    for i in 0..20 {
+        let (mut c, _) = Client::hello(&r.n1.ws_url(), &token(&format!("u{i}")), json!([])).await?;
+        join(&mut c, "drain-room").await?;
+        clients.push(c);
+    }
+    let (mut watcher, _) = Client::hello(&r.n2.ws_url(), &token("watcher"), json!([])).await?;
+    join(&mut watcher, "drain-room").await?;
+
+    let started = Instant::now();
+    r.n1.signal("TERM")?;
+    let mut after = Vec::new();
+    for c in &mut clients {
+        let ev = c.event_within("reconnect", Duration::from_secs(2)).await?;
+        assert_eq!(ev["reason"], "draining");
+        let ms = ev["after_ms"].as_u64().unwrap();
+        assert!(
+            (50..=500).contains(&ms),
+            "jitter within the configured range: {ms}"
+        );
+        after.push(ms);
+    }
+    after.sort();
+    assert!(
+        after.first() != after.last(),
+        "reconnect delays are spread: {after:?}"
+    );
+    let ready = r.n1.http_get("/readyz").await;
+    assert!(
+        ready.map(|(s, _)| s == 503).unwrap_or(true),
+        "not ready while draining"
+    );
+    // Half the clients obey and move to node 2; the rest are closed by the node.
+    for c in clients.iter_mut().take(10) {
+        c.send_raw(r#"{"id":99,"op":"ping"}"#).await?;
+    }
+    let clients_left: Vec<Client> = clients.drain(10..).collect();
+    drop(clients);
+    let status = r.n1.wait_exit(Duration::from_millis(4000 + 1000))?;
+    let took = started.elapsed();
+    assert!(status.success(), "clean exit: {status:?}");
+    assert!(
+        took <= Duration::from_millis(4000 + 500),
+        "exited after {took:?}"
+    );
+    eprintln!("drain: exit {took:?} after SIGTERM (deadline 4000 ms)");
+    drop(clients_left);
+    // Every drained member left the room, none is a ghost.
+    let mut members = 0;
+    let gone = eventually(Duration::from_secs(3), || {
+        let url = r.n2.ws_url();
+        async move {
+            let Ok((mut c, _)) = Client::hello(&url, &token("auditor"), json!([])).await else {
+                return false;
+            };
+            let Ok(reply) = c
+                .request(json!({"op": "members", "room": "drain-room"}))
+                .await
+            else {
+                return false;
+            };
+            reply["result"]["members"]
+                .as_array()
+                .is_some_and(|m| m.len() == 1)
+        }
+    })
+    .await;
+    if !gone {
+        let (mut c, _) = Client::hello(&r.n2.ws_url(), &token("auditor"), json!([])).await?;
+        members = ok(c
+            .request(json!({"op": "members", "room": "drain-room"}))
+            .await?)?["members"]
+            .as_array()
+            .map_or(0, |m| m.len());
+    }
+    assert!(gone, "only the watcher remains, found {members}");
+    let _ = watcher
+        .drain_events("left", Duration::from_millis(100))
+        .await?;
+    Ok(())
+}
+
+/// A client that stops answering pings (a dead TCP peer) is closed after `ping_timeout_ms`, and
+/// its membership ends with `left {reason: disconnect}`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unresponsive_client_is_detected_by_ping() -> Result<()> {
+    let r = region_with("")?;
+    // The node under test pings every 200 ms and gives up after 1 s of silence.
+    let n3 = NodeProcess::start_with_timing(
+        "test-region",
+        &r.redis.url(),
+        "",
+        &[("ping_interval_ms", 200), ("ping_timeout_ms", 1000)],
+    )?;
+    let (mut watcher, _) = Client::hello(&r.n1.ws_url(), &token("watcher"), json!([])).await?;
+    join(&mut watcher, "ping-room").await?;
+    let (mut dead, _) = Client::hello(&n3.ws_url(), &token("dead"), json!([])).await?;
+    join(&mut dead, "ping-room").await?;
+    watcher.event("joined").await?;
+    // `dead` is never polled again, so it never answers a ping.
+    let started = Instant::now();
+    let left = watcher.event_within("left", Duration::from_secs(4)).await?;
+    assert_eq!(
+        (left["user"].as_str(), left["reason"].as_str()),
+        (Some("dead"), Some("disconnect"))
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(800),
+        "not before the timeout: {:?}",
+        started.elapsed()
+    );
+    drop(dead);
+    Ok(())
+}
