@@ -339,3 +339,38 @@ mod tests {
             .unwrap();
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn every_example_config_is_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+        let mut n = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                NodeConfig::from_figment(Figment::from(Toml::file_exact(&path)))
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                n += 1;
+            }
+        }
+        assert!(n >= 1);
+    }
+
+    #[test]
+    fn env_overrides_the_file() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("n.toml", "region = \"a\"\nlisten = \"127.0.0.1:1\"\ntoken_secret = \"0123456789abcdef\"\nstore = { kind = \"memory\" }")?;
+            jail.set_env("MERIDIAN_REGION", "b");
+            jail.set_env("MERIDIAN_LIMITS__SEND_QUEUE", "64");
+            let c = NodeConfig::load(Some(Path::new("n.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!((c.region.as_str(), c.limits.send_queue), ("b", 64));
+            jail.set_env("MERIDIAN_LIMITS__BOGUS", "1");
+            assert!(NodeConfig::load(Some(Path::new("n.toml"))).is_err());
+            Ok(())
+        });
+    }
+}

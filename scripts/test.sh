@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Runs every check and test: format, lints, unit tests, the store conformance suite against a
+# real redis-server, and the end-to-end tests that start redis-server and region-node processes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/ensure-deps.sh
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+# The end-to-end tests start the binaries, so build them first.
+cargo build --workspace --bins --locked
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --locked --no-fail-fast --test-threads 2
+  cargo test --workspace --doc --locked
+else
+  cargo test --workspace --locked --no-fail-fast -- --test-threads 2
+fi
