@@ -118,30 +118,56 @@ impl Region {
             path: path.to_owned(),
             source: Box::new(e),
         })?;
-        let invalid = |message: String| CatalogueError::Invalid { path: path.to_owned(), message };
+        let invalid = |message: String| CatalogueError::Invalid {
+            path: path.to_owned(),
+            message,
+        };
         let valid_name = !region.name.is_empty()
             && region.name.len() <= 32
-            && region.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            && region
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
         if !valid_name {
-            return Err(invalid(format!("name {:?}: use 1-32 of a-z 0-9 -", region.name)));
+            return Err(invalid(format!(
+                "name {:?}: use 1-32 of a-z 0-9 -",
+                region.name
+            )));
         }
         if path.file_stem().and_then(|s| s.to_str()) != Some(region.name.as_str()) {
-            return Err(invalid(format!("name {:?} must match the file name", region.name)));
+            return Err(invalid(format!(
+                "name {:?} must match the file name",
+                region.name
+            )));
         }
-        if !(-90.0..=90.0).contains(&region.latitude) || !(-180.0..=180.0).contains(&region.longitude) {
-            return Err(invalid("latitude must be in [-90, 90] and longitude in [-180, 180]".into()));
+        if !(-90.0..=90.0).contains(&region.latitude)
+            || !(-180.0..=180.0).contains(&region.longitude)
+        {
+            return Err(invalid(
+                "latitude must be in [-90, 90] and longitude in [-180, 180]".into(),
+            ));
         }
         if region.capacity == 0 {
             return Err(invalid("capacity must be at least 1".into()));
         }
         if region.ingress.addresses.is_empty() {
-            return Err(invalid("ingress.addresses needs at least one address".into()));
+            return Err(invalid(
+                "ingress.addresses needs at least one address".into(),
+            ));
         }
-        if !(region.ingress.ws_url.starts_with("ws://") || region.ingress.ws_url.starts_with("wss://")) {
-            return Err(invalid("ingress.ws_url must start with ws:// or wss://".into()));
+        if !(region.ingress.ws_url.starts_with("ws://")
+            || region.ingress.ws_url.starts_with("wss://"))
+        {
+            return Err(invalid(
+                "ingress.ws_url must start with ws:// or wss://".into(),
+            ));
         }
-        if !(region.ingress.health_url.starts_with("http://") || region.ingress.health_url.starts_with("https://")) {
-            return Err(invalid("ingress.health_url must start with http:// or https://".into()));
+        if !(region.ingress.health_url.starts_with("http://")
+            || region.ingress.health_url.starts_with("https://"))
+        {
+            return Err(invalid(
+                "ingress.health_url must start with http:// or https://".into(),
+            ));
         }
         if let Some(local) = &region.local {
             if local.node_ports.is_empty() {
@@ -154,7 +180,10 @@ impl Region {
 
 /// Reads every `*.toml` in `dir`, keyed by region name. Fails on the first bad file.
 pub fn load_dir(dir: &Path) -> Result<BTreeMap<String, Region>, CatalogueError> {
-    let io = |path: &Path, source| CatalogueError::Io { path: path.to_owned(), source };
+    let io = |path: &Path, source| CatalogueError::Io {
+        path: path.to_owned(),
+        source,
+    };
     let mut regions = BTreeMap::new();
     let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| io(dir, e))?
@@ -168,7 +197,10 @@ pub fn load_dir(dir: &Path) -> Result<BTreeMap<String, Region>, CatalogueError> 
         regions.insert(region.name.clone(), region);
     }
     if regions.is_empty() {
-        return Err(CatalogueError::Invalid { path: dir.to_owned(), message: "no region files (*.toml)".into() });
+        return Err(CatalogueError::Invalid {
+            path: dir.to_owned(),
+            message: "no region files (*.toml)".into(),
+        });
     }
     Ok(regions)
 }
@@ -186,10 +218,17 @@ mod tests {
         let regions = load_dir(&repo_regions()).unwrap();
         assert!(regions.len() >= 3, "{:?}", regions.keys());
         for r in regions.values() {
-            assert!(r.ingress.addresses.iter().all(|a| a.is_loopback()), "dev catalogue stays on loopback: {}", r.name);
+            assert!(
+                r.ingress.addresses.iter().all(|a| a.is_loopback()),
+                "dev catalogue stays on loopback: {}",
+                r.name
+            );
             assert!(r.relay.address.ip().is_loopback());
         }
-        let ports: Vec<u16> = regions.values().flat_map(|r| r.local.iter().flat_map(|l| l.node_ports.clone())).collect();
+        let ports: Vec<u16> = regions
+            .values()
+            .flat_map(|r| r.local.iter().flat_map(|l| l.node_ports.clone()))
+            .collect();
         let mut unique = ports.clone();
         unique.sort();
         unique.dedup();
@@ -201,11 +240,17 @@ mod tests {
         let path = repo_regions().join("us-east.toml");
         let good = std::fs::read_to_string(&path).unwrap();
         Region::parse(&good, &path).unwrap();
-        let e = Region::parse(&format!("bogus = 1\n{good}"), &path).unwrap_err().to_string();
+        let e = Region::parse(&format!("bogus = 1\n{good}"), &path)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("bogus"), "{e}");
-        let e = Region::parse(&good.replace("latitude = ", "latitude = 1"), &path).unwrap_err().to_string();
+        let e = Region::parse(&good.replace("latitude = ", "latitude = 1"), &path)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("latitude"), "{e}");
-        let e = Region::parse(&good, Path::new("regions/other.toml")).unwrap_err().to_string();
+        let e = Region::parse(&good, Path::new("regions/other.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("file name"), "{e}");
     }
 }

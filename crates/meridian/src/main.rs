@@ -54,35 +54,67 @@ enum Command {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Token { user, rooms, ttl, secret } => {
+        Command::Token {
+            user,
+            rooms,
+            ttl,
+            secret,
+        } => {
             println!("{}", mint(&user, &rooms, ttl, &secret)?);
             Ok(())
         }
-        Command::Chat { url, token, room } => tokio::runtime::Runtime::new()?.block_on(chat(&url, &token, &room)),
+        Command::Chat { url, token, room } => {
+            tokio::runtime::Runtime::new()?.block_on(chat(&url, &token, &room))
+        }
     }
 }
 
 fn mint(user: &str, rooms: &[String], ttl: u64, secret: &str) -> Result<String> {
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
     let grants = if rooms.is_empty() {
-        vec![RoomGrant { pattern: "*".into(), publish: true }]
+        vec![RoomGrant {
+            pattern: "*".into(),
+            publish: true,
+        }]
     } else {
         rooms
             .iter()
             .map(|r| match r.strip_suffix(":publish") {
-                Some(p) => RoomGrant { pattern: p.into(), publish: true },
-                None => RoomGrant { pattern: r.clone(), publish: false },
+                Some(p) => RoomGrant {
+                    pattern: p.into(),
+                    publish: true,
+                },
+                None => RoomGrant {
+                    pattern: r.clone(),
+                    publish: false,
+                },
             })
             .collect()
     };
-    let claims = Claims { sub: UserId::new(user).context("--user")?, exp: now + ttl, rooms: grants };
+    let claims = Claims {
+        sub: UserId::new(user).context("--user")?,
+        exp: now + ttl,
+        rooms: grants,
+    };
     Ok(issue(secret.as_bytes(), &claims)?)
 }
 
 async fn chat(url: &str, token: &str, room: &str) -> Result<()> {
-    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.with_context(|| format!("connect {url}"))?;
-    ws.send(Message::Text(json!({"id": 1, "op": "hello", "token": token}).to_string().into())).await?;
-    ws.send(Message::Text(json!({"id": 2, "op": "join", "room": room}).to_string().into())).await?;
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .with_context(|| format!("connect {url}"))?;
+    ws.send(Message::Text(
+        json!({"id": 1, "op": "hello", "token": token})
+            .to_string()
+            .into(),
+    ))
+    .await?;
+    ws.send(Message::Text(
+        json!({"id": 2, "op": "join", "room": room})
+            .to_string()
+            .into(),
+    ))
+    .await?;
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     let mut next_id = 3u64;
     let mut stdin_open = true;
@@ -114,7 +146,13 @@ mod tests {
 
     #[test]
     fn minted_tokens_verify_with_grants() {
-        let t = mint("alice", &["lobby/*:publish".into(), "stage".into()], 60, "0123456789abcdef").unwrap();
+        let t = mint(
+            "alice",
+            &["lobby/*:publish".into(), "stage".into()],
+            60,
+            "0123456789abcdef",
+        )
+        .unwrap();
         let c = TokenVerifier::new(b"0123456789abcdef").verify(&t).unwrap();
         assert_eq!(c.rooms.len(), 2);
         assert!(c.rooms[0].publish && !c.rooms[1].publish);

@@ -361,6 +361,7 @@ mod example_tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API returns its own error type
     fn env_overrides_the_file() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("n.toml", "region = \"a\"\nlisten = \"127.0.0.1:1\"\ntoken_secret = \"0123456789abcdef\"\nstore = { kind = \"memory\" }")?;
