@@ -16,6 +16,7 @@ use serde::Serialize;
 use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::fanout::{Outbox, Subscriber};
 use crate::node::Node;
@@ -90,12 +91,14 @@ pub async fn serve(node: Arc<Node>, mut ws: WebSocket, peer: SocketAddr) {
     node.metrics.connections_total.inc();
     let conn_no = node.next_conn();
     let span = tracing::debug_span!("conn", conn = conn_no, %peer);
-    let _enter = span.enter();
-    drop(_enter);
-    match hello(&node, &mut ws, conn_no).await {
-        Some((session, replays)) => session.run(ws, replays).await,
-        None => close_with(&mut ws, close::NORMAL, "").await,
+    async {
+        match hello(&node, &mut ws, conn_no).await {
+            Some((session, replays)) => session.run(ws, replays).await,
+            None => close_with(&mut ws, close::NORMAL, "").await,
+        }
     }
+    .instrument(span)
+    .await;
     node.metrics.connections.dec();
 }
 
@@ -138,6 +141,15 @@ fn ok_reply<T: Serialize>(id: &RequestId, result: T) -> String {
 
 /// Frames to write right after the hello reply: replayed room history.
 type Replays = Vec<bytes::Bytes>;
+
+/// Where a join left the connection in the room's sequence.
+struct Joined {
+    epoch: String,
+    seq: u64,
+    first: bool,
+    /// A resume asked for history the room no longer has.
+    history_lost: bool,
+}
 
 /// Waits for `hello`, authenticates and resumes. `None` means the connection is done.
 async fn hello(node: &Arc<Node>, ws: &mut WebSocket, conn_no: u64) -> Option<(Session, Replays)> {
@@ -425,9 +437,8 @@ impl Session {
                         json!({ "room": room, "epoch": &*epoch, "seq": seq, "first": false }),
                     );
                 }
-                let mut discard = Vec::new();
-                let (epoch, seq, first) = self.join(&room, None, &mut discard).await?;
-                Ok(json!({ "room": room, "epoch": epoch, "seq": seq, "first": first }))
+                let j = self.join(&room, None, &mut Vec::new()).await?;
+                Ok(json!({ "room": room, "epoch": j.epoch, "seq": j.seq, "first": j.first }))
             }
             Request::Leave { room } => {
                 let Some(_) = self.rooms.get(&room) else {
@@ -556,13 +567,12 @@ impl Session {
 
     /// Joins a room: subscribe first (so nothing published after the join is missed), then
     /// the store join, then — when resuming — the history replay, then live delivery.
-    /// Returns (epoch, seq, first).
     async fn join(
         &mut self,
         room: &RoomId,
         resume: Option<(&str, u64)>,
         replays: &mut Replays,
-    ) -> Result<(String, u64, bool), Failure> {
+    ) -> Result<Joined, Failure> {
         self.may_see(room)?;
         let node = self.node.clone();
         let limits = &node.config.limits;
@@ -599,6 +609,7 @@ impl Session {
         node.metrics.joins.inc();
         self.rooms.insert(room.clone(), sub.clone());
         let mut position = outcome.seq;
+        let mut history_lost = false;
         if let Some((epoch, seq)) = resume {
             match node
                 .timed("history", node.store.history(room, epoch, seq))
@@ -613,18 +624,22 @@ impl Session {
                         position = position.max(s);
                     }
                 }
-                Ok(Recovery::Lost { .. }) => {
-                    sub.go_live(outcome.seq, &outcome.epoch);
-                    return Err(Failure(ErrorCode::Internal, "history_lost".into()));
-                }
+                Ok(Recovery::Lost { .. }) => history_lost = true,
                 Err(e) => {
-                    sub.go_live(outcome.seq, &outcome.epoch);
-                    return Err(e.into());
+                    // Joined, but the replay failed: the client is live from the join and is
+                    // told its history could not be recovered.
+                    tracing::warn!(%room, error = %e, "history read failed during resume");
+                    history_lost = true;
                 }
             }
         }
         sub.go_live(position, &outcome.epoch);
-        Ok((outcome.epoch, position, outcome.first))
+        Ok(Joined {
+            epoch: outcome.epoch,
+            seq: position,
+            first: outcome.first,
+            history_lost,
+        })
     }
 
     /// One room of a `hello` resume list, reported as `{room, status, epoch, seq}`.
@@ -632,18 +647,13 @@ impl Session {
         let ResumePoint { room, epoch, seq } = point;
         let before = replays.len();
         match self.join(&room, Some((&epoch, seq)), replays).await {
-            Ok((epoch, seq, _)) => json!({
-                "room": room, "status": "recovered", "epoch": epoch, "seq": seq,
+            Ok(j) if j.history_lost => {
+                json!({ "room": room, "status": "history_lost", "epoch": j.epoch, "seq": j.seq })
+            }
+            Ok(j) => json!({
+                "room": room, "status": "recovered", "epoch": j.epoch, "seq": j.seq,
                 "replayed": replays.len() - before,
             }),
-            Err(Failure(ErrorCode::Internal, m)) if m == "history_lost" => {
-                let (epoch, seq) = self
-                    .rooms
-                    .get(&room)
-                    .and_then(|s| s.position())
-                    .unwrap_or_default();
-                json!({ "room": room, "status": "history_lost", "epoch": &*epoch, "seq": seq })
-            }
             Err(Failure(code, message)) => {
                 self.node.metrics.error(code);
                 json!({ "room": room, "status": "error", "code": code, "message": message })
