@@ -43,11 +43,13 @@ pub enum ErrorCode {
     UserOffline,
     /// A compare-and-set on a room state key found another version.
     VersionConflict,
-    /// A value (message data, state value, list) is larger than the node's limits.
+    /// A list in the request is longer than allowed (`presence` takes at most 100 users).
+    /// Oversized payloads are caught earlier as `frame_too_large`.
     TooLarge,
     /// The regional state store (Redis) is unreachable; retrying later can help.
     Unavailable,
-    /// The node is draining; reconnect elsewhere.
+    /// The node is draining and takes no new sessions; reconnect elsewhere (sent as an `error`
+    /// event to a connection that had not said `hello` yet).
     Draining,
     /// A bug on the server side; the message says more.
     Internal,

@@ -134,7 +134,7 @@ pub struct RequestError {
 struct RawRequest<'a> {
     id: Option<RequestId>,
     #[serde(borrow)]
-    op: Option<&'a str>,
+    op: Option<std::borrow::Cow<'a, str>>,
     token: Option<String>,
     resume: Option<Vec<ResumePoint>>,
     room: Option<String>,
@@ -187,6 +187,13 @@ impl Request {
         let op = raw
             .op
             .ok_or_else(|| fail(ErrorCode::BadRequest, "missing field `op`".into()))?;
+        let op: &str = &op;
+        if raw.if_version.is_some_and(|v| v > i64::MAX as u64) {
+            return Err(fail(
+                ErrorCode::BadRequest,
+                "`if_version` is out of range".into(),
+            ));
+        }
         let need = |field: &'static str| {
             fail(
                 ErrorCode::BadRequest,
@@ -596,6 +603,12 @@ mod tests {
         let req = format!(r#"{{"id":1,"op":"presence","users":[{}]}}"#, many.join(","));
         assert_eq!(parse(&req).unwrap_err().code, ErrorCode::TooLarge);
         assert_eq!(parse("[]").unwrap_err().code, ErrorCode::BadRequest);
+        let huge = r#"{"id":1,"op":"state_set","room":"r","key":"k","value":1,"if_version":18446744073709551615}"#;
+        assert_eq!(parse(huge).unwrap_err().code, ErrorCode::BadRequest);
+        assert!(
+            matches!(parse(r#"{"id":1,"op":"pin\u0067"}"#), Ok(Request::Ping)),
+            "escaped op"
+        );
         assert_eq!(parse("null").unwrap_err().code, ErrorCode::BadRequest);
     }
 

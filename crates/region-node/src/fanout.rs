@@ -76,9 +76,10 @@ impl Subscriber {
         self.cursor.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Delivers an event unless the subscriber has seen its sequence number already.
-    /// Returns whether it was queued.
-    pub fn offer(&self, seq: u64, frame: &Utf8Bytes) -> bool {
+    /// Delivers an event unless the subscriber has seen its sequence number already. An event
+    /// of another epoch (the room's history restarted) resets the position. Returns whether it
+    /// was queued.
+    pub fn offer(&self, seq: u64, epoch: &Arc<str>, frame: &Utf8Bytes) -> bool {
         let mut cursor = self.cursor();
         match &mut *cursor {
             Cursor::Buffering { events, overflow } => {
@@ -89,8 +90,13 @@ impl Subscriber {
                 }
                 false
             }
-            Cursor::Live { last, .. } => {
-                if seq <= *last {
+            Cursor::Live {
+                last,
+                epoch: current,
+            } => {
+                if current != epoch {
+                    *current = epoch.clone();
+                } else if seq <= *last {
                     return false;
                 }
                 *last = seq;
@@ -166,7 +172,13 @@ impl LocalIndex {
     }
 
     /// Hands a room event to every local subscriber of the room. Returns deliveries made.
-    pub fn deliver_room(&self, room: &RoomId, seq: u64, frame: &Utf8Bytes) -> usize {
+    pub fn deliver_room(
+        &self,
+        room: &RoomId,
+        seq: u64,
+        epoch: &Arc<str>,
+        frame: &Utf8Bytes,
+    ) -> usize {
         // Clone the Arcs out so the room map is not locked while subscribers are visited.
         let subs: Vec<Arc<Subscriber>> = {
             let rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
@@ -175,7 +187,7 @@ impl LocalIndex {
                 None => return 0,
             }
         };
-        subs.iter().filter(|s| s.offer(seq, frame)).count()
+        subs.iter().filter(|s| s.offer(seq, epoch, frame)).count()
     }
 
     /// The local rooms and, for each, the lowest position a live subscriber has reached: what
@@ -192,6 +204,15 @@ impl LocalIndex {
                 Some((room.clone(), epoch, last))
             })
             .collect()
+    }
+
+    /// Marks every connection in `room` a slow consumer: each is sent `reconnect` and closed,
+    /// and resumes (learning whether the room's history still covers its gap).
+    pub fn force_resync(&self, room: &RoomId) {
+        let rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
+        for sub in rooms.get(room).into_iter().flatten() {
+            sub.outbox.overflowed.cancel();
+        }
     }
 
     /// Registers a connection of a user for direct messages.
@@ -243,16 +264,21 @@ mod tests {
     fn buffered_events_flush_in_order_without_duplicates() {
         let (o, mut rx) = outbox(16);
         let sub = Subscriber::new(1, o);
+        let e: Arc<str> = "e".into();
         for s in [5u64, 6, 7] {
-            assert!(!sub.offer(s, &Utf8Bytes::from(format!("{s}"))));
+            assert!(!sub.offer(s, &e, &Utf8Bytes::from(format!("{s}"))));
         }
         assert!(sub.go_live(5, "e"));
-        assert!(!sub.offer(6, &Utf8Bytes::from("dup")));
-        assert!(sub.offer(8, &Utf8Bytes::from("8")));
+        assert!(!sub.offer(6, &e, &Utf8Bytes::from("dup")));
+        assert!(sub.offer(8, &e, &Utf8Bytes::from("8")));
+        // The room's history restarted: a new epoch starts from its own sequence.
+        let fresh: Arc<str> = "f".into();
+        assert!(sub.offer(1, &fresh, &Utf8Bytes::from("f1")));
+        assert!(!sub.offer(1, &fresh, &Utf8Bytes::from("dup")));
         let got: Vec<String> = std::iter::from_fn(|| rx.try_recv().ok())
             .map(|f| f.to_string())
             .collect();
-        assert_eq!(got, vec!["6", "7", "8"]);
+        assert_eq!(got, vec!["6", "7", "8", "f1"]);
     }
 
     #[test]
@@ -260,12 +286,13 @@ mod tests {
         let (o, _rx) = outbox(1);
         let flag = o.overflowed.clone();
         let sub = Subscriber::new(1, o);
+        let e: Arc<str> = "e".into();
         sub.go_live(0, "e");
-        assert!(sub.offer(1, &Utf8Bytes::from("a")));
-        assert!(!sub.offer(2, &Utf8Bytes::from("b")));
+        assert!(sub.offer(1, &e, &Utf8Bytes::from("a")));
+        assert!(!sub.offer(2, &e, &Utf8Bytes::from("b")));
         assert!(flag.is_cancelled());
         assert!(
-            !sub.offer(3, &Utf8Bytes::from("c")),
+            !sub.offer(3, &e, &Utf8Bytes::from("c")),
             "nothing more is queued once overflowed"
         );
     }

@@ -199,6 +199,7 @@ async fn run(
         .saturating_sub(Duration::from_millis(2_000))
         .max(deadline / 2);
     node.sessions.close();
+    let mut clean = true;
     if tokio::time::timeout(close_at, node.sessions.wait())
         .await
         .is_err()
@@ -219,6 +220,7 @@ async fn run(
                 remaining = node.sessions.len(),
                 "sessions did not finish cleanup in time"
             );
+            clean = false;
         }
     }
     match server.await {
@@ -228,7 +230,11 @@ async fn run(
     }
     loops.cancel();
     background.wait().await;
-    if let Err(e) = node.store.release_lease().await {
+    if !clean {
+        // Keep the lease and index: once the lease expires, another node's reaper removes the
+        // memberships these sessions could not.
+        tracing::warn!("leaving the node lease to expire so the reaper cleans up");
+    } else if let Err(e) = node.store.release_lease().await {
         tracing::warn!(error = %e, "could not release the node lease; it will expire");
     }
     tracing::info!(
@@ -289,12 +295,17 @@ async fn dispatch(node: Arc<Node>, mut inbound: mpsc::Receiver<Inbound>, stop: C
         };
         let started = Instant::now();
         match item {
-            Inbound::Room { room, seq, frame } => {
+            Inbound::Room {
+                room,
+                seq,
+                epoch,
+                frame,
+            } => {
                 let Ok(text) = Utf8Bytes::try_from(frame) else {
                     tracing::warn!(%room, "dropping a room event that is not UTF-8");
                     continue;
                 };
-                let n = node.local.deliver_room(&room, seq, &text);
+                let n = node.local.deliver_room(&room, seq, &epoch, &text);
                 node.metrics.deliveries.inc_by(n as u64);
                 node.metrics
                     .fanout_seconds
@@ -319,12 +330,15 @@ async fn catch_up(node: Arc<Node>) {
             Ok(Recovery::Replay { events, .. }) => {
                 for (seq, frame) in events {
                     if let Ok(text) = Utf8Bytes::try_from(frame) {
-                        node.local.deliver_room(&room, seq, &text);
+                        node.local.deliver_room(&room, seq, &epoch, &text);
                     }
                 }
             }
             Ok(Recovery::Lost { .. }) => {
-                tracing::warn!(%room, "room history no longer covers the pub/sub outage");
+                // The clients cannot be caught up from here: make them reconnect and resume,
+                // which reports `history_lost` per room.
+                tracing::warn!(%room, "room history no longer covers the pub/sub outage; asking its clients to resume");
+                node.local.force_resync(&room);
             }
             Err(e) => tracing::warn!(%room, error = %e, "catch-up after pub/sub outage failed"),
         }

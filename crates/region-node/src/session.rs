@@ -165,6 +165,9 @@ async fn hello(node: &Arc<Node>, ws: &mut WebSocket, conn_no: u64) -> Option<(Se
                 return None;
             }
             _ = node.draining.cancelled() => {
+                node.metrics.error(ErrorCode::Draining);
+                let text = Event::Error { code: ErrorCode::Draining, message: "node is draining; reconnect elsewhere" }.encode();
+                send_text(node, ws, text).await;
                 close_with(ws, close::TRY_LATER, "draining").await;
                 return None;
             }
@@ -397,14 +400,24 @@ impl Session {
             );
             return error_reply(None, ErrorCode::FrameTooLarge, &m);
         }
+        // Every frame costs a token, parsable or not, so garbage cannot flood past the limit.
+        let allowed = self.bucket.take();
         let (id, request) = match Request::parse(text) {
             Ok(r) => r,
-            Err(e) => {
+            Err(e) if allowed => {
                 node.metrics.error(e.code);
                 return error_reply(e.id.as_ref(), e.code, &e.message);
             }
+            Err(e) => {
+                node.metrics.error(ErrorCode::RateLimited);
+                return error_reply(
+                    e.id.as_ref(),
+                    ErrorCode::RateLimited,
+                    "too many requests; slow down",
+                );
+            }
         };
-        if !self.bucket.take() {
+        if !allowed {
             node.metrics.error(ErrorCode::RateLimited);
             return error_reply(
                 Some(&id),
@@ -431,12 +444,6 @@ impl Session {
             )),
             Request::Ping => Ok(json!({ "pong": true })),
             Request::Join { room } => {
-                if let Some(sub) = self.rooms.get(&room) {
-                    let (epoch, seq) = sub.position().unwrap_or_default();
-                    return Ok(
-                        json!({ "room": room, "epoch": &*epoch, "seq": seq, "first": false }),
-                    );
-                }
                 let j = self.join(&room, None, &mut Vec::new()).await?;
                 Ok(json!({ "room": room, "epoch": j.epoch, "seq": j.seq, "first": j.first }))
             }
@@ -574,6 +581,16 @@ impl Session {
         replays: &mut Replays,
     ) -> Result<Joined, Failure> {
         self.may_see(room)?;
+        if let Some(sub) = self.rooms.get(room) {
+            // Already in the room (a repeated join, or a room listed twice in a resume).
+            let (epoch, seq) = sub.position().unwrap_or_default();
+            return Ok(Joined {
+                epoch: epoch.to_string(),
+                seq,
+                first: false,
+                history_lost: false,
+            });
+        }
         let node = self.node.clone();
         let limits = &node.config.limits;
         if self.rooms.len() >= limits.max_rooms_per_connection {
@@ -633,7 +650,10 @@ impl Session {
                 }
             }
         }
-        sub.go_live(position, &outcome.epoch);
+        if !sub.go_live(position, &outcome.epoch) {
+            // More events arrived during the join than can be held: the client must resume.
+            self.outbox.overflowed.cancel();
+        }
         Ok(Joined {
             epoch: outcome.epoch,
             seq: position,

@@ -131,6 +131,8 @@ pub enum Inbound {
         room: RoomId,
         /// The event's room sequence number.
         seq: u64,
+        /// The room history epoch the sequence number belongs to.
+        epoch: Arc<str>,
         /// The JSON frame as clients receive it.
         frame: Bytes,
     },
@@ -344,9 +346,16 @@ pub(crate) fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Parses a room channel payload `"<seq> <frame>"`.
-pub(crate) fn split_seq(payload: &[u8]) -> Option<(u64, Bytes)> {
+/// Parses a room channel payload `"<seq> <epoch> <frame>"`.
+pub(crate) fn split_seq(payload: &[u8]) -> Option<(u64, Arc<str>, Bytes)> {
     let space = payload.iter().position(|b| *b == b' ')?;
     let seq = std::str::from_utf8(&payload[..space]).ok()?.parse().ok()?;
-    Some((seq, Bytes::copy_from_slice(&payload[space + 1..])))
+    let rest = &payload[space + 1..];
+    let space = rest.iter().position(|b| *b == b' ')?;
+    let epoch = std::str::from_utf8(&rest[..space]).ok()?;
+    Some((
+        seq,
+        epoch.into(),
+        Bytes::copy_from_slice(&rest[space + 1..]),
+    ))
 }

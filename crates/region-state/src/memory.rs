@@ -115,6 +115,7 @@ impl RegionState {
             r.history.pop_front();
         }
         let out = (r.epoch.clone(), r.seq);
+        let epoch: Arc<str> = r.epoch.as_str().into();
         for link in self.nodes.values() {
             if link.subscriptions.contains_key(room) {
                 if let Some(tx) = &link.inbound {
@@ -122,6 +123,7 @@ impl RegionState {
                         .try_send(Inbound::Room {
                             room: room.clone(),
                             seq: out.1,
+                            epoch: epoch.clone(),
                             frame: frame.clone(),
                         })
                         .is_err()

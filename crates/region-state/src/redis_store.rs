@@ -1,7 +1,8 @@
 //! The production [`StateStore`]: one Redis (or a Sentinel-managed primary) per region.
 //!
 //! Every room's keys share the hash tag `{room}`, and every multi-key update of a room is one
-//! Lua script, so the schema works on Redis Cluster and a crash between two commands cannot
+//! Lua script, so the key schema is ready for Redis Cluster (the client connects to a single
+//! endpoint today) and a crash between two commands cannot
 //! leave a room half-updated. The per-node index (`mn:{node}:idx`) lives in another slot and is
 //! written *before* a join and removed *after* a leave: a crash leaves at most an index entry
 //! whose reaping is a no-op, never a member nobody can reap. See `docs/redis-schema.md`.
@@ -111,9 +112,12 @@ local function append(head)
   local s = string.format('%d', seq)
   local frame = head .. ',"seq":' .. s .. ',"epoch":"' .. epoch .. '"}'
   redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], s .. '-0', 'e', frame)
-  redis.call('PUBLISH', ARGV[1], s .. ' ' .. frame)
+  redis.call('PUBLISH', ARGV[1], s .. ' ' .. epoch .. ' ' .. frame)
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
   redis.call('PEXPIRE', KEYS[2], ARGV[3])
+  -- Room state lives as long as the room's history: any activity keeps both.
+  redis.call('PEXPIRE', KEYS[7], ARGV[3])
+  redis.call('PEXPIRE', KEYS[8], ARGV[3])
   return {epoch, seq}
 end
 "#;
@@ -955,7 +959,12 @@ async fn pubsub_task(
                         split_user(payload)
                     } else {
                         room_of_channel(channel).and_then(|room| {
-                            split_seq(payload).map(|(seq, frame)| Inbound::Room { room, seq, frame })
+                            split_seq(payload).map(|(seq, epoch, frame)| Inbound::Room {
+                                room,
+                                seq,
+                                epoch,
+                                frame,
+                            })
                         })
                     };
                     match item {
@@ -1003,7 +1012,11 @@ mod tests {
             split_user(b"bob {\"x\":1}"),
             Some(Inbound::Direct { .. })
         ));
-        assert!(split_seq(b"x {}").is_none());
-        assert_eq!(split_seq(b"7 {}").map(|(s, _)| s), Some(7));
+        assert!(split_seq(b"x e {}").is_none());
+        assert!(split_seq(b"7 {}").is_none());
+        assert_eq!(
+            split_seq(b"7 ep {}").map(|(s, e, _)| (s, e.to_string())),
+            Some((7, "ep".into()))
+        );
     }
 }
