@@ -45,7 +45,7 @@ async fn subscriber(
     stats: Arc<Stats>,
     ready: tokio::sync::mpsc::Sender<()>,
 ) -> Result<()> {
-    let (mut ws, _) = tokio_tungstenite::connect_async(&url).await?;
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(&url, None, true).await?;
     ws.send(Message::Text(
         json!({"id":1,"op":"hello","token":token(&user)})
             .to_string()
@@ -127,7 +127,8 @@ async fn main() -> Result<()> {
     for _ in 0..subscribers {
         tokio::time::timeout(Duration::from_secs(30), ready_rx.recv()).await?;
     }
-    let (mut publisher, _) = tokio_tungstenite::connect_async(nodes[0].ws_url()).await?;
+    let (mut publisher, _) =
+        tokio_tungstenite::connect_async_with_config(nodes[0].ws_url(), None, true).await?;
     publisher
         .send(Message::Text(
             json!({"id":0,"op":"hello","token":token("publisher")})

@@ -256,7 +256,11 @@ pub const WAIT: Duration = Duration::from_secs(5);
 impl Client {
     /// Opens a WebSocket without saying hello.
     pub async fn connect(url: &str) -> Result<Self> {
-        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url)).await??;
+        let (ws, _) = tokio::time::timeout(
+            WAIT,
+            tokio_tungstenite::connect_async_with_config(url, None, true),
+        )
+        .await??;
         Ok(Self {
             ws,
             next_id: 0,

@@ -11,6 +11,7 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use axum::Router;
 use meridian_protocol::token::TokenVerifier;
 use region_state::{
@@ -176,6 +177,12 @@ async fn run(
         .with_state(node.clone());
     let server_stop = shutdown.clone();
     let server = tokio::spawn(async move {
+        // Signaling frames are small and latency-bound: no Nagle delay.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        });
         axum::serve(
             listener,
             app.into_make_service_with_connect_info::<SocketAddr>(),
