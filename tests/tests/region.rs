@@ -564,3 +564,48 @@ async fn unresponsive_client_is_detected_by_ping() -> Result<()> {
     drop(dead);
     Ok(())
 }
+
+/// Redis unreachable past the lease TTL: `/readyz` turns false while `/healthz` stays true, every
+/// client is told to reconnect (`lease_lost`), and once Redis is back clients resume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_fences_the_node_and_readiness_follows() -> Result<()> {
+    let r = region()?;
+    let (mut a, _) = Client::hello(&r.n1.ws_url(), &token("alice"), json!([])).await?;
+    let joined = join(&mut a, "outage").await?;
+    assert_eq!(r.n1.http_get("/readyz").await?.0, 200);
+    let pid = r.redis.pid().to_string();
+    let signal = |sig: &str| {
+        std::process::Command::new("kill")
+            .args([sig, pid.as_str()])
+            .status()
+    };
+    assert!(signal("-STOP")?.success());
+    let paused_at = Instant::now();
+    let unready = eventually(Duration::from_secs(5), || async {
+        matches!(r.n1.http_get("/readyz").await, Ok((503, _)))
+    })
+    .await;
+    let healthy = r.n1.http_get("/healthz").await?.0;
+    let reconnect = a.event_within("reconnect", Duration::from_secs(8)).await;
+    let fenced_after = paused_at.elapsed();
+    assert!(signal("-CONT")?.success());
+    assert!(unready, "/readyz follows Redis");
+    assert_eq!(healthy, 200, "/healthz does not depend on Redis");
+    let reconnect = reconnect?;
+    assert_eq!(reconnect["reason"], "lease_lost");
+    eprintln!("lease_lost sent {fenced_after:?} after Redis stopped (lease 1500 ms)");
+    let ready = eventually(Duration::from_secs(10), || async {
+        matches!(r.n1.http_get("/readyz").await, Ok((200, _)))
+    })
+    .await;
+    assert!(ready, "/readyz recovers with Redis");
+    let (_b, hello) = Client::hello(
+        &r.n2.ws_url(),
+        &token("alice"),
+        json!([{"room": "outage", "epoch": joined["epoch"], "seq": joined["seq"]}]),
+    )
+    .await?;
+    assert_eq!(hello["resumed"][0]["room"], "outage");
+    assert_ne!(hello["resumed"][0]["status"], "error", "{hello}");
+    Ok(())
+}

@@ -13,28 +13,73 @@ use tokio_util::sync::CancellationToken;
 /// Most events buffered for one subscriber while its join or resume is in flight.
 const MAX_BUFFERED: usize = 4096;
 
-/// The sending side of one connection: a bounded queue and the signal that it overflowed.
+/// Why a connection is being told to reconnect elsewhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KickReason {
+    /// Its send queue filled: the client reads too slowly.
+    SlowConsumer,
+    /// The node lost events it cannot replay (join buffer overflow, unrecoverable pub/sub gap):
+    /// the client must resume to learn what it missed.
+    Resync,
+    /// The node could not renew its lease in time and may have been reaped: its memberships
+    /// cannot be trusted, so every client resumes (on any node).
+    LeaseLost,
+}
+
+impl KickReason {
+    /// The `reason` of the `reconnect` event.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::SlowConsumer => "slow_consumer",
+            Self::Resync => "resync",
+            Self::LeaseLost => "lease_lost",
+        }
+    }
+}
+
+/// The sending side of one connection: a bounded queue and the signal to drop it.
 #[derive(Clone, Debug)]
 pub struct Outbox {
     /// Frames for the connection's socket.
     pub tx: mpsc::Sender<Utf8Bytes>,
-    /// Cancelled when the queue overflowed: the session sends `reconnect` and closes.
-    pub overflowed: CancellationToken,
+    /// Cancelled when the connection must go: the session sends `reconnect` and closes.
+    pub kicked: CancellationToken,
+    reason: Arc<std::sync::OnceLock<KickReason>>,
 }
 
 impl Outbox {
+    /// An outbox over `tx`.
+    pub fn new(tx: mpsc::Sender<Utf8Bytes>) -> Self {
+        Self {
+            tx,
+            kicked: CancellationToken::new(),
+            reason: Arc::default(),
+        }
+    }
+
     /// Queues a frame without waiting; a full queue marks the connection a slow consumer.
     pub fn push(&self, frame: Utf8Bytes) -> bool {
-        if self.overflowed.is_cancelled() {
+        if self.kicked.is_cancelled() {
             return false;
         }
         match self.tx.try_send(frame) {
             Ok(()) => true,
             Err(_) => {
-                self.overflowed.cancel();
+                self.kick(KickReason::SlowConsumer);
                 false
             }
         }
+    }
+
+    /// Tells the session to send `reconnect` and close; the first reason given wins.
+    pub fn kick(&self, reason: KickReason) {
+        let _ = self.reason.set(reason);
+        self.kicked.cancel();
+    }
+
+    /// Why the connection was kicked, once it was.
+    pub fn kick_reason(&self) -> Option<KickReason> {
+        self.reason.get().copied()
     }
 }
 
@@ -206,13 +251,24 @@ impl LocalIndex {
             .collect()
     }
 
-    /// Marks every connection in `room` a slow consumer: each is sent `reconnect` and closed,
-    /// and resumes (learning whether the room's history still covers its gap).
+    /// Sends every connection in `room` `reconnect`: each resumes and learns whether the room's
+    /// history still covers its gap.
     pub fn force_resync(&self, room: &RoomId) {
         let rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
         for sub in rooms.get(room).into_iter().flatten() {
-            sub.outbox.overflowed.cancel();
+            sub.outbox.kick(KickReason::Resync);
         }
+    }
+
+    /// Sends every authenticated connection of this node `reconnect`. Returns how many.
+    pub fn kick_all(&self, reason: KickReason) -> usize {
+        let users = self.users.lock().unwrap_or_else(|p| p.into_inner());
+        let mut n = 0;
+        for (_, outbox) in users.values().flatten() {
+            outbox.kick(reason);
+            n += 1;
+        }
+        n
     }
 
     /// Registers a connection of a user for direct messages.
@@ -251,13 +307,7 @@ mod tests {
 
     fn outbox(cap: usize) -> (Outbox, mpsc::Receiver<Utf8Bytes>) {
         let (tx, rx) = mpsc::channel(cap);
-        (
-            Outbox {
-                tx,
-                overflowed: CancellationToken::new(),
-            },
-            rx,
-        )
+        (Outbox::new(tx), rx)
     }
 
     #[test]
@@ -281,16 +331,21 @@ mod tests {
         assert_eq!(got, vec!["6", "7", "8", "f1"]);
     }
 
+    fn o_reason(sub: &Subscriber) -> Option<KickReason> {
+        sub.outbox.kick_reason()
+    }
+
     #[test]
     fn full_queue_marks_slow_consumer() {
         let (o, _rx) = outbox(1);
-        let flag = o.overflowed.clone();
+        let flag = o.kicked.clone();
         let sub = Subscriber::new(1, o);
         let e: Arc<str> = "e".into();
         sub.go_live(0, "e");
         assert!(sub.offer(1, &e, &Utf8Bytes::from("a")));
         assert!(!sub.offer(2, &e, &Utf8Bytes::from("b")));
         assert!(flag.is_cancelled());
+        assert_eq!(o_reason(&sub), Some(KickReason::SlowConsumer));
         assert!(
             !sub.offer(3, &e, &Utf8Bytes::from("c")),
             "nothing more is queued once overflowed"

@@ -353,15 +353,37 @@ async fn catch_up(node: Arc<Node>) {
 }
 
 async fn lease_loop(node: Arc<Node>, stop: CancellationToken) {
+    let ttl = Duration::from_millis(node.config.timing.lease_ttl_ms);
     let mut tick = tokio::time::interval(Duration::from_millis(node.config.timing.lease_renew_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut renewed = Instant::now();
+    let mut fenced = false;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if let Err(e) = node.timed("renew_lease", node.store.renew_lease()).await {
-            tracing::warn!(error = %e, "lease renewal failed");
+        match node.timed("renew_lease", node.store.renew_lease()).await {
+            Ok(()) => {
+                if fenced {
+                    tracing::info!("lease renewed again; serving");
+                    fenced = false;
+                }
+                renewed = Instant::now();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "lease renewal failed");
+                // Past the TTL another node may already have reaped our members: clients must
+                // resume (here or elsewhere) so their memberships are written again.
+                if !fenced && renewed.elapsed() >= ttl {
+                    fenced = true;
+                    let n = node.local.kick_all(crate::fanout::KickReason::LeaseLost);
+                    tracing::warn!(
+                        connections = n,
+                        "lease expired: telling every client to reconnect"
+                    );
+                }
+            }
         }
     }
 }

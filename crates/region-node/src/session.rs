@@ -15,10 +15,9 @@ use region_state::{ConnRef, Recovery, StoreError};
 use serde::Serialize;
 use serde_json::json;
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::fanout::{Outbox, Subscriber};
+use crate::fanout::{KickReason, Outbox, Subscriber};
 use crate::node::Node;
 
 /// WebSocket close codes used by the node.
@@ -244,10 +243,7 @@ async fn hello(node: &Arc<Node>, ws: &mut WebSocket, conn_no: u64) -> Option<(Se
             return None;
         }
         let (tx, queue) = mpsc::channel(node.config.limits.send_queue);
-        let outbox = Outbox {
-            tx,
-            overflowed: CancellationToken::new(),
-        };
+        let outbox = Outbox::new(tx);
         node.local
             .add_user_conn(&conn.user, conn_no, outbox.clone());
         let limits = &node.config.limits;
@@ -302,16 +298,22 @@ impl Session {
         ping.tick().await;
         let mut last_heard = Instant::now();
         let mut drain_sent = false;
-        let overflowed = self.outbox.overflowed.clone();
+        let kicked = self.outbox.kicked.clone();
         loop {
             tokio::select! {
                 biased;
-                _ = overflowed.cancelled() => {
-                    node.metrics.slow_consumers.inc();
-                    tracing::info!(user = %self.conn.user, "slow consumer: send queue full, dropping connection");
-                    let text = Event::Reconnect { after_ms: jitter(100, 1_000), reason: "slow_consumer", url: None, region: None }.encode();
+                _ = kicked.cancelled() => {
+                    let reason = self.outbox.kick_reason().unwrap_or(KickReason::Resync);
+                    let code = if reason == KickReason::SlowConsumer {
+                        node.metrics.slow_consumers.inc();
+                        close::POLICY
+                    } else {
+                        close::TRY_LATER
+                    };
+                    tracing::info!(user = %self.conn.user, reason = reason.as_str(), "telling the client to reconnect");
+                    let text = Event::Reconnect { after_ms: jitter(100, 1_000), reason: reason.as_str(), url: None, region: None }.encode();
                     send_text(&node, &mut ws, text).await;
-                    close_with(&mut ws, close::POLICY, "slow consumer").await;
+                    close_with(&mut ws, code, reason.as_str()).await;
                     break;
                 }
                 _ = node.closing.cancelled() => {
@@ -652,7 +654,7 @@ impl Session {
         }
         if !sub.go_live(position, &outcome.epoch) {
             // More events arrived during the join than can be held: the client must resume.
-            self.outbox.overflowed.cancel();
+            self.outbox.kick(KickReason::Resync);
         }
         Ok(Joined {
             epoch: outcome.epoch,

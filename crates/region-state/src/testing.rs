@@ -78,6 +78,11 @@ impl RedisServer {
         Err(RedisServerError::NotReady(port))
     }
 
+    /// The server's process id (to pause it with SIGSTOP in outage tests).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The server's port.
     pub fn port(&self) -> u16 {
         self.port
