@@ -4,12 +4,20 @@
 //! deterministic function with no sockets, clocks or runtime inside; the future router binary
 //! (DNS answers, the HTTP ranking endpoint, health checks with hysteresis, controls shared through
 //! Redis) is the I/O shell around it. See "Geo-routing front door" in `ARCHITECTURE.md`.
+//!
+//! Beside the core: [`geoip`] turns a client address into a location ([`GeoDb`], with a
+//! file-watching [`ReloadingGeoDb`]), the only module here that reads files, and [`mmdb_writer`]
+//! writes small MaxMind DB files for tests and the synthetic demo database.
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 #![forbid(unsafe_code)]
 
 pub mod decision;
+pub mod geoip;
+pub mod mmdb_writer;
 
 pub use decision::{
     choose_region, haversine_km, ClientView, Control, ControlState, Health, MeasuredRtt, Policy,
     PolicyError, Ranked, Reason, RegionView,
 };
+pub use geoip::{GeoDb, GeoHit, GeoIpError, ReloadingGeoDb};
+pub use mmdb_writer::{MmdbValue, MmdbWriteError, MmdbWriter};
