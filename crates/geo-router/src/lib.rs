@@ -5,13 +5,15 @@
 //! (DNS answers, the HTTP ranking endpoint, health checks with hysteresis, controls shared through
 //! Redis) is the I/O shell around it. See "Geo-routing front door" in `ARCHITECTURE.md`.
 //!
-//! Beside the core: [`geoip`] turns a client address into a location ([`GeoDb`], with a
-//! file-watching [`ReloadingGeoDb`]), the only module here that reads files, and [`mmdb_writer`]
-//! writes small MaxMind DB files for tests and the synthetic demo database.
+//! Beside the core: [`dns`] answers the routing zone's DNS queries over UDP and TCP, [`geoip`]
+//! turns a client address into a location ([`GeoDb`], with a file-watching [`ReloadingGeoDb`]),
+//! the only module here that reads files, and [`mmdb_writer`] writes small MaxMind DB files for
+//! tests and the synthetic demo database.
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 #![forbid(unsafe_code)]
 
 pub mod decision;
+pub mod dns;
 pub mod geoip;
 pub mod mmdb_writer;
 
