@@ -24,7 +24,20 @@
 //!    regions that are not disabled, is drained the winner's reason becomes [`Reason::Drain`]; when
 //!    it is down, [`Reason::Failover`]. The reason says why the user is not at their natural
 //!    region. A disabled region is out of service altogether, so it is nobody's natural region.
-//! 8. **Nothing usable.** No candidates gives an empty list; the caller answers SERVFAIL / 503.
+//! 8. **Near ties.** Estimates within [`Policy::tie_window_ms`] of the best count as tied: the
+//!    winner among them is picked by rendezvous hashing of the client's network
+//!    ([`ClientView::tie_key`]) with each region's name, so one network always gets the same
+//!    region, different networks spread over the tied regions, and noise in the estimates does
+//!    not make answers flap. Exact ties otherwise order by name.
+//! 9. **Operator pins** come before everything else: when [`ClientView::pin`] names a candidate,
+//!    it is ranked first with reason [`Reason::Pin`]. A pin to a region that cannot take users
+//!    (down, drained, disabled) is ignored rather than black-holing its network.
+//! 10. **All down.** When no region is a candidate only because every region that is neither
+//!    drained nor disabled is down, those regions are ranked as if they were up, every entry with
+//!    reason [`Reason::Failover`], and [`Decision::all_down`] is set: a least-bad answer beats no
+//!    answer, and the flag goes to metrics and alerts.
+//! 11. **Nothing usable.** No candidates otherwise (every region drained or disabled, or an empty
+//!    catalogue) gives an empty list; the caller answers SERVFAIL / 503.
 //!
 //! Inputs come from GeoIP, RTT beacons and load reports; numbers that are not finite (or negative
 //! RTTs and loads) are ignored rather than trusted, and nothing here panics.
@@ -110,8 +123,8 @@ impl<'a> RegionView<'a> {
     }
 
     /// The weight to divide by, or `None` when the region takes no new users.
-    fn usable_weight(&self) -> Option<f64> {
-        if self.health == Health::Down || self.is_drained() {
+    fn usable_weight(&self, ignore_health: bool) -> Option<f64> {
+        if (self.health == Health::Down && !ignore_health) || self.is_drained() {
             return None;
         }
         match self.control.state {
@@ -148,6 +161,10 @@ pub struct ClientView {
     /// Measured RTTs for the client's network. With several entries for one region, the one with
     /// the most samples is used (the first of equals).
     pub measured_rtt_ms: Vec<MeasuredRtt>,
+    /// The region an operator pinned the client's network to, if any.
+    pub pin: Option<String>,
+    /// A stable hash of the client's network (e.g. its /24 or /48), used to break near ties.
+    pub tie_key: u64,
 }
 
 /// Tunables of the decision, from the router's config.
@@ -165,6 +182,8 @@ pub struct Policy {
     pub fiber_km_per_ms: f64,
     /// Region ranked first among those with no estimate (unknown client location, no RTT data).
     pub default_region: Option<String>,
+    /// Estimates this close to the best one (ms) count as a tie, broken by the client's network.
+    pub tie_window_ms: f64,
 }
 
 impl Default for Policy {
@@ -175,6 +194,7 @@ impl Default for Policy {
             load_penalty_ms_at_full: 100.0,
             fiber_km_per_ms: 100.0,
             default_region: None,
+            tie_window_ms: 1.0,
         }
     }
 }
@@ -192,6 +212,9 @@ pub enum PolicyError {
     /// `load_penalty_ms_at_full` must be finite and at least 0.
     #[error("load_penalty_ms_at_full = {0}: must be finite and at least 0")]
     LoadPenaltyMsAtFull(f64),
+    /// `tie_window_ms` must be finite and at least 0.
+    #[error("tie_window_ms = {0}: must be finite and at least 0")]
+    TieWindowMs(f64),
 }
 
 impl Policy {
@@ -208,6 +231,9 @@ impl Policy {
             return Err(PolicyError::LoadPenaltyMsAtFull(
                 self.load_penalty_ms_at_full,
             ));
+        }
+        if !(self.tie_window_ms.is_finite() && self.tie_window_ms >= 0.0) {
+            return Err(PolicyError::TieWindowMs(self.tie_window_ms));
         }
         Ok(())
     }
@@ -228,6 +254,22 @@ pub enum Reason {
     Drain,
     /// No estimate possible; ordered by the policy's default region, then name.
     Default,
+    /// Winner because an operator pinned the client's network to it.
+    Pin,
+}
+
+/// The ranking with the facts the caller reports or uses to size the ECS scope.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Decision {
+    /// Best first; empty when no region can take users.
+    pub ranked: Vec<Ranked>,
+    /// Every routable region is down: the ranking is a least-bad answer.
+    pub all_down: bool,
+    /// The winner came from a near tie broken by the client's network hash, so the answer holds
+    /// only for that network.
+    pub tie_broken: bool,
+    /// The winner is an operator pin.
+    pub pinned: bool,
 }
 
 /// One entry of the ranking.
@@ -259,13 +301,101 @@ pub fn choose_region(
     client: &ClientView,
     policy: &Policy,
 ) -> Vec<Ranked> {
+    decide(regions, client, policy).ranked
+}
+
+/// [`choose_region`] with the facts behind the ranking.
+pub fn decide(regions: &[RegionView<'_>], client: &ClientView, policy: &Policy) -> Decision {
+    let mut decision = Decision {
+        ranked: rank(regions, client, policy, false),
+        ..Decision::default()
+    };
+    if decision.ranked.is_empty() {
+        decision.ranked = rank(regions, client, policy, true);
+        decision.all_down = !decision.ranked.is_empty();
+        for entry in &mut decision.ranked {
+            entry.reason = Reason::Failover;
+        }
+        return decision;
+    }
+    if let Some(pin) = client.pin.as_deref() {
+        if let Some(at) = decision.ranked.iter().position(|r| r.name == pin) {
+            let mut pinned = decision.ranked.remove(at);
+            pinned.reason = Reason::Pin;
+            decision.ranked.insert(0, pinned);
+            decision.pinned = true;
+            return decision;
+        }
+    }
+    decision.tie_broken =
+        break_near_tie(&mut decision.ranked, client.tie_key, policy.tie_window_ms);
+    decision
+}
+
+/// Moves the rendezvous-hash winner among the entries within `window` ms of the best to the
+/// front, keeping the winner's displacement reason. True when more than one entry was tied.
+fn break_near_tie(ranked: &mut [Ranked], tie_key: u64, window: f64) -> bool {
+    let Some(best) = ranked.first().and_then(|r| r.estimated_rtt_ms) else {
+        return false;
+    };
+    let tied = ranked
+        .iter()
+        .take_while(|r| r.estimated_rtt_ms.is_some_and(|ms| ms - best <= window))
+        .count();
+    if tied < 2 {
+        return false;
+    }
+    let winner = ranked
+        .iter()
+        .take(tied)
+        .enumerate()
+        .max_by_key(|(_, r)| {
+            (
+                rendezvous(tie_key, &r.name),
+                std::cmp::Reverse(r.name.clone()),
+            )
+        })
+        .map_or(0, |(i, _)| i);
+    if winner != 0 {
+        let reason = ranked[0].reason;
+        ranked[..=winner].rotate_right(1);
+        if matches!(reason, Reason::Drain | Reason::Failover) {
+            ranked[1].reason = ranked[0].reason;
+            ranked[0].reason = reason;
+        }
+    }
+    true
+}
+
+/// FNV-1a over the key and the name: stable across processes, versions and platforms.
+fn rendezvous(key: u64, name: &str) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in key.to_le_bytes().iter().chain(name.as_bytes()) {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    // FNV's low bits mix poorly on short inputs; finish with a splitmix64 round.
+    hash ^= hash >> 30;
+    hash = hash.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    hash ^= hash >> 27;
+    hash = hash.wrapping_mul(0x94d0_49bb_1331_11eb);
+    hash ^ (hash >> 31)
+}
+
+/// The ranking of rules 1–7; with `ignore_health`, down regions count as up (rule 10).
+fn rank(
+    regions: &[RegionView<'_>],
+    client: &ClientView,
+    policy: &Policy,
+    ignore_health: bool,
+) -> Vec<Ranked> {
     let location = client
         .location
         .filter(|&(lat, lon)| (-90.0..=90.0).contains(&lat) && (-180.0..=180.0).contains(&lon));
     let mut estimated: Vec<(f64, &str, Reason)> = Vec::new();
     let mut unestimated: Vec<&str> = Vec::new();
     for view in regions {
-        let Some(weight) = view.usable_weight() else {
+        let Some(weight) = view.usable_weight(ignore_health) else {
             continue;
         };
         let name = view.region.name.as_str();
@@ -402,6 +532,7 @@ mod tests {
         ClientView {
             location: Some(location),
             measured_rtt_ms: Vec::new(),
+            ..ClientView::default()
         }
     }
 
@@ -478,7 +609,7 @@ mod tests {
     }
 
     #[test]
-    fn ties_are_broken_by_name_whatever_the_input_order() {
+    fn ties_are_broken_by_client_network_whatever_the_input_order() {
         let catalogue = catalogue();
         let template = &catalogue["eu-central"];
         let b = region_at(template, "b-twin", FRANKFURT);
@@ -486,19 +617,107 @@ mod tests {
         let policy = Policy::default();
         let forward = [RegionView::new(&a), RegionView::new(&b)];
         let backward = [RegionView::new(&b), RegionView::new(&a)];
-        for regions in [&forward[..], &backward[..]] {
-            let ranked = choose_region(regions, &at(LONDON), &policy);
-            assert_eq!(names(&ranked), ["a-twin", "b-twin"]);
-            assert_eq!(ranked[0].estimated_rtt_ms, ranked[1].estimated_rtt_ms);
+        let mut winners = BTreeMap::new();
+        for tie_key in 0..64u64 {
+            let client = ClientView {
+                tie_key,
+                ..at(LONDON)
+            };
+            let first = decide(&forward, &client, &policy);
+            let second = decide(&backward, &client, &policy);
+            assert_eq!(first, second, "input order must not matter");
+            assert!(first.tie_broken);
+            assert_eq!(first.ranked.len(), 2);
+            assert_eq!(
+                first.ranked[0].estimated_rtt_ms,
+                first.ranked[1].estimated_rtt_ms
+            );
+            // The same network always gets the same answer.
+            assert_eq!(decide(&forward, &client, &policy), first);
+            *winners.entry(first.ranked[0].name.clone()).or_insert(0) += 1;
         }
+        // Different networks spread over the tied regions.
+        assert_eq!(winners.len(), 2, "{winners:?}");
+        assert!(winners.values().all(|&n| n >= 16), "{winners:?}");
+
         // Equal measured RTTs tie the same way.
         let client = ClientView {
             location: None,
             measured_rtt_ms: vec![rtt("b-twin", 20.0, 50), rtt("a-twin", 20.0, 50)],
+            tie_key: 7,
+            ..ClientView::default()
         };
         let ranked = choose_region(&backward, &client, &policy);
-        assert_eq!(names(&ranked), ["a-twin", "b-twin"]);
+        assert_eq!(ranked, choose_region(&forward, &client, &policy));
         assert!(ranked.iter().all(|r| r.reason == Reason::Rtt));
+    }
+
+    #[test]
+    fn near_ties_use_the_window_and_clear_winners_do_not() {
+        let catalogue = catalogue();
+        let template = &catalogue["eu-central"];
+        let a = region_at(template, "a", FRANKFURT);
+        let b = region_at(template, "b", FRANKFURT);
+        let views = [RegionView::new(&a), RegionView::new(&b)];
+        let client = |a_ms: f64, b_ms: f64, tie_key: u64| ClientView {
+            location: None,
+            measured_rtt_ms: vec![rtt("a", a_ms, 50), rtt("b", b_ms, 50)],
+            tie_key,
+            ..ClientView::default()
+        };
+        let policy = Policy::default();
+        // 0.5 ms apart is within the default 1 ms window: some networks get b although a is
+        // nominally faster.
+        let b_wins = (0..64)
+            .filter(|&key| choose_region(&views, &client(20.0, 20.5, key), &policy)[0].name == "b")
+            .count();
+        assert!((1..64).contains(&b_wins), "{b_wins}");
+        // 5 ms apart is a clear winner for everyone.
+        for key in 0..64 {
+            let decision = decide(&views, &client(20.0, 25.0, key), &policy);
+            assert_eq!(decision.ranked[0].name, "a");
+            assert!(!decision.tie_broken);
+        }
+        // A zero window still treats exact ties as ties, and nothing else.
+        let exact = Policy {
+            tie_window_ms: 0.0,
+            ..Policy::default()
+        };
+        assert!(!decide(&views, &client(20.0, 20.5, 3), &exact).tie_broken);
+        assert!(decide(&views, &client(20.0, 20.0, 3), &exact).tie_broken);
+    }
+
+    #[test]
+    fn operator_pin_beats_geography_rtt_and_ties_but_not_health() {
+        let catalogue = catalogue();
+        let mut views = views(&catalogue);
+        let pinned = |region: &str| ClientView {
+            pin: Some(region.into()),
+            measured_rtt_ms: vec![rtt("eu-central", 1.0, 1000)],
+            ..at(FRANKFURT)
+        };
+        let decision = decide(&views, &pinned("ap-southeast"), &Policy::default());
+        assert!(decision.pinned);
+        assert_eq!(decision.ranked[0].name, "ap-southeast");
+        assert_eq!(decision.ranked[0].reason, Reason::Pin);
+        assert_eq!(
+            decision.ranked[1].name, "eu-central",
+            "the rest keep their order"
+        );
+        assert_eq!(decision.ranked.len(), 3);
+
+        // A pin to a region that cannot take users is ignored.
+        view_mut(&mut views, "ap-southeast").health = Health::Down;
+        let decision = decide(&views, &pinned("ap-southeast"), &Policy::default());
+        assert!(!decision.pinned);
+        assert_eq!(decision.ranked[0].name, "eu-central");
+        view_mut(&mut views, "ap-southeast").health = Health::Up;
+        view_mut(&mut views, "ap-southeast").control.state = ControlState::Drained;
+        assert!(!decide(&views, &pinned("ap-southeast"), &Policy::default()).pinned);
+        // A pin to a region that does not exist is ignored too.
+        let decision = decide(&views, &pinned("mars-north"), &Policy::default());
+        assert!(!decision.pinned);
+        assert_eq!(decision.ranked[0].name, "eu-central");
     }
 
     #[test]
@@ -539,6 +758,7 @@ mod tests {
         let client = ClientView {
             location: None,
             measured_rtt_ms: vec![rtt("eu-central", 80.0, 30)],
+            ..ClientView::default()
         };
         let policy = Policy {
             default_region: Some("us-east".into()),
@@ -653,21 +873,45 @@ mod tests {
     }
 
     #[test]
-    fn all_down_gives_an_empty_list() {
+    fn all_down_answers_the_least_bad_region_and_flags_it() {
         let catalogue = catalogue();
         let mut views = views(&catalogue);
         for view in &mut views {
             view.health = Health::Down;
         }
-        assert!(choose_region(&views, &at(FRANKFURT), &Policy::default()).is_empty());
+        let decision = decide(&views, &at(FRANKFURT), &Policy::default());
+        assert!(decision.all_down);
+        assert_eq!(
+            names(&decision.ranked),
+            ["eu-central", "us-east", "ap-southeast"],
+            "still nearest first"
+        );
+        assert!(decision.ranked.iter().all(|r| r.reason == Reason::Failover));
         let unknown_client = ClientView::default();
-        assert!(choose_region(&views, &unknown_client, &Policy::default()).is_empty());
+        let decision = decide(&views, &unknown_client, &Policy::default());
+        assert!(decision.all_down);
+        assert_eq!(decision.ranked.len(), 3);
+
+        // Drained and disabled regions stay out even then.
+        view_mut(&mut views, "eu-central").control.state = ControlState::Drained;
+        view_mut(&mut views, "us-east").control.state = ControlState::Disabled;
+        let decision = decide(&views, &at(FRANKFURT), &Policy::default());
+        assert_eq!(names(&decision.ranked), ["ap-southeast"]);
+        // Nothing routable at all: empty, and not flagged as all-down.
+        view_mut(&mut views, "ap-southeast").control.state = ControlState::Drained;
+        let decision = decide(&views, &at(FRANKFURT), &Policy::default());
+        assert!(decision.ranked.is_empty() && !decision.all_down);
         assert!(choose_region(&[], &at(FRANKFURT), &Policy::default()).is_empty());
 
-        // Unknown health is routed to.
+        // One region of unknown health is routed to normally.
+        let mut views = self::views(&catalogue);
+        for view in &mut views {
+            view.health = Health::Down;
+        }
         views[0].health = Health::Unknown;
-        let ranked = choose_region(&views, &at(FRANKFURT), &Policy::default());
-        assert_eq!(names(&ranked), [views[0].region.name.as_str()]);
+        let decision = decide(&views, &at(FRANKFURT), &Policy::default());
+        assert!(!decision.all_down);
+        assert_eq!(names(&decision.ranked), [views[0].region.name.as_str()]);
     }
 
     #[test]
@@ -733,6 +977,7 @@ mod tests {
         let client = ClientView {
             location: None,
             measured_rtt_ms: vec![rtt("eu-central", 1.0, 1000)],
+            ..ClientView::default()
         };
         let policy = Policy {
             default_region: Some("eu-central".into()),
@@ -805,5 +1050,10 @@ mod tests {
             ..Policy::default()
         });
         assert!(e.to_string().contains("load_penalty_ms_at_full"), "{e}");
+        let e = bad(Policy {
+            tie_window_ms: f64::INFINITY,
+            ..Policy::default()
+        });
+        assert!(e.to_string().contains("tie_window_ms"), "{e}");
     }
 }

@@ -18,8 +18,8 @@ pub mod geoip;
 pub mod mmdb_writer;
 
 pub use decision::{
-    choose_region, haversine_km, ClientView, Control, ControlState, Health, MeasuredRtt, Policy,
-    PolicyError, Ranked, Reason, RegionView,
+    choose_region, decide, haversine_km, ClientView, Control, ControlState, Decision, Health,
+    MeasuredRtt, Policy, PolicyError, Ranked, Reason, RegionView,
 };
 pub use geoip::{GeoDb, GeoHit, GeoIpError, ReloadingGeoDb};
 pub use mmdb_writer::{MmdbValue, MmdbWriteError, MmdbWriter};
