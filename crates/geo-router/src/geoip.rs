@@ -176,6 +176,78 @@ impl GeoDb {
     }
 }
 
+/// One network of the database and the location its record gives (`None`: no usable
+/// coordinates). Addresses are in their own family: IPv4 networks come from the IPv4 subtree.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GeoNetwork {
+    /// The network's first address.
+    pub first: IpAddr,
+    /// Its prefix length in that family.
+    pub prefix_len: u8,
+    /// (latitude, longitude) in degrees.
+    pub location: Option<(f64, f64)>,
+}
+
+impl GeoDb {
+    /// Every network with data, IPv4 first, each family in address order. The IPv6 list leaves
+    /// out the IPv4 subtree (`::/96`) and its aliases, which the IPv4 list already covers. A
+    /// record is decoded once however many networks point at it.
+    pub fn networks(&self) -> Result<Vec<GeoNetwork>, GeoIpError> {
+        let invalid = |e| GeoIpError::invalid("<networks>", e);
+        let mut located: std::collections::HashMap<usize, Option<(f64, f64)>> =
+            std::collections::HashMap::new();
+        let mut out = Vec::new();
+        let mut walk =
+            |cidr: &str, v6: bool, out: &mut Vec<GeoNetwork>| -> Result<(), GeoIpError> {
+                let Ok(cidr) = cidr.parse() else {
+                    return Ok(());
+                };
+                let iter = self
+                    .reader
+                    .within(cidr, maxminddb::WithinOptions::default())
+                    .map_err(invalid)?;
+                for item in iter {
+                    let item = item.map_err(invalid)?;
+                    let network = item.network().map_err(invalid)?;
+                    let first = network.network();
+                    let in_ipv4_space = match first {
+                        IpAddr::V4(_) => v6,
+                        IpAddr::V6(a) => u128::from(a) >> 32 == 0 || u128::from(a) >> 32 == 0xffff,
+                    };
+                    if in_ipv4_space {
+                        continue;
+                    }
+                    let location = match item.offset().and_then(|o| located.get(&o).copied()) {
+                        Some(location) => location,
+                        None => {
+                            let location = item
+                                .decode::<RawRecord>()
+                                .map_err(invalid)?
+                                .and_then(|record| record.into_hit(0))
+                                .map(|hit| (hit.latitude, hit.longitude));
+                            if let Some(offset) = item.offset() {
+                                located.insert(offset, location);
+                            }
+                            location
+                        }
+                    };
+                    out.push(GeoNetwork {
+                        first,
+                        prefix_len: network.prefix(),
+                        location,
+                    });
+                }
+                Ok(())
+            };
+        walk("0.0.0.0/0", false, &mut out)?;
+        if self.reader.metadata().ip_version == 6 {
+            walk("::/0", true, &mut out)?;
+        }
+        out.sort_by_key(|n| (n.first.is_ipv6(), n.first, n.prefix_len));
+        Ok(out)
+    }
+}
+
 /// The fields we read from either record shape; everything else in the record is skipped.
 #[derive(Debug, Default, Deserialize)]
 struct RawRecord {
@@ -462,6 +534,38 @@ mod tests {
             continent: continent.map(str::to_owned),
             prefix_len: len,
         }
+    }
+
+    #[test]
+    fn networks_lists_each_family_in_order_with_locations() {
+        let db = GeoDb::from_bytes(city_db()).unwrap();
+        let networks = db.networks().unwrap();
+        let v4: Vec<_> = networks.iter().filter(|n| n.first.is_ipv4()).collect();
+        let v6: Vec<_> = networks.iter().filter(|n| n.first.is_ipv6()).collect();
+        assert!(
+            networks.iter().take(v4.len()).all(|n| n.first.is_ipv4()),
+            "v4 first"
+        );
+        assert!(v4.windows(2).all(|w| w[0].first < w[1].first), "sorted");
+        // The /24 holding a /27 comes back as the tree's pieces around it, all London.
+        let london: Vec<_> = v4
+            .iter()
+            .filter(|n| matches!(n.first, IpAddr::V4(a) if a.octets()[..3] == [81, 2, 69]))
+            .collect();
+        assert!(london.len() >= 2, "{london:?}");
+        assert!(london
+            .iter()
+            .any(|n| n.prefix_len == 27 && n.location == Some((53.4808, -2.2426))));
+        // A record without coordinates is listed without a location.
+        let japan = v4.iter().find(|n| n.first == ip("203.0.113.0")).unwrap();
+        assert_eq!((japan.prefix_len, japan.location), (24, None));
+        // IPv6 networks, and nothing from the IPv4 subtree among them.
+        assert!(v6
+            .iter()
+            .any(|n| n.first == ip("2001:db8:ab::") && n.prefix_len == 48));
+        assert!(v6
+            .iter()
+            .all(|n| matches!(n.first, IpAddr::V6(a) if u128::from(a) >> 32 != 0)));
     }
 
     #[test]

@@ -16,10 +16,12 @@ pub mod decision;
 pub mod dns;
 pub mod geoip;
 pub mod mmdb_writer;
+pub mod scope;
 
 pub use decision::{
     choose_region, decide, haversine_km, ClientView, Control, ControlState, Decision, Health,
     MeasuredRtt, Policy, PolicyError, Ranked, Reason, RegionView,
 };
-pub use geoip::{GeoDb, GeoHit, GeoIpError, ReloadingGeoDb};
+pub use geoip::{GeoDb, GeoHit, GeoIpError, GeoNetwork, ReloadingGeoDb};
 pub use mmdb_writer::{MmdbValue, MmdbWriteError, MmdbWriter};
+pub use scope::{ScopeIndex, ScopeStats};
