@@ -1,0 +1,226 @@
+//! Prometheus metrics of one relay, served at `/metrics`. One registry per relay instance (no
+//! globals), so several relays can run in one test process.
+//!
+//! | metric | labels | meaning |
+//! |---|---|---|
+//! | `meridian_relay_link_up` | `peer` | 1 while the link to `peer` is established (Hello exchanged) |
+//! | `meridian_relay_link_rtt_seconds` | `peer` | QUIC smoothed RTT of the link, refreshed every `timing.rtt_sample_ms` |
+//! | `meridian_relay_bytes_total` | `peer`, `direction` (`in`/`out`) | frame bytes (with prefixes) on all streams |
+//! | `meridian_relay_events_total` | `peer`, `direction` | `RoomEvent` and `Direct` frames |
+//! | `meridian_relay_malformed_frames_total` | `peer` | frames that closed their stream (malformed, oversized, truncated, unexpected) |
+//! | `meridian_relay_active` | — | 1 while this relay is its region's active relay (always, until the standby lease exists) |
+//! | `meridian_relay_refused_total` | `reason` | handshakes refused: `certificate`, `unknown_region`, `protocol_version`, `hello` |
+//! | `meridian_relay_link_transitions_total` | `peer`, `state` (`up`/`down`) | link state changes |
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// `{peer}`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerLabels {
+    /// The peer region.
+    pub peer: String,
+}
+
+/// `{peer, direction}`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FlowLabels {
+    /// The peer region.
+    pub peer: String,
+    /// `in` or `out`.
+    pub direction: &'static str,
+}
+
+/// `{peer, state}`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransitionLabels {
+    /// The peer region.
+    pub peer: String,
+    /// `up` or `down`.
+    pub state: &'static str,
+}
+
+/// `{reason}`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// Why.
+    pub reason: &'static str,
+}
+
+/// Every metric the relay exports.
+pub struct Metrics {
+    registry: Registry,
+    /// `meridian_relay_link_up{peer}`.
+    pub link_up: Family<PeerLabels, Gauge>,
+    /// `meridian_relay_link_rtt_seconds{peer}`.
+    pub link_rtt_seconds: Family<PeerLabels, Gauge<f64, AtomicU64>>,
+    /// `meridian_relay_bytes_total{peer,direction}`.
+    pub bytes: Family<FlowLabels, Counter>,
+    /// `meridian_relay_events_total{peer,direction}`.
+    pub events: Family<FlowLabels, Counter>,
+    /// `meridian_relay_malformed_frames_total{peer}`.
+    pub malformed_frames: Family<PeerLabels, Counter>,
+    /// `meridian_relay_active`.
+    pub active: Gauge,
+    /// `meridian_relay_refused_total{reason}`.
+    pub refused: Family<ReasonLabels, Counter>,
+    /// `meridian_relay_link_transitions_total{peer,state}`.
+    pub transitions: Family<TransitionLabels, Counter>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+/// Direction label of received traffic.
+pub const IN: &str = "in";
+/// Direction label of sent traffic.
+pub const OUT: &str = "out";
+
+impl Metrics {
+    /// A fresh registry under `meridian_relay_`, with a zero series for every peer.
+    pub fn new<'a>(peers: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut r = Registry::with_prefix("meridian_relay");
+        let m = Self {
+            link_up: Family::default(),
+            link_rtt_seconds: Family::default(),
+            bytes: Family::default(),
+            events: Family::default(),
+            malformed_frames: Family::default(),
+            active: Gauge::default(),
+            refused: Family::default(),
+            transitions: Family::default(),
+            registry: Registry::default(),
+        };
+        r.register(
+            "link_up",
+            "1 while the link to the peer region is established",
+            m.link_up.clone(),
+        );
+        r.register(
+            "link_rtt_seconds",
+            "Smoothed QUIC round-trip time of the link",
+            m.link_rtt_seconds.clone(),
+        );
+        r.register(
+            "bytes",
+            "Frame bytes exchanged with the peer",
+            m.bytes.clone(),
+        );
+        r.register(
+            "events",
+            "Room events and direct messages exchanged with the peer",
+            m.events.clone(),
+        );
+        r.register(
+            "malformed_frames",
+            "Frames from the peer that closed their stream",
+            m.malformed_frames.clone(),
+        );
+        r.register(
+            "active",
+            "1 while this relay is its region's active relay",
+            m.active.clone(),
+        );
+        r.register(
+            "refused",
+            "Peer handshakes refused, by reason",
+            m.refused.clone(),
+        );
+        r.register(
+            "link_transitions",
+            "Link state changes",
+            m.transitions.clone(),
+        );
+        for peer in peers {
+            let p = PeerLabels { peer: peer.into() };
+            m.link_up.get_or_create(&p).set(0);
+            let _ = m.malformed_frames.get_or_create(&p);
+            for direction in [IN, OUT] {
+                let f = FlowLabels {
+                    peer: peer.into(),
+                    direction,
+                };
+                let _ = m.bytes.get_or_create(&f);
+                let _ = m.events.get_or_create(&f);
+            }
+        }
+        Self { registry: r, ..m }
+    }
+
+    /// Counts frame bytes.
+    pub fn bytes(&self, peer: &str, direction: &'static str, n: usize) {
+        self.bytes
+            .get_or_create(&FlowLabels {
+                peer: peer.into(),
+                direction,
+            })
+            .inc_by(n as u64);
+    }
+
+    /// Counts one event frame.
+    pub fn event(&self, peer: &str, direction: &'static str) {
+        self.events
+            .get_or_create(&FlowLabels {
+                peer: peer.into(),
+                direction,
+            })
+            .inc();
+    }
+
+    /// Counts a malformed frame.
+    pub fn malformed(&self, peer: &str) {
+        self.malformed_frames
+            .get_or_create(&PeerLabels { peer: peer.into() })
+            .inc();
+    }
+
+    /// Current malformed count of `peer` (tests).
+    pub fn malformed_count(&self, peer: &str) -> u64 {
+        self.malformed_frames
+            .get_or_create(&PeerLabels { peer: peer.into() })
+            .get()
+    }
+
+    /// Count of refusals for `reason` (tests).
+    pub fn refused_count(&self, reason: &'static str) -> u64 {
+        self.refused.get_or_create(&ReasonLabels { reason }).get()
+    }
+
+    /// Sets the link state of `peer`.
+    pub fn set_link(&self, peer: &str, up: bool) {
+        self.link_up
+            .get_or_create(&PeerLabels { peer: peer.into() })
+            .set(i64::from(up));
+        self.transitions
+            .get_or_create(&TransitionLabels {
+                peer: peer.into(),
+                state: if up { "up" } else { "down" },
+            })
+            .inc();
+    }
+
+    /// Records the RTT of `peer`.
+    pub fn set_rtt(&self, peer: &str, seconds: f64) {
+        self.link_rtt_seconds
+            .get_or_create(&PeerLabels { peer: peer.into() })
+            .set(seconds);
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
