@@ -36,7 +36,7 @@ resource "aws_launch_template" "role" {
   for_each      = local.roles
   region        = local.aws
   name          = "${local.name}-${each.key}"
-  image_id      = var.image_id
+  image_id      = data.aws_ami.meridian.id
   instance_type = each.value.instance_type
   # Written out (not from local.roles) so the graph links each group to its template.
   vpc_security_group_ids = [each.key == "node" ? aws_security_group.nodes.id : aws_security_group.relays.id]

@@ -49,3 +49,21 @@ data "aws_availability_zones" "pinned" {
 data "aws_caller_identity" "current" {}
 
 data "aws_partition" "current" {}
+
+data "aws_ami" "meridian" {
+  region      = local.aws
+  most_recent = true
+  owners      = [var.image.owner]
+
+  filter {
+    name   = "name"
+    values = [var.image.name_pattern]
+  }
+}
+
+data "aws_acm_certificate" "websocket" {
+  region      = local.aws
+  domain      = var.tls_certificate_domain
+  statuses    = ["ISSUED"]
+  most_recent = true
+}

@@ -54,14 +54,13 @@ variable "availability_zone_suffixes" {
   }
 }
 
-variable "image_id" {
-  description = "AMI with the Meridian binaries and deploy/systemd units installed (built from deploy/, see terraform/README.md). Used by nodes and relays."
-  type        = string
-
-  validation {
-    condition     = can(regex("^ami-[0-9a-f]{8,17}$", var.image_id))
-    error_message = "image_id must be an AMI id (ami-...)."
-  }
+variable "image" {
+  description = "Which AMI nodes and relays boot: the newest image whose name matches name_pattern, owned by owner. The image carries the Meridian binaries and the deploy/systemd units (see terraform/README.md); AMIs are regional, so the image pipeline copies it to every AWS region of the catalogue."
+  type = object({
+    name_pattern = optional(string, "meridian-*")
+    owner        = optional(string, "self")
+  })
+  default = {}
 }
 
 variable "nodes" {
@@ -122,14 +121,9 @@ variable "redis" {
   }
 }
 
-variable "tls_certificate_arn" {
-  description = "ACM certificate for the WebSocket listener (wss:// on TCP 443). A reference, not key material: the key stays in ACM."
+variable "tls_certificate_domain" {
+  description = "Domain of the ACM certificate for the WebSocket listener (wss:// on TCP 443), looked up in this region (ACM certificates are regional). A reference, not key material: the key stays in ACM."
   type        = string
-
-  validation {
-    condition     = can(regex("^arn:aws[a-z-]*:acm:", var.tls_certificate_arn))
-    error_message = "tls_certificate_arn must be an ACM certificate ARN."
-  }
 }
 
 variable "client_cidrs" {

@@ -1,0 +1,59 @@
+variable "site" {
+  description = "Where this geo-router instance runs: a name for the instance (the catalogue region it sits in) and the AWS region id."
+  type = object({
+    name         = string
+    cloud_region = string
+  })
+}
+
+variable "vpc_id" {
+  description = "VPC to place the router in (the hosting region's, from modules/aws-region)."
+  type        = string
+}
+
+variable "subnet_id" {
+  description = "Public subnet for the router; it answers DNS on its own static address."
+  type        = string
+}
+
+variable "kms_key_arn" {
+  description = "Key that encrypts the router's volume (the hosting region's key)."
+  type        = string
+}
+
+variable "image" {
+  description = "Which AMI the router boots: newest image matching name_pattern owned by owner (same image as the regions; it carries the geo-router binary and unit)."
+  type = object({
+    name_pattern = optional(string, "meridian-*")
+    owner        = optional(string, "self")
+  })
+  default = {}
+}
+
+variable "instance_type" {
+  description = "EC2 instance type of the router."
+  type        = string
+  default     = "c7g.medium"
+}
+
+variable "http_port" {
+  description = "Port of the router's HTTP API (/v1/route)."
+  type        = number
+  default     = 443
+}
+
+variable "zone_name" {
+  description = "DNS zone the routers are authoritative for (e.g. mesh.example.com)."
+  type        = string
+}
+
+variable "catalogue_files" {
+  description = "The region catalogue as file name => TOML text (regions/*.toml), written to /etc/meridian/regions on the router."
+  type        = map(string)
+}
+
+variable "tags" {
+  description = "Tags added to every resource."
+  type        = map(string)
+  default     = {}
+}

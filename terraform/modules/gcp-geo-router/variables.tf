@@ -1,0 +1,61 @@
+variable "site" {
+  description = "Where this geo-router instance runs: a name (the catalogue region it sits in), the Google Cloud region id and the zone suffix."
+  type = object({
+    name         = string
+    cloud_region = string
+    zone_suffix  = optional(string, "a")
+  })
+}
+
+variable "project" {
+  description = "Google Cloud project id."
+  type        = string
+}
+
+variable "subnetwork" {
+  description = "Subnetwork self link to place the router in (the hosting region's, from modules/gcp-region)."
+  type        = string
+}
+
+variable "network" {
+  description = "Network self link of that subnetwork (for the router's firewall rule)."
+  type        = string
+}
+
+variable "kms_key_id" {
+  description = "Cloud KMS key that encrypts the router's disk (the hosting region's key)."
+  type        = string
+}
+
+variable "image" {
+  description = "Compute Engine image with the geo-router binary and unit (same image as the regions)."
+  type        = string
+}
+
+variable "machine_type" {
+  description = "Machine type of the router."
+  type        = string
+  default     = "e2-standard-2"
+}
+
+variable "http_port" {
+  description = "Port of the router's HTTP API (/v1/route)."
+  type        = number
+  default     = 443
+}
+
+variable "zone_name" {
+  description = "DNS zone the routers are authoritative for (e.g. mesh.example.com)."
+  type        = string
+}
+
+variable "catalogue_files" {
+  description = "The region catalogue as file name => TOML text (regions/*.toml), written to /etc/meridian/regions on the router."
+  type        = map(string)
+}
+
+variable "labels" {
+  description = "Labels added to every resource that takes them."
+  type        = map(string)
+  default     = {}
+}
