@@ -33,11 +33,11 @@
 //!    it is ranked first with reason [`Reason::Pin`]. A pin to a region that cannot take users
 //!    (down, drained, disabled) is ignored rather than black-holing its network.
 //! 10. **All down.** When no region is a candidate only because every region that is neither
-//!    drained nor disabled is down, those regions are ranked as if they were up, every entry with
-//!    reason [`Reason::Failover`], and [`Decision::all_down`] is set: a least-bad answer beats no
-//!    answer, and the flag goes to metrics and alerts.
-//! 11. **Nothing usable.** No candidates otherwise (every region drained or disabled, or an empty
-//!    catalogue) gives an empty list; the caller answers SERVFAIL / 503.
+//!     drained nor disabled is down, those regions are ranked as if they were up, every entry
+//!     with reason [`Reason::Failover`], and [`Decision::all_down`] is set: a least-bad answer
+//!     beats no answer, and the flag goes to metrics and alerts.
+//! 11. **Nothing usable.** No candidates otherwise (every region drained or disabled, or an
+//!     empty catalogue) gives an empty list; the caller answers SERVFAIL / 503.
 //!
 //! Inputs come from GeoIP, RTT beacons and load reports; numbers that are not finite (or negative
 //! RTTs and loads) are ignored rather than trusted, and nothing here panics.

@@ -1,22 +1,32 @@
-//! The geo-router's decision core: given the region catalogue (`meridian-catalogue`), each
-//! region's health and routing controls, and what is known about one client (GeoIP location,
-//! measured RTTs), [`choose_region`] returns every usable region ranked best first. It is a pure,
-//! deterministic function with no sockets, clocks or runtime inside; the future router binary
-//! (DNS answers, the HTTP ranking endpoint, health checks with hysteresis, controls shared through
-//! Redis) is the I/O shell around it. See "Geo-routing front door" in `ARCHITECTURE.md`.
+//! The geo-router: the front door that sends every user to the nearest healthy region, by
+//! authoritative DNS (`ws.<zone>`) and over HTTP (`/v1/route`, `/v1/connect`). See
+//! "Geo-routing front door" in `ARCHITECTURE.md` and `docs/geo-router.md`.
 //!
-//! Beside the core: [`dns`] answers the routing zone's DNS queries over UDP and TCP, [`geoip`]
-//! turns a client address into a location ([`GeoDb`], with a file-watching [`ReloadingGeoDb`]),
-//! the only module here that reads files, and [`mmdb_writer`] writes small MaxMind DB files for
-//! tests and the synthetic demo database.
+//! * [`decision`]: the pure ranking core ([`choose_region`], [`decide`]), no I/O;
+//! * [`geoip`]: client address → location ([`GeoDb`], file-watching [`ReloadingGeoDb`]);
+//!   [`scope`]: ECS scopes from merged supernets; [`rtt`]: measured RTTs per client network;
+//! * [`health`]: probes with hysteresis; [`controls`]: drain/undrain/disable/weight shared
+//!   through Redis, with the audit log and the safety rule;
+//! * [`router`]: the live state and the one routing function; [`dns`] and [`http`]: the two
+//!   front ends; [`metrics`]; [`config`]; [`service`]: wiring for the `geo-router` binary;
+//! * [`mmdb_writer`] and [`demo`]: MaxMind DB files for tests and the synthetic demo database.
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 #![forbid(unsafe_code)]
 
+pub mod config;
+pub mod controls;
 pub mod decision;
+pub mod demo;
 pub mod dns;
 pub mod geoip;
+pub mod health;
+pub mod http;
+pub mod metrics;
 pub mod mmdb_writer;
+pub mod router;
+pub mod rtt;
 pub mod scope;
+pub mod service;
 
 pub use decision::{
     choose_region, decide, haversine_km, ClientView, Control, ControlState, Decision, Health,

@@ -1,0 +1,538 @@
+//! Router configuration: a TOML file plus `MERIDIAN_*` environment variables (figment), then the
+//! command-line flags, strictly typed (`deny_unknown_fields`) and validated before any socket is
+//! bound. Nested keys use `__` in the environment: `MERIDIAN_HEALTH__INTERVAL_MS`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use hickory_proto::rr::Name;
+use serde::{Deserialize, Serialize};
+
+use crate::decision::Policy;
+
+/// Errors in the configuration. Each says which key is wrong and why.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file or the environment could not be parsed into the schema.
+    #[error("{0}")]
+    Parse(Box<figment::Error>),
+    /// A value is out of range or inconsistent with another.
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+fn invalid(message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid(message.into())
+}
+
+/// An IP network written `address/prefix`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Network {
+    /// The first address (host bits must be zero).
+    pub address: IpAddr,
+    /// The prefix length.
+    pub prefix_len: u8,
+}
+
+impl Network {
+    /// Whether `ip` (IPv4-mapped counts as IPv4) is in this network.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let (start, end) = self.range();
+        match (ip.to_canonical(), self.address) {
+            (IpAddr::V4(v4), IpAddr::V4(_)) => {
+                let x = u128::from(u32::from(v4));
+                start <= x && x <= end
+            }
+            (IpAddr::V6(v6), IpAddr::V6(_)) => {
+                let x = u128::from(v6);
+                start <= x && x <= end
+            }
+            _ => false,
+        }
+    }
+
+    /// First and last address as integers of the family.
+    pub fn range(&self) -> (u128, u128) {
+        match self.address {
+            IpAddr::V4(v4) => crate::scope::block(u128::from(u32::from(v4)), self.prefix_len, 32),
+            IpAddr::V6(v6) => crate::scope::block(u128::from(v6), self.prefix_len, 128),
+        }
+    }
+}
+
+impl TryFrom<String> for Network {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        let (address, len) = text
+            .split_once('/')
+            .ok_or_else(|| format!("network {text:?}: expected ADDRESS/PREFIX"))?;
+        let address: IpAddr = address
+            .parse()
+            .map_err(|_| format!("network {text:?}: {address:?} is not an IP address"))?;
+        let prefix_len: u8 = len
+            .parse()
+            .map_err(|_| format!("network {text:?}: {len:?} is not a prefix length"))?;
+        let bits = if address.is_ipv4() { 32 } else { 128 };
+        if prefix_len > bits {
+            return Err(format!("network {text:?}: prefix longer than {bits} bits"));
+        }
+        let network = Network {
+            address,
+            prefix_len,
+        };
+        let (start, _) = network.range();
+        let first = match address {
+            IpAddr::V4(v4) => u128::from(u32::from(v4)),
+            IpAddr::V6(v6) => u128::from(v6),
+        };
+        if start != first {
+            return Err(format!(
+                "network {text:?}: host bits are set past the /{prefix_len} prefix"
+            ));
+        }
+        Ok(network)
+    }
+}
+
+impl From<Network> for String {
+    fn from(network: Network) -> String {
+        format!("{}/{}", network.address, network.prefix_len)
+    }
+}
+
+/// An operator pin: clients in `network` go to `region` while it can take users.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pin {
+    /// The client network.
+    pub network: Network,
+    /// The catalogue region.
+    pub region: String,
+}
+
+/// An admin credential: a bearer token and the name its changes are logged under.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminToken {
+    /// Who uses it (`alice`, `drill-bot`): the actor in the audit log.
+    pub actor: String,
+    /// The bearer token, at least 16 characters.
+    pub token: String,
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminToken")
+            .field("actor", &self.actor)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Active health checks of every region's `health_url`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HealthConfig {
+    /// Time between probes of one region, ms.
+    pub interval_ms: u64,
+    /// A probe that takes longer fails, ms (below the interval).
+    pub timeout_ms: u64,
+    /// Consecutive failures that mark an up region down.
+    pub fall: u32,
+    /// Consecutive successes that mark a down region up.
+    pub rise: u32,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            interval_ms: 1000,
+            timeout_ms: 800,
+            fall: 2,
+            rise: 3,
+        }
+    }
+}
+
+impl HealthConfig {
+    /// The longest time from a region's death to the router marking it down: the probe that
+    /// would have succeeded may have just finished, so `fall` more probes each run to the end of
+    /// their timeout.
+    pub fn detection_bound(&self) -> Duration {
+        Duration::from_millis(
+            self.interval_ms * u64::from(self.fall) + self.timeout_ms.min(self.interval_ms),
+        )
+    }
+}
+
+/// Where routing controls are shared.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ControlsConfig {
+    /// `redis://host:port/db` shared by every router instance. Without it controls live in this
+    /// process only, which is fine for one router and wrong for several.
+    pub redis_url: Option<String>,
+    /// Key prefix in that Redis, so several meshes can share one server.
+    pub key_prefix: String,
+    /// How often every instance checks for changes, ms; a change reaches every instance within
+    /// this plus one Redis round trip.
+    pub poll_ms: u64,
+    /// Append every change as a JSON line to this file too (beside the shared audit list).
+    pub audit_file: Option<PathBuf>,
+    /// Admin credentials; without any, the admin API answers 403.
+    pub admin_tokens: Vec<AdminToken>,
+}
+
+impl Default for ControlsConfig {
+    fn default() -> Self {
+        ControlsConfig {
+            redis_url: None,
+            key_prefix: "meridian:router".into(),
+            poll_ms: 200,
+            audit_file: None,
+            admin_tokens: Vec::new(),
+        }
+    }
+}
+
+/// Client RTT report aggregation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RttSettings {
+    /// IPv4 aggregation prefix.
+    pub prefix_v4: u8,
+    /// IPv6 aggregation prefix.
+    pub prefix_v6: u8,
+    /// Networks kept at most.
+    pub max_prefixes: usize,
+    /// Half-life of a sample's weight, s.
+    pub half_life_s: u64,
+    /// Measurements accepted in one report.
+    pub max_per_report: usize,
+}
+
+impl Default for RttSettings {
+    fn default() -> Self {
+        RttSettings {
+            prefix_v4: 24,
+            prefix_v6: 48,
+            max_prefixes: 100_000,
+            half_life_s: 3600,
+            max_per_report: 16,
+        }
+    }
+}
+
+/// The whole router configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RouterConfig {
+    /// The region catalogue directory.
+    pub regions: PathBuf,
+    /// The MaxMind-format City database (reloaded when the file changes).
+    pub geoip: Option<PathBuf>,
+    /// The zone served, fully qualified (`mesh.example.net.`).
+    pub zone: String,
+    /// The zone's name servers (NS records; the first is the SOA MNAME). Default `ns1.<zone>`.
+    pub name_servers: Vec<String>,
+    /// DNS listen address, UDP and TCP.
+    pub dns_listen: SocketAddr,
+    /// HTTP listen address (API, health, metrics).
+    pub http_listen: SocketAddr,
+    /// Answer TTL, s.
+    pub ttl: u32,
+    /// This instance's name in logs and the audit log.
+    pub instance: String,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<Network>,
+    /// Accept `?ip=` on `/v1/route` and `/v1/connect` (debugging only: anyone could then ask
+    /// for anyone's route).
+    pub allow_debug_ip: bool,
+    /// How often the GeoIP file is checked for changes, ms.
+    pub geoip_reload_ms: u64,
+    /// Time allowed for a graceful shutdown, ms.
+    pub shutdown_timeout_ms: u64,
+    /// Ranking tunables.
+    pub policy: Policy,
+    /// Operator pins.
+    pub pins: Vec<Pin>,
+    /// Health checks.
+    pub health: HealthConfig,
+    /// Routing controls.
+    pub controls: ControlsConfig,
+    /// RTT reports.
+    pub rtt: RttSettings,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        RouterConfig {
+            regions: PathBuf::from("regions"),
+            geoip: None,
+            zone: "mesh.localhost.".into(),
+            name_servers: Vec::new(),
+            dns_listen: SocketAddr::from(([127, 0, 0, 1], 5353)),
+            http_listen: SocketAddr::from(([127, 0, 0, 1], 8053)),
+            ttl: crate::dns::DEFAULT_TTL,
+            instance: "router".into(),
+            trusted_proxies: Vec::new(),
+            allow_debug_ip: false,
+            geoip_reload_ms: 1000,
+            shutdown_timeout_ms: 5000,
+            policy: Policy::default(),
+            pins: Vec::new(),
+            health: HealthConfig::default(),
+            controls: ControlsConfig::default(),
+            rtt: RttSettings::default(),
+        }
+    }
+}
+
+impl RouterConfig {
+    /// Defaults, then `file` (when given), then `MERIDIAN_*` variables, then `overrides`
+    /// (the command-line flags), validated.
+    pub fn load(file: Option<&Path>, overrides: Figment) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(RouterConfig::default()));
+        if let Some(file) = file {
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        let figment = figment
+            .merge(Env::prefixed("MERIDIAN_").split("__"))
+            .merge(overrides);
+        Self::from_figment(figment)
+    }
+
+    /// Extracts and validates.
+    pub fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
+        let config: RouterConfig = figment
+            .extract()
+            .map_err(|e| ConfigError::Parse(Box::new(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The zone as a DNS name.
+    pub fn zone_name(&self) -> Result<Name, ConfigError> {
+        let zone = Name::from_utf8(&self.zone)
+            .map_err(|e| invalid(format!("zone = {:?}: {e}", self.zone)))?;
+        if !zone.is_fqdn() {
+            return Err(invalid(format!(
+                "zone = {:?}: must be fully qualified (end with a dot)",
+                self.zone
+            )));
+        }
+        Ok(zone.to_lowercase())
+    }
+
+    /// The NS names, defaulting to `ns1.<zone>`.
+    pub fn name_server_names(&self) -> Result<Vec<Name>, ConfigError> {
+        let zone = self.zone_name()?;
+        if self.name_servers.is_empty() {
+            return zone
+                .prepend_label("ns1")
+                .map(|n| vec![n])
+                .map_err(|e| invalid(format!("zone = {:?}: {e}", self.zone)));
+        }
+        self.name_servers
+            .iter()
+            .map(|n| {
+                let name =
+                    Name::from_utf8(n).map_err(|e| invalid(format!("name_servers: {n:?}: {e}")))?;
+                if name.is_fqdn() {
+                    Ok(name)
+                } else {
+                    Err(invalid(format!(
+                        "name_servers: {n:?} must be fully qualified (end with a dot)"
+                    )))
+                }
+            })
+            .collect()
+    }
+
+    /// Checks every range and cross-field rule; the message names the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.zone_name()?;
+        self.name_server_names()?;
+        if self.ttl == 0 || self.ttl > 86_400 {
+            return Err(invalid(format!(
+                "ttl = {}: must be in 1..=86400 s",
+                self.ttl
+            )));
+        }
+        self.policy
+            .validate()
+            .map_err(|e| invalid(format!("policy.{e}")))?;
+        let h = &self.health;
+        if h.interval_ms < 50 || h.timeout_ms == 0 || h.timeout_ms > h.interval_ms {
+            return Err(invalid(format!(
+                "health: interval_ms = {} must be at least 50 and timeout_ms = {} in 1..=interval_ms",
+                h.interval_ms, h.timeout_ms
+            )));
+        }
+        if h.fall == 0 || h.rise == 0 {
+            return Err(invalid("health: fall and rise must be at least 1"));
+        }
+        let c = &self.controls;
+        if c.poll_ms < 10 || c.poll_ms > 1000 {
+            return Err(invalid(format!(
+                "controls.poll_ms = {}: must be in 10..=1000 (changes must reach every router within 1 s)",
+                c.poll_ms
+            )));
+        }
+        if c.key_prefix.is_empty() {
+            return Err(invalid("controls.key_prefix must not be empty"));
+        }
+        for token in &c.admin_tokens {
+            if token.actor.trim().is_empty() {
+                return Err(invalid("controls.admin_tokens: actor must not be empty"));
+            }
+            if token.token.len() < 16 {
+                return Err(invalid(format!(
+                    "controls.admin_tokens: the token of {:?} is shorter than 16 characters",
+                    token.actor
+                )));
+            }
+        }
+        let r = &self.rtt;
+        if !(8..=32).contains(&r.prefix_v4) || !(16..=128).contains(&r.prefix_v6) {
+            return Err(invalid(format!(
+                "rtt: prefix_v4 = {} must be in 8..=32 and prefix_v6 = {} in 16..=128",
+                r.prefix_v4, r.prefix_v6
+            )));
+        }
+        if r.max_prefixes == 0 || r.half_life_s == 0 || r.max_per_report == 0 {
+            return Err(invalid(
+                "rtt: max_prefixes, half_life_s and max_per_report must be above 0",
+            ));
+        }
+        if self.geoip_reload_ms < 100 {
+            return Err(invalid("geoip_reload_ms must be at least 100"));
+        }
+        if self.instance.trim().is_empty() {
+            return Err(invalid("instance must not be empty"));
+        }
+        Ok(())
+    }
+
+    /// Checks that names in the config (default region, pins) exist in the loaded catalogue.
+    pub fn validate_against(&self, regions: &[&str]) -> Result<(), ConfigError> {
+        if let Some(default) = &self.policy.default_region {
+            if !regions.contains(&default.as_str()) {
+                return Err(invalid(format!(
+                    "policy.default_region = {default:?}: no such region in the catalogue ({})",
+                    regions.join(", ")
+                )));
+            }
+        }
+        for pin in &self.pins {
+            if !regions.contains(&pin.region.as_str()) {
+                return Err(invalid(format!(
+                    "pins: {} → {:?}: no such region in the catalogue",
+                    String::from(pin.network),
+                    pin.region
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(toml: &str) -> Result<RouterConfig, ConfigError> {
+        RouterConfig::from_figment(
+            Figment::from(Serialized::defaults(RouterConfig::default())).merge(Toml::string(toml)),
+        )
+    }
+
+    #[test]
+    fn defaults_are_valid_and_the_example_parses() {
+        RouterConfig::default().validate().unwrap();
+        let example = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../examples/geo-router.toml"
+        );
+        let config = RouterConfig::load(Some(Path::new(example)), Figment::new()).unwrap();
+        assert!(config.zone.ends_with('.'));
+        assert_eq!(
+            HealthConfig::default().detection_bound(),
+            Duration::from_millis(2800)
+        );
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let cases = [
+            ("zone = \"no-dot.example\"", "fully qualified"),
+            ("ttl = 0", "ttl"),
+            ("unknown_key = 1", "unknown_key"),
+            ("[health]\ntimeout_ms = 5000", "timeout_ms"),
+            ("[health]\nfall = 0", "fall"),
+            ("[controls]\npoll_ms = 5000", "poll_ms"),
+            (
+                "[[controls.admin_tokens]]\nactor = \"a\"\ntoken = \"short\"",
+                "shorter than 16",
+            ),
+            (
+                "[[pins]]\nnetwork = \"10.0.0.1/8\"\nregion = \"x\"",
+                "host bits",
+            ),
+            (
+                "[[pins]]\nnetwork = \"10.0.0.0/33\"\nregion = \"x\"",
+                "prefix longer",
+            ),
+            (
+                "[[pins]]\nnetwork = \"banana\"\nregion = \"x\"",
+                "ADDRESS/PREFIX",
+            ),
+            ("[policy]\nfiber_km_per_ms = 0", "fiber_km_per_ms"),
+            ("[rtt]\nprefix_v4 = 40", "prefix_v4"),
+        ];
+        for (toml, expected) in cases {
+            let error = parse(toml).unwrap_err().to_string();
+            assert!(error.contains(expected), "{toml}: {error}");
+        }
+    }
+
+    #[test]
+    fn names_must_exist_in_the_catalogue() {
+        let config = parse("[[pins]]\nnetwork = \"10.0.0.0/8\"\nregion = \"mars\"").unwrap();
+        let error = config
+            .validate_against(&["us-east"])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("mars"), "{error}");
+        let config = parse("[policy]\ndefault_region = \"venus\"").unwrap();
+        assert!(config.validate_against(&["us-east"]).is_err());
+    }
+
+    #[test]
+    fn networks_contain_their_addresses_only() {
+        let network = Network::try_from("10.1.0.0/16".to_owned()).unwrap();
+        assert!(network.contains("10.1.255.1".parse().unwrap()));
+        assert!(network.contains("::ffff:10.1.0.1".parse().unwrap()));
+        assert!(!network.contains("10.2.0.1".parse().unwrap()));
+        assert!(!network.contains("2001:db8::1".parse().unwrap()));
+        let v6 = Network::try_from("2001:db8::/32".to_owned()).unwrap();
+        assert!(v6.contains("2001:db8:ffff::1".parse().unwrap()));
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API
+    fn environment_overrides_the_file() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("router.toml", "ttl = 60\n[health]\nrise = 5\n")?;
+            jail.set_env("MERIDIAN_HEALTH__RISE", "7");
+            let config =
+                RouterConfig::load(Some(Path::new("router.toml")), Figment::new()).unwrap();
+            assert_eq!((config.ttl, config.health.rise), (60, 7));
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,602 @@
+//! The HTTP API: routing for clients, RTT reports, region status, admin controls, and the
+//! process endpoints. Every route is documented in `docs/geo-router.md`.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::controls::{Action, ChangeRequest, ControlError};
+use crate::decision::Reason;
+use crate::metrics::Metrics;
+use crate::router::RouterState;
+
+/// Largest accepted request body (RTT reports, admin notes).
+const MAX_BODY: usize = 8 * 1024;
+
+/// The router's HTTP application.
+pub fn app(state: Arc<RouterState>) -> Router {
+    Router::new()
+        .route("/v1/route", get(route))
+        .route("/v1/connect", get(connect))
+        .route("/v1/rtt", post(rtt))
+        .route("/v1/regions", get(regions))
+        .route("/v1/admin/regions/{region}/{action}", post(admin))
+        .route("/v1/admin/audit", get(audit))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    (
+        status,
+        Json(json!({"error": {"code": code, "message": message.into()}})),
+    )
+        .into_response()
+}
+
+fn count(state: &RouterState, route: &str, status: StatusCode) {
+    state
+        .metrics
+        .http_requests
+        .get_or_create(&Metrics::labels(&[
+            ("route", route),
+            ("status", status.as_str()),
+        ]))
+        .inc();
+}
+
+// The error is the finished HTTP response, built once on a cold path.
+#[allow(clippy::result_large_err)]
+/// The client's address: the socket peer, or — only when the peer is a trusted proxy — the
+/// right-most address in `X-Forwarded-For` that is not itself a trusted proxy; `?ip=` only when
+/// `allow_debug_ip` is set.
+fn client_ip(
+    state: &RouterState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    debug_ip: Option<&str>,
+) -> Result<IpAddr, Response> {
+    if let Some(text) = debug_ip {
+        if !state.config.allow_debug_ip {
+            return Err(error(
+                StatusCode::FORBIDDEN,
+                "debug_ip_disabled",
+                "?ip= is accepted only when allow_debug_ip is set in the router's config",
+            ));
+        }
+        return text.trim().parse().map_err(|_| {
+            error(
+                StatusCode::BAD_REQUEST,
+                "bad_ip",
+                format!("ip={text:?} is not an IP address"),
+            )
+        });
+    }
+    let peer_ip = peer.ip().to_canonical();
+    let trusted = |ip: IpAddr| state.config.trusted_proxies.iter().any(|n| n.contains(ip));
+    if !trusted(peer_ip) {
+        return Ok(peer_ip);
+    }
+    let mut client = peer_ip;
+    for value in headers.get_all("x-forwarded-for") {
+        let Ok(value) = value.to_str() else {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                "bad_forwarded_for",
+                "X-Forwarded-For is not text",
+            ));
+        };
+        for hop in value.split(',').map(str::trim).filter(|h| !h.is_empty()) {
+            let Ok(ip) = hop.parse::<IpAddr>() else {
+                return Err(error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_forwarded_for",
+                    format!("X-Forwarded-For hop {hop:?} is not an IP address"),
+                ));
+            };
+            client = ip.to_canonical();
+        }
+    }
+    // `client` is the right-most hop; walk left past our own proxies.
+    if client != peer_ip && trusted(client) {
+        let hops: Vec<IpAddr> = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|h| h.trim().parse::<IpAddr>().ok())
+            .map(|ip| ip.to_canonical())
+            .collect();
+        if let Some(ip) = hops.iter().rev().find(|ip| !trusted(**ip)) {
+            client = *ip;
+        }
+    }
+    Ok(client)
+}
+
+#[derive(Debug, Deserialize)]
+struct RouteQuery {
+    ip: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct RankedOut {
+    name: String,
+    ws_url: String,
+    estimated_rtt_ms: Option<f64>,
+    reason: Reason,
+}
+
+async fn route(
+    State(state): State<Arc<RouterState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(query): Query<RouteQuery>,
+) -> Response {
+    let ip = match client_ip(&state, peer, &headers, query.ip.as_deref()) {
+        Ok(ip) => ip,
+        Err(response) => {
+            count(&state, "route", response.status());
+            return response;
+        }
+    };
+    let route = state.route(ip, None);
+    let ranked: Vec<RankedOut> = route
+        .decision
+        .ranked
+        .iter()
+        .filter_map(|r| {
+            state.region(&r.name).map(|region| RankedOut {
+                name: r.name.clone(),
+                ws_url: region.ingress.ws_url.clone(),
+                estimated_rtt_ms: r.estimated_rtt_ms.map(|ms| (ms * 100.0).round() / 100.0),
+                reason: r.reason,
+            })
+        })
+        .collect();
+    let status = if ranked.is_empty() {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    count(&state, "route", status);
+    let body = json!({
+        "client": {
+            "ip": ip,
+            "network": format!("{}/{}", network_address(route.network), route.network.len),
+            "location": route.hit.as_ref().map(|h| json!({
+                "latitude": h.latitude,
+                "longitude": h.longitude,
+                "country": h.country,
+                "continent": h.continent,
+            })),
+        },
+        "regions": ranked,
+        "all_down": route.decision.all_down,
+        "scope": route.scope,
+    });
+    (status, [(header::CACHE_CONTROL, "no-store")], Json(body)).into_response()
+}
+
+fn network_address(prefix: crate::rtt::Prefix) -> IpAddr {
+    if prefix.v6 {
+        IpAddr::V6(std::net::Ipv6Addr::from(prefix.start))
+    } else {
+        IpAddr::V4(std::net::Ipv4Addr::from(
+            u32::try_from(prefix.start).unwrap_or(0),
+        ))
+    }
+}
+
+async fn connect(
+    State(state): State<Arc<RouterState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(query): Query<RouteQuery>,
+) -> Response {
+    let ip = match client_ip(&state, peer, &headers, query.ip.as_deref()) {
+        Ok(ip) => ip,
+        Err(response) => {
+            count(&state, "connect", response.status());
+            return response;
+        }
+    };
+    let route = state.route(ip, None);
+    let Some(region) = route
+        .decision
+        .ranked
+        .first()
+        .and_then(|w| state.region(&w.name))
+    else {
+        count(&state, "connect", StatusCode::SERVICE_UNAVAILABLE);
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_region",
+            "no region can take users right now",
+        );
+    };
+    count(&state, "connect", StatusCode::TEMPORARY_REDIRECT);
+    (
+        StatusCode::TEMPORARY_REDIRECT,
+        [
+            (header::LOCATION, region.ingress.ws_url.clone()),
+            (header::CACHE_CONTROL, "no-store".to_owned()),
+        ],
+    )
+        .into_response()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RttReport {
+    rtts: Vec<RttMeasurement>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RttMeasurement {
+    region: String,
+    rtt_ms: f64,
+}
+
+/// Largest RTT believed, ms (anything slower is a broken measurement).
+const MAX_RTT_MS: f64 = 10_000.0;
+
+async fn rtt(
+    State(state): State<Arc<RouterState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let reject = |message: String| {
+        count(&state, "rtt", StatusCode::BAD_REQUEST);
+        state
+            .metrics
+            .rtt_reports
+            .get_or_create(&Metrics::labels(&[("result", "bad_request")]))
+            .inc();
+        error(StatusCode::BAD_REQUEST, "bad_rtt_report", message)
+    };
+    let ip = match client_ip(&state, peer, &headers, None) {
+        Ok(ip) => ip,
+        Err(response) => return response,
+    };
+    let report: RttReport = match serde_json::from_slice(&body) {
+        Ok(report) => report,
+        Err(e) => {
+            return reject(format!(
+                "expected {{\"rtts\": [{{\"region\": NAME, \"rtt_ms\": NUMBER}}, ...]}}: {e}"
+            ))
+        }
+    };
+    let max = state.config.rtt.max_per_report;
+    if report.rtts.is_empty() || report.rtts.len() > max {
+        return reject(format!("a report carries 1 to {max} measurements"));
+    }
+    for m in &report.rtts {
+        if state.region(&m.region).is_none() {
+            return reject(format!("no region {:?} in the catalogue", m.region));
+        }
+        if !(m.rtt_ms.is_finite() && m.rtt_ms > 0.0 && m.rtt_ms <= MAX_RTT_MS) {
+            return reject(format!(
+                "rtt_ms {} for {:?} is outside (0, {MAX_RTT_MS}]",
+                m.rtt_ms, m.region
+            ));
+        }
+    }
+    let now = std::time::Instant::now();
+    let mut refused = 0;
+    for m in &report.rtts {
+        let result = if state.rtt.record(ip, &m.region, m.rtt_ms, now).is_ok() {
+            "recorded"
+        } else {
+            refused += 1;
+            "table_full"
+        };
+        state
+            .metrics
+            .rtt_reports
+            .get_or_create(&Metrics::labels(&[("result", result)]))
+            .inc();
+    }
+    state
+        .metrics
+        .rtt_networks
+        .set(i64::try_from(state.rtt.len()).unwrap_or(i64::MAX));
+    if refused > 0 {
+        count(&state, "rtt", StatusCode::SERVICE_UNAVAILABLE);
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "rtt_table_full",
+            "the RTT table is full; try again later",
+        );
+    }
+    count(&state, "rtt", StatusCode::NO_CONTENT);
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn regions(State(state): State<Arc<RouterState>>) -> Response {
+    let live = state.live();
+    let controls = state.controls();
+    let regions: Vec<_> = state
+        .regions
+        .iter()
+        .zip(live.iter())
+        .map(|(region, live)| {
+            let entry = controls.entries.get(&region.name);
+            json!({
+                "name": region.name,
+                "ws_url": region.ingress.ws_url,
+                "addresses": region.ingress.addresses,
+                "health": live.hysteresis.health,
+                "load": live.load,
+                "capacity": region.capacity,
+                "last_check_ms": live.last_check_ms,
+                "last_error": live.last_error,
+                "last_latency_ms": live.last_latency_ms,
+                "control": {
+                    "state": controls.control(&region.name).state,
+                    "weight": controls.control(&region.name).weight,
+                    "actor": entry.map(|e| e.actor.clone()),
+                    "at_ms": entry.map(|e| e.at_ms),
+                    "note": entry.and_then(|e| e.note.clone()),
+                    "drill": entry.is_some_and(|e| e.drill),
+                },
+            })
+        })
+        .collect();
+    count(&state, "regions", StatusCode::OK);
+    Json(json!({
+        "instance": state.config.instance,
+        "control_version": controls.version,
+        "regions": regions,
+    }))
+    .into_response()
+}
+
+/// The actor of a valid bearer token, compared in constant time.
+#[allow(clippy::result_large_err)]
+fn actor(state: &RouterState, headers: &HeaderMap) -> Result<String, Response> {
+    let tokens = &state.config.controls.admin_tokens;
+    if tokens.is_empty() {
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            "admin_disabled",
+            "no admin tokens are configured on this router",
+        ));
+    }
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or_else(|| {
+            error(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "send Authorization: Bearer <admin token>",
+            )
+        })?;
+    tokens
+        .iter()
+        .find(|t| constant_time_eq(t.token.as_bytes(), presented.as_bytes()))
+        .map(|t| t.actor.clone())
+        .ok_or_else(|| {
+            error(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "unknown admin token",
+            )
+        })
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AdminBody {
+    #[serde(default)]
+    weight: Option<f64>,
+    #[serde(default)]
+    note: Option<String>,
+    #[serde(default)]
+    drill: bool,
+}
+
+async fn admin(
+    State(state): State<Arc<RouterState>>,
+    Path((region, action)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let response = admin_inner(&state, &region, &action, &headers, &body).await;
+    count(&state, "admin", response.status());
+    response
+}
+
+async fn admin_inner(
+    state: &RouterState,
+    region: &str,
+    action: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Response {
+    let actor = match actor(state, headers) {
+        Ok(actor) => actor,
+        Err(response) => return response,
+    };
+    let body: AdminBody = if body.iter().all(u8::is_ascii_whitespace) {
+        AdminBody::default()
+    } else {
+        match serde_json::from_slice(body) {
+            Ok(body) => body,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_body",
+                    format!("expected {{\"note\"?, \"drill\"?, \"weight\"?}}: {e}"),
+                )
+            }
+        }
+    };
+    if body.note.as_ref().is_some_and(|n| n.len() > 500) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_body",
+            "note is longer than 500 bytes",
+        );
+    }
+    let action = match (action, body.weight) {
+        ("drain", None) => Action::Drain,
+        ("undrain", None) => Action::Undrain,
+        ("disable", None) => Action::Disable,
+        ("weight", Some(weight)) => Action::Weight(weight),
+        ("weight", None) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_body",
+                "weight needs {\"weight\": NUMBER in (0, 1]}",
+            )
+        }
+        (other, _) => {
+            return error(
+                StatusCode::NOT_FOUND,
+                "unknown_action",
+                format!("{other:?}: actions are drain, undrain, disable, weight"),
+            )
+        }
+    };
+    let change = ChangeRequest {
+        actor,
+        instance: state.config.instance.clone(),
+        region: region.to_owned(),
+        action,
+        note: body.note,
+        drill: body.drill,
+    };
+    let names = state.region_names();
+    let down = state.down_regions();
+    match state.store.apply(&change, &names, &down).await {
+        Ok(record) => {
+            tracing::info!(
+                actor = %record.actor,
+                region = %record.region,
+                action = %record.action,
+                from = ?record.from,
+                to = ?record.to,
+                note = record.note.as_deref().unwrap_or(""),
+                drill = record.drill,
+                "routing control changed"
+            );
+            state
+                .metrics
+                .control_changes
+                .get_or_create(&Metrics::labels(&[("action", &record.action)]))
+                .inc();
+            if let Some(path) = &state.config.controls.audit_file {
+                if let Err(e) = append_audit(path, &record) {
+                    tracing::error!(path = %path.display(), error = %e, "cannot append to the audit file");
+                }
+            }
+            // Apply here at once; the other instances pick it up on their next poll.
+            if let Err(e) = state.refresh_controls().await {
+                tracing::warn!(error = %e, "change applied but could not re-read controls");
+            }
+            (StatusCode::OK, Json(json!({"applied": record}))).into_response()
+        }
+        Err(ControlError::Unsafe) => error(
+            StatusCode::CONFLICT,
+            "unsafe",
+            ControlError::Unsafe.to_string(),
+        ),
+        Err(e @ ControlError::UnknownRegion(_)) => {
+            error(StatusCode::NOT_FOUND, "unknown_region", e.to_string())
+        }
+        Err(e @ ControlError::BadWeight(_)) => {
+            error(StatusCode::BAD_REQUEST, "bad_weight", e.to_string())
+        }
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            e.to_string(),
+        ),
+    }
+}
+
+fn append_audit(
+    path: &std::path::Path,
+    record: &crate::controls::AuditRecord,
+) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut line = serde_json::to_vec(record).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?
+        .write_all(&line)
+}
+
+async fn audit(
+    State(state): State<Arc<RouterState>>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    if let Err(response) = actor(&state, &headers) {
+        count(&state, "audit", response.status());
+        return response;
+    }
+    let limit = query
+        .get("limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .unwrap_or(100)
+        .clamp(1, 10_000);
+    let response = match state.store.audit(limit).await {
+        Ok(records) => Json(json!({"audit": records})).into_response(),
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            e.to_string(),
+        ),
+    };
+    count(&state, "audit", response.status());
+    response
+}
+
+/// Ready once the controls have been read: before that a drained region could be answered.
+/// Not tied to region health: with every region down the router still gives least-bad answers,
+/// and taking every router out of a load balancer would only make things worse.
+async fn readyz(State(state): State<Arc<RouterState>>) -> Response {
+    if !state.controls_loaded() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "controls not loaded yet\n").into_response();
+    }
+    "ready\n".into_response()
+}
+
+async fn metrics(State(state): State<Arc<RouterState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+        .into_response()
+}

@@ -1,0 +1,216 @@
+//! Wires the router together: loads the catalogue and the database, connects the control
+//! store, binds DNS (UDP + TCP) and HTTP, and runs every background task until shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::RouterConfig;
+use crate::controls::ControlStore;
+use crate::dns::{serve_tcp, serve_udp, Answerer, ZoneConfig};
+use crate::router::{
+    open_geoip, spawn_control_poller, spawn_geoip_reloader, spawn_health_checks, spawn_rtt_sweeper,
+    DnsRouter, GeoView, RouterState,
+};
+
+/// Why the router could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// Configuration or catalogue problem.
+    #[error("{0}")]
+    Config(String),
+    /// The GeoIP database could not be loaded.
+    #[error(transparent)]
+    GeoIp(#[from] crate::geoip::GeoIpError),
+    /// The control store could not be reached.
+    #[error("routing controls: {0}")]
+    Controls(#[from] crate::controls::ControlError),
+    /// A socket could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// A started router.
+#[derive(Debug)]
+pub struct RunningRouter {
+    /// The shared state (for tests and the binary's log lines).
+    pub state: Arc<RouterState>,
+    /// The DNS address bound (UDP and TCP).
+    pub dns_addr: SocketAddr,
+    /// The HTTP address bound.
+    pub http_addr: SocketAddr,
+    tasks: Vec<JoinHandle<()>>,
+    shutdown: CancellationToken,
+}
+
+impl RunningRouter {
+    /// Stops everything and waits at most `timeout` for the tasks to finish.
+    pub async fn stop(self, timeout: Duration) {
+        self.shutdown.cancel();
+        let all = futures_util::future::join_all(self.tasks);
+        if tokio::time::timeout(timeout, all).await.is_err() {
+            tracing::warn!(?timeout, "shutdown timed out; exiting anyway");
+        }
+    }
+}
+
+/// Starts a router with `config` (already validated). Controls in Redis are read once before
+/// this returns; connecting is retried for up to 10 s.
+pub async fn start(config: RouterConfig) -> Result<RunningRouter, StartError> {
+    let catalogue = meridian_catalogue::load_dir(&config.regions)
+        .map_err(|e| StartError::Config(e.to_string()))?;
+    let regions: Vec<_> = catalogue.into_values().collect();
+    if regions.is_empty() {
+        return Err(StartError::Config(format!(
+            "the catalogue {} has no regions",
+            config.regions.display()
+        )));
+    }
+    let names: Vec<&str> = regions.iter().map(|r| r.name.as_str()).collect();
+    config
+        .validate_against(&names)
+        .map_err(|e| StartError::Config(e.to_string()))?;
+    let zone = ZoneConfig {
+        ttl: config.ttl,
+        minimum: config.ttl,
+        ..ZoneConfig::new(
+            config
+                .zone_name()
+                .map_err(|e| StartError::Config(e.to_string()))?,
+            config
+                .name_server_names()
+                .map_err(|e| StartError::Config(e.to_string()))?,
+        )
+    };
+
+    let reloading = open_geoip(config.geoip.as_ref())?;
+    let geo = {
+        let db = reloading.as_ref().map(|r| r.current());
+        let regions = regions.clone();
+        tokio::task::spawn_blocking(move || GeoView::build(db, &regions))
+            .await
+            .map_err(|e| StartError::Config(format!("building the scope index: {e}")))??
+    };
+    if let Some(stats) = &geo.stats {
+        tracing::info!(?stats, "GeoIP database loaded");
+    } else {
+        tracing::warn!("no GeoIP database configured: every client gets the default order");
+    }
+
+    let store = match &config.controls.redis_url {
+        Some(url) => connect_store(url, &config.controls.key_prefix).await?,
+        None => {
+            tracing::warn!(
+                "controls.redis_url is not set: routing controls apply to THIS router only; \
+                 set it when more than one router runs"
+            );
+            ControlStore::memory()
+        }
+    };
+
+    let dns_udp = UdpSocket::bind(config.dns_listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: config.dns_listen,
+            source,
+        })?;
+    let dns_addr = dns_udp.local_addr().map_err(|source| StartError::Bind {
+        addr: config.dns_listen,
+        source,
+    })?;
+    let dns_tcp = TcpListener::bind(dns_addr)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: dns_addr,
+            source,
+        })?;
+    let http = TcpListener::bind(config.http_listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: config.http_listen,
+            source,
+        })?;
+    let http_addr = http.local_addr().map_err(|source| StartError::Bind {
+        addr: config.http_listen,
+        source,
+    })?;
+
+    let state = Arc::new(RouterState::new(config, regions, geo, store));
+    if let Err(e) = state.refresh_controls().await {
+        tracing::warn!(error = %e, "cannot read routing controls yet; /readyz stays false until they load");
+    }
+    let shutdown = CancellationToken::new();
+    let answerer = Arc::new(Answerer::new(zone, DnsRouter(Arc::clone(&state))));
+    let mut tasks = Vec::new();
+    {
+        let answerer = Arc::clone(&answerer);
+        let stop = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            serve_udp(dns_udp, answerer, stop.cancelled_owned()).await;
+        }));
+    }
+    {
+        let stop = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            serve_tcp(dns_tcp, answerer, stop.cancelled_owned()).await;
+        }));
+    }
+    {
+        let app = crate::http::app(Arc::clone(&state));
+        let stop = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            let served = axum::serve(
+                http,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        }));
+    }
+    tasks.extend(spawn_health_checks(Arc::clone(&state), shutdown.clone()));
+    tasks.push(spawn_control_poller(Arc::clone(&state), shutdown.clone()));
+    tasks.push(spawn_rtt_sweeper(Arc::clone(&state), shutdown.clone()));
+    if let Some(db) = reloading {
+        tasks.push(spawn_geoip_reloader(
+            Arc::clone(&state),
+            db,
+            shutdown.clone(),
+        ));
+    }
+    Ok(RunningRouter {
+        state,
+        dns_addr,
+        http_addr,
+        tasks,
+        shutdown,
+    })
+}
+
+async fn connect_store(url: &str, prefix: &str) -> Result<ControlStore, StartError> {
+    let mut delay = Duration::from_millis(100);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match ControlStore::redis(url, prefix).await {
+            Ok(store) => return Ok(store),
+            Err(e) if tokio::time::Instant::now() + delay < deadline => {
+                tracing::warn!(error = %e, "control store not reachable yet; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
