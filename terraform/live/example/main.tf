@@ -20,6 +20,8 @@ locals {
   gcp = module.catalogue.by_cloud["gcp"]
 
   router_sites = var.geo_router_sites == null ? keys(module.catalogue.regions) : var.geo_router_sites
+  # One name server per router site; the same names go into the parent zone's NS record.
+  name_servers = [for site in sort(local.router_sites) : "ns-${site}.${var.zone_name}."]
 }
 
 module "catalogue" {
@@ -53,6 +55,7 @@ module "aws_region" {
   nodes                  = try(var.region_overrides[each.key].nodes, {})
   relays                 = try(var.region_overrides[each.key].relays, {})
   redis                  = try(var.region_overrides[each.key].redis, {})
+  catalogue_files        = local.catalogue_files
   tags                   = local.tags
 }
 
@@ -69,6 +72,7 @@ module "gcp_region" {
   nodes           = try(var.region_overrides[each.key].nodes, {})
   relays          = try(var.region_overrides[each.key].relays, {})
   redis           = try(var.region_overrides[each.key].redis, {})
+  catalogue_files = local.catalogue_files
   labels          = { for k, v in local.tags : replace(k, ":", "-") => v }
 }
 
@@ -117,6 +121,7 @@ module "aws_geo_router" {
   kms_key_arn     = module.aws_region[each.key].kms_key_arn
   zone_name       = var.zone_name
   catalogue_files = local.catalogue_files
+  name_servers    = local.name_servers
   tags            = local.tags
 }
 
@@ -135,6 +140,7 @@ module "gcp_geo_router" {
   image           = var.gcp_image
   zone_name       = var.zone_name
   catalogue_files = local.catalogue_files
+  name_servers    = local.name_servers
   labels          = { for k, v in local.tags : replace(k, ":", "-") => v }
 }
 

@@ -94,10 +94,11 @@ resource "aws_instance" "router" {
   tags                   = merge(local.tags, { Name = local.name })
 
   user_data = templatefile("${path.module}/templates/user-data.sh.tftpl", {
-    site      = var.site.name
-    zone_name = var.zone_name
-    http_port = var.http_port
-    files     = var.catalogue_files
+    site         = var.site.name
+    zone_name    = var.zone_name
+    http_port    = var.http_port
+    files        = var.catalogue_files
+    name_servers = var.name_servers
   })
 
   metadata_options {

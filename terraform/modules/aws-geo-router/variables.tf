@@ -37,9 +37,9 @@ variable "instance_type" {
 }
 
 variable "http_port" {
-  description = "Port of the router's HTTP API (/v1/route)."
+  description = "Port of the router's HTTP API (/v1/route). The router serves plain HTTP today; TLS in front of it is not part of this rollout yet."
   type        = number
-  default     = 443
+  default     = 8053
 }
 
 variable "zone_name" {
@@ -56,4 +56,9 @@ variable "tags" {
   description = "Tags added to every resource."
   type        = map(string)
   default     = {}
+}
+
+variable "name_servers" {
+  description = "Fully qualified names of every geo-router of the zone (ns-<site>.<zone>.), which each router lists in its NS and SOA answers."
+  type        = list(string)
 }

@@ -45,15 +45,16 @@ resource "aws_launch_template" "role" {
   tags                   = local.tags
 
   user_data = base64encode(templatefile("${path.module}/templates/user-data.sh.tftpl", {
-    role       = each.key
-    unit       = each.value.unit
-    deploy_env = local.deploy_env
-    region     = var.region
-    node_port  = var.nodes.port
-    relay_port = var.region.relay.port
-    health     = var.relays.health_port
-    namespace  = var.metrics_namespace
-    metrics    = each.value.port
+    role            = each.key
+    unit            = each.value.unit
+    deploy_env      = local.deploy_env
+    catalogue_files = var.catalogue_files
+    region          = var.region
+    node_port       = var.nodes.port
+    relay_port      = var.region.relay.port
+    health          = var.relays.health_port
+    namespace       = var.metrics_namespace
+    metrics         = each.value.port
     # A plain string, not a reference to the group (which depends on this template).
     asg_name = "${local.name}-${each.key}s"
   }))

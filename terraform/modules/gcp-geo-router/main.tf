@@ -70,10 +70,11 @@ resource "google_compute_instance" "router" {
     enable-oslogin         = "TRUE"
     serial-port-enable     = "false"
     startup-script = templatefile("${path.module}/templates/startup.sh.tftpl", {
-      site      = var.site.name
-      zone_name = var.zone_name
-      http_port = var.http_port
-      files     = var.catalogue_files
+      site         = var.site.name
+      zone_name    = var.zone_name
+      http_port    = var.http_port
+      files        = var.catalogue_files
+      name_servers = var.name_servers
     })
   }
 }

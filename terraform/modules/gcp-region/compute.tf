@@ -75,15 +75,16 @@ resource "google_compute_region_instance_template" "role" {
     enable-oslogin         = "TRUE"
     serial-port-enable     = "false"
     startup-script = templatefile("${path.module}/templates/startup.sh.tftpl", {
-      role         = each.key
-      unit         = each.value.unit
-      deploy_env   = local.deploy_env
-      region       = var.region
-      node_port    = var.nodes.port
-      relay_port   = var.region.relay.port
-      health       = var.relays.health_port
-      metrics_port = each.value.metrics_port
-      redis_ca     = join("\n", [for c in google_redis_instance.this.server_ca_certs : c.cert])
+      role            = each.key
+      unit            = each.value.unit
+      deploy_env      = local.deploy_env
+      catalogue_files = var.catalogue_files
+      region          = var.region
+      node_port       = var.nodes.port
+      relay_port      = var.region.relay.port
+      health          = var.relays.health_port
+      metrics_port    = each.value.metrics_port
+      redis_ca        = join("\n", [for c in google_redis_instance.this.server_ca_certs : c.cert])
     })
   }
 

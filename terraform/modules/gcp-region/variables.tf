@@ -132,3 +132,8 @@ variable "labels" {
   type        = map(string)
   default     = {}
 }
+
+variable "catalogue_files" {
+  description = "The region catalogue as file name => TOML text (regions/*.toml), written to /etc/meridian/regions on relays (they dial peers at the catalogue's relay addresses). A catalogue change rolls the relays."
+  type        = map(string)
+}
