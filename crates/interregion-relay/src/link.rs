@@ -774,7 +774,10 @@ async fn dial_loop(shared: Arc<Shared>, peer: String) {
             Ok(Err(e)) => {
                 failures += 1;
                 // First failure (and every 30th) at warn, so a long outage does not flood logs.
-                if failures == 1 || failures % 30 == 0 || matches!(e, LinkError::ProtocolVersion) {
+                if failures == 1
+                    || failures.is_multiple_of(30)
+                    || matches!(e, LinkError::ProtocolVersion)
+                {
                     tracing::warn!(%peer, %addr, failures, error = %e, "cannot link to peer");
                 } else {
                     tracing::debug!(%peer, %addr, failures, error = %e, "cannot link to peer");
@@ -852,6 +855,7 @@ async fn run_link(
         control_rx,
         peer.clone(),
         shared.metrics.clone(),
+        stop.clone(),
     ));
     tasks.spawn(control_reader(
         shared.clone(),
@@ -875,6 +879,8 @@ async fn run_link(
 
     let reason = conn.closed().await;
     stop.cancel();
+    // Lane senders live in the link; dropping it lets idle lane writers end.
+    drop(link);
     let reason = describe_close(&reason);
     let current = {
         let mut links = lock(&shared.links);
@@ -913,8 +919,16 @@ async fn control_writer(
     mut rx: mpsc::Receiver<Bytes>,
     peer: String,
     metrics: Arc<Metrics>,
+    stop: CancellationToken,
 ) {
-    while let Some(bytes) = rx.recv().await {
+    loop {
+        let bytes = tokio::select! {
+            _ = stop.cancelled() => return,
+            b = rx.recv() => match b {
+                Some(b) => b,
+                None => return,
+            },
+        };
         let n = bytes.len();
         if send.write_chunk(bytes).await.is_err() {
             return;
