@@ -435,3 +435,286 @@ where
     }
     false
 }
+
+/// An HTTP/1.1 request over loopback; returns (status, raw head, body).
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Result<(u16, String, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(addr).await?;
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    s.write_all(request.as_bytes()).await?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await??;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow!("bad HTTP response: {text}"))?;
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    Ok((status, head.to_owned(), body.to_owned()))
+}
+
+/// A `geo-router` child process.
+#[derive(Debug)]
+pub struct RouterProcess {
+    child: Child,
+    /// DNS address (UDP and TCP).
+    pub dns: SocketAddr,
+    /// HTTP address.
+    pub http: SocketAddr,
+}
+
+impl RouterProcess {
+    /// Starts `geo-router --config <toml>` (listen addresses default to port 0 on 127.0.0.1)
+    /// and waits for both "listening on" lines.
+    pub fn start(dir: &Path, name: &str, toml: &str) -> Result<Self> {
+        let config = dir.join(format!("{name}.toml"));
+        std::fs::write(&config, toml)?;
+        let mut child = Command::new(bin_path("geo-router")?)
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "warn,geo_router=info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("spawn geo-router")?;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                for prefix in ["dns listening on ", "http listening on "] {
+                    if let Some(addr) = line.strip_prefix(prefix) {
+                        let _ = tx.send((prefix, addr.trim().to_owned()));
+                    }
+                }
+            }
+        });
+        let (mut dns, mut http) = (None, None);
+        while dns.is_none() || http.is_none() {
+            match rx.recv_timeout(Duration::from_secs(20)) {
+                Ok(("dns listening on ", addr)) => dns = Some(addr.parse()?),
+                Ok((_, addr)) => http = Some(addr.parse()?),
+                Err(_) => {
+                    let _ = child.kill();
+                    bail!("geo-router did not report its addresses");
+                }
+            }
+        }
+        Ok(Self {
+            child,
+            dns: dns.ok_or_else(|| anyhow!("no dns address"))?,
+            http: http.ok_or_else(|| anyhow!("no http address"))?,
+        })
+    }
+
+    /// Sends a signal (`"KILL"`, `"TERM"`).
+    pub fn signal(&self, sig: &str) -> Result<()> {
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()?;
+        if !status.success() {
+            bail!("kill -{sig} failed");
+        }
+        Ok(())
+    }
+
+    /// Waits for the process to exit, at most `within`.
+    pub fn wait_exit(&mut self, within: Duration) -> Result<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!("process still running after {within:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for RouterProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A region health endpoint the test controls: answers 200 with a load body while up, 503
+/// while failing, and refuses connections once stopped.
+#[derive(Debug)]
+pub struct HealthServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    failing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl HealthServer {
+    /// Starts on 127.0.0.1 with a free port.
+    pub async fn start() -> Result<Self> {
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// Starts on `addr` (to come back on the same port after [`HealthServer::stop`]).
+    pub async fn start_on(addr: SocketAddr) -> Result<Self> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let failing = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&failing);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let failing = flag.load(Ordering::Relaxed);
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    let _ = stream.read(&mut buf).await;
+                    let (status, body) = if failing {
+                        ("503 Service Unavailable", "{\"status\":\"failing\"}")
+                    } else {
+                        ("200 OK", "{\"status\":\"ready\",\"load\":0.1}")
+                    };
+                    let response = format!(
+                        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = stream.write_all(response.as_bytes()).await;
+                });
+            }
+        });
+        Ok(Self {
+            addr,
+            failing,
+            task: Some(task),
+        })
+    }
+
+    /// Answer 503 (true) or 200 (false) from now on.
+    pub fn set_failing(&self, failing: bool) {
+        self.failing
+            .store(failing, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Closes the listener: connections are refused.
+    pub fn stop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+
+    /// The health URL to put in a catalogue.
+    pub fn url(&self) -> String {
+        format!("http://{}/readyz", self.addr)
+    }
+}
+
+impl Drop for HealthServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Writes a catalogue of the dev regions (coordinates as in `regions/`) into `dir`, with each
+/// region's ingress address `127.0.1.<n>` and `health_url` from `health` (by name).
+pub fn write_catalogue(dir: &Path, health: &[(&str, String)]) -> Result<()> {
+    let regions = [
+        ("us-east", 38.9072, -77.0369, 1),
+        ("eu-central", 50.1109, 8.6821, 2),
+        ("ap-southeast", 1.3521, 103.8198, 3),
+    ];
+    std::fs::create_dir_all(dir)?;
+    for (name, lat, lon, n) in regions {
+        let url = health
+            .iter()
+            .find(|(h, _)| *h == name)
+            .map(|(_, u)| u.clone())
+            .unwrap_or_else(|| "http://127.0.0.1:9/readyz".into());
+        std::fs::write(
+            dir.join(format!("{name}.toml")),
+            format!(
+                "name = \"{name}\"\nlatitude = {lat}\nlongitude = {lon}\ncapacity = 1000\n\
+                 cloud = \"aws\"\ncloud_region = \"test-{n}\"\n\
+                 [ingress]\naddresses = [\"127.0.1.{n}\", \"::1\"]\nws_url = \"ws://127.0.1.{n}:7000/v1/ws\"\n\
+                 health_url = \"{url}\"\n[relay]\naddress = \"127.0.1.{n}:7400\"\n"
+            ),
+        )?;
+    }
+    Ok(())
+}
+
+/// The A records and the ECS scope of one `qname` query with an optional ECS network
+/// (`address/prefix`) sent over UDP to `server`: (rcode, addresses, scope, ttl).
+pub async fn dns_query(
+    server: SocketAddr,
+    qname: &str,
+    ecs: Option<(std::net::IpAddr, u8)>,
+) -> Result<(
+    hickory_proto::op::ResponseCode,
+    Vec<std::net::IpAddr>,
+    Option<u8>,
+    Option<u32>,
+)> {
+    use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
+    use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsOption};
+    use hickory_proto::rr::{Name, RData, RecordType};
+    let mut message = Message::new(rand_id(), MessageType::Query, OpCode::Query);
+    message.add_query(Query::query(Name::from_utf8(qname)?, RecordType::A));
+    let mut edns = Edns::new();
+    edns.set_max_payload(1232);
+    if let Some((address, prefix)) = ecs {
+        edns.options_mut()
+            .insert(EdnsOption::Subnet(ClientSubnet::new(address, prefix, 0)));
+    }
+    message.set_edns(edns);
+    let bytes = message.to_vec()?;
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+    socket.send_to(&bytes, server).await?;
+    let mut buf = vec![0u8; 4096];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(2), socket.recv_from(&mut buf)).await??;
+    let response = Message::from_vec(&buf[..n])?;
+    let addresses = response
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(std::net::IpAddr::V4(a.0)),
+            RData::AAAA(a) => Some(std::net::IpAddr::V6(a.0)),
+            _ => None,
+        })
+        .collect();
+    let ttl = response.answers.first().map(|r| r.ttl);
+    let scope = response.edns.as_ref().and_then(|e| {
+        e.options().as_ref().iter().find_map(|(_, o)| match o {
+            EdnsOption::Subnet(s) => Some(s.scope_prefix()),
+            _ => None,
+        })
+    });
+    Ok((response.metadata.response_code, addresses, scope, ttl))
+}
+
+fn rand_id() -> u16 {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    (nanos ^ (nanos >> 16)) as u16
+}

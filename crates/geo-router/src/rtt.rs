@@ -168,7 +168,7 @@ impl RttTable {
         Ok(())
     }
 
-    /// The measured RTTs of `ip`'s network, with decayed sample counts (rounded down).
+    /// The measured RTTs of `ip`'s network, with decayed sample counts (rounded).
     pub fn lookup(&self, ip: IpAddr, now: Instant) -> Vec<MeasuredRtt> {
         let prefix = self.prefix_of(ip);
         let entries = self.entries.read().unwrap_or_else(PoisonError::into_inner);
@@ -182,7 +182,7 @@ impl RttTable {
                 (weight > 0.0).then(|| MeasuredRtt {
                     region: a.region.clone(),
                     rtt_ms: weighted / weight,
-                    samples: weight as u32,
+                    samples: weight.round() as u32,
                 })
             })
             .collect()
