@@ -896,9 +896,12 @@ async fn run_link(
         shared.states.send_modify(|m| {
             m.insert(peer.clone(), false);
         });
+        tracing::warn!(%peer, %reason, "link down");
+        shared.sink.link(&peer, LinkEvent::Down { reason }).await;
+    } else {
+        // A newer connection to the same peer took over: the link never went down.
+        tracing::info!(%peer, %reason, "replaced connection closed");
     }
-    tracing::warn!(%peer, %reason, "link down");
-    shared.sink.link(&peer, LinkEvent::Down { reason }).await;
     tasks.wait().await;
 }
 

@@ -454,6 +454,56 @@ async fn region_that_should_be_dialed_is_refused_when_it_dials() {
     stop.cancel();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn newer_connection_from_a_restarted_peer_replaces_the_old_one() {
+    let pki = Pki::new();
+    let sink = Arc::new(MemorySink::default());
+    let (us, stop) = us_relay(&pki, sink.clone()).await;
+    let eu = pki.identity(EU);
+    let first = raw_connect(&eu, &[EU, US], ALPN, us.quic_addr, US)
+        .await
+        .unwrap();
+    first.hello(EU).await.unwrap();
+    assert!(us.handle.wait_link(EU, true, LIMIT).await);
+    // The peer restarts: a new connection while the old one has not timed out yet.
+    let second = raw_connect(&eu, &[EU, US], ALPN, us.quic_addr, US)
+        .await
+        .unwrap();
+    second.hello(EU).await.unwrap();
+    let closed = tokio::time::timeout(LIMIT, first.conn.closed())
+        .await
+        .unwrap();
+    match closed {
+        quinn::ConnectionError::ApplicationClosed(c) => assert_eq!(c.error_code, codes::REPLACED),
+        other => panic!("{other:?}"),
+    }
+    assert!(us.handle.is_up(EU));
+    us.handle
+        .send_room_event(EU, &event("lobby", 1))
+        .await
+        .unwrap();
+    let mut lane = tokio::time::timeout(LIMIT, second.conn.accept_uni())
+        .await
+        .unwrap()
+        .unwrap();
+    let (got, _) = frame::read_frame(&mut lane, 1 << 20)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, Frame::RoomEvent(event("lobby", 1)));
+    // The sink saw two Ups and no Down: the link never went down.
+    let links: Vec<_> = sink
+        .items()
+        .into_iter()
+        .filter_map(|i| match i {
+            Received::Link(_, e) => Some(matches!(e, LinkEvent::Up { .. })),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(links, [true, true]);
+    stop.cancel();
+}
+
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);
 
