@@ -462,6 +462,60 @@ mod tests {
         }
     }
 
+    async fn post(addr: SocketAddr, path: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let req = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn http_control_switches_partition_and_impairment() {
+        let stop = CancellationToken::new();
+        let (h, _task) = start(
+            "127.0.0.1:0".parse().unwrap(),
+            "127.0.0.1:9".parse().unwrap(),
+            Impairment::default(),
+            1,
+            stop.clone(),
+        )
+        .await
+        .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let router = control_router(h.clone());
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        let out = post(addr, "/partition").await;
+        assert!(
+            out.starts_with("HTTP/1.1 200") && out.contains("\"partitioned\":true"),
+            "{out}"
+        );
+        assert!(h.state().partitioned);
+        post(addr, "/heal").await;
+        assert!(!h.state().partitioned);
+        let out = post(addr, "/impairment?delay_ms=25&jitter_ms=5&loss=0.5").await;
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+        assert_eq!(
+            h.state().impairment,
+            Impairment {
+                delay_ms: 25,
+                jitter_ms: 5,
+                loss: 0.5
+            }
+        );
+        let out = post(addr, "/impairment?loss=3").await;
+        assert!(
+            out.starts_with("HTTP/1.1 400") && out.contains("loss"),
+            "{out}"
+        );
+        stop.cancel();
+    }
+
     #[tokio::test]
     async fn delays_drops_partitions_and_heals() {
         let stop = CancellationToken::new();
