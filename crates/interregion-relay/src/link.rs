@@ -272,6 +272,11 @@ impl RelayHandle {
         self.shared.endpoint.local_addr()
     }
 
+    /// QUIC connections currently open on the endpoint (dialed and accepted, any state).
+    pub fn open_connections(&self) -> usize {
+        self.shared.endpoint.open_connections()
+    }
+
     /// The relay's metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.shared.metrics

@@ -319,6 +319,47 @@ async fn two_relays_link_with_mtls_and_keep_per_room_order_without_blocking_othe
     tokio::time::timeout(LIMIT, us.done).await.unwrap().unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_regions_form_a_full_mesh_with_one_connection_per_pair() {
+    let pki = Pki::new();
+    let names = ["ap-southeast", EU, US];
+    let socks: Vec<_> = names.iter().map(|_| udp()).collect();
+    let m = mesh(
+        &names
+            .iter()
+            .zip(&socks)
+            .map(|(n, s)| (*n, s.local_addr().unwrap()))
+            .collect::<Vec<_>>(),
+    );
+    let mut relays = Vec::new();
+    for (name, sock) in names.iter().zip(socks) {
+        let sink = Arc::new(MemorySink::default());
+        relays.push(start(name, m.clone(), &pki.identity(name), sock, sink, false).await);
+    }
+    for (i, (r, _)) in relays.iter().enumerate() {
+        for (j, peer) in names.iter().enumerate() {
+            if i != j {
+                assert!(
+                    r.handle.wait_link(peer, true, LIMIT).await,
+                    "{} -> {peer}",
+                    names[i]
+                );
+            }
+        }
+    }
+    // Each relay holds exactly two connections: the smaller name dialed, the larger accepted.
+    for (r, _) in &relays {
+        assert_eq!(r.handle.links().values().filter(|up| **up).count(), 2);
+        assert_eq!(r.handle.open_connections(), 2, "no duplicate connections");
+    }
+    for (_, stop) in &relays {
+        stop.cancel();
+    }
+    for (r, _) in relays {
+        tokio::time::timeout(LIMIT, r.done).await.unwrap().unwrap();
+    }
+}
+
 /// A hand-driven peer: dials with any identity and ALPN, speaks raw frames.
 struct RawPeer {
     conn: quinn::Connection,
