@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 bash scripts/ensure-deps.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# Terraform, alert rules, dashboard and systemd units (installs promtool, python-hcl2, checkov).
+bash scripts/check-infra.sh
 # The end-to-end tests start the binaries, so build them first.
 cargo build --workspace --bins --locked
 if cargo nextest --version >/dev/null 2>&1; then

@@ -36,6 +36,17 @@ async fn reference_flow_across_two_nodes() -> Result<()> {
     let (mut b, hello_b) = Client::hello(&r.n2.ws_url(), &token("bob"), json!([])).await?;
     assert_eq!(hello_b["user"], "bob");
     assert_eq!(hello_b["region"], "test-region");
+    // /readyz reports the region's load over both nodes (for the geo-router's health checks).
+    // Each node records its count when it renews its lease (every 500 ms here).
+    let reported = eventually(Duration::from_secs(3), || async {
+        let Ok((200, body)) = r.n1.http_get("/readyz").await else {
+            return false;
+        };
+        let ready: Value = serde_json::from_str(&body).unwrap_or_default();
+        (ready["connections"].as_u64(), ready["nodes"].as_u64()) == (Some(2), Some(2))
+    })
+    .await;
+    assert!(reported, "readyz reports 2 connections over 2 nodes");
 
     join(&mut b, "room-r").await?;
     let ja = join(&mut a, "room-r").await?;

@@ -276,7 +276,24 @@ async fn readyz(State(node): State<Arc<Node>>) -> Response {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
     }
     match tokio::time::timeout(Duration::from_secs(1), node.store.ping()).await {
-        Ok(Ok(())) => "ready\n".into_response(),
+        Ok(Ok(())) => {
+            // The region's load for the geo-router's health checks; best effort.
+            let mine = u64::try_from(node.metrics.connections.get()).unwrap_or(0);
+            let load = tokio::time::timeout(Duration::from_secs(1), node.store.region_load(mine))
+                .await
+                .ok()
+                .and_then(Result::ok);
+            let body = match load {
+                Some(load) => serde_json::json!({
+                    "status": "ready",
+                    "connections": load.connections,
+                    "nodes": load.nodes,
+                    "node_connections": mine,
+                }),
+                None => serde_json::json!({"status": "ready", "node_connections": mine}),
+            };
+            axum::Json(body).into_response()
+        }
         Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}\n")).into_response(),
         Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "store: timeout\n").into_response(),
     }
@@ -370,6 +387,11 @@ async fn lease_loop(node: Arc<Node>, stop: CancellationToken) {
                     fenced = false;
                 }
                 renewed = Instant::now();
+                // Keep this node's connection count current for the region's load report.
+                let mine = u64::try_from(node.metrics.connections.get()).unwrap_or(0);
+                if let Err(e) = node.store.region_load(mine).await {
+                    tracing::debug!(error = %e, "cannot record the connection count");
+                }
             }
             Err(e) => {
                 tracing::warn!(error = %e, "lease renewal failed");

@@ -247,6 +247,15 @@ impl StoreError {
 /// Result alias for store calls.
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// Open connections over a region's live nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct RegionLoad {
+    /// Connections across the region's live nodes.
+    pub connections: u64,
+    /// Live nodes counted.
+    pub nodes: u64,
+}
+
 /// The regional state, as seen by one node. Each node creates its own instance (it knows the
 /// node's id and region); all instances of a region share the same backing state.
 #[async_trait]
@@ -262,6 +271,15 @@ pub trait StateStore: Send + Sync + 'static {
     async fn renew_lease(&self) -> StoreResult<()>;
     /// Ends this node's lease on graceful shutdown (after its connections are gone).
     async fn release_lease(&self) -> StoreResult<()>;
+    /// Records this node's open connections and returns the region's totals over its live
+    /// nodes (the load a region reports to the geo-router's health checks). A store with one
+    /// node per region returns this node's figure.
+    async fn region_load(&self, connections: u64) -> StoreResult<RegionLoad> {
+        Ok(RegionLoad {
+            connections,
+            nodes: 1,
+        })
+    }
     /// Finds nodes whose lease expired, removes their connections and memberships (emitting
     /// `left {reason: node_lost}`), and forgets them. Safe to run on every node concurrently.
     async fn reap_dead_nodes(&self) -> StoreResult<Vec<ReapedNode>>;

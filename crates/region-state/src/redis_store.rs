@@ -89,6 +89,8 @@ fn inbox_channel(node: &NodeId) -> String {
     format!("mn:{{{node}}}:inbox")
 }
 const NODES_KEY: &str = "meridian:nodes";
+/// Hash: node id → its open connections, written on every readiness probe.
+const CONNS_KEY: &str = "meridian:conns";
 
 /// The Lua shared by every script that sequences a room event: ARGV[1..4] are channel,
 /// history length, history TTL (ms) and a fresh epoch for a room that has none.
@@ -361,9 +363,52 @@ impl StateStore for RedisStore {
         Ok(())
     }
 
+    async fn region_load(&self, connections: u64) -> StoreResult<crate::RegionLoad> {
+        let node = &self.config.node;
+        let ttl = self.config.limits.lease_ttl.as_millis() as u64;
+        let cutoff = now_ms().saturating_sub(ttl);
+        let (alive, counts): (Vec<String>, std::collections::HashMap<String, u64>) = redis::pipe()
+            .hset(CONNS_KEY, node.as_str(), connections)
+            .ignore()
+            .cmd("ZRANGEBYSCORE")
+            .arg(NODES_KEY)
+            .arg(cutoff)
+            .arg("+inf")
+            .hgetall(CONNS_KEY)
+            .query_async(&mut self.conn())
+            .await?;
+        let mut load = crate::RegionLoad {
+            connections,
+            nodes: 1,
+        };
+        let mut stale = Vec::new();
+        for (other, count) in &counts {
+            if other == node.as_str() {
+                continue;
+            }
+            if alive.iter().any(|a| a == other) {
+                load.connections += count;
+                load.nodes += 1;
+            } else {
+                stale.push(other.clone());
+            }
+        }
+        if !stale.is_empty() {
+            // Dead or departed nodes: forget their counts (best effort).
+            let _: redis::RedisResult<()> = redis::cmd("HDEL")
+                .arg(CONNS_KEY)
+                .arg(&stale)
+                .query_async(&mut self.conn())
+                .await;
+        }
+        Ok(load)
+    }
+
     async fn release_lease(&self) -> StoreResult<()> {
         let node = &self.config.node;
         let _: () = redis::pipe()
+            .hdel(CONNS_KEY, node.as_str())
+            .ignore()
             .del(lease_key(node))
             .ignore()
             .del(index_key(node))

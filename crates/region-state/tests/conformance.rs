@@ -62,3 +62,39 @@ async fn redis_store_reports_unreachable_server() {
     let err = RedisStore::connect(config, tx).await.unwrap_err();
     assert!(err.is_retryable(), "{err}");
 }
+
+#[tokio::test]
+async fn redis_store_sums_the_region_load_over_live_nodes() {
+    let server = RedisServer::start().expect("redis-server");
+    let limits = StoreLimits {
+        lease_ttl: std::time::Duration::from_millis(500),
+        ..StoreLimits::default()
+    };
+    let mut stores = Vec::new();
+    for _ in 0..3 {
+        let (tx, rx) = mpsc::channel(64);
+        let config = RedisStoreConfig {
+            url: server.url(),
+            region: "load-region".into(),
+            node: NodeId::random(),
+            limits: limits.clone(),
+        };
+        let store = RedisStore::connect(config, tx).await.unwrap();
+        store.renew_lease().await.unwrap();
+        stores.push((store, rx));
+    }
+    stores[0].0.region_load(10).await.unwrap();
+    stores[1].0.region_load(20).await.unwrap();
+    let load = stores[2].0.region_load(5).await.unwrap();
+    assert_eq!((load.connections, load.nodes), (35, 3));
+    // A node whose lease lapsed stops counting, and its figure is forgotten.
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    stores[2].0.renew_lease().await.unwrap();
+    stores[1].0.renew_lease().await.unwrap();
+    let load = stores[2].0.region_load(5).await.unwrap();
+    assert_eq!((load.connections, load.nodes), (25, 2));
+    // A node that leaves cleanly takes its figure with it.
+    stores[1].0.release_lease().await.unwrap();
+    let load = stores[2].0.region_load(6).await.unwrap();
+    assert_eq!((load.connections, load.nodes), (6, 1));
+}
