@@ -601,6 +601,13 @@ async fn redis_outage_fences_the_node_and_readiness_follows() -> Result<()> {
     let fenced_after = paused_at.elapsed();
     assert!(signal("-CONT")?.success());
     assert!(unready, "/readyz follows Redis");
+    let down = eventually(Duration::from_secs(3), || async {
+        r.n1.http_get("/metrics").await.is_ok_and(|(_, body)| {
+            body.contains("meridian_node_redis_up{region=\"test-region\"} 0")
+        })
+    })
+    .await;
+    assert!(down, "meridian_node_redis_up follows Redis");
     assert_eq!(healthy, 200, "/healthz does not depend on Redis");
     let reconnect = reconnect?;
     assert_eq!(reconnect["reason"], "lease_lost");

@@ -38,6 +38,8 @@ pub struct Metrics {
     pub slow_consumers: Counter,
     /// Members removed from rooms because their node died.
     pub reaped_members: Counter,
+    /// 1 while the node's Redis primary accepts writes (the last lease renewal succeeded).
+    pub redis_up: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -74,6 +76,7 @@ impl Metrics {
             errors: Family::default(),
             slow_consumers: Counter::default(),
             reaped_members: Counter::default(),
+            redis_up: Gauge::default(),
             registry: Registry::default(),
         };
         let r = &mut root;
@@ -115,6 +118,11 @@ impl Metrics {
             "reaped_members",
             "Room memberships removed from dead nodes",
             m.reaped_members.clone(),
+        );
+        r.register(
+            "redis_up",
+            "1 while the node's Redis primary accepts writes",
+            m.redis_up.clone(),
         );
         Self {
             registry: root,

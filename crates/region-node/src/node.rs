@@ -387,6 +387,7 @@ async fn lease_loop(node: Arc<Node>, stop: CancellationToken) {
                     fenced = false;
                 }
                 renewed = Instant::now();
+                node.metrics.redis_up.set(1);
                 // Keep this node's connection count current for the region's load report.
                 let mine = u64::try_from(node.metrics.connections.get()).unwrap_or(0);
                 if let Err(e) = node.store.region_load(mine).await {
@@ -394,6 +395,7 @@ async fn lease_loop(node: Arc<Node>, stop: CancellationToken) {
                 }
             }
             Err(e) => {
+                node.metrics.redis_up.set(0);
                 tracing::warn!(error = %e, "lease renewal failed");
                 // Past the TTL another node may already have reaped our members: clients must
                 // resume (here or elsewhere) so their memberships are written again.
