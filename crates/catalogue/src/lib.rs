@@ -50,6 +50,9 @@ pub struct Local {
     pub redis_port: u16,
     /// Ports of the region's local nodes (the first is behind `ingress.ws_url`).
     pub node_ports: Vec<u16>,
+    /// Port of the region's local load balancer (HAProxy in `meridian up`).
+    #[serde(default)]
+    pub lb_port: Option<u16>,
 }
 
 /// One region file.

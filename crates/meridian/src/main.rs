@@ -1,6 +1,9 @@
-//! `meridian`: the operator's command. Today: `token` (mint a dev connection token) and `chat`
-//! (a terminal client that joins a room, prints every event and publishes what you type).
-//! The local mesh (`up`), drills and load generation arrive with their issues.
+//! `meridian`: the operator's command: `up` (the whole mesh on one machine), `token` (mint a dev
+//! connection token), `chat` (a terminal client that joins a room, prints every event and
+//! publishes what you type).
+
+mod procs;
+mod up;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -22,6 +25,14 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Bring up the whole mesh locally: a geo-router, and per region Redis, nodes behind
+    /// HAProxy and a relay, all on loopback.
+    ///
+    /// Examples:
+    ///   meridian up                          # dev catalogue, ports from regions/*.toml
+    ///   meridian up --auto-ports --wan       # free ports; emulated WAN RTTs between regions
+    ///   meridian up --geoip GeoLite2-City.mmdb --state-dir /tmp/mesh
+    Up(up::UpArgs),
     /// Print a signed connection token (HS256 JWT).
     Token {
         /// The user id (`sub`).
@@ -54,6 +65,7 @@ enum Command {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Up(args) => up::run(args),
         Command::Token {
             user,
             rooms,
@@ -69,7 +81,7 @@ fn main() -> Result<()> {
     }
 }
 
-fn mint(user: &str, rooms: &[String], ttl: u64, secret: &str) -> Result<String> {
+pub(crate) fn mint(user: &str, rooms: &[String], ttl: u64, secret: &str) -> Result<String> {
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
     let grants = if rooms.is_empty() {
         vec![RoomGrant {

@@ -1,0 +1,253 @@
+//! A small supervisor for the mesh's child processes: each child's output goes to a log file
+//! in the state directory, readiness is a line the child prints (or a port that accepts), and
+//! stopping is SIGTERM to every child in reverse start order, then SIGKILL to any that outlive
+//! the grace period. Dropping the supervisor stops everything, so an error half-way through
+//! `meridian up` leaves no process behind.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+/// One started child.
+#[derive(Debug)]
+pub struct Proc {
+    /// Short name (`us-east/node-1`), used in logs and errors.
+    pub name: String,
+    /// Its log file.
+    pub log: PathBuf,
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+/// Every child of one mesh.
+#[derive(Debug)]
+pub struct Supervisor {
+    logs: PathBuf,
+    procs: Vec<Proc>,
+}
+
+impl Supervisor {
+    /// Children log into `logs`.
+    pub fn new(logs: &Path) -> Result<Supervisor> {
+        std::fs::create_dir_all(logs).with_context(|| format!("create {}", logs.display()))?;
+        Ok(Supervisor {
+            logs: logs.to_owned(),
+            procs: Vec::new(),
+        })
+    }
+
+    /// Starts `command` as `name`. Stdout lines are copied to the log and kept for
+    /// [`Supervisor::wait_line`]; stderr goes to the log directly.
+    pub fn spawn(&mut self, name: &str, mut command: Command) -> Result<&Proc> {
+        // A restart reuses the name: reap the previous process of that name first.
+        if let Some(at) = self.procs.iter().position(|p| p.name == name) {
+            let mut old = self.procs.remove(at);
+            if matches!(old.child.try_wait(), Ok(None)) {
+                let _ = old.child.kill();
+            }
+            let _ = old.child.wait();
+        }
+        let log = self.logs.join(format!("{}.log", name.replace('/', "-")));
+        let file = File::options()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .with_context(|| format!("create {}", log.display()))?;
+        let stderr = file.try_clone()?;
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(stderr))
+            .spawn()
+            .with_context(|| format!("start {name} ({:?})", command.get_program()))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow!("{name}: no stdout"))?;
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut file = file;
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = writeln!(file, "{line}");
+                let _ = tx.send(line);
+            }
+        });
+        self.procs.push(Proc {
+            name: name.to_owned(),
+            log,
+            child,
+            lines,
+        });
+        self.procs
+            .last()
+            .ok_or_else(|| anyhow!("{name}: not recorded"))
+    }
+
+    /// Waits until the child `name` prints a line starting with `prefix`; returns the rest.
+    pub fn wait_line(&mut self, name: &str, prefix: &str, within: Duration) -> Result<String> {
+        let deadline = Instant::now() + within;
+        let proc = self
+            .procs
+            .iter_mut()
+            .find(|p| p.name == name)
+            .ok_or_else(|| anyhow!("no process {name}"))?;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                bail!(
+                    "{name} did not print {prefix:?} within {within:?}; see {}",
+                    proc.log.display()
+                );
+            }
+            match proc
+                .lines
+                .recv_timeout(left.min(Duration::from_millis(100)))
+            {
+                Ok(line) => {
+                    if let Some(rest) = line.strip_prefix(prefix) {
+                        return Ok(rest.trim().to_owned());
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if let Some(status) = proc.child.try_wait()? {
+                        bail!("{name} exited ({status}); see {}", proc.log.display());
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = proc.child.wait()?;
+                    bail!("{name} exited ({status}); see {}", proc.log.display());
+                }
+            }
+        }
+    }
+
+    /// Sends `signal` (`TERM`, `KILL`, `STOP`, `CONT`) to the children whose name starts with
+    /// `prefix`; returns how many.
+    pub fn signal(&mut self, prefix: &str, signal: &str) -> usize {
+        let mut n = 0;
+        for proc in self.procs.iter_mut().filter(|p| p.name.starts_with(prefix)) {
+            if send_signal(proc.child.id(), signal) {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// SIGTERM to every child in reverse start order, then SIGKILL after `grace`.
+    pub fn stop_all(&mut self, grace: Duration) {
+        for proc in self.procs.iter_mut().rev() {
+            if matches!(proc.child.try_wait(), Ok(None)) {
+                send_signal(proc.child.id(), "TERM");
+            }
+        }
+        let deadline = Instant::now() + grace;
+        for proc in self.procs.iter_mut().rev() {
+            loop {
+                match proc.child.try_wait() {
+                    Ok(Some(_)) | Err(_) => break,
+                    Ok(None) if Instant::now() >= deadline => {
+                        eprintln!("meridian: {} did not stop in time; killing it", proc.name);
+                        let _ = proc.child.kill();
+                        let _ = proc.child.wait();
+                        break;
+                    }
+                    Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        }
+        self.procs.clear();
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        self.stop_all(Duration::from_secs(5));
+    }
+}
+
+fn send_signal(pid: u32, signal: &str) -> bool {
+    Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Waits until a TCP connection to `addr` succeeds.
+pub fn wait_port(addr: SocketAddr, within: Duration) -> Result<()> {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("nothing accepts connections on {addr} after {within:?}")
+}
+
+/// A blocking HTTP/1.1 GET on loopback: (status, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text)?;
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow!("bad HTTP response from {addr}"))?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// A port that was free a moment ago on 127.0.0.1 (TCP).
+pub fn free_tcp_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// A port that was free a moment ago on 127.0.0.1 (UDP).
+pub fn free_udp_port() -> Result<u16> {
+    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Whether `program` is on the PATH.
+pub fn installed(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+}
+
+/// A sibling binary of this executable (`target/<profile>/<name>`).
+pub fn sibling_binary(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .ok_or_else(|| anyhow!("cannot locate the directory of {}", exe.display()))?;
+    let path = dir.join(name);
+    if !path.is_file() {
+        bail!(
+            "{} is missing: build the binaries first (cargo build --release --bins)",
+            path.display()
+        );
+    }
+    Ok(path)
+}

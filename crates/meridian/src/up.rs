@@ -1,0 +1,799 @@
+//! `meridian up`: the whole mesh on one machine, from a region catalogue.
+//!
+//! Per region: a `redis-server`, N `region-node`s behind HAProxy (`leastconn`, `/readyz` health
+//! checks; the nodes directly when HAProxy is not installed), and the region's relay; in front,
+//! one `geo-router` (DNS + HTTP) over a runtime copy of the catalogue that points at the real
+//! ports. Certificates, the token secret and the admin token are made on the fly. Everything
+//! lives in the state directory (logs, certificates, Redis data, configs) and on loopback.
+//!
+//! `up` prints a table of endpoints and writes the same as `<state-dir>/endpoints.json`
+//! ([`Endpoints`], documented in `docs/mesh.md`). It also serves a small control API on
+//! loopback (`control` in the JSON) that `meridian drill --mode kill` uses to kill and restart a
+//! region's processes: only the parent can restart its children. Ctrl-C or SIGTERM stops every
+//! child (SIGTERM, then SIGKILL after a grace period).
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use meridian_catalogue::Region;
+use serde::{Deserialize, Serialize};
+
+use crate::procs::{
+    free_tcp_port, free_udp_port, http_get, installed, sibling_binary, wait_port, Supervisor,
+};
+
+/// `meridian up` options.
+#[derive(clap::Args, Debug, Clone)]
+pub struct UpArgs {
+    /// The region catalogue.
+    #[arg(long, default_value = "regions")]
+    pub regions: PathBuf,
+    /// Where logs, certificates, configs and Redis data live (default: a fresh temporary dir).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Region nodes per region (behind HAProxy).
+    #[arg(long, default_value_t = 2)]
+    pub nodes: usize,
+    /// A MaxMind-format City database (default: the synthetic demo database).
+    #[arg(long)]
+    pub geoip: Option<PathBuf>,
+    /// Put the impairment proxy between regions with RTTs computed from their coordinates.
+    #[arg(long)]
+    pub wan: bool,
+    /// Pick free ports for everything instead of the catalogue's `[local]` ports.
+    #[arg(long)]
+    pub auto_ports: bool,
+    /// The geo-router's DNS address (UDP and TCP); port 0 picks one.
+    #[arg(long, default_value = "127.0.0.1:5353")]
+    pub dns: SocketAddr,
+    /// The geo-router's HTTP address; port 0 picks one.
+    #[arg(long, default_value = "127.0.0.1:8053")]
+    pub http: SocketAddr,
+    /// The zone the router serves.
+    #[arg(long, default_value = "mesh.localhost.")]
+    pub zone: String,
+    /// Start, print the endpoints, check the mesh answers, and stop (for scripts and CI).
+    #[arg(long)]
+    pub smoke: bool,
+}
+
+/// What `up` writes to `<state-dir>/endpoints.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Endpoints {
+    /// The state directory.
+    pub state_dir: PathBuf,
+    /// The zone served by the router.
+    pub zone: String,
+    /// The geo-router.
+    pub router: RouterEndpoints,
+    /// Every region.
+    pub regions: Vec<RegionEndpoints>,
+    /// The token secret every node accepts (dev only).
+    pub token_secret: String,
+    /// Ready-made tokens (user → token), valid 24 h, allowed to join and publish everywhere.
+    pub tokens: BTreeMap<String, String>,
+    /// The router's admin bearer token (actor `meridian-up`).
+    pub admin_token: String,
+    /// The GeoIP database in use and whether it is the synthetic demo one.
+    pub geoip: PathBuf,
+    /// True when `geoip` is the synthetic demo database.
+    pub geoip_synthetic: bool,
+    /// `up`'s own control API (used by `meridian drill --mode kill`).
+    pub control: SocketAddr,
+    /// `up`'s process id.
+    pub pid: u32,
+}
+
+/// The router's addresses.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RouterEndpoints {
+    /// DNS (UDP and TCP).
+    pub dns: SocketAddr,
+    /// HTTP API.
+    pub http: SocketAddr,
+}
+
+/// One region's addresses.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegionEndpoints {
+    /// Region name.
+    pub name: String,
+    /// What clients connect to (the balancer, or the first node without HAProxy).
+    pub ws_url: String,
+    /// What the router probes.
+    pub health_url: String,
+    /// `haproxy` or `none`.
+    pub balancer: String,
+    /// `redis://…`, or `memory` when redis-server is not installed.
+    pub store: String,
+    /// Each node's HTTP address (`/v1/ws`, `/readyz`, `/metrics`).
+    pub nodes: Vec<SocketAddr>,
+    /// The relay's QUIC address as the catalogue gives it.
+    pub relay: SocketAddr,
+    /// The relay's HTTP address (`/metrics`).
+    pub relay_http: SocketAddr,
+}
+
+/// Ports and paths of one region, fixed for the life of the mesh (a restart reuses them).
+#[derive(Debug, Clone)]
+struct RegionPlan {
+    region: Region,
+    redis_port: Option<u16>,
+    node_ports: Vec<u16>,
+    lb_port: Option<u16>,
+    relay: SocketAddr,
+    relay_http: SocketAddr,
+    dir: PathBuf,
+}
+
+/// The running mesh: supervisor plus what is needed to restart a region.
+struct Mesh {
+    supervisor: Supervisor,
+    plans: Vec<RegionPlan>,
+    secret: String,
+    catalogue_dir: PathBuf,
+    certs: PathBuf,
+    wan_peers: BTreeMap<String, BTreeMap<String, SocketAddr>>,
+}
+
+fn random_hex(bytes: usize) -> String {
+    use rand::RngCore;
+    let mut buf = vec![0u8; bytes];
+    rand::thread_rng().fill_bytes(&mut buf);
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Runs `meridian up` until Ctrl-C / SIGTERM (or right away with `--smoke`).
+pub fn run(args: UpArgs) -> Result<()> {
+    let catalogue = meridian_catalogue::load_dir(&args.regions)
+        .with_context(|| format!("reading the catalogue {}", args.regions.display()))?;
+    if catalogue.is_empty() {
+        bail!("the catalogue {} has no regions", args.regions.display());
+    }
+    if args.nodes == 0 || args.nodes > 16 {
+        bail!("--nodes must be in 1..=16");
+    }
+    let state = match &args.state_dir {
+        Some(dir) => dir.clone(),
+        None => std::env::temp_dir().join(format!(
+            "meridian-up-{}-{}",
+            std::process::id(),
+            random_hex(3)
+        )),
+    };
+    std::fs::create_dir_all(&state).with_context(|| format!("create {}", state.display()))?;
+    let state = state.canonicalize()?;
+    let redis = installed("redis-server");
+    let haproxy = installed("haproxy");
+    if !redis {
+        eprintln!(
+            "\n*** redis-server is not installed: every region runs ONE node on the in-process \
+             memory store (nothing shared, nothing persisted). Install it: apt-get install -y \
+             redis-server ***\n"
+        );
+    }
+    if !haproxy {
+        eprintln!(
+            "*** haproxy is not installed: clients connect to the first node directly. Install \
+             it: apt-get install -y haproxy ***"
+        );
+    }
+    let nodes = if redis { args.nodes } else { 1 };
+
+    // Plans: ports from the catalogue's [local] table, or free ones.
+    let mut plans = Vec::new();
+    for region in catalogue.values() {
+        let local = region.local.as_ref();
+        let auto = args.auto_ports || local.is_none();
+        let node_ports: Vec<u16> = if auto {
+            (0..nodes).map(|_| free_tcp_port()).collect::<Result<_>>()?
+        } else {
+            let listed = local.map(|l| l.node_ports.clone()).unwrap_or_default();
+            if listed.len() < nodes {
+                bail!(
+                    "region {}: the catalogue lists {} node port(s) for {nodes} nodes; use --auto-ports or --nodes {}",
+                    region.name,
+                    listed.len(),
+                    listed.len()
+                );
+            }
+            listed.into_iter().take(nodes).collect()
+        };
+        let redis_port = match (redis, auto) {
+            (false, _) => None,
+            (true, true) => Some(free_tcp_port()?),
+            (true, false) => local.map(|l| l.redis_port),
+        };
+        let lb_port = match (haproxy, auto) {
+            (false, _) => None,
+            (true, true) => Some(free_tcp_port()?),
+            (true, false) => Some(
+                local
+                    .and_then(|l| l.lb_port)
+                    .ok_or_else(|| anyhow!("region {}: no [local] lb_port", region.name))?,
+            ),
+        };
+        let relay = if auto {
+            SocketAddr::from(([127, 0, 0, 1], free_udp_port()?))
+        } else {
+            region.relay.address
+        };
+        let relay_http = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()?));
+        plans.push(RegionPlan {
+            region: region.clone(),
+            redis_port,
+            node_ports,
+            lb_port,
+            relay,
+            relay_http,
+            dir: state.join(&region.name),
+        });
+    }
+
+    let secret = random_hex(24);
+    let admin_token = random_hex(24);
+    let certs = state.join("certs");
+    interregion_relay::certs::generate_dev_mesh(
+        plans.iter().map(|p| p.region.name.as_str()),
+        &certs,
+        true,
+    )
+    .context("creating the dev mesh certificates")?;
+
+    let (geoip, synthetic) = match &args.geoip {
+        Some(path) => (path.canonicalize()?, false),
+        None => {
+            let path = state.join("demo-geoip.mmdb");
+            std::fs::write(&path, geo_router::demo::demo_database()?)?;
+            (path, true)
+        }
+    };
+
+    // The runtime catalogue: the same regions with the ports actually used.
+    let catalogue_dir = state.join("regions");
+    std::fs::create_dir_all(&catalogue_dir)?;
+    for plan in &plans {
+        write_region(&catalogue_dir, plan)?;
+    }
+    let wan_peers = if args.wan {
+        wan_peers(&plans)?
+    } else {
+        BTreeMap::new()
+    };
+
+    let mut mesh = Mesh {
+        supervisor: Supervisor::new(&state.join("logs"))?,
+        plans: plans.clone(),
+        secret: secret.clone(),
+        catalogue_dir: catalogue_dir.clone(),
+        certs: certs.clone(),
+        wan_peers,
+    };
+    if args.wan {
+        start_wan_proxies(&mut mesh)?;
+    }
+    for plan in &plans {
+        start_region(&mut mesh, plan)?;
+    }
+
+    // The router.
+    let router_dns = if args.dns.port() == 0 {
+        SocketAddr::new(args.dns.ip(), free_udp_port()?)
+    } else {
+        args.dns
+    };
+    let router_config = state.join("geo-router.toml");
+    std::fs::write(
+        &router_config,
+        format!(
+            "regions = {catalogue:?}\ngeoip = {geoip:?}\nzone = {zone:?}\ndns_listen = \"{router_dns}\"\n\
+             http_listen = \"{http}\"\ninstance = \"router-1\"\nallow_debug_ip = true\nttl = 5\n\
+             [health]\ninterval_ms = 500\ntimeout_ms = 400\nfall = 2\nrise = 2\n\
+             [controls]\naudit_file = {audit:?}\n[[controls.admin_tokens]]\nactor = \"meridian-up\"\ntoken = {admin_token:?}\n",
+            catalogue = catalogue_dir.display().to_string(),
+            geoip = geoip.display().to_string(),
+            zone = args.zone,
+            http = args.http,
+            audit = state.join("router-audit.jsonl").display().to_string(),
+        ),
+    )?;
+    let mut command = Command::new(sibling_binary("geo-router")?);
+    command
+        .arg("--config")
+        .arg(&router_config)
+        .env("RUST_LOG", "info");
+    mesh.supervisor.spawn("geo-router", command)?;
+    let dns: SocketAddr = mesh
+        .supervisor
+        .wait_line("geo-router", "dns listening on ", Duration::from_secs(20))?
+        .parse()?;
+    let http: SocketAddr = mesh
+        .supervisor
+        .wait_line("geo-router", "http listening on ", Duration::from_secs(20))?
+        .parse()?;
+    wait_healthy(http, plans.len(), Duration::from_secs(20))?;
+
+    let mut tokens = BTreeMap::new();
+    for user in ["alice", "bob", "carol"] {
+        tokens.insert(user.to_owned(), crate::mint(user, &[], 86_400, &secret)?);
+    }
+    let control_listener = TcpListener::bind("127.0.0.1:0")?;
+    let control = control_listener.local_addr()?;
+    let endpoints = Endpoints {
+        state_dir: state.clone(),
+        zone: args.zone.clone(),
+        router: RouterEndpoints { dns, http },
+        regions: plans
+            .iter()
+            .map(|p| region_endpoints(p, haproxy, redis))
+            .collect(),
+        token_secret: secret,
+        tokens,
+        admin_token,
+        geoip: geoip.clone(),
+        geoip_synthetic: synthetic,
+        control,
+        pid: std::process::id(),
+    };
+    let json_path = state.join("endpoints.json");
+    std::fs::write(&json_path, serde_json::to_string_pretty(&endpoints)?)?;
+    print_table(&endpoints, &json_path);
+
+    if args.smoke {
+        smoke(&endpoints)?;
+        println!("smoke check passed; stopping");
+        mesh.supervisor.stop_all(Duration::from_secs(10));
+        return Ok(());
+    }
+
+    // Serve the control API and wait for a signal.
+    let mesh = Arc::new(Mutex::new(mesh));
+    let stopping = Arc::new(AtomicBool::new(false));
+    {
+        let mesh = Arc::clone(&mesh);
+        let stopping = Arc::clone(&stopping);
+        std::thread::spawn(move || control_loop(control_listener, mesh, stopping));
+    }
+    wait_for_signal()?;
+    stopping.store(true, Ordering::Relaxed);
+    println!("stopping the mesh…");
+    mesh.lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .supervisor
+        .stop_all(Duration::from_secs(10));
+    println!("stopped; logs and data stay in {}", state.display());
+    Ok(())
+}
+
+fn region_endpoints(plan: &RegionPlan, haproxy: bool, redis: bool) -> RegionEndpoints {
+    RegionEndpoints {
+        name: plan.region.name.clone(),
+        ws_url: ws_url(plan),
+        health_url: health_url(plan),
+        balancer: if haproxy && plan.lb_port.is_some() {
+            "haproxy".into()
+        } else {
+            "none".into()
+        },
+        store: match plan.redis_port {
+            Some(port) if redis => format!("redis://127.0.0.1:{port}/"),
+            _ => "memory".into(),
+        },
+        nodes: plan
+            .node_ports
+            .iter()
+            .map(|&p| SocketAddr::from(([127, 0, 0, 1], p)))
+            .collect(),
+        relay: plan.relay,
+        relay_http: plan.relay_http,
+    }
+}
+
+fn front_port(plan: &RegionPlan) -> u16 {
+    plan.lb_port
+        .or_else(|| plan.node_ports.first().copied())
+        .unwrap_or(0)
+}
+
+fn ws_url(plan: &RegionPlan) -> String {
+    format!("ws://127.0.0.1:{}/v1/ws", front_port(plan))
+}
+
+fn health_url(plan: &RegionPlan) -> String {
+    format!("http://127.0.0.1:{}/readyz", front_port(plan))
+}
+
+fn write_region(dir: &Path, plan: &RegionPlan) -> Result<()> {
+    let r = &plan.region;
+    let addresses: Vec<String> = r
+        .ingress
+        .addresses
+        .iter()
+        .map(|a| format!("{:?}", a.to_string()))
+        .collect();
+    let text = format!(
+        "# Written by `meridian up`: {name} with the ports this mesh uses.\n\
+         name = {name:?}\nlatitude = {lat}\nlongitude = {lon}\ncapacity = {cap}\n\
+         cloud = \"local\"\ncloud_region = \"\"\n\
+         [ingress]\naddresses = [{addresses}]\nws_url = {ws:?}\nhealth_url = {health:?}\n\
+         [relay]\naddress = \"{relay}\"\n",
+        name = r.name,
+        lat = r.latitude,
+        lon = r.longitude,
+        cap = r.capacity,
+        addresses = addresses.join(", "),
+        ws = ws_url(plan),
+        health = health_url(plan),
+        relay = plan.relay,
+    );
+    std::fs::write(dir.join(format!("{}.toml", r.name)), text)?;
+    Ok(())
+}
+
+/// One impairment proxy per pair of regions, in the direction the relays dial (the region
+/// whose name sorts first dials): one-way delay = great-circle distance / 200 km per ms, so the
+/// RTT matches the router's model (100 km per ms of RTT).
+fn wan_peers(plans: &[RegionPlan]) -> Result<BTreeMap<String, BTreeMap<String, SocketAddr>>> {
+    let mut peers: BTreeMap<String, BTreeMap<String, SocketAddr>> = BTreeMap::new();
+    for a in plans {
+        for b in plans {
+            if a.region.name < b.region.name {
+                let proxy = SocketAddr::from(([127, 0, 0, 1], free_udp_port()?));
+                peers
+                    .entry(a.region.name.clone())
+                    .or_default()
+                    .insert(b.region.name.clone(), proxy);
+            }
+        }
+    }
+    Ok(peers)
+}
+
+fn start_wan_proxies(mesh: &mut Mesh) -> Result<()> {
+    let binary = sibling_binary("impair-proxy")?;
+    let pairs: Vec<(String, String, SocketAddr)> = mesh
+        .wan_peers
+        .iter()
+        .flat_map(|(a, peers)| peers.iter().map(move |(b, p)| (a.clone(), b.clone(), *p)))
+        .collect();
+    for (a, b, proxy) in pairs {
+        let (Some(pa), Some(pb)) = (
+            mesh.plans.iter().find(|p| p.region.name == a),
+            mesh.plans.iter().find(|p| p.region.name == b),
+        ) else {
+            continue;
+        };
+        let km = geo_router::haversine_km(
+            (pa.region.latitude, pa.region.longitude),
+            (pb.region.latitude, pb.region.longitude),
+        );
+        let one_way_ms = (km / 200.0).round() as u64;
+        let mut command = Command::new(&binary);
+        command
+            .arg("--listen")
+            .arg(proxy.to_string())
+            .arg("--upstream")
+            .arg(pb.relay.to_string())
+            .arg("--delay-ms")
+            .arg(one_way_ms.to_string())
+            .arg("--jitter-ms")
+            .arg((one_way_ms / 20).to_string());
+        println!("wan: {a} -> {b}: {} ms RTT via {proxy}", one_way_ms * 2);
+        mesh.supervisor.spawn(&format!("wan/{a}-{b}"), command)?;
+    }
+    Ok(())
+}
+
+/// Starts (or restarts) every process of one region and waits until it is ready.
+fn start_region(mesh: &mut Mesh, plan: &RegionPlan) -> Result<()> {
+    let name = plan.region.name.clone();
+    std::fs::create_dir_all(&plan.dir)?;
+    if let Some(port) = plan.redis_port {
+        let data = plan.dir.join("redis");
+        std::fs::create_dir_all(&data)?;
+        let mut command = Command::new("redis-server");
+        command
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .arg("--dir")
+            .arg(&data);
+        mesh.supervisor.spawn(&format!("{name}/redis"), command)?;
+        wait_port(
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            Duration::from_secs(10),
+        )?;
+    }
+    for (i, port) in plan.node_ports.iter().enumerate() {
+        let store = match plan.redis_port {
+            Some(redis) => format!("{{ kind = \"redis\", url = \"redis://127.0.0.1:{redis}/\" }}"),
+            None => "{ kind = \"memory\" }".into(),
+        };
+        let config = plan.dir.join(format!("node-{}.toml", i + 1));
+        std::fs::write(
+            &config,
+            format!(
+                "region = {name:?}\nlisten = \"127.0.0.1:{port}\"\ntoken_secret = {secret:?}\nstore = {store}\n\
+                 [timing]\nlease_ttl_ms = 3000\nlease_renew_ms = 1000\nreap_interval_ms = 1000\n\
+                 drain_deadline_ms = 5000\n",
+                secret = mesh.secret,
+            ),
+        )?;
+        let node = format!("{name}/node-{}", i + 1);
+        let mut command = Command::new(sibling_binary("region-node")?);
+        command.arg("--config").arg(&config).env("RUST_LOG", "info");
+        mesh.supervisor.spawn(&node, command)?;
+        mesh.supervisor
+            .wait_line(&node, "listening on ", Duration::from_secs(20))?;
+    }
+    if let Some(lb) = plan.lb_port {
+        let config = plan.dir.join("haproxy.cfg");
+        let servers: String = plan
+            .node_ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                format!(
+                    "  server node-{} 127.0.0.1:{p} check inter 500ms fall 2 rise 2\n",
+                    i + 1
+                )
+            })
+            .collect();
+        std::fs::write(
+            &config,
+            format!(
+                "# Written by `meridian up` for region {name}.\n\
+                 global\n  maxconn 9000\n\
+                 defaults\n  mode http\n  timeout connect 2s\n  timeout client 60s\n  timeout server 60s\n  timeout tunnel 1h\n\
+                 frontend {name}\n  bind 127.0.0.1:{lb}\n  default_backend nodes\n\
+                 backend nodes\n  balance leastconn\n  option httpchk GET /readyz\n  http-check expect status 200\n{servers}"
+            ),
+        )?;
+        let mut command = Command::new("haproxy");
+        command.arg("-db").arg("-f").arg(&config);
+        mesh.supervisor.spawn(&format!("{name}/haproxy"), command)?;
+        wait_port(
+            SocketAddr::from(([127, 0, 0, 1], lb)),
+            Duration::from_secs(10),
+        )?;
+    }
+    // The relay.
+    let peers: String = mesh
+        .wan_peers
+        .get(&name)
+        .map(|peers| {
+            peers
+                .iter()
+                .map(|(peer, addr)| format!("{peer} = \"{addr}\"\n"))
+                .collect()
+        })
+        .unwrap_or_default();
+    let config = plan.dir.join("relay.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "region = {name:?}\ncatalogue_dir = {catalogue:?}\nlisten = \"{listen}\"\nhttp_listen = \"{http}\"\n\
+             [tls]\nca = {ca:?}\ncert = {cert:?}\nkey = {key:?}\n[peers]\n{peers}",
+            catalogue = mesh.catalogue_dir.display().to_string(),
+            listen = plan.relay,
+            http = plan.relay_http,
+            ca = mesh.certs.join("ca.pem").display().to_string(),
+            cert = mesh
+                .certs
+                .join(interregion_relay::certs::region_cert_file(&name))
+                .display()
+                .to_string(),
+            key = mesh
+                .certs
+                .join(interregion_relay::certs::region_key_file(&name))
+                .display()
+                .to_string(),
+        ),
+    )?;
+    let mut command = Command::new(sibling_binary("interregion-relay")?);
+    command.arg("--config").arg(&config).env("RUST_LOG", "info");
+    mesh.supervisor.spawn(&format!("{name}/relay"), command)?;
+    wait_port(plan.relay_http, Duration::from_secs(20))?;
+    // Ready through the front door.
+    let front = SocketAddr::from(([127, 0, 0, 1], front_port(plan)));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if matches!(http_get(front, "/readyz"), Ok((200, _))) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("region {name} is not ready through {front}; see the logs in its state dir");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits until the router sees every region up.
+fn wait_healthy(http: SocketAddr, regions: usize, within: Duration) -> Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Ok((200, body)) = http_get(http, "/v1/regions") {
+            let parsed: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            let up = parsed["regions"]
+                .as_array()
+                .map_or(0, |r| r.iter().filter(|r| r["health"] == "up").count());
+            if up == regions {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("the router does not see every region up after {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn print_table(e: &Endpoints, json: &Path) {
+    println!(
+        "\nMeridian mesh is up  (state: {})\n",
+        e.state_dir.display()
+    );
+    println!(
+        "  geo-router   DNS {}   HTTP http://{}   zone {}",
+        e.router.dns, e.router.http, e.zone
+    );
+    println!(
+        "  GeoIP        {}{}",
+        e.geoip.display(),
+        if e.geoip_synthetic {
+            "  (SYNTHETIC demo data)"
+        } else {
+            ""
+        }
+    );
+    println!();
+    println!(
+        "  {:<14} {:<32} {:<9} {:<26} {:<20} nodes",
+        "region", "ws_url", "balancer", "store", "relay"
+    );
+    for r in &e.regions {
+        let nodes: Vec<String> = r.nodes.iter().map(ToString::to_string).collect();
+        println!(
+            "  {:<14} {:<32} {:<9} {:<26} {:<20} {}",
+            r.name,
+            r.ws_url,
+            r.balancer,
+            r.store,
+            r.relay.to_string(),
+            nodes.join(" ")
+        );
+    }
+    let port = e.router.dns.port();
+    println!("\nTry it:");
+    println!(
+        "  dig @127.0.0.1 -p {port} ws.{} A +subnet=103.20.1.0/24   # a Singapore user",
+        e.zone
+    );
+    println!(
+        "  dig @127.0.0.1 -p {port} ws.{} A +subnet=81.20.1.0/24    # a Berlin user",
+        e.zone
+    );
+    println!(
+        "  curl 'http://{}/v1/route?ip=23.10.1.1'                 # a New York user",
+        e.router.http
+    );
+    if let (Some(a), Some(b)) = (e.regions.first(), e.regions.get(1)) {
+        println!(
+            "  meridian chat --url {} --room lobby --token {}",
+            a.ws_url,
+            e.tokens.get("alice").map_or("", String::as_str)
+        );
+        println!(
+            "  meridian chat --url {} --room lobby --token {}",
+            b.ws_url,
+            e.tokens.get("bob").map_or("", String::as_str)
+        );
+    }
+    println!("\nEvery endpoint as JSON: {}", json.display());
+    println!("Ctrl-C stops everything.");
+}
+
+/// `--smoke`: the router answers DNS and HTTP, and each region takes a WebSocket hello.
+fn smoke(e: &Endpoints) -> Result<()> {
+    let (status, body) = http_get(e.router.http, "/v1/route?ip=81.20.1.1")?;
+    if status != 200 {
+        bail!("/v1/route answered {status}: {body}");
+    }
+    for region in &e.regions {
+        let addr: SocketAddr = region
+            .ws_url
+            .trim_start_matches("ws://")
+            .trim_end_matches("/v1/ws")
+            .parse()?;
+        let (status, _) = http_get(addr, "/readyz")?;
+        if status != 200 {
+            bail!("region {} is not ready through {addr}", region.name);
+        }
+    }
+    Ok(())
+}
+
+/// Blocks until SIGINT or SIGTERM.
+fn wait_for_signal() -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        Ok::<(), anyhow::Error>(())
+    })
+}
+
+/// `POST /regions/<name>/kill` (SIGKILL every process of the region) and
+/// `POST /regions/<name>/restart` (start them again on the same ports), for drills.
+fn control_loop(listener: TcpListener, mesh: Arc<Mutex<Mesh>>, stopping: Arc<AtomicBool>) {
+    for stream in listener.incoming() {
+        if stopping.load(Ordering::Relaxed) {
+            return;
+        }
+        let Ok(stream) = stream else { continue };
+        let mesh = Arc::clone(&mesh);
+        std::thread::spawn(move || {
+            if let Err(e) = handle_control(stream, &mesh) {
+                eprintln!("meridian up: control request failed: {e:#}");
+            }
+        });
+    }
+}
+
+fn handle_control(mut stream: TcpStream, mesh: &Mutex<Mesh>) -> Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut line = String::new();
+    BufReader::new(stream.try_clone()?).read_line(&mut line)?;
+    let mut parts = line.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (status, body) = match (method, segments.as_slice()) {
+        ("POST", ["regions", region, action]) => {
+            let mut mesh = mesh.lock().unwrap_or_else(PoisonError::into_inner);
+            match mesh
+                .plans
+                .iter()
+                .find(|p| p.region.name == *region)
+                .cloned()
+            {
+                None => (404, format!("no region {region}")),
+                Some(plan) => match *action {
+                    "kill" => {
+                        let n = mesh.supervisor.signal(&format!("{region}/"), "KILL");
+                        (200, format!("killed {n} processes of {region}"))
+                    }
+                    "restart" => {
+                        mesh.supervisor.signal(&format!("{region}/"), "KILL");
+                        std::thread::sleep(Duration::from_millis(200));
+                        match start_region(&mut mesh, &plan) {
+                            Ok(()) => (200, format!("{region} restarted")),
+                            Err(e) => (500, format!("{e:#}")),
+                        }
+                    }
+                    other => (404, format!("unknown action {other}")),
+                },
+            }
+        }
+        _ => (
+            404,
+            "POST /regions/<name>/kill | /regions/<name>/restart".to_owned(),
+        ),
+    };
+    write!(
+        stream,
+        "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    Ok(())
+}
