@@ -262,6 +262,15 @@ async fn malformed_input_gets_clear_errors_and_the_router_keeps_serving() -> Res
     let (status, body) = meridian_e2e::http_get(router.http, "/metrics").await?;
     assert_eq!(status, 200);
     assert!(body.contains("meridian_router_answers_total"), "{body}");
+    assert!(
+        body.contains("meridian_router_dns_queries_total{qtype=\"A\",rcode=\"NOERROR\"}"),
+        "{body}"
+    );
+    assert!(body.contains("rcode=\"FORMERR\""), "{body}");
+    assert!(
+        !body.contains("meridian_router_dns_dropped_total 0"),
+        "{body}"
+    );
 
     // SIGTERM: a clean exit within the shutdown timeout.
     router.signal("TERM")?;

@@ -190,6 +190,9 @@ pub trait Router: Send + Sync {
     /// The addresses of the region called `name` (lower case), `None` when there is no such
     /// region.
     fn region_addresses(&self, name: &str) -> Option<Vec<IpAddr>>;
+    /// Called by [`serve_udp`] and [`serve_tcp`] once per request packet with its response
+    /// (`None`: dropped), for metrics. Must be quick. The default does nothing.
+    fn observe(&self, _request: &[u8], _response: Option<&[u8]>) {}
 }
 
 /// Answers DNS requests for one zone. Cheap to share behind an [`Arc`].
@@ -418,6 +421,11 @@ impl<R: Router> Answerer<R> {
     /// The zone this answerer serves.
     pub fn config(&self) -> &ZoneConfig {
         &self.config
+    }
+
+    /// The router it asks.
+    pub fn router(&self) -> &R {
+        &self.router
     }
 
     /// The response to a request that arrived over UDP from `source`, truncated to the client's
@@ -959,7 +967,9 @@ pub async fn serve_udp<R: Router>(
             received = socket.recv_from(&mut buffer) => {
                 let Ok((length, peer)) = received else { continue };
                 let request = buffer.get(..length).unwrap_or_default();
-                if let Some(response) = answerer.answer(request, peer.ip().to_canonical()) {
+                let response = answerer.answer(request, peer.ip().to_canonical());
+                answerer.router.observe(request, response.as_deref());
+                if let Some(response) = response {
                     let _ = socket.send_to(&response, peer).await;
                 }
             }
@@ -1021,7 +1031,9 @@ async fn serve_tcp_connection<R: Router>(
         tokio::time::timeout(TCP_TIMEOUT, stream.read_exact(request))
             .await
             .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
-        let Some(response) = answerer.answer_tcp(request, source) else {
+        let response = answerer.answer_tcp(request, source);
+        answerer.router.observe(request, response.as_deref());
+        let Some(response) = response else {
             continue;
         };
         let Ok(response_length) = u16::try_from(response.len()) else {

@@ -686,4 +686,80 @@ impl crate::dns::Router for DnsRouter {
     fn region_addresses(&self, name: &str) -> Option<Vec<IpAddr>> {
         self.0.region(name).map(|r| r.ingress.addresses.clone())
     }
+
+    fn observe(&self, request: &[u8], response: Option<&[u8]>) {
+        let metrics = &self.0.metrics;
+        let Some(response) = response else {
+            metrics.dns_dropped.inc();
+            return;
+        };
+        let rcode = match response.get(3).map(|b| b & 0x0f) {
+            Some(0) => "NOERROR",
+            Some(1) => "FORMERR",
+            Some(2) => "SERVFAIL",
+            Some(3) => "NXDOMAIN",
+            Some(4) => "NOTIMP",
+            Some(5) => "REFUSED",
+            _ => "OTHER",
+        };
+        let qtype = match question_type(request) {
+            Some(1) => "A",
+            Some(28) => "AAAA",
+            Some(2) => "NS",
+            Some(6) => "SOA",
+            Some(255) => "ANY",
+            Some(_) => "OTHER",
+            None => "NONE",
+        };
+        metrics
+            .dns_queries
+            .get_or_create(&vec![
+                ("qtype", qtype.to_owned()),
+                ("rcode", rcode.to_owned()),
+            ])
+            .inc();
+    }
+}
+
+/// The type of a packet's first question, read without decoding the whole packet.
+fn question_type(packet: &[u8]) -> Option<u16> {
+    if packet.get(4..6)? == [0, 0] {
+        return None;
+    }
+    let mut at = 12;
+    loop {
+        let len = usize::from(*packet.get(at)?);
+        if len == 0 {
+            at += 1;
+            break;
+        }
+        if len & 0xc0 != 0 {
+            return None; // a pointer in a question: not worth following for a metric
+        }
+        at += 1 + len;
+    }
+    let bytes = packet.get(at..at + 2)?;
+    Some(u16::from_be_bytes([bytes[0], bytes[1]]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::question_type;
+
+    #[test]
+    fn question_type_reads_the_first_question_or_nothing() {
+        // id, flags, qdcount 1, 0, 0, 0, then "ws.x." type AAAA class IN
+        let mut packet = vec![0, 1, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+        packet.extend_from_slice(&[2, b'w', b's', 1, b'x', 0, 0, 28, 0, 1]);
+        assert_eq!(question_type(&packet), Some(28));
+        assert_eq!(
+            question_type(&packet[..packet.len() - 3]),
+            None,
+            "truncated"
+        );
+        let mut none = packet.clone();
+        none[5] = 0;
+        assert_eq!(question_type(&none), None, "no question");
+        assert_eq!(question_type(&[0; 5]), None);
+    }
 }
