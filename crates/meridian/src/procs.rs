@@ -218,16 +218,41 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
 
 /// A port that was free a moment ago on 127.0.0.1 (TCP).
 pub fn free_tcp_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    free_port(|| {
+        Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port())
+    })
 }
 
 /// A port that was free a moment ago on 127.0.0.1 (UDP).
 pub fn free_udp_port() -> Result<u16> {
-    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    free_port(|| {
+        Ok(std::net::UdpSocket::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port())
+    })
+}
+
+/// Ports are picked by binding port 0 and closing, so the kernel may hand the same port out
+/// twice in one run (seen: a region's HAProxy and another region's relay HTTP on one port).
+/// Never return a port twice, and only one that is free for both TCP and UDP (the router's
+/// DNS port takes both).
+fn free_port(pick: impl Fn() -> Result<u16>) -> Result<u16> {
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    for _ in 0..100 {
+        let port = pick()?;
+        let both_free = std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok();
+        let mut handed = HANDED_OUT
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if both_free && handed.insert(port) {
+            return Ok(port);
+        }
+    }
+    bail!("found no free loopback port after 100 tries")
 }
 
 /// Whether `program` is on the PATH.

@@ -734,7 +734,8 @@ fn wait_for_signal() -> Result<()> {
     })
 }
 
-/// `POST /regions/<name>/kill` (SIGKILL every process of the region) and
+/// `POST /regions/<name>/kill` (SIGKILL every process of the region),
+/// `POST /regions/<name>/drain` (SIGTERM the region's nodes: clients get `reconnect`) and
 /// `POST /regions/<name>/restart` (start them again on the same ports), for drills.
 fn control_loop(listener: TcpListener, mesh: Arc<Mutex<Mesh>>, stopping: Arc<AtomicBool>) {
     for stream in listener.incoming() {
@@ -773,6 +774,12 @@ fn handle_control(mut stream: TcpStream, mesh: &Mutex<Mesh>) -> Result<()> {
                         let n = mesh.supervisor.signal(&format!("{region}/"), "KILL");
                         (200, format!("killed {n} processes of {region}"))
                     }
+                    "drain" => {
+                        // Planned drain: SIGTERM makes each node send `reconnect` (draining)
+                        // to its clients and exit within its drain deadline.
+                        let n = mesh.supervisor.signal(&format!("{region}/node-"), "TERM");
+                        (200, format!("draining {n} nodes of {region}"))
+                    }
                     "restart" => {
                         mesh.supervisor.signal(&format!("{region}/"), "KILL");
                         std::thread::sleep(Duration::from_millis(200));
@@ -787,7 +794,8 @@ fn handle_control(mut stream: TcpStream, mesh: &Mutex<Mesh>) -> Result<()> {
         }
         _ => (
             404,
-            "POST /regions/<name>/kill | /regions/<name>/restart".to_owned(),
+            "POST /regions/<name>/kill | /regions/<name>/drain | /regions/<name>/restart"
+                .to_owned(),
         ),
     };
     write!(

@@ -17,6 +17,6 @@ mod wire;
 pub use error::ErrorCode;
 pub use ids::{IdError, RoomId, UserId};
 pub use wire::{
-    Event, LeftReason, MemberEntry, PresenceEntry, Reply, Request, RequestError, RequestId,
-    ResumePoint, RoomEventFrame, StateEntry, PROTOCOL_VERSION,
+    Event, LeftReason, MemberEntry, OriginPosition, PresenceEntry, Reply, Request, RequestError,
+    RequestId, ResumePoint, RoomEventFrame, StateEntry, PROTOCOL_VERSION,
 };

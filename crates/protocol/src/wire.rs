@@ -31,6 +31,24 @@ pub struct ResumePoint {
     pub epoch: String,
     /// The last sequence number the client received.
     pub seq: u64,
+    /// Cross-region resume: for each other region whose events the client received (events
+    /// carrying an `origin`), the last origin position seen. Lets a region the client was
+    /// not connected to work out what the client missed (`docs/protocol.md` §7).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub origins: Vec<OriginPosition>,
+}
+
+/// A position in the room sequence of the region where an event was published: the
+/// `origin` of replicated room events, and the entries of a resume's `origins` list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OriginPosition {
+    /// The region that published the event.
+    pub region: String,
+    /// That region's history epoch of the room.
+    pub epoch: String,
+    /// The event's sequence number in that region.
+    pub seq: u64,
 }
 
 /// A parsed, validated request.
@@ -498,6 +516,12 @@ impl RoomEventFrame {
     /// Appends `"version":N` to a `state_changed` head (the same splice the Redis script does).
     pub fn with_version(&self, version: u64) -> Self {
         Self(format!("{},\"version\":{version}", self.0))
+    }
+    /// Appends `"origin":{"region":..,"epoch":..,"seq":..}`: the event was published in
+    /// another region and replicated here (the relay builds such heads).
+    pub fn with_origin(&self, origin: &OriginPosition) -> Self {
+        let json = serde_json::to_string(origin).unwrap_or_else(|_| "null".into());
+        Self(format!("{},\"origin\":{json}", self.0))
     }
     /// The open JSON object, for stores that splice `seq` and `epoch` themselves.
     pub fn head(&self) -> &str {

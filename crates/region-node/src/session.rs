@@ -666,7 +666,9 @@ impl Session {
 
     /// One room of a `hello` resume list, reported as `{room, status, epoch, seq}`.
     async fn resume(&mut self, point: ResumePoint, replays: &mut Replays) -> serde_json::Value {
-        let ResumePoint { room, epoch, seq } = point;
+        let ResumePoint {
+            room, epoch, seq, ..
+        } = point;
         let before = replays.len();
         match self.join(&room, Some((&epoch, seq)), replays).await {
             Ok(j) if j.history_lost => {

@@ -15,6 +15,8 @@
 pub mod conformance;
 mod memory;
 mod redis_store;
+pub mod replica;
+mod scripts;
 pub mod testing;
 
 use std::fmt;
@@ -30,6 +32,7 @@ use serde_json::value::RawValue;
 
 pub use memory::{MemoryRegion, MemoryStore};
 pub use redis_store::{RedisStore, RedisStoreConfig};
+pub use scripts::{INTEREST_CHANNEL, PRESENCE_CHANNEL, RELAY_NODE_PREFIX};
 
 /// A node's id: random per process start, so a restarted node is a new node and can never
 /// inherit a dead one's lease.

@@ -24,9 +24,10 @@ use redis::{AsyncCommands, Script};
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::scripts::{k, room_of_channel, RoomArgs, RoomKeys, Scripts};
 use crate::{
-    now_ms, random_token, split_seq, ConnRef, Inbound, JoinOutcome, MemberPage, NodeId, Published,
-    ReapedNode, Recovery, StateStore, StoreError, StoreLimits, StoreResult,
+    now_ms, split_seq, ConnRef, Inbound, JoinOutcome, MemberPage, NodeId, Published, ReapedNode,
+    Recovery, StateStore, StoreError, StoreLimits, StoreResult,
 };
 
 /// Where and how to reach the region's Redis.
@@ -40,37 +41,6 @@ pub struct RedisStoreConfig {
     pub node: NodeId,
     /// Lease, history and replay limits.
     pub limits: StoreLimits,
-}
-
-/// Keys of one room; all share the `{room}` hash tag.
-struct RoomKeys {
-    keys: [String; 9],
-    channel: String,
-}
-
-impl RoomKeys {
-    fn new(room: &RoomId) -> Self {
-        let k = |s: &str| format!("mr:{{{room}}}:{s}");
-        Self {
-            keys: [
-                k("meta"),  // 1 hash: epoch, seq
-                k("hist"),  // 2 stream: id <seq>-0, field e = frame
-                k("conns"), // 3 set of node|conn|user
-                k("cc"),    // 4 hash user -> connections in the room
-                k("mem"),   // 5 zset of users, score 0 (lexicographic pages)
-                k("reg"),   // 6 hash user -> region
-                k("sv"),    // 7 hash state key -> version
-                k("st"),    // 8 hash state key -> value (JSON)
-                k("idem:"), // 9 idempotency key prefix (per call, see `with_idem`)
-            ],
-            channel: k("ev"),
-        }
-    }
-}
-
-fn room_of_channel(channel: &str) -> Option<RoomId> {
-    let rest = channel.strip_prefix("mr:{")?.strip_suffix("}:ev")?;
-    RoomId::new(rest).ok()
 }
 
 fn user_conns_key(user: &UserId) -> String {
@@ -92,128 +62,6 @@ const NODES_KEY: &str = "meridian:nodes";
 /// Hash: node id → its open connections, written on every readiness probe.
 const CONNS_KEY: &str = "meridian:conns";
 
-/// The Lua shared by every script that sequences a room event: ARGV[1..4] are channel,
-/// history length, history TTL (ms) and a fresh epoch for a room that has none.
-const APPEND_LUA: &str = r#"
-local function ensure_epoch()
-  local epoch = redis.call('HGET', KEYS[1], 'epoch')
-  if not epoch then
-    epoch = ARGV[4]
-    redis.call('DEL', KEYS[2])
-    redis.call('HSET', KEYS[1], 'epoch', epoch, 'seq', 0)
-    redis.call('PEXPIRE', KEYS[1], ARGV[3])
-  end
-  return epoch
-end
-local function current_seq()
-  return tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
-end
-local function append(head)
-  local epoch = ensure_epoch()
-  local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-  local s = string.format('%d', seq)
-  local frame = head .. ',"seq":' .. s .. ',"epoch":"' .. epoch .. '"}'
-  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], s .. '-0', 'e', frame)
-  redis.call('PUBLISH', ARGV[1], s .. ' ' .. epoch .. ' ' .. frame)
-  redis.call('PEXPIRE', KEYS[1], ARGV[3])
-  redis.call('PEXPIRE', KEYS[2], ARGV[3])
-  -- Room state lives as long as the room's history: any activity keeps both.
-  redis.call('PEXPIRE', KEYS[7], ARGV[3])
-  redis.call('PEXPIRE', KEYS[8], ARGV[3])
-  return {epoch, seq}
-end
-"#;
-
-/// ARGV[5] token, [6] user, [7] region, [8] max members, [9] joined head.
-const JOIN_LUA: &str = r#"
-if redis.call('SADD', KEYS[3], ARGV[5]) == 0 then
-  return {0, ensure_epoch(), current_seq()}
-end
-if redis.call('HINCRBY', KEYS[4], ARGV[6], 1) == 1 then
-  local max = tonumber(ARGV[8])
-  if max > 0 and redis.call('ZCARD', KEYS[5]) >= max then
-    redis.call('SREM', KEYS[3], ARGV[5])
-    redis.call('HDEL', KEYS[4], ARGV[6])
-    return {-1, '', 0}
-  end
-  redis.call('ZADD', KEYS[5], 0, ARGV[6])
-  redis.call('HSET', KEYS[6], ARGV[6], ARGV[7])
-  local r = append(ARGV[9])
-  return {1, r[1], r[2]}
-end
-return {0, ensure_epoch(), current_seq()}
-"#;
-
-/// ARGV[5] token, [6] user, [7] left head.
-const LEAVE_LUA: &str = r#"
-if redis.call('SREM', KEYS[3], ARGV[5]) == 0 then return 0 end
-if redis.call('HINCRBY', KEYS[4], ARGV[6], -1) > 0 then return 0 end
-redis.call('HDEL', KEYS[4], ARGV[6])
-redis.call('ZREM', KEYS[5], ARGV[6])
-redis.call('HDEL', KEYS[6], ARGV[6])
-append(ARGV[7])
-return 1
-"#;
-
-/// ARGV[5] message head, [6] idempotency window in ms ('' without a key). KEYS[9] is the
-/// idempotency key.
-const PUBLISH_LUA: &str = r#"
-if ARGV[6] ~= '' then
-  local prev = redis.call('GET', KEYS[9])
-  if prev then return {0, ensure_epoch(), tonumber(prev)} end
-end
-local r = append(ARGV[5])
-if ARGV[6] ~= '' then redis.call('SET', KEYS[9], r[2], 'PX', ARGV[6]) end
-return {1, r[1], r[2]}
-"#;
-
-/// ARGV[5] key, [6] value, [7] if_version (-1: none), [8] state_changed head.
-const STATE_SET_LUA: &str = r#"
-local cur = tonumber(redis.call('HGET', KEYS[7], ARGV[5]) or '0')
-local want = tonumber(ARGV[7])
-if want >= 0 and cur ~= want then return {-1, cur} end
-local v = cur + 1
-redis.call('HSET', KEYS[7], ARGV[5], v)
-redis.call('HSET', KEYS[8], ARGV[5], ARGV[6])
-redis.call('PEXPIRE', KEYS[7], ARGV[3])
-redis.call('PEXPIRE', KEYS[8], ARGV[3])
-append(ARGV[8] .. ',"version":' .. string.format('%d', v))
-return {1, v}
-"#;
-
-/// ARGV[5] key, [6] if_version (-1: none), [7] state_changed head (value null).
-const STATE_DELETE_LUA: &str = r#"
-local cur = tonumber(redis.call('HGET', KEYS[7], ARGV[5]) or '0')
-local want = tonumber(ARGV[6])
-if want >= 0 and cur ~= want then return {-1, cur} end
-if cur == 0 then return {0, 0} end
-redis.call('HDEL', KEYS[7], ARGV[5])
-redis.call('HDEL', KEYS[8], ARGV[5])
-append(ARGV[7] .. ',"version":' .. string.format('%d', cur + 1))
-return {1, cur + 1}
-"#;
-
-struct Scripts {
-    join: Script,
-    leave: Script,
-    publish: Script,
-    state_set: Script,
-    state_delete: Script,
-}
-
-impl Scripts {
-    fn new() -> Self {
-        let s = |body: &str| Script::new(&format!("{APPEND_LUA}\n{body}"));
-        Self {
-            join: s(JOIN_LUA),
-            leave: s(LEAVE_LUA),
-            publish: s(PUBLISH_LUA),
-            state_set: s(STATE_SET_LUA),
-            state_delete: s(STATE_DELETE_LUA),
-        }
-    }
-}
-
 /// Commands for the task that owns the pub/sub connection. Processed in order, so a
 /// subscribe and an unsubscribe of the same room can never overtake each other.
 enum PubSubCmd {
@@ -233,6 +81,7 @@ pub struct RedisStore {
     conn: ConnectionManager,
     config: RedisStoreConfig,
     scripts: Arc<Scripts>,
+    args: RoomArgs,
     pubsub: Arc<PubSubShared>,
     commands: mpsc::UnboundedSender<PubSubCmd>,
 }
@@ -278,9 +127,15 @@ impl RedisStore {
         ));
         // The first connection must work; later losses are retried by the task.
         ready_rx.await.map_err(|_| StoreError::PubSubDown)??;
+        let args = RoomArgs {
+            history_len: config.limits.history_len,
+            history_ttl_ms: config.limits.history_ttl.as_millis() as u64,
+            region: config.region.clone(),
+        };
         Ok(Self {
             conn,
             config,
+            args,
             scripts: Arc::new(Scripts::new()),
             pubsub,
             commands,
@@ -291,17 +146,19 @@ impl RedisStore {
         self.conn.clone()
     }
 
+    /// Removes one connection from a user's presence (the script announces the user's last
+    /// connection in this region).
+    async fn drop_presence(&self, user: &UserId, node: &NodeId, conn: u64) -> StoreResult<()> {
+        let mut inv = self.scripts.disconnect.prepare_invoke();
+        inv.key(user_conns_key(user))
+            .arg(format!("{node}|{conn}"))
+            .arg(user.as_str());
+        let _: i64 = inv.invoke_async(&mut self.conn()).await?;
+        Ok(())
+    }
+
     fn room_script<'a>(&self, script: &'a Script, keys: &RoomKeys) -> redis::ScriptInvocation<'a> {
-        let limits = &self.config.limits;
-        let mut inv = script.prepare_invoke();
-        for k in &keys.keys {
-            inv.key(k);
-        }
-        inv.arg(&keys.channel)
-            .arg(limits.history_len.max(1))
-            .arg(limits.history_ttl.as_millis() as u64)
-            .arg(random_token(8));
-        inv
+        self.args.invoke(script, keys)
     }
 
     async fn leave_token(
@@ -457,7 +314,7 @@ impl StateStore for RedisStore {
                 memberships: 0,
                 left_events: 0,
             };
-            let mut presence = redis::pipe();
+            let mut cleanup = redis::pipe();
             for entry in &entries {
                 let mut parts = entry.splitn(4, '|');
                 let (kind, conn_no, user) = (parts.next(), parts.next(), parts.next());
@@ -481,54 +338,46 @@ impl StateStore for RedisStore {
                         }
                     }
                     (Some("u"), None) => {
-                        presence
-                            .hdel(
-                                user_conns_key(&dead.user),
-                                format!("{}|{}", node, dead.conn),
-                            )
-                            .ignore();
+                        self.drop_presence(&dead.user, &node, dead.conn).await?;
                     }
                     _ => tracing::warn!(%node, entry, "skipping malformed node index entry"),
                 }
             }
-            presence
+            cleanup
                 .del(index_key(&node))
                 .ignore()
                 .zrem(NODES_KEY, node.as_str())
                 .ignore()
                 .del(reaping_key(&node))
                 .ignore();
-            let _: () = presence.query_async(&mut conn).await?;
+            let _: () = cleanup.query_async(&mut conn).await?;
             reaped.push(report);
         }
         Ok(reaped)
     }
 
     async fn connect(&self, conn: &ConnRef) -> StoreResult<()> {
-        let _: () = redis::pipe()
+        // Index first (crash safety), then the presence script, which also tells the relay
+        // about the user's first connection in this region.
+        let mut c = self.conn();
+        let _: () = c
             .sadd(index_key(&conn.node), index_user_entry(conn))
-            .ignore()
-            .hset(
-                user_conns_key(&conn.user),
-                format!("{}|{}", conn.node, conn.conn),
-                format!("{}|{}", self.config.region, now_ms()),
-            )
-            .ignore()
-            .query_async(&mut self.conn())
             .await?;
+        let mut inv = self.scripts.connect.prepare_invoke();
+        inv.key(user_conns_key(&conn.user))
+            .arg(format!("{}|{}", conn.node, conn.conn))
+            .arg(format!("{}|{}", self.config.region, now_ms()))
+            .arg(conn.user.as_str());
+        let _: i64 = inv.invoke_async(&mut c).await?;
         Ok(())
     }
 
     async fn disconnect(&self, conn: &ConnRef) -> StoreResult<()> {
-        let _: () = redis::pipe()
-            .hdel(
-                user_conns_key(&conn.user),
-                format!("{}|{}", conn.node, conn.conn),
-            )
-            .ignore()
+        let mut c = self.conn();
+        self.drop_presence(&conn.user, &conn.node, conn.conn)
+            .await?;
+        let _: () = c
             .srem(index_key(&conn.node), index_user_entry(conn))
-            .ignore()
-            .query_async(&mut self.conn())
             .await?;
         Ok(())
     }
@@ -596,7 +445,6 @@ impl StateStore for RedisStore {
         let mut inv = self.room_script(&self.scripts.join, &keys);
         inv.arg(conn.room_token())
             .arg(conn.user.as_str())
-            .arg(&self.config.region)
             .arg(max_members)
             .arg(head.head());
         let (status, epoch, seq): (i64, String, u64) = inv.invoke_async(&mut c).await?;
@@ -631,7 +479,7 @@ impl StateStore for RedisStore {
         let limit = limit.max(1);
         let mut c = self.conn();
         let users: Vec<String> = redis::cmd("ZRANGEBYLEX")
-            .arg(&keys.keys[4])
+            .arg(&keys.keys[k::MEM])
             .arg(min)
             .arg("+")
             .arg("LIMIT")
@@ -645,7 +493,7 @@ impl StateStore for RedisStore {
             Vec::new()
         } else {
             redis::cmd("HMGET")
-                .arg(&keys.keys[5])
+                .arg(&keys.keys[k::REG])
                 .arg(&users)
                 .query_async(&mut c)
                 .await?
@@ -676,7 +524,7 @@ impl StateStore for RedisStore {
     ) -> StoreResult<Published> {
         let mut keys = RoomKeys::new(room);
         if let Some((user, key)) = idempotency {
-            keys.keys[8] = format!("{}{}|{}", keys.keys[8], user, key);
+            keys.keys[k::IDEM] = format!("{}{}|{}", keys.keys[k::IDEM], user, key);
         }
         let mut inv = self.room_script(&self.scripts.publish, &keys);
         inv.arg(frame.head());
@@ -702,17 +550,17 @@ impl StateStore for RedisStore {
         ) = redis::pipe()
             .atomic()
             .cmd("HMGET")
-            .arg(&keys.keys[0])
+            .arg(&keys.keys[k::META])
             .arg("epoch")
             .arg("seq")
             .cmd("XRANGE")
-            .arg(&keys.keys[1])
+            .arg(&keys.keys[k::HIST])
             .arg("-")
             .arg("+")
             .arg("COUNT")
             .arg(1)
             .cmd("XRANGE")
-            .arg(&keys.keys[1])
+            .arg(&keys.keys[k::HIST])
             .arg(format!("{}-0", seq.saturating_add(1)))
             .arg("+")
             .arg("COUNT")
@@ -777,7 +625,8 @@ impl StateStore for RedisStore {
         inv.arg(key)
             .arg(value.get())
             .arg(if_version.map_or(-1, |v| v as i64))
-            .arg(head.head());
+            .arg(head.head())
+            .arg(by.as_str());
         let (status, version): (i64, u64) = inv.invoke_async(&mut self.conn()).await?;
         if status < 0 {
             return Err(StoreError::VersionConflict { current: version });
@@ -792,8 +641,8 @@ impl StateStore for RedisStore {
             Some(key) => {
                 let (value, version): (Option<String>, Option<u64>) = redis::pipe()
                     .atomic()
-                    .hget(&keys.keys[7], key)
-                    .hget(&keys.keys[6], key)
+                    .hget(&keys.keys[k::ST], key)
+                    .hget(&keys.keys[k::SV], key)
                     .query_async(&mut c)
                     .await?;
                 vec![(key.to_owned(), value, version)]
@@ -802,8 +651,8 @@ impl StateStore for RedisStore {
                 let (values, versions): (HashMap<String, String>, HashMap<String, u64>) =
                     redis::pipe()
                         .atomic()
-                        .hgetall(&keys.keys[7])
-                        .hgetall(&keys.keys[6])
+                        .hgetall(&keys.keys[k::ST])
+                        .hgetall(&keys.keys[k::SV])
                         .query_async(&mut c)
                         .await?;
                 let mut all: Vec<_> = values
@@ -844,7 +693,8 @@ impl StateStore for RedisStore {
         let mut inv = self.room_script(&self.scripts.state_delete, &keys);
         inv.arg(key)
             .arg(if_version.map_or(-1, |v| v as i64))
-            .arg(head.head());
+            .arg(head.head())
+            .arg(by.as_str());
         let (status, version): (i64, u64) = inv.invoke_async(&mut self.conn()).await?;
         if status < 0 {
             return Err(StoreError::VersionConflict { current: version });

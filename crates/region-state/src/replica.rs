@@ -1,0 +1,908 @@
+//! The inter-region relay's side of a region's Redis: reading what this region published (to
+//! send it to other regions) and writing what other regions published (so local nodes serve
+//! it like local events). Same key schema and the same `append` as the nodes' store
+//! ([`crate::RedisStore`]); see `docs/redis-schema.md` ("Replication").
+//!
+//! - **Origin marking.** A replicated event is appended with history field
+//!   `o = "<region> <epoch> <seq>"` and an `"origin"` object in its frame; the relay reads
+//!   only entries without `o` when sending, so an event is never sent back or forwarded.
+//! - **Dedupe.** `mr:{room}:rw` holds, per origin region, the last `(epoch, seq)` applied; the
+//!   apply script drops anything at or below it, atomically with the append, so a relay
+//!   takeover or a replay cannot apply an event twice.
+//! - **Last writer wins.** Membership changes and state keys carry a hybrid-logical-clock
+//!   stamp with the writer's region (`mr:{room}:mh`, `mr:{room}:sh`); a replicated write
+//!   older than the stored one is dropped, so every region converges on the same value.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use meridian_protocol::{LeftReason, OriginPosition, RoomEventFrame, RoomId, UserId};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::streams::StreamRangeReply;
+use redis::{AsyncCommands, Script};
+use serde_json::value::RawValue;
+use tokio::sync::mpsc;
+
+use crate::scripts::{
+    k, room_of_channel, RoomArgs, RoomKeys, Scripts, INTEREST_CHANNEL, PRESENCE_CHANNEL,
+    RELAY_NODE_PREFIX,
+};
+use crate::{now_ms, StoreError, StoreResult};
+
+/// A hybrid logical clock stamp: wall-clock milliseconds and a counter within one
+/// millisecond. Stored as `"%013d.%05d"`, so stamps compare as strings in Redis.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Stamp {
+    /// Milliseconds since the Unix epoch.
+    pub wall_ms: u64,
+    /// Counter within `wall_ms` (at most 99999).
+    pub logical: u32,
+}
+
+impl fmt::Display for Stamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:013}.{:05}", self.wall_ms, self.logical.min(99_999))
+    }
+}
+
+impl Stamp {
+    /// Parses `"%013d.%05d"` (anything after the first 19 characters is ignored).
+    pub fn parse(s: &str) -> Option<Self> {
+        let (wall, rest) = s.split_once('.')?;
+        let logical = rest.get(..5).unwrap_or(rest);
+        Some(Self {
+            wall_ms: wall.parse().ok()?,
+            logical: logical.parse().ok()?,
+        })
+    }
+}
+
+/// A room history epoch (8 characters of `[0-9a-z]`) as a number, for relay frames. `""` is 0.
+pub fn epoch_code(epoch: &str) -> u64 {
+    u64::from_str_radix(epoch, 36).unwrap_or(0)
+}
+
+/// The inverse of [`epoch_code`]: 8 characters, zero-padded; 0 is `""`.
+pub fn epoch_text(code: u64) -> String {
+    if code == 0 {
+        return String::new();
+    }
+    const DIGITS: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut out = [b'0'; 8];
+    let mut n = code;
+    for slot in out.iter_mut().rev() {
+        *slot = DIGITS[(n % 36) as usize];
+        n /= 36;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// One key of a room's state with its last-writer-wins stamp.
+#[derive(Debug, Clone)]
+pub struct StateRecord {
+    /// The key.
+    pub key: String,
+    /// The value; `None` for a deleted key (a tombstone).
+    pub value: Option<Box<RawValue>>,
+    /// When it was written.
+    pub stamp: Stamp,
+    /// Where it was written (ties between equal stamps break on the region name).
+    pub region: String,
+    /// Who wrote it.
+    pub by: UserId,
+}
+
+/// What a replicated event does.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum RemoteKind {
+    /// A user became a member in the origin region.
+    Join {
+        /// The user.
+        user: UserId,
+    },
+    /// A member homed in the origin region left.
+    Leave {
+        /// The user.
+        user: UserId,
+        /// Why.
+        reason: LeftReason,
+    },
+    /// A room message.
+    Message {
+        /// The publisher.
+        from: UserId,
+        /// The message body.
+        data: Box<RawValue>,
+    },
+    /// A state key was written.
+    StateSet {
+        /// The key.
+        key: String,
+        /// The value.
+        value: Box<RawValue>,
+        /// The writer.
+        by: UserId,
+    },
+    /// A state key was deleted.
+    StateDelete {
+        /// The key.
+        key: String,
+        /// The writer.
+        by: UserId,
+    },
+    /// The origin's members of the room and the room's state as of the event's position:
+    /// replaces what this region holds from the origin.
+    Snapshot {
+        /// Users homed in the origin region, with their membership stamps.
+        members: Vec<(UserId, Stamp)>,
+        /// Every state key the origin knows, with stamps (tombstones included).
+        state: Vec<StateRecord>,
+    },
+}
+
+/// A room event published in another region, to apply here.
+#[derive(Debug, Clone)]
+pub struct RemoteEvent {
+    /// The room.
+    pub room: RoomId,
+    /// Where it was published: origin region, its room epoch and sequence number.
+    pub origin: OriginPosition,
+    /// The origin's HLC stamp of the event.
+    pub stamp: Stamp,
+    /// What happened.
+    pub kind: RemoteKind,
+}
+
+/// What applying a replicated event did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// Written and fanned out here.
+    Applied,
+    /// At or below the origin's watermark: already applied (a replay or a takeover).
+    Duplicate,
+    /// A newer write (membership or state key) won; the watermark moved on.
+    Superseded,
+}
+
+/// One entry of this region's room history, as the relay reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LocalEntry {
+    /// Room sequence number here.
+    pub seq: u64,
+    /// HLC stamp given when it was appended.
+    pub stamp: Stamp,
+    /// `Some("<region> <epoch> <seq>")` when it was replicated from another region.
+    pub origin: Option<String>,
+    /// The client frame.
+    pub frame: Bytes,
+}
+
+/// History entries after a position, with the room's current position.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LocalBatch {
+    /// The room's current epoch (`""` when it has none).
+    pub epoch: String,
+    /// The room's current sequence number.
+    pub seq: u64,
+    /// The oldest sequence number the history still holds.
+    pub oldest: Option<u64>,
+    /// The entries, in order.
+    pub entries: Vec<LocalEntry>,
+}
+
+/// This region's share of a room, for a region that starts following it.
+#[derive(Debug, Clone)]
+pub struct RoomSnapshot {
+    /// The room's epoch.
+    pub epoch: String,
+    /// The position the snapshot reflects: events after it follow.
+    pub seq: u64,
+    /// The room clock when it was taken.
+    pub stamp: Stamp,
+    /// Users homed here.
+    pub members: Vec<(UserId, Stamp)>,
+    /// Every state key (tombstones included).
+    pub state: Vec<StateRecord>,
+}
+
+/// Something the relay's pub/sub feed saw.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Feed {
+    /// A room event was appended here (local or replicated); the relay reads the history.
+    Room {
+        /// The room.
+        room: RoomId,
+        /// Its sequence number.
+        seq: u64,
+    },
+    /// A room gained its first (`true`) or lost its last (`false`) local member.
+    Interest {
+        /// The room.
+        room: RoomId,
+        /// Whether it has local members now.
+        local_members: bool,
+    },
+    /// A user's first (`true`) or last (`false`) connection in this region.
+    Presence {
+        /// The user.
+        user: UserId,
+        /// Whether the user is connected here now.
+        online: bool,
+    },
+    /// A node handed a direct message for a user connected in `region`.
+    Direct {
+        /// The region holding the user.
+        region: String,
+        /// The user.
+        to: UserId,
+        /// The client frame (`{"type":"direct",...}`).
+        frame: Bytes,
+    },
+    /// The feed reconnected: messages may have been missed; rescan.
+    Resynced,
+}
+
+/// Where the relay's Redis is and the room settings the region's nodes use.
+#[derive(Debug, Clone)]
+pub struct ReplicaConfig {
+    /// `redis://host:port/db`.
+    pub url: String,
+    /// This region.
+    pub region: String,
+    /// The nodes' `history.len`.
+    pub history_len: u32,
+    /// The nodes' `history.ttl_secs`.
+    pub history_ttl: Duration,
+}
+
+/// The lease key naming the region's active relay.
+pub const ACTIVE_RELAY_KEY: &str = "meridian:relay:active";
+
+const HOLD_LUA: &str = r#"
+local cur = redis.call('GET', KEYS[1])
+if cur == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
+if not cur then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end
+return 0
+"#;
+
+const RELEASE_LUA: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
+"#;
+
+/// The relay's handle on its region's Redis.
+#[derive(Clone)]
+pub struct ReplicaStore {
+    client: redis::Client,
+    conn: ConnectionManager,
+    args: RoomArgs,
+    scripts: Arc<Scripts>,
+    hold: Arc<Script>,
+    release: Arc<Script>,
+}
+
+impl fmt::Debug for ReplicaStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReplicaStore")
+            .field("region", &self.args.region)
+            .finish()
+    }
+}
+
+fn relay_node(region: &str) -> String {
+    format!("{RELAY_NODE_PREFIX}{region}")
+}
+fn user_conns_key(user: &UserId) -> String {
+    format!("mu:{{{user}}}:conns")
+}
+
+fn bulk(map: &HashMap<String, redis::Value>, field: &str) -> Option<Bytes> {
+    match map.get(field) {
+        Some(redis::Value::BulkString(b)) => Some(Bytes::copy_from_slice(b)),
+        _ => None,
+    }
+}
+
+fn parse_state(raw: &[String]) -> Vec<StateRecord> {
+    raw.chunks_exact(3)
+        .filter_map(|c| {
+            let value = if c[1].is_empty() {
+                None
+            } else {
+                Some(RawValue::from_string(c[1].clone()).ok()?)
+            };
+            let mut parts = c[2].splitn(3, '|');
+            let stamp = Stamp::parse(parts.next()?)?;
+            let region = parts.next()?.to_owned();
+            let by = UserId::new(parts.next()?).ok()?;
+            Some(StateRecord {
+                key: c[0].clone(),
+                value,
+                stamp,
+                region,
+                by,
+            })
+        })
+        .collect()
+}
+
+impl ReplicaStore {
+    /// Connects; the connection manager reconnects by itself after Redis restarts.
+    pub async fn connect(config: ReplicaConfig) -> StoreResult<Self> {
+        let client = redis::Client::open(config.url.as_str())?;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(1));
+        let conn = client
+            .get_connection_manager_with_config(manager_config)
+            .await?;
+        Ok(Self {
+            client,
+            conn,
+            args: RoomArgs {
+                history_len: config.history_len,
+                history_ttl_ms: config.history_ttl.as_millis() as u64,
+                region: config.region,
+            },
+            scripts: Arc::new(Scripts::new()),
+            hold: Arc::new(Script::new(HOLD_LUA)),
+            release: Arc::new(Script::new(RELEASE_LUA)),
+        })
+    }
+
+    fn conn(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    /// This region.
+    pub fn region(&self) -> &str {
+        &self.args.region
+    }
+
+    /// Checks Redis answers.
+    pub async fn ping(&self) -> StoreResult<()> {
+        let _: String = redis::cmd("PING").query_async(&mut self.conn()).await?;
+        Ok(())
+    }
+
+    // ---- the region's active relay -------------------------------------------------------
+
+    /// Takes or extends the active-relay lease for `relay_id`; false while another relay
+    /// holds it.
+    pub async fn hold_active(&self, relay_id: &str, ttl: Duration) -> StoreResult<bool> {
+        let mut inv = self.hold.prepare_invoke();
+        inv.key(ACTIVE_RELAY_KEY)
+            .arg(relay_id)
+            .arg(ttl.as_millis() as u64);
+        let held: i64 = inv.invoke_async(&mut self.conn()).await?;
+        Ok(held == 1)
+    }
+
+    /// Gives the lease up (graceful stop), so the standby takes over at once.
+    pub async fn release_active(&self, relay_id: &str) -> StoreResult<()> {
+        let mut inv = self.release.prepare_invoke();
+        inv.key(ACTIVE_RELAY_KEY).arg(relay_id);
+        let _: i64 = inv.invoke_async(&mut self.conn()).await?;
+        Ok(())
+    }
+
+    // ---- receiving: events from other regions --------------------------------------------
+
+    /// Applies one replicated event: dedupe on the origin's watermark, last-writer-wins for
+    /// membership and state, then the same append (history + fan-out) as a local event.
+    pub async fn apply(&self, event: &RemoteEvent) -> StoreResult<Applied> {
+        let keys = RoomKeys::new(&event.room);
+        let origin = &event.origin;
+        let mut inv = self.args.invoke(&self.scripts.apply, &keys);
+        inv.arg(&origin.region)
+            .arg(&origin.epoch)
+            .arg(origin.seq)
+            .arg(event.stamp.to_string());
+        let room = &event.room;
+        match &event.kind {
+            RemoteKind::Join { user } => {
+                inv.arg("join").arg(room.as_str()).arg(user.as_str());
+            }
+            RemoteKind::Leave { user, reason } => {
+                inv.arg("leave")
+                    .arg(room.as_str())
+                    .arg(user.as_str())
+                    .arg(reason.as_str());
+            }
+            RemoteKind::Message { from, data } => {
+                let head = RoomEventFrame::message(room, from, data).with_origin(origin);
+                inv.arg("message").arg(room.as_str()).arg(head.head());
+            }
+            RemoteKind::StateSet { key, value, by } => {
+                let head =
+                    RoomEventFrame::state_changed(room, key, Some(value), by).with_origin(origin);
+                inv.arg("set")
+                    .arg(room.as_str())
+                    .arg(key)
+                    .arg(value.get())
+                    .arg(by.as_str())
+                    .arg(head.head());
+            }
+            RemoteKind::StateDelete { key, by } => {
+                let head = RoomEventFrame::state_changed(room, key, None, by).with_origin(origin);
+                inv.arg("delete")
+                    .arg(room.as_str())
+                    .arg(key)
+                    .arg(by.as_str())
+                    .arg(head.head());
+            }
+            RemoteKind::Snapshot { members, state } => {
+                inv.arg("snapshot").arg(room.as_str()).arg(members.len());
+                for (user, stamp) in members {
+                    inv.arg(user.as_str()).arg(stamp.to_string());
+                }
+                inv.arg(state.len());
+                for r in state {
+                    let head =
+                        RoomEventFrame::state_changed(room, &r.key, r.value.as_deref(), &r.by)
+                            .with_origin(origin);
+                    inv.arg(&r.key)
+                        .arg(r.value.as_ref().map_or("", |v| v.get()))
+                        .arg(format!("{}|{}|{}", r.stamp, r.region, r.by))
+                        .arg(head.head());
+                }
+            }
+        }
+        let (status,): (i64,) = inv.invoke_async(&mut self.conn()).await?;
+        Ok(match status {
+            0 => Applied::Duplicate,
+            2 => Applied::Superseded,
+            _ => Applied::Applied,
+        })
+    }
+
+    /// The last `(epoch, seq)` applied from `origin` in each room (`None`: nothing yet).
+    pub async fn watermarks(
+        &self,
+        origin: &str,
+        rooms: &[RoomId],
+    ) -> StoreResult<Vec<Option<(String, u64)>>> {
+        if rooms.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for room in rooms {
+            pipe.hget(&RoomKeys::new(room).keys[k::RW], origin);
+        }
+        let marks: Vec<Option<String>> = pipe.query_async(&mut self.conn()).await?;
+        Ok(marks
+            .into_iter()
+            .map(|m| {
+                let m = m?;
+                let (epoch, seq) = m.split_once(' ')?;
+                Some((epoch.to_owned(), seq.parse().ok()?))
+            })
+            .collect())
+    }
+
+    /// Drops the room's replica (remote members, watermarks) once no local member is left.
+    /// `None` when a local member is back (keep the interest).
+    pub async fn purge_remote(&self, room: &RoomId) -> StoreResult<Option<usize>> {
+        let keys = RoomKeys::new(room);
+        let inv = self.args.invoke(&self.scripts.purge, &keys);
+        let n: i64 = inv.invoke_async(&mut self.conn()).await?;
+        Ok(usize::try_from(n).ok())
+    }
+
+    /// `region` was declared down: removes its members from `room` with
+    /// `left {reason: region_down}` (a member connected here stays, homed here). Returns the
+    /// users removed.
+    pub async fn region_down(&self, room: &RoomId, region: &str) -> StoreResult<usize> {
+        let keys = RoomKeys::new(room);
+        let mut inv = self.args.invoke(&self.scripts.region_down, &keys);
+        inv.arg(region).arg(room.as_str());
+        let n: i64 = inv.invoke_async(&mut self.conn()).await?;
+        Ok(usize::try_from(n).unwrap_or(0))
+    }
+
+    /// Rooms with local members (a connection count hash exists), by `SCAN`: the periodic
+    /// safety net behind the interest channel.
+    pub async fn local_interest(&self) -> StoreResult<Vec<RoomId>> {
+        let mut c = self.conn();
+        let mut iter: redis::AsyncIter<'_, String> = c.scan_match("mr:{*}:cc").await?;
+        let mut rooms = BTreeSet::new();
+        while let Some(key) = iter.next_item().await {
+            let key = key?;
+            if let Some(room) = key
+                .strip_prefix("mr:{")
+                .and_then(|r| r.strip_suffix("}:cc"))
+                .and_then(|r| RoomId::new(r).ok())
+            {
+                rooms.insert(room);
+            }
+        }
+        Ok(rooms.into_iter().collect())
+    }
+
+    // ---- sending: this region's events -------------------------------------------------
+
+    /// Up to `count` history entries after `after`, with the room's current position and the
+    /// oldest entry kept (to tell a trimmed history).
+    pub async fn read_local(
+        &self,
+        room: &RoomId,
+        after: u64,
+        count: usize,
+    ) -> StoreResult<LocalBatch> {
+        let keys = RoomKeys::new(room);
+        let ((epoch, seq), oldest, newer): (
+            (Option<String>, Option<u64>),
+            StreamRangeReply,
+            StreamRangeReply,
+        ) = redis::pipe()
+            .atomic()
+            .cmd("HMGET")
+            .arg(&keys.keys[k::META])
+            .arg("epoch")
+            .arg("seq")
+            .cmd("XRANGE")
+            .arg(&keys.keys[k::HIST])
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(1)
+            .cmd("XRANGE")
+            .arg(&keys.keys[k::HIST])
+            .arg(format!("{}-0", after.saturating_add(1)))
+            .arg("+")
+            .arg("COUNT")
+            .arg(count.max(1))
+            .query_async(&mut self.conn())
+            .await?;
+        let entry_seq = |id: &str| id.split('-').next().and_then(|s| s.parse::<u64>().ok());
+        let mut entries = Vec::with_capacity(newer.ids.len());
+        for e in &newer.ids {
+            let seq = entry_seq(&e.id)
+                .ok_or_else(|| StoreError::Corrupt(format!("stream id {}", e.id)))?;
+            let frame = bulk(&e.map, "e").ok_or_else(|| {
+                StoreError::Corrupt(format!("history entry {} has no frame", e.id))
+            })?;
+            let stamp = bulk(&e.map, "h")
+                .and_then(|h| Stamp::parse(std::str::from_utf8(&h).ok()?))
+                .unwrap_or_default();
+            let origin = bulk(&e.map, "o").map(|o| String::from_utf8_lossy(&o).into_owned());
+            entries.push(LocalEntry {
+                seq,
+                stamp,
+                origin,
+                frame,
+            });
+        }
+        Ok(LocalBatch {
+            epoch: epoch.unwrap_or_default(),
+            seq: seq.unwrap_or(0),
+            oldest: oldest.ids.first().and_then(|e| entry_seq(&e.id)),
+            entries,
+        })
+    }
+
+    /// This region's members of the room and the room state, atomically with the position.
+    pub async fn snapshot(&self, room: &RoomId) -> StoreResult<RoomSnapshot> {
+        let keys = RoomKeys::new(room);
+        let inv = self.args.invoke(&self.scripts.snapshot, &keys);
+        let (epoch, seq, stamp, members, state): (String, u64, String, Vec<String>, Vec<String>) =
+            inv.invoke_async(&mut self.conn()).await?;
+        let members = members
+            .chunks_exact(2)
+            .filter_map(|c| Some((UserId::new(c[0].as_str()).ok()?, Stamp::parse(&c[1])?)))
+            .collect();
+        Ok(RoomSnapshot {
+            epoch,
+            seq,
+            stamp: Stamp::parse(&stamp).unwrap_or_default(),
+            members,
+            state: parse_state(&state),
+        })
+    }
+
+    // ---- presence and direct messages ---------------------------------------------------
+
+    /// Users with at least one connection on a node of this region (`SCAN` of presence
+    /// hashes; used for the presence snapshot sent when a link comes up).
+    pub async fn local_online(&self) -> StoreResult<Vec<UserId>> {
+        let mut c = self.conn();
+        let keys: Vec<String> = {
+            let mut iter: redis::AsyncIter<'_, String> = c.scan_match("mu:{*}:conns").await?;
+            let mut keys = Vec::new();
+            while let Some(key) = iter.next_item().await {
+                keys.push(key?);
+            }
+            keys
+        };
+        let mut online = Vec::new();
+        for chunk in keys.chunks(256) {
+            let mut pipe = redis::pipe();
+            for key in chunk {
+                pipe.hkeys(key);
+            }
+            let fields: Vec<Vec<String>> = pipe.query_async(&mut c).await?;
+            for (key, fields) in chunk.iter().zip(fields) {
+                if fields.iter().any(|f| !f.starts_with(RELAY_NODE_PREFIX)) {
+                    if let Some(user) = key
+                        .strip_prefix("mu:{")
+                        .and_then(|u| u.strip_suffix("}:conns"))
+                        .and_then(|u| UserId::new(u).ok())
+                    {
+                        online.push(user);
+                    }
+                }
+            }
+        }
+        Ok(online)
+    }
+
+    /// Records users connected in `region` (`reset`: exactly these, forgetting the others),
+    /// as one pseudo-connection `rl-<region>|0` each, so `presence` lists them and `send`
+    /// hands their messages to this relay.
+    pub async fn set_remote_presence(
+        &self,
+        region: &str,
+        online: &[UserId],
+        offline: &[UserId],
+        reset: bool,
+    ) -> StoreResult<()> {
+        let node = relay_node(region);
+        let index = format!("mn:{{{node}}}:users");
+        let field = format!("{node}|0");
+        let mut c = self.conn();
+        let mut gone: Vec<String> = offline.iter().map(|u| u.as_str().to_owned()).collect();
+        if reset {
+            let known: Vec<String> = c.smembers(&index).await?;
+            let keep: HashSet<&str> = online.iter().map(UserId::as_str).collect();
+            gone.extend(known.into_iter().filter(|u| !keep.contains(u.as_str())));
+        }
+        let value = format!("{region}|{}", now_ms());
+        for chunk in gone.chunks(512) {
+            let mut pipe = redis::pipe();
+            for user in chunk {
+                pipe.hdel(format!("mu:{{{user}}}:conns"), &field)
+                    .ignore()
+                    .srem(&index, user)
+                    .ignore();
+            }
+            let _: () = pipe.query_async(&mut c).await?;
+        }
+        for chunk in online.chunks(512) {
+            let mut pipe = redis::pipe();
+            for user in chunk {
+                pipe.hset(user_conns_key(user), &field, &value)
+                    .ignore()
+                    .sadd(&index, user.as_str())
+                    .ignore();
+            }
+            let _: () = pipe.query_async(&mut c).await?;
+        }
+        Ok(())
+    }
+
+    /// Keeps `region`'s pseudo-node alive for `ttl`: its users count as online meanwhile.
+    pub async fn renew_remote_region(&self, region: &str, ttl: Duration) -> StoreResult<()> {
+        let node = relay_node(region);
+        let _: () = redis::cmd("SET")
+            .arg(format!("mn:{{{node}}}:lease"))
+            .arg(region)
+            .arg("PX")
+            .arg(ttl.as_millis() as u64)
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(())
+    }
+
+    /// Forgets every user of `region` (declared down) and its pseudo-node.
+    pub async fn drop_remote_region(&self, region: &str) -> StoreResult<()> {
+        self.set_remote_presence(region, &[], &[], true).await?;
+        let node = relay_node(region);
+        let _: () = redis::pipe()
+            .del(format!("mn:{{{node}}}:lease"))
+            .ignore()
+            .del(format!("mn:{{{node}}}:users"))
+            .ignore()
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(())
+    }
+
+    /// Hands a direct-message frame from another region to this region's nodes holding `to`.
+    /// Returns whether a node took it.
+    pub async fn deliver_direct(&self, to: &UserId, frame: &[u8]) -> StoreResult<bool> {
+        let mut c = self.conn();
+        let fields: Vec<String> = c.hkeys(user_conns_key(to)).await?;
+        let nodes: BTreeSet<&str> = fields
+            .iter()
+            .filter(|f| !f.starts_with(RELAY_NODE_PREFIX))
+            .filter_map(|f| f.split('|').next())
+            .collect();
+        if nodes.is_empty() {
+            return Ok(false);
+        }
+        let mut payload = Vec::with_capacity(to.as_str().len() + 1 + frame.len());
+        payload.extend_from_slice(to.as_str().as_bytes());
+        payload.push(b' ');
+        payload.extend_from_slice(frame);
+        let mut pipe = redis::pipe();
+        for node in &nodes {
+            pipe.publish(format!("mn:{{{node}}}:inbox"), &payload);
+        }
+        let receivers: Vec<u64> = pipe.query_async(&mut c).await?;
+        Ok(receivers.iter().sum::<u64>() > 0)
+    }
+
+    // ---- the feed ----------------------------------------------------------------------
+
+    /// Starts the task that follows this region's room channels, interest and presence
+    /// announcements and the relay pseudo-nodes' inboxes, reconnecting with backoff (and
+    /// sending [`Feed::Resynced`] after each reconnect). Ends when `feed` closes.
+    pub fn start_feed(&self, feed: mpsc::Sender<Feed>) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(feed_task(self.client.clone(), feed))
+    }
+}
+
+async fn feed_task(client: redis::Client, feed: mpsc::Sender<Feed>) {
+    let mut backoff = Duration::from_millis(50);
+    let mut first = true;
+    loop {
+        let connected = async {
+            let (mut sink, stream) = client.get_async_pubsub().await?.split();
+            sink.psubscribe("mr:{*}:ev").await?;
+            sink.psubscribe(format!("mn:{{{RELAY_NODE_PREFIX}*}}:inbox"))
+                .await?;
+            sink.subscribe(INTEREST_CHANNEL).await?;
+            sink.subscribe(PRESENCE_CHANNEL).await?;
+            Ok::<_, redis::RedisError>((sink, stream))
+        }
+        .await;
+        let (_sink, mut stream) = match connected {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "relay feed: cannot subscribe; retrying");
+                if feed.is_closed() {
+                    return;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(50);
+        if !first && feed.send(Feed::Resynced).await.is_err() {
+            return;
+        }
+        first = false;
+        while let Some(msg) = stream.next().await {
+            let item = parse_feed(msg.get_channel_name(), msg.get_payload_bytes());
+            match item {
+                Some(item) => {
+                    if feed.send(item).await.is_err() {
+                        return;
+                    }
+                }
+                None => tracing::debug!(
+                    channel = msg.get_channel_name(),
+                    "relay feed: ignoring a malformed message"
+                ),
+            }
+        }
+        tracing::warn!("relay feed: redis pub/sub connection lost; reconnecting");
+        if feed.is_closed() {
+            return;
+        }
+    }
+}
+
+fn parse_feed(channel: &str, payload: &[u8]) -> Option<Feed> {
+    if channel == INTEREST_CHANNEL || channel == PRESENCE_CHANNEL {
+        let text = std::str::from_utf8(payload).ok()?;
+        let (flag, rest) = text.split_once(' ')?;
+        let on = match flag {
+            "1" => true,
+            "0" => false,
+            _ => return None,
+        };
+        return if channel == INTEREST_CHANNEL {
+            Some(Feed::Interest {
+                room: room_of_channel(rest)?,
+                local_members: on,
+            })
+        } else {
+            Some(Feed::Presence {
+                user: UserId::new(rest).ok()?,
+                online: on,
+            })
+        };
+    }
+    if let Some(region) = channel
+        .strip_prefix("mn:{")
+        .and_then(|c| c.strip_suffix("}:inbox"))
+        .and_then(|n| n.strip_prefix(RELAY_NODE_PREFIX))
+    {
+        let space = payload.iter().position(|b| *b == b' ')?;
+        let to = UserId::new(std::str::from_utf8(&payload[..space]).ok()?).ok()?;
+        return Some(Feed::Direct {
+            region: region.to_owned(),
+            to,
+            frame: Bytes::copy_from_slice(&payload[space + 1..]),
+        });
+    }
+    let room = room_of_channel(channel)?;
+    let space = payload.iter().position(|b| *b == b' ')?;
+    let seq = std::str::from_utf8(&payload[..space]).ok()?.parse().ok()?;
+    Some(Feed::Room { room, seq })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn epochs_round_trip_through_their_code() {
+        for e in ["k3v9x0qa", "00000001", "zzzzzzzz", "a0000000"] {
+            assert_eq!(epoch_text(epoch_code(e)), e);
+        }
+        assert_eq!(epoch_code(""), 0);
+        assert_eq!(epoch_text(0), "");
+        assert!(epoch_code("zzzzzzzz") < u64::MAX / 1000);
+    }
+
+    #[test]
+    fn stamps_format_fixed_width_and_parse_back() {
+        let s = Stamp {
+            wall_ms: 1_700_000_000_123,
+            logical: 7,
+        };
+        assert_eq!(s.to_string(), "1700000000123.00007");
+        assert_eq!(Stamp::parse("1700000000123.00007|eu|bob"), Some(s));
+        assert!(Stamp::parse("x").is_none());
+        assert!(
+            Stamp {
+                wall_ms: 5,
+                logical: 0
+            }
+            .to_string()
+                < s.to_string()
+        );
+    }
+
+    #[test]
+    fn feed_messages_parse() {
+        assert_eq!(
+            parse_feed("meridian:interest", b"1 mr:{lobby}:ev"),
+            Some(Feed::Interest {
+                room: RoomId::new("lobby").unwrap(),
+                local_members: true
+            })
+        );
+        assert_eq!(
+            parse_feed("meridian:presence", b"0 bob"),
+            Some(Feed::Presence {
+                user: UserId::new("bob").unwrap(),
+                online: false
+            })
+        );
+        assert!(matches!(
+            parse_feed("mn:{rl-eu-central}:inbox", b"bob {\"type\":\"direct\"}"),
+            Some(Feed::Direct { region, .. }) if region == "eu-central"
+        ));
+        assert_eq!(
+            parse_feed("mr:{r}:ev", b"7 e1 {}"),
+            Some(Feed::Room {
+                room: RoomId::new("r").unwrap(),
+                seq: 7
+            })
+        );
+        assert!(parse_feed("meridian:interest", b"2 mr:{r}:ev").is_none());
+        assert!(parse_feed("mn:{rl-x}:inbox", b"nospace").is_none());
+    }
+}

@@ -1,0 +1,517 @@
+//! The Lua scripts and key layout of a room, shared by the node's store ([`crate::RedisStore`])
+//! and the relay's replica writer ([`crate::replica::ReplicaStore`]), so that both sequence
+//! room events through the same `append`.
+//!
+//! Every room script gets the twelve room keys as `KEYS[1..12]` and the common `ARGV[1..5]`:
+//! the room channel, `history.len`, the history TTL (ms), a fresh epoch for a room that has
+//! none, and this region's name. Script-specific arguments start at `ARGV[6]`.
+
+use meridian_protocol::RoomId;
+use redis::Script;
+
+/// Keys of one room; all share the `{room}` hash tag.
+pub(crate) struct RoomKeys {
+    pub keys: [String; 12],
+    pub channel: String,
+}
+
+/// Index of each key in [`RoomKeys::keys`] (Lua's `KEYS[i + 1]`).
+pub(crate) mod k {
+    pub const META: usize = 0;
+    pub const HIST: usize = 1;
+    pub const MEM: usize = 4;
+    pub const REG: usize = 5;
+    pub const SV: usize = 6;
+    pub const ST: usize = 7;
+    pub const IDEM: usize = 8;
+    pub const RW: usize = 11;
+}
+
+impl RoomKeys {
+    pub fn new(room: &RoomId) -> Self {
+        let k = |s: &str| format!("mr:{{{room}}}:{s}");
+        Self {
+            keys: [
+                k("meta"),  // 1 hash: epoch, seq, hw/hl (the room's hybrid logical clock)
+                k("hist"),  // 2 stream: id <seq>-0, fields e = frame, h = HLC, o = origin
+                k("conns"), // 3 set of node|conn|user (local connections)
+                k("cc"),    // 4 hash user -> local connections in the room
+                k("mem"),   // 5 zset of member users (every region), score 0
+                k("reg"),   // 6 hash user -> the member's home region
+                k("sv"),    // 7 hash state key -> version (per region)
+                k("st"),    // 8 hash state key -> value (JSON)
+                k("idem:"), // 9 idempotency key prefix (per call)
+                k("mh"),    // 10 hash user -> "<hlc>|<region>" of the membership's last change
+                k("sh"),    // 11 hash state key -> "<hlc>|<region>|<by>" (kept after deletes)
+                k("rw"),    // 12 hash origin region -> "<epoch> <seq>" applied from it
+            ],
+            channel: k("ev"),
+        }
+    }
+}
+
+/// Channel on which room scripts announce that a room gained (`"1 <room channel>"`) or lost
+/// (`"0 <room channel>"`) its last local member: what the relay announces to other regions.
+pub const INTEREST_CHANNEL: &str = "meridian:interest";
+/// Channel on which presence scripts announce a user's first (`"1 <user>"`) and last
+/// (`"0 <user>"`) connection in this region.
+pub const PRESENCE_CHANNEL: &str = "meridian:presence";
+/// Node-id prefix of the pseudo-nodes a relay writes for users connected in another region
+/// (`rl-<region>`). Real node ids have no `-`, so they never collide.
+pub const RELAY_NODE_PREFIX: &str = "rl-";
+
+/// The Lua shared by every room script.
+///
+/// `hlc_tick(rw, rl)` advances the room's hybrid logical clock past the wall clock, its last
+/// stamp and an observed remote stamp, and returns the stamp as `"%013d.%05d"` (fixed width,
+/// so stamps compare as strings). `append(head, origin, stamp)` is the one way a room event is
+/// sequenced; `origin` (`"<region> <epoch> <seq>"`) marks an event replicated from another
+/// region so that the relay never sends it back.
+pub(crate) const APPEND_LUA: &str = r#"
+local function ensure_epoch()
+  local epoch = redis.call('HGET', KEYS[1], 'epoch')
+  if not epoch then
+    epoch = ARGV[4]
+    redis.call('DEL', KEYS[2])
+    redis.call('HSET', KEYS[1], 'epoch', epoch, 'seq', 0)
+    redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  end
+  return epoch
+end
+local function current_seq()
+  return tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
+end
+local function hlc_tick(rwall, rlog)
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local hw = tonumber(redis.call('HGET', KEYS[1], 'hw') or '0')
+  local hl = tonumber(redis.call('HGET', KEYS[1], 'hl') or '0')
+  rwall = rwall or 0
+  rlog = rlog or 0
+  local w = math.max(now, hw, rwall)
+  local l = 0
+  if w == hw and w == rwall then l = math.max(hl, rlog) + 1
+  elseif w == hw then l = hl + 1
+  elseif w == rwall then l = rlog + 1 end
+  if l > 99999 then w = w + 1; l = 0 end
+  redis.call('HSET', KEYS[1], 'hw', string.format('%d', w), 'hl', l)
+  -- A clock written before the room's first event must not outlive the room.
+  if redis.call('PTTL', KEYS[1]) == -1 then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
+  return string.format('%013d.%05d', w, l)
+end
+-- Byte-wise "a is newer than b" for "<hlc>|<region>[|...]" strings (b may be false).
+local function newer(a, b)
+  if not b then return true end
+  local n = math.min(#a, #b)
+  for i = 1, n do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then return x > y end
+  end
+  return #a > #b
+end
+local function append(head, origin, stamp)
+  local epoch = ensure_epoch()
+  stamp = stamp or hlc_tick()
+  local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+  local s = string.format('%d', seq)
+  local frame = head .. ',"seq":' .. s .. ',"epoch":"' .. epoch .. '"}'
+  if origin then
+    redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], s .. '-0', 'e', frame, 'h', stamp, 'o', origin)
+  else
+    redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], s .. '-0', 'e', frame, 'h', stamp)
+  end
+  redis.call('PUBLISH', ARGV[1], s .. ' ' .. epoch .. ' ' .. frame)
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  redis.call('PEXPIRE', KEYS[2], ARGV[3])
+  -- Room state lives as long as the room's history: any activity keeps both.
+  redis.call('PEXPIRE', KEYS[7], ARGV[3])
+  redis.call('PEXPIRE', KEYS[8], ARGV[3])
+  redis.call('PEXPIRE', KEYS[11], ARGV[3])
+  return {epoch, seq, stamp}
+end
+-- Member events built here carry only ids ([A-Za-z0-9-_.:@/=+]) and region names, which
+-- need no JSON escaping; the field order is the one serde gives RoomEventFrame.
+local function member_head(kind, room, user, region, reason, origin)
+  local h = '{"type":"' .. kind .. '","room":"' .. room .. '","user":"' .. user ..
+    '","region":"' .. region .. '"'
+  if reason then h = h .. ',"reason":"' .. reason .. '"' end
+  if origin then h = h .. ',"origin":' .. origin end
+  return h
+end
+local function local_members_gone()
+  return redis.call('HLEN', KEYS[4]) == 0
+end
+"#;
+
+/// ARGV[6] token, [7] user, [8] max members, [9] joined head.
+///
+/// A user's first local connection makes this region the member's home, also when the user
+/// was a member through another region (a re-homed user: `joined` with the new region, never
+/// a `left`).
+const JOIN_LUA: &str = r#"
+if redis.call('SADD', KEYS[3], ARGV[6]) == 0 then
+  return {0, ensure_epoch(), current_seq()}
+end
+if redis.call('HINCRBY', KEYS[4], ARGV[7], 1) == 1 then
+  local member = redis.call('ZSCORE', KEYS[5], ARGV[7])
+  local max = tonumber(ARGV[8])
+  if not member and max > 0 and redis.call('ZCARD', KEYS[5]) >= max then
+    redis.call('SREM', KEYS[3], ARGV[6])
+    redis.call('HDEL', KEYS[4], ARGV[7])
+    return {-1, '', 0}
+  end
+  if redis.call('HLEN', KEYS[4]) == 1 then
+    redis.call('PUBLISH', 'meridian:interest', '1 ' .. ARGV[1])
+  end
+  redis.call('ZADD', KEYS[5], 0, ARGV[7])
+  redis.call('HSET', KEYS[6], ARGV[7], ARGV[5])
+  local stamp = hlc_tick()
+  redis.call('HSET', KEYS[10], ARGV[7], stamp .. '|' .. ARGV[5])
+  local r = append(ARGV[9], nil, stamp)
+  return {1, r[1], r[2]}
+end
+return {0, ensure_epoch(), current_seq()}
+"#;
+
+/// ARGV[6] token, [7] user, [8] left head.
+///
+/// The last local connection ends the membership only while this region is the member's
+/// home; a member homed in another region (it joined there later) stays listed.
+const LEAVE_LUA: &str = r#"
+if redis.call('SREM', KEYS[3], ARGV[6]) == 0 then return 0 end
+if redis.call('HINCRBY', KEYS[4], ARGV[7], -1) > 0 then return 0 end
+redis.call('HDEL', KEYS[4], ARGV[7])
+if local_members_gone() then
+  redis.call('PUBLISH', 'meridian:interest', '0 ' .. ARGV[1])
+end
+local home = redis.call('HGET', KEYS[6], ARGV[7])
+if home and home ~= ARGV[5] then return 0 end
+redis.call('ZREM', KEYS[5], ARGV[7])
+redis.call('HDEL', KEYS[6], ARGV[7])
+redis.call('HDEL', KEYS[10], ARGV[7])
+append(ARGV[8])
+return 1
+"#;
+
+/// ARGV[6] message head, [7] idempotency window in ms ('' without a key). KEYS[9] is the
+/// idempotency key.
+const PUBLISH_LUA: &str = r#"
+if ARGV[7] ~= '' then
+  local prev = redis.call('GET', KEYS[9])
+  if prev then return {0, ensure_epoch(), tonumber(prev)} end
+end
+local r = append(ARGV[6])
+if ARGV[7] ~= '' then redis.call('SET', KEYS[9], r[2], 'PX', ARGV[7]) end
+return {1, r[1], r[2]}
+"#;
+
+/// ARGV[6] key, [7] value, [8] if_version (-1: none), [9] state_changed head, [10] writer.
+const STATE_SET_LUA: &str = r#"
+local cur = tonumber(redis.call('HGET', KEYS[7], ARGV[6]) or '0')
+local want = tonumber(ARGV[8])
+if want >= 0 and cur ~= want then return {-1, cur} end
+local v = cur + 1
+redis.call('HSET', KEYS[7], ARGV[6], v)
+redis.call('HSET', KEYS[8], ARGV[6], ARGV[7])
+local stamp = hlc_tick()
+redis.call('HSET', KEYS[11], ARGV[6], stamp .. '|' .. ARGV[5] .. '|' .. ARGV[10])
+append(ARGV[9] .. ',"version":' .. string.format('%d', v), nil, stamp)
+return {1, v}
+"#;
+
+/// ARGV[6] key, [7] if_version (-1: none), [8] state_changed head (value null), [9] writer.
+/// The key's stamp stays behind as a tombstone, so an older write from another region
+/// cannot bring the key back.
+const STATE_DELETE_LUA: &str = r#"
+local cur = tonumber(redis.call('HGET', KEYS[7], ARGV[6]) or '0')
+local want = tonumber(ARGV[7])
+if want >= 0 and cur ~= want then return {-1, cur} end
+if cur == 0 then return {0, 0} end
+redis.call('HDEL', KEYS[7], ARGV[6])
+redis.call('HDEL', KEYS[8], ARGV[6])
+local stamp = hlc_tick()
+redis.call('HSET', KEYS[11], ARGV[6], stamp .. '|' .. ARGV[5] .. '|' .. ARGV[9])
+append(ARGV[8] .. ',"version":' .. string.format('%d', cur + 1), nil, stamp)
+return {1, cur + 1}
+"#;
+
+/// A replicated event. ARGV[6] origin region, [7] origin epoch, [8] origin seq, [9] origin
+/// HLC stamp, [10] kind, [11] room id, [12..] by kind:
+/// - `join`: [12] user.
+/// - `leave`: [12] user, [13] reason.
+/// - `message`: [12] message head (with its `origin`).
+/// - `set`: [12] key, [13] value, [14] writer, [15] state_changed head (with `origin`).
+/// - `delete`: [12] key, [13] writer, [14] state_changed head (value null, with `origin`).
+/// - `snapshot`: [12] n, then n × (user, member stamp), then m, then m × (key, value or ''
+///   for a deleted key, "<hlc>|<region>|<by>", state_changed head with `origin`).
+///
+/// Returns `{0}` for a duplicate (at or below the origin's watermark), `{2}` when a newer
+/// write won (last-writer-wins), `{1}` when applied.
+const APPLY_LUA: &str = r#"
+local origin, oepoch, oseq, ostamp, kind, room = ARGV[6], ARGV[7], tonumber(ARGV[8]), ARGV[9], ARGV[10], ARGV[11]
+local mark = redis.call('HGET', KEYS[12], origin)
+if mark then
+  local sp = string.find(mark, ' ', 1, true)
+  local me, ms = string.sub(mark, 1, sp - 1), tonumber(string.sub(mark, sp + 1))
+  if me == oepoch and (oseq < ms or (oseq == ms and kind ~= 'snapshot')) then
+    return {0}
+  end
+end
+redis.call('HSET', KEYS[12], origin, oepoch .. ' ' .. ARGV[8])
+local tag = origin .. ' ' .. oepoch .. ' ' .. ARGV[8]
+local ojson = '{"region":"' .. origin .. '","epoch":"' .. oepoch .. '","seq":' .. ARGV[8] .. '}'
+hlc_tick(tonumber(string.sub(ostamp, 1, 13)), tonumber(string.sub(ostamp, 15)))
+
+local function remote_join(user, stamp)
+  local key = stamp .. '|' .. origin
+  if not newer(key, redis.call('HGET', KEYS[10], user)) then return 2 end
+  redis.call('HSET', KEYS[10], user, key)
+  if redis.call('HGET', KEYS[6], user) == origin then return 1 end
+  redis.call('ZADD', KEYS[5], 0, user)
+  redis.call('HSET', KEYS[6], user, origin)
+  append(member_head('joined', room, user, origin, nil, ojson), tag)
+  return 1
+end
+
+local function remote_leave(user, reason, stamp)
+  if redis.call('HGET', KEYS[6], user) ~= origin then return 2 end
+  if not newer(stamp .. '|' .. origin, redis.call('HGET', KEYS[10], user)) then return 2 end
+  if tonumber(redis.call('HGET', KEYS[4], user) or '0') > 0 then
+    -- Still connected here: the membership comes home, announced as a local join.
+    local s = hlc_tick()
+    redis.call('HSET', KEYS[6], user, ARGV[5])
+    redis.call('HSET', KEYS[10], user, s .. '|' .. ARGV[5])
+    append(member_head('joined', room, user, ARGV[5], nil, nil), nil, s)
+    return 1
+  end
+  redis.call('ZREM', KEYS[5], user)
+  redis.call('HDEL', KEYS[6], user)
+  redis.call('HDEL', KEYS[10], user)
+  append(member_head('left', room, user, origin, reason, ojson), tag)
+  return 1
+end
+
+local function remote_set(key, value, lww, head)
+  if not newer(lww, redis.call('HGET', KEYS[11], key)) then return 2 end
+  redis.call('HSET', KEYS[11], key, lww)
+  if value == '' then
+    local v = redis.call('HGET', KEYS[7], key)
+    if not v then
+      redis.call('PEXPIRE', KEYS[11], ARGV[3])
+      return 1
+    end
+    redis.call('HDEL', KEYS[7], key)
+    redis.call('HDEL', KEYS[8], key)
+    append(head .. ',"version":' .. string.format('%d', tonumber(v) + 1), tag)
+    return 1
+  end
+  local v = tonumber(redis.call('HGET', KEYS[7], key) or '0') + 1
+  redis.call('HSET', KEYS[7], key, v)
+  redis.call('HSET', KEYS[8], key, value)
+  append(head .. ',"version":' .. string.format('%d', v), tag)
+  return 1
+end
+
+if kind == 'join' then
+  return {remote_join(ARGV[12], ostamp)}
+elseif kind == 'leave' then
+  return {remote_leave(ARGV[12], ARGV[13], ostamp)}
+elseif kind == 'message' then
+  append(ARGV[12], tag)
+  return {1}
+elseif kind == 'set' then
+  return {remote_set(ARGV[12], ARGV[13], ostamp .. '|' .. origin .. '|' .. ARGV[14], ARGV[15])}
+elseif kind == 'delete' then
+  return {remote_set(ARGV[12], '', ostamp .. '|' .. origin .. '|' .. ARGV[13], ARGV[14])}
+elseif kind == 'snapshot' then
+  local i = 12
+  local n = tonumber(ARGV[i]); i = i + 1
+  local present = {}
+  for _ = 1, n do
+    present[ARGV[i]] = true
+    remote_join(ARGV[i], ARGV[i + 1])
+    i = i + 2
+  end
+  local reg = redis.call('HGETALL', KEYS[6])
+  for j = 1, #reg, 2 do
+    if reg[j + 1] == origin and not present[reg[j]] then
+      remote_leave(reg[j], 'disconnect', ostamp)
+    end
+  end
+  local m = tonumber(ARGV[i]); i = i + 1
+  for _ = 1, m do
+    remote_set(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3])
+    i = i + 4
+  end
+  return {1}
+end
+return redis.error_reply('unknown replicated event kind ' .. kind)
+"#;
+
+/// The relay's view of its own region's share of a room, for a peer that starts (or must
+/// restart) following it: `{epoch, seq, stamp, members, state}` read atomically.
+/// `members` are the users homed here with their stamps; `state` every key with its stamp
+/// (tombstones with value `''`).
+const SNAPSHOT_LUA: &str = r#"
+local epoch = ensure_epoch()
+local seq = current_seq()
+local stamp = hlc_tick()
+local members = {}
+local reg = redis.call('HGETALL', KEYS[6])
+for j = 1, #reg, 2 do
+  if reg[j + 1] == ARGV[5] then
+    local s = redis.call('HGET', KEYS[10], reg[j])
+    if not s then s = '0000000000000.00000|' .. ARGV[5] end
+    table.insert(members, reg[j])
+    table.insert(members, s)
+  end
+end
+local state = {}
+local sh = redis.call('HGETALL', KEYS[11])
+for j = 1, #sh, 2 do
+  table.insert(state, sh[j])
+  table.insert(state, redis.call('HGET', KEYS[8], sh[j]) or '')
+  table.insert(state, sh[j + 1])
+end
+return {epoch, seq, stamp, members, state}
+"#;
+
+/// ARGV[6] region declared down, [7] room id. Removes the members homed in that region with
+/// `left {reason: region_down}`; a member still connected here (re-homed) comes home with a
+/// local `joined` instead. Forgets the region's watermark. Returns the users removed.
+const REGION_DOWN_LUA: &str = r#"
+local gone, room = ARGV[6], ARGV[7]
+local removed = 0
+local reg = redis.call('HGETALL', KEYS[6])
+for j = 1, #reg, 2 do
+  local user = reg[j]
+  if reg[j + 1] == gone then
+    if tonumber(redis.call('HGET', KEYS[4], user) or '0') > 0 then
+      local s = hlc_tick()
+      redis.call('HSET', KEYS[6], user, ARGV[5])
+      redis.call('HSET', KEYS[10], user, s .. '|' .. ARGV[5])
+      append(member_head('joined', room, user, ARGV[5], nil, nil), nil, s)
+    else
+      redis.call('ZREM', KEYS[5], user)
+      redis.call('HDEL', KEYS[6], user)
+      redis.call('HDEL', KEYS[10], user)
+      append(member_head('left', room, user, gone, 'region_down', nil))
+      removed = removed + 1
+    end
+  end
+end
+redis.call('HDEL', KEYS[12], gone)
+return removed
+"#;
+
+/// Drops a room's replica once this region has no local member left (interest withdrawn):
+/// remote members and watermarks go, silently (nobody here is listening). `-1` when a local
+/// member is back.
+const PURGE_LUA: &str = r#"
+if not local_members_gone() then return -1 end
+local reg = redis.call('HGETALL', KEYS[6])
+local n = 0
+for j = 1, #reg, 2 do
+  if reg[j + 1] ~= ARGV[5] then
+    redis.call('ZREM', KEYS[5], reg[j])
+    redis.call('HDEL', KEYS[6], reg[j])
+    redis.call('HDEL', KEYS[10], reg[j])
+    n = n + 1
+  end
+end
+redis.call('DEL', KEYS[12])
+return n
+"#;
+
+/// Presence of one user, `KEYS[1] = mu:{user}:conns`. Counts the fields of real nodes (not
+/// relay pseudo-nodes) to detect the user's first and last connection in this region.
+const PRESENCE_LUA: &str = r#"
+local function local_conns()
+  local n = 0
+  for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
+    if string.sub(f, 1, 3) ~= 'rl-' then n = n + 1 end
+  end
+  return n
+end
+"#;
+
+/// ARGV[1] field, [2] value, [3] user.
+const CONNECT_LUA: &str = r#"
+if redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) == 1 and local_conns() == 1 then
+  redis.call('PUBLISH', 'meridian:presence', '1 ' .. ARGV[3])
+end
+return 1
+"#;
+
+/// ARGV[1] field, [2] user.
+const DISCONNECT_LUA: &str = r#"
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 1 and local_conns() == 0 then
+  redis.call('PUBLISH', 'meridian:presence', '0 ' .. ARGV[2])
+end
+return 1
+"#;
+
+/// The scripts, hashed once per store.
+pub(crate) struct Scripts {
+    pub join: Script,
+    pub leave: Script,
+    pub publish: Script,
+    pub state_set: Script,
+    pub state_delete: Script,
+    pub apply: Script,
+    pub snapshot: Script,
+    pub region_down: Script,
+    pub purge: Script,
+    pub connect: Script,
+    pub disconnect: Script,
+}
+
+impl Scripts {
+    pub fn new() -> Self {
+        let room = |body: &str| Script::new(&format!("{APPEND_LUA}\n{body}"));
+        let user = |body: &str| Script::new(&format!("{PRESENCE_LUA}\n{body}"));
+        Self {
+            join: room(JOIN_LUA),
+            leave: room(LEAVE_LUA),
+            publish: room(PUBLISH_LUA),
+            state_set: room(STATE_SET_LUA),
+            state_delete: room(STATE_DELETE_LUA),
+            apply: room(APPLY_LUA),
+            snapshot: room(SNAPSHOT_LUA),
+            region_down: room(REGION_DOWN_LUA),
+            purge: room(PURGE_LUA),
+            connect: user(CONNECT_LUA),
+            disconnect: user(DISCONNECT_LUA),
+        }
+    }
+}
+
+/// Room-script settings every caller passes as `ARGV[1..5]`.
+#[derive(Debug, Clone)]
+pub(crate) struct RoomArgs {
+    pub history_len: u32,
+    pub history_ttl_ms: u64,
+    pub region: String,
+}
+
+impl RoomArgs {
+    /// An invocation of `script` for the room of `keys` with the common arguments.
+    pub fn invoke<'a>(&self, script: &'a Script, keys: &RoomKeys) -> redis::ScriptInvocation<'a> {
+        let mut inv = script.prepare_invoke();
+        for key in &keys.keys {
+            inv.key(key);
+        }
+        inv.arg(&keys.channel)
+            .arg(self.history_len.max(1))
+            .arg(self.history_ttl_ms)
+            .arg(crate::random_token(8))
+            .arg(&self.region);
+        inv
+    }
+}
+
+/// Parses a room channel name `mr:{<room>}:ev`.
+pub(crate) fn room_of_channel(channel: &str) -> Option<RoomId> {
+    let rest = channel.strip_prefix("mr:{")?.strip_suffix("}:ev")?;
+    RoomId::new(rest).ok()
+}
