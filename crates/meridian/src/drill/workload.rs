@@ -1,0 +1,795 @@
+//! The drill's workload: synthetic users placed over the world with the demo cities, grouped in
+//! rooms, each publishing room messages (with idempotency keys) and sending direct messages to a
+//! partner, and behaving like a well-written client when its region goes away:
+//!
+//! - on `reconnect` (go-away) it stops starting new requests, keeps reading the old connection
+//!   for `after_ms` (in-flight events still arrive), then closes it;
+//! - on a closed socket, or after that wait, it asks the router again (`/v1/route?ip=` with its
+//!   synthetic address), tries the ranked regions in order, with full-jitter exponential
+//!   backoff between rounds, and says `hello` with `resume`;
+//! - its resume position is kept per region, because each region has its own room sequence:
+//!   in a region it has been connected to it resumes from its last position there, in a new
+//!   one from the start of that region's history (`epoch ""`, `seq 0`). Events replicated from
+//!   another region carry an `origin`; the last origin position per region goes in the
+//!   `origins` list of the resume entry (cross-region resume), which a node that does not
+//!   know `origins` yet refuses with `bad_request`: the client then drops the list.
+//! - a publish or direct message that got no `ok` is sent again after reconnecting, with the
+//!   same idempotency key / id.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use futures_util::{SinkExt, StreamExt};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use super::ledger::{ClientLog, DirectSent, Disruption, Published};
+use super::mesh::RouterApi;
+
+/// Where the workload is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Connecting and joining; nothing is published yet.
+    Setup,
+    /// Publishing and sending.
+    Running,
+    /// No new requests; in-flight ones finish, events are still read.
+    Stopping,
+    /// Close and exit.
+    Done,
+}
+
+/// One synthetic user.
+#[derive(Debug, Clone)]
+pub struct ClientPlan {
+    /// Index in the workload.
+    pub index: usize,
+    /// User id.
+    pub user: String,
+    /// Its synthetic address (a demo city network).
+    pub address: IpAddr,
+    /// The city.
+    pub city: &'static str,
+    /// The router's ranking for it at the start (also the fallback when the router is down).
+    pub ranking: Vec<(String, String)>,
+    /// Its room.
+    pub room: String,
+    /// Whom it sends direct messages to.
+    pub partner: Option<String>,
+    /// Whether it publishes and sends (return-of-traffic clients only connect and join).
+    pub active: bool,
+    /// Wait until the router ranks this region first before the first connection.
+    pub wait_for_region: Option<String>,
+}
+
+/// A client before rooms are assigned: address, city and the router's ranking.
+#[derive(Debug, Clone)]
+pub struct Placed {
+    /// Synthetic address.
+    pub address: IpAddr,
+    /// Its city.
+    pub city: &'static str,
+    /// (region, ws_url), best first.
+    pub ranking: Vec<(String, String)>,
+}
+
+/// Rooms and partners for `placed` clients: `rooms` rooms; with `per_region_only`, only
+/// clients the router ranks identically share a room (so they stay together in one region
+/// even when their first region fails), else each room mixes home regions.
+pub fn assign_rooms(
+    run: &str,
+    placed: &[Placed],
+    rooms: usize,
+    per_region_only: bool,
+) -> (Vec<ClientPlan>, Vec<String>) {
+    let rooms = rooms.max(1);
+    // Groups of client indices, each group split over some rooms.
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    if per_region_only {
+        let mut by_ranking: BTreeMap<Vec<&str>, Vec<usize>> = BTreeMap::new();
+        for (i, p) in placed.iter().enumerate() {
+            let key: Vec<&str> = p.ranking.iter().map(|(r, _)| r.as_str()).collect();
+            by_ranking.entry(key).or_default().push(i);
+        }
+        groups.extend(by_ranking.into_values());
+    } else {
+        // Interleave home regions so that consecutive clients come from different regions.
+        let mut by_home: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for (i, p) in placed.iter().enumerate() {
+            let home = p.ranking.first().map_or("", |(r, _)| r.as_str());
+            by_home.entry(home).or_default().push(i);
+        }
+        let mut queues: Vec<std::collections::VecDeque<usize>> =
+            by_home.into_values().map(Into::into).collect();
+        let mut order = Vec::with_capacity(placed.len());
+        while queues.iter().any(|q| !q.is_empty()) {
+            for q in &mut queues {
+                if let Some(i) = q.pop_front() {
+                    order.push(i);
+                }
+            }
+        }
+        groups.push(order);
+    }
+    // Rooms per group, proportional to its size, at least one each.
+    let total: usize = groups.iter().map(Vec::len).sum::<usize>().max(1);
+    let mut names = Vec::new();
+    let mut room_of = vec![String::new(); placed.len()];
+    for group in &groups {
+        let n = ((rooms * group.len()) as f64 / total as f64).round() as usize;
+        let n = n.clamp(1, group.len().max(1));
+        let size = group.len().div_ceil(n);
+        for chunk in group.chunks(size.max(1)) {
+            let name = format!("drill-{run}-r{}", names.len());
+            for &i in chunk {
+                if let Some(slot) = room_of.get_mut(i) {
+                    slot.clone_from(&name);
+                }
+            }
+            names.push(name);
+        }
+    }
+    // Partner: the next member of the same room, cyclically.
+    let mut members: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, room) in room_of.iter().enumerate() {
+        members.entry(room.as_str()).or_default().push(i);
+    }
+    let user = |i: usize| format!("drill-{run}-c{i}");
+    let mut plans: Vec<ClientPlan> = placed
+        .iter()
+        .enumerate()
+        .map(|(i, p)| ClientPlan {
+            index: i,
+            user: user(i),
+            address: p.address,
+            city: p.city,
+            ranking: p.ranking.clone(),
+            room: room_of.get(i).cloned().unwrap_or_default(),
+            partner: None,
+            active: true,
+            wait_for_region: None,
+        })
+        .collect();
+    for list in members.values() {
+        if list.len() < 2 {
+            continue;
+        }
+        for (k, &i) in list.iter().enumerate() {
+            let next = list.get((k + 1) % list.len()).copied().unwrap_or(i);
+            if let Some(plan) = plans.get_mut(i) {
+                plan.partner = Some(user(next));
+            }
+        }
+    }
+    (plans, names)
+}
+
+/// What every client shares.
+#[derive(Debug)]
+pub struct Shared {
+    /// Run id (in user ids, rooms and message data).
+    pub run: String,
+    /// The router.
+    pub router: RouterApi,
+    /// Phase changes.
+    pub phase: watch::Receiver<Phase>,
+    /// Mean interval between room publishes of one client.
+    pub publish_every: Duration,
+    /// Mean interval between direct messages of one client.
+    pub direct_every: Duration,
+    /// Cleared when a node refuses `origins` in a resume entry.
+    pub origins_supported: AtomicBool,
+    /// The drill's clock origin.
+    pub start: Instant,
+    /// Seed for jitter.
+    pub seed: u64,
+}
+
+impl Shared {
+    fn now(&self) -> Duration {
+        self.start.elapsed()
+    }
+}
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Last positions in one room: per region connected to (its own sequence), and per origin
+/// region (from events' `origin`, or local events of the region connected to).
+#[derive(Debug, Default, Clone)]
+struct Positions {
+    local: HashMap<String, (String, u64)>,
+    origins: BTreeMap<String, (String, u64)>,
+}
+
+impl Positions {
+    fn set_local(&mut self, region: &str, epoch: &str, seq: u64) {
+        self.local
+            .insert(region.to_owned(), (epoch.to_owned(), seq));
+    }
+
+    fn on_event(&mut self, region: &str, event: &Value) {
+        let (Some(epoch), Some(seq)) = (event["epoch"].as_str(), event["seq"].as_u64()) else {
+            return;
+        };
+        self.set_local(region, epoch, seq);
+        let origin = &event["origin"];
+        match (
+            origin["region"].as_str(),
+            origin["epoch"].as_str(),
+            origin["seq"].as_u64(),
+        ) {
+            (Some(r), Some(e), Some(s)) => {
+                self.origins.insert(r.to_owned(), (e.to_owned(), s));
+            }
+            _ => {
+                self.origins
+                    .insert(region.to_owned(), (epoch.to_owned(), seq));
+            }
+        }
+    }
+
+    /// The resume entry for `room` when connecting to `region`.
+    fn resume_entry(&self, room: &str, region: &str, with_origins: bool) -> Value {
+        let (epoch, seq) = self
+            .local
+            .get(region)
+            .cloned()
+            .unwrap_or_else(|| (String::new(), 0));
+        let mut entry = json!({"room": room, "epoch": epoch, "seq": seq});
+        if with_origins {
+            let origins: Vec<Value> = self
+                .origins
+                .iter()
+                .filter(|(r, _)| r.as_str() != region)
+                .map(|(r, (e, s))| json!({"region": r, "epoch": e, "seq": s}))
+                .collect();
+            if !origins.is_empty() {
+                entry["origins"] = Value::Array(origins);
+            }
+        }
+        entry
+    }
+}
+
+enum Pending {
+    Join,
+    Publish,
+    Direct,
+}
+
+enum SessionEnd {
+    /// The connection ended; the disruption was recorded already when `recorded`.
+    Lost { cause: String, recorded: bool },
+    Done,
+}
+
+/// One workload client: runs until the phase is [`Phase::Done`].
+pub async fn run_client(
+    plan: Arc<ClientPlan>,
+    token: String,
+    shared: Arc<Shared>,
+    log: Arc<Mutex<ClientLog>>,
+) {
+    let mut client = Client {
+        plan,
+        token,
+        rng: StdRng::seed_from_u64(shared.seed),
+        shared,
+        log,
+        positions: Positions::default(),
+        joined: false,
+        pending_publish: None,
+        publishes: 0,
+        pending_direct: None,
+        directs: 0,
+        open_disruption: false,
+        attempts: 0,
+    };
+    let index = client.plan.index as u64;
+    client.rng = StdRng::seed_from_u64(client.shared.seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    client.run().await;
+}
+
+struct Client {
+    plan: Arc<ClientPlan>,
+    token: String,
+    shared: Arc<Shared>,
+    log: Arc<Mutex<ClientLog>>,
+    rng: StdRng,
+    positions: Positions,
+    joined: bool,
+    pending_publish: Option<String>,
+    publishes: u64,
+    pending_direct: Option<String>,
+    directs: u64,
+    open_disruption: bool,
+    attempts: u32,
+}
+
+impl Client {
+    fn log<R>(&self, f: impl FnOnce(&mut ClientLog) -> R) -> R {
+        let mut guard = self.log.lock().unwrap_or_else(PoisonError::into_inner);
+        f(&mut guard)
+    }
+
+    fn phase(&self) -> Phase {
+        *self.shared.phase.borrow()
+    }
+
+    async fn run(&mut self) {
+        if let Some(region) = self.plan.wait_for_region.clone() {
+            self.wait_for_route(&region).await;
+        }
+        let mut round = 0u32;
+        loop {
+            if self.phase() == Phase::Done {
+                break;
+            }
+            match self.connect().await {
+                Ok((ws, region)) => {
+                    round = 0;
+                    match self.session(ws, &region).await {
+                        SessionEnd::Done => break,
+                        SessionEnd::Lost { cause, recorded } => {
+                            let now = self.shared.now();
+                            self.log(|l| l.set_region(now, None));
+                            if !recorded {
+                                self.disrupted(now, cause, Some(region));
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    let text = format!("{e:#}");
+                    self.log(|l| l.error(text));
+                    // Full-jitter exponential backoff: 0..min(3 s, 200 ms × 2^round).
+                    let cap = 200u64.saturating_mul(1 << round.min(4)).min(3000);
+                    round += 1;
+                    let wait = Duration::from_millis(self.rng.gen_range(0..=cap));
+                    let mut phase = self.shared.phase.clone();
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = phase.wait_for(|p| *p == Phase::Done) => {}
+                    }
+                }
+            }
+        }
+        let (publish, direct) = (self.pending_publish.is_some(), self.pending_direct.is_some());
+        let now = self.shared.now();
+        self.log(|l| {
+            l.publish_pending_at_end = publish;
+            l.direct_pending_at_end = direct;
+            l.set_region(now, None);
+        });
+    }
+
+    fn disrupted(&mut self, at: Duration, cause: String, from: Option<String>) {
+        self.open_disruption = true;
+        self.attempts = 0;
+        self.log(|l| {
+            l.disruptions.push(Disruption {
+                lost_at: at,
+                cause,
+                from,
+                resumed_at: None,
+                to: None,
+                attempts: 0,
+            })
+        });
+    }
+
+    /// Return-of-traffic clients: wait (bounded) until the router ranks `region` first.
+    async fn wait_for_route(&mut self, region: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline && self.phase() != Phase::Done {
+            if let Ok(answer) = self.shared.router.route(self.plan.address).await {
+                if answer.regions.first().is_some_and(|r| r.name == region) {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Asks the router, then tries the ranked regions in order.
+    async fn connect(&mut self) -> Result<(Ws, String)> {
+        let ranking: Vec<(String, String)> = match self.shared.router.route(self.plan.address).await {
+            Ok(answer) if !answer.regions.is_empty() => answer
+                .regions
+                .into_iter()
+                .map(|r| (r.name, r.ws_url))
+                .collect(),
+            // The router is down or has no answer: fall back to the first ranking.
+            _ => self.plan.ranking.clone(),
+        };
+        let mut errors = Vec::new();
+        for (region, url) in &ranking {
+            self.attempts += 1;
+            match self.try_region(region, url).await {
+                Ok(ws) => return Ok((ws, region.clone())),
+                Err(e) => errors.push(format!("{region}: {e:#}")),
+            }
+        }
+        bail!("no region took the connection: {}", errors.join("; "))
+    }
+
+    async fn try_region(&mut self, region: &str, url: &str) -> Result<Ws> {
+        let (mut ws, _) = tokio::time::timeout(
+            Duration::from_secs(3),
+            tokio_tungstenite::connect_async(url),
+        )
+        .await
+        .map_err(|_| anyhow!("connect timed out"))?
+        .with_context(|| format!("connect {url}"))?;
+        let mut with_origins = self.shared.origins_supported.load(Ordering::Relaxed);
+        loop {
+            let mut hello = json!({"id": 1, "op": "hello", "token": self.token});
+            if self.joined {
+                hello["resume"] = json!([self
+                    .positions
+                    .resume_entry(&self.plan.room, region, with_origins)]);
+            }
+            let sent_origins = hello.to_string().contains("\"origins\"");
+            ws.send(Message::Text(hello.to_string().into())).await?;
+            let reply = read_reply(&mut ws, Duration::from_secs(5)).await?;
+            if reply["type"] == "ok" {
+                let result = &reply["result"];
+                let actual = result["region"].as_str().unwrap_or(region).to_owned();
+                let mut in_room = false;
+                let mut statuses = Vec::new();
+                for entry in result["resumed"].as_array().into_iter().flatten() {
+                    let status = entry["status"].as_str().unwrap_or("?").to_owned();
+                    if status != "error" {
+                        in_room = true;
+                        if let (Some(e), Some(s)) = (entry["epoch"].as_str(), entry["seq"].as_u64()) {
+                            self.positions.set_local(&actual, e, s);
+                        }
+                    }
+                    statuses.push(status);
+                }
+                let now = self.shared.now();
+                let attempts = self.attempts;
+                let resumed = std::mem::take(&mut self.open_disruption);
+                self.log(|l| {
+                    for s in statuses {
+                        *l.resume_status.entry(s).or_default() += 1;
+                    }
+                    l.set_region(now, Some(actual.clone()));
+                    if resumed {
+                        if let Some(d) = l.disruptions.last_mut() {
+                            d.resumed_at = Some(now);
+                            d.to = Some(actual.clone());
+                            d.attempts = attempts;
+                        }
+                    }
+                });
+                if self.joined && !in_room {
+                    // The resume entry failed: the session joins again.
+                    self.joined = false;
+                }
+                return Ok(ws);
+            }
+            if reply["code"] == "bad_request" && sent_origins && with_origins {
+                // A node without cross-region resume: resume without `origins`.
+                self.shared.origins_supported.store(false, Ordering::Relaxed);
+                with_origins = false;
+                continue;
+            }
+            let _ = ws.close(None).await;
+            bail!(
+                "hello refused: {} {}",
+                reply["code"].as_str().unwrap_or("?"),
+                reply["message"].as_str().unwrap_or("")
+            );
+        }
+    }
+
+    async fn session(&mut self, mut ws: Ws, region: &str) -> SessionEnd {
+        let publish_every = self.shared.publish_every;
+        let direct_every = self.shared.direct_every;
+        let first_publish = Instant::now() + jitter(&mut self.rng, publish_every);
+        let first_direct = Instant::now() + jitter(&mut self.rng, direct_every);
+        let mut publish_tick = tokio::time::interval_at(first_publish, publish_every);
+        publish_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut direct_tick = tokio::time::interval_at(first_direct, direct_every);
+        direct_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut phase = self.shared.phase.clone();
+        let mut pending: HashMap<u64, Pending> = HashMap::new();
+        let mut next_id = 1u64;
+        let mut go_away: Option<Instant> = None;
+        let mut publish_in_flight = false;
+        let mut direct_in_flight = false;
+        let mut in_room = self.joined;
+        if !self.joined {
+            next_id += 1;
+            pending.insert(next_id, Pending::Join);
+            let join = json!({"id": next_id, "op": "join", "room": self.plan.room});
+            if let Err(e) = ws.send(Message::Text(join.to_string().into())).await {
+                return SessionEnd::Lost {
+                    cause: format!("error:{e}"),
+                    recorded: false,
+                };
+            }
+        }
+        let far = Instant::now() + Duration::from_secs(86_400);
+        loop {
+            let can_send = self.phase() == Phase::Running
+                && go_away.is_none()
+                && in_room
+                && self.plan.active;
+            tokio::select! {
+                frame = ws.next() => {
+                    let text = match frame {
+                        None => return SessionEnd::Lost { cause: "closed".into(), recorded: go_away.is_some() },
+                        Some(Err(e)) => return SessionEnd::Lost { cause: format!("error:{e}"), recorded: go_away.is_some() },
+                        Some(Ok(Message::Close(frame))) => {
+                            let code = frame.map_or(1005, |f| u16::from(f.code));
+                            return SessionEnd::Lost { cause: format!("closed:{code}"), recorded: go_away.is_some() };
+                        }
+                        Some(Ok(Message::Text(t))) => t,
+                        Some(Ok(_)) => continue,
+                    };
+                    let Ok(frame) = serde_json::from_str::<Value>(&text) else { continue };
+                    let kind = frame["type"].as_str().unwrap_or("");
+                    let id = frame["id"].as_u64();
+                    match (kind, id) {
+                        ("ok" | "error", Some(id)) => {
+                            let Some(what) = pending.remove(&id) else { continue };
+                            let ok = kind == "ok";
+                            let code = frame["code"].as_str().unwrap_or("").to_owned();
+                            if !ok {
+                                let code = code.clone();
+                                self.log(|l| *l.request_errors.entry(code).or_default() += 1);
+                            }
+                            match what {
+                                Pending::Join => {
+                                    if ok {
+                                        let r = &frame["result"];
+                                        if let (Some(e), Some(s)) = (r["epoch"].as_str(), r["seq"].as_u64()) {
+                                            self.positions.set_local(region, e, s);
+                                        }
+                                        self.joined = true;
+                                        in_room = true;
+                                        self.log(|l| l.joined = true);
+                                    }
+                                }
+                                Pending::Publish => {
+                                    publish_in_flight = false;
+                                    if ok {
+                                        if let Some(key) = self.pending_publish.take() {
+                                            let at = self.shared.now();
+                                            let region = region.to_owned();
+                                            self.log(|l| l.published.push(Published { key, region, at }));
+                                        }
+                                    } else if code == "not_joined" {
+                                        in_room = false;
+                                        next_id += 1;
+                                        pending.insert(next_id, Pending::Join);
+                                        let join = json!({"id": next_id, "op": "join", "room": self.plan.room});
+                                        let _ = ws.send(Message::Text(join.to_string().into())).await;
+                                    }
+                                }
+                                Pending::Direct => {
+                                    direct_in_flight = false;
+                                    if ok {
+                                        if let Some(id) = self.pending_direct.take() {
+                                            let at = self.shared.now();
+                                            let region = region.to_owned();
+                                            self.log(|l| l.directs_acked.push(DirectSent { id, region, at }));
+                                        }
+                                    } else if code == "user_offline" {
+                                        let region = region.to_owned();
+                                        self.log(|l| *l.direct_refused.entry(region).or_default() += 1);
+                                    }
+                                }
+                            }
+                        }
+                        ("reconnect", _) => {
+                            if go_away.is_none() {
+                                let after = frame["after_ms"].as_u64().unwrap_or(0).min(10_000);
+                                go_away = Some(Instant::now() + Duration::from_millis(after));
+                                let reason = frame["reason"].as_str().unwrap_or("?");
+                                let now = self.shared.now();
+                                self.disrupted(now, format!("reconnect:{reason}"), Some(region.to_owned()));
+                            }
+                        }
+                        ("message", _) => {
+                            self.positions.on_event(region, &frame);
+                            let data = &frame["data"];
+                            if data["drill"] == self.shared.run.as_str() && frame["from"] != self.plan.user.as_str() {
+                                if let Some(key) = data["k"].as_str() {
+                                    let key = key.to_owned();
+                                    self.log(|l| *l.received.entry(key).or_default() += 1);
+                                }
+                            }
+                        }
+                        ("direct", _) => {
+                            let data = &frame["data"];
+                            if data["drill"] == self.shared.run.as_str() {
+                                if let Some(id) = data["dm"].as_str() {
+                                    let id = id.to_owned();
+                                    self.log(|l| *l.directs_received.entry(id).or_default() += 1);
+                                }
+                            }
+                        }
+                        ("joined" | "left" | "state_changed", _) => self.positions.on_event(region, &frame),
+                        _ => {}
+                    }
+                }
+                _ = publish_tick.tick(), if can_send && !publish_in_flight => {
+                    let key = match &self.pending_publish {
+                        Some(key) => key.clone(),
+                        None => {
+                            self.publishes += 1;
+                            let key = format!("{}-p{}", self.plan.user, self.publishes);
+                            self.pending_publish = Some(key.clone());
+                            key
+                        }
+                    };
+                    next_id += 1;
+                    pending.insert(next_id, Pending::Publish);
+                    publish_in_flight = true;
+                    let req = json!({"id": next_id, "op": "publish", "room": self.plan.room,
+                        "data": {"drill": self.shared.run, "k": key}, "idempotency_key": key});
+                    if let Err(e) = ws.send(Message::Text(req.to_string().into())).await {
+                        return SessionEnd::Lost { cause: format!("error:{e}"), recorded: false };
+                    }
+                }
+                _ = direct_tick.tick(), if can_send && !direct_in_flight && self.plan.partner.is_some() => {
+                    let id = match &self.pending_direct {
+                        Some(id) => id.clone(),
+                        None => {
+                            self.directs += 1;
+                            let id = format!("{}-d{}", self.plan.user, self.directs);
+                            self.pending_direct = Some(id.clone());
+                            id
+                        }
+                    };
+                    next_id += 1;
+                    pending.insert(next_id, Pending::Direct);
+                    direct_in_flight = true;
+                    let req = json!({"id": next_id, "op": "send", "to": self.plan.partner,
+                        "data": {"drill": self.shared.run, "dm": id}});
+                    if let Err(e) = ws.send(Message::Text(req.to_string().into())).await {
+                        return SessionEnd::Lost { cause: format!("error:{e}"), recorded: false };
+                    }
+                }
+                _ = tokio::time::sleep_until(go_away.unwrap_or(far)), if go_away.is_some() => {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
+                    return SessionEnd::Lost { cause: "go-away".into(), recorded: true };
+                }
+                changed = phase.changed() => {
+                    if changed.is_err() || *phase.borrow() == Phase::Done {
+                        let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
+                        return SessionEnd::Done;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn jitter(rng: &mut StdRng, every: Duration) -> Duration {
+    let ms = u64::try_from(every.as_millis()).unwrap_or(u64::MAX).max(1);
+    Duration::from_millis(rng.gen_range(0..ms))
+}
+
+/// Reads frames until the reply to request 1 (or an `id: null` error) arrives.
+async fn read_reply(ws: &mut Ws, within: Duration) -> Result<Value> {
+    let deadline = Instant::now() + within;
+    loop {
+        let frame = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .map_err(|_| anyhow!("no reply to hello within {within:?}"))?;
+        match frame {
+            None => bail!("closed before the hello reply"),
+            Some(Err(e)) => bail!("connection error before the hello reply: {e}"),
+            Some(Ok(Message::Close(f))) => {
+                bail!("closed before the hello reply ({})", f.map_or(1005, |f| u16::from(f.code)))
+            }
+            Some(Ok(Message::Text(t))) => {
+                let v: Value = serde_json::from_str(&t).context("a frame that is not JSON")?;
+                let is_reply = matches!(v["type"].as_str(), Some("ok" | "error")) && v.get("id").is_some();
+                if is_reply && (v["id"] == 1 || v["id"].is_null()) {
+                    return Ok(v);
+                }
+            }
+            Some(Ok(_)) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn placed(city: &'static str, ranking: &[&str]) -> Placed {
+        Placed {
+            address: "10.0.0.1".parse().unwrap(),
+            city,
+            ranking: ranking
+                .iter()
+                .map(|r| ((*r).to_owned(), format!("ws://{r}/v1/ws")))
+                .collect(),
+        }
+    }
+
+    fn clients() -> Vec<Placed> {
+        let mut v = Vec::new();
+        for _ in 0..4 {
+            v.push(placed("New York", &["us", "eu", "ap"]));
+            v.push(placed("Berlin", &["eu", "us", "ap"]));
+            v.push(placed("Singapore", &["ap", "eu", "us"]));
+            v.push(placed("Sydney", &["ap", "us", "eu"]));
+        }
+        v
+    }
+
+    #[test]
+    fn per_region_rooms_hold_identically_ranked_clients_only() {
+        let placed = clients();
+        let (plans, rooms) = assign_rooms("t", &placed, 8, true);
+        assert!(rooms.len() >= 4);
+        for room in &rooms {
+            let rankings: std::collections::BTreeSet<Vec<String>> = plans
+                .iter()
+                .filter(|p| &p.room == room)
+                .map(|p| p.ranking.iter().map(|(r, _)| r.clone()).collect())
+                .collect();
+            assert_eq!(rankings.len(), 1, "room {room} mixes rankings");
+        }
+        // Every client has a partner in its own room.
+        for p in &plans {
+            let partner = p.partner.as_ref().expect("partner");
+            let q = plans.iter().find(|q| &q.user == partner).expect("partner exists");
+            assert_eq!(q.room, p.room);
+            assert_ne!(&q.user, &p.user);
+        }
+    }
+
+    #[test]
+    fn default_rooms_mix_home_regions() {
+        let placed = clients();
+        let (plans, rooms) = assign_rooms("t", &placed, 4, false);
+        assert_eq!(rooms.len(), 4);
+        for room in &rooms {
+            let homes: std::collections::BTreeSet<&str> = plans
+                .iter()
+                .filter(|p| &p.room == room)
+                .map(|p| p.ranking[0].0.as_str())
+                .collect();
+            assert!(homes.len() >= 2, "room {room} is single-region");
+        }
+    }
+
+    #[test]
+    fn resume_entries_are_per_region_with_origins() {
+        let mut pos = Positions::default();
+        pos.set_local("ap", "aaaa0000", 3);
+        pos.on_event("ap", &json!({"type":"message","epoch":"aaaa0000","seq":7}));
+        pos.on_event(
+            "ap",
+            &json!({"type":"message","epoch":"aaaa0000","seq":8,
+                    "origin":{"region":"eu","epoch":"eeee0000","seq":41}}),
+        );
+        let same = pos.resume_entry("r", "ap", true);
+        assert_eq!(same["epoch"], "aaaa0000");
+        assert_eq!(same["seq"], 8);
+        assert_eq!(same["origins"], json!([{"region":"eu","epoch":"eeee0000","seq":41}]));
+        let moved = pos.resume_entry("r", "eu", true);
+        assert_eq!(moved["epoch"], "");
+        assert_eq!(moved["seq"], 0);
+        assert_eq!(moved["origins"], json!([{"region":"ap","epoch":"aaaa0000","seq":7}]));
+        assert!(pos.resume_entry("r", "eu", false).get("origins").is_none());
+    }
+}
