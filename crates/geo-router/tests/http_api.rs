@@ -1,0 +1,304 @@
+//! The HTTP API of a router started in-process (`service::start`) on loopback: what the
+//! end-to-end tests in `tests/tests/router.rs` leave out because their routers all allow `?ip=`
+//! — the debug setting off, `/v1/regions` with the load health probes report, the process
+//! endpoints, and the `weight` and `disable` admin actions with their errors. Every wait is
+//! bounded.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use geo_router::config::{AdminToken, RouterConfig};
+use geo_router::service::{start, RunningRouter};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const TOKEN: &str = "http-api-test-token-0123456789";
+const LIMIT: Duration = Duration::from_secs(20);
+
+/// (name, latitude, longitude, connections its health endpoint reports, or none).
+const REGIONS: [(&str, f64, f64, Option<u64>); 3] = [
+    ("us-east", 38.9072, -77.0369, Some(250)),
+    ("eu-central", 50.1109, 8.6821, None),
+    ("ap-southeast", 1.3521, 103.8198, Some(900)),
+];
+
+/// A health endpoint: `{"connections": N}` when the region reports load, else a plain "ok".
+async fn health_server(connections: Option<u64>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let body = match connections {
+        Some(n) => format!("{{\"connections\": {n}}}"),
+        None => "ok".to_owned(),
+    };
+    let app = axum::Router::new().route(
+        "/readyz",
+        axum::routing::get(move || {
+            let body = body.clone();
+            async move { body }
+        }),
+    );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    addr
+}
+
+struct Fixture {
+    dir: PathBuf,
+    router: Option<RunningRouter>,
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Fixture {
+    fn http(&self) -> SocketAddr {
+        self.router.as_ref().unwrap().http_addr
+    }
+}
+
+async fn fixture(allow_debug_ip: bool) -> Fixture {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let dir = std::env::temp_dir().join(format!(
+        "geo-router-http-api-{}-{nanos}",
+        std::process::id()
+    ));
+    let regions = dir.join("regions");
+    std::fs::create_dir_all(&regions).unwrap();
+    for (n, (name, lat, lon, connections)) in REGIONS.into_iter().enumerate() {
+        let health = health_server(connections).await;
+        let n = n + 1;
+        std::fs::write(
+            regions.join(format!("{name}.toml")),
+            format!(
+                "name = \"{name}\"\nlatitude = {lat}\nlongitude = {lon}\ncapacity = 1000\n\
+                 cloud = \"aws\"\ncloud_region = \"test-{n}\"\n\
+                 [ingress]\naddresses = [\"127.0.1.{n}\"]\nws_url = \"ws://127.0.1.{n}:7000/v1/ws\"\n\
+                 health_url = \"http://{health}/readyz\"\n[relay]\naddress = \"127.0.1.{n}:7400\"\n"
+            ),
+        )
+        .unwrap();
+    }
+    let mut config = RouterConfig {
+        regions,
+        zone: "mesh.test.".into(),
+        dns_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        http_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        allow_debug_ip,
+        ..RouterConfig::default()
+    };
+    config.health.interval_ms = 100;
+    config.health.timeout_ms = 80;
+    config.controls.admin_tokens = vec![AdminToken {
+        actor: "sre-bob".into(),
+        token: TOKEN.into(),
+    }];
+    config.validate().unwrap();
+    let router = start(config).await.unwrap();
+    Fixture {
+        dir,
+        router: Some(router),
+    }
+}
+
+/// One HTTP/1.1 request with `Connection: close`: (status, body).
+async fn request(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    let exchange = async {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\
+             Authorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut reply = Vec::new();
+        stream.read_to_end(&mut reply).await.unwrap();
+        let reply = String::from_utf8_lossy(&reply).into_owned();
+        let status = reply
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = reply
+            .split_once("\r\n\r\n")
+            .map_or(String::new(), |(_, b)| b.to_owned());
+        (status, body)
+    };
+    tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .expect("HTTP request timed out")
+}
+
+async fn json(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, Value) {
+    let (status, text) = request(addr, method, path, body).await;
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+fn region<'a>(regions: &'a Value, name: &str) -> &'a Value {
+    regions["regions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == name)
+        .unwrap()
+}
+
+#[tokio::test]
+async fn debug_ip_is_refused_unless_allowed() {
+    tokio::time::timeout(LIMIT, async {
+        let f = fixture(false).await;
+        for path in ["/v1/route?ip=81.20.3.1", "/v1/connect?ip=81.20.3.1"] {
+            let (status, body) = json(f.http(), "GET", path, "").await;
+            assert_eq!(status, 403, "{path}: {body}");
+            assert_eq!(body["error"]["code"], "debug_ip_disabled", "{body}");
+        }
+        // Without ?ip= the socket peer routes (loopback: not in any database, default order).
+        let (status, body) = json(f.http(), "GET", "/v1/route", "").await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["client"]["ip"], "127.0.0.1", "{body}");
+        assert_eq!(body["regions"][0]["reason"], "default", "{body}");
+        assert_eq!(body["regions"].as_array().map(Vec::len), Some(3));
+
+        let allowed = fixture(true).await;
+        let (status, body) = json(allowed.http(), "GET", "/v1/route?ip=81.20.3.1", "").await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["client"]["ip"], "81.20.3.1", "{body}");
+    })
+    .await
+    .expect("test took too long");
+}
+
+#[tokio::test]
+async fn process_endpoints_and_regions_report_health_load_and_controls() {
+    tokio::time::timeout(LIMIT, async {
+        let f = fixture(false).await;
+        assert_eq!(request(f.http(), "GET", "/healthz", "").await.0, 200);
+        assert_eq!(request(f.http(), "GET", "/readyz", "").await.0, 200);
+
+        // Wait until every region has been probed and is up.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let regions = loop {
+            let (status, regions) = json(f.http(), "GET", "/v1/regions", "").await;
+            assert_eq!(status, 200, "{regions}");
+            let probed = regions["regions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|r| r["last_check_ms"].is_u64() && r["health"] == "up");
+            if probed {
+                break regions;
+            }
+            assert!(Instant::now() < deadline, "regions never probed: {regions}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(regions["regions"].as_array().map(Vec::len), Some(3));
+        // Load from the probe's body, divided by the catalogue's capacity; a 2xx without load
+        // information is healthy with unknown load.
+        assert_eq!(region(&regions, "us-east")["load"], 0.25, "{regions}");
+        assert_eq!(region(&regions, "ap-southeast")["load"], 0.9, "{regions}");
+        assert!(
+            region(&regions, "eu-central")["load"].is_null(),
+            "{regions}"
+        );
+        for r in regions["regions"].as_array().unwrap() {
+            assert_eq!(r["capacity"], 1000);
+            assert_eq!(r["control"]["state"], "active", "{r}");
+            assert_eq!(r["control"]["weight"], 1.0, "{r}");
+        }
+
+        let (status, metrics) = request(f.http(), "GET", "/metrics", "").await;
+        assert_eq!(status, 200);
+        for name in [
+            "meridian_router_health_checks_total{",
+            "meridian_router_region_healthy{",
+            "meridian_router_region_load_permille{",
+            "meridian_router_decision_seconds",
+        ] {
+            assert!(metrics.contains(name), "{name} missing:\n{metrics}");
+        }
+    })
+    .await
+    .expect("test took too long");
+}
+
+#[tokio::test]
+async fn weight_and_disable_are_applied_validated_and_kept_safe() {
+    tokio::time::timeout(LIMIT, async {
+        let f = fixture(false).await;
+        let admin = |region: &str, action: &str| format!("/v1/admin/regions/{region}/{action}");
+
+        let (status, body) = json(
+            f.http(),
+            "POST",
+            &admin("us-east", "weight"),
+            r#"{"weight": 0.5, "note": "half"}"#,
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["applied"]["actor"], "sre-bob", "{body}");
+        for bad in [
+            r#"{"weight": 0}"#,
+            r#"{"weight": 1.5}"#,
+            r#"{"weight": -1}"#,
+        ] {
+            let (status, body) = json(f.http(), "POST", &admin("us-east", "weight"), bad).await;
+            assert_eq!(status, 400, "{bad:?}: {body}");
+            assert_eq!(body["error"]["code"], "bad_weight", "{bad:?}: {body}");
+        }
+        for bad in ["", r#"{"oops": 1}"#] {
+            let (status, body) = json(f.http(), "POST", &admin("us-east", "weight"), bad).await;
+            assert_eq!(status, 400, "{bad:?}: {body}");
+            assert_eq!(body["error"]["code"], "bad_body", "{bad:?}: {body}");
+        }
+
+        let (status, body) = json(f.http(), "POST", &admin("eu-central", "disable"), "").await;
+        assert_eq!(status, 200, "{body}");
+        let (_, regions) = json(f.http(), "GET", "/v1/regions", "").await;
+        assert_eq!(region(&regions, "us-east")["control"]["weight"], 0.5);
+        assert_eq!(region(&regions, "us-east")["control"]["note"], "half");
+        assert_eq!(
+            region(&regions, "eu-central")["control"]["state"],
+            "disabled"
+        );
+        // A disabled region is not ranked at all.
+        let (_, route) = json(f.http(), "GET", "/v1/route", "").await;
+        let names: Vec<&str> = route["regions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|r| r["name"].as_str())
+            .collect();
+        assert!(!names.contains(&"eu-central"), "{route}");
+
+        // The safety rule: the last routable region cannot be taken away.
+        let (status, _) = json(f.http(), "POST", &admin("us-east", "drain"), "").await;
+        assert_eq!(status, 200);
+        let (status, body) = json(f.http(), "POST", &admin("ap-southeast", "disable"), "").await;
+        assert_eq!(status, 409, "{body}");
+        assert_eq!(body["error"]["code"], "unsafe", "{body}");
+
+        let (status, audit) = json(f.http(), "GET", "/v1/admin/audit?limit=10", "").await;
+        assert_eq!(status, 200, "{audit}");
+        let actions: Vec<&str> = audit["audit"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| e["action"].as_str())
+            .collect();
+        assert_eq!(actions, ["drain", "disable", "weight"], "{audit}");
+    })
+    .await
+    .expect("test took too long");
+}
