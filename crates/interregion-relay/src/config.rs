@@ -150,6 +150,106 @@ pub struct RelayConfig {
     /// Limits.
     #[serde(default)]
     pub limits: Limits,
+    /// The region's Redis. Without it the relay only keeps links (nothing is replicated),
+    /// which it says loudly at start.
+    #[serde(default)]
+    pub redis: Option<RedisSettings>,
+    /// Replication timers.
+    #[serde(default)]
+    pub replication: ReplicationSettings,
+    /// The active-relay lease (two relays per region: one active, one standby).
+    #[serde(default)]
+    pub lease: LeaseSettings,
+}
+
+/// `[redis]`: where the region's state lives, and the room settings its nodes use.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSettings {
+    /// `redis://host:port/db` (or `rediss://`).
+    pub url: String,
+    /// Must equal the nodes' `history.len`.
+    #[serde(default = "default_history_len")]
+    pub history_len: u32,
+    /// Must equal the nodes' `history.ttl_secs`.
+    #[serde(default = "default_history_ttl_secs")]
+    pub history_ttl_secs: u64,
+}
+
+fn default_history_len() -> u32 {
+    1000
+}
+fn default_history_ttl_secs() -> u64 {
+    86_400
+}
+
+/// `[replication]`, in milliseconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReplicationSettings {
+    /// A peer whose link stays down this long is declared down (`left {reason: region_down}`
+    /// for its members).
+    pub grace_ms: u64,
+    /// A room stays followed this long after its last local member left.
+    pub interest_linger_ms: u64,
+    /// Period of the interest rescan behind the interest channel.
+    pub rescan_ms: u64,
+    /// History entries read per Redis call when sending.
+    pub batch: usize,
+    /// Least time between two re-requests of a room after a gap.
+    pub gap_retry_ms: u64,
+    /// How long a peer's users stay `online` here after its link is lost.
+    pub presence_ttl_ms: u64,
+}
+
+impl Default for ReplicationSettings {
+    fn default() -> Self {
+        Self {
+            grace_ms: 15_000,
+            interest_linger_ms: 5_000,
+            rescan_ms: 10_000,
+            batch: 256,
+            gap_retry_ms: 1_000,
+            presence_ttl_ms: 6_000,
+        }
+    }
+}
+
+impl ReplicationSettings {
+    /// As the replicator's options.
+    pub fn options(&self) -> crate::replicate::ReplicationOptions {
+        let ms = Duration::from_millis;
+        crate::replicate::ReplicationOptions {
+            grace: ms(self.grace_ms),
+            interest_linger: ms(self.interest_linger_ms),
+            rescan: ms(self.rescan_ms),
+            batch: self.batch,
+            gap_retry: ms(self.gap_retry_ms),
+            presence_ttl: ms(self.presence_ttl_ms),
+        }
+    }
+}
+
+/// `[lease]`, in milliseconds: the active relay renews `meridian:relay:active` every
+/// `renew_ms` with a time-to-live of `ttl_ms`; a standby polls every `renew_ms` and takes the
+/// lease once it has expired, so it takes over within `ttl_ms + renew_ms` of the active
+/// relay's death.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LeaseSettings {
+    /// Lease time-to-live.
+    pub ttl_ms: u64,
+    /// Renewal (and standby poll) period.
+    pub renew_ms: u64,
+}
+
+impl Default for LeaseSettings {
+    fn default() -> Self {
+        Self {
+            ttl_ms: 3_000,
+            renew_ms: 1_000,
+        }
+    }
 }
 
 impl RelayConfig {
@@ -193,6 +293,30 @@ impl RelayConfig {
         }
         if let Some(bad) = self.peers.keys().find(|r| !valid_region_name(r)) {
             return fail(format!("peers.{bad}: not a region name"));
+        }
+        if let Some(r) = &self.redis {
+            if !(r.url.starts_with("redis://") || r.url.starts_with("rediss://")) {
+                return fail(format!(
+                    "redis.url {:?}: use redis://host:port/db or rediss://",
+                    r.url
+                ));
+            }
+            if r.history_len == 0 || r.history_ttl_secs == 0 {
+                return fail(
+                    "redis.history_len and redis.history_ttl_secs must be at least 1".into(),
+                );
+            }
+        }
+        let rp = &self.replication;
+        if rp.grace_ms < 1_000 || rp.presence_ttl_ms < 2_000 || rp.rescan_ms < 1_000 {
+            return fail("replication: grace_ms and rescan_ms must be >= 1000, presence_ttl_ms >= 2000 (renewed every second)".into());
+        }
+        if rp.batch == 0 || rp.batch > 10_000 || rp.gap_retry_ms == 0 {
+            return fail("replication: batch must be 1..=10000 and gap_retry_ms > 0".into());
+        }
+        let l = &self.lease;
+        if l.renew_ms < 50 || l.ttl_ms < 2 * l.renew_ms {
+            return fail("lease: renew_ms must be >= 50 and ttl_ms at least twice renew_ms (a renewal may be late once)".into());
         }
         validate_options(&self.options())
     }
@@ -328,6 +452,32 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("backoff"), "{e}");
+        let e = parse(&format!("{MINIMAL}\n[redis]\nurl = \"http://x\""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("redis.url"), "{e}");
+        let e = parse(&format!(
+            "{MINIMAL}\n[redis]\nurl = \"redis://127.0.0.1:1/\"\nhistory_len = 0"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("history_len"), "{e}");
+        let e = parse(&format!("{MINIMAL}\n[replication]\ngrace_ms = 5"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("grace_ms"), "{e}");
+        let e = parse(&format!(
+            "{MINIMAL}\n[lease]\nttl_ms = 1000\nrenew_ms = 1000"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("lease"), "{e}");
+        let e = parse(&format!(
+            "{MINIMAL}\n[redis]\nurl = \"redis://h/\"\nbogus = 1"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("bogus"), "{e}");
     }
 
     #[test]

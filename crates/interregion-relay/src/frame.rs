@@ -30,32 +30,39 @@ pub const LENGTH_PREFIX_BYTES: usize = 4;
 /// Everything a relay sends to another relay.
 ///
 /// On the control stream (one bidirectional stream per link, opened by the dialer): `Hello`
-/// first in each direction, then `Interest`, `InterestSnapshot`, `Digest`, `Ping`, `Pong`. On
-/// the lanes (unidirectional streams): `RoomEvent` and `Direct`.
+/// first in each direction, then `Interest`, `InterestSnapshot`, `Presence`, `Ping`, `Pong`.
+/// On the lanes (unidirectional streams): `RoomEvent` and `Direct`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum Frame {
     /// First frame on the control stream, both ways.
     Hello(Hello),
-    /// This region gained (`interested`) or lost its last local member in `room`.
+    /// The sender gained (`interested`) or lost its last local member in `room`. With
+    /// interest, `since` is the last event of the receiver's that the sender has applied in
+    /// the room (`None`: nothing, send a snapshot first); the receiver then sends the room's
+    /// events after it, or a snapshot when its history no longer reaches back. Also sent to
+    /// ask again after a gap.
     Interest {
         /// The room.
         room: RoomId,
         /// Whether the sender wants the room's events.
         interested: bool,
+        /// Where to resume.
+        since: Option<Position>,
     },
-    /// Every room the sender is interested in; replaces what the receiver knew. Sent on
-    /// every (re)connect.
+    /// Every room the sender is interested in, with where to resume each; replaces what the
+    /// receiver knew (rooms not listed are no longer followed). Sent on every (re)connect.
     InterestSnapshot {
         /// The rooms.
-        rooms: Vec<RoomId>,
+        rooms: Vec<Follow>,
     },
     /// An event of a room, published in `origin_region`.
     RoomEvent(RoomEvent),
     /// A message to one user (WebRTC offer/answer/ICE), routed to the user's region.
     Direct(Direct),
-    /// Summary for reconciliation after a reconnect.
-    Digest(Digest),
+    /// Users whose first connection in the sender's region opened (`online`) or whose last
+    /// closed (`offline`). With `reset`, `online` is the whole list (sent on every connect).
+    Presence(Presence),
     /// Application-level round trip probe; the peer answers `Pong` with the same nonce.
     Ping {
         /// Echoed back.
@@ -77,7 +84,7 @@ impl Frame {
             Frame::InterestSnapshot { .. } => "interest_snapshot",
             Frame::RoomEvent(_) => "room_event",
             Frame::Direct(_) => "direct",
-            Frame::Digest(_) => "digest",
+            Frame::Presence(_) => "presence",
             Frame::Ping { .. } => "ping",
             Frame::Pong { .. } => "pong",
         }
@@ -98,9 +105,29 @@ pub struct Hello {
     pub epoch: u64,
 }
 
+/// A position in one region's room sequence: its epoch (as base-36 code) and sequence number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
+    /// The room epoch, base-36 decoded (0: none).
+    pub epoch: u64,
+    /// The sequence number.
+    pub seq: u64,
+}
+
+/// One room of an [`Frame::InterestSnapshot`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Follow {
+    /// The room.
+    pub room: RoomId,
+    /// Where to resume (see [`Frame::Interest`]).
+    pub since: Option<Position>,
+}
+
 /// Hybrid logical clock timestamp: wall-clock milliseconds and a logical counter. Ordered
 /// first by `wall_ms`, then `logical`; ties between regions break on the origin region name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct Hlc {
     /// Milliseconds since the Unix epoch.
     pub wall_ms: u64,
@@ -117,8 +144,13 @@ pub struct RoomEvent {
     pub origin_region: String,
     /// Epoch of the origin's sequence; changes whenever the sequence could restart.
     pub origin_epoch: u64,
-    /// Sequence number at the origin, per (origin, epoch).
+    /// Sequence number at the origin, per (origin, epoch). Not contiguous: the origin's room
+    /// sequence also numbers events it received from other regions, which it never forwards.
     pub origin_seq: u64,
+    /// The `origin_seq` of the event sent before this one in the room (or of the snapshot or
+    /// resume point it follows): a receiver whose watermark is not this has a gap and asks
+    /// again with `Interest`.
+    pub prev_seq: u64,
     /// When, for last-writer-wins merges.
     pub hlc: Hlc,
     /// What happened.
@@ -128,18 +160,16 @@ pub struct RoomEvent {
 /// What a [`RoomEvent`] says.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EventKind {
-    /// A user joined the room in the origin region.
+    /// A user homed in the origin region became a member.
     Join {
         /// The user.
         user: UserId,
-        /// Member metadata (JSON bytes, may be empty).
-        meta: Vec<u8>,
     },
-    /// A user left.
+    /// A member homed in the origin region left.
     Leave {
         /// The user.
         user: UserId,
-        /// Why (`left`, `node_lost`, `region_down`, ...).
+        /// Why (`leave`, `disconnect`, `node_lost`, `region_down`).
         reason: String,
     },
     /// A message published to the room.
@@ -155,12 +185,40 @@ pub enum EventKind {
         key: String,
         /// The value (JSON bytes).
         value: Vec<u8>,
+        /// The writer.
+        by: UserId,
     },
     /// A room-state key was deleted.
     StateDelete {
         /// The key.
         key: String,
+        /// The writer.
+        by: UserId,
     },
+    /// The origin's members of the room and every state key it knows, as of `origin_seq`:
+    /// replaces what the receiver holds from the origin. Sent first when a region starts
+    /// following a room, and when the origin's history no longer reaches a resume point.
+    Snapshot {
+        /// Members homed in the origin, with the stamp of their membership.
+        members: Vec<(UserId, Hlc)>,
+        /// State keys (deleted ones as tombstones), with last-writer-wins stamps.
+        state: Vec<StateRecord>,
+    },
+}
+
+/// One state key in a [`EventKind::Snapshot`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateRecord {
+    /// The key.
+    pub key: String,
+    /// JSON bytes; `None` for a deleted key.
+    pub value: Option<Vec<u8>>,
+    /// Last write's stamp.
+    pub hlc: Hlc,
+    /// Region of the last write.
+    pub region: String,
+    /// Writer of the last write.
+    pub by: UserId,
 }
 
 /// A message to one user in another region.
@@ -170,39 +228,19 @@ pub struct Direct {
     pub to_user: UserId,
     /// Sender.
     pub from_user: UserId,
-    /// Opaque body (JSON bytes of the client's `send`).
+    /// The client frame (`{"type":"direct",...}` JSON bytes), delivered as is.
     pub payload: Vec<u8>,
 }
 
-/// Reconciliation summary (shape provisional until the replication half uses it).
+/// A change of which users are connected in the sender's region.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct Digest {
-    /// Highest contiguous sequence the sender holds per origin.
-    pub watermarks: Vec<Watermark>,
-    /// Per room: a hash of the sender's members from the receiver's region.
-    pub rooms: Vec<RoomDigest>,
-}
-
-/// Highest contiguous sequence received from one origin.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Watermark {
-    /// The origin region.
-    pub origin_region: String,
-    /// Its epoch.
-    pub origin_epoch: u64,
-    /// The sequence.
-    pub origin_seq: u64,
-}
-
-/// Membership summary of one room.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RoomDigest {
-    /// The room.
-    pub room: RoomId,
-    /// Number of members.
-    pub members: u32,
-    /// Order-independent hash of the member set.
-    pub hash: u64,
+pub struct Presence {
+    /// `online` is the complete list; forget every other user of the sender's region.
+    pub reset: bool,
+    /// Users now connected there.
+    pub online: Vec<UserId>,
+    /// Users no longer connected there.
+    pub offline: Vec<UserId>,
 }
 
 /// Why a frame could not be sent or read.
@@ -314,6 +352,7 @@ mod tests {
             origin_region: "us-east".into(),
             origin_epoch: 7,
             origin_seq: seq,
+            prev_seq: seq.saturating_sub(1),
             hlc: Hlc {
                 wall_ms: 1_700_000_000_000,
                 logical: 3,
@@ -323,6 +362,10 @@ mod tests {
                 data: br#"{"text":"hi"}"#.to_vec(),
             },
         })
+    }
+
+    fn room_user(room: &RoomId) -> UserId {
+        UserId::new(room.as_str()).unwrap()
     }
 
     fn all_frames() -> Vec<Frame> {
@@ -338,13 +381,20 @@ mod tests {
             Frame::Interest {
                 room: room.clone(),
                 interested: true,
+                since: Some(Position { epoch: 3, seq: 9 }),
             },
             Frame::InterestSnapshot {
-                rooms: vec![room.clone()],
+                rooms: vec![Follow {
+                    room: room.clone(),
+                    since: None,
+                }],
             },
             event(1),
             Frame::RoomEvent(RoomEvent {
-                kind: EventKind::StateDelete { key: "k".into() },
+                kind: EventKind::StateDelete {
+                    key: "k".into(),
+                    by: user.clone(),
+                },
                 ..match event(2) {
                     Frame::RoomEvent(e) => e,
                     _ => unreachable!(),
@@ -352,20 +402,32 @@ mod tests {
             }),
             Frame::Direct(Direct {
                 to_user: user.clone(),
-                from_user: user,
+                from_user: user.clone(),
                 payload: vec![1, 2, 3],
             }),
-            Frame::Digest(Digest {
-                watermarks: vec![Watermark {
-                    origin_region: "us-east".into(),
-                    origin_epoch: 1,
-                    origin_seq: 9,
-                }],
-                rooms: vec![RoomDigest {
-                    room,
-                    members: 2,
-                    hash: 42,
-                }],
+            Frame::RoomEvent(RoomEvent {
+                kind: EventKind::Snapshot {
+                    members: vec![(user.clone(), Hlc::default())],
+                    state: vec![StateRecord {
+                        key: "k".into(),
+                        value: None,
+                        hlc: Hlc {
+                            wall_ms: 1,
+                            logical: 2,
+                        },
+                        region: "us-east".into(),
+                        by: user.clone(),
+                    }],
+                },
+                ..match event(3) {
+                    Frame::RoomEvent(e) => e,
+                    _ => unreachable!(),
+                }
+            }),
+            Frame::Presence(Presence {
+                reset: true,
+                online: vec![user.clone()],
+                offline: vec![room_user(&room)],
             }),
             Frame::Ping { nonce: 5 },
             Frame::Pong { nonce: 5 },

@@ -23,6 +23,7 @@ pub mod impair;
 pub mod link;
 pub mod metrics;
 pub mod relay;
+pub mod replicate;
 pub mod sink;
 pub mod tls;
 

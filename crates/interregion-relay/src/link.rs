@@ -333,10 +333,10 @@ impl RelayHandle {
         Ok(())
     }
 
-    /// Sends `Interest`, `InterestSnapshot` or `Digest` on the control stream.
+    /// Sends `Interest`, `InterestSnapshot` or `Presence` on the control stream.
     pub async fn send_control(&self, peer: &str, frame: &Frame) -> Result<(), SendError> {
         match frame {
-            Frame::Interest { .. } | Frame::InterestSnapshot { .. } | Frame::Digest(_) => {}
+            Frame::Interest { .. } | Frame::InterestSnapshot { .. } | Frame::Presence(_) => {}
             other => return Err(SendError::WrongKind(other.name())),
         }
         let bytes = frame::encode(frame, self.shared.options.limits.max_frame_bytes)?;
@@ -988,7 +988,7 @@ async fn control_reader(
                     let _ = tx.send(());
                 }
             }
-            f @ (Frame::Interest { .. } | Frame::InterestSnapshot { .. } | Frame::Digest(_)) => {
+            f @ (Frame::Interest { .. } | Frame::InterestSnapshot { .. } | Frame::Presence(_)) => {
                 shared.sink.control(peer, f).await;
             }
             other => {

@@ -11,6 +11,12 @@
 //! | `meridian_relay_active` | — | 1 while this relay is its region's active relay (always, until the standby lease exists) |
 //! | `meridian_relay_refused_total` | `reason` | handshakes refused: `certificate`, `unknown_region`, `protocol_version`, `hello` |
 //! | `meridian_relay_link_transitions_total` | `peer`, `state` (`up`/`down`) | link state changes |
+//! | `meridian_relay_applied_total` | `peer`, `outcome` (`applied`/`duplicate`/`superseded`/`gap`/`error`) | replicated room events from `peer` written into this region's Redis, by outcome |
+//! | `meridian_relay_snapshots_sent_total` | `peer` | room snapshots sent (a region started following a room, or its resume point was trimmed away) |
+//! | `meridian_relay_history_truncated_total` | `peer` | resumes the room history no longer reached back to (messages the peer missed are gone) |
+//! | `meridian_relay_followed_rooms` | `peer` | rooms `peer` follows from this region |
+//! | `meridian_relay_region_down_total` | `peer` | times `peer` was declared down (link lost past the grace period) |
+//! | `meridian_relay_direct_dropped_total` | `peer` | direct messages for a user in `peer` dropped because the link was down |
 
 use std::sync::atomic::AtomicU64;
 
@@ -46,6 +52,15 @@ pub struct TransitionLabels {
     pub state: &'static str,
 }
 
+/// `{peer, outcome}`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// The peer region.
+    pub peer: String,
+    /// What applying the event did.
+    pub outcome: &'static str,
+}
+
 /// `{reason}`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
@@ -72,6 +87,18 @@ pub struct Metrics {
     pub refused: Family<ReasonLabels, Counter>,
     /// `meridian_relay_link_transitions_total{peer,state}`.
     pub transitions: Family<TransitionLabels, Counter>,
+    /// `meridian_relay_applied_total{peer,outcome}`.
+    pub applied: Family<OutcomeLabels, Counter>,
+    /// `meridian_relay_snapshots_sent_total{peer}`.
+    pub snapshots_sent: Family<PeerLabels, Counter>,
+    /// `meridian_relay_history_truncated_total{peer}`.
+    pub history_truncated: Family<PeerLabels, Counter>,
+    /// `meridian_relay_followed_rooms{peer}`.
+    pub followed_rooms: Family<PeerLabels, Gauge>,
+    /// `meridian_relay_region_down_total{peer}`.
+    pub region_down: Family<PeerLabels, Counter>,
+    /// `meridian_relay_direct_dropped_total{peer}`.
+    pub direct_dropped: Family<PeerLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -98,6 +125,12 @@ impl Metrics {
             active: Gauge::default(),
             refused: Family::default(),
             transitions: Family::default(),
+            applied: Family::default(),
+            snapshots_sent: Family::default(),
+            history_truncated: Family::default(),
+            followed_rooms: Family::default(),
+            region_down: Family::default(),
+            direct_dropped: Family::default(),
             registry: Registry::default(),
         };
         r.register(
@@ -140,9 +173,50 @@ impl Metrics {
             "Link state changes",
             m.transitions.clone(),
         );
+        r.register(
+            "applied",
+            "Replicated room events from the peer written into this region, by outcome",
+            m.applied.clone(),
+        );
+        r.register(
+            "snapshots_sent",
+            "Room snapshots sent to the peer",
+            m.snapshots_sent.clone(),
+        );
+        r.register(
+            "history_truncated",
+            "Peer resumes the room history no longer reached back to",
+            m.history_truncated.clone(),
+        );
+        r.register(
+            "followed_rooms",
+            "Rooms the peer follows from this region",
+            m.followed_rooms.clone(),
+        );
+        r.register(
+            "region_down",
+            "Times the peer region was declared down",
+            m.region_down.clone(),
+        );
+        r.register(
+            "direct_dropped",
+            "Direct messages for the peer region dropped while its link was down",
+            m.direct_dropped.clone(),
+        );
         for peer in peers {
             let p = PeerLabels { peer: peer.into() };
             m.link_up.get_or_create(&p).set(0);
+            let _ = m.snapshots_sent.get_or_create(&p);
+            let _ = m.region_down.get_or_create(&p);
+            let _ = m.direct_dropped.get_or_create(&p);
+            let _ = m.history_truncated.get_or_create(&p);
+            m.followed_rooms.get_or_create(&p).set(0);
+            for outcome in ["applied", "duplicate", "superseded", "gap", "error"] {
+                let _ = m.applied.get_or_create(&OutcomeLabels {
+                    peer: peer.into(),
+                    outcome,
+                });
+            }
             let _ = m.malformed_frames.get_or_create(&p);
             for direction in [IN, OUT] {
                 let f = FlowLabels {
@@ -205,6 +279,33 @@ impl Metrics {
                 peer: peer.into(),
                 state: if up { "up" } else { "down" },
             })
+            .inc();
+    }
+
+    /// Counts one replicated event from `peer` by outcome.
+    pub fn applied(&self, peer: &str, outcome: &'static str) {
+        self.applied
+            .get_or_create(&OutcomeLabels {
+                peer: peer.into(),
+                outcome,
+            })
+            .inc();
+    }
+
+    /// Count of replicated events from `peer` with `outcome` (tests).
+    pub fn applied_count(&self, peer: &str, outcome: &'static str) -> u64 {
+        self.applied
+            .get_or_create(&OutcomeLabels {
+                peer: peer.into(),
+                outcome,
+            })
+            .get()
+    }
+
+    /// Counts on a per-peer counter family.
+    pub fn peer_inc(family: &Family<PeerLabels, Counter>, peer: &str) {
+        family
+            .get_or_create(&PeerLabels { peer: peer.into() })
             .inc();
     }
 

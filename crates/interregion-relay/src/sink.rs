@@ -37,7 +37,7 @@ pub trait EventSink: Send + Sync + 'static {
     async fn room_event(&self, peer: &str, event: RoomEvent);
     /// A direct message from `peer`.
     async fn direct(&self, peer: &str, direct: Direct);
-    /// A control frame from `peer`: `Interest`, `InterestSnapshot` or `Digest`.
+    /// A control frame from `peer`: `Interest`, `InterestSnapshot` or `Presence`.
     async fn control(&self, peer: &str, frame: Frame);
     /// The link to `peer` changed state (e.g. to announce the interest snapshot on `Up`).
     async fn link(&self, peer: &str, event: LinkEvent);

@@ -111,6 +111,7 @@ fn event(room: &str, seq: u64) -> RoomEvent {
         origin_region: EU.into(),
         origin_epoch: 1,
         origin_seq: seq,
+        prev_seq: seq.saturating_sub(1),
         hlc: Hlc {
             wall_ms: 1_700_000_000_000 + seq,
             logical: 0,
@@ -284,6 +285,7 @@ async fn two_relays_link_with_mtls_and_keep_per_room_order_without_blocking_othe
     let interest = Frame::Interest {
         room: RoomId::new("lobby").unwrap(),
         interested: true,
+        since: None,
     };
     eu.handle.send_control(US, &interest).await.unwrap();
     assert!(

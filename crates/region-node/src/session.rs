@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use meridian_protocol::token::Claims;
 use meridian_protocol::{
-    ErrorCode, Event, LeftReason, Reply, Request, RequestId, ResumePoint, RoomEventFrame, RoomId,
+    ErrorCode, Event, LeftReason, OriginPosition, Reply, Request, RequestId, ResumePoint,
+    RoomEventFrame, RoomId,
 };
 use region_state::{ConnRef, Recovery, StoreError};
 use serde::Serialize;
@@ -148,6 +149,9 @@ struct Joined {
     first: bool,
     /// A resume asked for history the room no longer has.
     history_lost: bool,
+    /// Other regions' positions in the room as of the join (the seed of the client's
+    /// version vector for a cross-region resume).
+    origins: Vec<OriginPosition>,
 }
 
 /// Waits for `hello`, authenticates and resumes. `None` means the connection is done.
@@ -447,7 +451,12 @@ impl Session {
             Request::Ping => Ok(json!({ "pong": true })),
             Request::Join { room } => {
                 let j = self.join(&room, None, &mut Vec::new()).await?;
-                Ok(json!({ "room": room, "epoch": j.epoch, "seq": j.seq, "first": j.first }))
+                let mut result =
+                    json!({ "room": room, "epoch": j.epoch, "seq": j.seq, "first": j.first });
+                if !j.origins.is_empty() {
+                    result["origins"] = json!(j.origins);
+                }
+                Ok(result)
             }
             Request::Leave { room } => {
                 let Some(_) = self.rooms.get(&room) else {
@@ -579,7 +588,7 @@ impl Session {
     async fn join(
         &mut self,
         room: &RoomId,
-        resume: Option<(&str, u64)>,
+        resume: Option<(&str, u64, &[OriginPosition])>,
         replays: &mut Replays,
     ) -> Result<Joined, Failure> {
         self.may_see(room)?;
@@ -591,6 +600,7 @@ impl Session {
                 seq,
                 first: false,
                 history_lost: false,
+                origins: Vec::new(),
             });
         }
         let node = self.node.clone();
@@ -610,6 +620,16 @@ impl Session {
             node.local.remove_subscriber(room, self.conn.conn);
             return Err(e.into());
         }
+        // Read before the join: a position that is behind can only mean events replayed
+        // again on a cross-region resume, never events missed.
+        let origins = match node.timed("origins", node.store.origins(room)).await {
+            Ok(o) => o,
+            Err(e) => {
+                node.local.remove_subscriber(room, self.conn.conn);
+                let _ = node.store.unsubscribe(room).await;
+                return Err(e.into());
+            }
+        };
         let joined = node
             .timed(
                 "join",
@@ -629,11 +649,17 @@ impl Session {
         self.rooms.insert(room.clone(), sub.clone());
         let mut position = outcome.seq;
         let mut history_lost = false;
-        if let Some((epoch, seq)) = resume {
-            match node
-                .timed("history", node.store.history(room, epoch, seq))
-                .await
-            {
+        if let Some((epoch, seq, vector)) = resume {
+            // A position in another region's sequence (the epoch is not this room's here)
+            // with a version vector: cross-region resume.
+            let read = if !vector.is_empty() && epoch != outcome.epoch {
+                node.timed("history", node.store.history_since(room, vector))
+                    .await
+            } else {
+                node.timed("history", node.store.history(room, epoch, seq))
+                    .await
+            };
+            match read {
                 Ok(Recovery::Replay { events, .. }) => {
                     for (s, frame) in events {
                         // The resumer's own `joined` is not news to it (as on a plain join).
@@ -661,23 +687,37 @@ impl Session {
             seq: position,
             first: outcome.first,
             history_lost,
+            origins,
         })
     }
 
     /// One room of a `hello` resume list, reported as `{room, status, epoch, seq}`.
     async fn resume(&mut self, point: ResumePoint, replays: &mut Replays) -> serde_json::Value {
         let ResumePoint {
-            room, epoch, seq, ..
+            room,
+            epoch,
+            seq,
+            origins,
         } = point;
         let before = replays.len();
-        match self.join(&room, Some((&epoch, seq)), replays).await {
-            Ok(j) if j.history_lost => {
-                json!({ "room": room, "status": "history_lost", "epoch": j.epoch, "seq": j.seq })
+        match self
+            .join(&room, Some((&epoch, seq, &origins)), replays)
+            .await
+        {
+            Ok(j) => {
+                let mut r = if j.history_lost {
+                    json!({ "room": room, "status": "history_lost", "epoch": j.epoch, "seq": j.seq })
+                } else {
+                    json!({
+                        "room": room, "status": "recovered", "epoch": j.epoch, "seq": j.seq,
+                        "replayed": replays.len() - before,
+                    })
+                };
+                if !j.origins.is_empty() {
+                    r["origins"] = json!(j.origins);
+                }
+                r
             }
-            Ok(j) => json!({
-                "room": room, "status": "recovered", "epoch": j.epoch, "seq": j.seq,
-                "replayed": replays.len() - before,
-            }),
             Err(Failure(code, message)) => {
                 self.node.metrics.error(code);
                 json!({ "room": room, "status": "error", "code": code, "message": message })

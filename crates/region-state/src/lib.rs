@@ -26,7 +26,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use meridian_protocol::{
-    LeftReason, MemberEntry, PresenceEntry, RoomEventFrame, RoomId, StateEntry, UserId,
+    LeftReason, MemberEntry, OriginPosition, PresenceEntry, RoomEventFrame, RoomId, StateEntry,
+    UserId,
 };
 use serde_json::value::RawValue;
 
@@ -325,6 +326,27 @@ pub trait StateStore: Send + Sync + 'static {
     /// The room events after `(epoch, seq)`, or [`Recovery::Lost`]. An empty epoch with seq 0
     /// means "from the start of the current epoch".
     async fn history(&self, room: &RoomId, epoch: &str, seq: u64) -> StoreResult<Recovery>;
+
+    /// For every other region whose events this region has applied in `room` (through the
+    /// relay), the last one's origin position: the seed of a client's version vector for
+    /// cross-region resume (`docs/protocol.md` §7). Stores without replication have none.
+    async fn origins(&self, _room: &RoomId) -> StoreResult<Vec<OriginPosition>> {
+        Ok(Vec::new())
+    }
+
+    /// Cross-region resume: the events of this region's history the client has not seen,
+    /// given its version vector (per origin region, the last of that region's own events it
+    /// saw, wherever it saw them). Stores without replication report the history lost.
+    async fn history_since(
+        &self,
+        _room: &RoomId,
+        _vector: &[OriginPosition],
+    ) -> StoreResult<Recovery> {
+        Ok(Recovery::Lost {
+            epoch: String::new(),
+            seq: 0,
+        })
+    }
 
     /// Hands a direct-message frame to every node holding a connection of `to`. Returns whether
     /// at least one node took it.

@@ -10,7 +10,8 @@ use std::time::Instant;
 use async_trait::async_trait;
 use bytes::Bytes;
 use meridian_protocol::{
-    LeftReason, MemberEntry, PresenceEntry, RoomEventFrame, RoomId, StateEntry, UserId,
+    LeftReason, MemberEntry, OriginPosition, PresenceEntry, RoomEventFrame, RoomId, StateEntry,
+    UserId,
 };
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
@@ -23,6 +24,72 @@ use crate::{
 /// Decides what a resume from `(epoch, seq)` gets, given the room's current epoch and sequence,
 /// the oldest sequence still in history, and the history entries after `seq` (at most
 /// `max_replay + 1` of them). Shared by both stores so they cannot disagree.
+/// Cross-region resume over a room's whole retained history (`entries`: local seq, origin
+/// tag `"<region> <epoch> <seq>"` for replicated entries, frame). An entry is replayed when
+/// its origin is in `vector` with the same epoch and a lower seq; entries of origins the
+/// client does not list were not part of what it followed, and entries of another epoch of
+/// a listed origin are not comparable with its position (both skipped). Lost when more than
+/// `max_replay` events would be needed, or when the history was trimmed and does not reach
+/// back to a listed origin's position.
+pub(crate) fn decide_vector_recovery(
+    region: &str,
+    cur_epoch: &str,
+    cur_seq: u64,
+    vector: &[OriginPosition],
+    max_replay: u32,
+    entries: Vec<(u64, Option<String>, Bytes)>,
+) -> Recovery {
+    let lost = || Recovery::Lost {
+        epoch: cur_epoch.to_owned(),
+        seq: cur_seq,
+    };
+    let trimmed = entries.first().is_some_and(|(s, _, _)| *s > 1);
+    let want: HashMap<&str, (&str, u64)> = vector
+        .iter()
+        .map(|o| (o.region.as_str(), (o.epoch.as_str(), o.seq)))
+        .collect();
+    // Per listed origin: whether the retained history reaches back to the client's position.
+    let mut reaches: HashMap<&str, bool> = HashMap::new();
+    let mut events = Vec::new();
+    for (seq, tag, frame) in &entries {
+        let (o_region, o_epoch, o_seq) = match tag {
+            Some(t) => {
+                let mut p = t.splitn(3, ' ');
+                match (
+                    p.next(),
+                    p.next(),
+                    p.next().and_then(|s| s.parse::<u64>().ok()),
+                ) {
+                    (Some(r), Some(e), Some(s)) => (r, e, s),
+                    _ => continue,
+                }
+            }
+            None => (region, cur_epoch, *seq),
+        };
+        let Some((w_epoch, w_seq)) = want.get(o_region) else {
+            continue;
+        };
+        if *w_epoch != o_epoch {
+            // Another run of that region's room sequence (it restarted): not comparable.
+            continue;
+        }
+        reaches.entry(o_region).or_insert(o_seq <= *w_seq);
+        if o_seq > *w_seq {
+            events.push((*seq, frame.clone()));
+        }
+    }
+    if trimmed && reaches.values().any(|r| !r) {
+        return lost();
+    }
+    if events.len() > max_replay as usize {
+        return lost();
+    }
+    Recovery::Replay {
+        epoch: cur_epoch.to_owned(),
+        events,
+    }
+}
+
 pub(crate) fn decide_recovery(
     cur_epoch: &str,
     cur_seq: u64,

@@ -16,7 +16,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use meridian_protocol::{
-    LeftReason, MemberEntry, PresenceEntry, RoomEventFrame, RoomId, StateEntry, UserId,
+    LeftReason, MemberEntry, OriginPosition, PresenceEntry, RoomEventFrame, RoomId, StateEntry,
+    UserId,
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::StreamRangeReply;
@@ -592,6 +593,79 @@ impl StateStore for RedisStore {
             seq,
             max,
             events,
+        ))
+    }
+
+    async fn origins(&self, room: &RoomId) -> StoreResult<Vec<OriginPosition>> {
+        let keys = RoomKeys::new(room);
+        let marks: HashMap<String, String> = self.conn().hgetall(&keys.keys[k::RW]).await?;
+        let mut out: Vec<OriginPosition> = marks
+            .into_iter()
+            .filter_map(|(region, mark)| {
+                let (epoch, seq) = mark.split_once(' ')?;
+                Some(OriginPosition {
+                    region,
+                    epoch: epoch.to_owned(),
+                    seq: seq.parse().ok()?,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.region.cmp(&b.region));
+        Ok(out)
+    }
+
+    async fn history_since(
+        &self,
+        room: &RoomId,
+        vector: &[OriginPosition],
+    ) -> StoreResult<Recovery> {
+        let keys = RoomKeys::new(room);
+        let max = self.config.limits.max_replay;
+        let ((cur_epoch, cur_seq), all): ((Option<String>, Option<u64>), StreamRangeReply) =
+            redis::pipe()
+                .atomic()
+                .cmd("HMGET")
+                .arg(&keys.keys[k::META])
+                .arg("epoch")
+                .arg("seq")
+                .cmd("XRANGE")
+                .arg(&keys.keys[k::HIST])
+                .arg("-")
+                .arg("+")
+                .query_async(&mut self.conn())
+                .await?;
+        let cur_epoch = cur_epoch.unwrap_or_default();
+        let cur_seq = cur_seq.unwrap_or(0);
+        let mut entries = Vec::with_capacity(all.ids.len());
+        for entry in &all.ids {
+            let seq = entry
+                .id
+                .split('-')
+                .next()
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or_else(|| StoreError::Corrupt(format!("stream id {}", entry.id)))?;
+            let frame = match entry.map.get("e") {
+                Some(redis::Value::BulkString(b)) => Bytes::copy_from_slice(b),
+                _ => {
+                    return Err(StoreError::Corrupt(format!(
+                        "history entry {} has no frame",
+                        entry.id
+                    )))
+                }
+            };
+            let origin = match entry.map.get("o") {
+                Some(redis::Value::BulkString(b)) => Some(String::from_utf8_lossy(b).into_owned()),
+                _ => None,
+            };
+            entries.push((seq, origin, frame));
+        }
+        Ok(crate::memory::decide_vector_recovery(
+            &self.config.region,
+            &cur_epoch,
+            cur_seq,
+            vector,
+            max,
+            entries,
         ))
     }
 

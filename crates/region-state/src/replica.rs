@@ -154,6 +154,9 @@ pub struct RemoteEvent {
     pub origin: OriginPosition,
     /// The origin's HLC stamp of the event.
     pub stamp: Stamp,
+    /// The origin seq of the event the origin sent before this one (its resume point or
+    /// snapshot for the first); ignored for a snapshot.
+    pub prev_seq: u64,
     /// What happened.
     pub kind: RemoteKind,
 }
@@ -167,6 +170,9 @@ pub enum Applied {
     Duplicate,
     /// A newer write (membership or state key) won; the watermark moved on.
     Superseded,
+    /// The origin's watermark here is not the event's predecessor (`prev_seq`), or there is
+    /// none and the event is not a snapshot: nothing was written; ask the origin again.
+    Gap,
 }
 
 /// One entry of this region's room history, as the relay reads it.
@@ -407,40 +413,40 @@ impl ReplicaStore {
             .arg(origin.seq)
             .arg(event.stamp.to_string());
         let room = &event.room;
+        let kind = match &event.kind {
+            RemoteKind::Join { .. } => "join",
+            RemoteKind::Leave { .. } => "leave",
+            RemoteKind::Message { .. } => "message",
+            RemoteKind::StateSet { .. } => "set",
+            RemoteKind::StateDelete { .. } => "delete",
+            RemoteKind::Snapshot { .. } => "snapshot",
+        };
+        inv.arg(kind).arg(room.as_str()).arg(event.prev_seq);
         match &event.kind {
             RemoteKind::Join { user } => {
-                inv.arg("join").arg(room.as_str()).arg(user.as_str());
+                inv.arg(user.as_str());
             }
             RemoteKind::Leave { user, reason } => {
-                inv.arg("leave")
-                    .arg(room.as_str())
-                    .arg(user.as_str())
-                    .arg(reason.as_str());
+                inv.arg(user.as_str()).arg(reason.as_str());
             }
             RemoteKind::Message { from, data } => {
                 let head = RoomEventFrame::message(room, from, data).with_origin(origin);
-                inv.arg("message").arg(room.as_str()).arg(head.head());
+                inv.arg(head.head());
             }
             RemoteKind::StateSet { key, value, by } => {
                 let head =
                     RoomEventFrame::state_changed(room, key, Some(value), by).with_origin(origin);
-                inv.arg("set")
-                    .arg(room.as_str())
-                    .arg(key)
+                inv.arg(key)
                     .arg(value.get())
                     .arg(by.as_str())
                     .arg(head.head());
             }
             RemoteKind::StateDelete { key, by } => {
                 let head = RoomEventFrame::state_changed(room, key, None, by).with_origin(origin);
-                inv.arg("delete")
-                    .arg(room.as_str())
-                    .arg(key)
-                    .arg(by.as_str())
-                    .arg(head.head());
+                inv.arg(key).arg(by.as_str()).arg(head.head());
             }
             RemoteKind::Snapshot { members, state } => {
-                inv.arg("snapshot").arg(room.as_str()).arg(members.len());
+                inv.arg(members.len());
                 for (user, stamp) in members {
                     inv.arg(user.as_str()).arg(stamp.to_string());
                 }
@@ -460,6 +466,7 @@ impl ReplicaStore {
         Ok(match status {
             0 => Applied::Duplicate,
             2 => Applied::Superseded,
+            3 => Applied::Gap,
             _ => Applied::Applied,
         })
     }

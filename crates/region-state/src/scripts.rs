@@ -236,26 +236,33 @@ return {1, cur + 1}
 "#;
 
 /// A replicated event. ARGV[6] origin region, [7] origin epoch, [8] origin seq, [9] origin
-/// HLC stamp, [10] kind, [11] room id, [12..] by kind:
-/// - `join`: [12] user.
-/// - `leave`: [12] user, [13] reason.
-/// - `message`: [12] message head (with its `origin`).
-/// - `set`: [12] key, [13] value, [14] writer, [15] state_changed head (with `origin`).
-/// - `delete`: [12] key, [13] writer, [14] state_changed head (value null, with `origin`).
-/// - `snapshot`: [12] n, then n × (user, member stamp), then m, then m × (key, value or ''
+/// HLC stamp, [10] kind, [11] room id, [12] the origin seq of the event sent before it
+/// (ignored for a snapshot), [13..] by kind:
+/// - `join`: [13] user.
+/// - `leave`: [13] user, [14] reason.
+/// - `message`: [13] message head (with its `origin`).
+/// - `set`: [13] key, [14] value, [15] writer, [16] state_changed head (with `origin`).
+/// - `delete`: [13] key, [14] writer, [15] state_changed head (value null, with `origin`).
+/// - `snapshot`: [13] n, then n × (user, member stamp), then m, then m × (key, value or ''
 ///   for a deleted key, "<hlc>|<region>|<by>", state_changed head with `origin`).
 ///
 /// Returns `{0}` for a duplicate (at or below the origin's watermark), `{2}` when a newer
-/// write won (last-writer-wins), `{1}` when applied.
+/// write won (last-writer-wins), `{1}` when applied, `{3}` for a gap (the watermark is not
+/// the event's predecessor, or there is none and this is not a snapshot): nothing changes,
+/// the relay asks the origin again.
 const APPLY_LUA: &str = r#"
 local origin, oepoch, oseq, ostamp, kind, room = ARGV[6], ARGV[7], tonumber(ARGV[8]), ARGV[9], ARGV[10], ARGV[11]
 local mark = redis.call('HGET', KEYS[12], origin)
+local me, ms = nil, nil
 if mark then
   local sp = string.find(mark, ' ', 1, true)
-  local me, ms = string.sub(mark, 1, sp - 1), tonumber(string.sub(mark, sp + 1))
+  me, ms = string.sub(mark, 1, sp - 1), tonumber(string.sub(mark, sp + 1))
   if me == oepoch and (oseq < ms or (oseq == ms and kind ~= 'snapshot')) then
     return {0}
   end
+end
+if kind ~= 'snapshot' and (me ~= oepoch or ms ~= tonumber(ARGV[12])) then
+  return {3}
 end
 redis.call('HSET', KEYS[12], origin, oepoch .. ' ' .. ARGV[8])
 local tag = origin .. ' ' .. oepoch .. ' ' .. ARGV[8]
@@ -313,18 +320,18 @@ local function remote_set(key, value, lww, head)
 end
 
 if kind == 'join' then
-  return {remote_join(ARGV[12], ostamp)}
+  return {remote_join(ARGV[13], ostamp)}
 elseif kind == 'leave' then
-  return {remote_leave(ARGV[12], ARGV[13], ostamp)}
+  return {remote_leave(ARGV[13], ARGV[14], ostamp)}
 elseif kind == 'message' then
-  append(ARGV[12], tag)
+  append(ARGV[13], tag)
   return {1}
 elseif kind == 'set' then
-  return {remote_set(ARGV[12], ARGV[13], ostamp .. '|' .. origin .. '|' .. ARGV[14], ARGV[15])}
+  return {remote_set(ARGV[13], ARGV[14], ostamp .. '|' .. origin .. '|' .. ARGV[15], ARGV[16])}
 elseif kind == 'delete' then
-  return {remote_set(ARGV[12], '', ostamp .. '|' .. origin .. '|' .. ARGV[13], ARGV[14])}
+  return {remote_set(ARGV[13], '', ostamp .. '|' .. origin .. '|' .. ARGV[14], ARGV[15])}
 elseif kind == 'snapshot' then
-  local i = 12
+  local i = 13
   local n = tonumber(ARGV[i]); i = i + 1
   local present = {}
   for _ = 1, n do

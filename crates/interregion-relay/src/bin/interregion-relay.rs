@@ -7,7 +7,10 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use interregion_relay::relay::{self, Prepared};
+use interregion_relay::replicate::{Replicator, ReplicatorSink};
 use interregion_relay::RelayConfig;
+use region_state::replica::{ReplicaConfig, ReplicaStore};
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// Meridian inter-region relay: the QUIC mesh between regions.
@@ -63,10 +66,13 @@ fn main() -> std::process::ExitCode {
             }
         };
     }
-    let prepared = match RelayConfig::load(args.config.as_deref())
+    let loaded = RelayConfig::load(args.config.as_deref())
         .map_err(anyhow::Error::from)
-        .and_then(|c| relay::prepare(&c).map_err(anyhow::Error::from))
-    {
+        .and_then(|c| {
+            let p = relay::prepare(&c).map_err(anyhow::Error::from)?;
+            Ok((p, c))
+        });
+    let (prepared, config) = match loaded {
         Ok(p) => p,
         Err(e) => {
             eprintln!("interregion-relay: {e}");
@@ -84,7 +90,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(prepared)) {
+    match runtime.block_on(serve(prepared, config)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("interregion-relay: {e:#}");
@@ -107,34 +113,205 @@ fn gen_certs(regions: &std::path::Path, out: &std::path::Path, force: bool) -> a
     Ok(())
 }
 
-async fn serve(p: Prepared) -> anyhow::Result<()> {
-    let socket = std::net::UdpSocket::bind(p.listen)
-        .with_context(|| format!("cannot bind QUIC on {}", p.listen))?;
+async fn serve(p: Prepared, config: RelayConfig) -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let Some(redis) = config.redis.clone() else {
+        tracing::warn!("no [redis] in the config: this relay keeps links but replicates nothing");
+        let socket = std::net::UdpSocket::bind(p.listen)
+            .with_context(|| format!("cannot bind QUIC on {}", p.listen))?;
+        let http = tokio::net::TcpListener::bind(p.http_listen)
+            .await
+            .with_context(|| format!("cannot listen for HTTP on {}", p.http_listen))?;
+        return run_active(
+            p,
+            socket,
+            http,
+            Arc::new(interregion_relay::LogSink),
+            None,
+            &mut term,
+        )
+        .await;
+    };
+    let store = ReplicaStore::connect(ReplicaConfig {
+        url: redis.url.clone(),
+        region: config.region.clone(),
+        history_len: redis.history_len,
+        history_ttl: Duration::from_secs(redis.history_ttl_secs),
+    })
+    .await
+    .with_context(|| format!("cannot connect to Redis at {}", redis.url))?;
+    let relay_id = region_state::random_token(12);
+    let ttl = Duration::from_millis(config.lease.ttl_ms);
+    let renew = Duration::from_millis(config.lease.renew_ms);
+
+    // Standby until the lease is ours; /healthz, /readyz and /metrics answer meanwhile.
     let http = tokio::net::TcpListener::bind(p.http_listen)
         .await
         .with_context(|| format!("cannot listen for HTTP on {}", p.http_listen))?;
+    let http_addr = http.local_addr()?;
+    let standby_stop = CancellationToken::new();
+    let standby = tokio::spawn(standby_http(http, standby_stop.clone()));
+    let mut announced = false;
+    loop {
+        match store.hold_active(&relay_id, ttl).await {
+            Ok(true) => break,
+            Ok(false) => {
+                if !announced {
+                    println!("standby on http {http_addr}");
+                    tracing::info!(%relay_id, "another relay is active: standing by");
+                    announced = true;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot reach Redis for the active-relay lease"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(renew) => {}
+            _ = term.recv() => {
+                standby_stop.cancel();
+                let _ = standby.await;
+                return Ok(());
+            }
+            _ = tokio::signal::ctrl_c() => {
+                standby_stop.cancel();
+                let _ = standby.await;
+                return Ok(());
+            }
+        }
+    }
+    tracing::info!(%relay_id, "holding the active-relay lease");
+    standby_stop.cancel();
+    let _ = standby.await;
+    // The standby server has released the port; the same address again (SO_REUSEADDR).
+    let http = tokio::net::TcpListener::bind(http_addr)
+        .await
+        .with_context(|| format!("cannot listen for HTTP on {http_addr}"))?;
+    let socket = std::net::UdpSocket::bind(p.listen)
+        .with_context(|| format!("cannot bind QUIC on {}", p.listen))?;
+    let peers: Vec<String> = p
+        .mesh
+        .regions
+        .keys()
+        .filter(|r| **r != config.region)
+        .cloned()
+        .collect();
+    let replicator = Replicator::new(store.clone(), peers, config.replication.options());
+    let sink = Arc::new(ReplicatorSink(replicator.clone()));
+    let lease = Lease {
+        store,
+        relay_id,
+        ttl,
+        renew,
+    };
+    run_active(p, socket, http, sink, Some((replicator, lease)), &mut term).await
+}
+
+struct Lease {
+    store: ReplicaStore,
+    relay_id: String,
+    ttl: Duration,
+    renew: Duration,
+}
+
+async fn run_active(
+    p: Prepared,
+    socket: std::net::UdpSocket,
+    http: tokio::net::TcpListener,
+    sink: Arc<dyn interregion_relay::EventSink>,
+    replication: Option<(Arc<Replicator>, Lease)>,
+    term: &mut tokio::signal::unix::Signal,
+) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let running = relay::start(
         p.options,
         p.mesh,
         &p.identity,
-        Arc::new(interregion_relay::LogSink),
+        sink,
         socket,
         Some(http),
         shutdown.clone(),
     )
     .await?;
+    running.handle.metrics().active.set(1);
     // Tests and scripts read these lines to learn the bound ports.
     println!("quic on {}", running.quic_addr);
     if let Some(addr) = running.http_addr {
         println!("http on {addr}");
     }
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: closing links"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: closing links"),
+    let mut lost_lease = false;
+    let mut lease_ref = None;
+    let mut replicator_task = None;
+    if let Some((replicator, lease)) = replication {
+        replicator_task = Some(tokio::spawn(
+            replicator.run(running.handle.clone(), shutdown.clone()),
+        ));
+        lease_ref = Some(lease);
+    }
+    let renew_every = lease_ref
+        .as_ref()
+        .map_or(Duration::from_secs(3600), |l| l.renew);
+    let mut renew = tokio::time::interval(renew_every);
+    renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = term.recv() => {
+                tracing::info!("SIGTERM: closing links");
+                break;
+            }
+            _ = tokio::signal::ctrl_c() => {
+                tracing::info!("interrupt: closing links");
+                break;
+            }
+            _ = renew.tick() => {
+                let Some(l) = &lease_ref else { continue };
+                match l.store.hold_active(&l.relay_id, l.ttl).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        // Another relay holds the lease (ours expired, e.g. while Redis was
+                        // unreachable): two active relays must never run, so stop here.
+                        tracing::error!("lost the active-relay lease to another relay: exiting");
+                        lost_lease = true;
+                        break;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot renew the active-relay lease"),
+                }
+            }
+        }
     }
     shutdown.cancel();
+    if let Some(t) = replicator_task {
+        let _ = t.await;
+    }
     running.done.await?;
+    if let Some(l) = &lease_ref {
+        if !lost_lease {
+            // Hand over at once instead of after the lease's time-to-live.
+            if let Err(e) = l.store.release_active(&l.relay_id).await {
+                tracing::warn!(error = %e, "cannot release the active-relay lease");
+            }
+        }
+    }
+    if lost_lease {
+        anyhow::bail!("lost the active-relay lease");
+    }
     Ok(())
+}
+
+/// `/healthz`, `/readyz` and `/metrics` of a standby relay.
+async fn standby_http(listener: tokio::net::TcpListener, stop: CancellationToken) {
+    use axum::routing::get;
+    let app = axum::Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(|| async { "standby\n" }))
+        .route(
+            "/metrics",
+            get(|| async {
+                "# TYPE meridian_relay_active gauge\n# HELP meridian_relay_active 1 while this relay is its region's active relay\nmeridian_relay_active 0\n# EOF\n"
+            }),
+        );
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await
+    {
+        tracing::warn!(error = %e, "standby HTTP server failed");
+    }
 }

@@ -1,0 +1,1155 @@
+//! Replication: what flows over the links between this region's Redis and the other regions.
+//!
+//! The transport ([`crate::link`]) hands every received frame to the [`Replicator`] (it is the
+//! relay's [`EventSink`]); the replicator also follows this region's Redis
+//! ([`region_state::replica::ReplicaStore::start_feed`]) and sends what other regions asked
+//! for. Design and bounds: `docs/relay.md` ("Replication").
+//!
+//! - **Interest.** The rooms with local members (announced by the nodes' join/leave scripts on
+//!   `meridian:interest`, rescanned every `rescan`) are announced to every peer, each with the
+//!   last position applied from that peer (`since`). A room whose last local member left is
+//!   withdrawn `interest_linger` later, unless a member came back.
+//! - **Sending.** One pump task per room followed by at least one peer reads the room's history
+//!   after each follower's cursor and sends the events that originated here (entries without
+//!   an origin tag; member events only for users homed here) on the room's lane, in order,
+//!   each with `prev_seq`. A follower without a usable resume point (none, another epoch, or
+//!   trimmed away) gets a snapshot first.
+//! - **Receiving.** Events are applied by one Lua script that dedupes on the per-origin
+//!   watermark, checks `prev_seq` against it (a gap asks the origin again with `Interest`,
+//!   at most once per `gap_retry`), and merges membership and state by last-writer-wins.
+//! - **Presence and direct messages.** Each region tells the others which users are connected
+//!   there; they are recorded as pseudo-connections so `presence` and `send` work for remote
+//!   users. A `send` to such a user reaches this relay through its pseudo-node's inbox and
+//!   goes to the user's region as a `Direct` frame.
+//! - **Region loss.** A peer whose link stays down for `grace` is declared down: its members
+//!   leave every local room with `left {reason: region_down}` (a user connected here meanwhile
+//!   stays, homed here) and its users' presence is dropped.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use meridian_protocol::{LeftReason, OriginPosition, RoomId, UserId};
+use region_state::replica::{
+    epoch_code, epoch_text, Applied, Feed, LocalEntry, RemoteEvent, RemoteKind, ReplicaStore,
+    Stamp, StateRecord as StoreRecord,
+};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::frame::{
+    Direct, EventKind, Follow, Frame, Hlc, Position, Presence, RoomEvent, StateRecord,
+};
+use crate::link::RelayHandle;
+use crate::metrics::Metrics;
+use crate::sink::{EventSink, LinkEvent};
+
+/// Replication timers and sizes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplicationOptions {
+    /// A peer whose link stays down this long is declared down (`region_down`).
+    pub grace: Duration,
+    /// How long a room stays followed after its last local member left.
+    pub interest_linger: Duration,
+    /// Period of the interest rescan (the safety net behind the interest channel).
+    pub rescan: Duration,
+    /// History entries read per Redis call when sending.
+    pub batch: usize,
+    /// Least time between two requests for the same room after a gap.
+    pub gap_retry: Duration,
+    /// Lease of a peer's presence here; renewed every second while its link is up, so a
+    /// peer's users count as offline this long after the link is lost.
+    pub presence_ttl: Duration,
+}
+
+impl Default for ReplicationOptions {
+    fn default() -> Self {
+        Self {
+            grace: Duration::from_secs(15),
+            interest_linger: Duration::from_secs(5),
+            rescan: Duration::from_secs(10),
+            batch: 256,
+            gap_retry: Duration::from_secs(1),
+            presence_ttl: Duration::from_secs(6),
+        }
+    }
+}
+
+/// Commands for a room's pump.
+#[derive(Debug)]
+enum PumpCmd {
+    /// `peer` follows the room from `since`.
+    Follow(String, Option<Position>),
+    /// `peer` no longer follows it.
+    Unfollow(String),
+    /// The room's history grew.
+    Poke,
+}
+
+/// Where a follower is in the room's history.
+#[derive(Debug, Clone)]
+struct Cursor {
+    /// The room epoch the cursor belongs to.
+    epoch: String,
+    /// History position read up to (local and replicated entries).
+    seq: u64,
+    /// Origin seq of the last event sent (what the follower's watermark is).
+    prev: u64,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// Pumps of the rooms some peer follows.
+    pumps: HashMap<RoomId, mpsc::UnboundedSender<PumpCmd>>,
+    /// Rooms each peer follows (to apply an interest snapshot).
+    followed: HashMap<String, BTreeSet<RoomId>>,
+    /// Rooms with local members, announced to the peers.
+    interest: BTreeSet<RoomId>,
+    /// Rooms whose last local member left, with when to withdraw them.
+    withdraw: HashMap<RoomId, Instant>,
+    /// Peers whose link is down, since when (from start for peers never connected).
+    down_since: HashMap<String, Instant>,
+    /// Peers declared down and not back yet.
+    declared_down: BTreeSet<String>,
+    /// Last gap request per (peer, room).
+    gap_asked: HashMap<(String, RoomId), Instant>,
+}
+
+/// The replication engine of one relay: an [`EventSink`] for the links and the follower of
+/// this region's Redis. Create it, start the links with it as sink, then [`Replicator::run`].
+pub struct Replicator {
+    store: ReplicaStore,
+    peers: Vec<String>,
+    options: ReplicationOptions,
+    handle: OnceLock<RelayHandle>,
+    inner: Mutex<Inner>,
+}
+
+impl std::fmt::Debug for Replicator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replicator")
+            .field("region", &self.store.region())
+            .finish()
+    }
+}
+
+fn lock(m: &Mutex<Inner>) -> std::sync::MutexGuard<'_, Inner> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn hlc(s: Stamp) -> Hlc {
+    Hlc {
+        wall_ms: s.wall_ms,
+        logical: s.logical,
+    }
+}
+
+fn stamp(h: Hlc) -> Stamp {
+    Stamp {
+        wall_ms: h.wall_ms,
+        logical: h.logical,
+    }
+}
+
+fn raw(bytes: &[u8]) -> Option<Box<RawValue>> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    RawValue::from_string(text.to_owned()).ok()
+}
+
+fn left_reason(s: &str) -> LeftReason {
+    match s {
+        "leave" => LeftReason::Leave,
+        "node_lost" => LeftReason::NodeLost,
+        "region_down" => LeftReason::RegionDown,
+        _ => LeftReason::Disconnect,
+    }
+}
+
+/// The fields of a client room-event frame the relay needs.
+#[derive(Deserialize)]
+struct Head<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    #[serde(default)]
+    user: Option<UserId>,
+    #[serde(default)]
+    region: Option<String>,
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    from: Option<UserId>,
+    #[serde(default, borrow)]
+    data: Option<&'a RawValue>,
+    #[serde(default)]
+    key: Option<String>,
+    #[serde(default, borrow)]
+    value: Option<&'a RawValue>,
+    #[serde(default)]
+    by: Option<UserId>,
+}
+
+/// What a history entry of this region says, as a relay event; `None` for entries that are
+/// not this region's to send (a member event of a user homed elsewhere) or unreadable.
+fn entry_kind(entry: &LocalEntry, region: &str) -> Option<EventKind> {
+    let head: Head<'_> = serde_json::from_slice(&entry.frame).ok()?;
+    match head.kind {
+        "joined" | "left" if head.region.as_deref() != Some(region) => None,
+        "joined" => Some(EventKind::Join { user: head.user? }),
+        "left" => Some(EventKind::Leave {
+            user: head.user?,
+            reason: head.reason.unwrap_or_else(|| "disconnect".into()),
+        }),
+        "message" => Some(EventKind::Message {
+            from_user: head.from?,
+            data: head.data?.get().as_bytes().to_vec(),
+        }),
+        "state_changed" => {
+            // `value` is absent or null for a delete.
+            match head.value.filter(|v| v.get() != "null") {
+                Some(v) => Some(EventKind::StateSet {
+                    key: head.key?,
+                    value: v.get().as_bytes().to_vec(),
+                    by: head.by?,
+                }),
+                None => Some(EventKind::StateDelete {
+                    key: head.key?,
+                    by: head.by?,
+                }),
+            }
+        }
+        _ => None,
+    }
+}
+
+/// A received relay event as the store's [`RemoteEvent`]; `None` when its JSON is invalid.
+fn remote_event(event: RoomEvent) -> Option<RemoteEvent> {
+    let kind = match event.kind {
+        EventKind::Join { user } => RemoteKind::Join { user },
+        EventKind::Leave { user, reason } => RemoteKind::Leave {
+            user,
+            reason: left_reason(&reason),
+        },
+        EventKind::Message { from_user, data } => RemoteKind::Message {
+            from: from_user,
+            data: raw(&data)?,
+        },
+        EventKind::StateSet { key, value, by } => RemoteKind::StateSet {
+            key,
+            value: raw(&value)?,
+            by,
+        },
+        EventKind::StateDelete { key, by } => RemoteKind::StateDelete { key, by },
+        EventKind::Snapshot { members, state } => RemoteKind::Snapshot {
+            members: members.into_iter().map(|(u, h)| (u, stamp(h))).collect(),
+            state: state
+                .into_iter()
+                .map(|r| {
+                    Some(StoreRecord {
+                        key: r.key,
+                        value: match r.value {
+                            Some(v) => Some(raw(&v)?),
+                            None => None,
+                        },
+                        stamp: stamp(r.hlc),
+                        region: r.region,
+                        by: r.by,
+                    })
+                })
+                .collect::<Option<Vec<_>>>()?,
+        },
+    };
+    Some(RemoteEvent {
+        room: event.room,
+        origin: OriginPosition {
+            region: event.origin_region,
+            epoch: epoch_text(event.origin_epoch),
+            seq: event.origin_seq,
+        },
+        stamp: stamp(event.hlc),
+        prev_seq: event.prev_seq,
+        kind,
+    })
+}
+
+impl Replicator {
+    /// A replicator for the region of `store`, whose peers are `peers`.
+    pub fn new(store: ReplicaStore, peers: Vec<String>, options: ReplicationOptions) -> Arc<Self> {
+        let now = Instant::now();
+        let inner = Inner {
+            down_since: peers.iter().map(|p| (p.clone(), now)).collect(),
+            ..Inner::default()
+        };
+        Arc::new(Self {
+            store,
+            peers,
+            options,
+            handle: OnceLock::new(),
+            inner: Mutex::new(inner),
+        })
+    }
+
+    fn region(&self) -> &str {
+        self.store.region()
+    }
+
+    fn handle(&self) -> Option<&RelayHandle> {
+        self.handle.get()
+    }
+
+    fn metrics(&self) -> Option<&Metrics> {
+        self.handle().map(RelayHandle::metrics)
+    }
+
+    /// Peers declared down and not back (tests, `/readyz` detail).
+    pub fn declared_down(&self) -> BTreeSet<String> {
+        lock(&self.inner).declared_down.clone()
+    }
+
+    /// Follows this region's Redis and keeps the timers until `shutdown`. `handle` is the
+    /// started relay whose sink this replicator is.
+    pub async fn run(self: Arc<Self>, handle: RelayHandle, shutdown: CancellationToken) {
+        let _ = self.handle.set(handle);
+        match self.store.local_interest().await {
+            Ok(rooms) => lock(&self.inner).interest.extend(rooms),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read local interest at start; the rescan retries")
+            }
+        }
+        let (tx, mut feed) = mpsc::channel(4096);
+        let feed_task = self.store.start_feed(tx);
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_rescan = Instant::now();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                item = feed.recv() => match item {
+                    Some(item) => self.on_feed(item).await,
+                    None => break,
+                },
+                _ = tick.tick() => {
+                    let rescan = last_rescan.elapsed() >= self.options.rescan;
+                    if rescan {
+                        last_rescan = Instant::now();
+                    }
+                    self.on_tick(rescan).await;
+                }
+            }
+        }
+        feed_task.abort();
+    }
+
+    // ---- this region's Redis -----------------------------------------------------------
+
+    async fn on_feed(self: &Arc<Self>, item: Feed) {
+        match item {
+            Feed::Room { room, .. } => {
+                if let Some(pump) = lock(&self.inner).pumps.get(&room) {
+                    let _ = pump.send(PumpCmd::Poke);
+                }
+            }
+            Feed::Interest {
+                room,
+                local_members: true,
+            } => self.gain_interest(room).await,
+            Feed::Interest {
+                room,
+                local_members: false,
+            } => {
+                let at = Instant::now() + self.options.interest_linger;
+                lock(&self.inner).withdraw.insert(room, at);
+            }
+            Feed::Presence { user, online } => {
+                let p = if online {
+                    Presence {
+                        reset: false,
+                        online: vec![user],
+                        offline: Vec::new(),
+                    }
+                } else {
+                    Presence {
+                        reset: false,
+                        online: Vec::new(),
+                        offline: vec![user],
+                    }
+                };
+                self.broadcast(&Frame::Presence(p)).await;
+            }
+            Feed::Direct { region, to, frame } => self.forward_direct(region, to, frame).await,
+            Feed::Resynced => {
+                // Announcements may have been missed while the feed was down.
+                self.rescan_interest().await;
+                let pumps: Vec<_> = lock(&self.inner).pumps.values().cloned().collect();
+                for pump in pumps {
+                    let _ = pump.send(PumpCmd::Poke);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    async fn gain_interest(&self, room: RoomId) {
+        let new = {
+            let mut inner = lock(&self.inner);
+            inner.withdraw.remove(&room);
+            inner.interest.insert(room.clone())
+        };
+        if new {
+            for peer in self.up_peers() {
+                self.announce(&peer, &room).await;
+            }
+        }
+    }
+
+    /// Sends `Interest` for `room` to `peer` with the position applied from it.
+    async fn announce(&self, peer: &str, room: &RoomId) {
+        let since = match self
+            .store
+            .watermarks(peer, std::slice::from_ref(room))
+            .await
+        {
+            Ok(marks) => marks.into_iter().next().flatten().map(|(e, s)| Position {
+                epoch: epoch_code(&e),
+                seq: s,
+            }),
+            Err(e) => {
+                tracing::warn!(%peer, %room, error = %e, "cannot read the watermark; asking for a snapshot");
+                None
+            }
+        };
+        if let Some(h) = self.handle() {
+            let frame = Frame::Interest {
+                room: room.clone(),
+                interested: true,
+                since,
+            };
+            if let Err(e) = h.send_control(peer, &frame).await {
+                tracing::debug!(%peer, %room, error = %e, "interest not sent");
+            }
+        }
+    }
+
+    async fn forward_direct(&self, region: String, to: UserId, frame: Bytes) {
+        #[derive(Deserialize)]
+        struct From {
+            from: UserId,
+        }
+        let Ok(From { from }) = serde_json::from_slice::<From>(&frame) else {
+            tracing::debug!(%to, "dropping a direct frame without a valid sender");
+            return;
+        };
+        let direct = Direct {
+            to_user: to,
+            from_user: from,
+            payload: frame.to_vec(),
+        };
+        let sent = match self.handle() {
+            Some(h) => h.send_direct(&region, &direct).await.is_ok(),
+            None => false,
+        };
+        if !sent {
+            if let Some(m) = self.metrics() {
+                Metrics::peer_inc(&m.direct_dropped, &region);
+            }
+            tracing::debug!(%region, to = %direct.to_user, "direct message dropped: link down");
+        }
+    }
+
+    async fn broadcast(&self, frame: &Frame) {
+        let Some(h) = self.handle() else { return };
+        for peer in self.up_peers() {
+            if let Err(e) = h.send_control(&peer, frame).await {
+                tracing::debug!(%peer, frame = frame.name(), error = %e, "control frame not sent");
+            }
+        }
+    }
+
+    fn up_peers(&self) -> Vec<String> {
+        match self.handle() {
+            Some(h) => self.peers.iter().filter(|p| h.is_up(p)).cloned().collect(),
+            None => Vec::new(),
+        }
+    }
+
+    async fn rescan_interest(&self) {
+        let rooms = match self.store.local_interest().await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "interest rescan failed");
+                return;
+            }
+        };
+        let now: BTreeSet<RoomId> = rooms.into_iter().collect();
+        let (gained, lost): (Vec<RoomId>, Vec<RoomId>) = {
+            let inner = lock(&self.inner);
+            (
+                now.difference(&inner.interest).cloned().collect(),
+                inner
+                    .interest
+                    .difference(&now)
+                    .filter(|r| !inner.withdraw.contains_key(*r))
+                    .cloned()
+                    .collect(),
+            )
+        };
+        for room in gained {
+            self.gain_interest(room).await;
+        }
+        let at = Instant::now() + self.options.interest_linger;
+        let mut inner = lock(&self.inner);
+        for room in lost {
+            inner.withdraw.insert(room, at);
+        }
+    }
+
+    async fn on_tick(&self, rescan: bool) {
+        let now = Instant::now();
+        // Withdrawals that are due.
+        let due: Vec<RoomId> = lock(&self.inner)
+            .withdraw
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(r, _)| r.clone())
+            .collect();
+        for room in due {
+            match self.store.purge_remote(&room).await {
+                Ok(Some(_)) => {
+                    {
+                        let mut inner = lock(&self.inner);
+                        inner.withdraw.remove(&room);
+                        inner.interest.remove(&room);
+                    }
+                    self.broadcast(&Frame::Interest {
+                        room,
+                        interested: false,
+                        since: None,
+                    })
+                    .await;
+                }
+                Ok(None) => {
+                    lock(&self.inner).withdraw.remove(&room);
+                }
+                Err(e) => tracing::warn!(%room, error = %e, "cannot withdraw interest; retrying"),
+            }
+        }
+        // Presence leases of the peers that are up.
+        for peer in self.up_peers() {
+            if let Err(e) = self
+                .store
+                .renew_remote_region(&peer, self.options.presence_ttl)
+                .await
+            {
+                tracing::debug!(%peer, error = %e, "cannot renew the peer's presence lease");
+            }
+        }
+        // Peers down past the grace period.
+        let expired: Vec<String> = {
+            let inner = lock(&self.inner);
+            inner
+                .down_since
+                .iter()
+                .filter(|(p, since)| {
+                    now.duration_since(**since) >= self.options.grace
+                        && !inner.declared_down.contains(*p)
+                })
+                .map(|(p, _)| p.clone())
+                .collect()
+        };
+        for peer in expired {
+            self.declare_down(&peer).await;
+        }
+        if rescan {
+            self.rescan_interest().await;
+        }
+    }
+
+    async fn declare_down(&self, peer: &str) {
+        let rooms = match self.store.local_interest().await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "cannot declare the region down yet: Redis unreachable");
+                return;
+            }
+        };
+        let mut removed = 0;
+        for room in &rooms {
+            match self.store.region_down(room, peer).await {
+                Ok(n) => removed += n,
+                Err(e) => {
+                    tracing::warn!(%peer, %room, error = %e, "region_down failed; retrying next tick");
+                    return;
+                }
+            }
+        }
+        if let Err(e) = self.store.drop_remote_region(peer).await {
+            tracing::warn!(%peer, error = %e, "cannot drop the region's presence; retrying");
+            return;
+        }
+        lock(&self.inner).declared_down.insert(peer.to_owned());
+        if let Some(m) = self.metrics() {
+            Metrics::peer_inc(&m.region_down, peer);
+        }
+        tracing::warn!(
+            %peer,
+            grace_s = self.options.grace.as_secs_f64(),
+            members_removed = removed,
+            rooms = rooms.len(),
+            "region declared down: its members left with region_down"
+        );
+    }
+
+    // ---- sending ---------------------------------------------------------------------
+
+    fn pump_for(
+        self: &Arc<Self>,
+        inner: &mut Inner,
+        room: &RoomId,
+    ) -> mpsc::UnboundedSender<PumpCmd> {
+        if let Some(p) = inner.pumps.get(room) {
+            if !p.is_closed() {
+                return p.clone();
+            }
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        inner.pumps.insert(room.clone(), tx.clone());
+        tokio::spawn(self.clone().pump(room.clone(), rx));
+        tx
+    }
+
+    fn follow(self: &Arc<Self>, peer: &str, room: &RoomId, since: Option<Position>) {
+        let mut inner = lock(&self.inner);
+        let followed = inner.followed.entry(peer.to_owned()).or_default();
+        followed.insert(room.clone());
+        let n = followed.len();
+        let pump = self.pump_for(&mut inner, room);
+        let _ = pump.send(PumpCmd::Follow(peer.to_owned(), since));
+        drop(inner);
+        self.set_followed_gauge(peer, n);
+    }
+
+    fn unfollow(&self, peer: &str, room: &RoomId) {
+        let mut inner = lock(&self.inner);
+        let n = match inner.followed.get_mut(peer) {
+            Some(set) => {
+                set.remove(room);
+                set.len()
+            }
+            None => 0,
+        };
+        if let Some(p) = inner.pumps.get(room) {
+            let _ = p.send(PumpCmd::Unfollow(peer.to_owned()));
+        }
+        drop(inner);
+        self.set_followed_gauge(peer, n);
+    }
+
+    fn set_followed_gauge(&self, peer: &str, n: usize) {
+        if let Some(m) = self.metrics() {
+            m.followed_rooms
+                .get_or_create(&crate::metrics::PeerLabels { peer: peer.into() })
+                .set(n as i64);
+        }
+    }
+
+    /// The task that sends one room's events to the peers following it.
+    async fn pump(self: Arc<Self>, room: RoomId, mut rx: mpsc::UnboundedReceiver<PumpCmd>) {
+        let mut followers: HashMap<String, Cursor> = HashMap::new();
+        loop {
+            let Some(first) = rx.recv().await else { return };
+            let mut poke = false;
+            let mut cmds = vec![first];
+            while let Ok(c) = rx.try_recv() {
+                cmds.push(c);
+            }
+            let mut fresh: HashSet<String> = HashSet::new();
+            for cmd in cmds {
+                match cmd {
+                    PumpCmd::Poke => poke = true,
+                    PumpCmd::Follow(peer, since) => {
+                        if let Some(c) = self.start_cursor(&room, &peer, since).await {
+                            followers.insert(peer.clone(), c);
+                            fresh.insert(peer);
+                        } else {
+                            followers.remove(&peer);
+                        }
+                    }
+                    PumpCmd::Unfollow(peer) => {
+                        followers.remove(&peer);
+                    }
+                }
+            }
+            let peers: Vec<String> = followers
+                .keys()
+                .filter(|p| poke || fresh.contains(*p))
+                .cloned()
+                .collect();
+            for peer in peers {
+                let Some(cursor) = followers.get_mut(&peer) else {
+                    continue;
+                };
+                if !self.flush(&room, &peer, cursor).await {
+                    // Link gone (or Redis failing): the peer re-follows from its watermark
+                    // when the link is back.
+                    followers.remove(&peer);
+                }
+            }
+            if followers.is_empty() {
+                let mut inner = lock(&self.inner);
+                if rx.is_empty() {
+                    inner.pumps.remove(&room);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Where to start sending `room` to `peer`: its resume point when this region's history
+    /// still holds everything after it, else after a snapshot (sent here). `None` when the
+    /// snapshot could not be sent.
+    async fn start_cursor(
+        &self,
+        room: &RoomId,
+        peer: &str,
+        since: Option<Position>,
+    ) -> Option<Cursor> {
+        if let Some(pos) = since {
+            match self.store.read_local(room, pos.seq, 1).await {
+                Ok(batch) => {
+                    let same_epoch = epoch_code(&batch.epoch) == pos.epoch && pos.epoch != 0;
+                    let reachable =
+                        batch.seq == pos.seq || batch.oldest.is_some_and(|o| o <= pos.seq + 1);
+                    if same_epoch && pos.seq <= batch.seq && reachable {
+                        return Some(Cursor {
+                            epoch: batch.epoch,
+                            seq: pos.seq,
+                            prev: pos.seq,
+                        });
+                    }
+                    if same_epoch {
+                        if let Some(m) = self.metrics() {
+                            Metrics::peer_inc(&m.history_truncated, peer);
+                        }
+                        tracing::warn!(%peer, %room, since = pos.seq, oldest = ?batch.oldest, "history no longer reaches the peer's resume point: sending a snapshot");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(%peer, %room, error = %e, "cannot read history; sending a snapshot");
+                }
+            }
+        }
+        self.send_snapshot(room, peer).await
+    }
+
+    async fn send_snapshot(&self, room: &RoomId, peer: &str) -> Option<Cursor> {
+        let snap = match self.store.snapshot(room).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(%peer, %room, error = %e, "cannot take a room snapshot");
+                return None;
+            }
+        };
+        let event = RoomEvent {
+            room: room.clone(),
+            origin_region: self.region().to_owned(),
+            origin_epoch: epoch_code(&snap.epoch),
+            origin_seq: snap.seq,
+            prev_seq: 0,
+            hlc: hlc(snap.stamp),
+            kind: EventKind::Snapshot {
+                members: snap.members.into_iter().map(|(u, s)| (u, hlc(s))).collect(),
+                state: snap
+                    .state
+                    .into_iter()
+                    .map(|r| StateRecord {
+                        key: r.key,
+                        value: r.value.map(|v| v.get().as_bytes().to_vec()),
+                        hlc: hlc(r.stamp),
+                        region: r.region,
+                        by: r.by,
+                    })
+                    .collect(),
+            },
+        };
+        let h = self.handle()?;
+        if let Err(e) = h.send_room_event(peer, &event).await {
+            tracing::debug!(%peer, %room, error = %e, "snapshot not sent");
+            return None;
+        }
+        if let Some(m) = self.metrics() {
+            Metrics::peer_inc(&m.snapshots_sent, peer);
+        }
+        Some(Cursor {
+            epoch: snap.epoch,
+            seq: snap.seq,
+            prev: snap.seq,
+        })
+    }
+
+    /// Sends `peer` everything of `room` after its cursor. False when the peer must be
+    /// dropped (link gone or Redis failing).
+    async fn flush(&self, room: &RoomId, peer: &str, cursor: &mut Cursor) -> bool {
+        let Some(h) = self.handle() else { return false };
+        loop {
+            let batch = match self
+                .store
+                .read_local(room, cursor.seq, self.options.batch)
+                .await
+            {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(%room, %peer, error = %e, "cannot read history");
+                    return false;
+                }
+            };
+            let trimmed =
+                batch.oldest.is_some_and(|o| o > cursor.seq + 1) && batch.seq > cursor.seq;
+            if batch.epoch != cursor.epoch || trimmed || batch.seq < cursor.seq {
+                // The room restarted or the follower fell behind the history: start over.
+                if trimmed {
+                    if let Some(m) = self.metrics() {
+                        Metrics::peer_inc(&m.history_truncated, peer);
+                    }
+                }
+                match self.send_snapshot(room, peer).await {
+                    Some(c) => {
+                        *cursor = c;
+                        continue;
+                    }
+                    None => return false,
+                }
+            }
+            let full = batch.entries.len() >= self.options.batch;
+            for entry in &batch.entries {
+                cursor.seq = entry.seq;
+                if entry.origin.is_some() {
+                    continue;
+                }
+                let Some(kind) = entry_kind(entry, self.region()) else {
+                    continue;
+                };
+                let event = RoomEvent {
+                    room: room.clone(),
+                    origin_region: self.region().to_owned(),
+                    origin_epoch: epoch_code(&batch.epoch),
+                    origin_seq: entry.seq,
+                    prev_seq: cursor.prev,
+                    hlc: hlc(entry.stamp),
+                    kind,
+                };
+                match h.send_room_event(peer, &event).await {
+                    Ok(()) => cursor.prev = entry.seq,
+                    Err(crate::link::SendError::Frame(e)) => {
+                        // Too large for a relay frame: cannot be sent at all; the follower
+                        // sees a gap, asks again, and gets a snapshot past it.
+                        tracing::warn!(%room, %peer, seq = entry.seq, error = %e, "event cannot be replicated");
+                    }
+                    Err(e) => {
+                        tracing::debug!(%room, %peer, error = %e, "follower dropped");
+                        return false;
+                    }
+                }
+            }
+            if !full {
+                return true;
+            }
+        }
+    }
+
+    // ---- receiving -------------------------------------------------------------------
+
+    async fn ask_again(&self, peer: &str, room: &RoomId) {
+        let key = (peer.to_owned(), room.clone());
+        {
+            let mut inner = lock(&self.inner);
+            if !inner.interest.contains(room) {
+                return;
+            }
+            let now = Instant::now();
+            match inner.gap_asked.get(&key) {
+                Some(at) if now.duration_since(*at) < self.options.gap_retry => return,
+                _ => {
+                    inner.gap_asked.insert(key, now);
+                }
+            }
+        }
+        self.announce(peer, room).await;
+    }
+
+    async fn on_interest_snapshot(self: &Arc<Self>, peer: &str, rooms: Vec<Follow>) {
+        let listed: BTreeSet<RoomId> = rooms.iter().map(|f| f.room.clone()).collect();
+        let stale: Vec<RoomId> = lock(&self.inner)
+            .followed
+            .get(peer)
+            .map(|s| s.difference(&listed).cloned().collect())
+            .unwrap_or_default();
+        for room in stale {
+            self.unfollow(peer, &room);
+        }
+        for f in rooms {
+            self.follow(peer, &f.room, f.since);
+        }
+    }
+
+    async fn link_up(&self, peer: &str) {
+        let back = {
+            let mut inner = lock(&self.inner);
+            inner.down_since.remove(peer);
+            inner.declared_down.remove(peer)
+        };
+        if back {
+            tracing::info!(%peer, "region is back");
+        }
+        let Some(h) = self.handle() else { return };
+        // Everything this region follows, with where to resume.
+        let rooms: Vec<RoomId> = lock(&self.inner).interest.iter().cloned().collect();
+        let marks = match self.store.watermarks(peer, &rooms).await {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "cannot read watermarks; asking for snapshots");
+                vec![None; rooms.len()]
+            }
+        };
+        let follows = rooms
+            .into_iter()
+            .zip(marks)
+            .map(|(room, mark)| Follow {
+                room,
+                since: mark.map(|(e, s)| Position {
+                    epoch: epoch_code(&e),
+                    seq: s,
+                }),
+            })
+            .collect();
+        if let Err(e) = h
+            .send_control(peer, &Frame::InterestSnapshot { rooms: follows })
+            .await
+        {
+            tracing::debug!(%peer, error = %e, "interest snapshot not sent");
+        }
+        match self.store.local_online().await {
+            Ok(online) => {
+                let p = Presence {
+                    reset: true,
+                    online,
+                    offline: Vec::new(),
+                };
+                if let Err(e) = h.send_control(peer, &Frame::Presence(p)).await {
+                    tracing::debug!(%peer, error = %e, "presence snapshot not sent");
+                }
+            }
+            Err(e) => tracing::warn!(%peer, error = %e, "cannot read local presence"),
+        }
+        if let Err(e) = self
+            .store
+            .renew_remote_region(peer, self.options.presence_ttl)
+            .await
+        {
+            tracing::debug!(%peer, error = %e, "cannot renew the peer's presence lease");
+        }
+    }
+
+    fn link_down(&self, peer: &str) {
+        let mut inner = lock(&self.inner);
+        inner
+            .down_since
+            .entry(peer.to_owned())
+            .or_insert_with(Instant::now);
+        // The peer re-follows from its watermarks when it is back.
+        if let Some(rooms) = inner.followed.remove(peer) {
+            for room in rooms {
+                if let Some(p) = inner.pumps.get(&room) {
+                    let _ = p.send(PumpCmd::Unfollow(peer.to_owned()));
+                }
+            }
+        }
+        drop(inner);
+        self.set_followed_gauge(peer, 0);
+    }
+}
+
+/// The links call the replicator through this wrapper (the sink is needed before the links
+/// start, the replicator's `Arc` methods after).
+#[derive(Debug)]
+pub struct ReplicatorSink(pub Arc<Replicator>);
+
+#[async_trait]
+impl EventSink for ReplicatorSink {
+    async fn room_event(&self, peer: &str, event: RoomEvent) {
+        let r = &self.0;
+        if event.origin_region != peer {
+            // A relay only sends what originated in its own region.
+            if let Some(m) = r.metrics() {
+                m.malformed(peer);
+            }
+            tracing::warn!(%peer, origin = %event.origin_region, "dropping a forwarded event: peers may only send their own region's events");
+            return;
+        }
+        let room = event.room.clone();
+        let Some(remote) = remote_event(event) else {
+            if let Some(m) = r.metrics() {
+                m.malformed(peer);
+            }
+            tracing::warn!(%peer, %room, "dropping a replicated event with invalid JSON");
+            return;
+        };
+        let outcome = match r.store.apply(&remote).await {
+            Ok(Applied::Applied) => "applied",
+            Ok(Applied::Duplicate) => "duplicate",
+            Ok(Applied::Superseded) => "superseded",
+            Ok(Applied::Gap) => "gap",
+            Err(e) => {
+                tracing::warn!(%peer, %room, error = %e, "cannot apply a replicated event");
+                "error"
+            }
+        };
+        if let Some(m) = r.metrics() {
+            m.applied(peer, outcome);
+        }
+        if outcome == "gap" || outcome == "error" {
+            r.ask_again(peer, &room).await;
+        }
+    }
+
+    async fn direct(&self, peer: &str, direct: Direct) {
+        match self
+            .0
+            .store
+            .deliver_direct(&direct.to_user, &direct.payload)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::debug!(%peer, to = %direct.to_user, "direct message for a user no longer here");
+            }
+            Err(e) => tracing::warn!(%peer, error = %e, "cannot deliver a direct message"),
+        }
+    }
+
+    async fn control(&self, peer: &str, frame: Frame) {
+        let r = &self.0;
+        match frame {
+            Frame::Interest {
+                room,
+                interested: true,
+                since,
+            } => r.follow(peer, &room, since),
+            Frame::Interest {
+                room,
+                interested: false,
+                ..
+            } => r.unfollow(peer, &room),
+            Frame::InterestSnapshot { rooms } => r.on_interest_snapshot(peer, rooms).await,
+            Frame::Presence(p) => {
+                if let Err(e) = r
+                    .store
+                    .set_remote_presence(peer, &p.online, &p.offline, p.reset)
+                    .await
+                {
+                    tracing::warn!(%peer, error = %e, "cannot record the peer's presence");
+                }
+            }
+            _ => {}
+        }
+    }
+
+    async fn link(&self, peer: &str, event: LinkEvent) {
+        match event {
+            LinkEvent::Up { .. } => self.0.link_up(peer).await,
+            LinkEvent::Down { .. } => self.0.link_down(peer),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(frame: &str) -> LocalEntry {
+        LocalEntry {
+            seq: 1,
+            stamp: Stamp::default(),
+            origin: None,
+            frame: Bytes::copy_from_slice(frame.as_bytes()),
+        }
+    }
+
+    #[test]
+    fn history_entries_become_relay_events() {
+        let e = entry(
+            r#"{"type":"message","room":"r","from":"bob","data":{"t":1},"seq":1,"epoch":"e"}"#,
+        );
+        assert_eq!(
+            entry_kind(&e, "eu"),
+            Some(EventKind::Message {
+                from_user: UserId::new("bob").unwrap(),
+                data: br#"{"t":1}"#.to_vec()
+            })
+        );
+        let j =
+            entry(r#"{"type":"joined","room":"r","user":"a","region":"eu","seq":2,"epoch":"e"}"#);
+        assert_eq!(
+            entry_kind(&j, "eu"),
+            Some(EventKind::Join {
+                user: UserId::new("a").unwrap()
+            })
+        );
+        // A member event of a user homed elsewhere is not this region's to send.
+        assert_eq!(entry_kind(&j, "us"), None);
+        let l = entry(
+            r#"{"type":"left","room":"r","user":"a","region":"eu","reason":"node_lost","seq":3,"epoch":"e"}"#,
+        );
+        assert!(
+            matches!(entry_kind(&l, "eu"), Some(EventKind::Leave { reason, .. }) if reason == "node_lost")
+        );
+        let d = entry(
+            r#"{"type":"state_changed","room":"r","key":"k","value":null,"by":"a","version":2,"seq":4,"epoch":"e"}"#,
+        );
+        assert!(matches!(
+            entry_kind(&d, "eu"),
+            Some(EventKind::StateDelete { .. })
+        ));
+        let s = entry(
+            r#"{"type":"state_changed","room":"r","key":"k","value":[1],"by":"a","version":1,"seq":5,"epoch":"e"}"#,
+        );
+        assert!(
+            matches!(entry_kind(&s, "eu"), Some(EventKind::StateSet { value, .. }) if value == b"[1]")
+        );
+        assert_eq!(entry_kind(&entry("not json"), "eu"), None);
+        assert_eq!(
+            entry_kind(&entry(r#"{"type":"message","room":"r"}"#), "eu"),
+            None
+        );
+    }
+
+    #[test]
+    fn received_events_with_bad_json_are_refused() {
+        let ev = RoomEvent {
+            room: RoomId::new("r").unwrap(),
+            origin_region: "eu".into(),
+            origin_epoch: epoch_code("k3v9x0qa"),
+            origin_seq: 4,
+            prev_seq: 2,
+            hlc: Hlc::default(),
+            kind: EventKind::Message {
+                from_user: UserId::new("bob").unwrap(),
+                data: b"{not json".to_vec(),
+            },
+        };
+        assert!(remote_event(ev.clone()).is_none());
+        let ok = RoomEvent {
+            kind: EventKind::Message {
+                from_user: UserId::new("bob").unwrap(),
+                data: b"{\"a\":1}".to_vec(),
+            },
+            ..ev
+        };
+        let r = remote_event(ok).unwrap();
+        assert_eq!(r.origin.epoch, "k3v9x0qa");
+        assert_eq!((r.origin.seq, r.prev_seq), (4, 2));
+    }
+}
