@@ -145,6 +145,11 @@ pub struct HealthConfig {
     pub fall: u32,
     /// Consecutive successes that mark a down region up.
     pub rise: u32,
+    /// Trust the platform's CA store (read once at start) for `https://` health URLs.
+    pub platform_roots: bool,
+    /// A PEM bundle of extra CA certificates for `https://` health URLs (a private CA); with
+    /// `platform_roots = false` the only ones trusted. Certificates are always verified.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for HealthConfig {
@@ -154,6 +159,8 @@ impl Default for HealthConfig {
             timeout_ms: 800,
             fall: 2,
             rise: 3,
+            platform_roots: true,
+            ca_file: None,
         }
     }
 }
@@ -376,6 +383,17 @@ impl RouterConfig {
         if h.fall == 0 || h.rise == 0 {
             return Err(invalid("health: fall and rise must be at least 1"));
         }
+        match &h.ca_file {
+            Some(path) => {
+                crate::probe::read_ca_file(path).map_err(|e| invalid(e.to_string()))?;
+            }
+            None if !h.platform_roots => {
+                return Err(invalid(
+                    "health: platform_roots = false needs health.ca_file (otherwise no https:// health URL can be trusted)",
+                ));
+            }
+            None => {}
+        }
         let c = &self.controls;
         if c.poll_ms < 10 || c.poll_ms > 1000 {
             return Err(invalid(format!(
@@ -474,6 +492,11 @@ mod tests {
             ("unknown_key = 1", "unknown_key"),
             ("[health]\ntimeout_ms = 5000", "timeout_ms"),
             ("[health]\nfall = 0", "fall"),
+            (
+                "[health]\nca_file = \"/nonexistent/health-ca.pem\"",
+                "health.ca_file = \"/nonexistent/health-ca.pem\": cannot read it",
+            ),
+            ("[health]\nplatform_roots = false", "needs health.ca_file"),
             ("[controls]\npoll_ms = 5000", "poll_ms"),
             (
                 "[[controls.admin_tokens]]\nactor = \"a\"\ntoken = \"short\"",

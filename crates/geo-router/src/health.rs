@@ -1,8 +1,9 @@
 //! Active health checks of every region, with hysteresis.
 //!
 //! Every `health.interval_ms` each region's `health_url` is fetched with a `health.timeout_ms`
-//! limit. A 2xx answer is a success; anything else (error status, refused connection, timeout)
-//! a failure. [`Hysteresis`]: `fall` consecutive failures mark a region down, `rise`
+//! limit, over HTTP or HTTPS ([`crate::probe`] does the I/O). A 2xx answer is a success; anything
+//! else (error status, refused connection, rejected certificate, timeout) a failure, classified
+//! by [`FailureKind`]. [`Hysteresis`]: `fall` consecutive failures mark a region down, `rise`
 //! consecutive successes mark it up again; before the first probe completes a region is
 //! [`Health::Unknown`], which routes like up.
 //!
@@ -104,6 +105,42 @@ pub fn parse_load(body: &[u8], catalogue_capacity: u64) -> Option<f64> {
     (load.is_finite() && load >= 0.0).then_some(load)
 }
 
+/// Why a probe failed: the `reason` label of `meridian_router_health_check_failures_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FailureKind {
+    /// The `health_url` cannot be probed as written (scheme, host).
+    BadUrl,
+    /// The TCP connection failed (refused, unreachable, name not resolved).
+    Connect,
+    /// No complete answer within `health.timeout_ms`.
+    Timeout,
+    /// The server's certificate was rejected: untrusted issuer, expired, or not valid for the
+    /// URL's host.
+    TlsCertificate,
+    /// Another TLS handshake failure (protocol version, alert from the server).
+    Tls,
+    /// The HTTP exchange broke (malformed response, connection closed early).
+    Http,
+    /// An answer with a non-2xx status.
+    Status,
+}
+
+impl FailureKind {
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            FailureKind::BadUrl => "bad_url",
+            FailureKind::Connect => "connect",
+            FailureKind::Timeout => "timeout",
+            FailureKind::TlsCertificate => "tls_certificate",
+            FailureKind::Tls => "tls",
+            FailureKind::Http => "http",
+            FailureKind::Status => "status",
+        }
+    }
+}
+
 /// What one probe found.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProbeResult {
@@ -113,54 +150,10 @@ pub struct ProbeResult {
     pub load: Option<f64>,
     /// Why it failed.
     pub error: Option<String>,
+    /// What kind of failure it was.
+    pub failure: Option<FailureKind>,
     /// How long it took.
     pub latency: Duration,
-}
-
-/// Fetches `url` once. Never fails: every problem is a failed probe with its reason.
-pub async fn probe(
-    client: &reqwest::Client,
-    url: &str,
-    timeout: Duration,
-    capacity: u64,
-) -> ProbeResult {
-    let started = std::time::Instant::now();
-    let outcome = tokio::time::timeout(timeout, async {
-        let response = client.get(url).send().await.map_err(|e| e.to_string())?;
-        let status = response.status();
-        // Bodies are small; cap what we read so a broken endpoint cannot hold memory.
-        let body = response.bytes().await.map_err(|e| e.to_string())?;
-        if status.is_success() {
-            Ok(parse_load(
-                body.get(..body.len().min(64 * 1024)).unwrap_or_default(),
-                capacity,
-            ))
-        } else {
-            Err(format!("HTTP {}", status.as_u16()))
-        }
-    })
-    .await;
-    let latency = started.elapsed();
-    match outcome {
-        Ok(Ok(load)) => ProbeResult {
-            ok: true,
-            load,
-            error: None,
-            latency,
-        },
-        Ok(Err(error)) => ProbeResult {
-            ok: false,
-            load: None,
-            error: Some(error),
-            latency,
-        },
-        Err(_) => ProbeResult {
-            ok: false,
-            load: None,
-            error: Some(format!("no answer within {} ms", timeout.as_millis())),
-            latency,
-        },
-    }
 }
 
 #[cfg(test)]

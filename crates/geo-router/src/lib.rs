@@ -5,7 +5,7 @@
 //! * [`decision`]: the pure ranking core ([`choose_region`], [`decide`]), no I/O;
 //! * [`geoip`]: client address → location ([`GeoDb`], file-watching [`ReloadingGeoDb`]);
 //!   [`scope`]: ECS scopes from merged supernets; [`rtt`]: measured RTTs per client network;
-//! * [`health`]: probes with hysteresis; [`controls`]: drain/undrain/disable/weight shared
+//! * [`health`]: probes with hysteresis, [`probe`]: their HTTP/HTTPS fetch; [`controls`]: drain/undrain/disable/weight shared
 //!   through Redis, with the audit log and the safety rule;
 //! * [`router`]: the live state and the one routing function; [`dns`] and [`http`]: the two
 //!   front ends; [`metrics`]; [`config`]; [`service`]: wiring for the `geo-router` binary;
@@ -23,6 +23,7 @@ pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod mmdb_writer;
+pub mod probe;
 pub mod router;
 pub mod rtt;
 pub mod scope;

@@ -33,6 +33,8 @@ pub struct Metrics {
     pub region_load_permille: Family<Labels, Gauge>,
     /// Health probes, by region and result (`ok`, `fail`).
     pub health_checks: Family<Labels, Counter>,
+    /// Failed health probes, by region and reason (`connect`, `timeout`, `tls_certificate`, ...).
+    pub health_check_failures: Family<Labels, Counter>,
     /// 1 while every routable region is down and answers are least-bad failovers.
     pub all_regions_down: Gauge,
     /// Answers given while every routable region was down.
@@ -82,6 +84,7 @@ impl Metrics {
             region_control: Family::default(),
             region_load_permille: Family::default(),
             health_checks: Family::default(),
+            health_check_failures: Family::default(),
             all_regions_down: Gauge::default(),
             all_down_answers: Counter::default(),
             http_requests: Family::default(),
@@ -138,6 +141,11 @@ impl Metrics {
             "health_checks",
             "Health probes by region and result",
             m.health_checks.clone(),
+        );
+        r.register(
+            "health_check_failures",
+            "Failed health probes by region and reason",
+            m.health_check_failures.clone(),
         );
         r.register(
             "all_regions_down",

@@ -29,8 +29,9 @@ use crate::config::RouterConfig;
 use crate::controls::{ControlSnapshot, ControlStore};
 use crate::decision::{decide, ClientView, ControlState, Decision, Health, RegionView};
 use crate::geoip::{GeoDb, GeoHit, GeoIpError, ReloadingGeoDb};
-use crate::health::{probe, Hysteresis, ProbeResult};
+use crate::health::{FailureKind, Hysteresis, ProbeResult};
 use crate::metrics::Metrics;
+use crate::probe::Prober;
 use crate::rtt::{Prefix, RttConfig, RttTable};
 use crate::scope::{block, ScopeIndex, ScopeStats};
 
@@ -48,6 +49,9 @@ pub struct RegionLive {
     pub last_error: Option<String>,
     /// How long the last probe took, ms.
     pub last_latency_ms: Option<f64>,
+    /// The kind of the last failure while failing (to log each new kind once).
+    #[serde(skip)]
+    pub last_failure: Option<FailureKind>,
 }
 
 /// The GeoIP database with its scope index.
@@ -370,12 +374,16 @@ impl RouterState {
             return;
         };
         let health = &self.config.health;
-        let (before, after) = {
+        let (before, after, new_failure) = {
             let mut live = self.live.write().unwrap_or_else(PoisonError::into_inner);
             let Some(entry) = live.get_mut(index) else {
                 return;
             };
             let before = entry.hysteresis.health;
+            let new_failure = result
+                .failure
+                .filter(|&kind| entry.last_failure != Some(kind));
+            entry.last_failure = result.failure;
             entry.hysteresis = entry.hysteresis.step(result.ok, health.fall, health.rise);
             if result.ok {
                 entry.load = result.load;
@@ -385,8 +393,28 @@ impl RouterState {
             }
             entry.last_check_ms = Some(now_ms());
             entry.last_latency_ms = Some(result.latency.as_secs_f64() * 1000.0);
-            (before, entry.hysteresis.health)
+            (before, entry.hysteresis.health, new_failure)
         };
+        if let Some(kind) = result.failure {
+            self.metrics
+                .health_check_failures
+                .get_or_create(&vec![
+                    ("region", region.name.clone()),
+                    ("reason", kind.label().into()),
+                ])
+                .inc();
+        }
+        if let Some(kind) = new_failure {
+            // Once per new kind of failure, not every second: the transition to DOWN and the
+            // failure counter carry the rest.
+            tracing::warn!(
+                region = %region.name,
+                url = %region.ingress.health_url,
+                reason = kind.label(),
+                error = result.error.as_deref().unwrap_or(""),
+                "health probe failed"
+            );
+        }
         self.metrics
             .health_checks
             .get_or_create(&vec![
@@ -501,25 +529,15 @@ impl RouterState {
 /// Probes every region every `health.interval_ms` until `shutdown`.
 pub fn spawn_health_checks(
     state: Arc<RouterState>,
+    prober: Prober,
     shutdown: CancellationToken,
 ) -> Vec<tokio::task::JoinHandle<()>> {
-    let client = match reqwest::Client::builder()
-        .pool_max_idle_per_host(1)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-    {
-        Ok(client) => client,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot build the health-check HTTP client; regions stay unknown");
-            return Vec::new();
-        }
-    };
     let interval = Duration::from_millis(state.config.health.interval_ms);
     let timeout = Duration::from_millis(state.config.health.timeout_ms);
     (0..state.regions.len())
         .map(|index| {
             let state = Arc::clone(&state);
-            let client = client.clone();
+            let prober = prober.clone();
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
                 let Some(region) = state.regions.get(index) else {
@@ -536,7 +554,7 @@ pub fn spawn_health_checks(
                     }
                     let result = tokio::select! {
                         () = shutdown.cancelled() => return,
-                        result = probe(&client, &url, timeout, capacity) => result,
+                        result = prober.probe(&url, timeout, capacity) => result,
                     };
                     state.record_probe(index, &result);
                 }

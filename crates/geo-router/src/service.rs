@@ -30,6 +30,9 @@ pub enum StartError {
     /// The control store could not be reached.
     #[error("routing controls: {0}")]
     Controls(#[from] crate::controls::ControlError),
+    /// The health-probe TLS trust could not be set up (`health.ca_file`).
+    #[error(transparent)]
+    Probe(#[from] crate::probe::ProbeSetupError),
     /// A socket could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -92,6 +95,9 @@ pub async fn start(config: RouterConfig) -> Result<RunningRouter, StartError> {
                 .map_err(|e| StartError::Config(e.to_string()))?,
         )
     };
+
+    // Before any socket is bound: a broken health.ca_file stops the start with its own line.
+    let prober = crate::probe::Prober::new(&config.health)?;
 
     let reloading = open_geoip(config.geoip.as_ref())?;
     let geo = {
@@ -180,7 +186,11 @@ pub async fn start(config: RouterConfig) -> Result<RunningRouter, StartError> {
             }
         }));
     }
-    tasks.extend(spawn_health_checks(Arc::clone(&state), shutdown.clone()));
+    tasks.extend(spawn_health_checks(
+        Arc::clone(&state),
+        prober,
+        shutdown.clone(),
+    ));
     tasks.push(spawn_control_poller(Arc::clone(&state), shutdown.clone()));
     tasks.push(spawn_rtt_sweeper(Arc::clone(&state), shutdown.clone()));
     if let Some(db) = reloading {
