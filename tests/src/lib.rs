@@ -22,6 +22,8 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub use region_state::testing::RedisServer;
 
+pub mod mesh;
+
 /// The token secret every test node uses.
 pub const SECRET: &str = "e2e-secret-0123456789";
 
@@ -60,6 +62,10 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
+        if std::env::var_os("KEEP_TEST_DIRS").is_some() {
+            eprintln!("kept {}", self.0.display());
+            return;
+        }
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }

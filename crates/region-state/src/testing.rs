@@ -40,6 +40,20 @@ impl RedisServer {
 
     /// Starts a server with extra `redis-server` arguments.
     pub fn start_with_args(extra: &[&str]) -> Result<Self, RedisServerError> {
+        // A port that was free a moment ago may be taken by the time redis-server binds it
+        // (other tests start servers too): then ours exits and the PING reached someone
+        // else's. Check that the server answering is ours, and retry on a new port.
+        let mut last = None;
+        for _ in 0..5 {
+            match Self::start_once(extra) {
+                Ok(s) => return Ok(s),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or(RedisServerError::NotReady(0)))
+    }
+
+    fn start_once(extra: &[&str]) -> Result<Self, RedisServerError> {
         let port = free_port().map_err(RedisServerError::Spawn)?;
         let dir =
             std::env::temp_dir().join(format!("meridian-redis-{port}-{}", crate::random_token(6)));
@@ -68,7 +82,16 @@ impl RedisServer {
             if let Ok(client) = redis::Client::open(server.url().as_str()) {
                 if let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_millis(200))
                 {
-                    if redis::cmd("PING").query::<String>(&mut conn).is_ok() {
+                    let dir: Result<Vec<String>, _> =
+                        redis::cmd("CONFIG").arg("GET").arg("dir").query(&mut conn);
+                    if let Ok(reply) = dir {
+                        let canon = |p: &std::path::Path| std::fs::canonicalize(p).ok();
+                        let ours = reply
+                            .get(1)
+                            .is_some_and(|d| canon(std::path::Path::new(d)) == canon(&server.dir));
+                        if !ours {
+                            return Err(RedisServerError::NotReady(port));
+                        }
                         return Ok(server);
                     }
                 }
