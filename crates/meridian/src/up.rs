@@ -119,6 +119,10 @@ pub struct RegionEndpoints {
     pub relay: SocketAddr,
     /// The relay's HTTP address (`/metrics`).
     pub relay_http: SocketAddr,
+    /// The standby relay's HTTP address (it takes over the QUIC address when the active
+    /// relay dies; absent on the memory store).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay_standby_http: Option<SocketAddr>,
 }
 
 /// Ports and paths of one region, fixed for the life of the mesh (a restart reuses them).
@@ -130,6 +134,7 @@ struct RegionPlan {
     lb_port: Option<u16>,
     relay: SocketAddr,
     relay_http: SocketAddr,
+    relay_standby_http: Option<SocketAddr>,
     dir: PathBuf,
 }
 
@@ -226,6 +231,10 @@ pub fn run(args: UpArgs) -> Result<()> {
             region.relay.address
         };
         let relay_http = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()?));
+        let relay_standby_http = match redis_port {
+            Some(_) => Some(SocketAddr::from(([127, 0, 0, 1], free_tcp_port()?))),
+            None => None,
+        };
         plans.push(RegionPlan {
             region: region.clone(),
             redis_port,
@@ -233,6 +242,7 @@ pub fn run(args: UpArgs) -> Result<()> {
             lb_port,
             relay,
             relay_http,
+            relay_standby_http,
             dir: state.join(&region.name),
         });
     }
@@ -393,6 +403,7 @@ fn region_endpoints(plan: &RegionPlan, haproxy: bool, redis: bool) -> RegionEndp
             .collect(),
         relay: plan.relay,
         relay_http: plan.relay_http,
+        relay_standby_http: plan.relay_standby_http,
     }
 }
 
@@ -574,32 +585,53 @@ fn start_region(mesh: &mut Mesh, plan: &RegionPlan) -> Result<()> {
                 .collect()
         })
         .unwrap_or_default();
-    let config = plan.dir.join("relay.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "region = {name:?}\ncatalogue_dir = {catalogue:?}\nlisten = \"{listen}\"\nhttp_listen = \"{http}\"\n\
-             [tls]\nca = {ca:?}\ncert = {cert:?}\nkey = {key:?}\n[peers]\n{peers}",
-            catalogue = mesh.catalogue_dir.display().to_string(),
-            listen = plan.relay,
-            http = plan.relay_http,
-            ca = mesh.certs.join("ca.pem").display().to_string(),
-            cert = mesh
-                .certs
-                .join(interregion_relay::certs::region_cert_file(&name))
-                .display()
-                .to_string(),
-            key = mesh
-                .certs
-                .join(interregion_relay::certs::region_key_file(&name))
-                .display()
-                .to_string(),
+    // The relays: with Redis, an active one and a standby (the `[lease]` in Redis decides
+    // which); on the memory store one relay that keeps links only.
+    let redis = match plan.redis_port {
+        Some(port) => format!(
+            "[redis]\nurl = \"redis://127.0.0.1:{port}/\"\n\
+             [replication]\ngrace_ms = 15000\n[lease]\nttl_ms = 3000\nrenew_ms = 1000\n"
         ),
-    )?;
-    let mut command = Command::new(sibling_binary("interregion-relay")?);
-    command.arg("--config").arg(&config).env("RUST_LOG", "info");
-    mesh.supervisor.spawn(&format!("{name}/relay"), command)?;
-    wait_port(plan.relay_http, Duration::from_secs(20))?;
+        None => String::new(),
+    };
+    let mut relays = vec![("relay", plan.relay_http)];
+    if let Some(standby) = plan.relay_standby_http {
+        relays.push(("relay-standby", standby));
+    }
+    for (i, (proc_name, http)) in relays.into_iter().enumerate() {
+        let config = plan.dir.join(format!("{proc_name}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "region = {name:?}\ncatalogue_dir = {catalogue:?}\nlisten = \"{listen}\"\nhttp_listen = \"{http}\"\n\
+                 [tls]\nca = {ca:?}\ncert = {cert:?}\nkey = {key:?}\n[peers]\n{peers}\
+                 [timing]\nkeep_alive_ms = 1000\nidle_timeout_ms = 4000\n{redis}",
+                catalogue = mesh.catalogue_dir.display().to_string(),
+                listen = plan.relay,
+                ca = mesh.certs.join("ca.pem").display().to_string(),
+                cert = mesh
+                    .certs
+                    .join(interregion_relay::certs::region_cert_file(&name))
+                    .display()
+                    .to_string(),
+                key = mesh
+                    .certs
+                    .join(interregion_relay::certs::region_key_file(&name))
+                    .display()
+                    .to_string(),
+            ),
+        )?;
+        let mut command = Command::new(sibling_binary("interregion-relay")?);
+        command.arg("--config").arg(&config).env("RUST_LOG", "info");
+        mesh.supervisor.spawn(&format!("{name}/{proc_name}"), command)?;
+        if i == 0 {
+            // The first one takes the lease; the standby starts after it.
+            wait_port(http, Duration::from_secs(20))?;
+        }
+    }
+    if let Some(standby) = plan.relay_standby_http {
+        wait_port(standby, Duration::from_secs(20))?;
+    }
     // Ready through the front door.
     let front = SocketAddr::from(([127, 0, 0, 1], front_port(plan)));
     let deadline = Instant::now() + Duration::from_secs(20);
