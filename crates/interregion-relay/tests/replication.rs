@@ -1,0 +1,310 @@
+//! The replication half against a real `redis-server`: the apply script's dedupe, gap
+//! detection and last-writer-wins merges, region loss, interest withdrawal, and the sink's
+//! refusal of forwarded or malformed events. (The full mesh over QUIC is in
+//! `tests/tests/mesh.rs`.)
+
+use std::time::Duration;
+
+use interregion_relay::frame::{EventKind, Hlc, RoomEvent};
+use interregion_relay::replicate::{ReplicationOptions, Replicator, ReplicatorSink};
+use interregion_relay::EventSink;
+use meridian_protocol::{LeftReason, OriginPosition, RoomId, UserId};
+use redis::AsyncCommands;
+use region_state::replica::{
+    epoch_code, Applied, RemoteEvent, RemoteKind, ReplicaConfig, ReplicaStore, Stamp, StateRecord,
+};
+use region_state::testing::RedisServer;
+use serde_json::value::RawValue;
+
+const EPOCH: &str = "k3v9x0qa";
+
+async fn store(redis: &RedisServer, region: &str) -> ReplicaStore {
+    ReplicaStore::connect(ReplicaConfig {
+        url: redis.url(),
+        region: region.into(),
+        history_len: 100,
+        history_ttl: Duration::from_secs(600),
+    })
+    .await
+    .unwrap()
+}
+
+fn user(u: &str) -> UserId {
+    UserId::new(u).unwrap()
+}
+
+fn stamp(ms: u64) -> Stamp {
+    Stamp {
+        wall_ms: 1_700_000_000_000 + ms,
+        logical: 0,
+    }
+}
+
+fn event(room: &RoomId, seq: u64, prev: u64, kind: RemoteKind) -> RemoteEvent {
+    RemoteEvent {
+        room: room.clone(),
+        origin: OriginPosition {
+            region: "eu".into(),
+            epoch: EPOCH.into(),
+            seq,
+        },
+        stamp: stamp(seq),
+        prev_seq: prev,
+        kind,
+    }
+}
+
+fn message(n: u64) -> RemoteKind {
+    RemoteKind::Message {
+        from: user("bob"),
+        data: RawValue::from_string(format!("{{\"n\":{n}}}")).unwrap(),
+    }
+}
+
+async fn members(redis: &RedisServer, room: &RoomId) -> Vec<(String, String)> {
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let mut reg: Vec<(String, String)> = c
+        .hgetall::<_, std::collections::HashMap<String, String>>(format!("mr:{{{room}}}:reg"))
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    reg.sort();
+    reg
+}
+
+#[tokio::test]
+async fn apply_dedupes_detects_gaps_and_merges_by_last_writer() {
+    let redis = RedisServer::start().unwrap();
+    let ap = store(&redis, "ap").await;
+    let room = RoomId::new("stage").unwrap();
+
+    // Without a snapshot first there is no watermark: a gap.
+    let early = ap.apply(&event(&room, 3, 2, message(0))).await.unwrap();
+    assert_eq!(early, Applied::Gap);
+    let snapshot = RemoteKind::Snapshot {
+        members: vec![(user("bob"), stamp(1))],
+        state: vec![StateRecord {
+            key: "topic".into(),
+            value: Some(RawValue::from_string("\"a\"".into()).unwrap()),
+            stamp: stamp(2),
+            region: "eu".into(),
+            by: user("bob"),
+        }],
+    };
+    assert_eq!(
+        ap.apply(&event(&room, 5, 0, snapshot)).await.unwrap(),
+        Applied::Applied
+    );
+    assert_eq!(
+        members(&redis, &room).await,
+        vec![("bob".into(), "eu".into())]
+    );
+    // In order: applied; again: duplicate; a skipped predecessor: gap, nothing written.
+    assert_eq!(
+        ap.apply(&event(&room, 7, 5, message(7))).await.unwrap(),
+        Applied::Applied
+    );
+    assert_eq!(
+        ap.apply(&event(&room, 7, 5, message(7))).await.unwrap(),
+        Applied::Duplicate
+    );
+    assert_eq!(
+        ap.apply(&event(&room, 9, 8, message(9))).await.unwrap(),
+        Applied::Gap
+    );
+    let batch = ap.read_local(&room, 0, 100).await.unwrap();
+    let messages: Vec<&str> = batch
+        .entries
+        .iter()
+        .filter_map(|e| std::str::from_utf8(&e.frame).ok())
+        .filter(|f| f.contains("\"type\":\"message\""))
+        .collect();
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    assert!(
+        messages[0].contains("\"origin\":{\"region\":\"eu\""),
+        "{}",
+        messages[0]
+    );
+    assert!(
+        batch.entries.iter().all(|e| e.origin.is_some()),
+        "replicated entries are tagged"
+    );
+    assert_eq!(
+        ap.watermarks("eu", std::slice::from_ref(&room))
+            .await
+            .unwrap(),
+        vec![Some((EPOCH.to_owned(), 7))]
+    );
+
+    // Last writer wins on a state key: an older write from the origin is superseded.
+    let older = RemoteEvent {
+        stamp: stamp(1),
+        ..event(
+            &room,
+            8,
+            7,
+            RemoteKind::StateSet {
+                key: "topic".into(),
+                value: RawValue::from_string("\"stale\"".into()).unwrap(),
+                by: user("bob"),
+            },
+        )
+    };
+    assert_eq!(ap.apply(&older).await.unwrap(), Applied::Superseded);
+    let newer = event(
+        &room,
+        10,
+        8,
+        RemoteKind::StateDelete {
+            key: "topic".into(),
+            by: user("bob"),
+        },
+    );
+    assert_eq!(ap.apply(&newer).await.unwrap(), Applied::Applied);
+    let snap = ap.snapshot(&room).await.unwrap();
+    let topic = snap.state.iter().find(|r| r.key == "topic").unwrap();
+    assert!(topic.value.is_none(), "deleted, kept as a tombstone");
+
+    // The origin's own member leaves.
+    assert_eq!(
+        ap.apply(&event(
+            &room,
+            11,
+            10,
+            RemoteKind::Leave {
+                user: user("bob"),
+                reason: LeftReason::Leave,
+            }
+        ))
+        .await
+        .unwrap(),
+        Applied::Applied
+    );
+    assert!(members(&redis, &room).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_region_declared_down_loses_its_members_but_not_rehomed_ones() {
+    let redis = RedisServer::start().unwrap();
+    let ap = store(&redis, "ap").await;
+    let room = RoomId::new("lobby").unwrap();
+    let snapshot = RemoteKind::Snapshot {
+        members: vec![(user("bob"), stamp(1)), (user("carol"), stamp(1))],
+        state: Vec::new(),
+    };
+    ap.apply(&event(&room, 4, 0, snapshot)).await.unwrap();
+    // carol holds a connection here (as the join script records it).
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = c
+        .hset(format!("mr:{{{room}}}:cc"), "carol", 1)
+        .await
+        .unwrap();
+    assert_eq!(ap.region_down(&room, "eu").await.unwrap(), 1);
+    assert_eq!(
+        members(&redis, &room).await,
+        vec![("carol".into(), "ap".into())]
+    );
+    let batch = ap.read_local(&room, 0, 100).await.unwrap();
+    let last: Vec<String> = batch
+        .entries
+        .iter()
+        .map(|e| String::from_utf8_lossy(&e.frame).into_owned())
+        .collect();
+    assert!(
+        last.iter().any(|f| f.contains("\"type\":\"left\"")
+            && f.contains("\"user\":\"bob\"")
+            && f.contains("\"reason\":\"region_down\"")),
+        "{last:?}"
+    );
+    assert!(
+        !last
+            .iter()
+            .any(|f| f.contains("\"type\":\"left\"") && f.contains("\"user\":\"carol\"")),
+        "{last:?}"
+    );
+    // The watermark is gone: the region starts over with a snapshot when it is back.
+    assert_eq!(
+        ap.watermarks("eu", std::slice::from_ref(&room))
+            .await
+            .unwrap(),
+        vec![None]
+    );
+    // With carol's connection gone, withdrawing the interest purges the replica silently.
+    let _: () = c.del(format!("mr:{{{room}}}:cc")).await.unwrap();
+    let _: () = c.hdel(format!("mr:{{{room}}}:reg"), "carol").await.unwrap();
+    ap.apply(&event(
+        &room,
+        1,
+        0,
+        RemoteKind::Snapshot {
+            members: vec![(user("dave"), stamp(9))],
+            state: Vec::new(),
+        },
+    ))
+    .await
+    .unwrap();
+    assert_eq!(ap.purge_remote(&room).await.unwrap(), Some(1));
+    assert!(members(&redis, &room).await.is_empty());
+}
+
+#[tokio::test]
+async fn the_sink_refuses_forwarded_and_malformed_events() {
+    let redis = RedisServer::start().unwrap();
+    let ap = store(&redis, "ap").await;
+    let room = RoomId::new("stage").unwrap();
+    let replicator = Replicator::new(
+        ap.clone(),
+        vec!["eu".into(), "us".into()],
+        ReplicationOptions::default(),
+    );
+    let sink = ReplicatorSink(replicator);
+    let frame = |origin: &str, kind: EventKind| RoomEvent {
+        room: room.clone(),
+        origin_region: origin.into(),
+        origin_epoch: epoch_code(EPOCH),
+        origin_seq: 3,
+        prev_seq: 0,
+        hlc: Hlc::default(),
+        kind,
+    };
+    let snapshot = EventKind::Snapshot {
+        members: vec![(user("bob"), Hlc::default())],
+        state: Vec::new(),
+    };
+    // us-peer sending an event that originated in eu: never applied.
+    sink.room_event("us", frame("eu", snapshot.clone())).await;
+    assert!(ap
+        .read_local(&room, 0, 10)
+        .await
+        .unwrap()
+        .entries
+        .is_empty());
+    // Invalid JSON in a message body: refused.
+    sink.room_event(
+        "eu",
+        frame(
+            "eu",
+            EventKind::Message {
+                from_user: user("bob"),
+                data: b"{not json".to_vec(),
+            },
+        ),
+    )
+    .await;
+    assert!(ap
+        .read_local(&room, 0, 10)
+        .await
+        .unwrap()
+        .entries
+        .is_empty());
+    // The real thing is applied.
+    sink.room_event("eu", frame("eu", snapshot)).await;
+    assert_eq!(ap.read_local(&room, 0, 10).await.unwrap().entries.len(), 1);
+    assert_eq!(
+        members(&redis, &room).await,
+        vec![("bob".into(), "eu".into())]
+    );
+}
