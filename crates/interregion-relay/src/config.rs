@@ -55,7 +55,7 @@ impl Default for Timing {
     fn default() -> Self {
         Self {
             keep_alive_ms: 1_000,
-            idle_timeout_ms: 5_000,
+            idle_timeout_ms: 4_000,
             handshake_timeout_ms: 5_000,
             backoff_initial_ms: 100,
             backoff_max_ms: 5_000,
