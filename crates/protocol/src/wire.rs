@@ -547,6 +547,33 @@ mod tests {
     }
 
     #[test]
+    fn resume_points_carry_an_optional_version_vector() {
+        let Ok(Request::Hello { resume, .. }) = parse(
+            r#"{"id":1,"op":"hello","token":"t","resume":[{"room":"r","epoch":"e","seq":3,"origins":[{"region":"eu","epoch":"f","seq":9}]},{"room":"s","epoch":"","seq":0}]}"#,
+        ) else {
+            panic!("hello with origins must parse");
+        };
+        assert_eq!(
+            resume[0].origins,
+            vec![OriginPosition {
+                region: "eu".into(),
+                epoch: "f".into(),
+                seq: 9
+            }]
+        );
+        assert!(resume[1].origins.is_empty());
+        // A malformed vector entry is a bad request, not a panic.
+        for bad in [
+            r#"{"id":1,"op":"hello","token":"t","resume":[{"room":"r","epoch":"e","seq":3,"origins":[{"region":"eu","seq":9}]}]}"#,
+            r#"{"id":1,"op":"hello","token":"t","resume":[{"room":"r","epoch":"e","seq":3,"origins":[{"region":"eu","epoch":"f","seq":-1}]}]}"#,
+            r#"{"id":1,"op":"hello","token":"t","resume":[{"room":"r","epoch":"e","seq":3,"origins":{"eu":1}}]}"#,
+        ] {
+            let e = parse(bad).unwrap_err();
+            assert_eq!(e.code, ErrorCode::BadRequest, "{bad}");
+        }
+    }
+
+    #[test]
     fn parses_every_op() {
         assert!(matches!(
             parse(r#"{"id":1,"op":"hello","token":"t"}"#),
