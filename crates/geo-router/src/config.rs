@@ -192,6 +192,9 @@ pub struct ControlsConfig {
     pub audit_file: Option<PathBuf>,
     /// Admin credentials; without any, the admin API answers 403.
     pub admin_tokens: Vec<AdminToken>,
+    /// A PEM CA bundle a `rediss://` control store's certificate must chain to (a private CA);
+    /// unset: the platform's trust store.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for ControlsConfig {
@@ -202,6 +205,7 @@ impl Default for ControlsConfig {
             poll_ms: 200,
             audit_file: None,
             admin_tokens: Vec::new(),
+            ca_file: None,
         }
     }
 }
@@ -401,6 +405,14 @@ impl RouterConfig {
                 c.poll_ms
             )));
         }
+        if let Some(path) = &c.ca_file {
+            crate::probe::read_ca_file(path).map_err(|e| {
+                invalid(
+                    e.to_string()
+                        .replacen("health.ca_file", "controls.ca_file", 1),
+                )
+            })?;
+        }
         if c.key_prefix.is_empty() {
             return Err(invalid("controls.key_prefix must not be empty"));
         }
@@ -497,6 +509,10 @@ mod tests {
                 "health.ca_file = \"/nonexistent/health-ca.pem\": cannot read it",
             ),
             ("[health]\nplatform_roots = false", "needs health.ca_file"),
+            (
+                "[controls]\nca_file = \"/nonexistent/controls-ca.pem\"",
+                "controls.ca_file = \"/nonexistent/controls-ca.pem\": cannot read it",
+            ),
             ("[controls]\npoll_ms = 5000", "poll_ms"),
             (
                 "[[controls.admin_tokens]]\nactor = \"a\"\ntoken = \"short\"",
@@ -544,6 +560,41 @@ mod tests {
         assert!(!network.contains("2001:db8::1".parse().unwrap()));
         let v6 = Network::try_from("2001:db8::/32".to_owned()).unwrap();
         assert!(v6.contains("2001:db8:ffff::1".parse().unwrap()));
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API
+    fn secrets_arrive_through_the_environment() {
+        // The form meridian-fetch-secrets writes for routers deployed by terraform.
+        figment::Jail::expect_with(|jail| {
+            jail.set_env(
+                "MERIDIAN_CONTROLS__ADMIN_TOKENS",
+                r#"[{actor="sre-oncall", token="abcdefghijklmnop+/=0123"}, {actor="drill-bot", token="0123456789abcdef0123"}]"#,
+            );
+            jail.set_env(
+                "MERIDIAN_CONTROLS__REDIS_URL",
+                "rediss://meridian-router:p%40ss@controls.router.meridian:6380/",
+            );
+            let config = RouterConfig::load(None, Figment::new()).unwrap();
+            let actors: Vec<_> = config
+                .controls
+                .admin_tokens
+                .iter()
+                .map(|t| (t.actor.as_str(), t.token.as_str()))
+                .collect();
+            assert_eq!(
+                actors,
+                [
+                    ("sre-oncall", "abcdefghijklmnop+/=0123"),
+                    ("drill-bot", "0123456789abcdef0123")
+                ]
+            );
+            assert_eq!(
+                config.controls.redis_url.as_deref(),
+                Some("rediss://meridian-router:p%40ss@controls.router.meridian:6380/")
+            );
+            Ok(())
+        });
     }
 
     #[test]

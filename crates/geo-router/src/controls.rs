@@ -258,7 +258,27 @@ impl ControlStore {
 
     /// Controls in the Redis at `url` under `prefix`; fails when Redis cannot be reached.
     pub async fn redis(url: &str, prefix: &str) -> Result<ControlStore, ControlError> {
-        let client = redis::Client::open(url).map_err(store_error)?;
+        Self::redis_with_ca(url, prefix, None).await
+    }
+
+    /// As [`ControlStore::redis`]; with `ca_pem` a `rediss://` server must present a
+    /// certificate from that CA bundle instead of one the platform store trusts.
+    pub async fn redis_with_ca(
+        url: &str,
+        prefix: &str,
+        ca_pem: Option<Vec<u8>>,
+    ) -> Result<ControlStore, ControlError> {
+        let client = match ca_pem {
+            Some(root_cert) => redis::Client::build_with_tls(
+                url,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(root_cert),
+                },
+            ),
+            None => redis::Client::open(url),
+        }
+        .map_err(store_error)?;
         let connection = ConnectionManager::new(client).await.map_err(store_error)?;
         Ok(ControlStore::Redis {
             connection,
@@ -591,5 +611,92 @@ mod tests {
         let snapshot = two.snapshot().await.unwrap();
         assert_eq!(snapshot.entries.len(), 1);
         assert_eq!(snapshot.control("eu-central"), Control::ACTIVE);
+    }
+
+    /// The ACL rules `deploy/bin/meridian-fetch-secrets` gives the routers' user on the control
+    /// store that terraform deploys (read from the script, so the two cannot drift apart).
+    fn deployed_acl_rules() -> Vec<String> {
+        let script = include_str!("../../../deploy/bin/meridian-fetch-secrets");
+        let line = script
+            .lines()
+            .find(|l| l.contains("user default off"))
+            .expect("the router-controls ACL line");
+        let rules = line
+            .split("on >%s ")
+            .nth(1)
+            .and_then(|rest| rest.split("\\n'").next())
+            .expect("rules after the password");
+        rules.split(' ').map(str::to_owned).collect()
+    }
+
+    /// A control store as terraform deploys it: TLS only for the client (certificate from a
+    /// private CA), AUTH as the deployed ACL user; the router connects with `controls.ca_file`.
+    #[tokio::test]
+    async fn redis_store_over_tls_with_a_private_ca_and_the_deployed_acl() {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        let dir = std::env::temp_dir().join(format!(
+            "geo-router-controls-tls-{}-{}",
+            std::process::id(),
+            super::now_ms()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::default();
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "test mesh CA");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        let ca_pem = ca_params.self_signed(&ca_key).unwrap().pem();
+        let issuer = Issuer::new(ca_params, ca_key);
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        let (cert_file, key_file) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&cert_file, cert.pem()).unwrap();
+        std::fs::write(&key_file, key.serialize_pem()).unwrap();
+
+        let tls_port = region_state::testing::free_port().unwrap().to_string();
+        let mut args: Vec<String> = [
+            "--tls-port",
+            tls_port.as_str(),
+            "--tls-cert-file",
+            cert_file.to_str().unwrap(),
+            "--tls-key-file",
+            key_file.to_str().unwrap(),
+            "--tls-auth-clients",
+            "no",
+            "--user",
+            "meridian-router",
+            "on",
+            ">router-password-0123456789",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        args.extend(deployed_acl_rules());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let _server = region_state::testing::RedisServer::start_with_args(&args).unwrap();
+        let url =
+            format!("rediss://meridian-router:router-password-0123456789@localhost:{tls_port}/");
+
+        // The platform store does not know the private CA: refused.
+        // (One connection attempt: ControlStore::redis would retry with backoff for seconds.)
+        let platform_only = redis::Client::open(url.as_str()).unwrap();
+        assert!(platform_only
+            .get_multiplexed_async_connection()
+            .await
+            .is_err());
+        let store =
+            ControlStore::redis_with_ca(&url, "meridian:router", Some(ca_pem.clone().into_bytes()))
+                .await
+                .unwrap();
+        safety_rule_and_audit(store).await;
+        // Keys outside the routers' prefix are not theirs.
+        let outside = ControlStore::redis_with_ca(&url, "other", Some(ca_pem.into_bytes()))
+            .await
+            .unwrap();
+        assert!(outside.snapshot().await.is_err());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -114,7 +114,18 @@ pub async fn start(config: RouterConfig) -> Result<RunningRouter, StartError> {
     }
 
     let store = match &config.controls.redis_url {
-        Some(url) => connect_store(url, &config.controls.key_prefix).await?,
+        Some(url) => {
+            let ca = match &config.controls.ca_file {
+                Some(path) => Some(std::fs::read(path).map_err(|e| {
+                    StartError::Config(format!(
+                        "controls.ca_file = {:?}: cannot read it: {e}",
+                        path.display().to_string()
+                    ))
+                })?),
+                None => None,
+            };
+            connect_store(url, &config.controls.key_prefix, ca).await?
+        }
         None => {
             tracing::warn!(
                 "controls.redis_url is not set: routing controls apply to THIS router only; \
@@ -209,11 +220,15 @@ pub async fn start(config: RouterConfig) -> Result<RunningRouter, StartError> {
     })
 }
 
-async fn connect_store(url: &str, prefix: &str) -> Result<ControlStore, StartError> {
+async fn connect_store(
+    url: &str,
+    prefix: &str,
+    ca: Option<Vec<u8>>,
+) -> Result<ControlStore, StartError> {
     let mut delay = Duration::from_millis(100);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        match ControlStore::redis(url, prefix).await {
+        match ControlStore::redis_with_ca(url, prefix, ca.clone()).await {
             Ok(store) => return Ok(store),
             Err(e) if tokio::time::Instant::now() + delay < deadline => {
                 tracing::warn!(error = %e, "control store not reachable yet; retrying");

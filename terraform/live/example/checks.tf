@@ -20,6 +20,13 @@ check "geo_routers_span_sites_and_clouds" {
   }
 }
 
+check "router_controls_are_shared" {
+  assert {
+    condition     = local.controls_on
+    error_message = "No shared routing-control store: router_controls.site must be an AWS geo-router site (the catalogue needs one). Without it every router keeps its own controls, so a drain on one router does not reach the others."
+  }
+}
+
 # Without BYOIP the clouds allocate addresses; the catalogue (which the geo-router answers with
 # and the relays dial) must then be updated to them. This reports every difference.
 check "catalogue_addresses_match_deployment" {

@@ -22,6 +22,13 @@ locals {
   router_sites = var.geo_router_sites == null ? keys(module.catalogue.regions) : var.geo_router_sites
   # One name server per router site; the same names go into the parent zone's NS record.
   name_servers = [for site in sort(local.router_sites) : "ns-${site}.${var.zone_name}."]
+
+  aws_router_sites = sort([for name in local.router_sites : name if contains(keys(local.aws), name)])
+  gcp_router_sites = sort([for name in local.router_sites : name if contains(keys(local.gcp), name)])
+  # The routing-control store shared by every router runs beside one AWS router site (the first
+  # by name unless router_controls.site says otherwise). None without an AWS router site.
+  controls_site = coalesce(var.router_controls.site, try(local.aws_router_sites[0], "-"))
+  controls_on   = contains(local.aws_router_sites, local.controls_site)
 }
 
 module "catalogue" {
@@ -107,6 +114,31 @@ module "relay_mesh" {
   )
 }
 
+# The routing controls (drain, disable, weight) every geo-router shares: one Redis over TLS in
+# one AWS site, reachable only from the routers' addresses (terraform/README.md, "Routing
+# controls").
+module "router_controls" {
+  source = "../../modules/aws-router-controls"
+  count  = local.controls_on ? 1 : 0
+
+  site = {
+    name         = local.controls_site
+    cloud_region = local.aws[local.controls_site].cloud_region
+  }
+  vpc_id    = module.aws_region[local.controls_site].vpc_id
+  subnet_id = values(module.aws_region[local.controls_site].public_subnet_ids)[0]
+  router_addresses = merge(
+    { for site, m in module.aws_geo_router : site => m.address },
+    { for site, m in module.gcp_geo_router : site => m.address },
+  )
+  instance_type = var.router_controls.instance_type
+  tls_name      = var.router_controls.tls_name
+  auth_version  = var.router_controls.auth_version
+  gcp_project   = length(local.gcp_router_sites) > 0 ? var.gcp_project : null
+  gcp_locations = distinct([for site in local.gcp_router_sites : local.gcp[site].cloud_region])
+  tags          = local.tags
+}
+
 # Geo-routers: one instance per site, on the hosting region's cloud and network.
 module "aws_geo_router" {
   source   = "../../modules/aws-geo-router"
@@ -122,7 +154,16 @@ module "aws_geo_router" {
   zone_name       = var.zone_name
   catalogue_files = local.catalogue_files
   name_servers    = local.name_servers
-  tags            = local.tags
+  secrets         = module.mesh_secrets.aws_arns[each.key]
+  controls = local.controls_on ? {
+    address         = module.router_controls[0].address
+    port            = module.router_controls[0].port
+    tls_name        = module.router_controls[0].tls_name
+    user            = module.router_controls[0].user
+    auth_secret_arn = module.router_controls[0].auth_secret_arn
+    kms_key_arn     = module.router_controls[0].kms_key_arn
+  } : null
+  tags = local.tags
 }
 
 module "gcp_geo_router" {
@@ -141,7 +182,15 @@ module "gcp_geo_router" {
   zone_name       = var.zone_name
   catalogue_files = local.catalogue_files
   name_servers    = local.name_servers
-  labels          = { for k, v in local.tags : replace(k, ":", "-") => v }
+  secrets         = module.mesh_secrets.gcp_ids
+  controls = local.controls_on ? {
+    address        = module.router_controls[0].address
+    port           = module.router_controls[0].port
+    tls_name       = module.router_controls[0].tls_name
+    user           = module.router_controls[0].user
+    auth_secret_id = module.router_controls[0].auth_gcp_secret_id
+  } : null
+  labels = { for k, v in local.tags : replace(k, ":", "-") => v }
 }
 
 module "dns_delegation" {

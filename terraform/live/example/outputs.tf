@@ -18,3 +18,14 @@ output "name_servers" {
   description = "The mesh zone's delegated name servers and their glue addresses."
   value       = module.dns_delegation.glue
 }
+
+output "router_controls" {
+  description = "The routing-control store the geo-routers share: site, address, port, certificate name (issue its certificate with the mesh CA for this name), and the secret its certificate goes into."
+  value = local.controls_on ? {
+    site           = local.controls_site
+    address        = module.router_controls[0].address
+    port           = module.router_controls[0].port
+    tls_name       = module.router_controls[0].tls_name
+    tls_secret_arn = module.router_controls[0].tls_secret_arn
+  } : null
+}

@@ -70,3 +70,14 @@ variable "region_overrides" {
   }))
   default = {}
 }
+
+variable "router_controls" {
+  description = "The routing-control store every geo-router shares (modules/aws-router-controls): site = the AWS router site that hosts it (null: the first AWS router site by name); instance_type; tls_name = the name in its certificate (issued by the mesh CA); auth_version = bump to rotate its AUTH password."
+  type = object({
+    site          = optional(string)
+    instance_type = optional(string, "t4g.small")
+    tls_name      = optional(string, "controls.router.meridian")
+    auth_version  = optional(number, 1)
+  })
+  default = {}
+}

@@ -44,6 +44,17 @@ resource "aws_vpc_security_group_ingress_rule" "router" {
   cidr_ipv4         = "0.0.0.0/0"
 }
 
+resource "aws_vpc_security_group_egress_rule" "controls" {
+  count             = var.controls == null ? 0 : 1
+  region            = local.aws
+  security_group_id = aws_security_group.router.id
+  description       = "The shared routing-control store (Redis over TLS)"
+  ip_protocol       = "tcp"
+  from_port         = var.controls.port
+  to_port           = var.controls.port
+  cidr_ipv4         = "${var.controls.address}/32"
+}
+
 resource "aws_vpc_security_group_egress_rule" "https" {
   region            = local.aws
   security_group_id = aws_security_group.router.id
@@ -76,6 +87,29 @@ resource "aws_iam_role_policy_attachment" "router" {
   policy_arn = "arn:${data.aws_partition.current.partition}:iam::aws:policy/${each.key}"
 }
 
+# The router reads exactly its secrets: the admin tokens and mesh CA certificate (replicas in its
+# own region, under the region key) and the control store's AUTH password (in the store's region,
+# under the store's key).
+data "aws_iam_policy_document" "read_secrets" {
+  statement {
+    sid       = "ReadOwnSecrets"
+    actions   = ["secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"]
+    resources = compact([var.secrets.router_admin_tokens_arn, var.secrets.mesh_ca_cert_arn, try(var.controls.auth_secret_arn, "")])
+  }
+
+  statement {
+    sid       = "DecryptSecrets"
+    actions   = ["kms:Decrypt"]
+    resources = compact([var.kms_key_arn, try(var.controls.kms_key_arn, "")])
+  }
+}
+
+resource "aws_iam_role_policy" "read_secrets" {
+  name   = "read-secrets"
+  role   = aws_iam_role.router.id
+  policy = data.aws_iam_policy_document.read_secrets.json
+}
+
 resource "aws_iam_instance_profile" "router" {
   name = local.name
   role = aws_iam_role.router.name
@@ -99,6 +133,23 @@ resource "aws_instance" "router" {
     http_port    = var.http_port
     files        = var.catalogue_files
     name_servers = var.name_servers
+    controls     = var.controls
+    # References only; meridian-secrets reads the values into /run/meridian at boot.
+    deploy_env = merge(
+      {
+        MERIDIAN_CLOUD               = "aws"
+        MERIDIAN_CLOUD_REGION        = local.aws
+        MERIDIAN_ROLE                = "router"
+        MERIDIAN_SECRET_ADMIN_TOKENS = var.secrets.router_admin_tokens_arn
+        MERIDIAN_SECRET_MESH_CA      = var.secrets.mesh_ca_cert_arn
+      },
+      var.controls == null ? {} : {
+        MERIDIAN_SECRET_CONTROLS = var.controls.auth_secret_arn
+        MERIDIAN_CONTROLS_HOST   = var.controls.tls_name
+        MERIDIAN_CONTROLS_PORT   = tostring(var.controls.port)
+        MERIDIAN_CONTROLS_USER   = var.controls.user
+      },
+    )
   })
 
   metadata_options {

@@ -62,3 +62,24 @@ variable "name_servers" {
   description = "Fully qualified names of every geo-router of the zone (ns-<site>.<zone>.), which each router lists in its NS and SOA answers."
   type        = list(string)
 }
+
+variable "secrets" {
+  description = "Secrets the router reads at boot, by reference only (never values): the Secrets Manager ARNs (as replicated into this router's AWS region) of the admin tokens and of the mesh CA certificate (the control store's certificate is issued by it)."
+  type = object({
+    router_admin_tokens_arn = string
+    mesh_ca_cert_arn        = string
+  })
+}
+
+variable "controls" {
+  description = "The shared routing-control store (modules/aws-router-controls): its address, TLS port, certificate name, ACL user, and the ARNs of its AUTH secret and of the key that encrypts it. null: controls live in this router only (one router; the admin API still works)."
+  type = object({
+    address         = string
+    port            = number
+    tls_name        = string
+    user            = string
+    auth_secret_arn = string
+    kms_key_arn     = string
+  })
+  default = null
+}

@@ -29,6 +29,20 @@ resource "google_project_iam_member" "router" {
   member   = "serviceAccount:${google_service_account.router.email}"
 }
 
+# The router reads exactly its secrets.
+resource "google_secret_manager_secret_iam_member" "read" {
+  for_each = merge(
+    {
+      admin-tokens = var.secrets.router_admin_tokens_id
+      mesh-ca-cert = var.secrets.mesh_ca_cert_id
+    },
+    var.controls == null ? {} : { controls-auth = var.controls.auth_secret_id },
+  )
+  secret_id = each.value
+  role      = "roles/secretmanager.secretAccessor"
+  member    = "serviceAccount:${google_service_account.router.email}"
+}
+
 resource "google_compute_instance" "router" {
   #checkov:skip=CKV_GCP_40: an authoritative DNS server must be reachable at the fixed address of its glue record; only ports 53 and the HTTP API are open.
   project      = var.project
@@ -75,6 +89,24 @@ resource "google_compute_instance" "router" {
       http_port    = var.http_port
       files        = var.catalogue_files
       name_servers = var.name_servers
+      controls     = var.controls
+      # References only; meridian-secrets reads the values into /run/meridian at boot.
+      deploy_env = merge(
+        {
+          MERIDIAN_CLOUD               = "gcp"
+          MERIDIAN_CLOUD_REGION        = var.site.cloud_region
+          MERIDIAN_GCP_PROJECT         = var.project
+          MERIDIAN_ROLE                = "router"
+          MERIDIAN_SECRET_ADMIN_TOKENS = var.secrets.router_admin_tokens_id
+          MERIDIAN_SECRET_MESH_CA      = var.secrets.mesh_ca_cert_id
+        },
+        var.controls == null ? {} : {
+          MERIDIAN_SECRET_CONTROLS = var.controls.auth_secret_id
+          MERIDIAN_CONTROLS_HOST   = var.controls.tls_name
+          MERIDIAN_CONTROLS_PORT   = tostring(var.controls.port)
+          MERIDIAN_CONTROLS_USER   = var.controls.user
+        },
+      )
     })
   }
 }

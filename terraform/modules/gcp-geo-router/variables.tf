@@ -64,3 +64,23 @@ variable "name_servers" {
   description = "Fully qualified names of every geo-router of the zone (ns-<site>.<zone>.), which each router lists in its NS and SOA answers."
   type        = list(string)
 }
+
+variable "secrets" {
+  description = "Secret Manager ids (projects/P/secrets/NAME) the router reads at boot, by reference only: the admin tokens and the mesh CA certificate (the control store's certificate is issued by it)."
+  type = object({
+    router_admin_tokens_id = string
+    mesh_ca_cert_id        = string
+  })
+}
+
+variable "controls" {
+  description = "The shared routing-control store (modules/aws-router-controls): its address, TLS port, certificate name, ACL user, and the Secret Manager id of its AUTH password's copy. null: controls live in this router only."
+  type = object({
+    address        = string
+    port           = number
+    tls_name       = string
+    user           = string
+    auth_secret_id = string
+  })
+  default = null
+}

@@ -1,5 +1,6 @@
 # Secrets shared by every region, created empty: the connection-token secret (HS256 key every
-# node verifies tokens with) and the mesh CA certificate (relays verify peers with it). Their
+# node verifies tokens with), the mesh CA certificate (relays verify peers with it; routers verify
+# the routing-control store with it) and the geo-routers' admin tokens. Their
 # values are added out of band by an operator (terraform/README.md, "Secrets"), so they are never
 # in the repo, a variable or the state. The mesh CA's private key is in neither cloud: it signs
 # relay certificates offline.
@@ -18,13 +19,15 @@ locals {
   shared = {
     token-secret = "HS256 key for Meridian connection tokens, shared by every region"
     mesh-ca-cert = "PEM certificate of the Meridian mesh CA (relays verify peers with it)"
+    # JSON [{"actor": "sre-oncall", "token": "<48 random bytes, base64>"}, ...]
+    router-admin-tokens = "Bearer tokens of the geo-router admin API (routing controls), with the actor each is audited as"
   }
 
   gcp_enabled = var.gcp_project != null && length(var.gcp_locations) > 0
 }
 
 resource "aws_secretsmanager_secret" "shared" {
-  #checkov:skip=CKV2_AWS_57: values are put by an operator (token secret, mesh CA certificate); rotation is the documented re-issue procedure, a rotation Lambda would need the offline CA key.
+  #checkov:skip=CKV2_AWS_57: values are put by an operator (token secret, mesh CA certificate, admin tokens); rotation is the documented re-issue procedure, a rotation Lambda would need the offline CA key.
   for_each                = local.aws_home == null ? {} : local.shared
   region                  = local.aws_home.cloud_region
   name                    = "meridian/${each.key}"
