@@ -25,6 +25,10 @@ pub struct MeshTiming {
     pub grace_ms: u64,
     /// `replication.interest_linger_ms`.
     pub interest_linger_ms: u64,
+    /// `timing.idle_timeout_ms`.
+    pub idle_timeout_ms: u64,
+    /// `timing.keep_alive_ms`.
+    pub keep_alive_ms: u64,
 }
 
 impl Default for MeshTiming {
@@ -32,6 +36,8 @@ impl Default for MeshTiming {
         Self {
             grace_ms: 4_000,
             interest_linger_ms: 2_000,
+            idle_timeout_ms: 2_000,
+            keep_alive_ms: 500,
         }
     }
 }
@@ -274,7 +280,7 @@ impl TestMesh {
                      http_listen = \"127.0.0.1:0\"\n\
                      [tls]\nca = \"{ca}\"\ncert = \"{cert}\"\nkey = \"{key}\"\n\
                      [peers]\n{peers}\
-                     [timing]\nkeep_alive_ms = 500\nidle_timeout_ms = 2000\nbackoff_initial_ms = 100\nbackoff_max_ms = 1000\n\
+                     [timing]\nkeep_alive_ms = {keep_alive}\nidle_timeout_ms = {idle}\nbackoff_initial_ms = 100\nbackoff_max_ms = 1000\n\
                      [redis]\nurl = \"{redis_url}\"\n\
                      [replication]\ngrace_ms = {grace}\ninterest_linger_ms = {linger}\nrescan_ms = 2000\npresence_ttl_ms = 3000\n\
                      [lease]\nttl_ms = 1500\nrenew_ms = 300\n",
@@ -284,6 +290,8 @@ impl TestMesh {
                     key = certs.join(format!("{name}.key.pem")).display(),
                     redis_url = redis.url(),
                     grace = timing.grace_ms,
+                    keep_alive = timing.keep_alive_ms,
+                    idle = timing.idle_timeout_ms,
                     linger = timing.interest_linger_ms,
                 ),
             )?;
