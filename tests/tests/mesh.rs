@@ -557,6 +557,96 @@ async fn the_standby_relay_takes_over_and_replication_goes_on() -> Result<()> {
     assert_eq!(a.got_from("bob"), exactly(102..=110));
     let seen: BTreeSet<u64> = b.got_from("alice").into_iter().collect();
     assert_eq!(seen.len(), 10, "no duplicate after the takeover");
+    // Nothing was even sent twice: the new relay resumed from eu-central's watermarks.
+    let eu_metrics = mesh.region(EU)?.relays[0].metrics().await?;
+    assert_eq!(
+        metric(
+            &eu_metrics,
+            "meridian_relay_applied_total",
+            &["peer=\"ap-southeast\"", "outcome=\"duplicate\""]
+        ),
+        0.0,
+        "{eu_metrics}"
+    );
+    Ok(())
+}
+
+/// The value of the first sample of `name` whose labels contain every one of `labels`.
+fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && labels.iter().all(|x| l.contains(x)))
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_gets_a_room_only_while_it_has_members_there() -> Result<()> {
+    let mesh = TestMesh::start(&[AP, EU], 80, 1, MeshTiming::default()).await?;
+    mesh.wait_links(LONG).await?;
+    let followed = |region: &'static str, peer: &'static str| {
+        let mesh = &mesh;
+        async move {
+            let text = mesh.region(region)?.relays[0].metrics().await?;
+            Ok::<f64, anyhow::Error>(metric(
+                &text,
+                "meridian_relay_followed_rooms",
+                &[&format!("peer=\"{peer}\"")],
+            ))
+        }
+    };
+    // Only ap-southeast has members: eu-central follows nothing from it.
+    let mut a = User::connect("alice", &mesh.region(AP)?.node.ws_url()).await?;
+    a.join(ROOM).await?;
+    for n in 1..=5 {
+        a.publish(n).await?;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        followed(AP, EU).await?,
+        0.0,
+        "eu-central has no interest in the room"
+    );
+    let eu = mesh.region(EU)?.relays[0].metrics().await?;
+    assert_eq!(
+        metric(
+            &eu,
+            "meridian_relay_applied_total",
+            &["peer=\"ap-southeast\"", "outcome=\"applied\""]
+        ),
+        0.0,
+        "no event of the room reached eu-central: {eu}"
+    );
+    // A member in eu-central: now it follows; after it leaves, the interest is withdrawn
+    // (linger 2 s in the tests).
+    let mut b = User::connect("bob", &mesh.region(EU)?.node.ws_url()).await?;
+    b.join(ROOM).await?;
+    let deadline = Instant::now() + LONG;
+    while followed(AP, EU).await? != 1.0 {
+        ensure!(
+            Instant::now() < deadline,
+            "eu-central never followed the room"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ok(b.client
+        .request(json!({"op": "leave", "room": ROOM}))
+        .await?)?;
+    let left_at = Instant::now();
+    while followed(AP, EU).await? != 0.0 {
+        ensure!(
+            left_at.elapsed() < Duration::from_secs(10),
+            "the interest was never withdrawn"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "interest withdrawn {:?} after the last member left",
+        left_at.elapsed()
+    );
+    assert!(
+        left_at.elapsed() >= Duration::from_millis(1900),
+        "hysteresis: not before the linger"
+    );
     Ok(())
 }
 
