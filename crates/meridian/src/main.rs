@@ -1,11 +1,18 @@
-//! `meridian`: the operator's command: `up` (the whole mesh on one machine), `token` (mint a dev
-//! connection token), `chat` (a terminal client that joins a room, prints every event and
-//! publishes what you type).
+//! `meridian`: the operator's command: `up` (the whole mesh on one machine), `drill` (a
+//! regional failover rehearsal with a report), `token` (mint a dev connection token), `certs`
+//! (the relay mesh CA and per-region certificates), `route` (ask the router where an address
+//! goes) and `chat` (a terminal client that joins a room, prints every event and publishes what
+//! you type). Everything here drives the other crates' binaries and APIs; none of their logic
+//! lives in the CLI.
 
+mod drill;
 mod procs;
 mod up;
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -26,29 +33,81 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Bring up the whole mesh locally: a geo-router, and per region Redis, nodes behind
-    /// HAProxy and a relay, all on loopback.
-    ///
-    /// Examples:
-    ///   meridian up                          # dev catalogue, ports from regions/*.toml
-    ///   meridian up --auto-ports --wan       # free ports; emulated WAN RTTs between regions
-    ///   meridian up --geoip GeoLite2-City.mmdb --state-dir /tmp/mesh
+    /// HAProxy and an active + standby relay, all on loopback.
+    #[command(after_help = "Examples:
+  meridian up                                   # dev catalogue, ports from regions/*.toml
+  meridian up --auto-ports --wan                # free ports; emulated WAN RTTs between regions
+  meridian up --auto-ports --dns 127.0.0.1:0 --http 127.0.0.1:0 --state-dir /tmp/mesh
+  meridian up --geoip GeoLite2-City.mmdb --relay-grace 5s")]
     Up(up::UpArgs),
+    /// Rehearse a regional failover: run a workload, drain or kill a region, measure, restore,
+    /// report. Exit status 3 when an SLO is violated.
+    #[command(after_help = "Examples:
+  # against a running `meridian up --state-dir /tmp/mesh`
+  meridian drill --state-dir /tmp/mesh --region eu-central --mode kill
+  meridian drill --state-dir /tmp/mesh --region us-east --mode drain --clients 60 --rooms 10 \\
+      --duration 2m --report drill.json
+  # against a deployment (routing-control drain; your command drains the nodes)
+  MERIDIAN_ADMIN_TOKEN=... MERIDIAN_TOKEN_SECRET=... meridian drill --mode drain \\
+      --region eu-central --router http://router.internal:8053 --dns router.internal:53 \\
+      --zone mesh.example.com --drain-command 'ssh eu-ops drain-nodes' \\
+      --restore-command 'ssh eu-ops start-nodes'
+
+See docs/drills.md for what is measured and how to read the report.")]
+    Drill(Box<drill::DrillArgs>),
     /// Print a signed connection token (HS256 JWT).
-    Token {
-        /// The user id (`sub`).
+    #[command(after_help = "Examples:
+  meridian token --user alice --rooms 'lobby' --publish --secret $SECRET
+  meridian token --user bob --rooms 'stage/*,lobby' --ttl 30m --state-dir /tmp/mesh
+  MERIDIAN_TOKEN_SECRET=... meridian token --user carol        # every room, with publish")]
+    Token(TokenArgs),
+    /// Write the relay mesh CA and one certificate per region (dev use).
+    #[command(after_help = "Examples:
+  meridian certs --out certs                        # regions from ./regions
+  meridian certs --out certs --regions-list us-east,eu-central --force")]
+    Certs {
+        /// Output directory (ca.pem, ca.key.pem, <region>.cert.pem, <region>.key.pem).
         #[arg(long)]
-        user: String,
-        /// Room grant `PATTERN` (join only) or `PATTERN:publish`; repeatable. Default `*:publish`.
-        #[arg(long = "room")]
-        rooms: Vec<String>,
-        /// Lifetime in seconds.
-        #[arg(long, default_value_t = 3600)]
-        ttl: u64,
-        /// The shared token secret.
-        #[arg(long, env = "MERIDIAN_TOKEN_SECRET")]
-        secret: String,
+        out: PathBuf,
+        /// The region catalogue whose regions get certificates.
+        #[arg(long, default_value = "regions")]
+        regions: PathBuf,
+        /// Region names instead of a catalogue (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        regions_list: Vec<String>,
+        /// Replace existing files (a new CA invalidates every earlier certificate).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Ask the geo-router where a client address goes; prints the ranked answer.
+    #[command(after_help = "Examples:
+  meridian route --ip 81.20.3.1 --state-dir /tmp/mesh     # a Berlin address, local mesh
+  meridian route --ip 103.20.1.1 --router http://127.0.0.1:8053
+  meridian route --ip 23.10.4.1 --json")]
+    Route {
+        /// The client address to route.
+        #[arg(long)]
+        ip: IpAddr,
+        /// The router's HTTP API (default: from --state-dir/--endpoints, else
+        /// http://127.0.0.1:8053). It must allow `?ip=` (allow_debug_ip = true).
+        #[arg(long)]
+        router: Option<String>,
+        /// Also ask this DNS server (default: the local mesh's) with the address's ECS network.
+        #[arg(long)]
+        dns: Option<std::net::SocketAddr>,
+        /// The state directory of a running `meridian up`.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// `endpoints.json` of a running `meridian up`.
+        #[arg(long)]
+        endpoints: Option<PathBuf>,
+        /// Print the router's JSON as is.
+        #[arg(long)]
+        json: bool,
     },
     /// Connect, join a room, print events, publish each line typed on stdin.
+    #[command(after_help = "Example:
+  meridian chat --url ws://127.0.0.1:7200/v1/ws --room lobby --token $(meridian token --user alice ...)")]
     Chat {
         /// WebSocket URL, e.g. ws://127.0.0.1:7101/v1/ws
         #[arg(long)]
@@ -62,23 +121,249 @@ enum Command {
     },
 }
 
-fn main() -> Result<()> {
+/// `meridian token` options.
+#[derive(clap::Args, Debug)]
+struct TokenArgs {
+    /// The user id (`sub`).
+    #[arg(long)]
+    user: String,
+    /// Room patterns (comma-separated or repeated): `lobby`, `stage/*`, `*`. A pattern may end
+    /// in `:publish` to allow publishing in it alone. Default: `*`.
+    #[arg(long = "rooms", alias = "room", value_delimiter = ',')]
+    rooms: Vec<String>,
+    /// Allow publishing (publish, state_set, state_delete) in every pattern given.
+    #[arg(long)]
+    publish: bool,
+    /// Lifetime: `3600`, `90s`, `30m`, `24h`.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    ttl: Duration,
+    /// The shared token secret (default: from --state-dir/--endpoints of a local mesh).
+    #[arg(long, env = "MERIDIAN_TOKEN_SECRET", hide_env_values = true)]
+    secret: Option<String>,
+    /// The state directory of a running `meridian up` (its token secret).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// `endpoints.json` of a running `meridian up`.
+    #[arg(long)]
+    endpoints: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Up(args) => up::run(args),
-        Command::Token {
-            user,
-            rooms,
-            ttl,
-            secret,
-        } => {
-            println!("{}", mint(&user, &rooms, ttl, &secret)?);
-            Ok(())
-        }
-        Command::Chat { url, token, room } => {
-            tokio::runtime::Runtime::new()?.block_on(chat(&url, &token, &room))
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("meridian: {e:#}");
+            ExitCode::from(1)
         }
     }
+}
+
+fn run(command: Command) -> Result<ExitCode> {
+    match command {
+        Command::Up(args) => up::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Drill(args) => Ok(if drill::run(*args)? {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(3)
+        }),
+        Command::Token(t) => {
+            let secret = match (&t.secret, drill::mesh::load_endpoints(t.endpoints.as_deref(), t.state_dir.as_deref())?) {
+                (Some(s), _) => s.clone(),
+                (None, Some(e)) => e.token_secret,
+                (None, None) => bail!(
+                    "no token secret: pass --secret (or MERIDIAN_TOKEN_SECRET), or --state-dir of a \
+                     running `meridian up`"
+                ),
+            };
+            let rooms: Vec<String> = if t.publish {
+                let patterns = if t.rooms.is_empty() {
+                    vec!["*".to_owned()]
+                } else {
+                    t.rooms.clone()
+                };
+                patterns
+                    .into_iter()
+                    .map(|r| {
+                        if r.ends_with(":publish") {
+                            r
+                        } else {
+                            format!("{r}:publish")
+                        }
+                    })
+                    .collect()
+            } else if t.rooms.is_empty() {
+                Vec::new()
+            } else {
+                t.rooms.clone()
+            };
+            println!(
+                "{}",
+                mint(&t.user, &rooms, t.ttl.as_secs().max(1), &secret)?
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Certs {
+            out,
+            regions,
+            regions_list,
+            force,
+        } => {
+            let names: Vec<String> = if regions_list.is_empty() {
+                meridian_catalogue::load_dir(&regions)
+                    .with_context(|| {
+                        format!(
+                            "reading the catalogue {} (or name the regions with --regions-list)",
+                            regions.display()
+                        )
+                    })?
+                    .keys()
+                    .cloned()
+                    .collect()
+            } else {
+                regions_list
+            };
+            if names.is_empty() {
+                bail!("no regions: the catalogue is empty; name them with --regions-list");
+            }
+            interregion_relay::certs::generate_dev_mesh(
+                names.iter().map(String::as_str),
+                &out,
+                force,
+            )
+            .with_context(|| {
+                format!(
+                    "writing certificates to {} (existing files are kept unless --force)",
+                    out.display()
+                )
+            })?;
+            println!("mesh CA: {}", out.join("ca.pem").display());
+            for name in &names {
+                println!(
+                    "{name}: {} {}",
+                    out.join(interregion_relay::certs::region_cert_file(name))
+                        .display(),
+                    out.join(interregion_relay::certs::region_key_file(name))
+                        .display()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Route {
+            ip,
+            router,
+            dns,
+            state_dir,
+            endpoints,
+            json,
+        } => {
+            let local = drill::mesh::load_endpoints(endpoints.as_deref(), state_dir.as_deref())?;
+            let base = router
+                .or_else(|| local.as_ref().map(|e| format!("http://{}", e.router.http)))
+                .unwrap_or_else(|| "http://127.0.0.1:8053".into());
+            let dns = dns.or(local.as_ref().map(|e| e.router.dns));
+            let zone = local
+                .as_ref()
+                .map_or_else(|| "mesh.localhost.".to_owned(), |e| e.zone.clone());
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(route(&base, ip, dns, &zone, json))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Chat { url, token, room } => {
+            tokio::runtime::Runtime::new()?.block_on(chat(&url, &token, &room))?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn route(
+    base: &str,
+    ip: IpAddr,
+    dns: Option<std::net::SocketAddr>,
+    zone: &str,
+    json: bool,
+) -> Result<()> {
+    let router = drill::mesh::RouterApi::new(base)?;
+    let answer = router.route(ip).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&answer.raw)?);
+        return Ok(());
+    }
+    let location = &answer.client["location"];
+    println!(
+        "client {} (network {}, {}{})",
+        ip,
+        answer.client["network"].as_str().unwrap_or("?"),
+        location["country"].as_str().unwrap_or("unknown location"),
+        location["continent"]
+            .as_str()
+            .map(|c| format!(", {c}"))
+            .unwrap_or_default()
+    );
+    if answer.regions.is_empty() {
+        println!("no region can take users (503)");
+    }
+    println!(
+        "  {:<4} {:<16} {:>10} {:<9} ws_url",
+        "rank", "region", "est. RTT", "reason"
+    );
+    for (i, r) in answer.regions.iter().enumerate() {
+        println!(
+            "  {:<4} {:<16} {:>8.1}ms {:<9} {}",
+            i + 1,
+            r.name,
+            r.estimated_rtt_ms,
+            r.reason,
+            r.ws_url
+        );
+    }
+    if answer.all_down {
+        println!("  (every region is down: this is the least-bad answer)");
+    }
+    if let Some(scope) = answer.scope {
+        println!("  ECS scope for DNS answers: /{scope}");
+    }
+    if let Some(server) = dns {
+        let qname = drill::mesh::ws_name(zone);
+        let subnet = drill::mesh::client_network(ip);
+        match drill::mesh::dns_addresses(server, &qname, Some(subnet)).await {
+            Ok(addresses) => println!(
+                "DNS {qname} via {server} with ECS {}/{}: {:?}",
+                subnet.0, subnet.1, addresses
+            ),
+            Err(e) => println!("DNS {qname} via {server}: {e:#}"),
+        }
+    }
+    Ok(())
+}
+
+/// Parses `500ms`, `30s`, `2m`, `1h` or a plain number of seconds.
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration; write e.g. 500ms, 30s, 2m or 1h"))?;
+    let secs = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => {
+            return Err(format!(
+                "{text:?}: unknown unit {unit:?}; use ms, s, m or h"
+            ))
+        }
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("{text:?} is not a duration"));
+    }
+    Ok(Duration::from_secs_f64(secs))
 }
 
 pub(crate) fn mint(user: &str, rooms: &[String], ttl: u64, secret: &str) -> Result<String> {
@@ -169,5 +454,15 @@ mod tests {
         assert_eq!(c.rooms.len(), 2);
         assert!(c.rooms[0].publish && !c.rooms[1].publish);
         assert!(mint("bad user", &[], 60, "s").is_err());
+    }
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("3d").is_err());
     }
 }

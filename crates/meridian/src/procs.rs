@@ -139,6 +139,15 @@ impl Supervisor {
         n
     }
 
+    /// Every running child: name → pid.
+    pub fn pids(&mut self) -> std::collections::BTreeMap<String, u32> {
+        self.procs
+            .iter_mut()
+            .filter_map(|p| matches!(p.child.try_wait(), Ok(None)).then_some(p))
+            .map(|p| (p.name.clone(), p.child.id()))
+            .collect()
+    }
+
     /// SIGTERM to every child in reverse start order, then SIGKILL after `grace`.
     pub fn stop_all(&mut self, grace: Duration) {
         for proc in self.procs.iter_mut().rev() {

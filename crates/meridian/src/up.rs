@@ -62,6 +62,10 @@ pub struct UpArgs {
     /// Start, print the endpoints, check the mesh answers, and stop (for scripts and CI).
     #[arg(long)]
     pub smoke: bool,
+    /// How long the relays wait after losing a region before its members get `left
+    /// {reason: region_down}` (`[replication] grace_ms`). Short values make drills quick.
+    #[arg(long, default_value = "15s", value_parser = crate::parse_duration)]
+    pub relay_grace: Duration,
 }
 
 /// What `up` writes to `<state-dir>/endpoints.json`.
@@ -89,6 +93,16 @@ pub struct Endpoints {
     pub control: SocketAddr,
     /// `up`'s process id.
     pub pid: u32,
+    /// The relays' region-down grace period (`--relay-grace`), in milliseconds.
+    #[serde(default = "default_grace_ms")]
+    pub relay_grace_ms: u64,
+    /// Process ids of every child of the mesh when it came up (name → pid).
+    #[serde(default)]
+    pub pids: BTreeMap<String, u32>,
+}
+
+fn default_grace_ms() -> u64 {
+    15_000
 }
 
 /// The router's addresses.
@@ -146,6 +160,7 @@ struct Mesh {
     catalogue_dir: PathBuf,
     certs: PathBuf,
     wan_peers: BTreeMap<String, BTreeMap<String, SocketAddr>>,
+    grace_ms: u64,
 }
 
 fn random_hex(bytes: usize) -> String {
@@ -285,6 +300,9 @@ pub fn run(args: UpArgs) -> Result<()> {
         catalogue_dir: catalogue_dir.clone(),
         certs: certs.clone(),
         wan_peers,
+        grace_ms: u64::try_from(args.relay_grace.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1),
     };
     if args.wan {
         start_wan_proxies(&mut mesh)?;
@@ -351,6 +369,8 @@ pub fn run(args: UpArgs) -> Result<()> {
         geoip_synthetic: synthetic,
         control,
         pid: std::process::id(),
+        relay_grace_ms: mesh.grace_ms,
+        pids: mesh.supervisor.pids(),
     };
     let json_path = state.join("endpoints.json");
     std::fs::write(&json_path, serde_json::to_string_pretty(&endpoints)?)?;
@@ -590,7 +610,8 @@ fn start_region(mesh: &mut Mesh, plan: &RegionPlan) -> Result<()> {
     let redis = match plan.redis_port {
         Some(port) => format!(
             "[redis]\nurl = \"redis://127.0.0.1:{port}/\"\n\
-             [replication]\ngrace_ms = 15000\n[lease]\nttl_ms = 3000\nrenew_ms = 1000\n"
+             [replication]\ngrace_ms = {grace}\n[lease]\nttl_ms = 3000\nrenew_ms = 1000\n",
+            grace = mesh.grace_ms
         ),
         None => String::new(),
     };
@@ -623,7 +644,8 @@ fn start_region(mesh: &mut Mesh, plan: &RegionPlan) -> Result<()> {
         )?;
         let mut command = Command::new(sibling_binary("interregion-relay")?);
         command.arg("--config").arg(&config).env("RUST_LOG", "info");
-        mesh.supervisor.spawn(&format!("{name}/{proc_name}"), command)?;
+        mesh.supervisor
+            .spawn(&format!("{name}/{proc_name}"), command)?;
         if i == 0 {
             // The first one takes the lease; the standby starts after it.
             wait_port(http, Duration::from_secs(20))?;
@@ -784,7 +806,11 @@ fn control_loop(listener: TcpListener, mesh: Arc<Mutex<Mesh>>, stopping: Arc<Ato
     }
 }
 
-fn handle_control(mut stream: TcpStream, mesh: &Mutex<Mesh>) -> Result<()> {
+fn mesh_lock(mesh: &Mutex<Mesh>) -> std::sync::MutexGuard<'_, Mesh> {
+    mesh.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn handle_control(mut stream: TcpStream, mesh_ref: &Mutex<Mesh>) -> Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut line = String::new();
     BufReader::new(stream.try_clone()?).read_line(&mut line)?;
@@ -793,7 +819,7 @@ fn handle_control(mut stream: TcpStream, mesh: &Mutex<Mesh>) -> Result<()> {
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let (status, body) = match (method, segments.as_slice()) {
         ("POST", ["regions", region, action]) => {
-            let mut mesh = mesh.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut mesh = mesh_lock(mesh_ref);
             match mesh
                 .plans
                 .iter()
@@ -803,7 +829,17 @@ fn handle_control(mut stream: TcpStream, mesh: &Mutex<Mesh>) -> Result<()> {
                 None => (404, format!("no region {region}")),
                 Some(plan) => match *action {
                     "kill" => {
-                        let n = mesh.supervisor.signal(&format!("{region}/"), "KILL");
+                        // Front first: the nodes and the balancer die at once, so nothing is
+                        // acknowledged any more; the relays and Redis ~500 ms later, which
+                        // leaves the relays the time to ship what was acknowledged in the
+                        // last moments (replication is asynchronous; docs/drills.md).
+                        let mut n = mesh.supervisor.signal(&format!("{region}/node-"), "KILL");
+                        n += mesh.supervisor.signal(&format!("{region}/haproxy"), "KILL");
+                        drop(mesh);
+                        std::thread::sleep(Duration::from_millis(500));
+                        let mut mesh = mesh_lock(mesh_ref);
+                        n += mesh.supervisor.signal(&format!("{region}/relay"), "KILL");
+                        n += mesh.supervisor.signal(&format!("{region}/redis"), "KILL");
                         (200, format!("killed {n} processes of {region}"))
                     }
                     "drain" => {

@@ -91,6 +91,8 @@ pub struct ClientLog {
     pub direct_pending_at_end: bool,
     /// The last few connection errors, for the report.
     pub errors: Vec<String>,
+    /// Origin regions in the client's version vector.
+    pub origins: Vec<String>,
 }
 
 impl ClientLog {
@@ -236,7 +238,9 @@ pub fn account(clients: &[ClientRecord]) -> MessageStats {
             let row = stats.direct.entry(d.region.clone()).or_default();
             row.published += 1;
             row.expected += 1;
-            let got = partner.map_or(0, |p| p.log.directs_received.get(&d.id).copied().unwrap_or(0));
+            let got = partner.map_or(0, |p| {
+                p.log.directs_received.get(&d.id).copied().unwrap_or(0)
+            });
             match got {
                 0 => {
                     row.lost += 1;
@@ -463,12 +467,21 @@ mod tests {
         let stats = account(&[a, b, c]);
         let us = &stats.rooms["us-east"];
         assert_eq!(
-            (us.published, us.expected, us.delivered, us.lost, us.duplicated),
+            (
+                us.published,
+                us.expected,
+                us.delivered,
+                us.lost,
+                us.duplicated
+            ),
             (2, 4, 3, 1, 1)
         );
         assert_eq!(us.lost_cross_region, 1);
         let eu = &stats.rooms["eu-central"];
-        assert_eq!((eu.published, eu.expected, eu.delivered, eu.lost), (1, 2, 1, 1));
+        assert_eq!(
+            (eu.published, eu.expected, eu.delivered, eu.lost),
+            (1, 2, 1, 1)
+        );
         assert_eq!(stats.rooms_total.lost, 2);
         assert_eq!(stats.unacked_delivered, 1);
     }
@@ -551,7 +564,10 @@ mod tests {
             s(30.0),
             s(60.0),
         );
-        assert_eq!((r.affected, r.resumed, r.stayed, r.not_resumed), (3, 1, 1, 1));
+        assert_eq!(
+            (r.affected, r.resumed, r.stayed, r.not_resumed),
+            (3, 1, 1, 1)
+        );
         assert_eq!(r.since_disruption.max_s, Some(2.0));
         assert_eq!(r.since_lost.max_s, Some(1.5));
         assert!((r.within_p95_bound - 1.0 / 3.0).abs() < 1e-9);

@@ -14,7 +14,10 @@ use serde_json::{json, Value};
 use crate::up::Endpoints;
 
 /// Reads `endpoints.json` from `--endpoints FILE` or `--state-dir DIR`, if either is given.
-pub fn load_endpoints(endpoints: Option<&Path>, state_dir: Option<&Path>) -> Result<Option<Endpoints>> {
+pub fn load_endpoints(
+    endpoints: Option<&Path>,
+    state_dir: Option<&Path>,
+) -> Result<Option<Endpoints>> {
     let path: PathBuf = match (endpoints, state_dir) {
         (Some(p), _) => p.to_owned(),
         (None, Some(dir)) => dir.join("endpoints.json"),
@@ -27,8 +30,12 @@ pub fn load_endpoints(endpoints: Option<&Path>, state_dir: Option<&Path>) -> Res
             path.display()
         )
     })?;
-    let endpoints: Endpoints = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not an endpoints.json written by `meridian up`", path.display()))?;
+    let endpoints: Endpoints = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{} is not an endpoints.json written by `meridian up`",
+            path.display()
+        )
+    })?;
     Ok(Some(endpoints))
 }
 
@@ -61,6 +68,9 @@ pub struct RouteAnswer {
     /// The client as the router saw it (address, network, location).
     #[serde(default)]
     pub client: Value,
+    /// The whole answer as the router sent it.
+    #[serde(skip)]
+    pub raw: Value,
 }
 
 /// One region of `/v1/regions`.
@@ -89,49 +99,123 @@ impl RegionStatus {
     }
 }
 
+/// A small HTTP/1.1 client for the router's and `meridian up`'s plain-HTTP APIs: one request
+/// per connection (`Connection: close`), `Content-Length` or chunked bodies. The drill needs
+/// nothing more, and this keeps an HTTP client stack out of the CLI.
+pub async fn http_call(
+    authority: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+    within: Duration,
+) -> Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let work = async {
+        let mut stream = tokio::net::TcpStream::connect(authority)
+            .await
+            .with_context(|| format!("connect to {authority}"))?;
+        let body = body.unwrap_or("");
+        let mut request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        request.push_str("\r\n");
+        request.push_str(body);
+        stream.write_all(request.as_bytes()).await?;
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await?;
+        parse_response(&raw)
+    };
+    tokio::time::timeout(within, work)
+        .await
+        .map_err(|_| anyhow!("{method} http://{authority}{path}: no answer within {within:?}"))?
+}
+
+fn parse_response(raw: &[u8]) -> Result<(u16, String)> {
+    let text = String::from_utf8_lossy(raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow!("truncated HTTP response"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow!("bad HTTP status line: {head}"))?;
+    let chunked = head.lines().any(|l| {
+        let l = l.to_ascii_lowercase();
+        l.starts_with("transfer-encoding:") && l.contains("chunked")
+    });
+    if !chunked {
+        return Ok((status, body.to_owned()));
+    }
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let size = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16)
+            .map_err(|_| anyhow!("bad chunk size in HTTP response"))?;
+        if size == 0 {
+            break;
+        }
+        let chunk = after
+            .get(..size)
+            .ok_or_else(|| anyhow!("truncated HTTP chunk"))?;
+        out.push_str(chunk);
+        rest = after.get(size..).unwrap_or("").trim_start_matches("\r\n");
+    }
+    Ok((status, out))
+}
+
 /// The geo-router's HTTP API.
 #[derive(Debug, Clone)]
 pub struct RouterApi {
-    http: reqwest::Client,
-    base: String,
+    authority: String,
 }
 
 impl RouterApi {
-    /// `base` is `http://host:port` (a trailing `/` is fine).
+    /// `base` is `http://host:port` or `host:port` (a trailing `/` is fine).
     pub fn new(base: &str) -> Result<Self> {
         let base = base.trim_end_matches('/');
-        let base = if base.contains("://") {
-            base.to_owned()
-        } else {
-            format!("http://{base}")
-        };
-        if !base.starts_with("http://") {
+        if base.starts_with("https://") {
             bail!(
                 "--router {base}: only http:// is supported (the router's API is plain HTTP on \
-                 its internal port, 8053 by default)"
+                 its internal port, 8053 by default; reach it through a tunnel or from inside \
+                 the network)"
             );
         }
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(3))
-            .connect_timeout(Duration::from_secs(2))
-            .build()
-            .context("building the HTTP client")?;
-        Ok(Self { http, base })
+        let authority = base.strip_prefix("http://").unwrap_or(base);
+        if authority.is_empty() || authority.contains('/') {
+            bail!("--router {base}: give the router's HTTP address as http://HOST:PORT");
+        }
+        Ok(Self {
+            authority: authority.to_owned(),
+        })
     }
 
     /// The base URL.
-    pub fn base(&self) -> &str {
-        &self.base
+    pub fn base(&self) -> String {
+        format!("http://{}", self.authority)
     }
 
     async fn get(&self, path: &str) -> Result<(u16, String)> {
-        let url = format!("{}{path}", self.base);
-        let response = self.http.get(&url).send().await.with_context(|| {
-            format!("GET {url}: is the geo-router running and is --router right?")
-        })?;
-        let status = response.status().as_u16();
-        let body = response.text().await.with_context(|| format!("GET {url}: reading the body"))?;
-        Ok((status, body))
+        http_call(
+            &self.authority,
+            "GET",
+            path,
+            &[],
+            None,
+            Duration::from_secs(3),
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "GET {}{path}: is the geo-router running and is --router right?",
+                self.base()
+            )
+        })
     }
 
     /// `GET /v1/route?ip=ADDR`: the ranked regions for a client at `ip`. An empty list means
@@ -139,13 +223,20 @@ impl RouterApi {
     pub async fn route(&self, ip: IpAddr) -> Result<RouteAnswer> {
         let (status, body) = self.get(&format!("/v1/route?ip={ip}")).await?;
         match status {
-            200 => serde_json::from_str(&body)
-                .with_context(|| format!("unexpected /v1/route answer: {body}")),
+            200 => {
+                let raw: Value = serde_json::from_str(&body)
+                    .with_context(|| format!("unexpected /v1/route answer: {body}"))?;
+                let mut answer: RouteAnswer = serde_json::from_value(raw.clone())
+                    .with_context(|| format!("unexpected /v1/route answer: {body}"))?;
+                answer.raw = raw;
+                Ok(answer)
+            }
             503 => Ok(RouteAnswer {
                 regions: Vec::new(),
                 all_down: true,
                 scope: None,
                 client: Value::Null,
+                raw: serde_json::from_str(&body).unwrap_or(Value::Null),
             }),
             403 if body.contains("debug_ip_disabled") => bail!(
                 "the router refuses ?ip= (allow_debug_ip = false). Set allow_debug_ip = true on \
@@ -162,26 +253,31 @@ impl RouterApi {
         if status != 200 {
             bail!("/v1/regions answered {status}: {body}");
         }
-        let parsed: Value =
-            serde_json::from_str(&body).with_context(|| format!("bad /v1/regions answer: {body}"))?;
+        let parsed: Value = serde_json::from_str(&body)
+            .with_context(|| format!("bad /v1/regions answer: {body}"))?;
         serde_json::from_value(parsed["regions"].clone())
             .with_context(|| format!("bad /v1/regions answer: {body}"))
     }
 
     /// `POST /v1/admin/regions/{region}/{action}` with `{"drill": true, "note": …}`.
     pub async fn admin(&self, token: &str, region: &str, action: &str, note: &str) -> Result<()> {
-        let url = format!("{}/v1/admin/regions/{region}/{action}", self.base);
-        let response = self
-            .http
-            .post(&url)
-            .bearer_auth(token)
-            .header("content-type", "application/json")
-            .body(json!({"drill": true, "note": note}).to_string())
-            .send()
-            .await
-            .with_context(|| format!("POST {url}"))?;
-        let status = response.status().as_u16();
-        let body = response.text().await.unwrap_or_default();
+        let path = format!("/v1/admin/regions/{region}/{action}");
+        let url = format!("{}{path}", self.base());
+        let auth = format!("Bearer {token}");
+        let body = json!({"drill": true, "note": note}).to_string();
+        let (status, body) = http_call(
+            &self.authority,
+            "POST",
+            &path,
+            &[
+                ("Authorization", auth.as_str()),
+                ("Content-Type", "application/json"),
+            ],
+            Some(&body),
+            Duration::from_secs(5),
+        )
+        .await
+        .with_context(|| format!("POST {url}"))?;
         match status {
             200 => Ok(()),
             401 => bail!(
@@ -201,30 +297,35 @@ impl RouterApi {
 /// `meridian up`'s control API (kill / drain / restart a region's processes).
 #[derive(Debug, Clone)]
 pub struct ControlApi {
-    http: reqwest::Client,
     addr: SocketAddr,
 }
 
 impl ControlApi {
     /// The API at `addr` (from endpoints.json).
-    pub fn new(addr: SocketAddr) -> Result<Self> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(120))
-            .build()
-            .context("building the HTTP client")?;
-        Ok(Self { http, addr })
+    pub fn new(addr: SocketAddr) -> Self {
+        Self { addr }
     }
 
     /// `POST /regions/<region>/<action>`; returns the answer text.
     pub async fn call(&self, region: &str, action: &str) -> Result<String> {
-        let url = format!("http://{}/regions/{region}/{action}", self.addr);
-        let response = self.http.post(&url).send().await.with_context(|| {
-            format!("POST {url}: is the `meridian up` that wrote endpoints.json still running?")
+        let path = format!("/regions/{region}/{action}");
+        let (status, body) = http_call(
+            &self.addr.to_string(),
+            "POST",
+            &path,
+            &[],
+            None,
+            Duration::from_secs(120),
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "POST http://{}{path}: is the `meridian up` that wrote endpoints.json still running?",
+                self.addr
+            )
         })?;
-        let status = response.status().as_u16();
-        let body = response.text().await.unwrap_or_default();
         if status != 200 {
-            bail!("POST {url}: {status}: {body}");
+            bail!("POST http://{}{path}: {status}: {body}", self.addr);
         }
         Ok(body)
     }
@@ -293,8 +394,7 @@ pub async fn dns_addresses(
 
 /// `ws.<zone>` as a DNS name (the zone may come with or without its final dot).
 pub fn ws_name(zone: &str) -> String {
-    format!("ws.{}", zone.trim_end_matches('.'))
-        + "."
+    format!("ws.{}", zone.trim_end_matches('.')) + "."
 }
 
 /// The network (`a.b.c.0/24`, `…/48`) a client address is in, for an ECS option.
@@ -331,6 +431,13 @@ mod tests {
             ("2001:db8:600::".parse().unwrap(), 48)
         );
         assert!(RouterApi::new("https://router").is_err());
-        assert_eq!(RouterApi::new("127.0.0.1:8053/").unwrap().base(), "http://127.0.0.1:8053");
+        assert_eq!(
+            RouterApi::new("127.0.0.1:8053/").unwrap().base(),
+            "http://127.0.0.1:8053"
+        );
+        assert_eq!(
+            parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").unwrap(),
+            (200, "abcde".to_owned())
+        );
     }
 }

@@ -7,18 +7,19 @@
 //! - on a closed socket, or after that wait, it asks the router again (`/v1/route?ip=` with its
 //!   synthetic address), tries the ranked regions in order, with full-jitter exponential
 //!   backoff between rounds, and says `hello` with `resume`;
-//! - its resume position is kept per region, because each region has its own room sequence:
-//!   in a region it has been connected to it resumes from its last position there, in a new
-//!   one from the start of that region's history (`epoch ""`, `seq 0`). Events replicated from
-//!   another region carry an `origin`; the last origin position per region goes in the
-//!   `origins` list of the resume entry (cross-region resume), which a node that does not
-//!   know `origins` yet refuses with `bad_request`: the client then drops the list.
+//! - it keeps a version vector per room (as the reference client in `tests/tests/mesh.rs`
+//!   does): for each origin region, the last position (epoch, seq) of that region's own events
+//!   it received. Events with an `"origin"` count for their origin; events without one for the
+//!   region it is connected to (the hello reply's `region`). It is seeded from the `origins` of
+//!   the join reply (and of each `resumed` entry) plus the join's own position. `hello` carries
+//!   `resume: [{room, epoch, seq, origins}]`, `epoch`/`seq` being the last position in the
+//!   region it was connected to: the same region replays from there, another region replays
+//!   exactly what the vector says is missing (`docs/protocol.md` §7);
 //! - a publish or direct message that got no `ok` is sent again after reconnecting, with the
 //!   same idempotency key / id.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -58,8 +59,6 @@ pub struct ClientPlan {
     pub user: String,
     /// Its synthetic address (a demo city network).
     pub address: IpAddr,
-    /// The city.
-    pub city: &'static str,
     /// The router's ranking for it at the start (also the fallback when the router is down).
     pub ranking: Vec<(String, String)>,
     /// Its room.
@@ -77,8 +76,6 @@ pub struct ClientPlan {
 pub struct Placed {
     /// Synthetic address.
     pub address: IpAddr,
-    /// Its city.
-    pub city: &'static str,
     /// (region, ws_url), best first.
     pub ranking: Vec<(String, String)>,
 }
@@ -93,50 +90,46 @@ pub fn assign_rooms(
     per_region_only: bool,
 ) -> (Vec<ClientPlan>, Vec<String>) {
     let rooms = rooms.max(1);
-    // Groups of client indices, each group split over some rooms.
-    let mut groups: Vec<Vec<usize>> = Vec::new();
+    let mut names = Vec::new();
+    let mut room_of = vec![String::new(); placed.len()];
     if per_region_only {
+        // Groups of identically ranked clients, each split over rooms proportional to its size.
         let mut by_ranking: BTreeMap<Vec<&str>, Vec<usize>> = BTreeMap::new();
         for (i, p) in placed.iter().enumerate() {
             let key: Vec<&str> = p.ranking.iter().map(|(r, _)| r.as_str()).collect();
             by_ranking.entry(key).or_default().push(i);
         }
-        groups.extend(by_ranking.into_values());
+        let total = placed.len().max(1);
+        for group in by_ranking.values() {
+            let n = ((rooms * group.len()) as f64 / total as f64).round() as usize;
+            let n = n.clamp(1, group.len().max(1));
+            let size = group.len().div_ceil(n);
+            for chunk in group.chunks(size.max(1)) {
+                let name = format!("drill-{run}-r{}", names.len());
+                for &i in chunk {
+                    if let Some(slot) = room_of.get_mut(i) {
+                        slot.clone_from(&name);
+                    }
+                }
+                names.push(name);
+            }
+        }
     } else {
-        // Interleave home regions so that consecutive clients come from different regions.
+        // Each home region's clients go round the rooms, each region starting one room
+        // further, so every room holds clients of every region (when a region has at least as
+        // many clients as there are rooms).
+        names = (0..rooms).map(|r| format!("drill-{run}-r{r}")).collect();
         let mut by_home: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
         for (i, p) in placed.iter().enumerate() {
             let home = p.ranking.first().map_or("", |(r, _)| r.as_str());
             by_home.entry(home).or_default().push(i);
         }
-        let mut queues: Vec<std::collections::VecDeque<usize>> =
-            by_home.into_values().map(Into::into).collect();
-        let mut order = Vec::with_capacity(placed.len());
-        while queues.iter().any(|q| !q.is_empty()) {
-            for q in &mut queues {
-                if let Some(i) = q.pop_front() {
-                    order.push(i);
+        for (h, list) in by_home.values().enumerate() {
+            for (q, &i) in list.iter().enumerate() {
+                if let (Some(slot), Some(name)) = (room_of.get_mut(i), names.get((q + h) % rooms)) {
+                    slot.clone_from(name);
                 }
             }
-        }
-        groups.push(order);
-    }
-    // Rooms per group, proportional to its size, at least one each.
-    let total: usize = groups.iter().map(Vec::len).sum::<usize>().max(1);
-    let mut names = Vec::new();
-    let mut room_of = vec![String::new(); placed.len()];
-    for group in &groups {
-        let n = ((rooms * group.len()) as f64 / total as f64).round() as usize;
-        let n = n.clamp(1, group.len().max(1));
-        let size = group.len().div_ceil(n);
-        for chunk in group.chunks(size.max(1)) {
-            let name = format!("drill-{run}-r{}", names.len());
-            for &i in chunk {
-                if let Some(slot) = room_of.get_mut(i) {
-                    slot.clone_from(&name);
-                }
-            }
-            names.push(name);
         }
     }
     // Partner: the next member of the same room, cyclically.
@@ -152,7 +145,6 @@ pub fn assign_rooms(
             index: i,
             user: user(i),
             address: p.address,
-            city: p.city,
             ranking: p.ranking.clone(),
             room: room_of.get(i).cloned().unwrap_or_default(),
             partner: None,
@@ -187,8 +179,6 @@ pub struct Shared {
     pub publish_every: Duration,
     /// Mean interval between direct messages of one client.
     pub direct_every: Duration,
-    /// Cleared when a node refuses `origins` in a resume entry.
-    pub origins_supported: AtomicBool,
     /// The drill's clock origin.
     pub start: Instant,
     /// Seed for jitter.
@@ -203,61 +193,75 @@ impl Shared {
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-/// Last positions in one room: per region connected to (its own sequence), and per origin
-/// region (from events' `origin`, or local events of the region connected to).
+/// The client's position in its room: where it is connected and the version vector.
 #[derive(Debug, Default, Clone)]
 struct Positions {
-    local: HashMap<String, (String, u64)>,
-    origins: BTreeMap<String, (String, u64)>,
+    /// The region of the current (or last) connection, from the hello reply.
+    region: String,
+    /// The last position in that region's room sequence.
+    epoch: String,
+    seq: u64,
+    /// Per origin region: the last (epoch, seq) of that region's own events received.
+    vector: BTreeMap<String, (String, u64)>,
 }
 
 impl Positions {
-    fn set_local(&mut self, region: &str, epoch: &str, seq: u64) {
-        self.local
-            .insert(region.to_owned(), (epoch.to_owned(), seq));
+    /// A join reply or a `resumed` entry of a hello reply, in `region`.
+    fn seed(&mut self, region: &str, result: &Value) {
+        self.region = region.to_owned();
+        self.epoch = result["epoch"].as_str().unwrap_or_default().to_owned();
+        self.seq = result["seq"].as_u64().unwrap_or(0);
+        self.vector
+            .insert(region.to_owned(), (self.epoch.clone(), self.seq));
+        for o in result["origins"].as_array().into_iter().flatten() {
+            let origin = o["region"].as_str().unwrap_or_default().to_owned();
+            let pos = (
+                o["epoch"].as_str().unwrap_or_default().to_owned(),
+                o["seq"].as_u64().unwrap_or(0),
+            );
+            self.vector.entry(origin).or_insert(pos);
+        }
     }
 
-    fn on_event(&mut self, region: &str, event: &Value) {
+    /// A room event received on the current connection.
+    fn on_event(&mut self, event: &Value) {
         let (Some(epoch), Some(seq)) = (event["epoch"].as_str(), event["seq"].as_u64()) else {
             return;
         };
-        self.set_local(region, epoch, seq);
+        if epoch == self.epoch {
+            self.seq = self.seq.max(seq);
+        } else {
+            // The region's history restarted: a new run of its sequence.
+            self.epoch = epoch.to_owned();
+            self.seq = seq;
+        }
         let origin = &event["origin"];
-        match (
+        let (region, pos) = match (
             origin["region"].as_str(),
             origin["epoch"].as_str(),
             origin["seq"].as_u64(),
         ) {
-            (Some(r), Some(e), Some(s)) => {
-                self.origins.insert(r.to_owned(), (e.to_owned(), s));
-            }
-            _ => {
-                self.origins
-                    .insert(region.to_owned(), (epoch.to_owned(), seq));
-            }
+            (Some(r), Some(e), Some(s)) => (r.to_owned(), (e.to_owned(), s)),
+            _ => (self.region.clone(), (epoch.to_owned(), seq)),
+        };
+        let slot = self.vector.entry(region).or_insert(pos.clone());
+        if slot.0 != pos.0 || slot.1 < pos.1 {
+            *slot = pos;
         }
     }
 
-    /// The resume entry for `room` when connecting to `region`.
-    fn resume_entry(&self, room: &str, region: &str, with_origins: bool) -> Value {
-        let (epoch, seq) = self
-            .local
-            .get(region)
-            .cloned()
-            .unwrap_or_else(|| (String::new(), 0));
-        let mut entry = json!({"room": room, "epoch": epoch, "seq": seq});
-        if with_origins {
-            let origins: Vec<Value> = self
-                .origins
-                .iter()
-                .filter(|(r, _)| r.as_str() != region)
-                .map(|(r, (e, s))| json!({"region": r, "epoch": e, "seq": s}))
-                .collect();
-            if !origins.is_empty() {
-                entry["origins"] = Value::Array(origins);
-            }
-        }
-        entry
+    /// The resume entry for `room`.
+    fn resume_entry(&self, room: &str) -> Value {
+        let origins: Vec<Value> = self
+            .vector
+            .iter()
+            .map(|(r, (e, s))| json!({"region": r, "epoch": e, "seq": s}))
+            .collect();
+        json!({"room": room, "epoch": self.epoch, "seq": self.seq, "origins": origins})
+    }
+
+    fn origins(&self) -> Vec<String> {
+        self.vector.keys().cloned().collect()
     }
 }
 
@@ -269,7 +273,10 @@ enum Pending {
 
 enum SessionEnd {
     /// The connection ended; the disruption was recorded already when `recorded`.
-    Lost { cause: String, recorded: bool },
+    Lost {
+        cause: String,
+        recorded: bool,
+    },
     Done,
 }
 
@@ -296,7 +303,8 @@ pub async fn run_client(
         attempts: 0,
     };
     let index = client.plan.index as u64;
-    client.rng = StdRng::seed_from_u64(client.shared.seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    client.rng =
+        StdRng::seed_from_u64(client.shared.seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15));
     client.run().await;
 }
 
@@ -320,6 +328,16 @@ impl Client {
     fn log<R>(&self, f: impl FnOnce(&mut ClientLog) -> R) -> R {
         let mut guard = self.log.lock().unwrap_or_else(PoisonError::into_inner);
         f(&mut guard)
+    }
+
+    /// Updates the version vector; publishes the known origins when one is new.
+    fn on_event(&mut self, frame: &Value) {
+        let known = self.positions.vector.len();
+        self.positions.on_event(frame);
+        if self.positions.vector.len() != known {
+            let origins = self.positions.origins();
+            self.log(|l| l.origins = origins);
+        }
     }
 
     fn phase(&self) -> Phase {
@@ -364,7 +382,10 @@ impl Client {
                 }
             }
         }
-        let (publish, direct) = (self.pending_publish.is_some(), self.pending_direct.is_some());
+        let (publish, direct) = (
+            self.pending_publish.is_some(),
+            self.pending_direct.is_some(),
+        );
         let now = self.shared.now();
         self.log(|l| {
             l.publish_pending_at_end = publish;
@@ -403,7 +424,8 @@ impl Client {
 
     /// Asks the router, then tries the ranked regions in order.
     async fn connect(&mut self) -> Result<(Ws, String)> {
-        let ranking: Vec<(String, String)> = match self.shared.router.route(self.plan.address).await {
+        let ranking: Vec<(String, String)> = match self.shared.router.route(self.plan.address).await
+        {
             Ok(answer) if !answer.regions.is_empty() => answer
                 .regions
                 .into_iter()
@@ -416,14 +438,16 @@ impl Client {
         for (region, url) in &ranking {
             self.attempts += 1;
             match self.try_region(region, url).await {
-                Ok(ws) => return Ok((ws, region.clone())),
+                Ok(done) => return Ok(done),
                 Err(e) => errors.push(format!("{region}: {e:#}")),
             }
         }
         bail!("no region took the connection: {}", errors.join("; "))
     }
 
-    async fn try_region(&mut self, region: &str, url: &str) -> Result<Ws> {
+    /// Connects to one region and says hello (with `resume` once joined); returns the
+    /// socket and the region named by the hello reply.
+    async fn try_region(&mut self, region: &str, url: &str) -> Result<(Ws, String)> {
         let (mut ws, _) = tokio::time::timeout(
             Duration::from_secs(3),
             tokio_tungstenite::connect_async(url),
@@ -431,67 +455,56 @@ impl Client {
         .await
         .map_err(|_| anyhow!("connect timed out"))?
         .with_context(|| format!("connect {url}"))?;
-        let mut with_origins = self.shared.origins_supported.load(Ordering::Relaxed);
-        loop {
-            let mut hello = json!({"id": 1, "op": "hello", "token": self.token});
-            if self.joined {
-                hello["resume"] = json!([self
-                    .positions
-                    .resume_entry(&self.plan.room, region, with_origins)]);
-            }
-            let sent_origins = hello.to_string().contains("\"origins\"");
-            ws.send(Message::Text(hello.to_string().into())).await?;
-            let reply = read_reply(&mut ws, Duration::from_secs(5)).await?;
-            if reply["type"] == "ok" {
-                let result = &reply["result"];
-                let actual = result["region"].as_str().unwrap_or(region).to_owned();
-                let mut in_room = false;
-                let mut statuses = Vec::new();
-                for entry in result["resumed"].as_array().into_iter().flatten() {
-                    let status = entry["status"].as_str().unwrap_or("?").to_owned();
-                    if status != "error" {
-                        in_room = true;
-                        if let (Some(e), Some(s)) = (entry["epoch"].as_str(), entry["seq"].as_u64()) {
-                            self.positions.set_local(&actual, e, s);
-                        }
-                    }
-                    statuses.push(status);
-                }
-                let now = self.shared.now();
-                let attempts = self.attempts;
-                let resumed = std::mem::take(&mut self.open_disruption);
-                self.log(|l| {
-                    for s in statuses {
-                        *l.resume_status.entry(s).or_default() += 1;
-                    }
-                    l.set_region(now, Some(actual.clone()));
-                    if resumed {
-                        if let Some(d) = l.disruptions.last_mut() {
-                            d.resumed_at = Some(now);
-                            d.to = Some(actual.clone());
-                            d.attempts = attempts;
-                        }
-                    }
-                });
-                if self.joined && !in_room {
-                    // The resume entry failed: the session joins again.
-                    self.joined = false;
-                }
-                return Ok(ws);
-            }
-            if reply["code"] == "bad_request" && sent_origins && with_origins {
-                // A node without cross-region resume: resume without `origins`.
-                self.shared.origins_supported.store(false, Ordering::Relaxed);
-                with_origins = false;
-                continue;
-            }
+        let mut hello = json!({"id": 1, "op": "hello", "token": self.token});
+        if self.joined {
+            hello["resume"] = json!([self.positions.resume_entry(&self.plan.room)]);
+        }
+        ws.send(Message::Text(hello.to_string().into())).await?;
+        let reply = read_reply(&mut ws, Duration::from_secs(5)).await?;
+        if reply["type"] != "ok" {
             let _ = ws.close(None).await;
             bail!(
-                "hello refused: {} {}",
+                "hello refused in {region}: {} {}",
                 reply["code"].as_str().unwrap_or("?"),
                 reply["message"].as_str().unwrap_or("")
             );
         }
+        let result = &reply["result"];
+        let actual = result["region"].as_str().unwrap_or(region).to_owned();
+        let mut in_room = false;
+        let mut statuses = Vec::new();
+        for entry in result["resumed"].as_array().into_iter().flatten() {
+            let status = entry["status"].as_str().unwrap_or("?").to_owned();
+            if status != "error" {
+                in_room = true;
+                self.positions.seed(&actual, entry);
+            }
+            statuses.push(status);
+        }
+        self.positions.region.clone_from(&actual);
+        let now = self.shared.now();
+        let attempts = self.attempts;
+        let resumed = std::mem::take(&mut self.open_disruption);
+        let origins = self.positions.origins();
+        self.log(|l| {
+            for s in statuses {
+                *l.resume_status.entry(s).or_default() += 1;
+            }
+            l.set_region(now, Some(actual.clone()));
+            l.origins = origins;
+            if resumed {
+                if let Some(d) = l.disruptions.last_mut() {
+                    d.resumed_at = Some(now);
+                    d.to = Some(actual.clone());
+                    d.attempts = attempts;
+                }
+            }
+        });
+        if self.joined && !in_room {
+            // The resume entry failed: the session joins again.
+            self.joined = false;
+        }
+        Ok((ws, actual))
     }
 
     async fn session(&mut self, mut ws: Ws, region: &str) -> SessionEnd {
@@ -523,10 +536,8 @@ impl Client {
         }
         let far = Instant::now() + Duration::from_secs(86_400);
         loop {
-            let can_send = self.phase() == Phase::Running
-                && go_away.is_none()
-                && in_room
-                && self.plan.active;
+            let can_send =
+                self.phase() == Phase::Running && go_away.is_none() && in_room && self.plan.active;
             tokio::select! {
                 frame = ws.next() => {
                     let text = match frame {
@@ -554,10 +565,9 @@ impl Client {
                             match what {
                                 Pending::Join => {
                                     if ok {
-                                        let r = &frame["result"];
-                                        if let (Some(e), Some(s)) = (r["epoch"].as_str(), r["seq"].as_u64()) {
-                                            self.positions.set_local(region, e, s);
-                                        }
+                                        self.positions.seed(region, &frame["result"]);
+                                        let origins = self.positions.origins();
+                                        self.log(|l| l.origins = origins);
                                         self.joined = true;
                                         in_room = true;
                                         self.log(|l| l.joined = true);
@@ -594,17 +604,15 @@ impl Client {
                                 }
                             }
                         }
-                        ("reconnect", _) => {
-                            if go_away.is_none() {
-                                let after = frame["after_ms"].as_u64().unwrap_or(0).min(10_000);
-                                go_away = Some(Instant::now() + Duration::from_millis(after));
-                                let reason = frame["reason"].as_str().unwrap_or("?");
-                                let now = self.shared.now();
-                                self.disrupted(now, format!("reconnect:{reason}"), Some(region.to_owned()));
-                            }
+                        ("reconnect", _) if go_away.is_none() => {
+                            let after = frame["after_ms"].as_u64().unwrap_or(0).min(10_000);
+                            go_away = Some(Instant::now() + Duration::from_millis(after));
+                            let reason = frame["reason"].as_str().unwrap_or("?");
+                            let now = self.shared.now();
+                            self.disrupted(now, format!("reconnect:{reason}"), Some(region.to_owned()));
                         }
                         ("message", _) => {
-                            self.positions.on_event(region, &frame);
+                            self.on_event(&frame);
                             let data = &frame["data"];
                             if data["drill"] == self.shared.run.as_str() && frame["from"] != self.plan.user.as_str() {
                                 if let Some(key) = data["k"].as_str() {
@@ -622,7 +630,7 @@ impl Client {
                                 }
                             }
                         }
-                        ("joined" | "left" | "state_changed", _) => self.positions.on_event(region, &frame),
+                        ("joined" | "left" | "state_changed", _) => self.on_event(&frame),
                         _ => {}
                     }
                 }
@@ -695,11 +703,15 @@ async fn read_reply(ws: &mut Ws, within: Duration) -> Result<Value> {
             None => bail!("closed before the hello reply"),
             Some(Err(e)) => bail!("connection error before the hello reply: {e}"),
             Some(Ok(Message::Close(f))) => {
-                bail!("closed before the hello reply ({})", f.map_or(1005, |f| u16::from(f.code)))
+                bail!(
+                    "closed before the hello reply ({})",
+                    f.map_or(1005, |f| u16::from(f.code))
+                )
             }
             Some(Ok(Message::Text(t))) => {
                 let v: Value = serde_json::from_str(&t).context("a frame that is not JSON")?;
-                let is_reply = matches!(v["type"].as_str(), Some("ok" | "error")) && v.get("id").is_some();
+                let is_reply =
+                    matches!(v["type"].as_str(), Some("ok" | "error")) && v.get("id").is_some();
                 if is_reply && (v["id"] == 1 || v["id"].is_null()) {
                     return Ok(v);
                 }
@@ -713,10 +725,9 @@ async fn read_reply(ws: &mut Ws, within: Duration) -> Result<Value> {
 mod tests {
     use super::*;
 
-    fn placed(city: &'static str, ranking: &[&str]) -> Placed {
+    fn placed(_city: &'static str, ranking: &[&str]) -> Placed {
         Placed {
             address: "10.0.0.1".parse().unwrap(),
-            city,
             ranking: ranking
                 .iter()
                 .map(|r| ((*r).to_owned(), format!("ws://{r}/v1/ws")))
@@ -751,7 +762,10 @@ mod tests {
         // Every client has a partner in its own room.
         for p in &plans {
             let partner = p.partner.as_ref().expect("partner");
-            let q = plans.iter().find(|q| &q.user == partner).expect("partner exists");
+            let q = plans
+                .iter()
+                .find(|q| &q.user == partner)
+                .expect("partner exists");
             assert_eq!(q.room, p.room);
             assert_ne!(&q.user, &p.user);
         }
@@ -773,23 +787,34 @@ mod tests {
     }
 
     #[test]
-    fn resume_entries_are_per_region_with_origins() {
+    fn the_version_vector_follows_origins_and_the_connected_region() {
         let mut pos = Positions::default();
-        pos.set_local("ap", "aaaa0000", 3);
-        pos.on_event("ap", &json!({"type":"message","epoch":"aaaa0000","seq":7}));
-        pos.on_event(
+        pos.seed(
             "ap",
-            &json!({"type":"message","epoch":"aaaa0000","seq":8,
-                    "origin":{"region":"eu","epoch":"eeee0000","seq":41}}),
+            &json!({"epoch":"aaaa0000","seq":3,"origins":[{"region":"eu","epoch":"eeee0000","seq":40}]}),
         );
-        let same = pos.resume_entry("r", "ap", true);
-        assert_eq!(same["epoch"], "aaaa0000");
-        assert_eq!(same["seq"], 8);
-        assert_eq!(same["origins"], json!([{"region":"eu","epoch":"eeee0000","seq":41}]));
-        let moved = pos.resume_entry("r", "eu", true);
-        assert_eq!(moved["epoch"], "");
-        assert_eq!(moved["seq"], 0);
-        assert_eq!(moved["origins"], json!([{"region":"ap","epoch":"aaaa0000","seq":7}]));
-        assert!(pos.resume_entry("r", "eu", false).get("origins").is_none());
+        pos.on_event(&json!({"type":"message","epoch":"aaaa0000","seq":7}));
+        pos.on_event(&json!({"type":"message","epoch":"aaaa0000","seq":8,
+                    "origin":{"region":"eu","epoch":"eeee0000","seq":41}}));
+        let entry = pos.resume_entry("r");
+        assert_eq!(entry["epoch"], "aaaa0000");
+        assert_eq!(entry["seq"], 8);
+        assert_eq!(
+            entry["origins"],
+            json!([{"region":"ap","epoch":"aaaa0000","seq":7},{"region":"eu","epoch":"eeee0000","seq":41}])
+        );
+        // Resumed in eu: its own events now come without origin.
+        pos.seed("eu", &json!({"epoch":"eeee0000","seq":45}));
+        pos.on_event(&json!({"type":"message","epoch":"eeee0000","seq":46}));
+        pos.on_event(&json!({"type":"joined","epoch":"eeee0000","seq":47,
+                    "origin":{"region":"us","epoch":"uuuu0000","seq":2}}));
+        let entry = pos.resume_entry("r");
+        assert_eq!(
+            (entry["epoch"].clone(), entry["seq"].clone()),
+            (json!("eeee0000"), json!(47))
+        );
+        assert_eq!(pos.vector["eu"], ("eeee0000".to_owned(), 46));
+        assert_eq!(pos.vector["us"], ("uuuu0000".to_owned(), 2));
+        assert_eq!(pos.vector["ap"], ("aaaa0000".to_owned(), 7));
     }
 }
