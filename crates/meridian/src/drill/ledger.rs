@@ -299,14 +299,14 @@ pub fn percentiles(samples: &[Duration]) -> Percentiles {
             return None;
         }
         let i = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1;
-        sorted.get(i).copied()
+        sorted.get(i).copied().map(round3)
     };
     Percentiles {
         count: sorted.len(),
         p50_s: rank(0.50),
         p95_s: rank(0.95),
         p99_s: rank(0.99),
-        max_s: sorted.last().copied(),
+        max_s: sorted.last().copied().map(round3),
     }
 }
 
