@@ -164,7 +164,8 @@ fn alive(pid: u32) -> bool {
 }
 
 /// Processes whose command line mentions `dir` (every mesh child gets a path in the state
-/// directory: configs, Redis data), except this test process.
+/// directory: configs, Redis data) or whose working directory is inside it (redis-server
+/// rewrites its command line but changes into its data dir), except this test process.
 fn processes_under(dir: &Path) -> Vec<u32> {
     let needle = dir.display().to_string();
     let me = std::process::id();
@@ -180,11 +181,12 @@ fn processes_under(dir: &Path) -> Vec<u32> {
         if pid == me {
             continue;
         }
-        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
-            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            if text.contains(&needle) && alive(pid) {
-                out.push(pid);
-            }
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let in_cmdline = String::from_utf8_lossy(&cmdline).contains(&needle);
+        let in_cwd =
+            std::fs::read_link(entry.path().join("cwd")).is_ok_and(|cwd| cwd.starts_with(dir));
+        if (in_cmdline || in_cwd) && alive(pid) {
+            out.push(pid);
         }
     }
     out

@@ -128,7 +128,7 @@ struct TokenArgs {
     #[arg(long)]
     user: String,
     /// Room patterns (comma-separated or repeated): `lobby`, `stage/*`, `*`. A pattern may end
-    /// in `:publish` to allow publishing in it alone. Default: `*`.
+    /// in `:publish` to allow publishing in it alone. Without `--rooms`: `*` with publish.
     #[arg(long = "rooms", alias = "room", value_delimiter = ',')]
     rooms: Vec<String>,
     /// Allow publishing (publish, state_set, state_delete) in every pattern given.

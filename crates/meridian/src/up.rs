@@ -7,7 +7,7 @@
 //! lives in the state directory (logs, certificates, Redis data, configs) and on loopback.
 //!
 //! `up` prints a table of endpoints and writes the same as `<state-dir>/endpoints.json`
-//! ([`Endpoints`], documented in `docs/mesh.md`). It also serves a small control API on
+//! ([`Endpoints`]; its fields are listed in the README's `meridian up` section). It also serves a small control API on
 //! loopback (`control` in the JSON) that `meridian drill --mode kill` uses to kill and restart a
 //! region's processes: only the parent can restart its children. Ctrl-C or SIGTERM stops every
 //! child (SIGTERM, then SIGKILL after a grace period).
