@@ -1,0 +1,408 @@
+//! The two wire protocols the load generator speaks, as pure functions from text frames to
+//! meaning and back: Meridian's protocol v1 (JSON objects over `/v1/ws`, docs/protocol.md) and
+//! Socket.IO v5 over Engine.IO v4 on a WebSocket (`/socket.io/?EIO=4&transport=websocket`).
+//!
+//! The load generator's own payloads are small JSON objects with a send timestamp `t` (µs on
+//! the load generator's monotonic clock), a phase tag `ph` and, for signaling pairs, a kind `k`
+//! and burst number `b`. They are found with a byte scan, not a JSON parse, so the receive path
+//! costs little next to the servers'.
+
+use std::fmt::Write as _;
+
+/// Which server a run talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum System {
+    /// Meridian region nodes (`/v1/ws`).
+    Meridian,
+    /// Socket.IO 4 servers (bench/socketio/server.js).
+    #[value(name = "socketio")]
+    #[serde(rename = "socketio")]
+    SocketIo,
+}
+
+impl System {
+    /// The WebSocket URL path on a server.
+    pub fn ws_path(self) -> &'static str {
+        match self {
+            Self::Meridian => "/v1/ws",
+            Self::SocketIo => "/socket.io/?EIO=4&transport=websocket",
+        }
+    }
+}
+
+/// What one received text frame is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Incoming<'a> {
+    /// The reply to request `id` (`ok` true) or its error (`ok` false, with the code).
+    Reply {
+        /// Request id.
+        id: u64,
+        /// Whether it succeeded.
+        ok: bool,
+        /// The error code or text when it did not.
+        error: Option<String>,
+    },
+    /// A room `message` or `direct` event; `body` is the whole frame (scan it with [`stamp`]).
+    Delivery {
+        /// `message` or `direct`.
+        direct: bool,
+        /// The frame.
+        body: &'a str,
+    },
+    /// Engine.IO heartbeat: answer with [`socketio::PONG`].
+    Ping,
+    /// The Engine.IO open packet or the Socket.IO connect acknowledgement.
+    Connected,
+    /// The server refused the connection (Socket.IO connect error, Meridian `reconnect`, …).
+    Refused(String),
+    /// Anything else (`joined`/`left` events, …).
+    Other,
+}
+
+/// The load generator's stamp inside a payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    /// Send time, µs on the load generator's clock.
+    pub sent_us: u64,
+    /// Phase tag.
+    pub phase: usize,
+    /// Burst number (signaling pairs), 0 otherwise.
+    pub burst: u64,
+    /// Kind byte (signaling pairs: `o`ffer, `a`nswer, `i`ce), 0 otherwise.
+    pub kind: u8,
+}
+
+fn number_after(body: &str, key: &str) -> Option<u64> {
+    let i = body.find(key)? + key.len();
+    let rest = &body.as_bytes()[i..];
+    let end = rest
+        .iter()
+        .position(|c| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
+    std::str::from_utf8(&rest[..end]).ok()?.parse().ok()
+}
+
+/// Finds the stamp in a delivered frame (both systems keep the payload's keys and order).
+pub fn stamp(body: &str) -> Option<Stamp> {
+    let sent_us = number_after(body, "\"t\":")?;
+    let phase = number_after(body, "\"ph\":").unwrap_or(0) as usize;
+    let burst = number_after(body, "\"b\":").unwrap_or(0);
+    let kind = body
+        .find("\"k\":\"")
+        .and_then(|i| body.as_bytes().get(i + 5).copied())
+        .unwrap_or(0);
+    Some(Stamp {
+        sent_us,
+        phase,
+        burst,
+        kind,
+    })
+}
+
+/// A payload with a stamp and `pad` bytes of filler.
+pub fn payload(sent_us: u64, phase: usize, kind: Option<(char, u64)>, pad: usize) -> String {
+    let mut s = String::with_capacity(48 + pad);
+    s.push('{');
+    if let Some((k, b)) = kind {
+        let _ = write!(s, "\"k\":\"{k}\",\"b\":{b},");
+    }
+    let _ = write!(s, "\"t\":{sent_us},\"ph\":{phase}");
+    if pad > 0 {
+        s.push_str(",\"pad\":\"");
+        s.extend(std::iter::repeat_n('x', pad));
+        s.push('"');
+    }
+    s.push('}');
+    s
+}
+
+/// Meridian protocol v1 frames.
+pub mod meridian {
+    use super::Incoming;
+
+    /// `hello` with a token.
+    pub fn hello(id: u64, token: &str) -> String {
+        format!(r#"{{"id":{id},"op":"hello","token":"{token}"}}"#)
+    }
+
+    /// `join` a room.
+    pub fn join(id: u64, room: &str) -> String {
+        format!(r#"{{"id":{id},"op":"join","room":"{room}"}}"#)
+    }
+
+    /// `publish` a JSON payload to a room.
+    pub fn publish(id: u64, room: &str, data: &str) -> String {
+        format!(r#"{{"id":{id},"op":"publish","room":"{room}","data":{data}}}"#)
+    }
+
+    /// `send` a JSON payload to a user.
+    pub fn send(id: u64, to: &str, data: &str) -> String {
+        format!(r#"{{"id":{id},"op":"send","to":"{to}","data":{data}}}"#)
+    }
+
+    /// Classifies a frame from a node.
+    pub fn classify(text: &str) -> Incoming<'_> {
+        // The node writes `type` first; fall back to a parse for anything unexpected.
+        if let Some(rest) = text.strip_prefix(r#"{"type":""#) {
+            if rest.starts_with("message\"") {
+                return Incoming::Delivery {
+                    direct: false,
+                    body: text,
+                };
+            }
+            if rest.starts_with("direct\"") {
+                return Incoming::Delivery {
+                    direct: true,
+                    body: text,
+                };
+            }
+            if rest.starts_with("joined\"")
+                || rest.starts_with("left\"")
+                || rest.starts_with("state_changed\"")
+            {
+                return Incoming::Other;
+            }
+        }
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(text) else {
+            return Incoming::Other;
+        };
+        match v["type"].as_str() {
+            Some("ok") => match v["id"].as_u64() {
+                Some(id) => Incoming::Reply {
+                    id,
+                    ok: true,
+                    error: None,
+                },
+                None => Incoming::Other,
+            },
+            Some("error") => match v.get("id").map(|i| i.as_u64()) {
+                Some(Some(id)) => Incoming::Reply {
+                    id,
+                    ok: false,
+                    error: v["code"].as_str().map(str::to_owned),
+                },
+                _ => Incoming::Refused(v["code"].as_str().unwrap_or("error").to_owned()),
+            },
+            Some("reconnect") => {
+                Incoming::Refused(format!("reconnect:{}", v["reason"].as_str().unwrap_or("")))
+            }
+            Some("message") => Incoming::Delivery {
+                direct: false,
+                body: text,
+            },
+            Some("direct") => Incoming::Delivery {
+                direct: true,
+                body: text,
+            },
+            _ => Incoming::Other,
+        }
+    }
+}
+
+/// Socket.IO v5 packets inside Engine.IO v4 `message` packets (`4` + Socket.IO packet), as sent
+/// on a WebSocket transport (one packet per frame).
+pub mod socketio {
+    use super::Incoming;
+
+    /// Engine.IO `pong`, the answer to the server's `ping` (`2`).
+    pub const PONG: &str = "3";
+
+    /// Socket.IO CONNECT to the main namespace with an auth object (`40{...}`).
+    pub fn connect(token: &str) -> String {
+        format!(r#"40{{"token":"{token}"}}"#)
+    }
+
+    /// An EVENT with an ack id: `42<id>["name",<arg>]`.
+    pub fn event(id: u64, name: &str, arg: &str) -> String {
+        format!(r#"42{id}["{name}",{arg}]"#)
+    }
+
+    /// `join` a room (server.js replies through the ack).
+    pub fn join(id: u64, room: &str) -> String {
+        event(id, "join", &format!(r#""{room}""#))
+    }
+
+    /// `publish` to a room.
+    pub fn publish(id: u64, room: &str, data: &str) -> String {
+        event(
+            id,
+            "publish",
+            &format!(r#"{{"room":"{room}","data":{data}}}"#),
+        )
+    }
+
+    /// `send` to a user.
+    pub fn send(id: u64, to: &str, data: &str) -> String {
+        event(id, "send", &format!(r#"{{"to":"{to}","data":{data}}}"#))
+    }
+
+    /// Classifies a frame from a Socket.IO server.
+    pub fn classify(text: &str) -> Incoming<'_> {
+        let b = text.as_bytes();
+        match b.first() {
+            Some(b'2') if b.len() == 1 => return Incoming::Ping,
+            Some(b'0') => return Incoming::Other, // Engine.IO open: wait for the connect reply
+            Some(b'1') => return Incoming::Refused("engine.io close".into()),
+            Some(b'4') => {}
+            _ => return Incoming::Other,
+        }
+        match b.get(1) {
+            Some(b'0') => Incoming::Connected,
+            Some(b'1') => Incoming::Refused("disconnected by server".into()),
+            Some(b'4') => Incoming::Refused(format!("connect_error {}", &text[2..])),
+            Some(b'2') => {
+                let rest = &text[2..];
+                if rest.starts_with(r#"["message""#) {
+                    Incoming::Delivery {
+                        direct: false,
+                        body: text,
+                    }
+                } else if rest.starts_with(r#"["direct""#) {
+                    Incoming::Delivery {
+                        direct: true,
+                        body: text,
+                    }
+                } else {
+                    Incoming::Other
+                }
+            }
+            Some(b'3') => {
+                let rest = &text[2..];
+                let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+                let Ok(id) = rest[..digits].parse() else {
+                    return Incoming::Other;
+                };
+                let args = &rest[digits..];
+                // server.js acks `[{"ok":true}]` or `[{"error":"code"}]`.
+                if args.contains(r#""error""#) {
+                    let error = serde_json::from_str::<serde_json::Value>(args)
+                        .ok()
+                        .and_then(|v| v[0]["error"].as_str().map(str::to_owned))
+                        .or_else(|| Some(args.to_owned()));
+                    Incoming::Reply {
+                        id,
+                        ok: false,
+                        error,
+                    }
+                } else {
+                    Incoming::Reply {
+                        id,
+                        ok: true,
+                        error: None,
+                    }
+                }
+            }
+            _ => Incoming::Other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_round_trip() {
+        let p = payload(123_456, 3, Some(('o', 9)), 8);
+        assert_eq!(p, r#"{"k":"o","b":9,"t":123456,"ph":3,"pad":"xxxxxxxx"}"#);
+        let v: serde_json::Value = serde_json::from_str(&p).unwrap();
+        assert_eq!(v["t"], 123_456);
+        let frame = format!(r#"{{"type":"direct","from":"alice","data":{p}}}"#);
+        assert_eq!(
+            stamp(&frame),
+            Some(Stamp {
+                sent_us: 123_456,
+                phase: 3,
+                burst: 9,
+                kind: b'o'
+            })
+        );
+        let plain = payload(5, 0, None, 0);
+        assert_eq!(plain, r#"{"t":5,"ph":0}"#);
+        assert_eq!(stamp(r#"{"type":"joined"}"#), None);
+    }
+
+    #[test]
+    fn meridian_frames() {
+        use meridian::*;
+        assert!(matches!(
+            classify(
+                r#"{"type":"message","room":"r","from":"u","data":{"t":1,"ph":0},"seq":3,"epoch":"e"}"#
+            ),
+            Incoming::Delivery { direct: false, .. }
+        ));
+        assert_eq!(
+            classify(r#"{"type":"ok","id":7,"result":{}}"#),
+            Incoming::Reply {
+                id: 7,
+                ok: true,
+                error: None
+            }
+        );
+        assert_eq!(
+            classify(r#"{"type":"error","id":8,"code":"rate_limited","message":"x"}"#),
+            Incoming::Reply {
+                id: 8,
+                ok: false,
+                error: Some("rate_limited".into())
+            }
+        );
+        assert_eq!(
+            classify(r#"{"type":"reconnect","after_ms":3,"reason":"slow_consumer"}"#),
+            Incoming::Refused("reconnect:slow_consumer".into())
+        );
+        assert_eq!(classify(r#"{"type":"joined","room":"r"}"#), Incoming::Other);
+        let j: serde_json::Value = serde_json::from_str(&publish(3, "room", r#"{"t":1}"#)).unwrap();
+        assert_eq!(j["op"], "publish");
+        assert_eq!(j["data"]["t"], 1);
+        let s: serde_json::Value = serde_json::from_str(&send(4, "bob", "{}")).unwrap();
+        assert_eq!(s["to"], "bob");
+    }
+
+    #[test]
+    fn socketio_frames() {
+        use socketio::*;
+        assert_eq!(classify("2"), Incoming::Ping);
+        assert_eq!(
+            classify(r#"0{"sid":"x","pingInterval":25000}"#),
+            Incoming::Other
+        );
+        assert_eq!(classify(r#"40{"sid":"abc"}"#), Incoming::Connected);
+        assert!(matches!(
+            classify(r#"44{"message":"token_invalid"}"#),
+            Incoming::Refused(_)
+        ));
+        assert!(matches!(
+            classify(r#"42["message",{"room":"r","from":"u","data":{"t":5,"ph":1}}]"#),
+            Incoming::Delivery { direct: false, .. }
+        ));
+        assert!(matches!(
+            classify(r#"42["direct",{"from":"u","data":{"t":5}}]"#),
+            Incoming::Delivery { direct: true, .. }
+        ));
+        assert_eq!(classify(r#"42["joined",{"room":"r"}]"#), Incoming::Other);
+        assert_eq!(
+            classify(r#"4312[{"ok":true}]"#),
+            Incoming::Reply {
+                id: 12,
+                ok: true,
+                error: None
+            }
+        );
+        assert_eq!(
+            classify(r#"4313[{"error":"forbidden"}]"#),
+            Incoming::Reply {
+                id: 13,
+                ok: false,
+                error: Some("forbidden".into())
+            }
+        );
+        assert_eq!(join(5, "lobby"), r#"425["join","lobby"]"#);
+        assert_eq!(connect("tok"), r#"40{"token":"tok"}"#);
+        assert_eq!(
+            send(6, "bob", "{}"),
+            r#"426["send",{"to":"bob","data":{}}]"#
+        );
+    }
+}
