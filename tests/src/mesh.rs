@@ -29,6 +29,8 @@ pub struct MeshTiming {
     pub idle_timeout_ms: u64,
     /// `timing.keep_alive_ms`.
     pub keep_alive_ms: u64,
+    /// Extra TOML for every node (e.g. `[limits]` for benchmarks).
+    pub node_extra: String,
 }
 
 impl Default for MeshTiming {
@@ -38,6 +40,7 @@ impl Default for MeshTiming {
             interest_linger_ms: 2_000,
             idle_timeout_ms: 2_000,
             keep_alive_ms: 500,
+            node_extra: String::new(),
         }
     }
 }
@@ -218,7 +221,7 @@ impl TestMesh {
         let mut started = Vec::new();
         for name in names {
             let redis = RedisServer::start().map_err(|e| anyhow!("redis-server: {e}"))?;
-            let node = NodeProcess::start(name, &redis.url(), "")?;
+            let node = NodeProcess::start(name, &redis.url(), &timing.node_extra)?;
             let relay_addr = SocketAddr::from(([127, 0, 0, 1], free_udp_port()?));
             let (lat, lon) = coordinates(name);
             std::fs::write(
