@@ -231,12 +231,7 @@ fn run(command: Command) -> Result<ExitCode> {
                 &out,
                 force,
             )
-            .with_context(|| {
-                format!(
-                    "writing certificates to {} (existing files are kept unless --force)",
-                    out.display()
-                )
-            })?;
+            .with_context(|| format!("writing certificates to {}", out.display()))?;
             println!("mesh CA: {}", out.join("ca.pem").display());
             for name in &names {
                 println!(

@@ -93,6 +93,10 @@ pub struct ClientLog {
     pub errors: Vec<String>,
     /// Origin regions in the client's version vector.
     pub origins: Vec<String>,
+    /// Publishes sent again on a new connection after no `ok` (key, region of the retry).
+    pub retried: Vec<(String, String)>,
+    /// Room events dropped as already seen (origin position at or below the vector).
+    pub deduped: u64,
 }
 
 impl ClientLog {
@@ -154,6 +158,9 @@ pub struct Counts {
     pub lost_reconnecting: u64,
     /// Extra copies received.
     pub duplicated: u64,
+    /// Of those, copies of a message its publisher sent again on a new connection in another
+    /// region after the first one's `ok` was lost (idempotency keys are per region).
+    pub duplicated_retried: u64,
     /// Direct messages only: `user_offline` answers (retried by the sender).
     pub refused: u64,
 }
@@ -168,6 +175,7 @@ impl Counts {
         self.lost_cross_region += other.lost_cross_region;
         self.lost_reconnecting += other.lost_reconnecting;
         self.duplicated += other.duplicated;
+        self.duplicated_retried += other.duplicated_retried;
         self.refused += other.refused;
     }
 }
@@ -188,6 +196,11 @@ pub struct MessageStats {
     pub unacked_delivered: u64,
     /// Clients whose last publish / direct message never got `ok` before the workload stopped.
     pub pending_at_end: u64,
+    /// A few lost or duplicated room messages (`key -> receiver: what`), for the report.
+    pub examples: Vec<String>,
+    /// Room events the clients received twice from the mesh and dropped by origin position
+    /// (not counted as duplicated: a client that keeps the version vector never shows them).
+    pub deduped_by_clients: u64,
 }
 
 /// Counts every room message and direct message of `clients`.
@@ -211,15 +224,54 @@ pub fn account(clients: &[ClientRecord]) -> MessageStats {
                 match receiver.log.received.get(&p.key).copied().unwrap_or(0) {
                     0 => {
                         row.lost += 1;
-                        match receiver.log.region_at(p.at) {
-                            None => row.lost_reconnecting += 1,
-                            Some(r) if r == p.region => row.lost_same_region += 1,
-                            Some(_) => row.lost_cross_region += 1,
+                        let class = match receiver.log.region_at(p.at) {
+                            None => {
+                                row.lost_reconnecting += 1;
+                                "reconnecting"
+                            }
+                            Some(r) if r == p.region => {
+                                row.lost_same_region += 1;
+                                "same region"
+                            }
+                            Some(_) => {
+                                row.lost_cross_region += 1;
+                                "cross region"
+                            }
+                        };
+                        if stats.examples.len() < 10 {
+                            stats.examples.push(format!(
+                                "{} -> {}: lost ({class}; acked in {} at {:.3}s)",
+                                p.key,
+                                receiver.user,
+                                p.region,
+                                p.at.as_secs_f64()
+                            ));
                         }
                     }
                     n => {
                         row.delivered += 1;
-                        row.duplicated += u64::from(n - 1);
+                        if n > 1 {
+                            let extra = u64::from(n - 1);
+                            row.duplicated += extra;
+                            let retried = publisher.log.retried.iter().any(|(k, _)| *k == p.key);
+                            if retried {
+                                row.duplicated_retried += extra;
+                            }
+                            if stats.examples.len() < 10 {
+                                stats.examples.push(format!(
+                                    "{} -> {}: {n} copies ({}acked in {} at {:.3}s)",
+                                    p.key,
+                                    receiver.user,
+                                    if retried {
+                                        "retried after a lost ok; "
+                                    } else {
+                                        ""
+                                    },
+                                    p.region,
+                                    p.at.as_secs_f64()
+                                ));
+                            }
+                        }
                     }
                 }
             }
@@ -266,6 +318,7 @@ pub fn account(clients: &[ClientRecord]) -> MessageStats {
         }
     }
     stats.unacked_delivered = unacked.len() as u64;
+    stats.deduped_by_clients = clients.iter().map(|c| c.log.deduped).sum();
     for row in stats.rooms.values() {
         stats.rooms_total.add(row);
     }

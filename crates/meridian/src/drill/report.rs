@@ -332,6 +332,25 @@ impl Report {
             &self.messages.direct_total,
             true,
         );
+        if self.messages.rooms_total.duplicated_retried > 0 {
+            let _ = writeln!(
+                o,
+                "  {} of the duplicates are retries of a publish whose ok was lost with the \
+                 region (idempotency keys are per region)",
+                self.messages.rooms_total.duplicated_retried
+            );
+        }
+        if self.messages.deduped_by_clients > 0 {
+            let _ = writeln!(
+                o,
+                "  {} room events arrived twice (already seen in the old region, replicated live \
+                 into the new one) and were dropped by the clients' version vector",
+                self.messages.deduped_by_clients
+            );
+        }
+        for e in &self.messages.examples {
+            let _ = writeln!(o, "  {e}");
+        }
         if self.messages.unacked_delivered > 0 || self.messages.pending_at_end > 0 {
             let _ = writeln!(
                 o,

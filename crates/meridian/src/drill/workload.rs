@@ -250,6 +250,25 @@ impl Positions {
         }
     }
 
+    /// Whether a replicated event is at or below the vector's position for its origin. Per
+    /// origin, events reach a region in order (one hop, one lane per room), so such an event
+    /// is one this client received already in another region: the resume's replay skipped it,
+    /// but it can still arrive live when the relay applied it here after the resume.
+    fn already_seen(&self, event: &Value) -> bool {
+        let origin = &event["origin"];
+        match (
+            origin["region"].as_str(),
+            origin["epoch"].as_str(),
+            origin["seq"].as_u64(),
+        ) {
+            (Some(r), Some(e), Some(s)) => self
+                .vector
+                .get(r)
+                .is_some_and(|(epoch, seq)| epoch == e && s <= *seq),
+            _ => false,
+        }
+    }
+
     /// The resume entry for `room`.
     fn resume_entry(&self, room: &str) -> Value {
         let origins: Vec<Value> = self
@@ -611,6 +630,13 @@ impl Client {
                             let now = self.shared.now();
                             self.disrupted(now, format!("reconnect:{reason}"), Some(region.to_owned()));
                         }
+                        ("message" | "joined" | "left" | "state_changed", _)
+                            if self.positions.already_seen(&frame) =>
+                        {
+                            // Seen already on the last connection (replicated into this
+                            // region after the resume read its history).
+                            self.log(|l| l.deduped += 1);
+                        }
                         ("message", _) => {
                             self.on_event(&frame);
                             let data = &frame["data"];
@@ -636,7 +662,12 @@ impl Client {
                 }
                 _ = publish_tick.tick(), if can_send && !publish_in_flight => {
                     let key = match &self.pending_publish {
-                        Some(key) => key.clone(),
+                        Some(key) => {
+                            // No `ok` on the last connection: the same key again, here.
+                            let (key, region) = (key.clone(), region.to_owned());
+                            self.log(|l| l.retried.push((key.clone(), region)));
+                            key
+                        }
                         None => {
                             self.publishes += 1;
                             let key = format!("{}-p{}", self.plan.user, self.publishes);
@@ -816,5 +847,16 @@ mod tests {
         assert_eq!(pos.vector["eu"], ("eeee0000".to_owned(), 46));
         assert_eq!(pos.vector["us"], ("uuuu0000".to_owned(), 2));
         assert_eq!(pos.vector["ap"], ("aaaa0000".to_owned(), 7));
+        // ap's seq 7 arriving again through eu is a duplicate; seq 8 is news.
+        let again = json!({"type":"message","epoch":"eeee0000","seq":48,
+                           "origin":{"region":"ap","epoch":"aaaa0000","seq":7}});
+        assert!(pos.already_seen(&again));
+        let news = json!({"type":"message","epoch":"eeee0000","seq":48,
+                          "origin":{"region":"ap","epoch":"aaaa0000","seq":8}});
+        assert!(!pos.already_seen(&news));
+        let restarted = json!({"type":"message","epoch":"eeee0000","seq":49,
+                               "origin":{"region":"ap","epoch":"bbbb0000","seq":1}});
+        assert!(!pos.already_seen(&restarted));
+        assert!(!pos.already_seen(&json!({"type":"message","epoch":"eeee0000","seq":3})));
     }
 }
