@@ -417,6 +417,67 @@ async fn a_partition_heals_without_loss_or_duplicates() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_longer_than_the_grace_period_loses_no_message() -> Result<()> {
+    let timing = MeshTiming {
+        grace_ms: 2_000,
+        ..MeshTiming::default()
+    };
+    let mesh = TestMesh::start(&[AP, EU], 80, 1, timing).await?;
+    mesh.wait_links(LONG).await?;
+    let (mut a, mut b) = two_users(&mesh).await?;
+    assert!(b.until(LONG, |u| u.vector.contains_key(AP)).await?);
+    mesh.partition(AP, EU, true)?;
+    let start = Instant::now();
+    let mut n = 1;
+    while start.elapsed() < Duration::from_secs(7) {
+        a.publish(n).await?;
+        b.publish(100 + n).await?;
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let last = n - 1;
+    // Both sides declared the other down meanwhile.
+    let gone = a
+        .client
+        .drain_events("left", Duration::from_millis(100))
+        .await?;
+    assert!(
+        gone.iter()
+            .any(|e| e["user"] == "bob" && e["reason"] == "region_down"),
+        "{gone:?}"
+    );
+    mesh.partition(AP, EU, false)?;
+    assert!(
+        a.until(Duration::from_secs(20), |u| u.got_from("bob").len()
+            >= last as usize)
+            .await?
+    );
+    assert!(
+        b.until(Duration::from_secs(20), |u| u.got_from("alice").len()
+            >= last as usize)
+            .await?
+    );
+    a.pump(Duration::from_secs(1)).await?;
+    b.pump(Duration::from_millis(200)).await?;
+    assert_eq!(
+        a.got_from("bob"),
+        exactly(101..=100 + last),
+        "no loss, no duplicate"
+    );
+    assert_eq!(
+        b.got_from("alice"),
+        exactly(1..=last),
+        "no loss, no duplicate"
+    );
+    // The snapshot on reconnect brought the members back.
+    let want: BTreeMap<String, String> =
+        [("alice".into(), AP.into()), ("bob".into(), EU.into())].into();
+    assert_eq!(member_regions(&mut a).await?, want);
+    assert_eq!(member_regions(&mut b).await?, want);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_region_is_reported_down_and_its_rehomed_user_resumes() -> Result<()> {
     let timing = MeshTiming {
         grace_ms: 3_000,

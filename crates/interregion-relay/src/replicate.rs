@@ -724,11 +724,12 @@ impl Replicator {
                     let reachable =
                         batch.seq == pos.seq || batch.oldest.is_some_and(|o| o <= pos.seq + 1);
                     if same_epoch && pos.seq <= batch.seq && reachable {
-                        return Some(Cursor {
-                            epoch: batch.epoch,
-                            seq: pos.seq,
-                            prev: pos.seq,
-                        });
+                        // Reconcile membership and state first (a snapshot labelled with the
+                        // resume point: everything replayed after it is older and merges by
+                        // last-writer-wins), then replay the history after the point.
+                        return self
+                            .send_snapshot(room, peer, Some((&batch.epoch, pos.seq)))
+                            .await;
                     }
                     if same_epoch {
                         if let Some(m) = self.metrics() {
@@ -742,10 +743,18 @@ impl Replicator {
                 }
             }
         }
-        self.send_snapshot(room, peer).await
+        self.send_snapshot(room, peer, None).await
     }
 
-    async fn send_snapshot(&self, room: &RoomId, peer: &str) -> Option<Cursor> {
+    /// Sends the room's snapshot, as of its position now, or labelled with `at` (an earlier
+    /// position of the same epoch: the follower's resume point) when given. Returns the
+    /// cursor the pump continues from.
+    async fn send_snapshot(
+        &self,
+        room: &RoomId,
+        peer: &str,
+        at: Option<(&str, u64)>,
+    ) -> Option<Cursor> {
         let snap = match self.store.snapshot(room).await {
             Ok(s) => s,
             Err(e) => {
@@ -753,11 +762,15 @@ impl Replicator {
                 return None;
             }
         };
+        let label = match at {
+            Some((epoch, seq)) if epoch == snap.epoch && seq <= snap.seq => seq,
+            _ => snap.seq,
+        };
         let event = RoomEvent {
             room: room.clone(),
             origin_region: self.region().to_owned(),
             origin_epoch: epoch_code(&snap.epoch),
-            origin_seq: snap.seq,
+            origin_seq: label,
             prev_seq: 0,
             hlc: hlc(snap.stamp),
             kind: EventKind::Snapshot {
@@ -785,8 +798,8 @@ impl Replicator {
         }
         Some(Cursor {
             epoch: snap.epoch,
-            seq: snap.seq,
-            prev: snap.seq,
+            seq: label,
+            prev: label,
         })
     }
 
@@ -815,7 +828,7 @@ impl Replicator {
                         Metrics::peer_inc(&m.history_truncated, peer);
                     }
                 }
-                match self.send_snapshot(room, peer).await {
+                match self.send_snapshot(room, peer, None).await {
                     Some(c) => {
                         *cursor = c;
                         continue;

@@ -225,19 +225,19 @@ async fn a_region_declared_down_loses_its_members_but_not_rehomed_ones() {
             .any(|f| f.contains("\"type\":\"left\"") && f.contains("\"user\":\"carol\"")),
         "{last:?}"
     );
-    // The watermark is gone: the region starts over with a snapshot when it is back.
+    // The watermark stays: when the region is back it resumes after it.
     assert_eq!(
         ap.watermarks("eu", std::slice::from_ref(&room))
             .await
             .unwrap(),
-        vec![None]
+        vec![Some((EPOCH.to_owned(), 4))]
     );
     // With carol's connection gone, withdrawing the interest purges the replica silently.
     let _: () = c.del(format!("mr:{{{room}}}:cc")).await.unwrap();
     let _: () = c.hdel(format!("mr:{{{room}}}:reg"), "carol").await.unwrap();
     ap.apply(&event(
         &room,
-        1,
+        5,
         0,
         RemoteKind::Snapshot {
             members: vec![(user("dave"), stamp(9))],

@@ -385,7 +385,7 @@ return {epoch, seq, stamp, members, state}
 
 /// ARGV[6] region declared down, [7] room id. Removes the members homed in that region with
 /// `left {reason: region_down}`; a member still connected here (re-homed) comes home with a
-/// local `joined` instead. Forgets the region's watermark. Returns the users removed.
+/// local `joined` instead. Keeps the region's watermark. Returns the users removed.
 const REGION_DOWN_LUA: &str = r#"
 local gone, room = ARGV[6], ARGV[7]
 local removed = 0
@@ -407,7 +407,8 @@ for j = 1, #reg, 2 do
     end
   end
 end
-redis.call('HDEL', KEYS[12], gone)
+-- The watermark stays: when the region is back, it resumes after it (a partition longer
+-- than the grace period loses no message) and reconciles membership with a snapshot.
 return removed
 "#;
 
