@@ -79,7 +79,7 @@ pub struct DrillArgs {
     pub router: Option<String>,
     /// The router's DNS server (`HOST:PORT`) to poll with ECS; without it only HTTP is polled.
     #[arg(long)]
-    pub dns: Option<SocketAddr>,
+    pub dns: Option<String>,
     /// The zone the router serves (`ws.<zone>` is queried).
     #[arg(long)]
     pub zone: Option<String>,
@@ -149,7 +149,16 @@ struct Target {
     local: bool,
 }
 
+fn dns_server(text: &str) -> Result<SocketAddr> {
+    use std::net::ToSocketAddrs;
+    text.to_socket_addrs()
+        .with_context(|| format!("--dns {text}: give the router's DNS server as HOST:PORT"))?
+        .next()
+        .ok_or_else(|| anyhow!("--dns {text}: the name has no address"))
+}
+
 fn resolve(args: &DrillArgs) -> Result<Target> {
+    let dns = args.dns.as_deref().map(dns_server).transpose()?;
     let endpoints = mesh::load_endpoints(args.endpoints.as_deref(), args.state_dir.as_deref())?;
     let target = match endpoints {
         Some(e) => Target {
@@ -158,7 +167,7 @@ fn resolve(args: &DrillArgs) -> Result<Target> {
                     .as_deref()
                     .unwrap_or(&format!("http://{}", e.router.http)),
             )?,
-            dns: args.dns.or(Some(e.router.dns)),
+            dns: dns.or(Some(e.router.dns)),
             zone: args.zone.clone().unwrap_or(e.zone),
             admin_token: args.admin_token.clone().or(Some(e.admin_token)),
             token_secret: args.token_secret.clone().unwrap_or(e.token_secret),
@@ -178,7 +187,7 @@ fn resolve(args: &DrillArgs) -> Result<Target> {
             })?;
             Target {
                 router: RouterApi::new(router)?,
-                dns: args.dns,
+                dns,
                 zone: args
                     .zone
                     .clone()
