@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::extract::ws::Utf8Bytes;
-use meridian_protocol::{RoomId, UserId};
+use meridian_protocol::{OriginPosition, RoomId, UserId};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -102,6 +102,17 @@ pub struct Subscriber {
     pub conn: u64,
     outbox: Outbox,
     cursor: Mutex<Cursor>,
+    /// After a cross-region resume: per origin region, the last of its events the client
+    /// already received elsewhere. Replicated events at or below it are not delivered again
+    /// (this region may receive them after the client arrived).
+    floor: std::sync::OnceLock<HashMap<String, (String, u64)>>,
+}
+
+/// The `origin` of a replicated room event frame, if it has one.
+fn origin_of(frame: &str) -> Option<OriginPosition> {
+    let start = frame.find("\"origin\":{")? + "\"origin\":".len();
+    let end = start + frame[start..].find('}')?;
+    serde_json::from_str(&frame[start..=end]).ok()
 }
 
 impl Subscriber {
@@ -114,7 +125,30 @@ impl Subscriber {
                 events: Vec::new(),
                 overflow: false,
             }),
+            floor: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Sets the cross-region resume floor (once, before [`Subscriber::go_live`]).
+    pub fn set_floor(&self, vector: &[OriginPosition]) {
+        let floor = vector
+            .iter()
+            .map(|o| (o.region.clone(), (o.epoch.clone(), o.seq)))
+            .collect();
+        let _ = self.floor.set(floor);
+    }
+
+    /// Whether the client already received this replicated event in another region.
+    fn seen_elsewhere(&self, frame: &str) -> bool {
+        let Some(floor) = self.floor.get() else {
+            return false;
+        };
+        let Some(origin) = origin_of(frame) else {
+            return false;
+        };
+        floor
+            .get(&origin.region)
+            .is_some_and(|(epoch, seq)| *epoch == origin.epoch && origin.seq <= *seq)
     }
 
     fn cursor(&self) -> MutexGuard<'_, Cursor> {
@@ -145,6 +179,9 @@ impl Subscriber {
                     return false;
                 }
                 *last = seq;
+                if self.seen_elsewhere(frame) {
+                    return false;
+                }
                 self.outbox.push(frame.clone())
             }
         }
@@ -175,7 +212,9 @@ impl Subscriber {
         for (s, frame) in events {
             if s > last {
                 last = s;
-                self.outbox.push(frame);
+                if !self.seen_elsewhere(&frame) {
+                    self.outbox.push(frame);
+                }
             }
         }
         *cursor = Cursor::Live { last, epoch };
@@ -329,6 +368,40 @@ mod tests {
             .map(|f| f.to_string())
             .collect();
         assert_eq!(got, vec!["6", "7", "8", "f1"]);
+    }
+
+    #[test]
+    fn a_cross_region_resume_floor_drops_events_seen_elsewhere() {
+        let (o, mut rx) = outbox(16);
+        let sub = Subscriber::new(1, o);
+        sub.set_floor(&[OriginPosition {
+            region: "eu".into(),
+            epoch: "p0".into(),
+            seq: 18,
+        }]);
+        let e: Arc<str> = "e".into();
+        let replicated = |seq: u64| {
+            Utf8Bytes::from(format!(
+                r#"{{"type":"message","room":"r","from":"b","data":{{}},"origin":{{"region":"eu","epoch":"p0","seq":{seq}}},"seq":1,"epoch":"e"}}"#
+            ))
+        };
+        // Buffered during the resume: the one at the floor is dropped on going live.
+        assert!(!sub.offer(11, &e, &replicated(18)));
+        assert!(sub.go_live(10, "e"));
+        assert!(!sub.offer(12, &e, &replicated(17)), "seen elsewhere");
+        assert!(sub.offer(13, &e, &replicated(19)));
+        assert!(sub.offer(14, &e, &Utf8Bytes::from(r#"{"type":"message","seq":14}"#)));
+        let other = Utf8Bytes::from(
+            r#"{"type":"message","origin":{"region":"us","epoch":"x","seq":1},"seq":15}"#,
+        );
+        assert!(
+            sub.offer(15, &e, &other),
+            "an origin not in the floor is delivered"
+        );
+        let got = std::iter::from_fn(|| rx.try_recv().ok()).count();
+        assert_eq!(got, 3);
+        assert_eq!(origin_of("{}"), None);
+        assert_eq!(origin_of(r#"{"origin":{"region":1}}"#), None);
     }
 
     fn o_reason(sub: &Subscriber) -> Option<KickReason> {

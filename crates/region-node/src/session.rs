@@ -653,6 +653,8 @@ impl Session {
             // A position in another region's sequence (the epoch is not this room's here)
             // with a version vector: cross-region resume.
             let read = if !vector.is_empty() && epoch != outcome.epoch {
+                // Events the client got elsewhere may still reach this region later.
+                sub.set_floor(vector);
                 node.timed("history", node.store.history_since(room, vector))
                     .await
             } else {
