@@ -192,14 +192,19 @@ fn processes_under(dir: &Path) -> Vec<u32> {
     out
 }
 
-/// SIGTERM to `up`: it exits cleanly and no process of the mesh remains. `untouched`: no
-/// region was killed or restarted, so every recorded pid must still be alive first.
-fn stop_and_check_no_orphans(up: &mut Up, untouched: bool) -> Result<()> {
+/// SIGTERM to `up`: it exits cleanly and no process of the mesh remains, neither one of the
+/// pids in endpoints.json (`up` rewrites them after a region restart) nor any other process
+/// using the state directory.
+fn stop_and_check_no_orphans(up: &mut Up) -> Result<()> {
+    up.endpoints = serde_json::from_str(&std::fs::read_to_string(
+        up.state_dir().join("endpoints.json"),
+    )?)?;
     let pids = up.mesh_pids();
     ensure!(pids.len() >= 19, "endpoints.json lists {} pids", pids.len());
-    if untouched {
-        ensure!(pids.iter().all(|p| alive(*p)), "a mesh process died early");
-    }
+    ensure!(
+        pids.iter().all(|p| alive(*p)),
+        "a mesh process is not running: {pids:?}"
+    );
     let running = processes_under(&up.state_dir()).len();
     ensure!(running >= 19, "only {running} processes use the state dir");
     let started = Instant::now();
@@ -340,7 +345,7 @@ async fn up_routes_two_users_into_one_room_and_stops_without_orphans() -> Result
     }
     drop((alice, bob));
 
-    stop_and_check_no_orphans(&mut up, true)
+    stop_and_check_no_orphans(&mut up)
 }
 
 /// Runs `meridian drill` against `up`; returns the JSON report.
@@ -442,6 +447,6 @@ async fn drills_kill_and_drain_lose_nothing_and_leave_no_ghosts() -> Result<()> 
     check_drill(&kill, "kill")?;
     let drain = tokio::task::block_in_place(|| drill(&up, "eu-central", "drain"))?;
     check_drill(&drain, "drain")?;
-    // Restarted regions are new processes: none may outlive `up` either.
-    tokio::task::block_in_place(|| stop_and_check_no_orphans(&mut up, false))
+    // The restarted regions are new processes: none may outlive `up` either.
+    tokio::task::block_in_place(|| stop_and_check_no_orphans(&mut up))
 }

@@ -161,6 +161,8 @@ struct Mesh {
     certs: PathBuf,
     wan_peers: BTreeMap<String, BTreeMap<String, SocketAddr>>,
     grace_ms: u64,
+    /// `endpoints.json`, once written (its `pids` are refreshed after a restart).
+    endpoints_file: Option<PathBuf>,
 }
 
 fn random_hex(bytes: usize) -> String {
@@ -303,6 +305,7 @@ pub fn run(args: UpArgs) -> Result<()> {
         grace_ms: u64::try_from(args.relay_grace.as_millis())
             .unwrap_or(u64::MAX)
             .max(1),
+        endpoints_file: None,
     };
     if args.wan {
         start_wan_proxies(&mut mesh)?;
@@ -374,6 +377,7 @@ pub fn run(args: UpArgs) -> Result<()> {
     };
     let json_path = state.join("endpoints.json");
     std::fs::write(&json_path, serde_json::to_string_pretty(&endpoints)?)?;
+    mesh.endpoints_file = Some(json_path.clone());
     print_table(&endpoints, &json_path);
 
     if args.smoke {
@@ -806,6 +810,19 @@ fn control_loop(listener: TcpListener, mesh: Arc<Mutex<Mesh>>, stopping: Arc<Ato
     }
 }
 
+/// Rewrites `pids` in endpoints.json after a restart (the new processes have new pids).
+fn refresh_pids(mesh: &mut Mesh) -> Result<()> {
+    let Some(path) = mesh.endpoints_file.clone() else {
+        return Ok(());
+    };
+    let mut endpoints: Endpoints = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+    endpoints.pids = mesh.supervisor.pids();
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_string_pretty(&endpoints)?)?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(())
+}
+
 fn mesh_lock(mesh: &Mutex<Mesh>) -> std::sync::MutexGuard<'_, Mesh> {
     mesh.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -852,7 +869,12 @@ fn handle_control(mut stream: TcpStream, mesh_ref: &Mutex<Mesh>) -> Result<()> {
                         mesh.supervisor.signal(&format!("{region}/"), "KILL");
                         std::thread::sleep(Duration::from_millis(200));
                         match start_region(&mut mesh, &plan) {
-                            Ok(()) => (200, format!("{region} restarted")),
+                            Ok(()) => {
+                                if let Err(e) = refresh_pids(&mut mesh) {
+                                    eprintln!("meridian up: could not update the pids in endpoints.json: {e:#}");
+                                }
+                                (200, format!("{region} restarted"))
+                            }
                             Err(e) => (500, format!("{e:#}")),
                         }
                     }
