@@ -91,6 +91,10 @@ pub struct Limits {
     pub max_room_streams: usize,
     /// Frames queued per lane before `send` waits (backpressure).
     pub lane_queue: usize,
+    /// QUIC connection-level receive (and send) window; each stream gets an eighth.
+    pub receive_window_bytes: u64,
+    /// UDP socket receive and send buffer asked of the kernel.
+    pub udp_buffer_bytes: usize,
 }
 
 impl Default for Limits {
@@ -99,6 +103,8 @@ impl Default for Limits {
             max_frame_bytes: 1024 * 1024,
             max_room_streams: 256,
             lane_queue: 1024,
+            receive_window_bytes: 16 * 1024 * 1024,
+            udp_buffer_bytes: 4 * 1024 * 1024,
         }
     }
 }
@@ -349,6 +355,12 @@ pub fn validate_options(o: &RelayOptions) -> Result<(), ConfigError> {
     }
     if l.lane_queue == 0 {
         return fail("limits.lane_queue must be at least 1");
+    }
+    if !(65_536..=1 << 30).contains(&l.receive_window_bytes) {
+        return fail("limits.receive_window_bytes must be between 64 KiB and 1 GiB");
+    }
+    if !(65_536..=256 * 1024 * 1024).contains(&l.udp_buffer_bytes) {
+        return fail("limits.udp_buffer_bytes must be between 64 KiB and 256 MiB");
     }
     Ok(())
 }

@@ -429,6 +429,9 @@ pub fn server_config(
             hook: HookDebug(hook),
         }));
     config.alpn_protocols = vec![ALPN.to_vec()];
+    // No 0-RTT on relay links: early data is replayable, and 0.5-RTT data would leave before
+    // the peer's certificate is checked.
+    config.max_early_data_size = 0;
     Ok(config)
 }
 
@@ -449,6 +452,7 @@ pub fn client_config(
         .with_client_auth_cert(identity.chain.clone(), identity.key.clone_key())
         .map_err(|e| TlsError::Rustls(format!("own certificate and key: {e}")))?;
     config.alpn_protocols = vec![alpn.to_vec()];
+    config.enable_early_data = false;
     Ok(config)
 }
 

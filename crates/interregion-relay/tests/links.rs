@@ -944,3 +944,16 @@ fn binary_generates_certificates_validates_config_and_stops_on_sigterm() {
     assert!(status.success(), "{status:?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn relay_tls_configs_never_allow_0rtt() {
+    let pki = Pki::new();
+    let id = pki.identity(US);
+    let names: Arc<std::collections::BTreeSet<String>> =
+        Arc::new([US.to_owned(), EU.to_owned()].into());
+    let hook: tls::RefusalHook = Arc::new(|_, _| {});
+    let server = tls::server_config(&id, names.clone(), hook).unwrap();
+    assert_eq!(server.max_early_data_size, 0, "no 0-RTT accepted");
+    let client = tls::client_config(&id, names, interregion_relay::frame::ALPN).unwrap();
+    assert!(!client.enable_early_data, "no 0-RTT offered");
+}
