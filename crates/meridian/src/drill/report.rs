@@ -448,3 +448,87 @@ fn table(o: &mut String, rows: &BTreeMap<String, Counts>, total: &Counts, direct
     }
     line(o, "total", total);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        drill: DrillArgs,
+    }
+
+    fn inputs(args: &DrillArgs) -> Inputs<'_> {
+        Inputs {
+            args,
+            run: "t".into(),
+            started_at_ms: 0,
+            router: "http://r".into(),
+            dns: None,
+            local: true,
+            grace: Duration::from_secs(3),
+            placement: BTreeMap::new(),
+            rooms: 1,
+            disrupted_at: Duration::from_secs(3),
+            route_away: RouteWatch {
+                s: Some(0.8),
+                http_s: Some(0.8),
+                ..RouteWatch::default()
+            },
+            rehome: Rehome {
+                affected: 2,
+                resumed: 2,
+                within_p95_bound: 1.0,
+                within_p99_bound: 1.0,
+                ..Rehome::default()
+            },
+            messages: MessageStats::default(),
+            membership: Membership::default(),
+            restore: None,
+            timeline: Vec::new(),
+            resume_status: BTreeMap::new(),
+            request_errors: BTreeMap::new(),
+            errors: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn slos_pass_and_fail_on_their_limits() {
+        let cli = Cli::parse_from(["x", "--region", "eu", "--mode", "kill"]);
+        let report = Report::new(inputs(&cli.drill));
+        assert!(report.passed, "{:?}", report.slos);
+        assert!(report.text().contains("drill passed"));
+
+        let strict = Cli::parse_from([
+            "x",
+            "--region",
+            "eu",
+            "--mode",
+            "drain",
+            "--slo-route-away",
+            "500ms",
+        ]);
+        let mut i = inputs(&strict.drill);
+        i.messages.rooms_total.lost = 1;
+        i.membership.ghosts = 2;
+        i.rehome.within_p95_bound = 0.9;
+        let report = Report::new(i);
+        assert!(!report.passed);
+        let failed: Vec<&str> = report
+            .slos
+            .iter()
+            .filter(|s| !s.pass)
+            .map(|s| s.name.as_str())
+            .collect();
+        assert_eq!(
+            failed,
+            ["route_away_s", "rehomed_within_p95_bound", "lost", "ghosts"]
+        );
+        // A route that never moved fails too.
+        let mut i = inputs(&cli.drill);
+        i.route_away = RouteWatch::default();
+        assert!(!Report::new(i).passed);
+    }
+}
