@@ -87,8 +87,19 @@ enum PumpCmd {
     Follow(String, Option<Position>),
     /// `peer` no longer follows it.
     Unfollow(String),
-    /// The room's history grew.
+    /// The room's history may have grown (read it).
     Poke,
+    /// One event was appended (from the room channel): sent without reading the history
+    /// when it is the next one for a follower and needs nothing the channel lacks.
+    Appended(Appended),
+}
+
+/// An event as the room channel carried it.
+#[derive(Debug, Clone)]
+struct Appended {
+    seq: u64,
+    epoch: String,
+    frame: Bytes,
 }
 
 /// Where a follower is in the room's history.
@@ -136,6 +147,13 @@ impl std::fmt::Debug for Replicator {
             .field("region", &self.store.region())
             .finish()
     }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 fn lock(m: &Mutex<Inner>) -> std::sync::MutexGuard<'_, Inner> {
@@ -191,6 +209,14 @@ struct Head<'a> {
     value: Option<&'a RawValue>,
     #[serde(default)]
     by: Option<UserId>,
+    /// Present on events replicated from another region.
+    #[serde(default, deserialize_with = "present")]
+    origin: bool,
+}
+
+/// True for any value (the field is there), false when absent (`default`).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    serde::de::IgnoredAny::deserialize(d).map(|_| true)
 }
 
 /// What a history entry of this region says, as a relay event; `None` for entries that are
@@ -348,9 +374,14 @@ impl Replicator {
 
     async fn on_feed(self: &Arc<Self>, item: Feed) {
         match item {
-            Feed::Room { room, .. } => {
+            Feed::Room {
+                room,
+                seq,
+                epoch,
+                frame,
+            } => {
                 if let Some(pump) = lock(&self.inner).pumps.get(&room) {
-                    let _ = pump.send(PumpCmd::Poke);
+                    let _ = pump.send(PumpCmd::Appended(Appended { seq, epoch, frame }));
                 }
             }
             Feed::Interest {
@@ -667,9 +698,11 @@ impl Replicator {
                 cmds.push(c);
             }
             let mut fresh: HashSet<String> = HashSet::new();
+            let mut appended: Vec<Appended> = Vec::new();
             for cmd in cmds {
                 match cmd {
                     PumpCmd::Poke => poke = true,
+                    PumpCmd::Appended(a) => appended.push(a),
                     PumpCmd::Follow(peer, since) => {
                         if let Some(c) = self.start_cursor(&room, &peer, since).await {
                             followers.insert(peer.clone(), c);
@@ -685,13 +718,23 @@ impl Replicator {
             }
             let peers: Vec<String> = followers
                 .keys()
-                .filter(|p| poke || fresh.contains(*p))
+                .filter(|p| poke || fresh.contains(*p) || !appended.is_empty())
                 .cloned()
                 .collect();
             for peer in peers {
                 let Some(cursor) = followers.get_mut(&peer) else {
                     continue;
                 };
+                if !poke && !fresh.contains(&peer) {
+                    match self.send_appended(&room, &peer, cursor, &appended).await {
+                        Some(true) => continue,
+                        Some(false) => {}
+                        None => {
+                            followers.remove(&peer);
+                            continue;
+                        }
+                    }
+                }
                 if !self.flush(&room, &peer, cursor).await {
                     // Link gone (or Redis failing): the peer re-follows from its watermark
                     // when the link is back.
@@ -801,6 +844,76 @@ impl Replicator {
             seq: label,
             prev: label,
         })
+    }
+
+    /// The fast path: sends `appended` (in order, as the room channel delivered them) to a
+    /// follower whose cursor they continue, without reading the history. Room messages and
+    /// entries replicated from elsewhere (skipped) qualify; member and state events need the
+    /// stored HLC stamp, so they end the fast path. `Some(true)`: the follower is up to date;
+    /// `Some(false)`: read the history instead; `None`: drop the follower (link gone).
+    async fn send_appended(
+        &self,
+        room: &RoomId,
+        peer: &str,
+        cursor: &mut Cursor,
+        appended: &[Appended],
+    ) -> Option<bool> {
+        let h = self.handle()?;
+        for a in appended {
+            if a.epoch != cursor.epoch {
+                return Some(false);
+            }
+            if a.seq <= cursor.seq {
+                continue;
+            }
+            if a.seq != cursor.seq + 1 {
+                return Some(false);
+            }
+            let head: Head<'_> = match serde_json::from_slice(&a.frame) {
+                Ok(h) => h,
+                Err(_) => return Some(false),
+            };
+            if head.origin {
+                // Replicated from another region: never sent on.
+                cursor.seq = a.seq;
+                continue;
+            }
+            if head.kind != "message" {
+                return Some(false);
+            }
+            let (Some(from_user), Some(data)) = (head.from, head.data) else {
+                return Some(false);
+            };
+            let event = RoomEvent {
+                room: room.clone(),
+                origin_region: self.region().to_owned(),
+                origin_epoch: epoch_code(&a.epoch),
+                origin_seq: a.seq,
+                prev_seq: cursor.prev,
+                // A message's stamp only advances the receiver's clock; the channel does not
+                // carry the stored one, and now is never behind it.
+                hlc: Hlc {
+                    wall_ms: now_ms(),
+                    logical: 0,
+                },
+                kind: EventKind::Message {
+                    from_user,
+                    data: data.get().as_bytes().to_vec(),
+                },
+            };
+            cursor.seq = a.seq;
+            match h.send_room_event(peer, &event).await {
+                Ok(()) => cursor.prev = a.seq,
+                Err(crate::link::SendError::Frame(e)) => {
+                    tracing::warn!(%room, %peer, seq = a.seq, error = %e, "event cannot be replicated");
+                }
+                Err(e) => {
+                    tracing::debug!(%room, %peer, error = %e, "follower dropped");
+                    return None;
+                }
+            }
+        }
+        Some(true)
     }
 
     /// Sends `peer` everything of `room` after its cursor. False when the peer must be
@@ -1137,6 +1250,19 @@ mod tests {
             entry_kind(&entry(r#"{"type":"message","room":"r"}"#), "eu"),
             None
         );
+    }
+
+    #[test]
+    fn replicated_frames_are_told_apart_by_their_origin() {
+        let local: Head<'_> =
+            serde_json::from_str(r#"{"type":"message","from":"b","data":1,"seq":1,"epoch":"e"}"#)
+                .unwrap();
+        assert!(!local.origin);
+        let remote: Head<'_> = serde_json::from_str(
+            r#"{"type":"message","from":"b","data":1,"origin":{"region":"eu","epoch":"x","seq":3},"seq":2,"epoch":"e"}"#,
+        )
+        .unwrap();
+        assert!(remote.origin);
     }
 
     #[test]

@@ -226,6 +226,10 @@ pub enum Feed {
         room: RoomId,
         /// Its sequence number.
         seq: u64,
+        /// The room's epoch.
+        epoch: String,
+        /// The client frame as appended.
+        frame: Bytes,
     },
     /// A room gained its first (`true`) or lost its last (`false`) local member.
     Interest {
@@ -846,7 +850,15 @@ fn parse_feed(channel: &str, payload: &[u8]) -> Option<Feed> {
     let room = room_of_channel(channel)?;
     let space = payload.iter().position(|b| *b == b' ')?;
     let seq = std::str::from_utf8(&payload[..space]).ok()?.parse().ok()?;
-    Some(Feed::Room { room, seq })
+    let rest = &payload[space + 1..];
+    let space = rest.iter().position(|b| *b == b' ')?;
+    let epoch = std::str::from_utf8(&rest[..space]).ok()?.to_owned();
+    Some(Feed::Room {
+        room,
+        seq,
+        epoch,
+        frame: Bytes::copy_from_slice(&rest[space + 1..]),
+    })
 }
 
 #[cfg(test)]
@@ -906,9 +918,12 @@ mod tests {
             parse_feed("mr:{r}:ev", b"7 e1 {}"),
             Some(Feed::Room {
                 room: RoomId::new("r").unwrap(),
-                seq: 7
+                seq: 7,
+                epoch: "e1".into(),
+                frame: Bytes::from_static(b"{}"),
             })
         );
+        assert!(parse_feed("mr:{r}:ev", b"7 e1").is_none());
         assert!(parse_feed("meridian:interest", b"2 mr:{r}:ev").is_none());
         assert!(parse_feed("mn:{rl-x}:inbox", b"nospace").is_none());
     }
