@@ -24,7 +24,8 @@
 #   NICE=-10                          niceness of every benchmark process (shared machine)
 #   FANOUT_MEMBERS=1000 FANOUT_RATE=50 FANOUT_SECONDS=10 FANOUT_STEP_SECONDS=4
 #   PAIRS=5000 PAIRS_INTERVAL_MS=2000 PAIRS_SECONDS=10
-#   IDLE_CONNECTIONS=50000 IDLE_HOLD_SECONDS=15
+#   IDLE_CONNECTIONS=50000 IDLE_HOLD_SECONDS=15 IDLE_SERVERS, IDLE_PROCESSES (default: enough
+#                                     for the hard open-files limit less 2,000 per process)
 #   STORM_CLIENTS=10000 STORM_ROOM_SIZE=10 STORM_CONCURRENCY=1000
 #   ROUTE_SECONDS=10 ROUTE_CONNECTIONS=32
 #   SYSTEMS="meridian socketio"       which systems to run
@@ -63,6 +64,18 @@ pairs_seconds=${PAIRS_SECONDS:-10}
 pairs_closed_seconds=${PAIRS_CLOSED_SECONDS:-10}
 idle_connections=${IDLE_CONNECTIONS:-50000}
 idle_hold=${IDLE_HOLD_SECONDS:-15}
+# A process here may not hold more than 20,000 descriptors (hard RLIMIT_NOFILE, and no
+# CAP_SYS_RESOURCE to raise it): 50,000 connections need 3 server processes and 3 load
+# generator processes (up to 2,000 descriptors of each are left for everything else). Smaller
+# runs keep the usual 2 servers.
+ulimit -Hn 1048576 2>/dev/null || true
+ulimit -n "$(ulimit -Hn)"
+nofile_hard=$(ulimit -Hn)
+[[ $nofile_hard == unlimited ]] && nofile_hard=1048576
+per_process=$((nofile_hard > 4000 ? nofile_hard - 2000 : nofile_hard / 2))
+idle_servers=${IDLE_SERVERS:-$(((idle_connections + per_process - 1) / per_process))}
+((idle_servers >= 2)) || idle_servers=2
+idle_processes=${IDLE_PROCESSES:-$(((idle_connections + per_process - 1) / per_process))}
 storm_clients=${STORM_CLIENTS:-10000}
 storm_room_size=${STORM_ROOM_SIZE:-10}
 storm_concurrency=${STORM_CONCURRENCY:-1000}
@@ -108,9 +121,6 @@ log "building region-node, geo-router, meridian-loadgen (release)"
 (cd "$root" && cargo build --release -p region-node -p geo-router -p loadgen --bins)
 bin=${CARGO_TARGET_DIR:-$root/target}/release
 
-# 50,000 sockets on each side need more than the default 1024 (or 20000) descriptors.
-ulimit -Hn 1048576 2>/dev/null || true
-ulimit -n "$(ulimit -Hn)"
 
 if [[ $pin == 1 ]]; then
     on_server=(nice -n "$niceness" taskset -c "$server_cpus")
@@ -177,14 +187,14 @@ start_redis() { # start_redis DIR: sets redis_url
     redis_url=redis://127.0.0.1:$port/
 }
 
-start_system() { # start_system meridian|socketio TAG
-    local system=$1 tag=$2 dir=$state/$2 i pid out
+start_system() { # start_system meridian|socketio TAG [SERVERS]
+    local system=$1 tag=$2 dir=$state/$2 count=${3:-2} i pid out
     sys_pids=()
     sys_labels=()
     sys_servers=()
     mkdir -p "$dir"
     start_redis "$dir/redis"
-    for i in 1 2; do
+    for ((i = 1; i <= count; i++)); do
         out=$dir/node$i.out
         if [[ $system == meridian ]]; then
             cat >"$dir/node$i.toml" <<EOF
@@ -242,10 +252,10 @@ loadgen() { # loadgen OUT.json SCENARIO ARGS...: runs the load generator on LOAD
 
 load_before() { cut -d' ' -f1-3 /proc/loadavg; }
 reports=()
-run_ws_scenario() { # run_ws_scenario SCENARIO SYSTEM ARGS...
+run_ws_scenario() { # run_ws_scenario SCENARIO SYSTEM ARGS... (env SERVERS: processes, default 2)
     local scenario=$1 system=$2 out
     shift 2
-    start_system "$system" "$scenario-$system"
+    start_system "$system" "$scenario-$system" "${SERVERS:-2}"
     out=$state/$scenario-$system.json
     local load0
     load0=$(load_before)
@@ -284,8 +294,9 @@ for scenario in "${scenarios[@]}"; do
         ;;
     idle)
         for system in $(order $n); do
-            run_ws_scenario idle "$system" --connections "$idle_connections" \
-                --hold-seconds "$idle_hold" --sources 127.0.0.2-127.0.0.33
+            SERVERS=$idle_servers run_ws_scenario idle "$system" --connections "$idle_connections" \
+                --hold-seconds "$idle_hold" --sources 127.0.0.2-127.0.0.33 \
+                --processes "$idle_processes"
         done
         ;;
     joinstorm)

@@ -172,9 +172,13 @@ pub fn run(args: BenchArgs) -> Result<Report, LoadgenError> {
 pub async fn run_async(args: BenchArgs) -> Result<Report, LoadgenError> {
     let limit = raise_nofile()?;
     let output = args.scenario.output().clone();
+    let worker = matches!(&args.scenario, Scenario::Idle(a) if a.worker.is_some());
     let mut report = scenario::run(args.scenario).await?;
     report.label = output.label.clone();
     report.nofile_limit = limit;
+    if worker {
+        return Ok(report);
+    }
     eprintln!("{}", report.summary());
     if let Some(path) = &output.json {
         let text = serde_json::to_string_pretty(&report)

@@ -141,6 +141,35 @@ async fn every_scenario_against_an_in_process_node() {
     assert_eq!(r.error_count(), 0, "{}", r.summary());
     assert_eq!(r.memory.as_ref().unwrap().connections, 30);
 
+    // Two worker processes of the real binary hold the connections; the report comes back as
+    // JSON.
+    let dir = std::env::temp_dir().join(format!("loadgen-smoke-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("idle.json");
+    let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_meridian-loadgen"))
+        .args(with(
+            "idle",
+            &[
+                "--connections",
+                "20",
+                "--hold-seconds",
+                "0.2",
+                "--processes",
+                "2",
+            ],
+        ))
+        .arg("--json")
+        .arg(&json)
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success());
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(v["memory"]["connections"], 20, "{v}");
+    assert_eq!(v["errors"], serde_json::json!({}), "{v}");
+    let _ = std::fs::remove_dir_all(&dir);
+
     let r = run(&[
         "route",
         "--server",
