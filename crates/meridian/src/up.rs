@@ -545,28 +545,7 @@ fn start_region(mesh: &mut Mesh, plan: &RegionPlan) -> Result<()> {
             Duration::from_secs(10),
         )?;
     }
-    for (i, port) in plan.node_ports.iter().enumerate() {
-        let store = match plan.redis_port {
-            Some(redis) => format!("{{ kind = \"redis\", url = \"redis://127.0.0.1:{redis}/\" }}"),
-            None => "{ kind = \"memory\" }".into(),
-        };
-        let config = plan.dir.join(format!("node-{}.toml", i + 1));
-        std::fs::write(
-            &config,
-            format!(
-                "region = {name:?}\nlisten = \"127.0.0.1:{port}\"\ntoken_secret = {secret:?}\nstore = {store}\n\
-                 [timing]\nlease_ttl_ms = 3000\nlease_renew_ms = 1000\nreap_interval_ms = 1000\n\
-                 drain_deadline_ms = 5000\n",
-                secret = mesh.secret,
-            ),
-        )?;
-        let node = format!("{name}/node-{}", i + 1);
-        let mut command = Command::new(sibling_binary("region-node")?);
-        command.arg("--config").arg(&config).env("RUST_LOG", "info");
-        mesh.supervisor.spawn(&node, command)?;
-        mesh.supervisor
-            .wait_line(&node, "listening on ", Duration::from_secs(20))?;
-    }
+    start_nodes(mesh, plan)?;
     if let Some(lb) = plan.lb_port {
         let config = plan.dir.join("haproxy.cfg");
         let servers: String = plan
@@ -658,7 +637,40 @@ fn start_region(mesh: &mut Mesh, plan: &RegionPlan) -> Result<()> {
     if let Some(standby) = plan.relay_standby_http {
         wait_port(standby, Duration::from_secs(20))?;
     }
-    // Ready through the front door.
+    wait_front_ready(plan)
+}
+
+/// Starts (or restarts) the region's nodes on their ports and waits until each listens.
+fn start_nodes(mesh: &mut Mesh, plan: &RegionPlan) -> Result<()> {
+    let name = plan.region.name.clone();
+    for (i, port) in plan.node_ports.iter().enumerate() {
+        let store = match plan.redis_port {
+            Some(redis) => format!("{{ kind = \"redis\", url = \"redis://127.0.0.1:{redis}/\" }}"),
+            None => "{ kind = \"memory\" }".into(),
+        };
+        let config = plan.dir.join(format!("node-{}.toml", i + 1));
+        std::fs::write(
+            &config,
+            format!(
+                "region = {name:?}\nlisten = \"127.0.0.1:{port}\"\ntoken_secret = {secret:?}\nstore = {store}\n\
+                 [timing]\nlease_ttl_ms = 3000\nlease_renew_ms = 1000\nreap_interval_ms = 1000\n\
+                 drain_deadline_ms = 5000\n",
+                secret = mesh.secret,
+            ),
+        )?;
+        let node = format!("{name}/node-{}", i + 1);
+        let mut command = Command::new(sibling_binary("region-node")?);
+        command.arg("--config").arg(&config).env("RUST_LOG", "info");
+        mesh.supervisor.spawn(&node, command)?;
+        mesh.supervisor
+            .wait_line(&node, "listening on ", Duration::from_secs(20))?;
+    }
+    Ok(())
+}
+
+/// Waits until the region answers `/readyz` through its front door (balancer or first node).
+fn wait_front_ready(plan: &RegionPlan) -> Result<()> {
+    let name = &plan.region.name;
     let front = SocketAddr::from(([127, 0, 0, 1], front_port(plan)));
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -792,9 +804,11 @@ fn wait_for_signal() -> Result<()> {
     })
 }
 
-/// `POST /regions/<name>/kill` (SIGKILL every process of the region),
-/// `POST /regions/<name>/drain` (SIGTERM the region's nodes: clients get `reconnect`) and
-/// `POST /regions/<name>/restart` (start them again on the same ports), for drills.
+/// `POST /regions/<name>/kill` (SIGKILL every process of the region: nodes and balancer first,
+/// relays and Redis ~500 ms later), `POST /regions/<name>/drain` (SIGTERM the region's nodes:
+/// clients get `reconnect`), `POST /regions/<name>/start-nodes` (the nodes again, after a
+/// drain) and `POST /regions/<name>/restart` (every process again on the same ports), for
+/// drills.
 fn control_loop(listener: TcpListener, mesh: Arc<Mutex<Mesh>>, stopping: Arc<AtomicBool>) {
     for stream in listener.incoming() {
         if stopping.load(Ordering::Relaxed) {
@@ -865,6 +879,21 @@ fn handle_control(mut stream: TcpStream, mesh_ref: &Mutex<Mesh>) -> Result<()> {
                         let n = mesh.supervisor.signal(&format!("{region}/node-"), "TERM");
                         (200, format!("draining {n} nodes of {region}"))
                     }
+                    "start-nodes" => {
+                        // After a drain: the nodes again, on the region's running Redis and
+                        // relays (its state survives, as in a planned drain of a real region).
+                        mesh.supervisor.signal(&format!("{region}/node-"), "KILL");
+                        std::thread::sleep(Duration::from_millis(200));
+                        match start_nodes(&mut mesh, &plan).and_then(|()| wait_front_ready(&plan)) {
+                            Ok(()) => {
+                                if let Err(e) = refresh_pids(&mut mesh) {
+                                    eprintln!("meridian up: could not update the pids in endpoints.json: {e:#}");
+                                }
+                                (200, format!("{region}: nodes started"))
+                            }
+                            Err(e) => (500, format!("{e:#}")),
+                        }
+                    }
                     "restart" => {
                         mesh.supervisor.signal(&format!("{region}/"), "KILL");
                         std::thread::sleep(Duration::from_millis(200));
@@ -884,7 +913,7 @@ fn handle_control(mut stream: TcpStream, mesh_ref: &Mutex<Mesh>) -> Result<()> {
         }
         _ => (
             404,
-            "POST /regions/<name>/kill | /regions/<name>/drain | /regions/<name>/restart"
+            "POST /regions/<name>/kill | /regions/<name>/drain | /regions/<name>/start-nodes | /regions/<name>/restart"
                 .to_owned(),
         ),
     };

@@ -703,6 +703,7 @@ async fn drill(args: DrillArgs, target: Target) -> Result<bool> {
         note(format!("restoring {}", args.region));
         Some(restore(&args, &target, probe_address, &region_addresses).await?)
     };
+    let mut after_restore = None;
     if let Some(r) = &restore {
         note(format!(
             "{} routed to {} again after {}; new clients: {:?}",
@@ -711,6 +712,26 @@ async fn drill(args: DrillArgs, target: Target) -> Result<bool> {
             fmt_opt(r.route_back.s),
             r.probes
         ));
+        // Every region again, R included: its listing must match too.
+        let all: Vec<(String, String)> = ws_urls
+            .iter()
+            .map(|(n, u)| (n.clone(), u.clone()))
+            .collect();
+        let m = check_membership(
+            &run,
+            &target.token_secret,
+            &all,
+            &rooms,
+            &plans,
+            &logs,
+            disrupted,
+        )
+        .await;
+        note(format!(
+            "membership after the restore: {} ghosts, {} missing, {} listed in a stale region",
+            m.ghosts, m.missing, m.stale_region
+        ));
+        after_restore = Some(m);
     }
 
     // Stop: no new publishes, let in-flight deliveries land, close.
@@ -787,6 +808,7 @@ async fn drill(args: DrillArgs, target: Target) -> Result<bool> {
         rehome,
         messages,
         membership,
+        membership_after_restore: after_restore,
         restore,
         timeline,
         resume_status,
@@ -828,8 +850,14 @@ async fn restore(
     let began = Instant::now();
     let mut actions = Vec::new();
     if let Some(control) = &target.control {
-        control.call(&args.region, "restart").await?;
-        actions.push("restart");
+        // A drained region kept its Redis and relays: start its nodes again. A killed one
+        // starts from nothing.
+        let action = match args.mode {
+            Mode::Drain => "start-nodes",
+            Mode::Kill => "restart",
+        };
+        control.call(&args.region, action).await?;
+        actions.push(action);
     } else if let Some(command) = &args.restore_command {
         shell(command).await?;
         actions.push("restore-command");
@@ -1065,7 +1093,14 @@ async fn check_membership(
                         }
                     }
                 }
-                for p in plans.iter().filter(|p| &p.room == room) {
+                // Interest-only replication: a region lists a room's members only while it
+                // has members of its own there, so "missing" is judged only in those regions.
+                let room_clients: Vec<&Arc<ClientPlan>> =
+                    plans.iter().filter(|p| &p.room == room).collect();
+                let interested = room_clients
+                    .iter()
+                    .any(|p| matches!(connected.get(p.user.as_str()), Some(Some(r)) if r == name));
+                for p in room_clients.iter().filter(|_| interested) {
                     let is_connected = matches!(connected.get(p.user.as_str()), Some(Some(_)));
                     if is_connected && !listed.contains_key(&p.user) {
                         missing += 1;

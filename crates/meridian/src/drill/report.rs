@@ -28,6 +28,7 @@ pub struct Inputs<'a> {
     pub rehome: Rehome,
     pub messages: MessageStats,
     pub membership: Membership,
+    pub membership_after_restore: Option<Membership>,
     pub restore: Option<Restore>,
     pub timeline: Vec<TimelinePoint>,
     pub resume_status: BTreeMap<String, u64>,
@@ -98,6 +99,8 @@ pub struct Report {
     pub messages: MessageStats,
     /// Members after the grace period.
     pub membership: Membership,
+    /// Members in every region, the restored one included, after the restore.
+    pub membership_after_restore: Option<Membership>,
     /// Undrain / restart and the return of traffic.
     pub restore: Option<Restore>,
     /// Per second: connections per region.
@@ -178,6 +181,14 @@ impl Report {
             i.membership.ghosts.to_string(),
             i.membership.ghosts <= a.max_ghosts && i.membership.errors.is_empty(),
         );
+        if let Some(m) = &i.membership_after_restore {
+            slo(
+                "ghosts_after_restore",
+                format!("<= {}", a.max_ghosts),
+                m.ghosts.to_string(),
+                m.ghosts <= a.max_ghosts && m.errors.is_empty(),
+            );
+        }
         if let Some(max) = a.max_missing {
             slo(
                 "missing",
@@ -218,6 +229,7 @@ impl Report {
             rehome: i.rehome,
             messages: i.messages,
             membership: i.membership,
+            membership_after_restore: i.membership_after_restore,
             restore: i.restore,
             timeline: i.timeline,
             resume_status: i.resume_status,
@@ -281,23 +293,28 @@ impl Report {
             opt(h.since_lost.p99_s),
             opt(h.since_lost.max_s)
         );
-        let m = &self.membership;
-        let _ = writeln!(
-            o,
-            "members        {} ghosts, {} missing, {} stale-region (checked {:.1}s after the \
-             disruption in {}; converged after {})",
-            m.ghosts,
-            m.missing,
-            m.stale_region,
-            m.checked_at_s,
-            m.regions.join(", "),
-            opt(m.converged_after_s)
-        );
-        for e in m.examples.iter().take(5) {
-            let _ = writeln!(o, "               {e}");
-        }
-        for e in &m.errors {
-            let _ = writeln!(o, "               error: {e}");
+        for (label, m) in std::iter::once(("members     ", &self.membership)).chain(
+            self.membership_after_restore
+                .iter()
+                .map(|m| ("  (restored) ", m)),
+        ) {
+            let _ = writeln!(
+                o,
+                "{label}   {} ghosts, {} missing, {} stale-region (checked {:.1}s after the \
+                 disruption in {}; converged after {})",
+                m.ghosts,
+                m.missing,
+                m.stale_region,
+                m.checked_at_s,
+                m.regions.join(", "),
+                opt(m.converged_after_s)
+            );
+            for e in m.examples.iter().take(5) {
+                let _ = writeln!(o, "               {e}");
+            }
+            for e in &m.errors {
+                let _ = writeln!(o, "               error: {e}");
+            }
         }
         if let Some(back) = &self.restore {
             let _ = writeln!(
@@ -486,6 +503,7 @@ mod tests {
             },
             messages: MessageStats::default(),
             membership: Membership::default(),
+            membership_after_restore: None,
             restore: None,
             timeline: Vec::new(),
             resume_status: BTreeMap::new(),
