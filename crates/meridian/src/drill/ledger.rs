@@ -97,6 +97,9 @@ pub struct ClientLog {
     pub retried: Vec<(String, String)>,
     /// Room events dropped as already seen (origin position at or below the vector).
     pub deduped: u64,
+    /// Publishes without `ok` whose own message came back after reconnecting (so they were
+    /// published and are not retried).
+    pub recovered_acks: u64,
 }
 
 impl ClientLog {
@@ -201,6 +204,9 @@ pub struct MessageStats {
     /// Room events the clients received twice from the mesh and dropped by origin position
     /// (not counted as duplicated: a client that keeps the version vector never shows them).
     pub deduped_by_clients: u64,
+    /// Publishes whose `ok` was lost but whose message came back to the publisher after it
+    /// reconnected: counted as published, not retried.
+    pub acks_recovered: u64,
 }
 
 /// Counts every room message and direct message of `clients`.
@@ -319,6 +325,7 @@ pub fn account(clients: &[ClientRecord]) -> MessageStats {
     }
     stats.unacked_delivered = unacked.len() as u64;
     stats.deduped_by_clients = clients.iter().map(|c| c.log.deduped).sum();
+    stats.acks_recovered = clients.iter().map(|c| c.log.recovered_acks).sum();
     for row in stats.rooms.values() {
         stats.rooms_total.add(row);
     }

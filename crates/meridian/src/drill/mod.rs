@@ -521,9 +521,28 @@ async fn drill(args: DrillArgs, target: Target) -> Result<bool> {
                 .flat_map(|l| l.errors.iter().cloned())
                 .take(5)
                 .collect();
+            let unsettled: Vec<String> = plans
+                .iter()
+                .zip(&now)
+                .filter_map(|(p, l)| {
+                    let want = home_regions.get(p.room.as_str())?;
+                    let lacking: Vec<&String> =
+                        want.iter().filter(|r| !l.origins.contains(r)).collect();
+                    (!lacking.is_empty()).then(|| {
+                        format!(
+                            "{} in {} (connected to {}) has seen nothing from {lacking:?}",
+                            p.user,
+                            p.room,
+                            l.region.as_deref().unwrap_or("-")
+                        )
+                    })
+                })
+                .take(5)
+                .collect();
             bail!(
-                "only {joined} of {} clients joined their rooms and saw every region of them \
-                 within 30 s; is every region up and are the relays linked? Errors: {errors:?}",
+                "{joined} of {} clients joined, but not every one saw every region of its room \
+                 within 30 s (are the relays linked? see the relay logs in the state dir): \
+                 {unsettled:?}; connection errors: {errors:?}",
                 plans.len()
             );
         }

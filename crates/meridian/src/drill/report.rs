@@ -365,6 +365,14 @@ impl Report {
                 self.messages.deduped_by_clients
             );
         }
+        if self.messages.acks_recovered > 0 {
+            let _ = writeln!(
+                o,
+                "  {} publishes lost their ok with the region but came back to their publisher \
+                 after the resume: published, not retried",
+                self.messages.acks_recovered
+            );
+        }
         for e in &self.messages.examples {
             let _ = writeln!(o, "  {e}");
         }

@@ -315,6 +315,7 @@ pub async fn run_client(
         positions: Positions::default(),
         joined: false,
         pending_publish: None,
+        echo: None,
         publishes: 0,
         pending_direct: None,
         directs: 0,
@@ -336,6 +337,8 @@ struct Client {
     positions: Positions,
     joined: bool,
     pending_publish: Option<String>,
+    /// The pending publish's own message came back (from this region): it was published.
+    echo: Option<String>,
     publishes: u64,
     pending_direct: Option<String>,
     directs: u64,
@@ -347,6 +350,21 @@ impl Client {
     fn log<R>(&self, f: impl FnOnce(&mut ClientLog) -> R) -> R {
         let mut guard = self.log.lock().unwrap_or_else(PoisonError::into_inner);
         f(&mut guard)
+    }
+
+    /// The pending publish was seen published (its own message came back) without its `ok`:
+    /// record it as published and do not retry it.
+    fn publish_echoed(&mut self) {
+        let Some(region) = self.echo.take() else {
+            return;
+        };
+        if let Some(key) = self.pending_publish.take() {
+            let at = self.shared.now();
+            self.log(|l| {
+                l.published.push(Published { key, region, at });
+                l.recovered_acks += 1;
+            });
+        }
     }
 
     /// Updates the version vector; publishes the known origins when one is new.
@@ -527,6 +545,8 @@ impl Client {
     }
 
     async fn session(&mut self, mut ws: Ws, region: &str) -> SessionEnd {
+        // Seen published on the last connection, `ok` lost with it: nothing to retry.
+        self.publish_echoed();
         let publish_every = self.shared.publish_every;
         let direct_every = self.shared.direct_every;
         let first_publish = Instant::now() + jitter(&mut self.rng, publish_every);
@@ -595,6 +615,7 @@ impl Client {
                                 Pending::Publish => {
                                     publish_in_flight = false;
                                     if ok {
+                                        self.echo = None;
                                         if let Some(key) = self.pending_publish.take() {
                                             let at = self.shared.now();
                                             let region = region.to_owned();
@@ -640,10 +661,22 @@ impl Client {
                         ("message", _) => {
                             self.on_event(&frame);
                             let data = &frame["data"];
-                            if data["drill"] == self.shared.run.as_str() && frame["from"] != self.plan.user.as_str() {
+                            let own = frame["from"] == self.plan.user.as_str();
+                            if data["drill"] == self.shared.run.as_str() && !own {
                                 if let Some(key) = data["k"].as_str() {
                                     let key = key.to_owned();
                                     self.log(|l| *l.received.entry(key).or_default() += 1);
+                                }
+                            }
+                            // Our own pending publish came back: it is published even if its
+                            // `ok` never arrives (the region died after committing it), so it
+                            // must not be sent again (idempotency keys are per region).
+                            let key = data["k"].as_str();
+                            if own && key.is_some() && key == self.pending_publish.as_deref() {
+                                let origin = frame["origin"]["region"].as_str().unwrap_or(region).to_owned();
+                                self.echo = Some(origin);
+                                if !publish_in_flight {
+                                    self.publish_echoed();
                                 }
                             }
                         }
