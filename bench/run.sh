@@ -30,6 +30,8 @@
 #   ROUTE_SECONDS=10 ROUTE_CONNECTIONS=32
 #   SYSTEMS="meridian socketio"       which systems to run
 #   KEEP_STATE=1                      keep the temp directory (configs, logs, raw reports)
+#   REGION_NODE_BIN=PATH              run another region-node build (e.g. a proposed fix)
+#   RESULTS=NAME                      write bench/NAME.md/.json instead of results-<date>
 #
 # Idempotent: installs only what is missing (redis-server, nodejs/npm, nginx-light +
 # libnginx-mod-http-geoip2, wrk from Debian after one `apt-get update`; npm packages into
@@ -120,6 +122,8 @@ fi
 log "building region-node, geo-router, meridian-loadgen (release)"
 (cd "$root" && cargo build --release -p region-node -p geo-router -p loadgen --bins)
 bin=${CARGO_TARGET_DIR:-$root/target}/release
+# An experiment's region-node build instead of this tree's (before/after of a proposed fix).
+region_node_bin=${REGION_NODE_BIN:-$bin/region-node}
 
 
 if [[ $pin == 1 ]]; then
@@ -210,7 +214,7 @@ request_burst = 1000000.0
 send_queue = 8192
 max_members_per_room = 0
 EOF
-            RUST_LOG=warn "${on_server[@]}" "$bin/region-node" --config "$dir/node$i.toml" \
+            RUST_LOG=warn "${on_server[@]}" "$region_node_bin" --config "$dir/node$i.toml" \
                 >"$out" 2>"$dir/node$i.err" &
         else
             PORT=0 HOST=127.0.0.1 REDIS_URL=$redis_url TOKEN_SECRET=$secret \
@@ -437,7 +441,7 @@ done
 
 # --- 3. summary ----------------------------------------------------------------------------------
 machine="$(nproc) cores ($(lscpu | sed -n 's/^Model name: *//p' | head -1)), $(free -g | awk '/^Mem:/ { print $2 }') GiB, $(uname -sr)"
-versions="redis $(redis-server --version | sed -n 's/.*v=\([^ ]*\).*/\1/p'), node $(node --version), socket.io $(cd "$here/socketio" && node -p 'require("socket.io/package.json").version'), @socket.io/redis-adapter $(cd "$here/socketio" && node -p 'require("@socket.io/redis-adapter/package.json").version'), $(nginx -v 2>&1 | sed 's/^nginx version: //'), meridian at $(cd "$root" && git rev-parse --short HEAD)$(cd "$root" && git diff --quiet HEAD -- crates || echo ' (+ uncommitted changes in crates/)')"
+versions="redis $(redis-server --version | sed -n 's/.*v=\([^ ]*\).*/\1/p'), node $(node --version), socket.io $(cd "$here/socketio" && node -p 'require("socket.io/package.json").version'), @socket.io/redis-adapter $(cd "$here/socketio" && node -p 'require("@socket.io/redis-adapter/package.json").version'), $(nginx -v 2>&1 | sed 's/^nginx version: //'), meridian at $(cd "$root" && git rev-parse --short HEAD)$(cd "$root" && git diff --quiet HEAD -- crates || echo ' (+ uncommitted changes in crates/)')${REGION_NODE_BIN:+, region-node binary $REGION_NODE_BIN}"
 if [[ $pin == 1 ]]; then
     pinning="servers (Redis included) on CPU $server_cpus, load generator on CPU $load_cpus (taskset), nice $niceness"
 else
@@ -445,7 +449,7 @@ else
 fi
 touch "$state/wrk.txt" "$state/loadavg.txt"
 # A QUICK run checks the harness; it never replaces a real run's results.
-if [[ $quick == 1 ]]; then result=$state/results-quick; else result=$here/results-$today; fi
+if [[ $quick == 1 ]]; then result=$state/results-quick; else result=$here/${RESULTS:-results-$today}; fi
 command_line="bash bench/run.sh${*:+ $*}"
 [[ $quick == 1 ]] && command_line="QUICK=1 $command_line"
 python3 "$here/summary.py" --date "$today" --machine "$machine" --versions "$versions" \

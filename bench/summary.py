@@ -138,14 +138,14 @@ def phase_table(r):
     params = ", ".join(f"{k} {v}" for k, v in r["params"].items())
     out.append(f"Parameters: {params}.")
     out.append("")
-    out.append("| phase | s | offered/s | sent | delivered | expected | delivered/s | per server CPU-s | server cores | p50 ms | p99 ms | p99.9 ms | max ms |")
-    out.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    out.append("| phase | s | offered/s | sent | delivered | expected | delivered/s | per server CPU-s | server cores | loadgen cores | p50 ms | p99 ms | p99.9 ms | max ms |")
+    out.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for p in r["phases"]:
         lat = p["latency"]
         star = " ★" if p["name"] == r.get("headline") else ""
         out.append(
             f"| {p['name']}{star} | {p['seconds']:.1f} | {fmt(p.get('offered_per_s'))} | {p['sent']:,} | {p['delivered']:,} | "
-            f"{fmt(p.get('expected'))} | {fmt(p['delivered_per_s'])} | {fmt(p.get('delivered_per_cpu_s'))} | {p['cpu']['cores']:.2f} | "
+            f"{fmt(p.get('expected'))} | {fmt(p['delivered_per_s'])} | {fmt(p.get('delivered_per_cpu_s'))} | {p['cpu']['cores']:.2f} | {p['cpu'].get('loadgen_cores', 0):.2f} | "
             + (f"{lat['p50_ms']:.2f} | {lat['p99_ms']:.2f} | {lat['p999_ms']:.2f} | {lat['max_ms']:.2f} |" if lat["count"] else "— | — | — | — |")
         )
     extras = [f"{p['name']}: " + ", ".join(f"{k} {v:g}" for k, v in p["extra"].items()) for p in r["phases"] if p.get("extra")]

@@ -60,6 +60,7 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
 /// A reading of every watched process at one moment.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
+    own_cpu: Option<f64>,
     cpu: BTreeMap<String, f64>,
     rss: BTreeMap<String, u64>,
     at: Option<std::time::Instant>,
@@ -68,6 +69,7 @@ pub struct Snapshot {
 /// Reads CPU and RSS of every watched process.
 pub fn snapshot(watched: &[Watched]) -> Snapshot {
     let mut s = Snapshot {
+        own_cpu: cpu_seconds(std::process::id()),
         at: Some(std::time::Instant::now()),
         ..Snapshot::default()
     };
@@ -93,6 +95,9 @@ pub struct CpuUsage {
     pub wall_s: f64,
     /// `total_s / wall_s`: cores the servers kept busy.
     pub cores: f64,
+    /// Cores the load generator itself kept busy (near 1 on one pinned core: it, not the
+    /// servers, may be what limits the rate).
+    pub loadgen_cores: f64,
 }
 
 /// The CPU every watched process used from `before` to `after`.
@@ -108,15 +113,23 @@ pub fn cpu_between(before: &Snapshot, after: &Snapshot) -> CpuUsage {
         (Some(a), Some(b)) => b.duration_since(a).as_secs_f64(),
         _ => 0.0,
     };
+    let per_wall = |v: f64| {
+        if wall_s > 0.0 {
+            round3(v / wall_s)
+        } else {
+            0.0
+        }
+    };
+    let own = match (before.own_cpu, after.own_cpu) {
+        (Some(a), Some(b)) => b - a,
+        _ => 0.0,
+    };
     CpuUsage {
         by_process,
         total_s,
         wall_s: round3(wall_s),
-        cores: if wall_s > 0.0 {
-            round3(total_s / wall_s)
-        } else {
-            0.0
-        },
+        cores: per_wall(total_s),
+        loadgen_cores: per_wall(own),
     }
 }
 

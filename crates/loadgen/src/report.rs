@@ -130,8 +130,8 @@ impl Report {
             }
             let _ = write!(
                 s,
-                "  server CPU {:.2}s ({:.2} cores)",
-                p.cpu.total_s, p.cpu.cores
+                "  server CPU {:.2}s ({:.2} cores; load generator {:.2} cores)",
+                p.cpu.total_s, p.cpu.cores, p.cpu.loadgen_cores
             );
             if let Some(c) = p.delivered_per_cpu_s {
                 let _ = write!(s, " = {c:.0}/CPU-s");
