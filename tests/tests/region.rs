@@ -426,6 +426,26 @@ async fn bad_input_gets_error_codes() -> Result<()> {
         codes.iter().all(|c| c == "ok" || c == "rate_limited"),
         "{codes:?}"
     );
+    // Every publish the flood got acknowledged was delivered exactly once (here: back to the
+    // publisher, who is in the room); the refused ones never were.
+    let acked: Vec<u64> = codes
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| *c == "ok")
+        .map(|(i, _)| i as u64)
+        .collect();
+    let mut got: Vec<u64> = s
+        .drain_events("message", Duration::from_millis(500))
+        .await?
+        .into_iter()
+        .filter(|m| m["room"] == "lobby/1")
+        .filter_map(|m| m["data"].as_u64())
+        .collect();
+    got.sort_unstable();
+    assert_eq!(
+        got, acked,
+        "acknowledged publishes delivered once, refused ones never"
+    );
 
     // An oversized frame beyond the hard limit (4x) closes only that connection (1009).
     let mut huge = Client::hello(&url, &token("huge"), json!([])).await?.0;
@@ -452,6 +472,63 @@ async fn bad_input_gets_error_codes() -> Result<()> {
             .contains("meridian_node_errors_total{region=\"test-region\",code=\"rate_limited\"}"),
         "{metrics}"
     );
+    Ok(())
+}
+
+/// A client that stops reading fills its bounded send queue: it is told `reconnect`
+/// (`slow_consumer`) and dropped, and nobody else in the room loses anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_consumer_is_dropped_and_nobody_else_loses_anything() -> Result<()> {
+    let r = region_with(
+        "[limits]\nsend_queue = 8\nrequests_per_second = 100000.0\nrequest_burst = 100000.0",
+    )?;
+    let url = r.n1.ws_url();
+    let (mut slow, _) = Client::hello(&url, &token("slow"), json!([])).await?;
+    join(&mut slow, "busy").await?;
+    let (mut fast, _) = Client::hello(&r.n2.ws_url(), &token("fast"), json!([])).await?;
+    join(&mut fast, "busy").await?;
+    let (mut publisher, _) = Client::hello(&url, &token("pub"), json!([])).await?;
+    join(&mut publisher, "busy").await?;
+    // ~45 MB of events: far more than the slow client's socket buffers can hide.
+    let pad = "x".repeat(30_000);
+    let total = 1500u64;
+    let reader = tokio::spawn(async move {
+        let mut seen = std::collections::BTreeSet::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while seen.len() < total as usize && Instant::now() < deadline {
+            if let Ok(e) = fast.event_within("message", Duration::from_secs(5)).await {
+                if let Some(n) = e["data"]["n"].as_u64() {
+                    seen.insert(n);
+                }
+            }
+        }
+        seen.len()
+    });
+    for n in 0..total {
+        // One at a time: the publisher reads its acks (and its own events) as it goes.
+        ok(publisher
+            .request(json!({"op": "publish", "room": "busy", "data": {"n": n, "pad": pad}}))
+            .await?)?;
+    }
+    let fast_got = reader.await?;
+    assert_eq!(
+        fast_got, total as usize,
+        "the reading member got everything"
+    );
+    let dropped = eventually(Duration::from_secs(10), || async {
+        r.n1.http_get("/metrics").await.is_ok_and(|(_, m)| {
+            m.contains("meridian_node_slow_consumers_total{region=\"test-region\"} 1")
+        })
+    })
+    .await;
+    assert!(dropped, "the slow consumer was dropped");
+    // Reading now, the slow client finds its connection closed after what its socket held
+    // (with `reconnect {reason: slow_consumer}` when there was room left to say it).
+    let code = slow.closed_within(Duration::from_secs(30)).await?;
+    assert!(matches!(code, 1006 | 1008), "closed: {code}");
+    if let Ok(r) = slow.event_within("reconnect", Duration::ZERO).await {
+        assert_eq!(r["reason"], "slow_consumer", "{r}");
+    }
     Ok(())
 }
 

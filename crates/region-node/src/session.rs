@@ -340,8 +340,27 @@ impl Session {
                 }
                 frame = self.queue.recv() => {
                     let Some(frame) = frame else { break };
-                    if !send_text(&node, &mut ws, frame).await {
-                        break;
+                    // A client that stops reading blocks this write once its socket is full;
+                    // its queue then overflows and the connection is kicked. Give up on the
+                    // write at once: the socket cannot take even the `reconnect`.
+                    let sent = tokio::select! {
+                        biased;
+                        _ = kicked.cancelled() => None,
+                        ok = send_text(&node, &mut ws, frame) => Some(ok),
+                    };
+                    match sent {
+                        Some(true) => {}
+                        Some(false) => break,
+                        None => {
+                            let reason = self.outbox.kick_reason().unwrap_or(KickReason::Resync);
+                            if reason == KickReason::SlowConsumer {
+                                node.metrics.slow_consumers.inc();
+                            }
+                            tracing::info!(user = %self.conn.user, reason = reason.as_str(), "dropping a connection whose socket is full");
+                            // Queued behind what the socket holds; bounded by close_with.
+                            close_with(&mut ws, close::POLICY, reason.as_str()).await;
+                            break;
+                        }
                     }
                 }
                 msg = ws.recv() => {
