@@ -22,8 +22,8 @@
 # Knobs (environment):
 #   SERVER_CPUS=0 LOAD_CPUS=1 PIN=1   taskset CPU lists; PIN=0 turns pinning off
 #   NICE=-10                          niceness of every benchmark process (shared machine)
-#   FANOUT_MEMBERS=1000 FANOUT_RATE=50 FANOUT_SECONDS=10 FANOUT_STEP_SECONDS=4
-#   PAIRS=5000 PAIRS_INTERVAL_MS=2000 PAIRS_SECONDS=10
+#   FANOUT_MEMBERS=1000 FANOUT_RATE=20 FANOUT_SECONDS=10 FANOUT_STEP_SECONDS=4
+#   PAIRS=5000 PAIRS_INTERVAL_MS=10000 PAIRS_SECONDS=10
 #   IDLE_CONNECTIONS=50000 IDLE_HOLD_SECONDS=15 IDLE_SERVERS, IDLE_PROCESSES (default: enough
 #                                     for the hard open-files limit less 2,000 per process)
 #   STORM_CLIENTS=10000 STORM_ROOM_SIZE=10 STORM_CONCURRENCY=1000
@@ -56,12 +56,12 @@ if [[ $quick == 1 ]]; then
     : "${ROUTE_SECONDS:=2}"
 fi
 fanout_members=${FANOUT_MEMBERS:-1000}
-fanout_rate=${FANOUT_RATE:-50}
+fanout_rate=${FANOUT_RATE:-20}
 fanout_seconds=${FANOUT_SECONDS:-10}
 fanout_step_seconds=${FANOUT_STEP_SECONDS:-4}
 fanout_max_steps=${FANOUT_MAX_STEPS:-14}
 pairs=${PAIRS:-5000}
-pairs_interval_ms=${PAIRS_INTERVAL_MS:-2000}
+pairs_interval_ms=${PAIRS_INTERVAL_MS:-10000}
 pairs_seconds=${PAIRS_SECONDS:-10}
 pairs_closed_seconds=${PAIRS_CLOSED_SECONDS:-10}
 idle_connections=${IDLE_CONNECTIONS:-50000}
