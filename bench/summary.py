@@ -109,16 +109,21 @@ def goals(reports):
             "pass": t < 5.0 and errors(mj) == 0 and p["delivered"] == mj["params"]["clients"],
         })
     rr_, nc = find(reports, "route", "geo-router", "/v1/route"), find(reports, "route", "nginx", "/v1/connect")
+    rc_ = find(reports, "route", "geo-router", "/v1/connect")
     if rr_ and nc:
-        a, b = phase(rr_), phase(nc)
-        r = ratio(a["delivered_per_s"], b["delivered_per_s"])
-        rows.append({
-            "goal": "/v1/route requests/s ≥ 1× nginx geoip2 redirect",
-            "meridian": f"{fmt(a['delivered_per_s'])}/s, p99 {a['latency']['p99_ms']:.2f} ms, {fmt(a.get('delivered_per_cpu_s'))}/CPU-s",
-            "peer": f"{fmt(b['delivered_per_s'])}/s, p99 {b['latency']['p99_ms']:.2f} ms, {fmt(b.get('delivered_per_cpu_s'))}/CPU-s",
-            "ratio": f"{r:.2f}×" if r else "—",
-            "pass": None if r is None else r >= 1.0,
-        })
+        for label, mine in (("/v1/route", rr_), ("/v1/connect (like for like: a 307)", rc_)):
+            if not mine:
+                continue
+            a, b = phase(mine), phase(nc)
+            r = ratio(a["delivered_per_s"], b["delivered_per_s"])
+            rc = ratio(a.get("delivered_per_cpu_s"), b.get("delivered_per_cpu_s"))
+            rows.append({
+                "goal": f"geo-router {label} requests/s ≥ 1× nginx geoip2 redirect (wall clock and per server CPU-s)",
+                "meridian": f"{fmt(a['delivered_per_s'])}/s, p99 {a['latency']['p99_ms']:.2f} ms, {fmt(a.get('delivered_per_cpu_s'))}/CPU-s",
+                "peer": f"{fmt(b['delivered_per_s'])}/s, p99 {b['latency']['p99_ms']:.2f} ms, {fmt(b.get('delivered_per_cpu_s'))}/CPU-s",
+                "ratio": f"{r:.2f}× wall clock, {rc:.2f}× per CPU-s" if r and rc else "—",
+                "pass": None if r is None else min(r, rc or r) >= 1.0,
+            })
     mp, sp = find(reports, "pairs", "meridian"), find(reports, "pairs", "socketio")
     if mp and sp:
         a, b = phase(mp, "closed") or phase(mp), phase(sp, "closed") or phase(sp)
