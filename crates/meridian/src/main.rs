@@ -32,6 +32,16 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// The load generator of drills and benchmarks: connections, fan-out, direct-message
+    /// pairs, join storms, idle connections, HTTP routing load; against Meridian or Socket.IO.
+    /// Prints progress and a summary of rates and latency percentiles (the same as
+    /// `meridian-loadgen`; `bench/run.sh` runs every scenario against both systems).
+    #[command(after_help = "Examples:
+  meridian bench fanout --system meridian --server 127.0.0.1:7101,127.0.0.1:7102 --json f.json
+  meridian bench joinstorm --system meridian --server 127.0.0.1:7101 --clients 10000
+  meridian bench route --name geo-router --server 127.0.0.1:8053 --path '/v1/route?ip={ip}'
+  meridian bench fanout --help                  # every option of a scenario")]
+    Bench(loadgen::BenchArgs),
     /// Bring up the whole mesh locally: a geo-router, and per region Redis, nodes behind
     /// HAProxy and an active + standby relay, all on loopback.
     #[command(after_help = "Examples:
@@ -162,6 +172,14 @@ fn main() -> ExitCode {
 fn run(command: Command) -> Result<ExitCode> {
     match command {
         Command::Up(args) => up::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Bench(args) => match loadgen::run(args) {
+            Ok(_) => Ok(ExitCode::SUCCESS),
+            Err(e @ loadgen::LoadgenError::Config(_)) => {
+                eprintln!("meridian bench: {e} (see `meridian bench SCENARIO --help`)");
+                Ok(ExitCode::from(2))
+            }
+            Err(e) => Err(anyhow::anyhow!(e)),
+        },
         Command::Drill(args) => Ok(if drill::run(*args)? {
             ExitCode::SUCCESS
         } else {
