@@ -480,7 +480,7 @@ async fn bad_input_gets_error_codes() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_consumer_is_dropped_and_nobody_else_loses_anything() -> Result<()> {
     let r = region_with(
-        "[limits]\nsend_queue = 8\nrequests_per_second = 100000.0\nrequest_burst = 100000.0",
+        "[limits]\nsend_queue = 64\nrequests_per_second = 100000.0\nrequest_burst = 100000.0",
     )?;
     let url = r.n1.ws_url();
     let (mut slow, _) = Client::hello(&url, &token("slow"), json!([])).await?;
@@ -489,9 +489,10 @@ async fn a_slow_consumer_is_dropped_and_nobody_else_loses_anything() -> Result<(
     join(&mut fast, "busy").await?;
     let (mut publisher, _) = Client::hello(&url, &token("pub"), json!([])).await?;
     join(&mut publisher, "busy").await?;
-    // ~45 MB of events: far more than the slow client's socket buffers can hide.
-    let pad = "x".repeat(30_000);
-    let total = 1500u64;
+    // ~16 MB of events: more than the slow client's socket buffers and queue can hide, while
+    // a client that reads keeps up (socket buffers plus 64 queued events of slack).
+    let pad = "x".repeat(4_000);
+    let total = 4000u64;
     let reader = tokio::spawn(async move {
         let mut seen = std::collections::BTreeSet::new();
         let deadline = Instant::now() + Duration::from_secs(60);

@@ -180,6 +180,13 @@ pub struct RedisSettings {
     /// Must equal the nodes' `history.ttl_secs`.
     #[serde(default = "default_history_ttl_secs")]
     pub history_ttl_secs: u64,
+    /// Must equal the nodes' `history.idempotency_window_secs`.
+    #[serde(default = "default_idempotency_window_secs")]
+    pub idempotency_window_secs: u64,
+}
+
+fn default_idempotency_window_secs() -> u64 {
+    300
 }
 
 fn default_history_len() -> u32 {
@@ -307,9 +314,9 @@ impl RelayConfig {
                     r.url
                 ));
             }
-            if r.history_len == 0 || r.history_ttl_secs == 0 {
+            if r.history_len == 0 || r.history_ttl_secs == 0 || r.idempotency_window_secs == 0 {
                 return fail(
-                    "redis.history_len and redis.history_ttl_secs must be at least 1".into(),
+                    "redis.history_len, redis.history_ttl_secs and redis.idempotency_window_secs must be at least 1".into(),
                 );
             }
         }

@@ -178,6 +178,9 @@ pub enum EventKind {
         from_user: UserId,
         /// The message body (JSON bytes).
         data: Vec<u8>,
+        /// The publish's `<user>|<key>` idempotency id, so that a publish its client retried
+        /// in another region is applied once everywhere.
+        idempotency: Option<String>,
     },
     /// A room-state key was set.
     StateSet {
@@ -360,6 +363,7 @@ mod tests {
             kind: EventKind::Message {
                 from_user: UserId::new("alice").unwrap(),
                 data: br#"{"text":"hi"}"#.to_vec(),
+                idempotency: Some("alice|k1".into()),
             },
         })
     }

@@ -100,6 +100,7 @@ struct Appended {
     seq: u64,
     epoch: String,
     frame: Bytes,
+    idempotency: Option<String>,
 }
 
 /// Where a follower is in the room's history.
@@ -233,6 +234,7 @@ fn entry_kind(entry: &LocalEntry, region: &str) -> Option<EventKind> {
         "message" => Some(EventKind::Message {
             from_user: head.from?,
             data: head.data?.get().as_bytes().to_vec(),
+            idempotency: entry.idempotency.clone(),
         }),
         "state_changed" => {
             // `value` is absent or null for a delete.
@@ -260,9 +262,14 @@ fn remote_event(event: RoomEvent) -> Option<RemoteEvent> {
             user,
             reason: left_reason(&reason),
         },
-        EventKind::Message { from_user, data } => RemoteKind::Message {
+        EventKind::Message {
+            from_user,
+            data,
+            idempotency,
+        } => RemoteKind::Message {
             from: from_user,
             data: raw(&data)?,
+            idempotency,
         },
         EventKind::StateSet { key, value, by } => RemoteKind::StateSet {
             key,
@@ -379,9 +386,15 @@ impl Replicator {
                 seq,
                 epoch,
                 frame,
+                idempotency,
             } => {
                 if let Some(pump) = lock(&self.inner).pumps.get(&room) {
-                    let _ = pump.send(PumpCmd::Appended(Appended { seq, epoch, frame }));
+                    let _ = pump.send(PumpCmd::Appended(Appended {
+                        seq,
+                        epoch,
+                        frame,
+                        idempotency,
+                    }));
                 }
             }
             Feed::Interest {
@@ -899,6 +912,7 @@ impl Replicator {
                 kind: EventKind::Message {
                     from_user,
                     data: data.get().as_bytes().to_vec(),
+                    idempotency: a.idempotency.clone(),
                 },
             };
             cursor.seq = a.seq;
@@ -1201,6 +1215,7 @@ mod tests {
             stamp: Stamp::default(),
             origin: None,
             frame: Bytes::copy_from_slice(frame.as_bytes()),
+            idempotency: None,
         }
     }
 
@@ -1213,7 +1228,8 @@ mod tests {
             entry_kind(&e, "eu"),
             Some(EventKind::Message {
                 from_user: UserId::new("bob").unwrap(),
-                data: br#"{"t":1}"#.to_vec()
+                data: br#"{"t":1}"#.to_vec(),
+                idempotency: None,
             })
         );
         let j =
@@ -1277,6 +1293,7 @@ mod tests {
             kind: EventKind::Message {
                 from_user: UserId::new("bob").unwrap(),
                 data: b"{not json".to_vec(),
+                idempotency: None,
             },
         };
         assert!(remote_event(ev.clone()).is_none());
@@ -1284,6 +1301,7 @@ mod tests {
             kind: EventKind::Message {
                 from_user: UserId::new("bob").unwrap(),
                 data: b"{\"a\":1}".to_vec(),
+                idempotency: None,
             },
             ..ev
         };

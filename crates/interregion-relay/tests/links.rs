@@ -119,6 +119,7 @@ fn event(room: &str, seq: u64) -> RoomEvent {
         kind: EventKind::Message {
             from_user: UserId::new("alice").unwrap(),
             data: format!(r#"{{"n":{seq}}}"#).into_bytes(),
+            idempotency: None,
         },
     }
 }

@@ -24,6 +24,7 @@ async fn store(redis: &RedisServer, region: &str) -> ReplicaStore {
         region: region.into(),
         history_len: 100,
         history_ttl: Duration::from_secs(600),
+        idempotency_window: Duration::from_secs(300),
     })
     .await
     .unwrap()
@@ -58,6 +59,7 @@ fn message(n: u64) -> RemoteKind {
     RemoteKind::Message {
         from: user("bob"),
         data: RawValue::from_string(format!("{{\"n\":{n}}}")).unwrap(),
+        idempotency: None,
     }
 }
 
@@ -290,6 +292,7 @@ async fn the_sink_refuses_forwarded_and_malformed_events() {
             EventKind::Message {
                 from_user: user("bob"),
                 data: b"{not json".to_vec(),
+                idempotency: None,
             },
         ),
     )
@@ -307,4 +310,48 @@ async fn the_sink_refuses_forwarded_and_malformed_events() {
         members(&redis, &room).await,
         vec![("bob".into(), "eu".into())]
     );
+}
+
+#[tokio::test]
+async fn a_publish_retried_in_another_region_is_applied_once() {
+    let redis = RedisServer::start().unwrap();
+    let ap = store(&redis, "ap").await;
+    let room = RoomId::new("stage").unwrap();
+    let snapshot = RemoteKind::Snapshot {
+        members: Vec::new(),
+        state: Vec::new(),
+    };
+    ap.apply(&event(&room, 1, 0, snapshot.clone()))
+        .await
+        .unwrap();
+    let keyed = |n: u64| RemoteKind::Message {
+        from: user("bob"),
+        data: RawValue::from_string(format!("{{\"n\":{n}}}")).unwrap(),
+        idempotency: Some("bob|k1".into()),
+    };
+    // The original from eu-central is applied and remembered by its idempotency id.
+    assert_eq!(
+        ap.apply(&event(&room, 2, 1, keyed(1))).await.unwrap(),
+        Applied::Applied
+    );
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let seq: Option<u64> = c.get(format!("mr:{{{room}}}:idem:bob|k1")).await.unwrap();
+    assert!(seq.is_some(), "a retry of the publish here finds it");
+    // The client's retry, published in us-east and replicated from there: not again.
+    let mut retry = event(&room, 7, 0, snapshot);
+    retry.origin.region = "us".into();
+    ap.apply(&retry).await.unwrap();
+    let mut retry = event(&room, 8, 7, keyed(1));
+    retry.origin.region = "us".into();
+    assert_eq!(ap.apply(&retry).await.unwrap(), Applied::Superseded);
+    let messages = ap
+        .read_local(&room, 0, 100)
+        .await
+        .unwrap()
+        .entries
+        .iter()
+        .filter(|e| String::from_utf8_lossy(&e.frame).contains("\"type\":\"message\""))
+        .count();
+    assert_eq!(messages, 1);
 }

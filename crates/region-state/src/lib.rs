@@ -396,9 +396,11 @@ pub(crate) fn split_seq(payload: &[u8]) -> Option<(u64, Arc<str>, Bytes)> {
     let rest = &payload[space + 1..];
     let space = rest.iter().position(|b| *b == b' ')?;
     let epoch = std::str::from_utf8(&rest[..space]).ok()?;
-    Some((
-        seq,
-        epoch.into(),
-        Bytes::copy_from_slice(&rest[space + 1..]),
-    ))
+    let frame = &rest[space + 1..];
+    // A publish's idempotency id may follow the frame after a NUL (for the relay).
+    let frame = match frame.iter().position(|b| *b == 0) {
+        Some(nul) => &frame[..nul],
+        None => frame,
+    };
+    Some((seq, epoch.into(), Bytes::copy_from_slice(frame)))
 }

@@ -118,6 +118,9 @@ pub enum RemoteKind {
         from: UserId,
         /// The message body.
         data: Box<RawValue>,
+        /// The publish's `<user>|<key>` idempotency id: applied once per window here, also
+        /// when the client retried it in another region.
+        idempotency: Option<String>,
     },
     /// A state key was written.
     StateSet {
@@ -186,6 +189,8 @@ pub struct LocalEntry {
     pub origin: Option<String>,
     /// The client frame.
     pub frame: Bytes,
+    /// A publish's `<user>|<key>` idempotency id, when it had one.
+    pub idempotency: Option<String>,
 }
 
 /// History entries after a position, with the room's current position.
@@ -230,6 +235,8 @@ pub enum Feed {
         epoch: String,
         /// The client frame as appended.
         frame: Bytes,
+        /// A publish's `<user>|<key>` idempotency id, when it had one.
+        idempotency: Option<String>,
     },
     /// A room gained its first (`true`) or lost its last (`false`) local member.
     Interest {
@@ -269,6 +276,8 @@ pub struct ReplicaConfig {
     pub history_len: u32,
     /// The nodes' `history.ttl_secs`.
     pub history_ttl: Duration,
+    /// The nodes' `history.idempotency_window_secs`.
+    pub idempotency_window: Duration,
 }
 
 /// The lease key naming the region's active relay.
@@ -295,6 +304,7 @@ pub struct ReplicaStore {
     scripts: Arc<Scripts>,
     hold: Arc<Script>,
     release: Arc<Script>,
+    idempotency_window_ms: u64,
 }
 
 impl fmt::Debug for ReplicaStore {
@@ -365,6 +375,7 @@ impl ReplicaStore {
             scripts: Arc::new(Scripts::new()),
             hold: Arc::new(Script::new(HOLD_LUA)),
             release: Arc::new(Script::new(RELEASE_LUA)),
+            idempotency_window_ms: config.idempotency_window.as_millis().max(1) as u64,
         })
     }
 
@@ -433,9 +444,15 @@ impl ReplicaStore {
             RemoteKind::Leave { user, reason } => {
                 inv.arg(user.as_str()).arg(reason.as_str());
             }
-            RemoteKind::Message { from, data } => {
+            RemoteKind::Message {
+                from,
+                data,
+                idempotency,
+            } => {
                 let head = RoomEventFrame::message(room, from, data).with_origin(origin);
-                inv.arg(head.head());
+                inv.arg(head.head())
+                    .arg(idempotency.as_deref().unwrap_or(""))
+                    .arg(self.idempotency_window_ms);
             }
             RemoteKind::StateSet { key, value, by } => {
                 let head =
@@ -585,11 +602,13 @@ impl ReplicaStore {
                 .and_then(|h| Stamp::parse(std::str::from_utf8(&h).ok()?))
                 .unwrap_or_default();
             let origin = bulk(&e.map, "o").map(|o| String::from_utf8_lossy(&o).into_owned());
+            let idempotency = bulk(&e.map, "k").map(|k| String::from_utf8_lossy(&k).into_owned());
             entries.push(LocalEntry {
                 seq,
                 stamp,
                 origin,
                 frame,
+                idempotency,
             });
         }
         Ok(LocalBatch {
@@ -853,11 +872,20 @@ fn parse_feed(channel: &str, payload: &[u8]) -> Option<Feed> {
     let rest = &payload[space + 1..];
     let space = rest.iter().position(|b| *b == b' ')?;
     let epoch = std::str::from_utf8(&rest[..space]).ok()?.to_owned();
+    let tail = &rest[space + 1..];
+    let (frame, idempotency) = match tail.iter().position(|b| *b == 0) {
+        Some(nul) => (
+            &tail[..nul],
+            Some(std::str::from_utf8(&tail[nul + 1..]).ok()?.to_owned()),
+        ),
+        None => (tail, None),
+    };
     Some(Feed::Room {
         room,
         seq,
         epoch,
-        frame: Bytes::copy_from_slice(&rest[space + 1..]),
+        frame: Bytes::copy_from_slice(frame),
+        idempotency,
     })
 }
 
@@ -921,6 +949,17 @@ mod tests {
                 seq: 7,
                 epoch: "e1".into(),
                 frame: Bytes::from_static(b"{}"),
+                idempotency: None,
+            })
+        );
+        assert_eq!(
+            parse_feed("mr:{r}:ev", b"8 e1 {\"a\":1}\0bob|k7"),
+            Some(Feed::Room {
+                room: RoomId::new("r").unwrap(),
+                seq: 8,
+                epoch: "e1".into(),
+                frame: Bytes::from_static(b"{\"a\":1}"),
+                idempotency: Some("bob|k7".into()),
             })
         );
         assert!(parse_feed("mr:{r}:ev", b"7 e1").is_none());

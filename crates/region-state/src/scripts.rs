@@ -109,7 +109,11 @@ local function newer(a, b)
   end
   return #a > #b
 end
-local function append(head, origin, stamp)
+-- The prefix of the room's idempotency keys, `mr:{room}:idem:` (ARGV[1] is `mr:{room}:ev`).
+local function idem_prefix()
+  return string.sub(ARGV[1], 1, #ARGV[1] - 2) .. 'idem:'
+end
+local function append(head, origin, stamp, idem)
   local epoch = ensure_epoch()
   stamp = stamp or hlc_tick()
   local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
@@ -117,10 +121,18 @@ local function append(head, origin, stamp)
   local frame = head .. ',"seq":' .. s .. ',"epoch":"' .. epoch .. '"}'
   if origin then
     redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], s .. '-0', 'e', frame, 'h', stamp, 'o', origin)
+  elseif idem then
+    redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], s .. '-0', 'e', frame, 'h', stamp, 'k', idem)
   else
     redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], s .. '-0', 'e', frame, 'h', stamp)
   end
-  redis.call('PUBLISH', ARGV[1], s .. ' ' .. epoch .. ' ' .. frame)
+  -- A publish's idempotency key rides after a NUL (never in JSON text): the relay sends it
+  -- on with the message, nodes cut it off.
+  if idem then
+    redis.call('PUBLISH', ARGV[1], s .. ' ' .. epoch .. ' ' .. frame .. '\0' .. idem)
+  else
+    redis.call('PUBLISH', ARGV[1], s .. ' ' .. epoch .. ' ' .. frame)
+  end
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
   redis.call('PEXPIRE', KEYS[2], ARGV[3])
   -- Room state lives as long as the room's history: any activity keeps both.
@@ -200,7 +212,9 @@ if ARGV[7] ~= '' then
   local prev = redis.call('GET', KEYS[9])
   if prev then return {0, ensure_epoch(), tonumber(prev)} end
 end
-local r = append(ARGV[6])
+local idem = nil
+if ARGV[7] ~= '' then idem = string.sub(KEYS[9], #idem_prefix() + 1) end
+local r = append(ARGV[6], nil, nil, idem)
 if ARGV[7] ~= '' then redis.call('SET', KEYS[9], r[2], 'PX', ARGV[7]) end
 return {1, r[1], r[2]}
 "#;
@@ -240,7 +254,8 @@ return {1, cur + 1}
 /// (ignored for a snapshot), [13..] by kind:
 /// - `join`: [13] user.
 /// - `leave`: [13] user, [14] reason.
-/// - `message`: [13] message head (with its `origin`).
+/// - `message`: [13] message head (with its `origin`), [14] the publish's `<user>|<key>`
+///   idempotency id ('' without one), [15] the idempotency window in ms.
 /// - `set`: [13] key, [14] value, [15] writer, [16] state_changed head (with `origin`).
 /// - `delete`: [13] key, [14] writer, [15] state_changed head (value null, with `origin`).
 /// - `snapshot`: [13] n, then n × (user, member stamp), then m, then m × (key, value or ''
@@ -324,6 +339,15 @@ if kind == 'join' then
 elseif kind == 'leave' then
   return {remote_leave(ARGV[13], ARGV[14], ostamp)}
 elseif kind == 'message' then
+  if ARGV[14] ~= '' then
+    -- The same publish, retried by its client in another region (after losing the first
+    -- region's ack), may reach us twice: apply it once, and let a retry here find it.
+    local k = idem_prefix() .. ARGV[14]
+    if redis.call('EXISTS', k) == 1 then return {2} end
+    local r = append(ARGV[13], tag)
+    redis.call('SET', k, r[2], 'PX', ARGV[15])
+    return {1}
+  end
   append(ARGV[13], tag)
   return {1}
 elseif kind == 'set' then

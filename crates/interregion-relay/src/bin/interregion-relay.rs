@@ -137,6 +137,7 @@ async fn serve(p: Prepared, config: RelayConfig) -> anyhow::Result<()> {
         region: config.region.clone(),
         history_len: redis.history_len,
         history_ttl: Duration::from_secs(redis.history_ttl_secs),
+        idempotency_window: Duration::from_secs(redis.idempotency_window_secs),
     })
     .await
     .with_context(|| format!("cannot connect to Redis at {}", redis.url))?;
