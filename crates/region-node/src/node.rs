@@ -22,7 +22,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{NodeConfig, StoreConfig};
+use crate::admission::{Admission, Admit};
+use crate::config::NodeConfig;
 use crate::fanout::LocalIndex;
 use crate::metrics::Metrics;
 
@@ -55,6 +56,10 @@ pub struct Node {
     pub draining: CancellationToken,
     /// Cancelled when sessions still open must close (drain grace over).
     pub closing: CancellationToken,
+    /// Bounded accept rate: sheds connection attempts beyond it.
+    pub admission: Admission,
+    /// Wakes the lease loop to renew at once (after the store reconnected).
+    pub renew_now: tokio::sync::Notify,
     sessions: TaskTracker,
 }
 
@@ -102,20 +107,21 @@ pub async fn start(
     let node_id = NodeId::random();
     let (inbound_tx, inbound_rx) = mpsc::channel(65_536);
     let limits = config.store_limits();
-    let store: Arc<dyn StateStore> = match &config.store {
-        StoreConfig::Redis { url } => Arc::new(
+    let store: Arc<dyn StateStore> = match config.store.redis_endpoint() {
+        Some((endpoint, durable)) => Arc::new(
             RedisStore::connect(
                 RedisStoreConfig {
-                    url: url.clone(),
+                    endpoint,
                     region: config.region.clone(),
                     node: node_id.clone(),
                     limits,
+                    durable,
                 },
                 inbound_tx,
             )
             .await?,
         ),
-        StoreConfig::Memory => {
+        None => {
             tracing::warn!(
                 "store.kind = memory: single-node dev region, nothing is shared or persisted"
             );
@@ -137,6 +143,8 @@ pub async fn start_with_store(
     let addr = listener.local_addr()?;
     let node_id = store.node().clone();
     let node = Arc::new(Node {
+        admission: Admission::new(&config),
+        renew_now: tokio::sync::Notify::new(),
         verifier: TokenVerifier::new(config.token_secret.as_bytes()),
         metrics: Metrics::new(&config.region),
         config: Arc::new(config),
@@ -265,6 +273,17 @@ async fn ws_upgrade(
         .max_frame_bytes
         .saturating_mul(4)
         .max(64 * 1024);
+    let open = usize::try_from(node.metrics.connections.get()).unwrap_or(0);
+    if let Admit::Shed { after_ms, why } = node.admission.admit(open) {
+        node.metrics.shed_connections.inc();
+        tracing::debug!(%peer, after_ms, why, "shedding a connection attempt");
+        // Upgrade and say why, so the client gets a `reconnect` it understands; the session
+        // costs nothing in the store (no hello was processed).
+        return ws
+            .max_message_size(4096)
+            .max_frame_size(4096)
+            .on_upgrade(move |socket| crate::session::shed(socket, after_ms));
+    }
     let tracker = node.sessions.clone();
     ws.max_message_size(hard_limit)
         .max_frame_size(hard_limit)
@@ -341,6 +360,9 @@ async fn dispatch(node: Arc<Node>, mut inbound: mpsc::Receiver<Inbound>, stop: C
                 }
             }
             Inbound::Resubscribed => {
+                // The store reconnected (perhaps to a new primary after a failover): renew
+                // the lease there now, then replay what the pub/sub outage may have missed.
+                node.renew_now.notify_one();
                 tokio::spawn(catch_up(node.clone()));
             }
         }
@@ -375,13 +397,20 @@ async fn lease_loop(node: Arc<Node>, stop: CancellationToken) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut renewed = Instant::now();
     let mut fenced = false;
+    let mut failing = false;
     loop {
+        // While renewals fail, retry every 200 ms: a failover's new primary should see this
+        // node's lease as soon as it is reachable, well before the lease runs out.
+        let retry = tokio::time::sleep(Duration::from_millis(200));
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
+            _ = node.renew_now.notified() => {}
+            _ = retry, if failing => {}
         }
         match node.timed("renew_lease", node.store.renew_lease()).await {
             Ok(()) => {
+                failing = false;
                 if fenced {
                     tracing::info!("lease renewed again; serving");
                     fenced = false;
@@ -395,6 +424,7 @@ async fn lease_loop(node: Arc<Node>, stop: CancellationToken) {
                 }
             }
             Err(e) => {
+                failing = true;
                 node.metrics.redis_up.set(0);
                 tracing::warn!(error = %e, "lease renewal failed");
                 // Past the TTL another node may already have reaped our members: clients must

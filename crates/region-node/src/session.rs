@@ -101,6 +101,25 @@ pub async fn serve(node: Arc<Node>, mut ws: WebSocket, peer: SocketAddr) {
     node.metrics.connections.dec();
 }
 
+/// A connection attempt the node sheds (accept rate or connection cap): `reconnect`
+/// (`overloaded`) with the retry delay, then close 1013. No hello is read, nothing touches the
+/// store.
+pub async fn shed(mut ws: WebSocket, after_ms: u64) {
+    let text = Event::Reconnect {
+        after_ms,
+        reason: "overloaded",
+        url: None,
+        region: None,
+    }
+    .encode();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(1),
+        ws.send(Message::Text(Utf8Bytes::from(text))),
+    )
+    .await;
+    close_with(&mut ws, close::TRY_LATER, "overloaded").await;
+}
+
 struct Session {
     node: Arc<Node>,
     conn: ConnRef,
