@@ -96,7 +96,10 @@ impl StoreConfig {
     /// The store's endpoint and durability, or `None` for the memory store.
     pub fn redis_endpoint(
         &self,
-    ) -> Option<(region_state::RedisEndpoint, Option<region_state::Durability>)> {
+    ) -> Option<(
+        region_state::RedisEndpoint,
+        Option<region_state::Durability>,
+    )> {
         let durability = |on: bool, replicas: u32, timeout_ms: u64| {
             on.then(|| region_state::Durability {
                 replicas,
@@ -141,7 +144,9 @@ impl StoreConfig {
     fn validate(&self) -> Result<(), String> {
         let check_durable = |on: bool, replicas: u32, timeout_ms: u64, kind: &str| {
             if on && !(1..=16).contains(&replicas) {
-                return Err(format!("store.durable_replicas must be between 1 and 16 ({kind})"));
+                return Err(format!(
+                    "store.durable_replicas must be between 1 and 16 ({kind})"
+                ));
             }
             if on && !(1..=10_000).contains(&timeout_ms) {
                 return Err(format!(
@@ -437,9 +442,7 @@ impl NodeConfig {
             );
         }
         if t.shed_reconnect_min_ms == 0 || t.shed_reconnect_min_ms > t.shed_reconnect_max_ms {
-            return fail(
-                "timing: need 0 < shed_reconnect_min_ms <= shed_reconnect_max_ms".into(),
-            );
+            return fail("timing: need 0 < shed_reconnect_min_ms <= shed_reconnect_max_ms".into());
         }
         if self.history.len == 0 || self.history.max_replay == 0 {
             return fail("history.len and history.max_replay must be at least 1".into());
@@ -533,7 +536,10 @@ mod tests {
             panic!("sentinel endpoint expected");
         };
         assert_eq!(s.sentinels.len(), 2);
-        assert_eq!((s.master_name.as_str(), s.db, s.tls), ("meridian", 0, false));
+        assert_eq!(
+            (s.master_name.as_str(), s.db, s.tls),
+            ("meridian", 0, false)
+        );
         assert_eq!(durable, None);
         let c = parse(&format!(
             "{SENTINEL}\ndurable = true\ndurable_timeout_ms = 250\npassword = \"pw\""

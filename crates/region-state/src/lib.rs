@@ -31,8 +31,8 @@ use meridian_protocol::{
 };
 use serde_json::value::RawValue;
 
-pub use memory::{MemoryRegion, MemoryStore};
 pub use link::{RedisEndpoint, SentinelEndpoint};
+pub use memory::{MemoryRegion, MemoryStore};
 pub use redis_store::{Durability, RedisStore, RedisStoreConfig};
 pub use scripts::{INTEREST_CHANNEL, PRESENCE_CHANNEL, RELAY_NODE_PREFIX};
 

@@ -141,7 +141,8 @@ impl RedisStore {
         inbound: mpsc::Sender<Inbound>,
     ) -> StoreResult<Self> {
         let resolver = Arc::new(Resolver::new(config.endpoint.clone())?);
-        let link = Arc::new(PrimaryLink::connect(resolver.clone(), "commands", RESPONSE_TIMEOUT).await?);
+        let link =
+            Arc::new(PrimaryLink::connect(resolver.clone(), "commands", RESPONSE_TIMEOUT).await?);
         let durable_link = match config.durable {
             Some(d) => Some(Arc::new(
                 PrimaryLink::connect(resolver.clone(), "durable", RESPONSE_TIMEOUT + d.timeout)
