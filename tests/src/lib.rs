@@ -310,6 +310,11 @@ impl SentinelGroup {
         if !info.contains("master_link_status:up") {
             return Ok(false);
         }
+        // Online as the primary sees it, so WAIT counts it.
+        let primary = self.primary.as_ref().ok_or_else(|| anyhow!("no primary"))?;
+        if !redis_info(primary.port(), "replication")?.contains("state=online") {
+            return Ok(false);
+        }
         for (_, port) in &self.sentinels {
             let client = redis::Client::open(format!("redis://127.0.0.1:{port}/"))?;
             let mut conn = client.get_connection_with_timeout(Duration::from_millis(300))?;
