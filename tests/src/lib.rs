@@ -239,15 +239,15 @@ pub fn open_files_limit() -> Result<u64> {
         .ok_or_else(|| anyhow!("cannot read the open-files limit"))
 }
 
-/// A Redis primary, one replica and three sentinels on free loopback ports, with short
+/// A Redis primary, `n` replicas and three sentinels on free loopback ports, with short
 /// failover timings (`down-after-milliseconds` 1000, `failover-timeout` 3000). Every process is
 /// killed on drop.
 #[derive(Debug)]
 pub struct SentinelGroup {
     /// The primary at start.
     pub primary: Option<RedisServer>,
-    /// The replica at start.
-    pub replica: Option<RedisServer>,
+    /// The replicas at start.
+    pub replicas: Vec<RedisServer>,
     sentinels: Vec<(Child, u16)>,
     _dir: TempDir,
 }
@@ -256,12 +256,23 @@ pub struct SentinelGroup {
 pub const MASTER_NAME: &str = "meridian-test";
 
 impl SentinelGroup {
-    /// Starts everything and waits until the replica is in sync and every sentinel knows the
-    /// replica and the two other sentinels (so a failover can happen).
-    pub fn start() -> Result<Self> {
-        let primary = RedisServer::start_with_args(&["--repl-diskless-sync-delay", "0"])?;
+    /// Starts everything and waits until the replicas are online and every sentinel knows the
+    /// replicas and the two other sentinels (so a failover can happen).
+    pub fn start(replicas: usize) -> Result<Self> {
+        // No 5 s diskless-sync delay: a replica (re)syncs at once, also from a promoted one.
+        const NO_DELAY: [&str; 2] = ["--repl-diskless-sync-delay", "0"];
+        let primary = RedisServer::start_with_args(&NO_DELAY)?;
         let port = primary.port().to_string();
-        let replica = RedisServer::start_with_args(&["--replicaof", "127.0.0.1", &port])?;
+        let mut replica_servers = Vec::new();
+        for _ in 0..replicas {
+            replica_servers.push(RedisServer::start_with_args(&[
+                NO_DELAY[0],
+                NO_DELAY[1],
+                "--replicaof",
+                "127.0.0.1",
+                &port,
+            ])?);
+        }
         let dir = TempDir::new("sentinel")?;
         let mut sentinels = Vec::new();
         for i in 0..3 {
@@ -288,7 +299,7 @@ impl SentinelGroup {
         }
         let group = Self {
             primary: Some(primary),
-            replica: Some(replica),
+            replicas: replica_servers,
             sentinels,
             _dir: dir,
         };
@@ -305,16 +316,19 @@ impl SentinelGroup {
     }
 
     fn settled(&self) -> Result<bool> {
-        let replica = self.replica.as_ref().ok_or_else(|| anyhow!("no replica"))?;
-        let info = redis_info(replica.port(), "replication")?;
-        if !info.contains("master_link_status:up") {
-            return Ok(false);
+        for replica in &self.replicas {
+            let info = redis_info(replica.port(), "replication")?;
+            if !info.contains("master_link_status:up") {
+                return Ok(false);
+            }
         }
-        // Online as the primary sees it, so WAIT counts it.
+        // Online as the primary sees them, so WAIT counts them.
         let primary = self.primary.as_ref().ok_or_else(|| anyhow!("no primary"))?;
-        if !redis_info(primary.port(), "replication")?.contains("state=online") {
+        let info = redis_info(primary.port(), "replication")?;
+        if info.matches("state=online").count() != self.replicas.len() {
             return Ok(false);
         }
+        let want = self.replicas.len().to_string();
         for (_, port) in &self.sentinels {
             let client = redis::Client::open(format!("redis://127.0.0.1:{port}/"))?;
             let mut conn = client.get_connection_with_timeout(Duration::from_millis(300))?;
@@ -330,7 +344,7 @@ impl SentinelGroup {
                     .cloned()
                     .unwrap_or_default()
             };
-            if get("num-slaves") != "1" || get("num-other-sentinels") != "2" {
+            if get("num-slaves") != want || get("num-other-sentinels") != "2" {
                 return Ok(false);
             }
         }
