@@ -887,10 +887,10 @@ async fn pubsub_task(
                 let counts = shared.counts.lock().unwrap_or_else(|p| p.into_inner());
                 counts.keys().cloned().collect()
             };
-            if !rooms.is_empty() {
-                let channels: Vec<String> = rooms.iter().map(room_channel).collect();
+            // One channel per command: redis-rs pairs each SUBSCRIBE with one confirmation.
+            for room in &rooms {
                 timed("subscribe timed out")(
-                    tokio::time::timeout(OP_TIMEOUT, sink.subscribe(&channels)).await,
+                    tokio::time::timeout(OP_TIMEOUT, sink.subscribe(room_channel(room))).await,
                 )?;
             }
             Ok::<_, redis::RedisError>((sink, stream, rooms, address))
