@@ -1167,12 +1167,15 @@ async fn reconnect_storm_of_5000_clients() -> Result<()> {
         shed_storm > 0,
         "the storm exceeded the accept rate, so some were shed"
     );
-    // Bound measured: ~20 s in a debug build on 2 cores (release: see BENCHMARKS.md).
-    assert!(took < Duration::from_secs(45), "storm took {took:?}");
+    // Bound: measured 4–5 s in a debug build on 2 cores with the test's accept rate of
+    // 800/s per node (release: see BENCHMARKS.md); 20 s leaves room for a loaded CI machine.
+    assert!(took < Duration::from_secs(20), "storm took {took:?}");
+    // Memory bound: ~20 KiB per connection (8 KiB WebSocket buffers) measured, ~90 MiB peak
+    // per node with 2,500 connections; 256 MiB is the bound.
     for (i, peak) in peak_rss.iter().enumerate() {
         assert!(
-            *peak < 512 * 1024,
-            "node {i} peak VmRSS {peak} KiB exceeds the 512 MiB bound"
+            *peak < 256 * 1024,
+            "node {i} peak VmRSS {peak} KiB exceeds the 256 MiB bound"
         );
     }
     Ok(())

@@ -259,6 +259,9 @@ async fn run(
     Ok(())
 }
 
+/// Initial WebSocket read/write buffer per connection.
+const WS_BUFFER_BYTES: usize = 8 * 1024;
+
 async fn ws_upgrade(
     State(node): State<Arc<Node>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -280,12 +283,19 @@ async fn ws_upgrade(
         // Upgrade and say why, so the client gets a `reconnect` it understands; the session
         // costs nothing in the store (no hello was processed).
         return ws
+            .read_buffer_size(WS_BUFFER_BYTES)
+            .write_buffer_size(0)
             .max_message_size(4096)
             .max_frame_size(4096)
             .on_upgrade(move |socket| crate::session::shed(socket, after_ms));
     }
     let tracker = node.sessions.clone();
-    ws.max_message_size(hard_limit)
+    // tungstenite starts every connection with 128 KiB read and write buffers; signaling
+    // frames are small, and the buffers grow when a large frame needs it. Small initial
+    // buffers keep a node with thousands of sockets (a reconnect storm) at ~20 KiB each.
+    ws.read_buffer_size(WS_BUFFER_BYTES)
+        .write_buffer_size(WS_BUFFER_BYTES)
+        .max_message_size(hard_limit)
         .max_frame_size(hard_limit)
         .on_upgrade(move |socket| tracker.track_future(crate::session::serve(node, socket, peer)))
 }
