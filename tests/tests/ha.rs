@@ -54,6 +54,8 @@ struct Ledger {
     times: Mutex<Vec<(Instant, Instant)>>,
     /// Error replies to publishes, by code.
     errors: Mutex<HashMap<String, u64>>,
+    /// Acknowledgements answered from the idempotency key (a retry of an applied publish).
+    duplicates: std::sync::atomic::AtomicU64,
 }
 
 impl Ledger {
@@ -366,6 +368,9 @@ async fn connection(
                         Some(Pending::Publish) => {
                             publish_in_flight = false;
                             if kind == "ok" {
+                                if frame["result"]["duplicate"] == true {
+                                    ledger.duplicates.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                }
                                 if let Some((room, id, sent)) = outstanding.take() {
                                     ledger.ack(&room, &id, sent);
                                 }
@@ -544,6 +549,10 @@ impl Load {
             }
         }
         report.publish_errors = self.ledger.errors.lock().unwrap().clone();
+        report.duplicates = self
+            .ledger
+            .duplicates
+            .load(std::sync::atomic::Ordering::Relaxed);
         report.members = self
             .members
             .iter()
@@ -564,6 +573,7 @@ impl Load {
 #[derive(Default)]
 struct LoadReport {
     acked: usize,
+    duplicates: u64,
     sessions: u64,
     hints: HashMap<String, u64>,
     publish_errors: HashMap<String, u64>,
@@ -753,8 +763,9 @@ async fn sentinel_failover_under_load_loses_nothing_acknowledged() -> Result<()>
     );
     eprintln!(
         "sentinel failover: primary killed -> first acknowledged publish {failover:?}; \
-         {} acked ({before} before the kill), {} sessions, publish errors {:?}, hints {:?}",
-        report.acked, report.sessions, report.publish_errors, report.hints
+         {} acked ({before} before the kill, {} answered from their idempotency key), \
+         {} sessions, publish errors {:?}, hints {:?}",
+        report.acked, report.duplicates, report.sessions, report.publish_errors, report.hints
     );
     let absent: Vec<(MemberSpec, bool)> = specs.iter().map(|s| (s.clone(), false)).collect();
     assert_membership(&n1.ws_url(), &absent).await?;
