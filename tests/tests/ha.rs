@@ -729,6 +729,22 @@ async fn sentinel_failover_under_load_loses_nothing_acknowledged() -> Result<()>
     load.all_live(Duration::from_secs(10)).await?;
     let present: Vec<(MemberSpec, bool)> = specs.iter().map(|s| (s.clone(), true)).collect();
     assert_membership(&n1.ws_url(), &present).await?;
+    // The leases outlived the failover: nobody was reaped, no node fenced itself.
+    for (spec, st) in &load.members {
+        let st = st.lock().unwrap();
+        assert!(
+            st.lefts.iter().all(|(_, _, reason)| reason != "node_lost"),
+            "{}: saw a member reaped during the failover: {:?}",
+            spec.user,
+            st.lefts
+        );
+        assert!(
+            !st.hints.contains_key("lease_lost"),
+            "{}: {:?}",
+            spec.user,
+            st.hints
+        );
+    }
     let users: Vec<String> = specs.iter().map(|s| s.user.clone()).collect();
     let online = presence_of(&n2.ws_url(), &users).await?;
     assert!(
