@@ -56,12 +56,30 @@ impl std::fmt::Debug for SentinelEndpoint {
 }
 
 /// Where the region's primary is.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum RedisEndpoint {
     /// One server: `redis://host:port/db` or `rediss://` for TLS.
     Standalone(String),
     /// Discovered (and re-discovered after a failover) through Sentinel.
     Sentinel(SentinelEndpoint),
+}
+
+impl std::fmt::Debug for RedisEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            // Never print a password from the URL's userinfo.
+            Self::Standalone(url) => {
+                let shown = match (url.find("://"), url.rfind('@')) {
+                    (Some(scheme), Some(at)) if at > scheme => {
+                        format!("{}://***@{}", &url[..scheme], &url[at + 1..])
+                    }
+                    _ => url.clone(),
+                };
+                f.debug_tuple("Standalone").field(&shown).finish()
+            }
+            Self::Sentinel(s) => f.debug_tuple("Sentinel").field(s).finish(),
+        }
+    }
 }
 
 impl RedisEndpoint {
@@ -334,5 +352,73 @@ impl ConnectionLike for LinkConn {
 
     fn get_db(&self) -> i64 {
         self.pinned.as_ref().map_or(0, |(_, c)| c.get_db())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_connection_level_errors_replace_the_connection() {
+        let reset = RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "reset",
+        ));
+        assert!(needs_new_connection(&reset));
+        let timeout = timeout_error("slow");
+        assert!(needs_new_connection(&timeout));
+        let readonly = RedisError::from((ErrorKind::Server(ServerErrorKind::ReadOnly), "READONLY"));
+        assert!(needs_new_connection(&readonly), "we reached a replica");
+        let noscript = RedisError::from((ErrorKind::Server(ServerErrorKind::NoScript), "NOSCRIPT"));
+        assert!(!needs_new_connection(&noscript));
+        let wrong_type = RedisError::from((ErrorKind::UnexpectedReturnType, "type"));
+        assert!(!needs_new_connection(&wrong_type));
+    }
+
+    #[tokio::test]
+    async fn unreachable_sentinels_fail_fast_and_the_link_backs_off() {
+        let port = crate::testing::free_port().unwrap();
+        let resolver = Arc::new(
+            Resolver::new(RedisEndpoint::Sentinel(SentinelEndpoint {
+                sentinels: vec![format!("redis://127.0.0.1:{port}")],
+                master_name: "nobody".into(),
+                db: 0,
+                username: None,
+                password: Some("secret".into()),
+                tls: false,
+            }))
+            .unwrap(),
+        );
+        let started = Instant::now();
+        assert!(resolver.primary().await.is_err());
+        assert!(started.elapsed() < Duration::from_secs(3));
+        let err = PrimaryLink::connect(resolver, "test", Duration::from_secs(1))
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            needs_new_connection(&err) || err.kind() == ErrorKind::Io,
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn endpoint_debug_hides_credentials() {
+        let e = SentinelEndpoint {
+            sentinels: vec!["redis://u:topsecret@h:1".into()],
+            master_name: "m".into(),
+            db: 0,
+            username: Some("u".into()),
+            password: Some("topsecret".into()),
+            tls: true,
+        };
+        assert!(!format!("{e:?}").contains("topsecret"));
+        let url = RedisEndpoint::url("rediss://user:topsecret@redis.internal:6380/0");
+        let shown = format!("{url:?}");
+        assert!(
+            !shown.contains("topsecret") && shown.contains("redis.internal:6380"),
+            "{shown}"
+        );
     }
 }
