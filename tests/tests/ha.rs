@@ -96,6 +96,9 @@ impl Ledger {
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Phase {
+    /// Members connect and join; nobody publishes yet (so that every member is in its rooms
+    /// before the first message it must receive).
+    Setup,
     /// Publishers publish.
     Run,
     /// No new publishes; members keep receiving (and reconnecting).
@@ -433,7 +436,7 @@ struct Load {
 impl Load {
     fn start(specs: Vec<MemberSpec>, lb: &Lb) -> Self {
         let ledger = Arc::new(Ledger::default());
-        let (phase, rx) = watch::channel(Phase::Run);
+        let (phase, rx) = watch::channel(Phase::Setup);
         let mut members = Vec::new();
         let mut tasks = Vec::new();
         for spec in specs {
@@ -453,6 +456,13 @@ impl Load {
             members,
             tasks,
         }
+    }
+
+    /// Waits until every member is connected and in its rooms, then starts publishing.
+    async fn start_publishing(&self, within: Duration) -> Result<()> {
+        self.all_live(within).await?;
+        let _ = self.phase.send(Phase::Run);
+        Ok(())
     }
 
     /// Waits until every member (that has not quit) is connected and in its rooms.
@@ -694,7 +704,7 @@ async fn sentinel_failover_under_load_loses_nothing_acknowledged() -> Result<()>
     let lb = Lb::new(&[n1.ws_url(), n2.ws_url()]);
     let specs = specs(12, 4, 8, Duration::from_millis(40));
     let load = Load::start(specs.clone(), &lb);
-    load.all_live(Duration::from_secs(10)).await?;
+    load.start_publishing(Duration::from_secs(20)).await?;
     let (ready_stop_tx, ready_stop) = watch::channel(Phase::Run);
     let readiness = watch_readiness(vec![n1.addr, n2.addr], ready_stop);
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -726,7 +736,7 @@ async fn sentinel_failover_under_load_loses_nothing_acknowledged() -> Result<()>
     })
     .await;
     assert!(back, "/readyz true again after the failover");
-    load.all_live(Duration::from_secs(10)).await?;
+    load.all_live(Duration::from_secs(20)).await?;
     let present: Vec<(MemberSpec, bool)> = specs.iter().map(|s| (s.clone(), true)).collect();
     assert_membership(&n1.ws_url(), &present).await?;
     // The leases outlived the failover: nobody was reaped, no node fenced itself.
@@ -817,7 +827,7 @@ async fn node_loss_under_load_reaps_only_those_who_did_not_return() -> Result<()
         }
     }
     let load = Load::start(specs.clone(), &lb);
-    load.all_live(Duration::from_secs(10)).await?;
+    load.start_publishing(Duration::from_secs(20)).await?;
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let killed_at = Instant::now();
     n3.signal("KILL")?;
@@ -881,7 +891,7 @@ async fn scale_two_to_four_to_one_under_load() -> Result<()> {
     let lb = Lb::new(&urls(&nodes));
     let specs = specs(16, 4, 8, Duration::from_millis(50));
     let load = Load::start(specs.clone(), &lb);
-    load.all_live(Duration::from_secs(10)).await?;
+    load.start_publishing(Duration::from_secs(20)).await?;
     tokio::time::sleep(Duration::from_millis(800)).await;
     // Scale out: two nodes join at run time and take new connections.
     nodes.push(NodeProcess::start(REGION, &redis.url(), "")?);
@@ -902,7 +912,7 @@ async fn scale_two_to_four_to_one_under_load() -> Result<()> {
         let mut leaving = leaving;
         let status = leaving.wait_exit(Duration::from_secs(6))?;
         assert!(status.success(), "drained node exits cleanly: {status:?}");
-        load.all_live(Duration::from_secs(10)).await?;
+        load.all_live(Duration::from_secs(20)).await?;
         seen_on_new |= load
             .members
             .iter()
