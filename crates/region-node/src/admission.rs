@@ -1,12 +1,15 @@
-//! The node's bounded accept rate: a token bucket over new WebSocket connections, plus a cap
-//! on open connections. What it sheds gets `reconnect` (`overloaded`) with a retry delay that
+//! The node's bounded accept rate: a token bucket over new WebSocket connections, a cap on
+//! connections still in their handshake (upgraded, `hello` not done: each costs Redis round
+//! trips, so this bounds the work a storm can queue at Redis whatever the node's speed), and a
+//! cap on open connections. What it sheds gets `reconnect` (`overloaded`) with a retry delay that
 //! spreads the backlog over the time the node needs to admit it, so a reconnect storm turns
 //! into a steady stream instead of a pile-up of hellos that each cost Redis round trips.
 //!
 //! [`AdmissionCore`] is the pure part (takes `now` and a random number), tested without
 //! sockets; [`Admission`] wraps it in a lock for the node.
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::config::NodeConfig;
@@ -20,7 +23,7 @@ pub enum Admit {
     Shed {
         /// The `reconnect` delay.
         after_ms: u64,
-        /// `"rate"` or `"max_connections"` (for logs).
+        /// `"rate"`, `"handshakes"` or `"max_connections"` (for logs).
         why: &'static str,
     },
 }
@@ -33,6 +36,7 @@ pub struct AdmissionCore {
     tokens: f64,
     last: Instant,
     max_connections: usize,
+    max_handshakes: usize,
     min_ms: u64,
     max_ms: u64,
     /// Sheds in the current and the previous one-second window.
@@ -47,6 +51,7 @@ impl AdmissionCore {
         rate: f64,
         burst: f64,
         max_connections: usize,
+        max_handshakes: usize,
         min_ms: u64,
         max_ms: u64,
         now: Instant,
@@ -57,6 +62,7 @@ impl AdmissionCore {
             tokens: burst,
             last: now,
             max_connections,
+            max_handshakes,
             min_ms,
             max_ms,
             window_start: now,
@@ -65,9 +71,9 @@ impl AdmissionCore {
         }
     }
 
-    /// Decides on one attempt at `now` with `open` connections; `random` is any u64 (the
-    /// jitter source).
-    pub fn admit(&mut self, now: Instant, open: usize, random: u64) -> Admit {
+    /// Decides on one attempt at `now` with `open` connections, `handshaking` of them still
+    /// before `hello`; `random` is any u64 (the jitter source).
+    pub fn admit(&mut self, now: Instant, open: usize, handshaking: usize, random: u64) -> Admit {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
         self.last = now;
@@ -83,6 +89,8 @@ impl AdmissionCore {
         }
         let why = if self.max_connections > 0 && open >= self.max_connections {
             "max_connections"
+        } else if handshaking >= self.max_handshakes {
+            "handshakes"
         } else if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             return Admit::Accept;
@@ -103,28 +111,66 @@ impl AdmissionCore {
 }
 
 /// [`AdmissionCore`] behind a lock (held for a few arithmetic operations, never across an
-/// await).
+/// await), plus the count of connections in their handshake.
 #[derive(Debug)]
-pub struct Admission(Mutex<AdmissionCore>);
+pub struct Admission {
+    core: Mutex<AdmissionCore>,
+    handshaking: Arc<AtomicUsize>,
+}
+
+/// A shed attempt: send `reconnect` (`overloaded`) with `after_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shed {
+    /// The `reconnect` delay.
+    pub after_ms: u64,
+    /// `"rate"`, `"handshakes"` or `"max_connections"` (for logs).
+    pub why: &'static str,
+}
+
+/// Held by an admitted connection until its `hello` is done (or it is gone).
+#[derive(Debug)]
+pub struct Handshake(Arc<AtomicUsize>);
+
+impl Drop for Handshake {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 impl Admission {
-    /// From `limits.accept_*`, `limits.max_connections` and `timing.shed_reconnect_*`.
+    /// From `limits.accept_*`, `limits.max_connections`, `limits.max_handshakes` and
+    /// `timing.shed_reconnect_*`.
     pub fn new(config: &NodeConfig) -> Self {
         let (l, t) = (&config.limits, &config.timing);
-        Self(Mutex::new(AdmissionCore::new(
-            l.accept_per_second,
-            l.accept_burst,
-            l.max_connections,
-            t.shed_reconnect_min_ms,
-            t.shed_reconnect_max_ms,
-            Instant::now(),
-        )))
+        Self {
+            core: Mutex::new(AdmissionCore::new(
+                l.accept_per_second,
+                l.accept_burst,
+                l.max_connections,
+                l.max_handshakes,
+                t.shed_reconnect_min_ms,
+                t.shed_reconnect_max_ms,
+                Instant::now(),
+            )),
+            handshaking: Arc::new(AtomicUsize::new(0)),
+        }
     }
 
-    /// Decides on one attempt now.
-    pub fn admit(&self, open: usize) -> Admit {
-        let mut core = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        core.admit(Instant::now(), open, rand::random())
+    /// Decides on one attempt now; an admitted one gets the [`Handshake`] to hold until its
+    /// `hello` is done.
+    pub fn admit(&self, open: usize) -> Result<Handshake, Shed> {
+        let handshaking = self.handshaking.load(Ordering::Relaxed);
+        let verdict = {
+            let mut core = self.core.lock().unwrap_or_else(|p| p.into_inner());
+            core.admit(Instant::now(), open, handshaking, rand::random())
+        };
+        match verdict {
+            Admit::Accept => {
+                self.handshaking.fetch_add(1, Ordering::Relaxed);
+                Ok(Handshake(self.handshaking.clone()))
+            }
+            Admit::Shed { after_ms, why } => Err(Shed { after_ms, why }),
+        }
     }
 }
 
@@ -135,22 +181,25 @@ mod tests {
     #[test]
     fn burst_then_rate_then_shed_with_spread_delays() {
         let t0 = Instant::now();
-        let mut a = AdmissionCore::new(100.0, 10.0, 0, 200, 10_000, t0);
+        let mut a = AdmissionCore::new(100.0, 10.0, 0, 1_000_000, 200, 10_000, t0);
         for _ in 0..10 {
-            assert_eq!(a.admit(t0, 0, 0), Admit::Accept);
+            assert_eq!(a.admit(t0, 0, 0, 0), Admit::Accept);
         }
-        let Admit::Shed { after_ms, why } = a.admit(t0, 0, u64::MAX) else {
+        let Admit::Shed { after_ms, why } = a.admit(t0, 0, 0, u64::MAX) else {
             panic!("the 11th attempt at once is shed");
         };
         assert_eq!(why, "rate");
         assert!((200..=10_000).contains(&after_ms), "{after_ms}");
         // 10 ms later one token is back.
-        assert_eq!(a.admit(t0 + Duration::from_millis(10), 0, 0), Admit::Accept);
+        assert_eq!(
+            a.admit(t0 + Duration::from_millis(10), 0, 0, 0),
+            Admit::Accept
+        );
         // A storm of 2,000 at once: delays grow with the backlog, up to backlog / rate.
         let mut max_after = 0;
         for i in 0..2_000u64 {
             if let Admit::Shed { after_ms, .. } =
-                a.admit(t0 + Duration::from_millis(10), 0, i * 7_919)
+                a.admit(t0 + Duration::from_millis(10), 0, 0, i * 7_919)
             {
                 max_after = max_after.max(after_ms);
             }
@@ -164,9 +213,9 @@ mod tests {
     #[test]
     fn connection_cap_sheds_even_with_tokens() {
         let t0 = Instant::now();
-        let mut a = AdmissionCore::new(1_000.0, 1_000.0, 5, 100, 500, t0);
-        assert_eq!(a.admit(t0, 4, 0), Admit::Accept);
-        match a.admit(t0, 5, 3) {
+        let mut a = AdmissionCore::new(1_000.0, 1_000.0, 5, 1_000_000, 100, 500, t0);
+        assert_eq!(a.admit(t0, 4, 0, 0), Admit::Accept);
+        match a.admit(t0, 5, 0, 3) {
             Admit::Shed { after_ms, why } => {
                 assert_eq!(why, "max_connections");
                 assert!((100..=500).contains(&after_ms));
@@ -176,17 +225,31 @@ mod tests {
     }
 
     #[test]
+    fn handshakes_in_flight_are_capped() {
+        let t0 = Instant::now();
+        let mut a = AdmissionCore::new(1_000.0, 1_000.0, 0, 3, 100, 500, t0);
+        assert_eq!(a.admit(t0, 10, 2, 0), Admit::Accept);
+        assert!(matches!(
+            a.admit(t0, 10, 3, 0),
+            Admit::Shed {
+                why: "handshakes",
+                ..
+            }
+        ));
+    }
+
+    #[test]
     fn backlog_estimate_decays() {
         let t0 = Instant::now();
-        let mut a = AdmissionCore::new(10.0, 1.0, 0, 100, 60_000, t0);
-        a.admit(t0, 0, 0);
+        let mut a = AdmissionCore::new(10.0, 1.0, 0, 1_000_000, 100, 60_000, t0);
+        a.admit(t0, 0, 0, 0);
         for _ in 0..100 {
-            a.admit(t0, 0, 0);
+            a.admit(t0, 0, 0, 0);
         }
         // Two quiet seconds later the backlog is forgotten: the next shed gets a short delay.
         let later = t0 + Duration::from_millis(2_050);
-        a.admit(later, 0, 0); // takes the refilled token
-        match a.admit(later, 0, u64::MAX - 1) {
+        a.admit(later, 0, 0, 0); // takes the refilled token
+        match a.admit(later, 0, 0, u64::MAX - 1) {
             Admit::Shed { after_ms, .. } => assert!(after_ms <= 100 + 100, "{after_ms}"),
             Admit::Accept => panic!("bucket is empty"),
         }

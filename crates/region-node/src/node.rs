@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::admission::{Admission, Admit};
+use crate::admission::{Admission, Shed};
 use crate::config::NodeConfig;
 use crate::fanout::LocalIndex;
 use crate::metrics::Metrics;
@@ -277,18 +277,16 @@ async fn ws_upgrade(
         .saturating_mul(4)
         .max(64 * 1024);
     let open = usize::try_from(node.metrics.connections.get()).unwrap_or(0);
-    if let Admit::Shed { after_ms, why } = node.admission.admit(open) {
-        node.metrics.shed_connections.inc();
-        tracing::debug!(%peer, after_ms, why, "shedding a connection attempt");
-        // Upgrade and say why, so the client gets a `reconnect` it understands; the session
-        // costs nothing in the store (no hello was processed).
-        return ws
-            .read_buffer_size(WS_BUFFER_BYTES)
-            .write_buffer_size(0)
-            .max_message_size(4096)
-            .max_frame_size(4096)
-            .on_upgrade(move |socket| crate::session::shed(socket, after_ms));
-    }
+    let handshake = match node.admission.admit(open) {
+        Ok(handshake) => handshake,
+        Err(Shed { after_ms, why }) => {
+            node.metrics.shed_connections.inc();
+            tracing::debug!(%peer, after_ms, why, "shedding a connection attempt");
+            // Upgrade and say why, so the client gets a `reconnect` it understands; the
+            // session costs nothing in the store (no hello was processed).
+            return shed_upgrade(ws, after_ms);
+        }
+    };
     let tracker = node.sessions.clone();
     // tungstenite starts every connection with 128 KiB read and write buffers; signaling
     // frames are small, and the buffers grow when a large frame needs it. Small initial
@@ -297,7 +295,17 @@ async fn ws_upgrade(
         .write_buffer_size(WS_BUFFER_BYTES)
         .max_message_size(hard_limit)
         .max_frame_size(hard_limit)
-        .on_upgrade(move |socket| tracker.track_future(crate::session::serve(node, socket, peer)))
+        .on_upgrade(move |socket| {
+            tracker.track_future(crate::session::serve(node, socket, peer, handshake))
+        })
+}
+
+fn shed_upgrade(ws: WebSocketUpgrade, after_ms: u64) -> Response {
+    ws.read_buffer_size(WS_BUFFER_BYTES)
+        .write_buffer_size(0)
+        .max_message_size(4096)
+        .max_frame_size(4096)
+        .on_upgrade(move |socket| crate::session::shed(socket, after_ms))
 }
 
 async fn readyz(State(node): State<Arc<Node>>) -> Response {

@@ -85,13 +85,21 @@ impl TokenBucket {
 }
 
 /// Serves one upgraded WebSocket until it ends, then cleans its state out of the store.
-pub async fn serve(node: Arc<Node>, mut ws: WebSocket, peer: SocketAddr) {
+pub async fn serve(
+    node: Arc<Node>,
+    mut ws: WebSocket,
+    peer: SocketAddr,
+    handshake: crate::admission::Handshake,
+) {
     node.metrics.connections.inc();
     node.metrics.connections_total.inc();
     let conn_no = node.next_conn();
     let span = tracing::debug_span!("conn", conn = conn_no, %peer);
     async {
-        match hello(&node, &mut ws, conn_no).await {
+        let hello = hello(&node, &mut ws, conn_no).await;
+        // The handshake slot is free once hello is done, either way.
+        drop(handshake);
+        match hello {
             Some((session, replays)) => session.run(ws, replays).await,
             None => close_with(&mut ws, close::NORMAL, "").await,
         }
