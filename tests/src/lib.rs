@@ -135,7 +135,11 @@ impl NodeProcess {
         let mut child = Command::new(bin_path("region-node")?)
             .arg("--config")
             .arg(&config)
-            .env("RUST_LOG", "warn,region_node=info")
+            // E2E_NODE_LOG overrides the nodes' log filter when debugging a test.
+            .env(
+                "RUST_LOG",
+                std::env::var("E2E_NODE_LOG").unwrap_or_else(|_| "warn,region_node=info".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

@@ -789,7 +789,27 @@ async fn sentinel_failover_under_load_loses_nothing_acknowledged() -> Result<()>
             .map(|v| format!("{v:?}"))
             .unwrap_or_default()
     };
-    eprintln!("room channel subscribers on the new primary: {numsub}");
+    let pubsub_clients: Vec<String> = {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{new_port}/"))?;
+        let mut conn = client.get_connection_with_timeout(Duration::from_secs(1))?;
+        let list: String = redis::cmd("CLIENT").arg("LIST").query(&mut conn)?;
+        list.lines()
+            .filter(|l| !l.contains(" sub=0 "))
+            .map(|l| {
+                l.split(' ')
+                    .filter(|f| {
+                        ["addr=", "sub=", "cmd=", "age="]
+                            .iter()
+                            .any(|k| f.starts_with(k))
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .collect()
+    };
+    eprintln!(
+        "room channel subscribers on the new primary: {numsub}; pub/sub clients {pubsub_clients:?}"
+    );
     let report = load.finish(Duration::from_secs(15)).await?;
     let _ = ready_stop_tx.send(Phase::Done);
     let readiness = readiness.await?;

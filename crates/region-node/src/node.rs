@@ -381,19 +381,41 @@ async fn dispatch(node: Arc<Node>, mut inbound: mpsc::Receiver<Inbound>, stop: C
                 // The store reconnected (perhaps to a new primary after a failover): renew
                 // the lease there now, then replay what the pub/sub outage may have missed.
                 node.renew_now.notify_one();
-                tokio::spawn(catch_up(node.clone()));
+                // Inline, not spawned: live events of the new subscription queue behind this
+                // message and must reach the cursors only after the replay, or a cursor that
+                // saw a live event first would drop the older replayed ones as duplicates.
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = catch_up(node.clone()) => {}
+                }
             }
         }
     }
 }
 
-/// After a pub/sub outage: replays, from room history, what local subscribers missed.
+/// After a pub/sub outage: replays, from room history, what local subscribers missed. The
+/// history reads run 16 at a time; each room's replay is delivered as soon as it is read (live
+/// events wait in the inbound queue until the whole catch-up is done).
 async fn catch_up(node: Arc<Node>) {
-    for (room, epoch, last) in node.local.room_positions() {
-        match node.store.history(&room, &epoch, last).await {
+    use futures_util::StreamExt;
+    let positions = node.local.room_positions();
+    let rooms = positions.len();
+    let started = Instant::now();
+    let mut reads = futures_util::stream::iter(positions.into_iter().map(|(room, epoch, last)| {
+        let node = node.clone();
+        async move {
+            let result = node.store.history(&room, &epoch, last).await;
+            (room, epoch, result)
+        }
+    }))
+    .buffer_unordered(16);
+    let mut replayed = 0usize;
+    while let Some((room, epoch, result)) = reads.next().await {
+        match result {
             Ok(Recovery::Replay { events, .. }) => {
                 for (seq, frame) in events {
                     if let Ok(text) = Utf8Bytes::try_from(frame) {
+                        replayed += 1;
                         node.local.deliver_room(&room, seq, &epoch, &text);
                     }
                 }
@@ -404,9 +426,19 @@ async fn catch_up(node: Arc<Node>) {
                 tracing::warn!(%room, "room history no longer covers the pub/sub outage; asking its clients to resume");
                 node.local.force_resync(&room);
             }
-            Err(e) => tracing::warn!(%room, error = %e, "catch-up after pub/sub outage failed"),
+            Err(e) => {
+                // Without the replay these subscribers would silently miss events: resume.
+                tracing::warn!(%room, error = %e, "catch-up after pub/sub outage failed; asking the room's clients to resume");
+                node.local.force_resync(&room);
+            }
         }
     }
+    tracing::info!(
+        rooms,
+        replayed,
+        took_ms = started.elapsed().as_millis() as u64,
+        "caught up after the pub/sub outage"
+    );
 }
 
 async fn lease_loop(node: Arc<Node>, stop: CancellationToken) {

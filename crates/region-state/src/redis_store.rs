@@ -907,7 +907,16 @@ async fn pubsub_task(
                 if commands.is_closed() {
                     return;
                 }
-                tokio::time::sleep(backoff).await;
+                // Retry after the backoff, or at once when the command link has found a
+                // primary (after a failover it usually finds it first).
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    changed = primary.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                    }
+                }
                 backoff = (backoff * 2).min(Duration::from_secs(2));
                 continue;
             }
