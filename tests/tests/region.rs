@@ -599,14 +599,15 @@ async fn redis_outage_fences_the_node_and_readiness_follows() -> Result<()> {
     let healthy = r.n1.http_get("/healthz").await?.0;
     let reconnect = a.event_within("reconnect", Duration::from_secs(8)).await;
     let fenced_after = paused_at.elapsed();
-    assert!(signal("-CONT")?.success());
-    assert!(unready, "/readyz follows Redis");
+    // Read while Redis is still paused: once it is back, the lease is renewed within 200 ms.
     let down = eventually(Duration::from_secs(3), || async {
         r.n1.http_get("/metrics").await.is_ok_and(|(_, body)| {
             body.contains("meridian_node_redis_up{region=\"test-region\"} 0")
         })
     })
     .await;
+    assert!(signal("-CONT")?.success());
+    assert!(unready, "/readyz follows Redis");
     assert!(down, "meridian_node_redis_up follows Redis");
     assert_eq!(healthy, 200, "/healthz does not depend on Redis");
     let reconnect = reconnect?;

@@ -657,10 +657,22 @@ impl Session {
         let mut position = outcome.seq;
         let mut history_lost = false;
         if let Some((epoch, seq)) = resume {
-            match node
-                .timed("history", node.store.history(room, epoch, seq))
-                .await
-            {
+            // A slow or failing-over store gets two more tries (after 200 ms and 800 ms)
+            // before the resumer is told its history is lost.
+            let mut retries = 0u32;
+            let read = loop {
+                match node
+                    .timed("history", node.store.history(room, epoch, seq))
+                    .await
+                {
+                    Err(e) if e.is_retryable() && retries < 2 => {
+                        retries += 1;
+                        tokio::time::sleep(Duration::from_millis(50 << (2 * retries))).await;
+                    }
+                    read => break read,
+                }
+            };
+            match read {
                 Ok(Recovery::Replay { events, .. }) => {
                     for (s, frame) in events {
                         // The resumer's own `joined` is not news to it (as on a plain join).
