@@ -228,7 +228,8 @@ pub struct Limits {
     /// unlimited.
     pub max_connections: usize,
     /// Connections between upgrade and the end of `hello` (each costs Redis round trips) held
-    /// at once; more are shed like excess accepts. Bounds the work a storm queues at Redis.
+    /// at once; more are shed like excess accepts. 0 (the default) is no cap: see
+    /// `admission` for why the rate alone is the better default.
     pub max_handshakes: usize,
 }
 
@@ -245,7 +246,7 @@ impl Default for Limits {
             accept_per_second: 1_000.0,
             accept_burst: 500.0,
             max_connections: 20_000,
-            max_handshakes: 256,
+            max_handshakes: 0,
         }
     }
 }
@@ -417,9 +418,6 @@ impl NodeConfig {
         }
         if l.members_page_max == 0 {
             return fail("limits.members_page_max must be at least 1".into());
-        }
-        if l.max_handshakes == 0 {
-            return fail("limits.max_handshakes must be at least 1".into());
         }
         if !(l.accept_per_second > 0.0 && l.accept_burst >= 1.0) {
             return fail(
