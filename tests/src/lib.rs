@@ -376,6 +376,21 @@ impl SentinelGroup {
         )
     }
 
+    /// `SENTINEL FAILOVER`: a planned failover; the old primary stays up and is demoted.
+    pub fn force_failover(&self) -> Result<()> {
+        let (_, port) = self
+            .sentinels
+            .first()
+            .ok_or_else(|| anyhow!("no sentinel"))?;
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}/"))?;
+        let mut conn = client.get_connection_with_timeout(Duration::from_secs(1))?;
+        let _: String = redis::cmd("SENTINEL")
+            .arg("FAILOVER")
+            .arg(MASTER_NAME)
+            .query(&mut conn)?;
+        Ok(())
+    }
+
     /// The port the sentinels currently name as the primary.
     pub fn current_primary_port(&self) -> Result<u16> {
         for (_, port) in &self.sentinels {

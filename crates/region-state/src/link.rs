@@ -104,6 +104,11 @@ pub(crate) struct Resolver {
 }
 
 impl Resolver {
+    /// Whether the primary is found through Sentinel (and can move under us).
+    pub(crate) fn is_sentinel(&self) -> bool {
+        matches!(self.endpoint, RedisEndpoint::Sentinel(_))
+    }
+
     pub(crate) fn new(endpoint: RedisEndpoint) -> RedisResult<Self> {
         let (sentinel, node_info) = match &endpoint {
             RedisEndpoint::Standalone(url) => {
@@ -281,6 +286,20 @@ impl PrimaryLink {
         }
     }
 
+    /// The address of the live connection, if there is one.
+    pub(crate) fn live_address(&self) -> Option<String> {
+        self.live()?;
+        Some(self.changes.borrow().1.clone())
+    }
+
+    /// Drops the live connection (the primary has moved): the next call dials the new one.
+    pub(crate) fn abandon(&self, why: &str) {
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        if live.take().is_some() {
+            tracing::warn!(link = self.label, why, "leaving the redis server");
+        }
+    }
+
     /// Drops the connection of `generation` after an error that only a new connection fixes.
     fn invalidate(&self, generation: u64, error: &RedisError) {
         let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
@@ -352,6 +371,35 @@ impl ConnectionLike for LinkConn {
 
     fn get_db(&self) -> i64 {
         self.pinned.as_ref().map_or(0, |(_, c)| c.get_db())
+    }
+}
+
+/// With Sentinel: every `every`, asks the sentinels where the primary is and leaves a server
+/// that is no longer it. A planned failover (`SENTINEL FAILOVER`) or a partition can leave the
+/// old primary up and accepting writes for a while (Sentinel demotes it on its next check, up to
+/// 10 s later); without this the node would keep writing there, and those writes would be lost
+/// when it is demoted. Ends when the links are dropped.
+pub(crate) async fn follow_primary(
+    resolver: Arc<Resolver>,
+    links: Vec<std::sync::Weak<PrimaryLink>>,
+    every: Duration,
+) {
+    loop {
+        tokio::time::sleep(every).await;
+        let alive: Vec<Arc<PrimaryLink>> = links.iter().filter_map(|l| l.upgrade()).collect();
+        if alive.is_empty() {
+            return;
+        }
+        let Ok(client) = resolver.primary().await else {
+            // No answer (no primary, or no sentinel): the links find out by themselves.
+            continue;
+        };
+        let primary = client.get_connection_info().addr().to_string();
+        for link in alive {
+            if link.live_address().is_some_and(|a| a != primary) {
+                link.abandon("sentinel names another primary");
+            }
+        }
     }
 }
 

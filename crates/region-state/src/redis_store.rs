@@ -150,6 +150,17 @@ impl RedisStore {
             )),
             None => None,
         };
+        if resolver.is_sentinel() {
+            let mut links = vec![Arc::downgrade(&link)];
+            if let Some(d) = &durable_link {
+                links.push(Arc::downgrade(d));
+            }
+            tokio::spawn(crate::link::follow_primary(
+                resolver.clone(),
+                links,
+                Duration::from_secs(1),
+            ));
+        }
         let pubsub = Arc::new(PubSubShared {
             counts: Mutex::new(HashMap::new()),
             up: AtomicBool::new(false),
