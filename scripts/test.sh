@@ -4,6 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/ensure-deps.sh
+# The reconnect-storm test (tests/tests/ha.rs) holds ~10,000 loopback sockets.
+if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt 16384 ]; then
+  ulimit -n 16384 2>/dev/null || echo "test.sh: cannot raise ulimit -n to 16384; the storm test will say so" >&2
+fi
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # Terraform, alert rules, dashboard and systemd units (installs promtool, python-hcl2, checkov).

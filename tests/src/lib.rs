@@ -107,11 +107,23 @@ impl NodeProcess {
         extra: &str,
         timing: &[(&str, u64)],
     ) -> Result<Self> {
+        let store = format!("store = {{ kind = \"redis\", url = \"{redis_url}\" }}");
+        Self::start_with_store(region, &store, extra, timing)
+    }
+
+    /// Starts a node with a `store = ...` TOML line (or a `[store]` table written last via
+    /// `extra`), [`FAST_TIMING`] with `timing` replacements, plus `extra` top-level TOML.
+    pub fn start_with_store(
+        region: &str,
+        store: &str,
+        extra: &str,
+        timing: &[(&str, u64)],
+    ) -> Result<Self> {
         let dir = TempDir::new("node")?;
         let config = dir.0.join("node.toml");
         let mut toml = format!(
             "region = \"{region}\"\nlisten = \"127.0.0.1:0\"\ntoken_secret = \"{SECRET}\"\n\
-             store = {{ kind = \"redis\", url = \"{redis_url}\" }}\n{extra}\n[timing]\n"
+             {store}\n{extra}\n[timing]\n"
         );
         for (key, value) in FAST_TIMING {
             let value = timing
@@ -120,11 +132,20 @@ impl NodeProcess {
                 .map_or(*value, |(_, v)| *v);
             toml.push_str(&format!("{key} = {value}\n"));
         }
+        for (key, value) in timing {
+            if !FAST_TIMING.iter().any(|(k, _)| k == key) {
+                toml.push_str(&format!("{key} = {value}\n"));
+            }
+        }
         std::fs::write(&config, toml)?;
         let mut child = Command::new(bin_path("region-node")?)
             .arg("--config")
             .arg(&config)
-            .env("RUST_LOG", "warn,region_node=info")
+            // E2E_NODE_LOG overrides the nodes' log filter when debugging a test.
+            .env(
+                "RUST_LOG",
+                std::env::var("E2E_NODE_LOG").unwrap_or_else(|_| "warn,region_node=info".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -150,6 +171,16 @@ impl NodeProcess {
             addr,
             _dir: dir,
         })
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident memory (VmRSS) in KiB, from /proc.
+    pub fn rss_kib(&self) -> Result<u64> {
+        rss_kib(self.child.id())
     }
 
     /// `ws://addr/v1/ws`.
@@ -194,6 +225,214 @@ impl Drop for NodeProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Resident memory (VmRSS) of a process in KiB, from `/proc/<pid>/status`.
+pub fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| anyhow!("no VmRSS for {pid}"))
+}
+
+/// The soft limit on open files of this process (`ulimit -n`).
+pub fn open_files_limit() -> Result<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits")?;
+    limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| anyhow!("cannot read the open-files limit"))
+}
+
+/// A Redis primary, `n` replicas and three sentinels on free loopback ports, with short
+/// failover timings (`down-after-milliseconds` 1000, `failover-timeout` 3000). Every process is
+/// killed on drop.
+#[derive(Debug)]
+pub struct SentinelGroup {
+    /// The primary at start.
+    pub primary: Option<RedisServer>,
+    /// The replicas at start.
+    pub replicas: Vec<RedisServer>,
+    sentinels: Vec<(Child, u16)>,
+    _dir: TempDir,
+}
+
+/// The master name the sentinels monitor.
+pub const MASTER_NAME: &str = "meridian-test";
+
+impl SentinelGroup {
+    /// Starts everything and waits until the replicas are online and every sentinel knows the
+    /// replicas and the two other sentinels (so a failover can happen).
+    pub fn start(replicas: usize) -> Result<Self> {
+        // No 5 s diskless-sync delay: a replica (re)syncs at once, also from a promoted one.
+        const NO_DELAY: [&str; 2] = ["--repl-diskless-sync-delay", "0"];
+        let primary = RedisServer::start_with_args(&NO_DELAY)?;
+        let port = primary.port().to_string();
+        let mut replica_servers = Vec::new();
+        for _ in 0..replicas {
+            replica_servers.push(RedisServer::start_with_args(&[
+                NO_DELAY[0],
+                NO_DELAY[1],
+                "--replicaof",
+                "127.0.0.1",
+                &port,
+            ])?);
+        }
+        let dir = TempDir::new("sentinel")?;
+        let mut sentinels = Vec::new();
+        for i in 0..3 {
+            let sport = region_state::testing::free_port()?;
+            let conf = dir.0.join(format!("sentinel-{i}.conf"));
+            std::fs::write(
+                &conf,
+                format!(
+                    "port {sport}\nbind 127.0.0.1\ndir {dir}\nprotected-mode no\n\
+                     sentinel monitor {MASTER_NAME} 127.0.0.1 {port} 2\n\
+                     sentinel down-after-milliseconds {MASTER_NAME} 1000\n\
+                     sentinel failover-timeout {MASTER_NAME} 3000\n\
+                     sentinel parallel-syncs {MASTER_NAME} 1\n",
+                    dir = dir.0.display()
+                ),
+            )?;
+            let child = Command::new("redis-sentinel")
+                .arg(&conf)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("spawn redis-sentinel (apt-get install redis-sentinel)")?;
+            sentinels.push((child, sport));
+        }
+        let group = Self {
+            primary: Some(primary),
+            replicas: replica_servers,
+            sentinels,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if group.settled().unwrap_or(false) {
+                return Ok(group);
+            }
+            if Instant::now() > deadline {
+                bail!("sentinels did not discover the replica and each other in 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn settled(&self) -> Result<bool> {
+        for replica in &self.replicas {
+            let info = redis_info(replica.port(), "replication")?;
+            if !info.contains("master_link_status:up") {
+                return Ok(false);
+            }
+        }
+        // Online as the primary sees them, so WAIT counts them.
+        let primary = self.primary.as_ref().ok_or_else(|| anyhow!("no primary"))?;
+        let info = redis_info(primary.port(), "replication")?;
+        if info.matches("state=online").count() != self.replicas.len() {
+            return Ok(false);
+        }
+        let want = self.replicas.len().to_string();
+        for (_, port) in &self.sentinels {
+            let client = redis::Client::open(format!("redis://127.0.0.1:{port}/"))?;
+            let mut conn = client.get_connection_with_timeout(Duration::from_millis(300))?;
+            let fields: Vec<String> = redis::cmd("SENTINEL")
+                .arg("MASTER")
+                .arg(MASTER_NAME)
+                .query(&mut conn)?;
+            let get = |k: &str| {
+                fields
+                    .iter()
+                    .position(|f| f == k)
+                    .and_then(|i| fields.get(i + 1))
+                    .cloned()
+                    .unwrap_or_default()
+            };
+            if get("num-slaves") != want || get("num-other-sentinels") != "2" {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// The sentinel URLs, for a node's `store.sentinels`.
+    pub fn sentinel_urls(&self) -> Vec<String> {
+        self.sentinels
+            .iter()
+            .map(|(_, p)| format!("redis://127.0.0.1:{p}"))
+            .collect()
+    }
+
+    /// A node's `store = {...}` line for this group.
+    pub fn store_toml(&self, durable: bool) -> String {
+        let list: Vec<String> = self
+            .sentinel_urls()
+            .iter()
+            .map(|u| format!("\"{u}\""))
+            .collect();
+        format!(
+            "store = {{ kind = \"sentinel\", sentinels = [{}], master_name = \"{MASTER_NAME}\", durable = {durable}, durable_timeout_ms = 1000 }}",
+            list.join(", ")
+        )
+    }
+
+    /// `SENTINEL FAILOVER`: a planned failover; the old primary stays up and is demoted.
+    pub fn force_failover(&self) -> Result<()> {
+        let (_, port) = self
+            .sentinels
+            .first()
+            .ok_or_else(|| anyhow!("no sentinel"))?;
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}/"))?;
+        let mut conn = client.get_connection_with_timeout(Duration::from_secs(1))?;
+        let _: String = redis::cmd("SENTINEL")
+            .arg("FAILOVER")
+            .arg(MASTER_NAME)
+            .query(&mut conn)?;
+        Ok(())
+    }
+
+    /// The port the sentinels currently name as the primary.
+    pub fn current_primary_port(&self) -> Result<u16> {
+        for (_, port) in &self.sentinels {
+            let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{port}/")) else {
+                continue;
+            };
+            let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_millis(300))
+            else {
+                continue;
+            };
+            let addr: redis::RedisResult<(String, String)> = redis::cmd("SENTINEL")
+                .arg("GET-MASTER-ADDR-BY-NAME")
+                .arg(MASTER_NAME)
+                .query(&mut conn);
+            if let Ok((_, p)) = addr {
+                return Ok(p.parse()?);
+            }
+        }
+        bail!("no sentinel answered")
+    }
+}
+
+impl Drop for SentinelGroup {
+    fn drop(&mut self) {
+        for (child, _) in &mut self.sentinels {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// `INFO <section>` of the server on a loopback port.
+pub fn redis_info(port: u16, section: &str) -> Result<String> {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/"))?;
+    let mut conn = client.get_connection_with_timeout(Duration::from_millis(300))?;
+    Ok(redis::cmd("INFO").arg(section).query(&mut conn)?)
 }
 
 /// A minimal HTTP/1.1 GET over loopback (no client dependency needed for three endpoints).

@@ -677,8 +677,7 @@ async fn redis_outage_fences_the_node_and_readiness_follows() -> Result<()> {
     let healthy = r.n1.http_get("/healthz").await?.0;
     let reconnect = a.event_within("reconnect", Duration::from_secs(8)).await;
     let fenced_after = paused_at.elapsed();
-    // Read the gauge while Redis is still stopped: once it is back, the next lease renewal
-    // sets it to 1 again.
+    // Read while Redis is still paused: once it is back, the lease is renewed within 200 ms.
     let down = eventually(Duration::from_secs(3), || async {
         r.n1.http_get("/metrics").await.is_ok_and(|(_, body)| {
             body.contains("meridian_node_redis_up{region=\"test-region\"} 0")

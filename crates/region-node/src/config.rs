@@ -27,13 +27,175 @@ pub enum ConfigError {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum StoreConfig {
-    /// The region's Redis (production).
+    /// One Redis (standalone, or an address that always points at the primary).
     Redis {
-        /// `redis://host:port/db`.
+        /// `redis://host:port/db` (`rediss://` for TLS).
         url: String,
+        /// Durable mode: acknowledge a publish only after replicas confirm it (`WAIT`).
+        #[serde(default)]
+        durable: bool,
+        /// Replicas that must confirm a durable publish.
+        #[serde(default = "default_durable_replicas")]
+        durable_replicas: u32,
+        /// How long a durable publish waits for them before failing with `unavailable`.
+        #[serde(default = "default_durable_timeout_ms")]
+        durable_timeout_ms: u64,
+    },
+    /// A Redis primary managed by Sentinel: discovered at start and again after every
+    /// failover.
+    Sentinel {
+        /// Sentinel addresses, `redis://host:port` (`rediss://` for TLS to the sentinels,
+        /// `redis://user:pass@host:port` when the sentinels require auth).
+        sentinels: Vec<String>,
+        /// The monitored master's name (`sentinel monitor <name> ...`).
+        master_name: String,
+        /// Database number.
+        #[serde(default)]
+        db: i64,
+        /// ACL user on the data nodes.
+        #[serde(default)]
+        username: Option<String>,
+        /// Password on the data nodes.
+        #[serde(default)]
+        password: Option<String>,
+        /// TLS to the data nodes.
+        #[serde(default)]
+        tls: bool,
+        /// See `redis.durable`.
+        #[serde(default)]
+        durable: bool,
+        /// See `redis.durable_replicas`.
+        #[serde(default = "default_durable_replicas")]
+        durable_replicas: u32,
+        /// See `redis.durable_timeout_ms`.
+        #[serde(default = "default_durable_timeout_ms")]
+        durable_timeout_ms: u64,
     },
     /// In-process state: a single-node dev region. Nothing is shared or persisted.
     Memory,
+}
+
+fn default_durable_replicas() -> u32 {
+    1
+}
+fn default_durable_timeout_ms() -> u64 {
+    500
+}
+
+impl StoreConfig {
+    /// A standalone Redis at `url`, not durable.
+    pub fn redis(url: impl Into<String>) -> Self {
+        Self::Redis {
+            url: url.into(),
+            durable: false,
+            durable_replicas: default_durable_replicas(),
+            durable_timeout_ms: default_durable_timeout_ms(),
+        }
+    }
+
+    /// The store's endpoint and durability, or `None` for the memory store.
+    pub fn redis_endpoint(
+        &self,
+    ) -> Option<(
+        region_state::RedisEndpoint,
+        Option<region_state::Durability>,
+    )> {
+        let durability = |on: bool, replicas: u32, timeout_ms: u64| {
+            on.then(|| region_state::Durability {
+                replicas,
+                timeout: Duration::from_millis(timeout_ms),
+            })
+        };
+        match self {
+            Self::Redis {
+                url,
+                durable,
+                durable_replicas,
+                durable_timeout_ms,
+            } => Some((
+                region_state::RedisEndpoint::url(url.as_str()),
+                durability(*durable, *durable_replicas, *durable_timeout_ms),
+            )),
+            Self::Sentinel {
+                sentinels,
+                master_name,
+                db,
+                username,
+                password,
+                tls,
+                durable,
+                durable_replicas,
+                durable_timeout_ms,
+            } => Some((
+                region_state::RedisEndpoint::Sentinel(region_state::SentinelEndpoint {
+                    sentinels: sentinels.clone(),
+                    master_name: master_name.clone(),
+                    db: *db,
+                    username: username.clone(),
+                    password: password.clone(),
+                    tls: *tls,
+                }),
+                durability(*durable, *durable_replicas, *durable_timeout_ms),
+            )),
+            Self::Memory => None,
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let check_durable = |on: bool, replicas: u32, timeout_ms: u64, kind: &str| {
+            if on && !(1..=16).contains(&replicas) {
+                return Err(format!(
+                    "store.durable_replicas must be between 1 and 16 ({kind})"
+                ));
+            }
+            if on && !(1..=10_000).contains(&timeout_ms) {
+                return Err(format!(
+                    "store.durable_timeout_ms must be between 1 and 10000 ({kind})"
+                ));
+            }
+            Ok(())
+        };
+        let scheme_ok = |u: &str| u.starts_with("redis://") || u.starts_with("rediss://");
+        match self {
+            Self::Redis {
+                url,
+                durable,
+                durable_replicas,
+                durable_timeout_ms,
+            } => {
+                if !scheme_ok(url) {
+                    return Err(format!(
+                        "store.url {url:?} must start with redis:// or rediss://"
+                    ));
+                }
+                check_durable(*durable, *durable_replicas, *durable_timeout_ms, "redis")
+            }
+            Self::Sentinel {
+                sentinels,
+                master_name,
+                durable: on,
+                durable_replicas,
+                durable_timeout_ms,
+                ..
+            } => {
+                if sentinels.is_empty() {
+                    return Err("store.sentinels must list at least one sentinel".into());
+                }
+                if let Some(bad) = sentinels.iter().find(|u| !scheme_ok(u)) {
+                    return Err(format!(
+                        "store.sentinels entry {bad:?} must start with redis:// or rediss://"
+                    ));
+                }
+                if master_name.is_empty() || master_name.contains(char::is_whitespace) {
+                    return Err(format!(
+                        "store.master_name {master_name:?} must be a non-empty name without spaces"
+                    ));
+                }
+                check_durable(*on, *durable_replicas, *durable_timeout_ms, "sentinel")
+            }
+            Self::Memory => Ok(()),
+        }
+    }
 }
 
 /// Per-connection and per-room limits. Each violation has its own error code.
@@ -56,6 +218,19 @@ pub struct Limits {
     pub send_queue: usize,
     /// Largest `members` page.
     pub members_page_max: u32,
+    /// New WebSocket connections this node admits per second (token bucket refill). Attempts
+    /// beyond it — a reconnect storm — are sent `reconnect` (`overloaded`) with a retry delay
+    /// and closed (1013), so a storm cannot take a healthy node down.
+    pub accept_per_second: f64,
+    /// Connections admitted at once before the rate applies.
+    pub accept_burst: f64,
+    /// Open connections this node holds at most; more are shed like excess accepts. 0 is
+    /// unlimited.
+    pub max_connections: usize,
+    /// Connections between upgrade and the end of `hello` (each costs Redis round trips) held
+    /// at once; more are shed like excess accepts. 0 (the default) is no cap: see
+    /// `admission` for why the rate alone is the better default.
+    pub max_handshakes: usize,
 }
 
 impl Default for Limits {
@@ -68,6 +243,10 @@ impl Default for Limits {
             request_burst: 100.0,
             send_queue: 1024,
             members_page_max: 100,
+            accept_per_second: 1_000.0,
+            accept_burst: 500.0,
+            max_connections: 20_000,
+            max_handshakes: 0,
         }
     }
 }
@@ -94,6 +273,12 @@ pub struct Timing {
     pub drain_reconnect_min_ms: u64,
     /// See `drain_reconnect_min_ms`.
     pub drain_reconnect_max_ms: u64,
+    /// Shortest `after_ms` of a shed connection's `reconnect` (`overloaded`).
+    pub shed_reconnect_min_ms: u64,
+    /// Longest `after_ms` of a shed connection's `reconnect`: the node spreads shed clients
+    /// over the time it needs to admit the current backlog at `limits.accept_per_second`,
+    /// capped here.
+    pub shed_reconnect_max_ms: u64,
 }
 
 impl Default for Timing {
@@ -108,6 +293,8 @@ impl Default for Timing {
             drain_deadline_ms: 10_000,
             drain_reconnect_min_ms: 100,
             drain_reconnect_max_ms: 2_000,
+            shed_reconnect_min_ms: 200,
+            shed_reconnect_max_ms: 10_000,
         }
     }
 }
@@ -211,12 +398,8 @@ impl NodeConfig {
         if self.token_secret.len() < 16 {
             return fail("token_secret must be at least 16 bytes".into());
         }
-        if let StoreConfig::Redis { url } = &self.store {
-            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-                return fail(format!(
-                    "store.url {url:?} must start with redis:// or rediss://"
-                ));
-            }
+        if let Err(m) = self.store.validate() {
+            return fail(m);
         }
         let l = &self.limits;
         if !(256..=16 * 1024 * 1024).contains(&l.max_frame_bytes) {
@@ -235,6 +418,11 @@ impl NodeConfig {
         }
         if l.members_page_max == 0 {
             return fail("limits.members_page_max must be at least 1".into());
+        }
+        if !(l.accept_per_second > 0.0 && l.accept_burst >= 1.0) {
+            return fail(
+                "limits.accept_per_second must be > 0 and limits.accept_burst >= 1".into(),
+            );
         }
         let t = &self.timing;
         if t.lease_renew_ms == 0 || t.lease_renew_ms * 2 > t.lease_ttl_ms {
@@ -257,6 +445,9 @@ impl NodeConfig {
                 "timing: need drain_reconnect_min_ms <= drain_reconnect_max_ms < drain_deadline_ms"
                     .into(),
             );
+        }
+        if t.shed_reconnect_min_ms == 0 || t.shed_reconnect_min_ms > t.shed_reconnect_max_ms {
+            return fail("timing: need 0 < shed_reconnect_min_ms <= shed_reconnect_max_ms".into());
         }
         if self.history.len == 0 || self.history.max_replay == 0 {
             return fail("history.len and history.max_replay must be at least 1".into());
@@ -332,6 +523,63 @@ mod tests {
         assert!(parse(missing).is_err());
     }
 
+    const SENTINEL: &str = r#"
+        region = "us-east"
+        listen = "127.0.0.1:7001"
+        token_secret = "0123456789abcdef"
+        [store]
+        kind = "sentinel"
+        sentinels = ["redis://127.0.0.1:26379", "redis://127.0.0.1:26380"]
+        master_name = "meridian"
+    "#;
+
+    #[test]
+    fn sentinel_store_parses_with_defaults() {
+        let c = parse(SENTINEL).unwrap();
+        let (endpoint, durable) = c.store.redis_endpoint().unwrap();
+        let region_state::RedisEndpoint::Sentinel(s) = endpoint else {
+            panic!("sentinel endpoint expected");
+        };
+        assert_eq!(s.sentinels.len(), 2);
+        assert_eq!(
+            (s.master_name.as_str(), s.db, s.tls),
+            ("meridian", 0, false)
+        );
+        assert_eq!(durable, None);
+        let c = parse(&format!(
+            "{SENTINEL}\ndurable = true\ndurable_timeout_ms = 250\npassword = \"pw\""
+        ))
+        .unwrap();
+        let (_, durable) = c.store.redis_endpoint().unwrap();
+        assert_eq!(
+            durable,
+            Some(region_state::Durability {
+                replicas: 1,
+                timeout: Duration::from_millis(250)
+            })
+        );
+    }
+
+    #[test]
+    fn bad_ha_settings_are_explained_in_one_line() {
+        let cases = [
+            (SENTINEL.replace(r#"["redis://127.0.0.1:26379", "redis://127.0.0.1:26380"]"#, "[]"), "store.sentinels"),
+            (SENTINEL.replace("redis://127.0.0.1:26380", "tcp://x:1"), "store.sentinels"),
+            (SENTINEL.replace(r#"master_name = "meridian""#, r#"master_name = """#), "store.master_name"),
+            (format!("{SENTINEL}\ndurable = true\ndurable_timeout_ms = 0"), "store.durable_timeout_ms"),
+            (format!("{SENTINEL}\ndurable = true\ndurable_replicas = 0"), "store.durable_replicas"),
+            (format!("{SENTINEL}\nmaster = \"x\""), "master"),
+            (MINIMAL.replace(r#"url = "redis://127.0.0.1:6379/" }"#, r#"url = "redis://127.0.0.1:6379/", durable = true, durable_timeout_ms = 99999 }"#), "store.durable_timeout_ms"),
+            (format!("{MINIMAL}\n[limits]\naccept_per_second = 0.0"), "limits.accept_per_second"),
+            (format!("{MINIMAL}\n[timing]\nshed_reconnect_min_ms = 900\nshed_reconnect_max_ms = 100"), "shed_reconnect_min_ms"),
+        ];
+        for (toml, key) in cases {
+            let e = parse(&toml).unwrap_err().to_string();
+            assert!(e.contains(key), "{key}: {e}");
+            assert!(!e.trim_end().contains('\n'), "one line: {e}");
+        }
+    }
+
     #[test]
     fn dev_config_is_valid() {
         NodeConfig::dev("dev", "0123456789abcdef")
@@ -351,9 +599,12 @@ mod example_tests {
         let mut n = 0;
         for entry in std::fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            // examples/ also holds other programs' configs (geo-router.toml, ...).
-            if name.starts_with("node") && name.ends_with(".toml") {
+            // examples/ also holds other binaries' configs (geo-router.toml).
+            let is_node = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("node") && n.ends_with(".toml"));
+            if is_node {
                 NodeConfig::from_figment(Figment::from(Toml::file_exact(&path)))
                     .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
                 n += 1;
@@ -373,6 +624,22 @@ mod example_tests {
             assert_eq!((c.region.as_str(), c.limits.send_queue), ("b", 64));
             jail.set_env("MERIDIAN_LIMITS__BOGUS", "1");
             assert!(NodeConfig::load(Some(Path::new("n.toml"))).is_err());
+            jail.clear_env();
+            // A Sentinel store entirely from the environment.
+            jail.set_env("MERIDIAN_STORE__KIND", "sentinel");
+            jail.set_env(
+                "MERIDIAN_STORE__SENTINELS",
+                "[redis://10.0.0.1:26379,redis://10.0.0.2:26379]",
+            );
+            jail.set_env("MERIDIAN_STORE__MASTER_NAME", "us-east");
+            jail.set_env("MERIDIAN_STORE__DURABLE", "true");
+            let c = NodeConfig::load(Some(Path::new("n.toml"))).map_err(|e| e.to_string())?;
+            let Some((region_state::RedisEndpoint::Sentinel(s), Some(_))) =
+                c.store.redis_endpoint()
+            else {
+                panic!("durable sentinel store from env: {:?}", c.store);
+            };
+            assert_eq!(s.sentinels.len(), 2);
             Ok(())
         });
     }

@@ -6,11 +6,13 @@
 //! the others reap its members once its lease expires.
 //!
 //! - [`config`]: the TOML/env configuration, validated at start.
+//! - [`admission`]: the node's bounded accept rate (sheds reconnect storms).
 //! - [`node`]: start-up, background loops (lease, reaper, fan-out), HTTP endpoints, drain.
 //! - `session`: one client connection (protocol v1, `docs/protocol.md`).
 //! - [`metrics`]: the Prometheus registry behind `/metrics`.
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod admission;
 pub mod config;
 pub mod fanout;
 pub mod metrics;

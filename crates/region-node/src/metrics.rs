@@ -36,6 +36,8 @@ pub struct Metrics {
     pub errors: Family<Labels, Counter>,
     /// Connections dropped because their send queue filled.
     pub slow_consumers: Counter,
+    /// Connection attempts shed by the accept rate (sent `reconnect` `overloaded`).
+    pub shed_connections: Counter,
     /// Members removed from rooms because their node died.
     pub reaped_members: Counter,
     /// 1 while the node's Redis primary accepts writes (the last lease renewal succeeded).
@@ -75,6 +77,7 @@ impl Metrics {
             store_seconds: Family::new_with_constructor(latency_histogram),
             errors: Family::default(),
             slow_consumers: Counter::default(),
+            shed_connections: Counter::default(),
             reaped_members: Counter::default(),
             redis_up: Gauge::default(),
             registry: Registry::default(),
@@ -113,6 +116,11 @@ impl Metrics {
             "slow_consumers",
             "Connections dropped for a full send queue",
             m.slow_consumers.clone(),
+        );
+        r.register(
+            "shed_connections",
+            "Connection attempts shed by the accept rate or connection limit",
+            m.shed_connections.clone(),
         );
         r.register(
             "reaped_members",

@@ -22,7 +22,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{NodeConfig, StoreConfig};
+use crate::admission::{Admission, Shed};
+use crate::config::NodeConfig;
 use crate::fanout::LocalIndex;
 use crate::metrics::Metrics;
 
@@ -55,6 +56,10 @@ pub struct Node {
     pub draining: CancellationToken,
     /// Cancelled when sessions still open must close (drain grace over).
     pub closing: CancellationToken,
+    /// Bounded accept rate: sheds connection attempts beyond it.
+    pub admission: Admission,
+    /// Wakes the lease loop to renew at once (after the store reconnected).
+    pub renew_now: tokio::sync::Notify,
     sessions: TaskTracker,
 }
 
@@ -102,20 +107,21 @@ pub async fn start(
     let node_id = NodeId::random();
     let (inbound_tx, inbound_rx) = mpsc::channel(65_536);
     let limits = config.store_limits();
-    let store: Arc<dyn StateStore> = match &config.store {
-        StoreConfig::Redis { url } => Arc::new(
+    let store: Arc<dyn StateStore> = match config.store.redis_endpoint() {
+        Some((endpoint, durable)) => Arc::new(
             RedisStore::connect(
                 RedisStoreConfig {
-                    url: url.clone(),
+                    endpoint,
                     region: config.region.clone(),
                     node: node_id.clone(),
                     limits,
+                    durable,
                 },
                 inbound_tx,
             )
             .await?,
         ),
-        StoreConfig::Memory => {
+        None => {
             tracing::warn!(
                 "store.kind = memory: single-node dev region, nothing is shared or persisted"
             );
@@ -137,6 +143,8 @@ pub async fn start_with_store(
     let addr = listener.local_addr()?;
     let node_id = store.node().clone();
     let node = Arc::new(Node {
+        admission: Admission::new(&config),
+        renew_now: tokio::sync::Notify::new(),
         verifier: TokenVerifier::new(config.token_secret.as_bytes()),
         metrics: Metrics::new(&config.region),
         config: Arc::new(config),
@@ -251,6 +259,9 @@ async fn run(
     Ok(())
 }
 
+/// Initial WebSocket read/write buffer per connection.
+const WS_BUFFER_BYTES: usize = 8 * 1024;
+
 async fn ws_upgrade(
     State(node): State<Arc<Node>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -265,10 +276,36 @@ async fn ws_upgrade(
         .max_frame_bytes
         .saturating_mul(4)
         .max(64 * 1024);
+    let open = usize::try_from(node.metrics.connections.get()).unwrap_or(0);
+    let handshake = match node.admission.admit(open) {
+        Ok(handshake) => handshake,
+        Err(Shed { after_ms, why }) => {
+            node.metrics.shed_connections.inc();
+            tracing::debug!(%peer, after_ms, why, "shedding a connection attempt");
+            // Upgrade and say why, so the client gets a `reconnect` it understands; the
+            // session costs nothing in the store (no hello was processed).
+            return shed_upgrade(ws, after_ms);
+        }
+    };
     let tracker = node.sessions.clone();
-    ws.max_message_size(hard_limit)
+    // tungstenite starts every connection with 128 KiB read and write buffers; signaling
+    // frames are small, and the buffers grow when a large frame needs it. Small initial
+    // buffers keep a node with thousands of sockets (a reconnect storm) at ~20 KiB each.
+    ws.read_buffer_size(WS_BUFFER_BYTES)
+        .write_buffer_size(WS_BUFFER_BYTES)
+        .max_message_size(hard_limit)
         .max_frame_size(hard_limit)
-        .on_upgrade(move |socket| tracker.track_future(crate::session::serve(node, socket, peer)))
+        .on_upgrade(move |socket| {
+            tracker.track_future(crate::session::serve(node, socket, peer, handshake))
+        })
+}
+
+fn shed_upgrade(ws: WebSocketUpgrade, after_ms: u64) -> Response {
+    ws.read_buffer_size(WS_BUFFER_BYTES)
+        .write_buffer_size(0)
+        .max_message_size(4096)
+        .max_frame_size(4096)
+        .on_upgrade(move |socket| crate::session::shed(socket, after_ms))
 }
 
 async fn readyz(State(node): State<Arc<Node>>) -> Response {
@@ -341,19 +378,44 @@ async fn dispatch(node: Arc<Node>, mut inbound: mpsc::Receiver<Inbound>, stop: C
                 }
             }
             Inbound::Resubscribed => {
-                tokio::spawn(catch_up(node.clone()));
+                // The store reconnected (perhaps to a new primary after a failover): renew
+                // the lease there now, then replay what the pub/sub outage may have missed.
+                node.renew_now.notify_one();
+                // Inline, not spawned: live events of the new subscription queue behind this
+                // message and must reach the cursors only after the replay, or a cursor that
+                // saw a live event first would drop the older replayed ones as duplicates.
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = catch_up(node.clone()) => {}
+                }
             }
         }
     }
 }
 
-/// After a pub/sub outage: replays, from room history, what local subscribers missed.
+/// After a pub/sub outage: replays, from room history, what local subscribers missed. The
+/// history reads run 16 at a time; each room's replay is delivered as soon as it is read (live
+/// events wait in the inbound queue until the whole catch-up is done).
 async fn catch_up(node: Arc<Node>) {
-    for (room, epoch, last) in node.local.room_positions() {
-        match node.store.history(&room, &epoch, last).await {
+    use futures_util::StreamExt;
+    let positions = node.local.room_positions();
+    let rooms = positions.len();
+    let started = Instant::now();
+    let mut reads = futures_util::stream::iter(positions.into_iter().map(|(room, epoch, last)| {
+        let node = node.clone();
+        async move {
+            let result = node.store.history(&room, &epoch, last).await;
+            (room, epoch, result)
+        }
+    }))
+    .buffer_unordered(16);
+    let mut replayed = 0usize;
+    while let Some((room, epoch, result)) = reads.next().await {
+        match result {
             Ok(Recovery::Replay { events, .. }) => {
                 for (seq, frame) in events {
                     if let Ok(text) = Utf8Bytes::try_from(frame) {
+                        replayed += 1;
                         node.local.deliver_room(&room, seq, &epoch, &text);
                     }
                 }
@@ -364,9 +426,19 @@ async fn catch_up(node: Arc<Node>) {
                 tracing::warn!(%room, "room history no longer covers the pub/sub outage; asking its clients to resume");
                 node.local.force_resync(&room);
             }
-            Err(e) => tracing::warn!(%room, error = %e, "catch-up after pub/sub outage failed"),
+            Err(e) => {
+                // Without the replay these subscribers would silently miss events: resume.
+                tracing::warn!(%room, error = %e, "catch-up after pub/sub outage failed; asking the room's clients to resume");
+                node.local.force_resync(&room);
+            }
         }
     }
+    tracing::info!(
+        rooms,
+        replayed,
+        took_ms = started.elapsed().as_millis() as u64,
+        "caught up after the pub/sub outage"
+    );
 }
 
 async fn lease_loop(node: Arc<Node>, stop: CancellationToken) {
@@ -375,13 +447,20 @@ async fn lease_loop(node: Arc<Node>, stop: CancellationToken) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut renewed = Instant::now();
     let mut fenced = false;
+    let mut failing = false;
     loop {
+        // While renewals fail, retry every 200 ms: a failover's new primary should see this
+        // node's lease as soon as it is reachable, well before the lease runs out.
+        let retry = tokio::time::sleep(Duration::from_millis(200));
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
+            _ = node.renew_now.notified() => {}
+            _ = retry, if failing => {}
         }
         match node.timed("renew_lease", node.store.renew_lease()).await {
             Ok(()) => {
+                failing = false;
                 if fenced {
                     tracing::info!("lease renewed again; serving");
                     fenced = false;
@@ -395,6 +474,7 @@ async fn lease_loop(node: Arc<Node>, stop: CancellationToken) {
                 }
             }
             Err(e) => {
+                failing = true;
                 node.metrics.redis_up.set(0);
                 tracing::warn!(error = %e, "lease renewal failed");
                 // Past the TTL another node may already have reaped our members: clients must

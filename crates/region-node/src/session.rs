@@ -86,13 +86,21 @@ impl TokenBucket {
 }
 
 /// Serves one upgraded WebSocket until it ends, then cleans its state out of the store.
-pub async fn serve(node: Arc<Node>, mut ws: WebSocket, peer: SocketAddr) {
+pub async fn serve(
+    node: Arc<Node>,
+    mut ws: WebSocket,
+    peer: SocketAddr,
+    handshake: crate::admission::Handshake,
+) {
     node.metrics.connections.inc();
     node.metrics.connections_total.inc();
     let conn_no = node.next_conn();
     let span = tracing::debug_span!("conn", conn = conn_no, %peer);
     async {
-        match hello(&node, &mut ws, conn_no).await {
+        let hello = hello(&node, &mut ws, conn_no).await;
+        // The handshake slot is free once hello is done, either way.
+        drop(handshake);
+        match hello {
             Some((session, replays)) => session.run(ws, replays).await,
             None => close_with(&mut ws, close::NORMAL, "").await,
         }
@@ -100,6 +108,25 @@ pub async fn serve(node: Arc<Node>, mut ws: WebSocket, peer: SocketAddr) {
     .instrument(span)
     .await;
     node.metrics.connections.dec();
+}
+
+/// A connection attempt the node sheds (accept rate or connection cap): `reconnect`
+/// (`overloaded`) with the retry delay, then close 1013. No hello is read, nothing touches the
+/// store.
+pub async fn shed(mut ws: WebSocket, after_ms: u64) {
+    let text = Event::Reconnect {
+        after_ms,
+        reason: "overloaded",
+        url: None,
+        region: None,
+    }
+    .encode();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(1),
+        ws.send(Message::Text(Utf8Bytes::from(text))),
+    )
+    .await;
+    close_with(&mut ws, close::TRY_LATER, "overloaded").await;
 }
 
 struct Session {
@@ -671,14 +698,29 @@ impl Session {
         if let Some((epoch, seq, vector)) = resume {
             // A position in another region's sequence (the epoch is not this room's here)
             // with a version vector: cross-region resume.
-            let read = if !vector.is_empty() && epoch != outcome.epoch {
+            let cross = !vector.is_empty() && epoch != outcome.epoch;
+            if cross {
                 // Events the client got elsewhere may still reach this region later.
                 sub.set_floor(vector);
-                node.timed("history", node.store.history_since(room, vector))
-                    .await
-            } else {
-                node.timed("history", node.store.history(room, epoch, seq))
-                    .await
+            }
+            // A slow or failing-over store gets two more tries (after 200 ms and 800 ms)
+            // before the resumer is told its history is lost.
+            let mut retries = 0u32;
+            let read = loop {
+                let attempt = if cross {
+                    node.timed("history", node.store.history_since(room, vector))
+                        .await
+                } else {
+                    node.timed("history", node.store.history(room, epoch, seq))
+                        .await
+                };
+                match attempt {
+                    Err(e) if e.is_retryable() && retries < 2 => {
+                        retries += 1;
+                        tokio::time::sleep(Duration::from_millis(50 << (2 * retries))).await;
+                    }
+                    read => break read,
+                }
             };
             match read {
                 Ok(Recovery::Replay { events, .. }) => {

@@ -13,6 +13,7 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod conformance;
+mod link;
 mod memory;
 mod redis_store;
 pub mod replica;
@@ -31,8 +32,9 @@ use meridian_protocol::{
 };
 use serde_json::value::RawValue;
 
+pub use link::{RedisEndpoint, SentinelEndpoint};
 pub use memory::{MemoryRegion, MemoryStore};
-pub use redis_store::{RedisStore, RedisStoreConfig};
+pub use redis_store::{Durability, RedisStore, RedisStoreConfig};
 pub use scripts::{INTEREST_CHANNEL, PRESENCE_CHANNEL, RELAY_NODE_PREFIX};
 
 /// A node's id: random per process start, so a restarted node is a new node and can never
@@ -236,6 +238,16 @@ pub enum StoreError {
     /// The store's pub/sub link is down; subscriptions will be restored when it is back.
     #[error("pub/sub link to the store is down")]
     PubSubDown,
+    /// Durable mode: the publish was applied on the primary but fewer replicas than required
+    /// confirmed it in time. It may or may not survive a failover; retry with the same
+    /// idempotency key.
+    #[error("publish not confirmed by replicas in time ({acked} of {wanted})")]
+    NotDurable {
+        /// Replicas that confirmed.
+        acked: u64,
+        /// Replicas required.
+        wanted: u32,
+    },
     /// A value read back from the store does not have the shape this code writes.
     #[error("unexpected data in the store: {0}")]
     Corrupt(String),
@@ -244,7 +256,10 @@ pub enum StoreError {
 impl StoreError {
     /// Whether retrying the same operation later can succeed.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::Redis(_) | Self::PubSubDown)
+        matches!(
+            self,
+            Self::Redis(_) | Self::PubSubDown | Self::NotDurable { .. }
+        )
     }
 }
 

@@ -19,12 +19,12 @@ use meridian_protocol::{
     LeftReason, MemberEntry, OriginPosition, PresenceEntry, RoomEventFrame, RoomId, StateEntry,
     UserId,
 };
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::StreamRangeReply;
 use redis::{AsyncCommands, Script};
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::link::{LinkConn, PrimaryLink, RedisEndpoint, Resolver};
 use crate::scripts::{k, room_of_channel, RoomArgs, RoomKeys, Scripts};
 use crate::{
     now_ms, split_seq, ConnRef, Inbound, JoinOutcome, MemberPage, NodeId, Published, ReapedNode,
@@ -34,14 +34,42 @@ use crate::{
 /// Where and how to reach the region's Redis.
 #[derive(Debug, Clone)]
 pub struct RedisStoreConfig {
-    /// `redis://host:port/db` (or `rediss://` for TLS).
-    pub url: String,
+    /// The primary: a URL, or Sentinel addresses and a master name.
+    pub endpoint: RedisEndpoint,
     /// This region's name.
     pub region: String,
     /// This node's id.
     pub node: NodeId,
     /// Lease, history and replay limits.
     pub limits: StoreLimits,
+    /// Durable mode: acknowledge a publish only once replicas confirm it. `None`: a publish is
+    /// acknowledged when the primary has applied it (a failover can lose the last writes).
+    pub durable: Option<Durability>,
+}
+
+impl RedisStoreConfig {
+    /// A standalone Redis at `url`, not durable.
+    pub fn standalone(url: &str, region: &str, node: NodeId, limits: StoreLimits) -> Self {
+        Self {
+            endpoint: RedisEndpoint::url(url),
+            region: region.to_owned(),
+            node,
+            limits,
+            durable: None,
+        }
+    }
+}
+
+/// Durable publish: after the publish script, `WAIT <replicas> <timeout>` on the connection
+/// that ran it. A publish that is not confirmed in time fails with [`StoreError::NotDurable`]
+/// (it may still have been applied; a retry with the same idempotency key is answered from
+/// the first attempt and waits for the replicas again).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Durability {
+    /// Replicas that must confirm (at least 1).
+    pub replicas: u32,
+    /// How long to wait for them.
+    pub timeout: Duration,
 }
 
 fn user_conns_key(user: &UserId) -> String {
@@ -56,10 +84,17 @@ fn index_key(node: &NodeId) -> String {
 fn reaping_key(node: &NodeId) -> String {
     format!("mn:{{{node}}}:reaping")
 }
+/// Written by a durable publish that was answered from its idempotency key, so that its WAIT
+/// has a write to wait for.
+fn fence_key(node: &NodeId) -> String {
+    format!("mn:{{{node}}}:fence")
+}
 fn inbox_channel(node: &NodeId) -> String {
     format!("mn:{{{node}}}:inbox")
 }
 const NODES_KEY: &str = "meridian:nodes";
+/// How long a command may wait for its reply before the connection is given up.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Hash: node id → its open connections, written on every readiness probe.
 const CONNS_KEY: &str = "meridian:conns";
 
@@ -79,7 +114,10 @@ struct PubSubShared {
 
 /// The Redis-backed [`StateStore`].
 pub struct RedisStore {
-    conn: ConnectionManager,
+    link: Arc<PrimaryLink>,
+    /// Durable publishes get their own connection: `WAIT` blocks the connection it runs on,
+    /// and other commands must not queue behind it.
+    durable_link: Option<Arc<PrimaryLink>>,
     config: RedisStoreConfig,
     scripts: Arc<Scripts>,
     args: RoomArgs,
@@ -103,15 +141,27 @@ impl RedisStore {
         config: RedisStoreConfig,
         inbound: mpsc::Sender<Inbound>,
     ) -> StoreResult<Self> {
-        let client = redis::Client::open(config.url.as_str())?;
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(2)))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(1));
-        let conn = client
-            .get_connection_manager_with_config(manager_config)
-            .await?;
+        let resolver = Arc::new(Resolver::new(config.endpoint.clone())?);
+        let link =
+            Arc::new(PrimaryLink::connect(resolver.clone(), "commands", RESPONSE_TIMEOUT).await?);
+        let durable_link = match config.durable {
+            Some(d) => Some(Arc::new(
+                PrimaryLink::connect(resolver.clone(), "durable", RESPONSE_TIMEOUT + d.timeout)
+                    .await?,
+            )),
+            None => None,
+        };
+        if resolver.is_sentinel() {
+            let mut links = vec![Arc::downgrade(&link)];
+            if let Some(d) = &durable_link {
+                links.push(Arc::downgrade(d));
+            }
+            tokio::spawn(crate::link::follow_primary(
+                resolver.clone(),
+                links,
+                Duration::from_secs(1),
+            ));
+        }
         let pubsub = Arc::new(PubSubShared {
             counts: Mutex::new(HashMap::new()),
             up: AtomicBool::new(false),
@@ -119,7 +169,8 @@ impl RedisStore {
         let (commands, command_rx) = mpsc::unbounded_channel();
         let (ready_tx, ready_rx) = oneshot::channel();
         tokio::spawn(pubsub_task(
-            client,
+            resolver,
+            link.watch(),
             inbox_channel(&config.node),
             pubsub.clone(),
             command_rx,
@@ -134,7 +185,8 @@ impl RedisStore {
             region: config.region.clone(),
         };
         Ok(Self {
-            conn,
+            link,
+            durable_link,
             config,
             args,
             scripts: Arc::new(Scripts::new()),
@@ -143,8 +195,8 @@ impl RedisStore {
         })
     }
 
-    fn conn(&self) -> ConnectionManager {
-        self.conn.clone()
+    fn conn(&self) -> LinkConn {
+        LinkConn::new(self.link.clone())
     }
 
     /// Removes one connection from a user's presence (the script announces the user's last
@@ -533,7 +585,50 @@ impl StateStore for RedisStore {
             Some(_) => inv.arg(self.config.limits.idempotency_window.as_millis() as u64),
             None => inv.arg(""),
         };
-        let (status, epoch, seq): (i64, String, u64) = inv.invoke_async(&mut self.conn()).await?;
+        let Some((durability, link)) = self.config.durable.zip(self.durable_link.as_ref()) else {
+            let (status, epoch, seq): (i64, String, u64) =
+                inv.invoke_async(&mut self.conn()).await?;
+            return Ok(Published {
+                seq,
+                epoch,
+                duplicate: status == 0,
+            });
+        };
+        // One pinned connection for the script and its WAIT: WAIT counts the replicas that
+        // have this connection's writes.
+        let mut conn = LinkConn::new(link.clone());
+        let (status, epoch, seq): (i64, String, u64) = inv.invoke_async(&mut conn).await?;
+        let timeout_ms = durability.timeout.as_millis() as u64;
+        let acked: u64 = if status == 0 {
+            // A retry answered from the idempotency key wrote nothing on this connection, so a
+            // bare WAIT would not cover the first attempt. Any write moves this connection's
+            // replication offset past it (the first attempt is already in the data set).
+            let (acked,): (u64,) = redis::pipe()
+                .cmd("SET")
+                .arg(fence_key(&self.config.node))
+                .arg(seq)
+                .arg("PX")
+                .arg(60_000)
+                .ignore()
+                .cmd("WAIT")
+                .arg(durability.replicas)
+                .arg(timeout_ms)
+                .query_async(&mut conn)
+                .await?;
+            acked
+        } else {
+            redis::cmd("WAIT")
+                .arg(durability.replicas)
+                .arg(timeout_ms)
+                .query_async(&mut conn)
+                .await?
+        };
+        if acked < u64::from(durability.replicas) {
+            return Err(StoreError::NotDurable {
+                acked,
+                wanted: durability.replicas,
+            });
+        }
         Ok(Published {
             seq,
             epoch,
@@ -829,31 +924,64 @@ fn room_channel(room: &RoomId) -> String {
 
 /// Owns the pub/sub connection: applies subscription commands in order, forwards messages to
 /// the node, and on connection loss reconnects with backoff and restores every subscription.
+///
+/// The connection is also given up (and re-made on the current primary) when a ping goes
+/// unanswered — a half-open socket or a paused server sends no FIN — and when the command link
+/// reconnects to a different server than the one this connection is on (a failover).
+#[allow(clippy::too_many_arguments)]
 async fn pubsub_task(
-    client: redis::Client,
+    resolver: Arc<Resolver>,
+    mut primary: tokio::sync::watch::Receiver<(u64, String)>,
     inbox: String,
     shared: Arc<PubSubShared>,
     mut commands: mpsc::UnboundedReceiver<PubSubCmd>,
     inbound: mpsc::Sender<Inbound>,
     ready: oneshot::Sender<StoreResult<()>>,
 ) {
+    const OP_TIMEOUT: Duration = Duration::from_secs(2);
+    const PING_EVERY: Duration = Duration::from_secs(1);
+    let timed = |what: &'static str| {
+        move |r: Result<redis::RedisResult<()>, tokio::time::error::Elapsed>| match r {
+            Ok(r) => r,
+            Err(_) => Err(redis::RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                what,
+            ))),
+        }
+    };
     let mut ready = Some(ready);
     let mut backoff = Duration::from_millis(50);
     loop {
         let connected = async {
-            let (mut sink, stream) = client.get_async_pubsub().await?.split();
-            sink.subscribe(&inbox).await?;
+            let client = resolver.primary().await?;
+            let address = client.get_connection_info().addr().to_string();
+            let pubsub = match tokio::time::timeout(OP_TIMEOUT, client.get_async_pubsub()).await {
+                Ok(p) => p?,
+                Err(_) => {
+                    return Err(redis::RedisError::from(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "pub/sub connect timed out",
+                    )))
+                }
+            };
+            let (mut sink, stream) = pubsub.split();
+            timed("subscribe timed out")(
+                tokio::time::timeout(OP_TIMEOUT, sink.subscribe(&inbox)).await,
+            )?;
             let rooms: Vec<RoomId> = {
                 let counts = shared.counts.lock().unwrap_or_else(|p| p.into_inner());
                 counts.keys().cloned().collect()
             };
+            // One channel per command: redis-rs pairs each SUBSCRIBE with one confirmation.
             for room in &rooms {
-                sink.subscribe(room_channel(room)).await?;
+                timed("subscribe timed out")(
+                    tokio::time::timeout(OP_TIMEOUT, sink.subscribe(room_channel(room))).await,
+                )?;
             }
-            Ok::<_, redis::RedisError>((sink, stream, rooms))
+            Ok::<_, redis::RedisError>((sink, stream, rooms, address))
         }
         .await;
-        let (mut sink, mut stream, rooms) = match connected {
+        let (mut sink, mut stream, rooms, address) = match connected {
             Ok(c) => c,
             Err(e) => {
                 if let Some(ready) = ready.take() {
@@ -864,13 +992,23 @@ async fn pubsub_task(
                 if commands.is_closed() {
                     return;
                 }
-                tokio::time::sleep(backoff).await;
+                // Retry after the backoff, or at once when the command link has found a
+                // primary (after a failover it usually finds it first).
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    changed = primary.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                    }
+                }
                 backoff = (backoff * 2).min(Duration::from_secs(2));
                 continue;
             }
         };
         backoff = Duration::from_millis(50);
         shared.up.store(true, Ordering::Relaxed);
+        primary.mark_unchanged();
         let mut active: HashSet<RoomId> = rooms.into_iter().collect();
         match ready.take() {
             Some(ready) => {
@@ -879,11 +1017,15 @@ async fn pubsub_task(
             None => {
                 tracing::info!(
                     rooms = active.len(),
+                    %address,
                     "redis pub/sub reconnected; subscriptions restored"
                 );
                 let _ = inbound.send(Inbound::Resubscribed).await;
             }
         }
+        let mut ping = tokio::time::interval(PING_EVERY);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ping.tick().await;
         loop {
             tokio::select! {
                 cmd = commands.recv() => {
@@ -893,7 +1035,10 @@ async fn pubsub_task(
                             let r = if active.contains(&room) {
                                 Ok(())
                             } else {
-                                sink.subscribe(room_channel(&room)).await.map(|()| {
+                                timed("subscribe timed out")(
+                                    tokio::time::timeout(OP_TIMEOUT, sink.subscribe(room_channel(&room))).await,
+                                )
+                                .map(|()| {
                                     active.insert(room);
                                 })
                             };
@@ -907,7 +1052,9 @@ async fn pubsub_task(
                                 counts.contains_key(&room)
                             };
                             let r = if !wanted && active.remove(&room) {
-                                sink.unsubscribe(room_channel(&room)).await
+                                timed("unsubscribe timed out")(
+                                    tokio::time::timeout(OP_TIMEOUT, sink.unsubscribe(room_channel(&room))).await,
+                                )
                             } else {
                                 Ok(())
                             };
@@ -917,6 +1064,24 @@ async fn pubsub_task(
                         }
                     };
                     if result.is_err() {
+                        break;
+                    }
+                }
+                _ = ping.tick() => {
+                    let pong = tokio::time::timeout(OP_TIMEOUT, sink.ping::<redis::Value>()).await;
+                    if !matches!(pong, Ok(Ok(_))) {
+                        tracing::warn!(%address, "redis pub/sub ping unanswered");
+                        break;
+                    }
+                }
+                changed = primary.changed() => {
+                    if changed.is_err() {
+                        // The store is gone.
+                        return;
+                    }
+                    let now = primary.borrow_and_update().1.clone();
+                    if now != address {
+                        tracing::info!(from = %address, to = %now, "redis primary moved; moving pub/sub");
                         break;
                     }
                 }
@@ -948,7 +1113,7 @@ async fn pubsub_task(
             }
         }
         shared.up.store(false, Ordering::Relaxed);
-        tracing::warn!("redis pub/sub connection lost; reconnecting");
+        tracing::warn!(%address, "redis pub/sub connection lost; reconnecting");
     }
 }
 

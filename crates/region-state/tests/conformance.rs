@@ -27,12 +27,8 @@ struct Redis(RedisServer);
 impl Harness for Redis {
     async fn node(&self, limits: StoreLimits) -> (Box<dyn StateStore>, mpsc::Receiver<Inbound>) {
         let (tx, rx) = mpsc::channel(4096);
-        let config = RedisStoreConfig {
-            url: self.0.url(),
-            region: "redis-region".into(),
-            node: NodeId::random(),
-            limits,
-        };
+        let config =
+            RedisStoreConfig::standalone(&self.0.url(), "redis-region", NodeId::random(), limits);
         (Box::new(RedisStore::connect(config, tx).await.unwrap()), rx)
     }
 }
@@ -53,12 +49,12 @@ async fn redis_store_conforms() {
 async fn redis_store_reports_unreachable_server() {
     let (tx, _rx) = mpsc::channel(1);
     let port = region_state::testing::free_port().unwrap();
-    let config = RedisStoreConfig {
-        url: format!("redis://127.0.0.1:{port}/"),
-        region: "r".into(),
-        node: NodeId::random(),
-        limits: StoreLimits::default(),
-    };
+    let config = RedisStoreConfig::standalone(
+        &format!("redis://127.0.0.1:{port}/"),
+        "r",
+        NodeId::random(),
+        StoreLimits::default(),
+    );
     let err = RedisStore::connect(config, tx).await.unwrap_err();
     assert!(err.is_retryable(), "{err}");
 }
@@ -73,12 +69,12 @@ async fn redis_store_sums_the_region_load_over_live_nodes() {
     let mut stores = Vec::new();
     for _ in 0..3 {
         let (tx, rx) = mpsc::channel(64);
-        let config = RedisStoreConfig {
-            url: server.url(),
-            region: "load-region".into(),
-            node: NodeId::random(),
-            limits: limits.clone(),
-        };
+        let config = RedisStoreConfig::standalone(
+            &server.url(),
+            "load-region",
+            NodeId::random(),
+            limits.clone(),
+        );
         let store = RedisStore::connect(config, tx).await.unwrap();
         store.renew_lease().await.unwrap();
         stores.push((store, rx));
