@@ -69,6 +69,39 @@ impl RunningRouter {
 
 /// Starts a router with `config` (already validated). Controls in Redis are read once before
 /// this returns; connecting is retried for up to 10 s.
+/// Binds DNS on UDP and TCP at one address. With port 0 the UDP socket picks the port and
+/// TCP takes the same one; when another process holds that port for TCP, both are dropped and
+/// a new port is tried (a few times), instead of failing the start.
+async fn bind_dns(
+    listen: SocketAddr,
+) -> Result<(UdpSocket, SocketAddr, TcpListener), StartError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let udp = UdpSocket::bind(listen)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: listen,
+                source,
+            })?;
+        let addr = udp.local_addr().map_err(|source| StartError::Bind {
+            addr: listen,
+            source,
+        })?;
+        match TcpListener::bind(addr).await {
+            Ok(tcp) => return Ok((udp, addr, tcp)),
+            Err(e)
+                if listen.port() == 0
+                    && e.kind() == std::io::ErrorKind::AddrInUse
+                    && attempt < 8 =>
+            {
+                tracing::debug!(%addr, "TCP port taken; picking another DNS port");
+            }
+            Err(source) => return Err(StartError::Bind { addr, source }),
+        }
+    }
+}
+
 pub async fn start(config: RouterConfig) -> Result<RunningRouter, StartError> {
     let catalogue = meridian_catalogue::load_dir(&config.regions)
         .map_err(|e| StartError::Config(e.to_string()))?;
@@ -135,22 +168,7 @@ pub async fn start(config: RouterConfig) -> Result<RunningRouter, StartError> {
         }
     };
 
-    let dns_udp = UdpSocket::bind(config.dns_listen)
-        .await
-        .map_err(|source| StartError::Bind {
-            addr: config.dns_listen,
-            source,
-        })?;
-    let dns_addr = dns_udp.local_addr().map_err(|source| StartError::Bind {
-        addr: config.dns_listen,
-        source,
-    })?;
-    let dns_tcp = TcpListener::bind(dns_addr)
-        .await
-        .map_err(|source| StartError::Bind {
-            addr: dns_addr,
-            source,
-        })?;
+    let (dns_udp, dns_addr, dns_tcp) = bind_dns(config.dns_listen).await?;
     let http = TcpListener::bind(config.http_listen)
         .await
         .map_err(|source| StartError::Bind {
