@@ -5,8 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/ensure-deps.sh
 # The reconnect-storm test (tests/tests/ha.rs) holds ~10,000 loopback sockets.
-if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt 16384 ]; then
-  ulimit -n 16384 2>/dev/null || echo "test.sh: cannot raise ulimit -n to 16384; the storm test will say so" >&2
+# Only the soft limit: lowering the hard one too would stop children that raise their own
+# (HAProxy in `meridian up` asks for ~2 x maxconn descriptors).
+if [ "$(ulimit -Sn)" != unlimited ] && [ "$(ulimit -Sn)" -lt 16384 ]; then
+  ulimit -Sn 16384 2>/dev/null || echo "test.sh: cannot raise ulimit -n to 16384; the storm test will say so" >&2
 fi
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

@@ -563,7 +563,7 @@ fn start_region(mesh: &mut Mesh, plan: &RegionPlan) -> Result<()> {
             &config,
             format!(
                 "# Written by `meridian up` for region {name}.\n\
-                 global\n  maxconn 9000\n\
+                 global\n  maxconn 4000\n\
                  defaults\n  mode http\n  timeout connect 2s\n  timeout client 60s\n  timeout server 60s\n  timeout tunnel 1h\n\
                  frontend {name}\n  bind 127.0.0.1:{lb}\n  default_backend nodes\n\
                  backend nodes\n  balance leastconn\n  option httpchk GET /readyz\n  http-check expect status 200\n{servers}"
