@@ -21,12 +21,13 @@ struct OneRegion;
 impl Router for OneRegion {
     fn route(&self, _client: IpAddr, _ecs_prefix: Option<u8>) -> RouteAnswer {
         RouteAnswer {
-            region: "eu-west".to_owned(),
+            region: "eu-west".into(),
             addresses: vec![
                 IpAddr::V4(Ipv4Addr::new(203, 0, 113, 10)),
                 IpAddr::V4(Ipv4Addr::new(203, 0, 113, 11)),
                 IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xe0, 0, 0, 0, 0, 0x10)),
-            ],
+            ]
+            .into(),
             scope_prefix: 20,
         }
     }

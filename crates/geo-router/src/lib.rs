@@ -9,6 +9,7 @@
 //!   through Redis, with the audit log and the safety rule;
 //! * [`router`]: the live state and the one routing function; [`dns`] and [`http`]: the two
 //!   front ends; [`metrics`]; [`config`]; [`service`]: wiring for the `geo-router` binary;
+//! * [`quick_hash`]: the seeded hasher of the DNS hot path's maps;
 //! * [`mmdb_writer`] and [`demo`]: MaxMind DB files for tests and the synthetic demo database.
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 #![forbid(unsafe_code)]
@@ -24,6 +25,7 @@ pub mod http;
 pub mod metrics;
 pub mod mmdb_writer;
 pub mod probe;
+pub mod quick_hash;
 pub mod router;
 pub mod rtt;
 pub mod scope;

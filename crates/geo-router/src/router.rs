@@ -15,10 +15,11 @@
 //! The background tasks that keep the state fresh ([`spawn_health_checks`],
 //! [`spawn_control_poller`], [`spawn_geoip_reloader`], [`spawn_rtt_sweeper`]) are here too.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use meridian_catalogue::Region;
@@ -32,8 +33,10 @@ use crate::geoip::{GeoDb, GeoHit, GeoIpError, ReloadingGeoDb};
 use crate::health::{FailureKind, Hysteresis, ProbeResult};
 use crate::metrics::Metrics;
 use crate::probe::Prober;
+use crate::quick_hash::QuickHash;
 use crate::rtt::{Prefix, RttConfig, RttTable};
 use crate::scope::{block, ScopeIndex, ScopeStats};
+use prometheus_client::metrics::counter::Counter;
 
 /// What the router currently knows about one region.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -137,6 +140,9 @@ pub struct RouterState {
     dynamic: AtomicBool,
     /// Controls have been read at least once.
     controls_loaded: AtomicBool,
+    /// Counts changes to what decisions depend on (health, load, controls, the GeoIP view);
+    /// with [`RttTable::changes`] it makes [`RouterState::generation`].
+    changes: AtomicU64,
 }
 
 fn now_ms() -> u64 {
@@ -195,6 +201,7 @@ impl RouterState {
             store,
             dynamic: AtomicBool::new(false),
             controls_loaded: AtomicBool::new(false),
+            changes: AtomicU64::new(0),
             regions,
         };
         state.publish_region_metrics();
@@ -235,6 +242,21 @@ impl RouterState {
     /// Swaps in a new GeoIP view.
     pub fn set_geo(&self, view: GeoView) {
         *self.geo.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(view);
+        self.changed();
+    }
+
+    /// A number that changes whenever anything a routing decision depends on may have changed:
+    /// a region's health or load, the controls, the GeoIP view, the RTT table. The inputs are
+    /// swapped before the number moves, so an answer computed after reading a generation is at
+    /// least as new as that generation.
+    pub fn generation(&self) -> u64 {
+        self.changes
+            .load(Ordering::Acquire)
+            .wrapping_add(self.rtt.changes())
+    }
+
+    fn changed(&self) {
+        self.changes.fetch_add(1, Ordering::Release);
     }
 
     /// Whether the controls have been read (always true without a shared store).
@@ -319,24 +341,7 @@ impl RouterState {
         }
         let scope = scope.min(bits);
 
-        match decision.ranked.first() {
-            Some(winner) => {
-                let reason = serde_json::to_value(winner.reason)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default();
-                self.metrics
-                    .answers
-                    .get_or_create(&vec![("region", winner.name.clone()), ("reason", reason)])
-                    .inc();
-            }
-            None => {
-                self.metrics
-                    .answers
-                    .get_or_create(&vec![("region", String::new()), ("reason", "none".into())])
-                    .inc();
-            }
-        }
+        self.answer_counter(&decision).inc();
         if decision.all_down {
             self.metrics.all_down_answers.inc();
         }
@@ -347,6 +352,21 @@ impl RouterState {
             hit,
             network,
         }
+    }
+
+    /// The `answers` counter of `decision`'s winner and reason.
+    fn answer_counter(&self, decision: &Decision) -> Counter {
+        let labels = match decision.ranked.first() {
+            Some(winner) => {
+                let reason = serde_json::to_value(winner.reason)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                vec![("region", winner.name.clone()), ("reason", reason)]
+            }
+            None => vec![("region", String::new()), ("reason", "none".into())],
+        };
+        self.metrics.answers.get_or_create(&labels).clone()
     }
 
     /// Lengthens `scope` until the block around `x` holds nothing `inside` reports.
@@ -374,12 +394,13 @@ impl RouterState {
             return;
         };
         let health = &self.config.health;
-        let (before, after, new_failure) = {
+        let (before, after, new_failure, load_changed) = {
             let mut live = self.live.write().unwrap_or_else(PoisonError::into_inner);
             let Some(entry) = live.get_mut(index) else {
                 return;
             };
             let before = entry.hysteresis.health;
+            let load_before = entry.load;
             let new_failure = result
                 .failure
                 .filter(|&kind| entry.last_failure != Some(kind));
@@ -393,8 +414,10 @@ impl RouterState {
             }
             entry.last_check_ms = Some(now_ms());
             entry.last_latency_ms = Some(result.latency.as_secs_f64() * 1000.0);
-            (before, entry.hysteresis.health, new_failure)
+            let load_changed = entry.load != load_before;
+            (before, entry.hysteresis.health, new_failure, load_changed)
         };
+
         if let Some(kind) = result.failure {
             self.metrics
                 .health_check_failures
@@ -435,6 +458,10 @@ impl RouterState {
             }
         }
         self.publish_region_metrics();
+        // After the `dynamic` flag is republished: it decides scopes too.
+        if before != after || load_changed {
+            self.changed();
+        }
     }
 
     /// Replaces the controls (from the poller or after a change).
@@ -452,6 +479,7 @@ impl RouterState {
         self.controls_loaded.store(true, Ordering::Relaxed);
         if changed {
             self.publish_region_metrics();
+            self.changed();
         }
     }
 
@@ -682,60 +710,143 @@ pub fn open_geoip(path: Option<&PathBuf>) -> Result<Option<Arc<ReloadingGeoDb>>,
         .transpose()
 }
 
-/// The DNS front end's view of the router.
-#[derive(Debug, Clone)]
-pub struct DnsRouter(pub Arc<RouterState>);
+/// The DNS front end's view of the router, with a cache of routing answers per client address.
+///
+/// Resolvers ask again and again for the same few networks (an ECS address is a network's
+/// start; without ECS the key is the resolver's own address), and a decision costs a GeoIP
+/// lookup, a great-circle distance per region and a scope search. An answer is reused while
+/// [`RouterState::generation`] is unchanged, i.e. until health, load, controls, the GeoIP
+/// database or the RTT table change; answers that used measured RTTs are not cached, since those
+/// estimates fade with time and no event says so. A reused answer still counts in `answers`
+/// (and `all_down_answers`); `decision_seconds` times the decisions actually computed.
+#[derive(Debug)]
+pub struct DnsRouter {
+    state: Arc<RouterState>,
+    routes: RwLock<HashMap<IpAddr, CachedRoute, QuickHash>>,
+    /// `dns_queries` counters by (query type, rcode) label index, created on first use.
+    query_counters: [[OnceLock<Counter>; RCODE_LABELS.len()]; QTYPE_LABELS.len()],
+}
 
-impl crate::dns::Router for DnsRouter {
-    fn route(&self, client: IpAddr, ecs_prefix: Option<u8>) -> crate::dns::RouteAnswer {
-        let route = self.0.route(client, ecs_prefix);
-        let winner = route.decision.ranked.first();
-        let addresses = winner
-            .and_then(|w| self.0.region(&w.name))
-            .map(|r| r.ingress.addresses.clone())
-            .unwrap_or_default();
-        crate::dns::RouteAnswer {
-            region: winner.map(|w| w.name.clone()).unwrap_or_default(),
-            addresses,
-            scope_prefix: route.scope,
+/// Client addresses whose answers [`DnsRouter`] keeps before emptying the cache.
+const DNS_ROUTE_CACHE_CAPACITY: usize = 65_536;
+
+const RCODE_LABELS: [&str; 7] = [
+    "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED", "OTHER",
+];
+const QTYPE_LABELS: [&str; 7] = ["A", "AAAA", "NS", "SOA", "ANY", "OTHER", "NONE"];
+
+#[derive(Debug, Clone)]
+struct CachedRoute {
+    generation: u64,
+    answer: crate::dns::RouteAnswer,
+    /// The `answers` series this answer counts in.
+    counter: Counter,
+    all_down: bool,
+}
+
+impl DnsRouter {
+    /// The DNS view of `state`.
+    pub fn new(state: Arc<RouterState>) -> DnsRouter {
+        DnsRouter {
+            state,
+            routes: RwLock::new(HashMap::default()),
+            query_counters: Default::default(),
         }
     }
 
+    /// The state it routes with.
+    pub fn state(&self) -> &Arc<RouterState> {
+        &self.state
+    }
+
+    fn cached(&self, client: IpAddr, generation: u64) -> Option<crate::dns::RouteAnswer> {
+        let routes = self.routes.read().unwrap_or_else(PoisonError::into_inner);
+        let cached = routes.get(&client).filter(|c| c.generation == generation)?;
+        cached.counter.inc();
+        if cached.all_down {
+            self.state.metrics.all_down_answers.inc();
+        }
+        Some(cached.answer.clone())
+    }
+}
+
+impl crate::dns::Router for DnsRouter {
+    fn route(&self, client: IpAddr, ecs_prefix: Option<u8>) -> crate::dns::RouteAnswer {
+        let client = client.to_canonical();
+        // Read before deciding: a change while deciding leaves the entry stale, never wrong.
+        let generation = self.state.generation();
+        if let Some(answer) = self.cached(client, generation) {
+            return answer;
+        }
+        let route = self.state.route(client, ecs_prefix);
+        let winner = route.decision.ranked.first();
+        let addresses: Arc<[IpAddr]> = winner.and_then(|w| self.state.region(&w.name)).map_or_else(
+            || Arc::from([]),
+            |r| Arc::from(r.ingress.addresses.as_slice()),
+        );
+        let answer = crate::dns::RouteAnswer {
+            region: winner.map_or_else(|| Arc::from(""), |w| Arc::from(w.name.as_str())),
+            addresses,
+            scope_prefix: route.scope,
+        };
+        let uses_rtt = winner.is_some_and(|w| w.reason == crate::decision::Reason::Rtt)
+            || !self.state.rtt.lookup(client, Instant::now()).is_empty();
+        if !uses_rtt {
+            let entry = CachedRoute {
+                generation,
+                answer: answer.clone(),
+                counter: self.state.answer_counter(&route.decision),
+                all_down: route.decision.all_down,
+            };
+            let mut routes = self.routes.write().unwrap_or_else(PoisonError::into_inner);
+            if routes.len() >= DNS_ROUTE_CACHE_CAPACITY && !routes.contains_key(&client) {
+                routes.clear();
+            }
+            routes.insert(client, entry);
+        }
+        answer
+    }
+
     fn region_addresses(&self, name: &str) -> Option<Vec<IpAddr>> {
-        self.0.region(name).map(|r| r.ingress.addresses.clone())
+        self.state.region(name).map(|r| r.ingress.addresses.clone())
     }
 
     fn observe(&self, request: &[u8], response: Option<&[u8]>) {
-        let metrics = &self.0.metrics;
+        let metrics = &self.state.metrics;
         let Some(response) = response else {
             metrics.dns_dropped.inc();
             return;
         };
         let rcode = match response.get(3).map(|b| b & 0x0f) {
-            Some(0) => "NOERROR",
-            Some(1) => "FORMERR",
-            Some(2) => "SERVFAIL",
-            Some(3) => "NXDOMAIN",
-            Some(4) => "NOTIMP",
-            Some(5) => "REFUSED",
-            _ => "OTHER",
+            Some(code @ 0..=5) => usize::from(code),
+            _ => 6,
         };
         let qtype = match question_type(request) {
-            Some(1) => "A",
-            Some(28) => "AAAA",
-            Some(2) => "NS",
-            Some(6) => "SOA",
-            Some(255) => "ANY",
-            Some(_) => "OTHER",
-            None => "NONE",
+            Some(1) => 0,
+            Some(28) => 1,
+            Some(2) => 2,
+            Some(6) => 3,
+            Some(255) => 4,
+            Some(_) => 5,
+            None => 6,
         };
-        metrics
-            .dns_queries
-            .get_or_create(&vec![
-                ("qtype", qtype.to_owned()),
-                ("rcode", rcode.to_owned()),
-            ])
-            .inc();
+        let Some(slot) = self
+            .query_counters
+            .get(qtype)
+            .and_then(|row| row.get(rcode))
+        else {
+            return;
+        };
+        slot.get_or_init(|| {
+            metrics
+                .dns_queries
+                .get_or_create(&vec![
+                    ("qtype", QTYPE_LABELS[qtype].to_owned()),
+                    ("rcode", RCODE_LABELS[rcode].to_owned()),
+                ])
+                .clone()
+        })
+        .inc();
     }
 }
 
@@ -762,7 +873,109 @@ fn question_type(packet: &[u8]) -> Option<u16> {
 
 #[cfg(test)]
 mod tests {
-    use super::question_type;
+    use std::path::Path;
+
+    use super::*;
+    use crate::dns::Router as _;
+
+    /// A router over the repository's catalogue with no GeoIP database: every client gets the
+    /// default order, us-east first.
+    fn state() -> Arc<RouterState> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../regions");
+        let regions: Vec<Region> = meridian_catalogue::load_dir(&dir)
+            .unwrap()
+            .into_values()
+            .collect();
+        let mut config = RouterConfig::default();
+        config.policy.default_region = Some("us-east".into());
+        let geo = GeoView::build(None, &regions).unwrap();
+        Arc::new(RouterState::new(
+            config,
+            regions,
+            geo,
+            ControlStore::memory(),
+        ))
+    }
+
+    fn probe(ok: bool, load: Option<f64>) -> ProbeResult {
+        ProbeResult {
+            ok,
+            load,
+            error: (!ok).then(|| "refused".to_owned()),
+            failure: (!ok).then_some(FailureKind::Connect),
+            latency: Duration::from_millis(1),
+        }
+    }
+
+    #[test]
+    fn cached_dns_answers_follow_health_and_rtt_changes() {
+        let state = state();
+        let dns = DnsRouter::new(Arc::clone(&state));
+        let client: IpAddr = "203.0.113.0".parse().unwrap();
+        let first = dns.route(client, Some(24));
+        assert_eq!(&*first.region, "us-east");
+        assert_eq!(
+            dns.route(client, Some(24)),
+            first,
+            "the cached answer is the same"
+        );
+        assert_eq!(dns.routes.read().unwrap().len(), 1, "and it was cached");
+
+        // us-east goes down after `fall` failed probes: the next answer moves at once.
+        let index = state
+            .regions
+            .iter()
+            .position(|r| r.name == "us-east")
+            .unwrap();
+        for _ in 0..state.config.health.fall {
+            state.record_probe(index, &probe(false, None));
+        }
+        let moved = dns.route(client, Some(24));
+        assert_ne!(&*moved.region, "us-east");
+        assert_eq!(moved, state_answer(&state, client));
+        // An unchanged probe result (still down) keeps the cache valid.
+        let generation = state.generation();
+        state.record_probe(index, &probe(false, None));
+        assert_eq!(state.generation(), generation);
+        // Load reported by another region's probe is a change (it can set a penalty).
+        state.record_probe((index + 1) % 3, &probe(true, Some(0.5)));
+        assert_ne!(state.generation(), generation);
+
+        // Measured RTTs: a recorded report changes the answer and is never cached (the
+        // estimates fade with time).
+        for _ in 0..10 {
+            state
+                .rtt
+                .record(client, "ap-southeast", 5.0, Instant::now())
+                .unwrap();
+        }
+        let measured = dns.route(client, Some(24));
+        assert_eq!(measured, state_answer(&state, client));
+        assert_eq!(&*measured.region, "ap-southeast");
+        assert!(dns
+            .routes
+            .read()
+            .unwrap()
+            .get(&client)
+            .is_none_or(|c| c.generation != state.generation()));
+    }
+
+    /// What the uncached decision says.
+    fn state_answer(state: &RouterState, client: IpAddr) -> crate::dns::RouteAnswer {
+        let route = state.route(client, Some(24));
+        let winner = route.decision.ranked.first().unwrap();
+        crate::dns::RouteAnswer {
+            region: winner.name.as_str().into(),
+            addresses: state
+                .region(&winner.name)
+                .unwrap()
+                .ingress
+                .addresses
+                .as_slice()
+                .into(),
+            scope_prefix: route.scope,
+        }
+    }
 
     #[test]
     fn question_type_reads_the_first_question_or_nothing() {

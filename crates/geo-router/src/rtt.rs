@@ -16,6 +16,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -121,6 +122,9 @@ pub enum RttRejected {
 pub struct RttTable {
     config: RttConfig,
     entries: RwLock<BTreeMap<Prefix, Vec<Aggregate>>>,
+    /// Counts changes (a recorded measurement, a network swept away), so that a cache of
+    /// routing answers can tell it is stale.
+    changes: AtomicU64,
 }
 
 impl RttTable {
@@ -129,6 +133,7 @@ impl RttTable {
         RttTable {
             config,
             entries: RwLock::new(BTreeMap::new()),
+            changes: AtomicU64::new(0),
         }
     }
 
@@ -150,6 +155,7 @@ impl RttTable {
         if !entries.contains_key(&prefix) && entries.len() >= self.config.max_prefixes {
             return Err(RttRejected::Full);
         }
+        self.changes.fetch_add(1, Ordering::Release);
         let aggregates = entries.entry(prefix).or_default();
         match aggregates.iter_mut().find(|a| a.region == region) {
             Some(aggregate) => {
@@ -204,11 +210,23 @@ impl RttTable {
     pub fn sweep(&self, now: Instant) -> usize {
         let half_life = self.config.half_life;
         let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
+        let mut removed = false;
         entries.retain(|_, aggregates| {
+            let before = aggregates.len();
             aggregates.retain(|a| a.decayed(now, half_life).1 >= 0.5);
+            removed |= aggregates.len() != before;
             !aggregates.is_empty()
         });
+        if removed {
+            self.changes.fetch_add(1, Ordering::Release);
+        }
         entries.len()
+    }
+
+    /// A number that changes whenever the table does (see [`RttTable::record`] and
+    /// [`RttTable::sweep`]).
+    pub fn changes(&self) -> u64 {
+        self.changes.load(Ordering::Acquire)
     }
 
     /// Networks currently held.

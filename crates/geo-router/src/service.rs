@@ -185,7 +185,7 @@ pub async fn start(config: RouterConfig) -> Result<RunningRouter, StartError> {
         tracing::warn!(error = %e, "cannot read routing controls yet; /readyz stays false until they load");
     }
     let shutdown = CancellationToken::new();
-    let answerer = Arc::new(Answerer::new(zone, DnsRouter(Arc::clone(&state))));
+    let answerer = Arc::new(Answerer::new(zone, DnsRouter::new(Arc::clone(&state))));
     let mut tasks = Vec::new();
     {
         let answerer = Arc::clone(&answerer);

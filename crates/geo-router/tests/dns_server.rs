@@ -72,8 +72,8 @@ impl Router for FakeRouter {
             _ => ("us", 8),
         };
         RouteAnswer {
-            region: region.to_owned(),
-            addresses: Self::region(region).unwrap(),
+            region: region.into(),
+            addresses: Self::region(region).unwrap().into(),
             scope_prefix,
         }
     }
