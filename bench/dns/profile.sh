@@ -9,7 +9,7 @@
 #
 # Knobs (environment):
 #   ROUTER_BIN   the geo-router binary to measure (default: build target/release/geo-router)
-#   PASSES=10    times dnsperf walks the query file (-n) under callgrind; PASSES_PERF=100 under perf
+#   PASSES=30    times dnsperf walks the query file (-n) under callgrind; PASSES_PERF=100 under perf
 #   RATE=1500    offered queries/s under callgrind (dnsperf -Q); RATE_PERF=20000 under perf
 #   OUT=DIR      keep callgrind outputs and logs there (default: a fresh /tmp directory)
 #   SERVERS="geo-router gdnsd"
@@ -24,7 +24,7 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../.." && pwd)
 zone=mesh.localhost.
-passes=${PASSES:-10}
+passes=${PASSES:-30}
 passes_perf=${PASSES_PERF:-100}
 rate=${RATE:-1500}
 rate_perf=${RATE_PERF:-20000}

@@ -72,9 +72,7 @@ impl RunningRouter {
 /// Binds DNS on UDP and TCP at one address. With port 0 the UDP socket picks the port and
 /// TCP takes the same one; when another process holds that port for TCP, both are dropped and
 /// a new port is tried (a few times), instead of failing the start.
-async fn bind_dns(
-    listen: SocketAddr,
-) -> Result<(UdpSocket, SocketAddr, TcpListener), StartError> {
+async fn bind_dns(listen: SocketAddr) -> Result<(UdpSocket, SocketAddr, TcpListener), StartError> {
     let mut attempt = 0;
     loop {
         attempt += 1;
