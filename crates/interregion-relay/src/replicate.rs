@@ -609,6 +609,9 @@ impl Replicator {
         }
         if rescan {
             self.rescan_interest().await;
+            for peer in self.up_peers() {
+                self.send_interest_snapshot(&peer).await;
+            }
         }
     }
 
@@ -722,6 +725,7 @@ impl Replicator {
                             fresh.insert(peer);
                         } else {
                             followers.remove(&peer);
+                            self.forget_follow(&peer, &room);
                         }
                     }
                     PumpCmd::Unfollow(peer) => {
@@ -744,14 +748,16 @@ impl Replicator {
                         Some(false) => {}
                         None => {
                             followers.remove(&peer);
+                            self.forget_follow(&peer, &room);
                             continue;
                         }
                     }
                 }
                 if !self.flush(&room, &peer, cursor).await {
                     // Link gone (or Redis failing): the peer re-follows from its watermark
-                    // when the link is back.
+                    // when the link is back, or at its next periodic interest snapshot.
                     followers.remove(&peer);
+                    self.forget_follow(&peer, &room);
                 }
             }
             if followers.is_empty() {
@@ -1020,32 +1026,48 @@ impl Replicator {
         self.announce(peer, room).await;
     }
 
+    /// The peer's complete interest: rooms not listed are unfollowed, listed rooms not being
+    /// sent to it are followed from their `since`; rooms already flowing are left alone. Sent
+    /// on every link-up (when nothing flows yet) and every `rescan` (anti-entropy: a follow
+    /// lost anywhere is re-established within one period).
     async fn on_interest_snapshot(self: &Arc<Self>, peer: &str, rooms: Vec<Follow>) {
         let listed: BTreeSet<RoomId> = rooms.iter().map(|f| f.room.clone()).collect();
-        let stale: Vec<RoomId> = lock(&self.inner)
-            .followed
-            .get(peer)
-            .map(|s| s.difference(&listed).cloned().collect())
-            .unwrap_or_default();
+        let (stale, flowing): (Vec<RoomId>, BTreeSet<RoomId>) = {
+            let inner = lock(&self.inner);
+            match inner.followed.get(peer) {
+                Some(s) => (s.difference(&listed).cloned().collect(), s.clone()),
+                None => (Vec::new(), BTreeSet::new()),
+            }
+        };
         for room in stale {
             self.unfollow(peer, &room);
         }
         for f in rooms {
-            self.follow(peer, &f.room, f.since);
+            if !flowing.contains(&f.room) {
+                self.follow(peer, &f.room, f.since);
+            }
         }
     }
 
-    async fn link_up(&self, peer: &str) {
-        let back = {
+    /// A pump dropped `peer` as a follower of `room` (send or read failed): forget the follow,
+    /// so the peer's next interest snapshot starts it again.
+    fn forget_follow(&self, peer: &str, room: &RoomId) {
+        let n = {
             let mut inner = lock(&self.inner);
-            inner.down_since.remove(peer);
-            inner.declared_down.remove(peer)
+            match inner.followed.get_mut(peer) {
+                Some(set) => {
+                    set.remove(room);
+                    set.len()
+                }
+                None => 0,
+            }
         };
-        if back {
-            tracing::info!(%peer, "region is back");
-        }
+        self.set_followed_gauge(peer, n);
+    }
+
+    /// Sends `peer` this region's whole interest with the resume point of each room.
+    async fn send_interest_snapshot(&self, peer: &str) {
         let Some(h) = self.handle() else { return };
-        // Everything this region follows, with where to resume.
         let rooms: Vec<RoomId> = lock(&self.inner).interest.iter().cloned().collect();
         let marks = match self.store.watermarks(peer, &rooms).await {
             Ok(m) => m,
@@ -1071,6 +1093,20 @@ impl Replicator {
         {
             tracing::debug!(%peer, error = %e, "interest snapshot not sent");
         }
+    }
+
+    async fn link_up(&self, peer: &str) {
+        let back = {
+            let mut inner = lock(&self.inner);
+            inner.down_since.remove(peer);
+            inner.declared_down.remove(peer)
+        };
+        if back {
+            tracing::info!(%peer, "region is back");
+        }
+        let Some(h) = self.handle() else { return };
+        // Everything this region follows, with where to resume.
+        self.send_interest_snapshot(peer).await;
         match self.store.local_online().await {
             Ok(online) => {
                 let p = Presence {

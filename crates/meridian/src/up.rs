@@ -339,7 +339,7 @@ pub fn run(args: UpArgs) -> Result<()> {
     command
         .arg("--config")
         .arg(&router_config)
-        .env("RUST_LOG", "info");
+        .env("RUST_LOG", child_log_filter());
     mesh.supervisor.spawn("geo-router", command)?;
     let dns: SocketAddr = mesh
         .supervisor
@@ -626,7 +626,10 @@ fn start_region(mesh: &mut Mesh, plan: &RegionPlan) -> Result<()> {
             ),
         )?;
         let mut command = Command::new(sibling_binary("interregion-relay")?);
-        command.arg("--config").arg(&config).env("RUST_LOG", "info");
+        command
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", child_log_filter());
         mesh.supervisor
             .spawn(&format!("{name}/{proc_name}"), command)?;
         if i == 0 {
@@ -660,7 +663,10 @@ fn start_nodes(mesh: &mut Mesh, plan: &RegionPlan) -> Result<()> {
         )?;
         let node = format!("{name}/node-{}", i + 1);
         let mut command = Command::new(sibling_binary("region-node")?);
-        command.arg("--config").arg(&config).env("RUST_LOG", "info");
+        command
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", child_log_filter());
         mesh.supervisor.spawn(&node, command)?;
         mesh.supervisor
             .wait_line(&node, "listening on ", Duration::from_secs(20))?;
@@ -923,4 +929,10 @@ fn handle_control(mut stream: TcpStream, mesh_ref: &Mutex<Mesh>) -> Result<()> {
         body.len()
     )?;
     Ok(())
+}
+
+/// The children's log filter: `RUST_LOG` when set (e.g. `RUST_LOG=info,interregion_relay=debug
+/// meridian up`), else `info`.
+fn child_log_filter() -> String {
+    std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned())
 }
