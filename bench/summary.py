@@ -103,7 +103,7 @@ def goals(reports):
         t = p["extra"]["time_to_all_joined_s"]
         rows.append({
             "goal": f"join storm of {mj['params']['clients']:,} in < 5 s with 0 errors",
-            "meridian": f"{t:.2f} s, {errors(mj)} errors, {p['delivered']:,} joined",
+            "meridian": f"{t:.2f} s, {errors(mj)} errors, {p['delivered']:,} joined" + (f", {mj['shed_retries']:,} shed handshakes retried" if mj.get("shed_retries") else ""),
             "peer": f"{q['extra']['time_to_all_joined_s']:.2f} s, {errors(sj)} errors, {q['delivered']:,} joined" if q else "—",
             "ratio": f"{ratio(q['extra']['time_to_all_joined_s'], t):.2f}× faster" if q else "—",
             "pass": t < 5.0 and errors(mj) == 0 and p["delivered"] == mj["params"]["clients"],
@@ -166,6 +166,8 @@ def phase_table(r):
     if cpu:
         out.append("- server CPU seconds by process: " + "; ".join(cpu))
     out.append(f"- errors: {r['errors'] or 'none'}" + (f" (e.g. `{r['error_samples'][0]}`)" if r.get("error_samples") else ""))
+    if r.get("shed_retries"):
+        out.append(f"- handshakes shed by the node's admission control (`reconnect` `overloaded`) and retried after the delay it asked for: {r['shed_retries']:,}")
     for n in r.get("notes", []):
         out.append(f"- {n}")
     out.append("")

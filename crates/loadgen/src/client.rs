@@ -145,10 +145,40 @@ pub async fn tcp_connect(to: SocketAddr, source: Option<IpAddr>) -> std::io::Res
     Ok(stream)
 }
 
+/// Handshakes that a server refused with `reconnect` (Meridian's admission control sheds a
+/// storm with `reconnect` `overloaded` and a delay) and that were retried after that delay, as
+/// a client does. Process-wide; a run reads it at its end.
+pub static SHED_RETRIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How long one client keeps retrying shed handshakes before it counts as failed.
+const RETRY_BUDGET: Duration = Duration::from_secs(60);
+
 impl Client {
-    /// Connects client number `n` as `user`: TCP, upgrade, handshake.
+    /// Connects client number `n` as `user`: TCP, upgrade, handshake. A handshake answered
+    /// with `reconnect` is retried after its `after_ms` (a fresh connection), as a client
+    /// following docs/protocol.md would, for up to a minute.
     pub async fn open(target: &Target, n: usize, user: &str) -> Result<Self, ClientError> {
         let token = target.token(user).map_err(|e| fail(Stage::Handshake, e))?;
+        let give_up = tokio::time::Instant::now() + RETRY_BUDGET;
+        loop {
+            match Self::open_once(target, n, &token).await {
+                Err(e) if e.stage == Stage::Handshake => {
+                    let Some(after) = crate::wire::reconnect_after(&e.detail) else {
+                        return Err(e);
+                    };
+                    let after = after.max(Duration::from_millis(10));
+                    if tokio::time::Instant::now() + after > give_up {
+                        return Err(e);
+                    }
+                    SHED_RETRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tokio::time::sleep(after).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn open_once(target: &Target, n: usize, token: &str) -> Result<Self, ClientError> {
         let addr = target.server(n);
         let stream = tokio::time::timeout(target.timeout, tcp_connect(addr, target.source(n)))
             .await
@@ -172,13 +202,13 @@ impl Client {
             System::Meridian => {
                 let id = client.id();
                 client
-                    .request(meridian::hello(id, &token), id)
+                    .request(meridian::hello(id, token), id)
                     .await
                     .map_err(|e| fail(Stage::Handshake, e))?;
             }
             System::SocketIo => {
                 client
-                    .text(socketio::connect(&token))
+                    .text(socketio::connect(token))
                     .await
                     .map_err(|e| fail(Stage::Handshake, e))?;
                 client

@@ -94,6 +94,9 @@ pub struct Report {
     pub error_samples: Vec<String>,
     /// Observations worth keeping (why a ramp stopped, …).
     pub notes: Vec<String>,
+    /// Handshakes refused with `reconnect` (Meridian's admission control) and retried after
+    /// the delay the server asked for; not errors.
+    pub shed_retries: u64,
     /// The soft RLIMIT_NOFILE the run had.
     pub nofile_limit: u64,
     /// Unix seconds at the start.
@@ -155,6 +158,13 @@ impl Report {
             );
         }
         let _ = writeln!(s, "  errors: {:?}", self.errors);
+        if self.shed_retries > 0 {
+            let _ = writeln!(
+                s,
+                "  handshakes shed by the server and retried after its delay: {}",
+                self.shed_retries
+            );
+        }
         for e in self.error_samples.iter().take(5) {
             let _ = writeln!(s, "    e.g. {e}");
         }

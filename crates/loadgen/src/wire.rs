@@ -60,6 +60,13 @@ pub enum Incoming<'a> {
     Other,
 }
 
+/// The retry delay of a `reconnect` refusal (`reconnect:REASON:AFTER_MS`), if it is one.
+pub fn reconnect_after(refusal: &str) -> Option<std::time::Duration> {
+    let rest = refusal.strip_prefix("reconnect:")?;
+    let ms = rest.rsplit(':').next()?.parse().ok()?;
+    Some(std::time::Duration::from_millis(ms))
+}
+
 /// The load generator's stamp inside a payload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stamp {
@@ -184,9 +191,11 @@ pub mod meridian {
                 },
                 _ => Incoming::Refused(v["code"].as_str().unwrap_or("error").to_owned()),
             },
-            Some("reconnect") => {
-                Incoming::Refused(format!("reconnect:{}", v["reason"].as_str().unwrap_or("")))
-            }
+            Some("reconnect") => Incoming::Refused(format!(
+                "reconnect:{}:{}",
+                v["reason"].as_str().unwrap_or(""),
+                v["after_ms"].as_u64().unwrap_or(0)
+            )),
             Some("message") => Incoming::Delivery {
                 direct: false,
                 body: text,
@@ -350,9 +359,19 @@ mod tests {
         );
         assert_eq!(
             classify(r#"{"type":"reconnect","after_ms":3,"reason":"slow_consumer"}"#),
-            Incoming::Refused("reconnect:slow_consumer".into())
+            Incoming::Refused("reconnect:slow_consumer:3".into())
         );
         assert_eq!(classify(r#"{"type":"joined","room":"r"}"#), Incoming::Other);
+        let Incoming::Refused(why) =
+            classify(r#"{"type":"reconnect","after_ms":250,"reason":"overloaded"}"#)
+        else {
+            panic!("not a refusal")
+        };
+        assert_eq!(
+            super::reconnect_after(&why),
+            Some(std::time::Duration::from_millis(250))
+        );
+        assert_eq!(super::reconnect_after("token_invalid"), None);
         let j: serde_json::Value = serde_json::from_str(&publish(3, "room", r#"{"t":1}"#)).unwrap();
         assert_eq!(j["op"], "publish");
         assert_eq!(j["data"]["t"], 1);

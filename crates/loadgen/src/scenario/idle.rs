@@ -111,6 +111,10 @@ async fn run_worker(args: IdleArgs, index: usize) -> Result<Report, LoadgenError
         }
     })
     .await;
+    println!(
+        "retries {}",
+        crate::client::SHED_RETRIES.swap(0, Ordering::Relaxed)
+    );
     println!("open {}", tasks.iter().flatten().count());
     let mut stdin = tokio::io::stdin();
     let mut buf = [0u8; 64];
@@ -134,6 +138,7 @@ async fn run_worker(args: IdleArgs, index: usize) -> Result<Report, LoadgenError
 struct Workers {
     reported: AtomicU64,
     opened: AtomicU64,
+    retries: AtomicU64,
     lost: AtomicU64,
     samples: std::sync::Mutex<Vec<String>>,
 }
@@ -367,6 +372,9 @@ async fn run_parent(args: IdleArgs) -> Result<Report, LoadgenError> {
                     w.opened
                         .fetch_add(count.trim().parse().unwrap_or(0), Ordering::Relaxed);
                     w.reported.fetch_add(1, Ordering::Relaxed);
+                } else if let Some(count) = line.strip_prefix("retries ") {
+                    w.retries
+                        .fetch_add(count.trim().parse().unwrap_or(0), Ordering::Relaxed);
                 } else if line == "lost" {
                     w.lost.fetch_add(1, Ordering::Relaxed);
                 } else if let Some(e) = line.strip_prefix("error ") {
@@ -458,6 +466,7 @@ async fn run_parent(args: IdleArgs) -> Result<Report, LoadgenError> {
         report.errors.insert("traffic".into(), lost);
     }
     report.error_samples = samples.into_iter().take(20).collect();
+    report.shed_retries = workers.retries.load(Ordering::Relaxed);
     Ok(report)
 }
 

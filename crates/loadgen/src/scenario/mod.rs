@@ -59,6 +59,7 @@ pub async fn run(scenario: Scenario) -> Result<Report, LoadgenError> {
         Scenario::Route(a) => route::run(a).await?,
     };
     report.started_unix = started_unix;
+    report.shed_retries += crate::client::SHED_RETRIES.swap(0, Ordering::Relaxed);
     Ok(report)
 }
 
