@@ -25,7 +25,7 @@ use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::link::{LinkConn, PrimaryLink, RedisEndpoint, Resolver};
-use crate::scripts::{k, room_of_channel, RoomArgs, RoomKeys, Scripts};
+use crate::scripts::{entry_seq, k, room_of_channel, stored_entries, RoomArgs, RoomKeys, Scripts};
 use crate::{
     now_ms, split_seq, ConnRef, Inbound, JoinOutcome, MemberPage, NodeId, Published, ReapedNode,
     Recovery, StateStore, StoreError, StoreLimits, StoreResult,
@@ -663,23 +663,11 @@ impl StateStore for RedisStore {
             .arg(max.saturating_add(1))
             .query_async(&mut self.conn())
             .await?;
-        let entry_seq = |id: &str| id.split('-').next().and_then(|s| s.parse::<u64>().ok());
         let oldest = oldest.ids.first().and_then(|e| entry_seq(&e.id));
-        let mut events = Vec::with_capacity(newer.ids.len());
-        for entry in &newer.ids {
-            let s = entry_seq(&entry.id)
-                .ok_or_else(|| StoreError::Corrupt(format!("stream id {}", entry.id)))?;
-            let frame = match entry.map.get("e") {
-                Some(redis::Value::BulkString(b)) => Bytes::copy_from_slice(b),
-                _ => {
-                    return Err(StoreError::Corrupt(format!(
-                        "history entry {} has no frame",
-                        entry.id
-                    )))
-                }
-            };
-            events.push((s, frame));
-        }
+        let events = stored_entries(&newer)?
+            .into_iter()
+            .map(|e| (e.seq, e.frame))
+            .collect();
         Ok(crate::memory::decide_recovery(
             cur_epoch.as_deref().unwrap_or(""),
             cur_seq.unwrap_or(0),
@@ -731,29 +719,10 @@ impl StateStore for RedisStore {
                 .await?;
         let cur_epoch = cur_epoch.unwrap_or_default();
         let cur_seq = cur_seq.unwrap_or(0);
-        let mut entries = Vec::with_capacity(all.ids.len());
-        for entry in &all.ids {
-            let seq = entry
-                .id
-                .split('-')
-                .next()
-                .and_then(|s| s.parse::<u64>().ok())
-                .ok_or_else(|| StoreError::Corrupt(format!("stream id {}", entry.id)))?;
-            let frame = match entry.map.get("e") {
-                Some(redis::Value::BulkString(b)) => Bytes::copy_from_slice(b),
-                _ => {
-                    return Err(StoreError::Corrupt(format!(
-                        "history entry {} has no frame",
-                        entry.id
-                    )))
-                }
-            };
-            let origin = match entry.map.get("o") {
-                Some(redis::Value::BulkString(b)) => Some(String::from_utf8_lossy(b).into_owned()),
-                _ => None,
-            };
-            entries.push((seq, origin, frame));
-        }
+        let entries = stored_entries(&all)?
+            .into_iter()
+            .map(|e| (e.seq, e.origin, e.frame))
+            .collect();
         Ok(crate::memory::decide_vector_recovery(
             &self.config.region,
             &cur_epoch,

@@ -13,7 +13,7 @@
 //!   stamp with the writer's region (`mr:{room}:mh`, `mr:{room}:sh`); a replicated write
 //!   older than the stored one is dropped, so every region converges on the same value.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashSet};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,10 +28,10 @@ use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
 use crate::scripts::{
-    k, room_of_channel, RoomArgs, RoomKeys, Scripts, INTEREST_CHANNEL, PRESENCE_CHANNEL,
-    RELAY_NODE_PREFIX,
+    entry_seq, k, room_of_channel, stored_entries, RoomArgs, RoomKeys, Scripts, INTEREST_CHANNEL,
+    PRESENCE_CHANNEL, RELAY_NODE_PREFIX,
 };
-use crate::{now_ms, StoreError, StoreResult};
+use crate::{now_ms, StoreResult};
 
 /// A hybrid logical clock stamp: wall-clock milliseconds and a counter within one
 /// millisecond. Stored as `"%013d.%05d"`, so stamps compare as strings in Redis.
@@ -322,13 +322,6 @@ fn user_conns_key(user: &UserId) -> String {
     format!("mu:{{{user}}}:conns")
 }
 
-fn bulk(map: &HashMap<String, redis::Value>, field: &str) -> Option<Bytes> {
-    match map.get(field) {
-        Some(redis::Value::BulkString(b)) => Some(Bytes::copy_from_slice(b)),
-        _ => None,
-    }
-}
-
 fn parse_state(raw: &[String]) -> Vec<StateRecord> {
     raw.chunks_exact(3)
         .filter_map(|c| {
@@ -590,27 +583,20 @@ impl ReplicaStore {
             .arg(count.max(1))
             .query_async(&mut self.conn())
             .await?;
-        let entry_seq = |id: &str| id.split('-').next().and_then(|s| s.parse::<u64>().ok());
-        let mut entries = Vec::with_capacity(newer.ids.len());
-        for e in &newer.ids {
-            let seq = entry_seq(&e.id)
-                .ok_or_else(|| StoreError::Corrupt(format!("stream id {}", e.id)))?;
-            let frame = bulk(&e.map, "e").ok_or_else(|| {
-                StoreError::Corrupt(format!("history entry {} has no frame", e.id))
-            })?;
-            let stamp = bulk(&e.map, "h")
-                .and_then(|h| Stamp::parse(std::str::from_utf8(&h).ok()?))
-                .unwrap_or_default();
-            let origin = bulk(&e.map, "o").map(|o| String::from_utf8_lossy(&o).into_owned());
-            let idempotency = bulk(&e.map, "k").map(|k| String::from_utf8_lossy(&k).into_owned());
-            entries.push(LocalEntry {
-                seq,
-                stamp,
-                origin,
-                frame,
-                idempotency,
-            });
-        }
+        let entries = stored_entries(&newer)?
+            .into_iter()
+            .map(|e| LocalEntry {
+                seq: e.seq,
+                stamp: e
+                    .stamp
+                    .as_deref()
+                    .and_then(Stamp::parse)
+                    .unwrap_or_default(),
+                origin: e.origin,
+                frame: e.frame,
+                idempotency: e.idempotency,
+            })
+            .collect();
         Ok(LocalBatch {
             epoch: epoch.unwrap_or_default(),
             seq: seq.unwrap_or(0),

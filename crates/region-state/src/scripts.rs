@@ -6,8 +6,12 @@
 //! the room channel, `history.len`, the history TTL (ms), a fresh epoch for a room that has
 //! none, and this region's name. Script-specific arguments start at `ARGV[6]`.
 
+use bytes::Bytes;
 use meridian_protocol::RoomId;
+use redis::streams::StreamRangeReply;
 use redis::Script;
+
+use crate::{StoreError, StoreResult};
 
 /// Keys of one room; all share the `{room}` hash tag.
 pub(crate) struct RoomKeys {
@@ -546,4 +550,52 @@ impl RoomArgs {
 pub(crate) fn room_of_channel(channel: &str) -> Option<RoomId> {
     let rest = channel.strip_prefix("mr:{")?.strip_suffix("}:ev")?;
     RoomId::new(rest).ok()
+}
+
+/// One room history entry as `append` stores it: id `<seq>-0`, fields `e` (the client frame),
+/// `h` (HLC stamp), `o` (origin tag of a replicated event), `k` (a publish's idempotency id).
+pub(crate) struct StoredEntry {
+    pub seq: u64,
+    pub frame: Bytes,
+    pub stamp: Option<String>,
+    pub origin: Option<String>,
+    pub idempotency: Option<String>,
+}
+
+/// The sequence number of a history stream id `<seq>-0`.
+pub(crate) fn entry_seq(id: &str) -> Option<u64> {
+    id.split('-').next()?.parse().ok()
+}
+
+/// Parses an `XRANGE` reply of a room history; an entry without a frame or with a foreign id
+/// is corruption, not something to skip.
+pub(crate) fn stored_entries(reply: &StreamRangeReply) -> StoreResult<Vec<StoredEntry>> {
+    let text = |e: &redis::streams::StreamId, field: &str| match e.map.get(field) {
+        Some(redis::Value::BulkString(b)) => Some(String::from_utf8_lossy(b).into_owned()),
+        _ => None,
+    };
+    reply
+        .ids
+        .iter()
+        .map(|e| {
+            let seq = entry_seq(&e.id)
+                .ok_or_else(|| StoreError::Corrupt(format!("stream id {}", e.id)))?;
+            let frame = match e.map.get("e") {
+                Some(redis::Value::BulkString(b)) => Bytes::copy_from_slice(b),
+                _ => {
+                    return Err(StoreError::Corrupt(format!(
+                        "history entry {} has no frame",
+                        e.id
+                    )))
+                }
+            };
+            Ok(StoredEntry {
+                seq,
+                frame,
+                stamp: text(e, "h"),
+                origin: text(e, "o"),
+                idempotency: text(e, "k"),
+            })
+        })
+        .collect()
 }
