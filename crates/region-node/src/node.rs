@@ -262,6 +262,9 @@ async fn run(
 /// Initial WebSocket read/write buffer per connection.
 const WS_BUFFER_BYTES: usize = 8 * 1024;
 
+/// Initial WebSocket read buffer of a served connection.
+const READ_BUFFER_BYTES: usize = 1024;
+
 async fn ws_upgrade(
     State(node): State<Arc<Node>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -291,7 +294,10 @@ async fn ws_upgrade(
     // tungstenite starts every connection with 128 KiB read and write buffers; signaling
     // frames are small, and the buffers grow when a large frame needs it. Small initial
     // buffers keep a node with thousands of sockets (a reconnect storm) at ~20 KiB each.
-    ws.read_buffer_size(WS_BUFFER_BYTES)
+    // tungstenite zero-fills the whole free capacity of the read buffer before every read
+    // attempt (`FrameCodec::read_in`): that is resident memory per connection and a memset per
+    // poll of the socket, so the read buffer starts at 1 KiB (it grows for a larger frame).
+    ws.read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(WS_BUFFER_BYTES)
         .max_message_size(hard_limit)
         .max_frame_size(hard_limit)

@@ -148,6 +148,34 @@ async fn send_text(node: &Node, ws: &mut WebSocket, text: impl Into<Utf8Bytes>) 
     )
 }
 
+/// Writes `first` and whatever else is already queued (up to 64 frames) with one flush: under
+/// load one write(2) carries many frames instead of one each.
+async fn send_queued(
+    node: &Node,
+    ws: &mut WebSocket,
+    first: Utf8Bytes,
+    queue: &mut mpsc::Receiver<Utf8Bytes>,
+) -> bool {
+    use futures_util::SinkExt;
+    let timeout = Duration::from_millis(node.config.timing.ping_timeout_ms);
+    let write = async {
+        ws.feed(Message::Text(first)).await?;
+        let mut n = 1;
+        while n < 64 {
+            match queue.try_recv() {
+                Ok(frame) => {
+                    ws.feed(Message::Text(frame)).await?;
+                    n += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        node.metrics.frames_out.inc_by(n);
+        ws.flush().await
+    };
+    matches!(tokio::time::timeout(timeout, write).await, Ok(Ok(())))
+}
+
 async fn close_with(ws: &mut WebSocket, code: u16, reason: &str) {
     let frame = CloseFrame {
         code,
@@ -373,7 +401,7 @@ impl Session {
                     let sent = tokio::select! {
                         biased;
                         _ = kicked.cancelled() => None,
-                        ok = send_text(&node, &mut ws, frame) => Some(ok),
+                        ok = send_queued(&node, &mut ws, frame, &mut self.queue) => Some(ok),
                     };
                     match sent {
                         Some(true) => {}
@@ -692,6 +720,18 @@ impl Session {
             }
         };
         node.metrics.joins.inc();
+        // A region whose first events here landed between that read and the join is missing
+        // from it, and the joiner gets none of those events (they are before its position):
+        // take such regions from a second read, or the client would not know them until they
+        // publish again.
+        let mut origins = origins;
+        if let Ok(after) = node.timed("origins", node.store.origins(room)).await {
+            for o in after {
+                if !origins.iter().any(|b| b.region == o.region) {
+                    origins.push(o);
+                }
+            }
+        }
         self.rooms.insert(room.clone(), sub.clone());
         let mut position = outcome.seq;
         let mut history_lost = false;
