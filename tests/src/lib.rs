@@ -45,6 +45,32 @@ pub fn bin_path(name: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// Sends `sig` (`"KILL"`, `"TERM"`, `"STOP"`, ...) to a child with kill(1).
+pub fn signal_child(child: &Child, sig: &str) -> Result<()> {
+    let status = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(child.id().to_string())
+        .status()?;
+    if !status.success() {
+        bail!("kill -{sig} failed");
+    }
+    Ok(())
+}
+
+/// Waits for a child to exit, at most `within`; returns its exit status.
+pub fn wait_child(child: &mut Child, within: Duration) -> Result<std::process::ExitStatus> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        if Instant::now() > deadline {
+            bail!("process still running after {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A scratch directory removed on drop.
 #[derive(Debug)]
 pub struct TempDir(pub PathBuf);
@@ -190,28 +216,12 @@ impl NodeProcess {
 
     /// Sends a signal (`"KILL"`, `"TERM"`) with kill(1).
     pub fn signal(&self, sig: &str) -> Result<()> {
-        let status = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.child.id().to_string())
-            .status()?;
-        if !status.success() {
-            bail!("kill -{sig} failed");
-        }
-        Ok(())
+        signal_child(&self.child, sig)
     }
 
     /// Waits for the process to exit, at most `within`; returns its exit status.
     pub fn wait_exit(&mut self, within: Duration) -> Result<std::process::ExitStatus> {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(status);
-            }
-            if Instant::now() > deadline {
-                bail!("process still running after {within:?}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_child(&mut self.child, within)
     }
 
     /// GET a path on the node's HTTP port; returns (status, body).
@@ -768,28 +778,12 @@ impl RouterProcess {
 
     /// Sends a signal (`"KILL"`, `"TERM"`).
     pub fn signal(&self, sig: &str) -> Result<()> {
-        let status = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.child.id().to_string())
-            .status()?;
-        if !status.success() {
-            bail!("kill -{sig} failed");
-        }
-        Ok(())
+        signal_child(&self.child, sig)
     }
 
     /// Waits for the process to exit, at most `within`.
     pub fn wait_exit(&mut self, within: Duration) -> Result<std::process::ExitStatus> {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(status);
-            }
-            if Instant::now() > deadline {
-                bail!("process still running after {within:?}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_child(&mut self.child, within)
     }
 }
 

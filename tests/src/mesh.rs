@@ -120,28 +120,12 @@ impl RelayProcess {
 
     /// Sends a signal (`"KILL"`, `"TERM"`).
     pub fn signal(&self, sig: &str) -> Result<()> {
-        let status = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.child.id().to_string())
-            .status()?;
-        if !status.success() {
-            bail!("kill -{sig} failed");
-        }
-        Ok(())
+        crate::signal_child(&self.child, sig)
     }
 
     /// Waits for the process to exit, at most `within`.
     pub fn wait_exit(&mut self, within: Duration) -> Result<std::process::ExitStatus> {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(status);
-            }
-            if Instant::now() > deadline {
-                bail!("process still running after {within:?}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        crate::wait_child(&mut self.child, within)
     }
 }
 

@@ -25,7 +25,9 @@ use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::link::{LinkConn, PrimaryLink, RedisEndpoint, Resolver};
-use crate::scripts::{entry_seq, k, room_of_channel, stored_entries, RoomArgs, RoomKeys, Scripts};
+use crate::scripts::{
+    entry_seq, history_after, k, room_of_channel, stored_entries, RoomArgs, RoomKeys, Scripts,
+};
 use crate::{
     now_ms, split_seq, ConnRef, Inbound, JoinOutcome, MemberPage, NodeId, Published, ReapedNode,
     Recovery, StateStore, StoreError, StoreLimits, StoreResult,
@@ -643,24 +645,7 @@ impl StateStore for RedisStore {
             (Option<String>, Option<u64>),
             StreamRangeReply,
             StreamRangeReply,
-        ) = redis::pipe()
-            .atomic()
-            .cmd("HMGET")
-            .arg(&keys.keys[k::META])
-            .arg("epoch")
-            .arg("seq")
-            .cmd("XRANGE")
-            .arg(&keys.keys[k::HIST])
-            .arg("-")
-            .arg("+")
-            .arg("COUNT")
-            .arg(1)
-            .cmd("XRANGE")
-            .arg(&keys.keys[k::HIST])
-            .arg(format!("{}-0", seq.saturating_add(1)))
-            .arg("+")
-            .arg("COUNT")
-            .arg(max.saturating_add(1))
+        ) = history_after(&keys, seq, (max as usize).saturating_add(1))
             .query_async(&mut self.conn())
             .await?;
         let oldest = oldest.ids.first().and_then(|e| entry_seq(&e.id));

@@ -28,8 +28,8 @@ use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
 use crate::scripts::{
-    entry_seq, k, room_of_channel, stored_entries, RoomArgs, RoomKeys, Scripts, INTEREST_CHANNEL,
-    PRESENCE_CHANNEL, RELAY_NODE_PREFIX,
+    entry_seq, history_after, k, room_of_channel, stored_entries, RoomArgs, RoomKeys, Scripts,
+    INTEREST_CHANNEL, PRESENCE_CHANNEL, RELAY_NODE_PREFIX,
 };
 use crate::{now_ms, StoreResult};
 
@@ -563,24 +563,7 @@ impl ReplicaStore {
             (Option<String>, Option<u64>),
             StreamRangeReply,
             StreamRangeReply,
-        ) = redis::pipe()
-            .atomic()
-            .cmd("HMGET")
-            .arg(&keys.keys[k::META])
-            .arg("epoch")
-            .arg("seq")
-            .cmd("XRANGE")
-            .arg(&keys.keys[k::HIST])
-            .arg("-")
-            .arg("+")
-            .arg("COUNT")
-            .arg(1)
-            .cmd("XRANGE")
-            .arg(&keys.keys[k::HIST])
-            .arg(format!("{}-0", after.saturating_add(1)))
-            .arg("+")
-            .arg("COUNT")
-            .arg(count.max(1))
+        ) = history_after(&keys, after, count)
             .query_async(&mut self.conn())
             .await?;
         let entries = stored_entries(&newer)?

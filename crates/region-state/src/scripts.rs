@@ -562,6 +562,31 @@ pub(crate) struct StoredEntry {
     pub idempotency: Option<String>,
 }
 
+/// One atomic read of a room's position and history: `(epoch, seq)` from the meta hash, the
+/// oldest entry kept, and up to `count` entries after `after`. Reply type:
+/// `((Option<String>, Option<u64>), StreamRangeReply, StreamRangeReply)`.
+pub(crate) fn history_after(keys: &RoomKeys, after: u64, count: usize) -> redis::Pipeline {
+    let mut pipe = redis::pipe();
+    pipe.atomic()
+        .cmd("HMGET")
+        .arg(&keys.keys[k::META])
+        .arg("epoch")
+        .arg("seq")
+        .cmd("XRANGE")
+        .arg(&keys.keys[k::HIST])
+        .arg("-")
+        .arg("+")
+        .arg("COUNT")
+        .arg(1)
+        .cmd("XRANGE")
+        .arg(&keys.keys[k::HIST])
+        .arg(format!("{}-0", after.saturating_add(1)))
+        .arg("+")
+        .arg("COUNT")
+        .arg(count.max(1));
+    pipe
+}
+
 /// The sequence number of a history stream id `<seq>-0`.
 pub(crate) fn entry_seq(id: &str) -> Option<u64> {
     id.split('-').next()?.parse().ok()
