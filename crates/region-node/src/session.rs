@@ -694,16 +694,6 @@ impl Session {
             node.local.remove_subscriber(room, self.conn.conn);
             return Err(e.into());
         }
-        // Read before the join: a position that is behind can only mean events replayed
-        // again on a cross-region resume, never events missed.
-        let origins = match node.timed("origins", node.store.origins(room)).await {
-            Ok(o) => o,
-            Err(e) => {
-                node.local.remove_subscriber(room, self.conn.conn);
-                let _ = node.store.unsubscribe(room).await;
-                return Err(e.into());
-            }
-        };
         let joined = node
             .timed(
                 "join",
@@ -720,18 +710,6 @@ impl Session {
             }
         };
         node.metrics.joins.inc();
-        // A region whose first events here landed between that read and the join is missing
-        // from it, and the joiner gets none of those events (they are before its position):
-        // take such regions from a second read, or the client would not know them until they
-        // publish again.
-        let mut origins = origins;
-        if let Ok(after) = node.timed("origins", node.store.origins(room)).await {
-            for o in after {
-                if !origins.iter().any(|b| b.region == o.region) {
-                    origins.push(o);
-                }
-            }
-        }
         self.rooms.insert(room.clone(), sub.clone());
         let mut position = outcome.seq;
         let mut history_lost = false;
@@ -790,7 +768,7 @@ impl Session {
             seq: position,
             first: outcome.first,
             history_lost,
-            origins,
+            origins: outcome.origins,
         })
     }
 

@@ -163,6 +163,9 @@ pub struct JoinOutcome {
     pub epoch: String,
     /// The room's sequence number after the join: events after it are new to the joiner.
     pub seq: u64,
+    /// Other regions' positions in the room as of `seq` (the relay's watermarks), read
+    /// atomically with the join; empty without replication.
+    pub origins: Vec<OriginPosition>,
 }
 
 /// A published room event.
@@ -341,13 +344,6 @@ pub trait StateStore: Send + Sync + 'static {
     /// The room events after `(epoch, seq)`, or [`Recovery::Lost`]. An empty epoch with seq 0
     /// means "from the start of the current epoch".
     async fn history(&self, room: &RoomId, epoch: &str, seq: u64) -> StoreResult<Recovery>;
-
-    /// For every other region whose events this region has applied in `room` (through the
-    /// relay), the last one's origin position: the seed of a client's version vector for
-    /// cross-region resume (`docs/protocol.md` §7). Stores without replication have none.
-    async fn origins(&self, _room: &RoomId) -> StoreResult<Vec<OriginPosition>> {
-        Ok(Vec::new())
-    }
 
     /// Cross-region resume: the events of this region's history the client has not seen,
     /// given its version vector (per origin region, the last of that region's own events it

@@ -447,6 +447,7 @@ impl StateStore for MemoryStore {
                 first: false,
                 epoch: r.epoch.clone(),
                 seq: r.seq,
+                origins: Vec::new(),
             };
             s.index.entry(conn.node.clone()).or_default().insert((
                 Some(room.clone()),
@@ -472,6 +473,7 @@ impl StateStore for MemoryStore {
             first: true,
             epoch,
             seq,
+            origins: Vec::new(),
         })
     }
 

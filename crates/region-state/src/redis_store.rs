@@ -74,6 +74,24 @@ pub struct Durability {
     pub timeout: Duration,
 }
 
+/// `mr:{room}:rw` entries (origin region → `"<epoch> <seq>"`) as positions, by region.
+fn parse_watermarks<'a>(
+    marks: impl Iterator<Item = (&'a String, &'a String)>,
+) -> Vec<OriginPosition> {
+    let mut out: Vec<OriginPosition> = marks
+        .filter_map(|(region, mark)| {
+            let (epoch, seq) = mark.split_once(' ')?;
+            Some(OriginPosition {
+                region: region.clone(),
+                epoch: epoch.to_owned(),
+                seq: seq.parse().ok()?,
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.region.cmp(&b.region));
+    out
+}
+
 fn user_conns_key(user: &UserId) -> String {
     format!("mu:{{{user}}}:conns")
 }
@@ -502,7 +520,8 @@ impl StateStore for RedisStore {
             .arg(conn.user.as_str())
             .arg(max_members)
             .arg(head.head());
-        let (status, epoch, seq): (i64, String, u64) = inv.invoke_async(&mut c).await?;
+        let (status, epoch, seq, marks): (i64, String, u64, Vec<String>) =
+            inv.invoke_async(&mut c).await?;
         if status < 0 {
             let _: () = c.srem(index_key(&conn.node), &index_entry).await?;
             return Err(StoreError::RoomFull { max: max_members });
@@ -511,6 +530,7 @@ impl StateStore for RedisStore {
             first: status == 1,
             epoch,
             seq,
+            origins: parse_watermarks(marks.chunks_exact(2).map(|c| (&c[0], &c[1]))),
         })
     }
 
@@ -662,24 +682,6 @@ impl StateStore for RedisStore {
             max,
             events,
         ))
-    }
-
-    async fn origins(&self, room: &RoomId) -> StoreResult<Vec<OriginPosition>> {
-        let keys = RoomKeys::new(room);
-        let marks: HashMap<String, String> = self.conn().hgetall(&keys.keys[k::RW]).await?;
-        let mut out: Vec<OriginPosition> = marks
-            .into_iter()
-            .filter_map(|(region, mark)| {
-                let (epoch, seq) = mark.split_once(' ')?;
-                Some(OriginPosition {
-                    region,
-                    epoch: epoch.to_owned(),
-                    seq: seq.parse().ok()?,
-                })
-            })
-            .collect();
-        out.sort_by(|a, b| a.region.cmp(&b.region));
-        Ok(out)
     }
 
     async fn history_since(

@@ -159,14 +159,16 @@ local function local_members_gone()
 end
 "#;
 
-/// ARGV[6] token, [7] user, [8] max members, [9] joined head.
+/// ARGV[6] token, [7] user, [8] max members, [9] joined head. Returns `{status, epoch, seq,
+/// watermarks}`: the per-origin watermarks (`mr:{room}:rw`) read atomically with the join's
+/// position, the seed of the joiner's version vector.
 ///
 /// A user's first local connection makes this region the member's home, also when the user
 /// was a member through another region (a re-homed user: `joined` with the new region, never
 /// a `left`).
 const JOIN_LUA: &str = r#"
 if redis.call('SADD', KEYS[3], ARGV[6]) == 0 then
-  return {0, ensure_epoch(), current_seq()}
+  return {0, ensure_epoch(), current_seq(), redis.call('HGETALL', KEYS[12])}
 end
 if redis.call('HINCRBY', KEYS[4], ARGV[7], 1) == 1 then
   local member = redis.call('ZSCORE', KEYS[5], ARGV[7])
@@ -174,7 +176,7 @@ if redis.call('HINCRBY', KEYS[4], ARGV[7], 1) == 1 then
   if not member and max > 0 and redis.call('ZCARD', KEYS[5]) >= max then
     redis.call('SREM', KEYS[3], ARGV[6])
     redis.call('HDEL', KEYS[4], ARGV[7])
-    return {-1, '', 0}
+    return {-1, '', 0, {}}
   end
   if redis.call('HLEN', KEYS[4]) == 1 then
     redis.call('PUBLISH', 'meridian:interest', '1 ' .. ARGV[1])
@@ -184,9 +186,9 @@ if redis.call('HINCRBY', KEYS[4], ARGV[7], 1) == 1 then
   local stamp = hlc_tick()
   redis.call('HSET', KEYS[10], ARGV[7], stamp .. '|' .. ARGV[5])
   local r = append(ARGV[9], nil, stamp)
-  return {1, r[1], r[2]}
+  return {1, r[1], r[2], redis.call('HGETALL', KEYS[12])}
 end
-return {0, ensure_epoch(), current_seq()}
+return {0, ensure_epoch(), current_seq(), redis.call('HGETALL', KEYS[12])}
 "#;
 
 /// ARGV[6] token, [7] user, [8] left head.
