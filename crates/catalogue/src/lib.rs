@@ -165,6 +165,14 @@ impl Region {
                 "ingress.ws_url must start with ws:// or wss://".into(),
             ));
         }
+        // The router sends it as a `Location` header: visible ASCII only (percent-encode the
+        // rest), no spaces or control characters.
+        if !region.ingress.ws_url.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(invalid(
+                "ingress.ws_url may hold only visible ASCII (percent-encode anything else, no spaces)"
+                    .into(),
+            ));
+        }
         if !(region.ingress.health_url.starts_with("http://")
             || region.ingress.health_url.starts_with("https://"))
         {
@@ -255,5 +263,19 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("file name"), "{e}");
+        let ws_url = good
+            .lines()
+            .find(|l| l.starts_with("ws_url"))
+            .unwrap()
+            .to_owned();
+        for bad in ["ws://a b/v1/ws", r"ws://h\u00e9te/v1/ws", r"ws://h/\t"] {
+            let e = Region::parse(
+                &good.replace(&ws_url, &format!("ws_url = \"{bad}\"")),
+                &path,
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains("visible ASCII"), "{bad}: {e}");
+        }
     }
 }

@@ -258,6 +258,42 @@ pub enum Reason {
     Pin,
 }
 
+impl Reason {
+    /// Every reason, in [`Reason::index`] order.
+    pub const ALL: [Reason; 6] = [
+        Reason::Geo,
+        Reason::Rtt,
+        Reason::Failover,
+        Reason::Drain,
+        Reason::Default,
+        Reason::Pin,
+    ];
+
+    /// The name used on the wire and in metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Geo => "geo",
+            Reason::Rtt => "rtt",
+            Reason::Failover => "failover",
+            Reason::Drain => "drain",
+            Reason::Default => "default",
+            Reason::Pin => "pin",
+        }
+    }
+
+    /// Position in [`Reason::ALL`].
+    pub fn index(self) -> usize {
+        match self {
+            Reason::Geo => 0,
+            Reason::Rtt => 1,
+            Reason::Failover => 2,
+            Reason::Drain => 3,
+            Reason::Default => 4,
+            Reason::Pin => 5,
+        }
+    }
+}
+
 /// The ranking with the facts the caller reports or uses to size the ECS scope.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Decision {

@@ -6,8 +6,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{ConnectInfo, FromRef, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -17,13 +17,42 @@ use serde_json::json;
 use crate::controls::{Action, ChangeRequest, ControlError};
 use crate::decision::Reason;
 use crate::metrics::Metrics;
-use crate::router::RouterState;
+use crate::router::{AnswerCache, RouterState};
 
 /// Largest accepted request body (RTT reports, admin notes).
 const MAX_BODY: usize = 8 * 1024;
 
+/// What the handlers share: the router, and the finished `/v1/route` and `/v1/connect` answers
+/// per client address (see [`AnswerCache`]).
+#[derive(Debug, Clone)]
+struct App {
+    router: Arc<RouterState>,
+    answers: Arc<AnswerCache<HttpAnswer>>,
+}
+
+impl FromRef<App> for Arc<RouterState> {
+    fn from_ref(app: &App) -> Arc<RouterState> {
+        Arc::clone(&app.router)
+    }
+}
+
+/// One client's routing answer, rendered for both routes: a clone is two reference counts.
+#[derive(Debug, Clone)]
+struct HttpAnswer {
+    /// `/v1/route`'s status: 200, or 503 when no region can take users.
+    status: StatusCode,
+    /// `/v1/route`'s JSON body.
+    body: Bytes,
+    /// `/v1/connect`'s `Location`: the winner's `ws_url`; `None` when there is no winner.
+    location: Option<HeaderValue>,
+}
+
 /// The router's HTTP application.
 pub fn app(state: Arc<RouterState>) -> Router {
+    let app = App {
+        router: state,
+        answers: Arc::new(AnswerCache::new()),
+    };
     Router::new()
         .route("/v1/route", get(route))
         .route("/v1/connect", get(connect))
@@ -35,7 +64,7 @@ pub fn app(state: Arc<RouterState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
-        .with_state(state)
+        .with_state(app)
 }
 
 fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
@@ -46,15 +75,8 @@ fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response
         .into_response()
 }
 
-fn count(state: &RouterState, route: &str, status: StatusCode) {
-    state
-        .metrics
-        .http_requests
-        .get_or_create(&Metrics::labels(&[
-            ("route", route),
-            ("status", status.as_str()),
-        ]))
-        .inc();
+fn count(state: &RouterState, route: &'static str, status: StatusCode) {
+    state.metrics.http_request(route, status.as_u16());
 }
 
 // The error is the finished HTTP response, built once on a cold path.
@@ -131,63 +153,154 @@ struct RouteQuery {
     ip: Option<String>,
 }
 
+/// The `/v1/route` body, serialized straight from borrowed parts of the decision (keys in the
+/// order the earlier `serde_json::Value` rendering gave them: sorted).
 #[derive(Debug, Serialize)]
-struct RankedOut {
-    name: String,
-    ws_url: String,
-    estimated_rtt_ms: Option<f64>,
-    reason: Reason,
+struct RouteOut<'a> {
+    all_down: bool,
+    client: ClientOut<'a>,
+    regions: Vec<RankedOut<'a>>,
+    scope: u8,
 }
 
-async fn route(
-    State(state): State<Arc<RouterState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    Query(query): Query<RouteQuery>,
-) -> Response {
-    let ip = match client_ip(&state, peer, &headers, query.ip.as_deref()) {
-        Ok(ip) => ip,
-        Err(response) => {
-            count(&state, "route", response.status());
-            return response;
+#[derive(Debug, Serialize)]
+struct ClientOut<'a> {
+    ip: IpAddr,
+    location: Option<LocationOut<'a>>,
+    #[serde(serialize_with = "serialize_network")]
+    network: crate::rtt::Prefix,
+}
+
+#[derive(Debug, Serialize)]
+struct LocationOut<'a> {
+    continent: Option<&'a str>,
+    country: Option<&'a str>,
+    latitude: f64,
+    longitude: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct RankedOut<'a> {
+    estimated_rtt_ms: Option<f64>,
+    name: &'a str,
+    reason: Reason,
+    ws_url: &'a str,
+}
+
+fn serialize_network<S: serde::Serializer>(
+    prefix: &crate::rtt::Prefix,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(&format_args!("{}/{}", network_address(*prefix), prefix.len))
+}
+
+/// A routing answer: never cached by anyone on the way (it depends on the client and on live
+/// health).
+fn routing_answer(status: StatusCode, json: Option<Bytes>) -> Response {
+    let mut response = match json {
+        Some(body) => {
+            let mut response = Response::new(axum::body::Body::from(body));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            response
         }
+        None => Response::new(axum::body::Body::empty()),
     };
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// The client's answer: kept, or decided and rendered now (and kept when it may be reused).
+fn http_answer(app: &App, ip: IpAddr) -> Result<HttpAnswer, Response> {
+    let state = &app.router;
+    let ip = ip.to_canonical();
+    // Read before deciding: a change while deciding leaves the entry stale, never wrong.
+    let generation = state.generation();
+    if let Some(answer) = app.answers.get(state, ip, generation) {
+        return Ok(answer);
+    }
     let route = state.route(ip, None);
-    let ranked: Vec<RankedOut> = route
+    let regions: Vec<RankedOut<'_>> = route
         .decision
         .ranked
         .iter()
         .filter_map(|r| {
             state.region(&r.name).map(|region| RankedOut {
-                name: r.name.clone(),
-                ws_url: region.ingress.ws_url.clone(),
+                name: &r.name,
+                ws_url: &region.ingress.ws_url,
                 estimated_rtt_ms: r.estimated_rtt_ms.map(|ms| (ms * 100.0).round() / 100.0),
                 reason: r.reason,
             })
         })
         .collect();
-    let status = if ranked.is_empty() {
+    let status = if regions.is_empty() {
         StatusCode::SERVICE_UNAVAILABLE
     } else {
         StatusCode::OK
     };
-    count(&state, "route", status);
-    let body = json!({
-        "client": {
-            "ip": ip,
-            "network": format!("{}/{}", network_address(route.network), route.network.len),
-            "location": route.hit.as_ref().map(|h| json!({
-                "latitude": h.latitude,
-                "longitude": h.longitude,
-                "country": h.country,
-                "continent": h.continent,
-            })),
+    // The catalogue admits only visible ASCII in `ws_url`, which a header can always carry.
+    let location = regions
+        .first()
+        .and_then(|winner| HeaderValue::from_str(winner.ws_url).ok());
+    let out = RouteOut {
+        client: ClientOut {
+            ip,
+            network: route.network,
+            location: route.hit.as_ref().map(|h| LocationOut {
+                latitude: h.latitude,
+                longitude: h.longitude,
+                country: h.country.as_deref(),
+                continent: h.continent.as_deref(),
+            }),
         },
-        "regions": ranked,
-        "all_down": route.decision.all_down,
-        "scope": route.scope,
-    });
-    (status, [(header::CACHE_CONTROL, "no-store")], Json(body)).into_response()
+        regions,
+        all_down: route.decision.all_down,
+        scope: route.scope,
+    };
+    let mut body = Vec::with_capacity(512);
+    if let Err(e) = serde_json::to_writer(&mut body, &out) {
+        tracing::error!(error = %e, "cannot render a route answer");
+        return Err(error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the route answer could not be rendered",
+        ));
+    }
+    let answer = HttpAnswer {
+        status,
+        body: Bytes::from(body),
+        location,
+    };
+    app.answers
+        .keep(state, ip, generation, &route, answer.clone());
+    Ok(answer)
+}
+
+// Extractors: the request itself comes last and is only borrowed from (the `HeaderMap`
+// extractor would clone every header of every request).
+async fn route(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(query): Query<RouteQuery>,
+    request: Request,
+) -> Response {
+    let answer = client_ip(&app.router, peer, request.headers(), query.ip.as_deref())
+        .and_then(|ip| http_answer(&app, ip));
+    match answer {
+        Ok(answer) => {
+            count(&app.router, "route", answer.status);
+            routing_answer(answer.status, Some(answer.body))
+        }
+        Err(response) => {
+            count(&app.router, "route", response.status());
+            response
+        }
+    }
 }
 
 fn network_address(prefix: crate::rtt::Prefix) -> IpAddr {
@@ -201,41 +314,31 @@ fn network_address(prefix: crate::rtt::Prefix) -> IpAddr {
 }
 
 async fn connect(
-    State(state): State<Arc<RouterState>>,
+    State(app): State<App>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
     Query(query): Query<RouteQuery>,
+    request: Request,
 ) -> Response {
-    let ip = match client_ip(&state, peer, &headers, query.ip.as_deref()) {
-        Ok(ip) => ip,
-        Err(response) => {
-            count(&state, "connect", response.status());
-            return response;
+    let answer = client_ip(&app.router, peer, request.headers(), query.ip.as_deref())
+        .and_then(|ip| http_answer(&app, ip));
+    let response = match answer {
+        Ok(HttpAnswer {
+            location: Some(location),
+            ..
+        }) => {
+            let mut response = routing_answer(StatusCode::TEMPORARY_REDIRECT, None);
+            response.headers_mut().insert(header::LOCATION, location);
+            response
         }
-    };
-    let route = state.route(ip, None);
-    let Some(region) = route
-        .decision
-        .ranked
-        .first()
-        .and_then(|w| state.region(&w.name))
-    else {
-        count(&state, "connect", StatusCode::SERVICE_UNAVAILABLE);
-        return error(
+        Ok(_) => error(
             StatusCode::SERVICE_UNAVAILABLE,
             "no_region",
             "no region can take users right now",
-        );
+        ),
+        Err(response) => response,
     };
-    count(&state, "connect", StatusCode::TEMPORARY_REDIRECT);
-    (
-        StatusCode::TEMPORARY_REDIRECT,
-        [
-            (header::LOCATION, region.ingress.ws_url.clone()),
-            (header::CACHE_CONTROL, "no-store".to_owned()),
-        ],
-    )
-        .into_response()
+    count(&app.router, "connect", response.status());
+    response
 }
 
 #[derive(Debug, Deserialize)]

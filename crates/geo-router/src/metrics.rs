@@ -2,6 +2,7 @@
 //! globals), so several routers can run in one test process. Names are listed in
 //! `docs/geo-router.md`.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use prometheus_client::encoding::text::encode;
@@ -13,6 +14,14 @@ use prometheus_client::registry::Registry;
 
 /// Label sets with values known only at run time (region names).
 pub type Labels = Vec<(&'static str, String)>;
+
+/// (route, status) pairs counted through [`Metrics::http_request`]'s fast path.
+const HOT_HTTP: [(&str, u16); 4] = [
+    ("route", 200),
+    ("route", 503),
+    ("connect", 307),
+    ("connect", 503),
+];
 
 /// Every metric the router exports.
 pub struct Metrics {
@@ -41,6 +50,9 @@ pub struct Metrics {
     pub all_down_answers: Counter,
     /// HTTP API requests, by route and status.
     pub http_requests: Family<Labels, Counter>,
+    /// `http_requests` series of the hot routes, created on first use: making a label set costs
+    /// allocations, a hashed lookup and a lock, more than the rest of a cached answer.
+    http_hot: [OnceLock<Counter>; HOT_HTTP.len()],
     /// RTT measurements recorded / refused (bad input or a full table).
     pub rtt_reports: Family<Labels, Counter>,
     /// Client networks in the RTT table.
@@ -88,6 +100,7 @@ impl Metrics {
             all_regions_down: Gauge::default(),
             all_down_answers: Counter::default(),
             http_requests: Family::default(),
+            http_hot: Default::default(),
             rtt_reports: Family::default(),
             rtt_networks: Gauge::default(),
             geoip_reloads: Family::default(),
@@ -198,6 +211,20 @@ impl Metrics {
     /// One label set.
     pub fn labels(pairs: &[(&'static str, &str)]) -> Labels {
         pairs.iter().map(|&(k, v)| (k, v.to_owned())).collect()
+    }
+
+    /// Counts one HTTP request in `http_requests`.
+    pub fn http_request(&self, route: &'static str, status: u16) {
+        let make = || {
+            let code = status.to_string();
+            self.http_requests
+                .get_or_create(&Self::labels(&[("route", route), ("status", &code)]))
+                .clone()
+        };
+        match HOT_HTTP.iter().position(|&hot| hot == (route, status)) {
+            Some(at) => self.http_hot[at].get_or_init(make).inc(),
+            None => make().inc(),
+        };
     }
 
     /// Records one decision's latency.

@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::RouterConfig;
 use crate::controls::{ControlSnapshot, ControlStore};
-use crate::decision::{decide, ClientView, ControlState, Decision, Health, RegionView};
+use crate::decision::{decide, ClientView, ControlState, Decision, Health, Reason, RegionView};
 use crate::geoip::{GeoDb, GeoHit, GeoIpError, ReloadingGeoDb};
 use crate::health::{FailureKind, Hysteresis, ProbeResult};
 use crate::metrics::Metrics;
@@ -143,6 +143,9 @@ pub struct RouterState {
     /// Counts changes to what decisions depend on (health, load, controls, the GeoIP view);
     /// with [`RttTable::changes`] it makes [`RouterState::generation`].
     changes: AtomicU64,
+    /// `answers` series by winner (index in `regions`) and reason, created on first use; the
+    /// last row is for answers without a winner.
+    answer_counters: Vec<[OnceLock<Counter>; Reason::ALL.len()]>,
 }
 
 fn now_ms() -> u64 {
@@ -202,6 +205,7 @@ impl RouterState {
             dynamic: AtomicBool::new(false),
             controls_loaded: AtomicBool::new(false),
             changes: AtomicU64::new(0),
+            answer_counters: (0..=regions.len()).map(|_| Default::default()).collect(),
             regions,
         };
         state.publish_region_metrics();
@@ -356,17 +360,28 @@ impl RouterState {
 
     /// The `answers` counter of `decision`'s winner and reason.
     fn answer_counter(&self, decision: &Decision) -> Counter {
-        let labels = match decision.ranked.first() {
-            Some(winner) => {
-                let reason = serde_json::to_value(winner.reason)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default();
-                vec![("region", winner.name.clone()), ("reason", reason)]
-            }
-            None => vec![("region", String::new()), ("reason", "none".into())],
+        let winner = decision.ranked.first();
+        let (row, reason) = match winner {
+            Some(w) => match self.regions.iter().position(|r| r.name == w.name) {
+                Some(row) => (row, w.reason),
+                None => (self.regions.len(), w.reason),
+            },
+            None => (self.regions.len(), Reason::Default),
         };
-        self.metrics.answers.get_or_create(&labels).clone()
+        let make = || {
+            let labels = match winner {
+                Some(w) => vec![
+                    ("region", w.name.clone()),
+                    ("reason", reason.as_str().into()),
+                ],
+                None => vec![("region", String::new()), ("reason", "none".into())],
+            };
+            self.metrics.answers.get_or_create(&labels).clone()
+        };
+        match self.answer_counters.get(row) {
+            Some(cells) => cells[reason.index()].get_or_init(make).clone(),
+            None => make(),
+        }
     }
 
     /// Lengthens `scope` until the block around `x` holds nothing `inside` reports.
@@ -710,46 +725,133 @@ pub fn open_geoip(path: Option<&PathBuf>) -> Result<Option<Arc<ReloadingGeoDb>>,
         .transpose()
 }
 
+/// Client addresses whose answers an [`AnswerCache`] keeps before emptying itself.
+const ROUTE_CACHE_CAPACITY: usize = 65_536;
+
+/// Finished routing answers per client address (a DNS answer, a rendered HTTP body), reused
+/// while [`RouterState::generation`] is unchanged, i.e. until health, load, controls, the GeoIP
+/// database or the RTT table change. Answers that used measured RTTs are not kept, since those
+/// estimates fade with time and no event says so. A reused answer still counts in `answers`
+/// (and `all_down_answers`); `decision_seconds` times the decisions actually computed. Full, it
+/// empties itself (a bound, not an eviction policy: clients ask again and again for the same
+/// few networks, and a miss costs one decision).
+#[derive(Debug)]
+pub struct AnswerCache<T> {
+    entries: RwLock<HashMap<IpAddr, Cached<T>, QuickHash>>,
+}
+
+#[derive(Debug)]
+struct Cached<T> {
+    generation: u64,
+    answer: T,
+    /// The `answers` series this answer counts in.
+    counter: Counter,
+    all_down: bool,
+}
+
+impl<T: Clone> Default for AnswerCache<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T: Clone> AnswerCache<T> {
+    /// An empty cache.
+    pub fn new() -> Self {
+        AnswerCache {
+            entries: RwLock::new(HashMap::default()),
+        }
+    }
+
+    /// The answer kept for `client` at `generation`, counted as given.
+    pub fn get(&self, state: &RouterState, client: IpAddr, generation: u64) -> Option<T> {
+        let entries = self.entries.read().unwrap_or_else(PoisonError::into_inner);
+        let cached = entries
+            .get(&client)
+            .filter(|c| c.generation == generation)?;
+        cached.counter.inc();
+        if cached.all_down {
+            state.metrics.all_down_answers.inc();
+        }
+        Some(cached.answer.clone())
+    }
+
+    /// Keeps `answer`, made from `route` for `client` after reading `generation`, unless the
+    /// route used measured RTTs.
+    pub fn keep(
+        &self,
+        state: &RouterState,
+        client: IpAddr,
+        generation: u64,
+        route: &Route,
+        answer: T,
+    ) {
+        let winner = route.decision.ranked.first();
+        let uses_rtt = winner.is_some_and(|w| w.reason == Reason::Rtt)
+            || !state.rtt.lookup(client, Instant::now()).is_empty();
+        if uses_rtt {
+            return;
+        }
+        let entry = Cached {
+            generation,
+            answer,
+            counter: state.answer_counter(&route.decision),
+            all_down: route.decision.all_down,
+        };
+        let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
+        if entries.len() >= ROUTE_CACHE_CAPACITY && !entries.contains_key(&client) {
+            entries.clear();
+        }
+        entries.insert(client, entry);
+    }
+
+    /// Addresses with an answer kept (of any generation).
+    pub fn len(&self) -> usize {
+        self.entries
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    /// Whether nothing is kept.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether an answer for `client` at `generation` is kept.
+    pub fn holds(&self, client: IpAddr, generation: u64) -> bool {
+        self.entries
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&client)
+            .is_some_and(|c| c.generation == generation)
+    }
+}
+
 /// The DNS front end's view of the router, with a cache of routing answers per client address.
 ///
 /// Resolvers ask again and again for the same few networks (an ECS address is a network's
 /// start; without ECS the key is the resolver's own address), and a decision costs a GeoIP
-/// lookup, a great-circle distance per region and a scope search. An answer is reused while
-/// [`RouterState::generation`] is unchanged, i.e. until health, load, controls, the GeoIP
-/// database or the RTT table change; answers that used measured RTTs are not cached, since those
-/// estimates fade with time and no event says so. A reused answer still counts in `answers`
-/// (and `all_down_answers`); `decision_seconds` times the decisions actually computed.
+/// lookup, a great-circle distance per region and a scope search; see [`AnswerCache`].
 #[derive(Debug)]
 pub struct DnsRouter {
     state: Arc<RouterState>,
-    routes: RwLock<HashMap<IpAddr, CachedRoute, QuickHash>>,
+    routes: AnswerCache<crate::dns::RouteAnswer>,
     /// `dns_queries` counters by (query type, rcode) label index, created on first use.
     query_counters: [[OnceLock<Counter>; RCODE_LABELS.len()]; QTYPE_LABELS.len()],
 }
-
-/// Client addresses whose answers [`DnsRouter`] keeps before emptying the cache.
-const DNS_ROUTE_CACHE_CAPACITY: usize = 65_536;
 
 const RCODE_LABELS: [&str; 7] = [
     "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED", "OTHER",
 ];
 const QTYPE_LABELS: [&str; 7] = ["A", "AAAA", "NS", "SOA", "ANY", "OTHER", "NONE"];
 
-#[derive(Debug, Clone)]
-struct CachedRoute {
-    generation: u64,
-    answer: crate::dns::RouteAnswer,
-    /// The `answers` series this answer counts in.
-    counter: Counter,
-    all_down: bool,
-}
-
 impl DnsRouter {
     /// The DNS view of `state`.
     pub fn new(state: Arc<RouterState>) -> DnsRouter {
         DnsRouter {
             state,
-            routes: RwLock::new(HashMap::default()),
+            routes: AnswerCache::new(),
             query_counters: Default::default(),
         }
     }
@@ -758,16 +860,6 @@ impl DnsRouter {
     pub fn state(&self) -> &Arc<RouterState> {
         &self.state
     }
-
-    fn cached(&self, client: IpAddr, generation: u64) -> Option<crate::dns::RouteAnswer> {
-        let routes = self.routes.read().unwrap_or_else(PoisonError::into_inner);
-        let cached = routes.get(&client).filter(|c| c.generation == generation)?;
-        cached.counter.inc();
-        if cached.all_down {
-            self.state.metrics.all_down_answers.inc();
-        }
-        Some(cached.answer.clone())
-    }
 }
 
 impl crate::dns::Router for DnsRouter {
@@ -775,7 +867,7 @@ impl crate::dns::Router for DnsRouter {
         let client = client.to_canonical();
         // Read before deciding: a change while deciding leaves the entry stale, never wrong.
         let generation = self.state.generation();
-        if let Some(answer) = self.cached(client, generation) {
+        if let Some(answer) = self.routes.get(&self.state, client, generation) {
             return answer;
         }
         let route = self.state.route(client, ecs_prefix);
@@ -789,21 +881,8 @@ impl crate::dns::Router for DnsRouter {
             addresses,
             scope_prefix: route.scope,
         };
-        let uses_rtt = winner.is_some_and(|w| w.reason == crate::decision::Reason::Rtt)
-            || !self.state.rtt.lookup(client, Instant::now()).is_empty();
-        if !uses_rtt {
-            let entry = CachedRoute {
-                generation,
-                answer: answer.clone(),
-                counter: self.state.answer_counter(&route.decision),
-                all_down: route.decision.all_down,
-            };
-            let mut routes = self.routes.write().unwrap_or_else(PoisonError::into_inner);
-            if routes.len() >= DNS_ROUTE_CACHE_CAPACITY && !routes.contains_key(&client) {
-                routes.clear();
-            }
-            routes.insert(client, entry);
-        }
+        self.routes
+            .keep(&self.state, client, generation, &route, answer.clone());
         answer
     }
 
@@ -919,7 +998,7 @@ mod tests {
             first,
             "the cached answer is the same"
         );
-        assert_eq!(dns.routes.read().unwrap().len(), 1, "and it was cached");
+        assert_eq!(dns.routes.len(), 1, "and it was cached");
 
         // us-east goes down after `fall` failed probes: the next answer moves at once.
         let index = state
@@ -952,12 +1031,7 @@ mod tests {
         let measured = dns.route(client, Some(24));
         assert_eq!(measured, state_answer(&state, client));
         assert_eq!(&*measured.region, "ap-southeast");
-        assert!(dns
-            .routes
-            .read()
-            .unwrap()
-            .get(&client)
-            .is_none_or(|c| c.generation != state.generation()));
+        assert!(!dns.routes.holds(client, state.generation()));
     }
 
     /// What the uncached decision says.

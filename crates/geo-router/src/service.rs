@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -201,6 +202,13 @@ pub async fn start(config: RouterConfig) -> Result<RunningRouter, StartError> {
     {
         let app = crate::http::app(Arc::clone(&state));
         let stop = shutdown.clone();
+        // Answers are one small write each, latency-bound: no Nagle delay (as nginx's
+        // `tcp_nodelay on` default for keep-alive connections).
+        let http = http.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        });
         tasks.push(tokio::spawn(async move {
             let served = axum::serve(
                 http,
