@@ -216,6 +216,8 @@ fn routing_answer(status: StatusCode, json: Option<Bytes>) -> Response {
 }
 
 /// The client's answer: kept, or decided and rendered now (and kept when it may be reused).
+// The error is the finished HTTP response, built on a cold path (as in `client_ip`).
+#[allow(clippy::result_large_err)]
 fn http_answer(app: &App, ip: IpAddr) -> Result<HttpAnswer, Response> {
     let state = &app.router;
     let ip = ip.to_canonical();
@@ -283,6 +285,7 @@ fn http_answer(app: &App, ip: IpAddr) -> Result<HttpAnswer, Response> {
 
 // Extractors: the request itself comes last and is only borrowed from (the `HeaderMap`
 // extractor would clone every header of every request).
+#[allow(clippy::result_large_err)]
 async fn route(
     State(app): State<App>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -313,6 +316,7 @@ fn network_address(prefix: crate::rtt::Prefix) -> IpAddr {
     }
 }
 
+#[allow(clippy::result_large_err)]
 async fn connect(
     State(app): State<App>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,

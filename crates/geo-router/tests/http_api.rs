@@ -302,3 +302,99 @@ async fn weight_and_disable_are_applied_validated_and_kept_safe() {
     .await
     .expect("test took too long");
 }
+
+/// The `Location` header of a reply, if any.
+fn location(reply: &str) -> Option<&str> {
+    reply
+        .split("\r\n\r\n")
+        .next()?
+        .lines()
+        .find_map(|l| l.strip_prefix("location: "))
+}
+
+/// A sample's value in the `/metrics` text, 0 when absent.
+fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// `/v1/route` and `/v1/connect` answer repeat clients from a cache of rendered answers; a
+/// control change (or a health change) must move the very next answer, and answers served from
+/// the cache still count in the metrics.
+#[tokio::test]
+async fn cached_routing_answers_follow_controls_at_once_and_still_count() {
+    tokio::time::timeout(LIMIT, async {
+        let f = fixture(true).await;
+        let route = "/v1/route?ip=81.20.3.1";
+        let (status, first) = json(f.http(), "GET", route, "").await;
+        assert_eq!(status, 200, "{first}");
+        let winner = first["regions"][0]["name"].as_str().unwrap().to_owned();
+        let winner_url = first["regions"][0]["ws_url"].as_str().unwrap().to_owned();
+        for _ in 0..3 {
+            let (status, again) = json(f.http(), "GET", route, "").await;
+            assert_eq!(status, 200, "{again}");
+            assert_eq!(again["regions"][0]["name"], winner.as_str(), "{again}");
+        }
+        let (status, reply) = request_raw(f.http(), "/v1/connect?ip=81.20.3.1").await;
+        assert_eq!(status, 307, "{reply}");
+        assert_eq!(location(&reply), Some(winner_url.as_str()), "{reply}");
+
+        let (status, body) = json(
+            f.http(),
+            "POST",
+            &format!("/v1/admin/regions/{winner}/drain"),
+            "",
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        let (status, moved) = json(f.http(), "GET", route, "").await;
+        assert_eq!(status, 200, "{moved}");
+        let next = moved["regions"][0]["name"].as_str().unwrap();
+        assert_ne!(next, winner, "the drained region still wins: {moved}");
+        let next_url = moved["regions"][0]["ws_url"].as_str().unwrap();
+        let (status, reply) = request_raw(f.http(), "/v1/connect?ip=81.20.3.1").await;
+        assert_eq!(status, 307, "{reply}");
+        assert_eq!(location(&reply), Some(next_url), "{reply}");
+
+        let (_, metrics) = request(f.http(), "GET", "/metrics", "").await;
+        let counted = sample(
+            &metrics,
+            r#"meridian_router_http_requests_total{route="route",status="200"}"#,
+        );
+        assert_eq!(counted, 5.0, "every /v1/route request counts:\n{metrics}");
+        let answers: f64 = metrics
+            .lines()
+            .filter(|l| l.starts_with("meridian_router_answers_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        assert!(
+            answers >= 7.0,
+            "cached answers count in answers_total ({answers}):\n{metrics}"
+        );
+    })
+    .await
+    .expect("test took too long");
+}
+
+/// One GET with `Connection: close`: (status, the whole reply with headers, lower-cased names).
+async fn request_raw(addr: SocketAddr, path: &str) -> (u16, String) {
+    let exchange = async {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let head = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut reply = Vec::new();
+        stream.read_to_end(&mut reply).await.unwrap();
+        let reply = String::from_utf8_lossy(&reply).into_owned();
+        let status = reply
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        (status, reply)
+    };
+    tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .expect("HTTP request timed out")
+}

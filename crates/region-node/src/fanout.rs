@@ -59,7 +59,7 @@ impl Outbox {
 
     /// Queues a frame without waiting; a full queue marks the connection a slow consumer.
     pub fn push(&self, frame: Utf8Bytes) -> bool {
-        if self.kicked.is_cancelled() {
+        if self.is_kicked() {
             return false;
         }
         match self.tx.try_send(frame) {
@@ -75,6 +75,11 @@ impl Outbox {
     pub fn kick(&self, reason: KickReason) {
         let _ = self.reason.set(reason);
         self.kicked.cancel();
+    }
+
+    /// Whether it was kicked: one atomic load (the token's own `is_cancelled` takes a mutex).
+    pub fn is_kicked(&self) -> bool {
+        self.reason.get().is_some()
     }
 
     /// Why the connection was kicked, once it was.
@@ -233,7 +238,9 @@ impl Subscriber {
 /// Local rooms and users of this node.
 #[derive(Debug, Default)]
 pub struct LocalIndex {
-    rooms: Mutex<HashMap<RoomId, Vec<Arc<Subscriber>>>>,
+    /// Copy-on-write member lists: a delivery takes a reference count, not a copy of the list
+    /// (a join or leave while a delivery holds it copies the list once).
+    rooms: Mutex<HashMap<RoomId, Arc<Vec<Arc<Subscriber>>>>>,
     users: Mutex<HashMap<UserId, Vec<(u64, Outbox)>>>,
 }
 
@@ -241,14 +248,14 @@ impl LocalIndex {
     /// Adds a subscriber to a room.
     pub fn add_subscriber(&self, room: &RoomId, sub: Arc<Subscriber>) {
         let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
-        rooms.entry(room.clone()).or_default().push(sub);
+        Arc::make_mut(rooms.entry(room.clone()).or_default()).push(sub);
     }
 
     /// Removes a connection's subscriber from a room.
     pub fn remove_subscriber(&self, room: &RoomId, conn: u64) {
         let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(subs) = rooms.get_mut(room) {
-            subs.retain(|s| s.conn != conn);
+            Arc::make_mut(subs).retain(|s| s.conn != conn);
             if subs.is_empty() {
                 rooms.remove(room);
             }
@@ -263,11 +270,11 @@ impl LocalIndex {
         epoch: &Arc<str>,
         frame: &Utf8Bytes,
     ) -> usize {
-        // Clone the Arcs out so the room map is not locked while subscribers are visited.
-        let subs: Vec<Arc<Subscriber>> = {
+        // Take the list out so the room map is not locked while subscribers are visited.
+        let subs = {
             let rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
             match rooms.get(room) {
-                Some(s) => s.clone(),
+                Some(s) => Arc::clone(s),
                 None => return 0,
             }
         };
@@ -294,7 +301,7 @@ impl LocalIndex {
     /// history still covers its gap.
     pub fn force_resync(&self, room: &RoomId) {
         let rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
-        for sub in rooms.get(room).into_iter().flatten() {
+        for sub in rooms.get(room).into_iter().flat_map(|subs| subs.iter()) {
             sub.outbox.kick(KickReason::Resync);
         }
     }

@@ -10,6 +10,7 @@
 //! - [`node`]: start-up, background loops (lease, reaper, fan-out), HTTP endpoints, drain.
 //! - `session`: one client connection (protocol v1, `docs/protocol.md`).
 //! - [`metrics`]: the Prometheus registry behind `/metrics`.
+//! - [`signal`]: node-wide drain and close flags, cheap to read per frame.
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod admission;
@@ -18,6 +19,7 @@ pub mod fanout;
 pub mod metrics;
 pub mod node;
 mod session;
+pub mod signal;
 
 pub use config::NodeConfig;
 pub use node::{start, start_with_store, Node, NodeError, RunningNode};

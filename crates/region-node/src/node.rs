@@ -26,6 +26,7 @@ use crate::admission::{Admission, Shed};
 use crate::config::NodeConfig;
 use crate::fanout::LocalIndex;
 use crate::metrics::Metrics;
+use crate::signal::Signal;
 
 /// Errors that stop a node from starting or running.
 #[derive(Debug, thiserror::Error)]
@@ -52,10 +53,10 @@ pub struct Node {
     /// Metrics.
     pub metrics: Metrics,
     next_conn: AtomicU64,
-    /// Cancelled on SIGTERM: sessions send `reconnect`, `/readyz` fails.
-    pub draining: CancellationToken,
-    /// Cancelled when sessions still open must close (drain grace over).
-    pub closing: CancellationToken,
+    /// Fired on SIGTERM: sessions send `reconnect`, `/readyz` fails.
+    pub draining: Signal,
+    /// Fired when sessions still open must close (drain grace over).
+    pub closing: Signal,
     /// Bounded accept rate: sheds connection attempts beyond it.
     pub admission: Admission,
     /// Wakes the lease loop to renew at once (after the store reconnected).
@@ -151,8 +152,8 @@ pub async fn start_with_store(
         store,
         local: LocalIndex::default(),
         next_conn: AtomicU64::new(0),
-        draining: CancellationToken::new(),
-        closing: CancellationToken::new(),
+        draining: Signal::new(),
+        closing: Signal::new(),
         sessions: TaskTracker::new(),
     });
     tracing::info!(%addr, node = %node_id, region = %node.config.region, "region node serving");
@@ -207,7 +208,7 @@ async fn run(
         ?deadline,
         "draining: telling clients to reconnect"
     );
-    node.draining.cancel();
+    node.draining.fire();
     // Sessions get most of the deadline to go on their own after `reconnect`; then the rest
     // are closed and every session's store cleanup gets the remainder.
     let close_at = deadline
@@ -223,7 +224,7 @@ async fn run(
             remaining = node.sessions.len(),
             "drain grace over: closing remaining sessions"
         );
-        node.closing.cancel();
+        node.closing.fire();
         let rest = deadline
             .saturating_sub(started.elapsed())
             .saturating_sub(Duration::from_millis(300));
@@ -270,7 +271,7 @@ async fn ws_upgrade(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     ws: WebSocketUpgrade,
 ) -> Response {
-    if node.draining.is_cancelled() {
+    if node.draining.is_fired() {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
     }
     let hard_limit = node
@@ -315,7 +316,7 @@ fn shed_upgrade(ws: WebSocketUpgrade, after_ms: u64) -> Response {
 }
 
 async fn readyz(State(node): State<Arc<Node>>) -> Response {
-    if node.draining.is_cancelled() {
+    if node.draining.is_fired() {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
     }
     match tokio::time::timeout(Duration::from_secs(1), node.store.ping()).await {
@@ -355,9 +356,11 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
 
 /// Hands what the store pushes to local connections.
 async fn dispatch(node: Arc<Node>, mut inbound: mpsc::Receiver<Inbound>, stop: CancellationToken) {
+    let stopped = stop.cancelled();
+    tokio::pin!(stopped);
     loop {
         let item = tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = &mut stopped => return,
             item = inbound.recv() => match item { Some(i) => i, None => return },
         };
         let started = Instant::now();
@@ -391,7 +394,7 @@ async fn dispatch(node: Arc<Node>, mut inbound: mpsc::Receiver<Inbound>, stop: C
                 // message and must reach the cursors only after the replay, or a cursor that
                 // saw a live event first would drop the older replayed ones as duplicates.
                 tokio::select! {
-                    _ = stop.cancelled() => return,
+                    _ = &mut stopped => return,
                     _ = catch_up(node.clone()) => {}
                 }
             }

@@ -86,27 +86,38 @@ impl TokenBucket {
 }
 
 /// Serves one upgraded WebSocket until it ends, then cleans its state out of the store.
-pub async fn serve(
+///
+/// The returned future lives as long as the connection, so it is kept small (an idle
+/// connection's memory is mostly this future): the socket and the session are owned in one
+/// place and lent to the phases (a value moved into an inner future keeps its old slot too),
+/// and the phases that hold large state only for a moment (hello, a request, the clean-up) are
+/// boxed while they run.
+pub fn serve(
     node: Arc<Node>,
-    mut ws: WebSocket,
+    ws: WebSocket,
     peer: SocketAddr,
     handshake: crate::admission::Handshake,
-) {
+) -> impl std::future::Future<Output = ()> {
     node.metrics.connections.inc();
     node.metrics.connections_total.inc();
     let conn_no = node.next_conn();
     let span = tracing::debug_span!("conn", conn = conn_no, %peer);
-    async {
-        let hello = hello(&node, &mut ws, conn_no).await;
-        // The handshake slot is free once hello is done, either way.
-        drop(handshake);
-        match hello {
-            Some((session, replays)) => session.run(ws, replays).await,
-            None => close_with(&mut ws, close::NORMAL, "").await,
-        }
+    connection(node, ws, conn_no, handshake).instrument(span)
+}
+
+async fn connection(
+    node: Arc<Node>,
+    mut ws: WebSocket,
+    conn_no: u64,
+    handshake: crate::admission::Handshake,
+) {
+    let hello = Box::pin(hello(&node, &mut ws, conn_no)).await;
+    // The handshake slot is free once hello is done, either way.
+    drop(handshake);
+    match hello {
+        Some((mut session, replays)) => session.run(&mut ws, replays).await,
+        None => close_with(&mut ws, close::NORMAL, "").await,
     }
-    .instrument(span)
-    .await;
     node.metrics.connections.dec();
 }
 
@@ -142,10 +153,22 @@ struct Session {
 async fn send_text(node: &Node, ws: &mut WebSocket, text: impl Into<Utf8Bytes>) -> bool {
     let timeout = Duration::from_millis(node.config.timing.ping_timeout_ms);
     node.metrics.frames_out.inc();
-    matches!(
-        tokio::time::timeout(timeout, ws.send(Message::Text(text.into()))).await,
-        Ok(Ok(()))
-    )
+    finishes_within(timeout, ws.send(Message::Text(text.into()))).await
+}
+
+/// Whether `write` succeeds within `timeout`. Nearly every write finishes at once (the socket
+/// has room), so the timer is armed only for those that do not, instead of being registered and
+/// cancelled once per frame.
+async fn finishes_within<E>(
+    timeout: Duration,
+    write: impl std::future::Future<Output = Result<(), E>>,
+) -> bool {
+    use futures_util::FutureExt;
+    tokio::pin!(write);
+    if let Some(done) = (&mut write).now_or_never() {
+        return done.is_ok();
+    }
+    matches!(tokio::time::timeout(timeout, write).await, Ok(Ok(())))
 }
 
 /// Writes `first` and whatever else is already queued (up to 64 frames) with one flush: under
@@ -173,7 +196,7 @@ async fn send_queued(
         node.metrics.frames_out.inc_by(n);
         ws.flush().await
     };
-    matches!(tokio::time::timeout(timeout, write).await, Ok(Ok(())))
+    finishes_within(timeout, write).await
 }
 
 async fn close_with(ws: &mut WebSocket, code: u16, reason: &str) {
@@ -222,7 +245,7 @@ async fn hello(node: &Arc<Node>, ws: &mut WebSocket, conn_no: u64) -> Option<(Se
                 close_with(ws, close::POLICY, "no hello in time").await;
                 return None;
             }
-            _ = node.draining.cancelled() => {
+            _ = node.draining.fired() => {
                 node.metrics.error(ErrorCode::Draining);
                 let text = Event::Error { code: ErrorCode::Draining, message: "node is draining; reconnect elsewhere" }.encode();
                 send_text(node, ws, text).await;
@@ -340,13 +363,13 @@ async fn hello(node: &Arc<Node>, ws: &mut WebSocket, conn_no: u64) -> Option<(Se
 }
 
 impl Session {
-    async fn run(mut self, mut ws: WebSocket, replays: Replays) {
+    async fn run(&mut self, ws: &mut WebSocket, replays: Replays) {
         let node = self.node.clone();
         let timing = &node.config.timing;
         for frame in replays {
             if let Ok(text) = Utf8Bytes::try_from(frame) {
-                if !send_text(&node, &mut ws, text).await {
-                    self.cleanup().await;
+                if !send_text(&node, ws, text).await {
+                    Box::pin(self.cleanup()).await;
                     return;
                 }
             }
@@ -357,51 +380,30 @@ impl Session {
         ping.tick().await;
         let mut last_heard = Instant::now();
         let mut drain_sent = false;
-        let kicked = self.outbox.kicked.clone();
+        let kicked_token = self.outbox.kicked.clone();
+        // Made once and polled in place (a `cancelled()` made anew on every turn would join and
+        // leave its token's waiter list once per frame), and polled only when no frame is
+        // waiting: the queue's branch comes first and is open only while no signal is up, which
+        // it reads with atomic loads. So a signal still wins over any backlog of frames.
+        let kicked = kicked_token.cancelled();
+        let closing = node.closing.fired();
+        let draining = node.draining.fired();
+        tokio::pin!(kicked, closing, draining);
         loop {
+            let quiet = !self.outbox.is_kicked()
+                && !node.closing.is_fired()
+                && (drain_sent || !node.draining.is_fired());
             tokio::select! {
                 biased;
-                _ = kicked.cancelled() => {
-                    let reason = self.outbox.kick_reason().unwrap_or(KickReason::Resync);
-                    let code = if reason == KickReason::SlowConsumer {
-                        node.metrics.slow_consumers.inc();
-                        close::POLICY
-                    } else {
-                        close::TRY_LATER
-                    };
-                    tracing::info!(user = %self.conn.user, reason = reason.as_str(), "telling the client to reconnect");
-                    let text = Event::Reconnect { after_ms: jitter(100, 1_000), reason: reason.as_str(), url: None, region: None }.encode();
-                    send_text(&node, &mut ws, text).await;
-                    close_with(&mut ws, code, reason.as_str()).await;
-                    break;
-                }
-                _ = node.closing.cancelled() => {
-                    close_with(&mut ws, close::RESTART, "node shutting down").await;
-                    break;
-                }
-                _ = node.draining.cancelled(), if !drain_sent => {
-                    drain_sent = true;
-                    let t = &node.config.timing;
-                    let text = Event::Reconnect {
-                        after_ms: jitter(t.drain_reconnect_min_ms, t.drain_reconnect_max_ms),
-                        reason: "draining",
-                        url: None,
-                        region: None,
-                    }
-                    .encode();
-                    if !send_text(&node, &mut ws, text).await {
-                        break;
-                    }
-                }
-                frame = self.queue.recv() => {
+                frame = self.queue.recv(), if quiet => {
                     let Some(frame) = frame else { break };
                     // A client that stops reading blocks this write once its socket is full;
                     // its queue then overflows and the connection is kicked. Give up on the
                     // write at once: the socket cannot take even the `reconnect`.
                     let sent = tokio::select! {
                         biased;
-                        _ = kicked.cancelled() => None,
-                        ok = send_queued(&node, &mut ws, frame, &mut self.queue) => Some(ok),
+                        ok = send_queued(&node, ws, frame, &mut self.queue) => Some(ok),
+                        _ = &mut kicked => None,
                     };
                     match sent {
                         Some(true) => {}
@@ -413,9 +415,41 @@ impl Session {
                             }
                             tracing::info!(user = %self.conn.user, reason = reason.as_str(), "dropping a connection whose socket is full");
                             // Queued behind what the socket holds; bounded by close_with.
-                            close_with(&mut ws, close::POLICY, reason.as_str()).await;
+                            close_with(ws, close::POLICY, reason.as_str()).await;
                             break;
                         }
+                    }
+                }
+                _ = &mut kicked => {
+                    let reason = self.outbox.kick_reason().unwrap_or(KickReason::Resync);
+                    let code = if reason == KickReason::SlowConsumer {
+                        node.metrics.slow_consumers.inc();
+                        close::POLICY
+                    } else {
+                        close::TRY_LATER
+                    };
+                    tracing::info!(user = %self.conn.user, reason = reason.as_str(), "telling the client to reconnect");
+                    let text = Event::Reconnect { after_ms: jitter(100, 1_000), reason: reason.as_str(), url: None, region: None }.encode();
+                    send_text(&node, ws, text).await;
+                    close_with(ws, code, reason.as_str()).await;
+                    break;
+                }
+                _ = &mut closing => {
+                    close_with(ws, close::RESTART, "node shutting down").await;
+                    break;
+                }
+                _ = &mut draining, if !drain_sent => {
+                    drain_sent = true;
+                    let t = &node.config.timing;
+                    let text = Event::Reconnect {
+                        after_ms: jitter(t.drain_reconnect_min_ms, t.drain_reconnect_max_ms),
+                        reason: "draining",
+                        url: None,
+                        region: None,
+                    }
+                    .encode();
+                    if !send_text(&node, ws, text).await {
+                        break;
                     }
                 }
                 msg = ws.recv() => {
@@ -423,14 +457,14 @@ impl Session {
                     match msg {
                         Some(Ok(Message::Text(text))) => {
                             node.metrics.frames_in.inc();
-                            let reply = self.handle(&text).await;
-                            if !send_text(&node, &mut ws, reply).await {
+                            let reply = Box::pin(self.handle(&text)).await;
+                            if !send_text(&node, ws, reply).await {
                                 break;
                             }
                         }
                         Some(Ok(Message::Binary(_))) => {
                             node.metrics.error(ErrorCode::BinaryNotSupported);
-                            if !send_text(&node, &mut ws, error_reply(None, ErrorCode::BinaryNotSupported, "send JSON text frames")).await {
+                            if !send_text(&node, ws, error_reply(None, ErrorCode::BinaryNotSupported, "send JSON text frames")).await {
                                 break;
                             }
                         }
@@ -440,7 +474,7 @@ impl Session {
                             // tungstenite refuses frames over the hard limit before we see them.
                             if matches!(e.to_string(), s if s.contains("too long") || s.contains("Space limit")) {
                                 node.metrics.error(ErrorCode::FrameTooLarge);
-                                close_with(&mut ws, close::TOO_BIG, "frame too large").await;
+                                close_with(ws, close::TOO_BIG, "frame too large").await;
                             }
                             break;
                         }
@@ -465,7 +499,7 @@ impl Session {
             }))),
         )
         .await;
-        self.cleanup().await;
+        Box::pin(self.cleanup()).await;
     }
 
     /// Parses, rate-limits and executes one request; returns the reply frame.
