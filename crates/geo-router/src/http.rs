@@ -47,12 +47,75 @@ struct HttpAnswer {
     location: Option<HeaderValue>,
 }
 
-/// The router's HTTP application.
+/// The router's HTTP application, every route through axum (tests; [`Service`] is what serves).
 pub fn app(state: Arc<RouterState>) -> Router {
-    let app = App {
+    routes(App {
         router: state,
         answers: Arc::new(AnswerCache::new()),
-    };
+    })
+}
+
+/// What the HTTP listener serves. `GET /v1/route` and `GET /v1/connect`, the requests every
+/// client makes, are answered straight from the request hyper parsed: no routing table, no
+/// extractors, no boxed handler future. Everything else (and a routing request whose query
+/// string does not parse, so that it gets the router's usual error) goes through the axum
+/// router with the peer address as `ConnectInfo`.
+#[derive(Debug, Clone)]
+pub struct Service {
+    app: App,
+    routes: Router,
+}
+
+impl Service {
+    /// The service over `state`.
+    pub fn new(state: Arc<RouterState>) -> Self {
+        let app = App {
+            router: state,
+            answers: Arc::new(AnswerCache::new()),
+        };
+        Service {
+            routes: routes(app.clone()),
+            app,
+        }
+    }
+
+    /// Answers one request from `peer`.
+    pub async fn call<B>(
+        &self,
+        peer: SocketAddr,
+        request: axum::http::Request<B>,
+    ) -> Result<Response, std::convert::Infallible>
+    where
+        B: axum::body::HttpBody<Data = Bytes> + Send + 'static,
+        B::Error: Into<axum::BoxError>,
+    {
+        if let Some(response) = self.fast(peer, &request) {
+            return Ok(response);
+        }
+        let mut request = request.map(axum::body::Body::new);
+        request.extensions_mut().insert(ConnectInfo(peer));
+        let mut routes = self.routes.clone();
+        tower_service::Service::call(&mut routes, request).await
+    }
+
+    fn fast<B>(&self, peer: SocketAddr, request: &axum::http::Request<B>) -> Option<Response> {
+        if request.method() != axum::http::Method::GET {
+            return None;
+        }
+        let reply = match request.uri().path() {
+            "/v1/route" => route_reply,
+            "/v1/connect" => connect_reply,
+            _ => return None,
+        };
+        let ip = match request.uri().query() {
+            None => None,
+            Some(query) => serde_urlencoded::from_str::<RouteQuery>(query).ok()?.ip,
+        };
+        Some(reply(&self.app, peer, request.headers(), ip.as_deref()))
+    }
+}
+
+fn routes(app: App) -> Router {
     Router::new()
         .route("/v1/route", get(route))
         .route("/v1/connect", get(connect))
@@ -284,17 +347,21 @@ fn http_answer(app: &App, ip: IpAddr) -> Result<HttpAnswer, Response> {
 }
 
 // Extractors: the request itself comes last and is only borrowed from (the `HeaderMap`
-// extractor would clone every header of every request).
-#[allow(clippy::result_large_err)]
+// extractor would clone every header of every request). [`Service`] answers these two routes
+// without the router; these handlers serve requests it hands on (an odd query string, say).
 async fn route(
     State(app): State<App>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Query(query): Query<RouteQuery>,
     request: Request,
 ) -> Response {
-    let answer = client_ip(&app.router, peer, request.headers(), query.ip.as_deref())
-        .and_then(|ip| http_answer(&app, ip));
-    match answer {
+    route_reply(&app, peer, request.headers(), query.ip.as_deref())
+}
+
+/// `/v1/route`'s answer.
+#[allow(clippy::result_large_err)]
+fn route_reply(app: &App, peer: SocketAddr, headers: &HeaderMap, ip: Option<&str>) -> Response {
+    match client_ip(&app.router, peer, headers, ip).and_then(|ip| http_answer(app, ip)) {
         Ok(answer) => {
             count(&app.router, "route", answer.status);
             routing_answer(answer.status, Some(answer.body))
@@ -316,15 +383,19 @@ fn network_address(prefix: crate::rtt::Prefix) -> IpAddr {
     }
 }
 
-#[allow(clippy::result_large_err)]
 async fn connect(
     State(app): State<App>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Query(query): Query<RouteQuery>,
     request: Request,
 ) -> Response {
-    let answer = client_ip(&app.router, peer, request.headers(), query.ip.as_deref())
-        .and_then(|ip| http_answer(&app, ip));
+    connect_reply(&app, peer, request.headers(), query.ip.as_deref())
+}
+
+/// `/v1/connect`'s answer: a 307 to the winner's `ws_url`.
+#[allow(clippy::result_large_err)]
+fn connect_reply(app: &App, peer: SocketAddr, headers: &HeaderMap, ip: Option<&str>) -> Response {
+    let answer = client_ip(&app.router, peer, headers, ip).and_then(|ip| http_answer(app, ip));
     let response = match answer {
         Ok(HttpAnswer {
             location: Some(location),

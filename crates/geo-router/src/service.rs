@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -199,28 +198,11 @@ pub async fn start(config: RouterConfig) -> Result<RunningRouter, StartError> {
             serve_tcp(dns_tcp, answerer, stop.cancelled_owned()).await;
         }));
     }
-    {
-        let app = crate::http::app(Arc::clone(&state));
-        let stop = shutdown.clone();
-        // Answers are one small write each, latency-bound: no Nagle delay (as nginx's
-        // `tcp_nodelay on` default for keep-alive connections).
-        let http = http.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-            }
-        });
-        tasks.push(tokio::spawn(async move {
-            let served = axum::serve(
-                http,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await;
-            if let Err(e) = served {
-                tracing::error!(error = %e, "HTTP server failed");
-            }
-        }));
-    }
+    tasks.push(tokio::spawn(serve_http(
+        http,
+        crate::http::Service::new(Arc::clone(&state)),
+        shutdown.clone(),
+    )));
     tasks.extend(spawn_health_checks(
         Arc::clone(&state),
         prober,
@@ -262,4 +244,59 @@ async fn connect_store(
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// Longest a client may take to send a request's headers (a slow-loris bound).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves HTTP/1.1 on `listener` until `stop`, then lets every open connection finish the
+/// request in hand and close (the caller bounds the wait).
+async fn serve_http(listener: TcpListener, service: crate::http::Service, stop: CancellationToken) {
+    let connections = tokio_util::task::TaskTracker::new();
+    let service = Arc::new(service);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of descriptors, say: back off instead of spinning.
+                    tracing::warn!(error = %e, "cannot accept an HTTP connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        // Answers are one small write each, latency-bound: no Nagle delay (as nginx's
+        // `tcp_nodelay on` default for keep-alive connections).
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+        let service = Arc::clone(&service);
+        let stop = stop.clone();
+        connections.spawn(async move {
+            let handler = hyper::service::service_fn(move |request| {
+                let service = Arc::clone(&service);
+                async move { service.call(peer, request).await }
+            });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .writev(false)
+                .serve_connection(hyper_util::rt::TokioIo::new(tcp), handler);
+            tokio::pin!(connection);
+            let served = tokio::select! {
+                served = connection.as_mut() => served,
+                _ = stop.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(e) = served {
+                tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
+            }
+        });
+    }
+    connections.close();
+    connections.wait().await;
 }

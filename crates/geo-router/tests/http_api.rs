@@ -398,3 +398,27 @@ async fn request_raw(addr: SocketAddr, path: &str) -> (u16, String) {
         .await
         .expect("HTTP request timed out")
 }
+
+/// The routing requests skip the router only when they are plain: another method, or a query
+/// string that does not parse, still gets the router's clear answer.
+#[tokio::test]
+async fn odd_routing_requests_get_the_routers_clear_errors() {
+    tokio::time::timeout(LIMIT, async {
+        let f = fixture(true).await;
+        let (status, body) = request(f.http(), "GET", "/v1/route?ip=1.2.3.4&ip=5.6.7.8", "").await;
+        assert_eq!(status, 400, "{body}");
+        assert!(body.contains("duplicate field"), "{body}");
+        let (status, body) = json(f.http(), "GET", "/v1/route?ip=not-an-ip", "").await;
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(body["error"]["code"], "bad_ip", "{body}");
+        let (status, _) = request(f.http(), "POST", "/v1/route", "").await;
+        assert_eq!(status, 405);
+        let (status, _) = request(f.http(), "GET", "/v1/route/extra", "").await;
+        assert_eq!(status, 404);
+        // Unknown parameters are ignored, as before.
+        let (status, body) = json(f.http(), "GET", "/v1/connect?ip=81.20.3.1&v=2", "").await;
+        assert_eq!(status, 307, "{body}");
+    })
+    .await
+    .expect("test took too long");
+}
