@@ -27,7 +27,7 @@
 #   IDLE_CONNECTIONS=50000 IDLE_HOLD_SECONDS=15 IDLE_SERVERS, IDLE_PROCESSES (default: enough
 #                                     for the hard open-files limit less 2,000 per process)
 #   STORM_CLIENTS=10000 STORM_ROOM_SIZE=10 STORM_CONCURRENCY=1000
-#   ROUTE_SECONDS=10 ROUTE_CONNECTIONS=32
+#   ROUTE_SECONDS=10 ROUTE_CONNECTIONS=32 ROUTE_ROUNDS=3 (alternating order; median verdict)
 #   SYSTEMS="meridian socketio"       which systems to run
 #   KEEP_STATE=1                      keep the temp directory (configs, logs, raw reports)
 #   REGION_NODE_BIN=PATH              run another region-node build (e.g. a proposed fix)
@@ -53,7 +53,7 @@ if [[ $quick == 1 ]]; then
     : "${FANOUT_MEMBERS:=50}" "${FANOUT_RATE:=20}" "${FANOUT_SECONDS:=2}" "${FANOUT_STEP_SECONDS:=1}"
     : "${FANOUT_MAX_STEPS:=3}" "${PAIRS:=50}" "${PAIRS_SECONDS:=2}" "${PAIRS_CLOSED_SECONDS:=2}"
     : "${IDLE_CONNECTIONS:=500}" "${IDLE_HOLD_SECONDS:=1}" "${STORM_CLIENTS:=300}"
-    : "${ROUTE_SECONDS:=2}"
+    : "${ROUTE_SECONDS:=2}" "${ROUTE_ROUNDS:=1}"
 fi
 fanout_members=${FANOUT_MEMBERS:-1000}
 fanout_rate=${FANOUT_RATE:-20}
@@ -83,6 +83,7 @@ storm_room_size=${STORM_ROOM_SIZE:-10}
 storm_concurrency=${STORM_CONCURRENCY:-1000}
 route_seconds=${ROUTE_SECONDS:-10}
 route_connections=${ROUTE_CONNECTIONS:-32}
+route_rounds=${ROUTE_ROUNDS:-3}
 scenarios=("$@")
 ((${#scenarios[@]})) || scenarios=(fanout pairs idle joinstorm route)
 for s in "${scenarios[@]}"; do
@@ -250,7 +251,7 @@ loadgen() { # loadgen OUT.json SCENARIO ARGS...: runs the load generator on LOAD
     local out=$1
     shift
     log "meridian-loadgen $*"
-    "${on_load[@]}" "$bin/meridian-loadgen" "$@" --json "$out" --label "$today" \
+    "${on_load[@]}" "$bin/meridian-loadgen" "$@" --json "$out" --label "${LABEL:-$today}" \
         2> >(tee "${out%.json}.log" >&2)
 }
 
@@ -413,18 +414,27 @@ sys.exit(0 if r and all(x["health"] == "up" for x in r) else 1)'
         curl -fsS "http://127.0.0.1:$nginx_port/v1/route?ip=81.20.3.1" >"$dir/nginx-sample.json"
         log "geo-router http $router_http (pid $router_pid), nginx 127.0.0.1:$nginx_port (pids $nginx_pid $nginx_workers)"
         route_args=(--connections "$route_connections" --seconds "$route_seconds")
-        for target in router-route nginx-connect router-connect nginx-route; do
-            case $target in
-            router-route) args=(--name geo-router --server "$router_http" --path '/v1/route?ip={ip}' --pid "geo-router=$router_pid") ;;
-            router-connect) args=(--name geo-router --server "$router_http" --path '/v1/connect?ip={ip}' --pid "geo-router=$router_pid") ;;
-            nginx-connect) args=(--name nginx --server "127.0.0.1:$nginx_port" --path '/v1/connect?ip={ip}' --pid "$nginx_labels") ;;
-            nginx-route) args=(--name nginx --server "127.0.0.1:$nginx_port" --path '/v1/route?ip={ip}' --pid "$nginx_labels") ;;
-            esac
-            out=$state/route-$target.json
-            load0=$(load_before)
-            loadgen "$out" route "${args[@]}" "${route_args[@]}"
-            echo "route $target $load0 $(load_before)" >>"$state/loadavg.txt"
-            reports+=("$out")
+        # Rounds, alternating which server goes first: on a shared machine one short run of each
+        # can differ by 15 % either way; the verdict is the median round's ratio.
+        for ((round = 1; round <= route_rounds; round++)); do
+            if ((round % 2)); then
+                targets=(router-route nginx-connect router-connect nginx-route)
+            else
+                targets=(nginx-connect router-route nginx-route router-connect)
+            fi
+            for target in "${targets[@]}"; do
+                case $target in
+                router-route) args=(--name geo-router --server "$router_http" --path '/v1/route?ip={ip}' --pid "geo-router=$router_pid") ;;
+                router-connect) args=(--name geo-router --server "$router_http" --path '/v1/connect?ip={ip}' --pid "geo-router=$router_pid") ;;
+                nginx-connect) args=(--name nginx --server "127.0.0.1:$nginx_port" --path '/v1/connect?ip={ip}' --pid "$nginx_labels") ;;
+                nginx-route) args=(--name nginx --server "127.0.0.1:$nginx_port" --path '/v1/route?ip={ip}' --pid "$nginx_labels") ;;
+                esac
+                out=$state/route-$target-$round.json
+                load0=$(load_before)
+                LABEL="$today round $round" loadgen "$out" route "${args[@]}" "${route_args[@]}"
+                echo "route $target round $round $load0 $(load_before)" >>"$state/loadavg.txt"
+                reports+=("$out")
+            done
         done
         # wrk (one thread, one address) as a cross-check of the load generator.
         for target in "http://$router_http/v1/route?ip=81.20.3.1" "http://127.0.0.1:$nginx_port/v1/connect?ip=81.20.3.1"; do

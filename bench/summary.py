@@ -108,22 +108,34 @@ def goals(reports):
             "ratio": f"{ratio(q['extra']['time_to_all_joined_s'], t):.2f}× faster" if q else "—",
             "pass": t < 5.0 and errors(mj) == 0 and p["delivered"] == mj["params"]["clients"],
         })
-    rr_, nc = find(reports, "route", "geo-router", "/v1/route"), find(reports, "route", "nginx", "/v1/connect")
-    rc_ = find(reports, "route", "geo-router", "/v1/connect")
-    if rr_ and nc:
-        for label, mine in (("/v1/route", rr_), ("/v1/connect (like for like: a 307)", rc_)):
-            if not mine:
+    # One verdict per geo-router path from the median round (rounds alternate which server goes
+    # first; older result files have a single unlabelled round).
+    labels = sorted({r.get("label", "") for r in reports if r["scenario"] == "route"})
+    for label, path in (("/v1/route", "/v1/route"), ("/v1/connect (like for like: a 307)", "/v1/connect")):
+        rounds = []
+        for lab in labels:
+            same = [r for r in reports if r.get("label", "") == lab]
+            mine, peer = find(same, "route", "geo-router", path), find(same, "route", "nginx", "/v1/connect")
+            if not (mine and peer):
                 continue
-            a, b = phase(mine), phase(nc)
+            a, b = phase(mine), phase(peer)
             r = ratio(a["delivered_per_s"], b["delivered_per_s"])
             rc = ratio(a.get("delivered_per_cpu_s"), b.get("delivered_per_cpu_s"))
-            rows.append({
-                "goal": f"geo-router {label} requests/s ≥ 1× nginx geoip2 redirect (wall clock and per server CPU-s)",
-                "meridian": f"{fmt(a['delivered_per_s'])}/s, p99 {a['latency']['p99_ms']:.2f} ms, {fmt(a.get('delivered_per_cpu_s'))}/CPU-s",
-                "peer": f"{fmt(b['delivered_per_s'])}/s, p99 {b['latency']['p99_ms']:.2f} ms, {fmt(b.get('delivered_per_cpu_s'))}/CPU-s",
-                "ratio": f"{r:.2f}× wall clock, {rc:.2f}× per CPU-s" if r and rc else "—",
-                "pass": None if r is None else min(r, rc or r) >= 1.0,
-            })
+            if r is None:
+                continue
+            rounds.append((min(r, rc or r), r, rc, a, b))
+        if not rounds:
+            continue
+        rounds.sort(key=lambda x: x[0])
+        _, r, rc, a, b = rounds[len(rounds) // 2]
+        every = ", ".join(f"{x[1]:.2f}" for x in rounds)
+        rows.append({
+            "goal": f"geo-router {label} requests/s ≥ 1× nginx geoip2 redirect (wall clock and per server CPU-s; median of {len(rounds)} alternating rounds)",
+            "meridian": f"{fmt(a['delivered_per_s'])}/s, p99 {a['latency']['p99_ms']:.2f} ms, {fmt(a.get('delivered_per_cpu_s'))}/CPU-s",
+            "peer": f"{fmt(b['delivered_per_s'])}/s, p99 {b['latency']['p99_ms']:.2f} ms, {fmt(b.get('delivered_per_cpu_s'))}/CPU-s",
+            "ratio": (f"{r:.2f}× wall clock, {rc:.2f}× per CPU-s" if rc else f"{r:.2f}×") + (f" (rounds, wall clock: {every})" if len(rounds) > 1 else ""),
+            "pass": min(r, rc or r) >= 1.0,
+        })
     mp, sp = find(reports, "pairs", "meridian"), find(reports, "pairs", "socketio")
     if mp and sp:
         a, b = phase(mp, "closed") or phase(mp), phase(sp, "closed") or phase(sp)
