@@ -721,19 +721,12 @@ impl StateStore for RedisStore {
     }
 
     async fn send_direct(&self, to: &UserId, frame: &str) -> StoreResult<bool> {
-        let mut c = self.conn();
-        let fields: Vec<String> = c.hkeys(user_conns_key(to)).await?;
-        let nodes: BTreeSet<&str> = fields.iter().filter_map(|f| f.split('|').next()).collect();
-        if nodes.is_empty() {
-            return Ok(false);
-        }
-        let payload = format!("{to} {frame}");
-        let mut pipe = redis::pipe();
-        for node in &nodes {
-            pipe.publish(format!("mn:{{{node}}}:inbox"), &payload);
-        }
-        let receivers: Vec<u64> = pipe.query_async(&mut c).await?;
-        Ok(receivers.iter().sum::<u64>() > 0)
+        // One round trip: the script looks the user's connections up and publishes to each
+        // node's inbox (it was HKEYS, then a pipeline of PUBLISH).
+        let mut inv = self.scripts.send_direct.prepare_invoke();
+        inv.key(user_conns_key(to)).arg(format!("{to} {frame}"));
+        let receivers: u64 = inv.invoke_async(&mut self.conn()).await?;
+        Ok(receivers > 0)
     }
 
     async fn state_set(

@@ -489,6 +489,22 @@ end
 return 1
 "#;
 
+/// KEYS[1] the user's connections (`mu:{user}:conns`), ARGV[1] the inbox payload. Publishes it
+/// once to the inbox of every node (or relay) holding one of them, in the same round trip as
+/// the lookup. Returns how many subscribers received it.
+const SEND_DIRECT_LUA: &str = r#"
+local seen = {}
+local n = 0
+for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
+  local node = string.match(f, '^[^|]*')
+  if not seen[node] then
+    seen[node] = true
+    n = n + redis.call('PUBLISH', 'mn:{' .. node .. '}:inbox', ARGV[1])
+  end
+end
+return n
+"#;
+
 /// The scripts, hashed once per store.
 pub(crate) struct Scripts {
     pub join: Script,
@@ -502,6 +518,7 @@ pub(crate) struct Scripts {
     pub purge: Script,
     pub connect: Script,
     pub disconnect: Script,
+    pub send_direct: Script,
 }
 
 impl Scripts {
@@ -520,6 +537,7 @@ impl Scripts {
             purge: room(PURGE_LUA),
             connect: user(CONNECT_LUA),
             disconnect: user(DISCONNECT_LUA),
+            send_direct: Script::new(SEND_DIRECT_LUA),
         }
     }
 }
