@@ -246,8 +246,11 @@ async fn connect_store(
     }
 }
 
-/// Longest a client may take to send a request's headers (a slow-loris bound).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a client may take to send a request's headers (a slow-loris bound). hyper also
+/// applies it to the idle wait between keep-alive requests, so it is nginx's
+/// `keepalive_timeout` (75 s): longer than a load balancer's usual idle timeout (60 s), which
+/// must not find its pooled connection closed under it.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(75);
 
 /// Serves HTTP/1.1 on `listener` until `stop`, then lets every open connection finish the
 /// request in hand and close (the caller bounds the wait).
