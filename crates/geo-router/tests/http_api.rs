@@ -111,6 +111,15 @@ async fn fixture(allow_debug_ip: bool) -> Fixture {
 
 /// One HTTP/1.1 request with `Connection: close`: (status, body).
 async fn request(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    let (status, reply) = request_raw(addr, method, path, body).await;
+    let body = reply
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, b)| b.to_owned());
+    (status, body)
+}
+
+/// One HTTP/1.1 request with `Connection: close`: (status, the whole reply with its headers).
+async fn request_raw(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
     let exchange = async {
         let mut stream = TcpStream::connect(addr).await.unwrap();
         let head = format!(
@@ -128,10 +137,7 @@ async fn request(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16
             .nth(1)
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
-        let body = reply
-            .split_once("\r\n\r\n")
-            .map_or(String::new(), |(_, b)| b.to_owned());
-        (status, body)
+        (status, reply)
     };
     tokio::time::timeout(Duration::from_secs(5), exchange)
         .await
@@ -337,7 +343,7 @@ async fn cached_routing_answers_follow_controls_at_once_and_still_count() {
             assert_eq!(status, 200, "{again}");
             assert_eq!(again["regions"][0]["name"], winner.as_str(), "{again}");
         }
-        let (status, reply) = request_raw(f.http(), "/v1/connect?ip=81.20.3.1").await;
+        let (status, reply) = request_raw(f.http(), "GET", "/v1/connect?ip=81.20.3.1", "").await;
         assert_eq!(status, 307, "{reply}");
         assert_eq!(location(&reply), Some(winner_url.as_str()), "{reply}");
 
@@ -354,7 +360,7 @@ async fn cached_routing_answers_follow_controls_at_once_and_still_count() {
         let next = moved["regions"][0]["name"].as_str().unwrap();
         assert_ne!(next, winner, "the drained region still wins: {moved}");
         let next_url = moved["regions"][0]["ws_url"].as_str().unwrap();
-        let (status, reply) = request_raw(f.http(), "/v1/connect?ip=81.20.3.1").await;
+        let (status, reply) = request_raw(f.http(), "GET", "/v1/connect?ip=81.20.3.1", "").await;
         assert_eq!(status, 307, "{reply}");
         assert_eq!(location(&reply), Some(next_url), "{reply}");
 
@@ -376,27 +382,6 @@ async fn cached_routing_answers_follow_controls_at_once_and_still_count() {
     })
     .await
     .expect("test took too long");
-}
-
-/// One GET with `Connection: close`: (status, the whole reply with headers, lower-cased names).
-async fn request_raw(addr: SocketAddr, path: &str) -> (u16, String) {
-    let exchange = async {
-        let mut stream = TcpStream::connect(addr).await.unwrap();
-        let head = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
-        stream.write_all(head.as_bytes()).await.unwrap();
-        let mut reply = Vec::new();
-        stream.read_to_end(&mut reply).await.unwrap();
-        let reply = String::from_utf8_lossy(&reply).into_owned();
-        let status = reply
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        (status, reply)
-    };
-    tokio::time::timeout(Duration::from_secs(5), exchange)
-        .await
-        .expect("HTTP request timed out")
 }
 
 /// The routing requests skip the router only when they are plain: another method, or a query
