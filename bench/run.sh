@@ -126,7 +126,6 @@ bin=${CARGO_TARGET_DIR:-$root/target}/release
 # An experiment's region-node build instead of this tree's (before/after of a proposed fix).
 region_node_bin=${REGION_NODE_BIN:-$bin/region-node}
 
-
 if [[ $pin == 1 ]]; then
     on_server=(nice -n "$niceness" taskset -c "$server_cpus")
     on_load=(nice -n "$niceness" taskset -c "$load_cpus")
@@ -153,21 +152,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...: poll a condition with a deadline
-    local deadline=$((SECONDS + $1)) what=$2
-    shift 2
-    until "$@" >/dev/null 2>&1; do
-        if ((SECONDS >= deadline)); then
-            echo "run.sh: timed out waiting for $what" >&2
-            return 1
-        fi
-        sleep 0.1
-    done
-}
+source "$root/bench/lib.sh" # free_port, wait_for
 
 listening_addr() { # listening_addr FILE: the ADDR of the first "listening on ADDR" line
     sed -n 's/^listening on //p' "$1" | head -1

@@ -55,31 +55,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() {
-    "$venv/bin/python" -c '
-import socket
-while True:
-    t = socket.socket(); t.bind(("127.0.0.1", 0)); port = t.getsockname()[1]
-    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        u.bind(("127.0.0.1", port))
-    except OSError:
-        continue
-    finally:
-        t.close(); u.close()
-    print(port); break'
-}
-wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...
-    local deadline=$((SECONDS + $1)) what=$2
-    shift 2
-    until "$@" >/dev/null 2>&1; do
-        if ((SECONDS >= deadline)); then
-            echo "profile.sh: timed out waiting for $what" >&2
-            return 1
-        fi
-        sleep 0.2
-    done
-}
+source "$root/bench/lib.sh" # free_port, wait_for
 
 "$ROUTER_BIN" demo-geoip --out "$state/demo.mmdb" >/dev/null
 gdnsd_port=$(free_port)

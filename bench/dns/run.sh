@@ -105,22 +105,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() {
-    # A port free for both UDP and TCP on 127.0.0.1 (the kernel picks it; we release it at once).
-    "$venv/bin/python" - <<'EOF'
-import socket
-while True:
-    t = socket.socket(); t.bind(("127.0.0.1", 0)); port = t.getsockname()[1]
-    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        u.bind(("127.0.0.1", port))
-    except OSError:
-        continue
-    finally:
-        t.close(); u.close()
-    print(port); break
-EOF
-}
+source "$root/bench/lib.sh" # free_port, wait_for
 
 "$bin" demo-geoip --out "$state/demo.mmdb" >/dev/null
 gdnsd_port=$(free_port)
@@ -134,17 +119,6 @@ gdnsd_version=$({ gdnsd 2>&1 || true; } | sed -n 's/^gdnsd version //p' | head -
 printf 'ws.%s A\n' "${zone%.}" >"$state/queries-plain.txt"
 
 # --- 2. start the servers ------------------------------------------------------------------------
-wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...: poll a condition with a deadline
-    local deadline=$((SECONDS + $1)) what=$2
-    shift 2
-    until "$@" >/dev/null 2>&1; do
-        if ((SECONDS >= deadline)); then
-            echo "run.sh: timed out waiting for $what" >&2
-            return 1
-        fi
-        sleep 0.1
-    done
-}
 
 log "health responder on 127.0.0.1:$health_port (every region's catalogue copy points here)"
 "${on_load[@]}" "$venv/bin/python" -m http.server --bind 127.0.0.1 "$health_port" \

@@ -542,6 +542,17 @@ mod tests {
 
     use super::*;
 
+    #[test]
+    fn reason_names_and_indexes_match_the_wire_form() {
+        for (at, reason) in Reason::ALL.into_iter().enumerate() {
+            assert_eq!(reason.index(), at);
+            assert_eq!(
+                serde_json::to_value(reason).unwrap(),
+                serde_json::json!(reason.as_str())
+            );
+        }
+    }
+
     const FRANKFURT: (f64, f64) = (50.1109, 8.6821);
     const NEW_YORK: (f64, f64) = (40.7128, -74.0060);
     const SINGAPORE: (f64, f64) = (1.3521, 103.8198);

@@ -49,10 +49,7 @@ struct HttpAnswer {
 
 /// The router's HTTP application, every route through axum (tests; [`Service`] is what serves).
 pub fn app(state: Arc<RouterState>) -> Router {
-    routes(App {
-        router: state,
-        answers: Arc::new(AnswerCache::new()),
-    })
+    Service::new(state).routes
 }
 
 /// What the HTTP listener serves. `GET /v1/route` and `GET /v1/connect`, the requests every
