@@ -540,6 +540,34 @@ impl Client {
         Ok(())
     }
 
+    /// Sends several text frames with one write (a client pipelining requests).
+    pub async fn send_pipelined(&mut self, frames: impl IntoIterator<Item = String>) -> Result<()> {
+        for frame in frames {
+            self.ws.feed(Message::Text(frame.into())).await?;
+        }
+        self.ws.flush().await?;
+        Ok(())
+    }
+
+    /// The next `n` replies (`ok`/`error` frames, with or without an id) in the order they
+    /// arrive; events received meanwhile are queued for [`Client::event`].
+    pub async fn replies(&mut self, n: usize) -> Result<Vec<Value>> {
+        let deadline = Instant::now() + WAIT;
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Some(frame) = self.next_frame(left).await? else {
+                bail!("{} of {n} replies arrived", out.len())
+            };
+            if matches!(frame["type"].as_str(), Some("ok") | Some("error")) {
+                out.push(frame);
+            } else {
+                self.events.push_back(frame);
+            }
+        }
+        Ok(out)
+    }
+
     async fn next_frame(&mut self, wait: Duration) -> Result<Option<Value>> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {

@@ -195,6 +195,82 @@ async fn direct_messages_cross_nodes_in_order() -> Result<()> {
     Ok(())
 }
 
+/// Requests pipelined in one write are answered in order, one reply each; publishes among
+/// them are sequenced and delivered in the order sent (also across the node's batches, with
+/// refused frames, idempotent repeats and other requests in between).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_are_answered_and_sequenced_in_order() -> Result<()> {
+    let r = region()?;
+    let (mut a, _) = Client::hello(&r.n1.ws_url(), &token("alice"), json!([])).await?;
+    let (mut b, _) = Client::hello(&r.n2.ws_url(), &token("bob"), json!([])).await?;
+    join(&mut a, "pipe").await?;
+    join(&mut b, "pipe").await?;
+    let publish = |id: u64, room: &str, data: Value| {
+        json!({"id": id, "op": "publish", "room": room, "data": data}).to_string()
+    };
+    let frames = vec![
+        publish(1, "pipe", json!(1)),
+        json!({"id": 2, "op": "publish", "room": "pipe", "data": 2, "idempotency_key": "k"})
+            .to_string(),
+        publish(3, "elsewhere", json!("not joined")),
+        "{not json".to_owned(),
+        json!({"id": 5, "op": "publish", "room": "pipe", "data": "again", "idempotency_key": "k"})
+            .to_string(),
+        json!({"id": 6, "op": "members", "room": "pipe"}).to_string(),
+        publish(7, "pipe", json!(3)),
+        json!({"id": 8, "op": "join", "room": "pipe-2"}).to_string(),
+        publish(9, "pipe-2", json!("other room")),
+        publish(10, "pipe", json!(4)),
+    ];
+    a.send_pipelined(frames).await?;
+    let replies = a.replies(10).await?;
+    let ids: Vec<Option<u64>> = replies.iter().map(|r| r["id"].as_u64()).collect();
+    assert_eq!(
+        ids,
+        [1, 2, 3, 0, 5, 6, 7, 8, 9, 10].map(|i| (i > 0).then_some(i)),
+        "one reply per frame, in order: {replies:?}"
+    );
+    assert_eq!(error_code(&replies[2]), "not_joined");
+    assert_eq!(error_code(&replies[3]), "bad_request");
+    let seq = |i: usize| replies[i]["result"]["seq"].as_u64().unwrap_or(0);
+    assert_eq!(seq(1), seq(0) + 1);
+    assert_eq!(replies[4]["result"]["duplicate"], true);
+    assert_eq!(
+        seq(4),
+        seq(1),
+        "the repeat answers the first use of its key"
+    );
+    assert_eq!(
+        replies[5]["result"]["members"].as_array().map(Vec::len),
+        Some(2)
+    );
+    assert_eq!(seq(6), seq(1) + 1);
+    assert_eq!(replies[8]["result"]["room"], "pipe-2");
+    assert_eq!(seq(9), seq(6) + 1);
+
+    // More than one batch (64 frames) in one write, within the rate limit's burst of 100.
+    let frames: Vec<String> = (0..80)
+        .map(|i| publish(100 + i, "pipe", json!(10 + i)))
+        .collect();
+    a.send_pipelined(frames).await?;
+    let replies = a.replies(80).await?;
+    for (i, reply) in replies.iter().enumerate() {
+        assert_eq!(reply["id"].as_u64(), Some(100 + i as u64), "{reply}");
+        assert_eq!(reply["result"]["seq"].as_u64(), Some(seq(9) + 1 + i as u64));
+    }
+
+    let mut seen = Vec::new();
+    while seen.len() < 84 {
+        let e = b.event("message").await?;
+        if e["room"] == "pipe" {
+            seen.push(e["data"].as_u64().unwrap_or(u64::MAX));
+        }
+    }
+    let want: Vec<u64> = [1, 2, 3, 4].into_iter().chain(10..90).collect();
+    assert_eq!(seen, want, "bob sees every publish once, in the order sent");
+    Ok(())
+}
+
 /// 3. kill -9 of node 2: A gets `left {node_lost}` within lease + reap interval, B's presence is
 ///    gone; B resumes on node 1 and gets every message published meanwhile, exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

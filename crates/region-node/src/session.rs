@@ -7,12 +7,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::FutureExt;
 use meridian_protocol::token::Claims;
 use meridian_protocol::{
     ErrorCode, Event, LeftReason, OriginPosition, Reply, Request, RequestId, ResumePoint,
     RoomEventFrame, RoomId,
 };
-use region_state::{ConnRef, Recovery, StoreError};
+use region_state::{ConnRef, PublishItem, Recovery, StoreError};
 use serde::Serialize;
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -163,12 +164,26 @@ async fn finishes_within<E>(
     timeout: Duration,
     write: impl std::future::Future<Output = Result<(), E>>,
 ) -> bool {
-    use futures_util::FutureExt;
     tokio::pin!(write);
     if let Some(done) = (&mut write).now_or_never() {
         return done.is_ok();
     }
     matches!(tokio::time::timeout(timeout, write).await, Ok(Ok(())))
+}
+
+/// Writes the replies to one read's requests with one flush.
+async fn send_replies(node: &Node, ws: &mut WebSocket, replies: Vec<String>) -> bool {
+    use futures_util::SinkExt;
+    let timeout = Duration::from_millis(node.config.timing.ping_timeout_ms);
+    let n = replies.len() as u64;
+    let write = async {
+        for reply in replies {
+            ws.feed(Message::Text(reply.into())).await?;
+        }
+        ws.flush().await
+    };
+    node.metrics.frames_out.inc_by(n);
+    finishes_within(timeout, write).await
 }
 
 /// Writes `first` and whatever else is already queued (up to 64 frames) with one flush: under
@@ -215,6 +230,31 @@ fn error_reply(id: Option<&RequestId>, code: ErrorCode, message: &str) -> String
 
 fn ok_reply<T: Serialize>(id: &RequestId, result: T) -> String {
     Reply::Ok { id, result }.encode()
+}
+
+/// Most frames answered together: what one read of the socket brought, as far as it goes.
+const MAX_PIPELINED: usize = 64;
+
+/// Consecutive publishes of one client to one room, sequenced with one store call.
+struct PublishBatch {
+    room: RoomId,
+    items: Vec<PendingPublish>,
+}
+
+/// One publish of a batch, authorised and built, and where its reply goes.
+struct PendingPublish {
+    slot: usize,
+    id: RequestId,
+    frame: RoomEventFrame,
+    key: Option<String>,
+}
+
+#[derive(Serialize)]
+struct PublishReply<'a> {
+    room: &'a RoomId,
+    seq: u64,
+    epoch: &'a str,
+    duplicate: bool,
 }
 
 /// Frames to write right after the hello reply: replayed room history.
@@ -454,23 +494,40 @@ impl Session {
                 }
                 msg = ws.recv() => {
                     last_heard = Instant::now();
-                    match msg {
-                        Some(Ok(Message::Text(text))) => {
-                            node.metrics.frames_in.inc();
-                            let reply = Box::pin(self.handle(&text)).await;
-                            if !send_text(&node, ws, reply).await {
-                                break;
+                    // The text frames this read brought (a client may pipeline requests) are
+                    // answered together; a frame of another kind ends the run.
+                    let mut texts = Vec::new();
+                    let mut other = None;
+                    let mut next = Some(msg);
+                    while let Some(msg) = next.take() {
+                        match msg {
+                            Some(Ok(Message::Text(text))) => {
+                                node.metrics.frames_in.inc();
+                                texts.push(text);
+                                if texts.len() < MAX_PIPELINED {
+                                    next = ws.recv().now_or_never();
+                                }
                             }
+                            msg => other = Some(msg),
                         }
-                        Some(Ok(Message::Binary(_))) => {
+                    }
+                    if !texts.is_empty() {
+                        let replies = Box::pin(self.handle_many(&texts)).await;
+                        if !send_replies(&node, ws, replies).await {
+                            break;
+                        }
+                    }
+                    match other {
+                        None | Some(Some(Ok(Message::Text(_)))) => {}
+                        Some(Some(Ok(Message::Binary(_)))) => {
                             node.metrics.error(ErrorCode::BinaryNotSupported);
                             if !send_text(&node, ws, error_reply(None, ErrorCode::BinaryNotSupported, "send JSON text frames")).await {
                                 break;
                             }
                         }
-                        Some(Ok(Message::Close(_))) | None => break,
-                        Some(Ok(_)) => {}
-                        Some(Err(e)) => {
+                        Some(Some(Ok(Message::Close(_))) | None) => break,
+                        Some(Some(Ok(_))) => {}
+                        Some(Some(Err(e))) => {
                             // tungstenite refuses frames over the hard limit before we see them.
                             if matches!(e.to_string(), s if s.contains("too long") || s.contains("Space limit")) {
                                 node.metrics.error(ErrorCode::FrameTooLarge);
@@ -502,9 +559,10 @@ impl Session {
         Box::pin(self.cleanup()).await;
     }
 
-    /// Parses, rate-limits and executes one request; returns the reply frame.
-    async fn handle(&mut self, text: &str) -> String {
-        let node = self.node.clone();
+    /// Checks the size and rate of one frame and parses it; `Err` is the reply for a frame
+    /// refused before it is executed.
+    fn admit(&mut self, text: &str) -> Result<(RequestId, Request), String> {
+        let node = &self.node;
         if text.len() > node.config.limits.max_frame_bytes {
             node.metrics.error(ErrorCode::FrameTooLarge);
             let m = format!(
@@ -512,7 +570,7 @@ impl Session {
                 text.len(),
                 node.config.limits.max_frame_bytes
             );
-            return error_reply(None, ErrorCode::FrameTooLarge, &m);
+            return Err(error_reply(None, ErrorCode::FrameTooLarge, &m));
         }
         // Every frame costs a token, parsable or not, so garbage cannot flood past the limit.
         let allowed = self.bucket.take();
@@ -520,30 +578,129 @@ impl Session {
             Ok(r) => r,
             Err(e) if allowed => {
                 node.metrics.error(e.code);
-                return error_reply(e.id.as_ref(), e.code, &e.message);
+                return Err(error_reply(e.id.as_ref(), e.code, &e.message));
             }
             Err(e) => {
                 node.metrics.error(ErrorCode::RateLimited);
-                return error_reply(
+                return Err(error_reply(
                     e.id.as_ref(),
                     ErrorCode::RateLimited,
                     "too many requests; slow down",
-                );
+                ));
             }
         };
         if !allowed {
             node.metrics.error(ErrorCode::RateLimited);
-            return error_reply(
+            return Err(error_reply(
                 Some(&id),
                 ErrorCode::RateLimited,
                 "too many requests; slow down",
-            );
+            ));
         }
-        match self.execute(request).await {
-            Ok(result) => ok_reply(&id, result),
+        Ok((id, request))
+    }
+
+    fn reply(&self, id: &RequestId, outcome: Outcome) -> String {
+        match outcome {
+            Ok(result) => ok_reply(id, result),
             Err(Failure(code, message)) => {
-                node.metrics.error(code);
-                error_reply(Some(&id), code, &message)
+                self.node.metrics.error(code);
+                error_reply(Some(id), code, &message)
+            }
+        }
+    }
+
+    /// Answers the frames one read of the socket brought (a client may pipeline requests),
+    /// in order; returns one reply per frame, in order. Consecutive publishes to one room go
+    /// to the store as one batch (one round trip and one script, sequenced in the order
+    /// sent); any other request first waits for the publishes before it.
+    async fn handle_many(&mut self, texts: &[Utf8Bytes]) -> Vec<String> {
+        let mut replies = Vec::with_capacity(texts.len());
+        let mut batch: Option<PublishBatch> = None;
+        for text in texts {
+            let (id, request) = match self.admit(text) {
+                Ok(r) => r,
+                Err(reply) => {
+                    replies.push(reply);
+                    continue;
+                }
+            };
+            let request = match request {
+                Request::Publish {
+                    room,
+                    data,
+                    idempotency_key,
+                } => {
+                    if let Err(f) = self.may_write(&room) {
+                        replies.push(self.reply(&id, Err(f)));
+                        continue;
+                    }
+                    if batch.as_ref().is_some_and(|b| b.room != room) {
+                        if let Some(b) = batch.take() {
+                            self.publish(b, &mut replies).await;
+                        }
+                    }
+                    let frame = RoomEventFrame::message(&room, &self.conn.user, &data);
+                    let b = batch.get_or_insert_with(|| PublishBatch {
+                        room,
+                        items: Vec::new(),
+                    });
+                    b.items.push(PendingPublish {
+                        slot: replies.len(),
+                        id,
+                        frame,
+                        key: idempotency_key,
+                    });
+                    replies.push(String::new());
+                    continue;
+                }
+                other => other,
+            };
+            if let Some(b) = batch.take() {
+                self.publish(b, &mut replies).await;
+            }
+            let outcome = self.execute(request).await;
+            replies.push(self.reply(&id, outcome));
+        }
+        if let Some(b) = batch.take() {
+            self.publish(b, &mut replies).await;
+        }
+        replies
+    }
+
+    /// Sequences a batch of publishes with one store call and writes their replies into
+    /// their slots.
+    async fn publish(&self, batch: PublishBatch, replies: &mut [String]) {
+        let node = &self.node;
+        let items: Vec<PublishItem<'_>> = batch
+            .items
+            .iter()
+            .map(|p| PublishItem {
+                frame: &p.frame,
+                idempotency: p.key.as_deref().map(|k| (&self.conn.user, k)),
+            })
+            .collect();
+        let result = node
+            .timed("publish", node.store.publish_many(&batch.room, &items))
+            .await;
+        match result {
+            Ok(published) => {
+                for (p, done) in batch.items.iter().zip(published) {
+                    let result = PublishReply {
+                        room: &batch.room,
+                        seq: done.seq,
+                        epoch: &done.epoch,
+                        duplicate: done.duplicate,
+                    };
+                    replies[p.slot] = ok_reply(&p.id, result);
+                }
+            }
+            Err(e) => {
+                let Failure(code, message) = e.into();
+                for p in &batch.items {
+                    node.metrics.error(code);
+                    replies[p.slot] = error_reply(Some(&p.id), code, &message);
+                }
             }
         }
     }
@@ -578,21 +735,11 @@ impl Session {
                 let _ = store.unsubscribe(&room).await;
                 Ok(json!({ "room": room, "left": left }))
             }
-            Request::Publish {
-                room,
-                data,
-                idempotency_key,
-            } => {
-                self.may_write(&room)?;
-                let frame = RoomEventFrame::message(&room, &self.conn.user, &data);
-                let idem = idempotency_key.as_deref().map(|k| (&self.conn.user, k));
-                let p = node
-                    .timed("publish", store.publish(&room, &frame, idem))
-                    .await?;
-                Ok(
-                    json!({ "room": room, "seq": p.seq, "epoch": p.epoch, "duplicate": p.duplicate }),
-                )
-            }
+            // `handle_many` batches every publish; none reaches here.
+            Request::Publish { .. } => Err(Failure(
+                ErrorCode::Internal,
+                "publish outside a batch".into(),
+            )),
             Request::Send { to, data } => {
                 let frame = Event::Direct {
                     from: &self.conn.user,

@@ -14,7 +14,8 @@ use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
 use crate::{
-    random_token, ConnRef, Inbound, NodeId, Recovery, StateStore, StoreError, StoreLimits,
+    random_token, ConnRef, Inbound, NodeId, PublishItem, Recovery, StateStore, StoreError,
+    StoreLimits,
 };
 
 /// Makes stores for nodes of one region.
@@ -37,6 +38,7 @@ pub async fn run_all(h: &dyn Harness) {
         publish_sequences_and_replays,
         trimmed_or_foreign_history_is_lost,
         idempotent_publish,
+        batched_publishes_keep_order,
         members_paginate_in_order,
         room_full_is_refused,
         presence_and_direct_messages,
@@ -263,6 +265,60 @@ async fn idempotent_publish(h: &dyn Harness) {
     assert_eq!(next_room_event(&mut events).await.0, a.seq);
     assert_eq!(next_room_event(&mut events).await.0, c.seq);
     assert_quiet(&mut events).await;
+    store.unsubscribe(&r).await.unwrap();
+}
+
+/// A pipelined batch is sequenced in order, delivered in order, and its idempotency keys
+/// behave as for single publishes (also against a key used earlier in the same batch).
+async fn batched_publishes_keep_order(h: &dyn Harness) {
+    let (store, mut events) = h.node(StoreLimits::default()).await;
+    let r = room();
+    let u = user("batch");
+    store.subscribe(&r).await.unwrap();
+    let before = store
+        .publish(
+            &r,
+            &RoomEventFrame::message(&r, &u, &json("0")),
+            Some((&u, "k0")),
+        )
+        .await
+        .unwrap();
+    let frames: Vec<RoomEventFrame> = (1..=5)
+        .map(|i| RoomEventFrame::message(&r, &u, &json(&i.to_string())))
+        .collect();
+    let keys = [None, Some("k1"), Some("k1"), Some("k0"), None];
+    let items: Vec<PublishItem<'_>> = frames
+        .iter()
+        .zip(keys)
+        .map(|(frame, key)| PublishItem {
+            frame,
+            idempotency: key.map(|k| (&u, k)),
+        })
+        .collect();
+    let out = store.publish_many(&r, &items).await.unwrap();
+    assert_eq!(out.len(), 5);
+    let dup: Vec<bool> = out.iter().map(|p| p.duplicate).collect();
+    assert_eq!(dup, [false, false, true, true, false]);
+    assert_eq!(out[0].seq, before.seq + 1);
+    assert_eq!(out[1].seq, before.seq + 2);
+    assert_eq!(
+        out[2].seq, out[1].seq,
+        "a key repeated in the batch answers its first use"
+    );
+    assert_eq!(
+        out[3].seq, before.seq,
+        "a key used before the batch answers that publish"
+    );
+    assert_eq!(out[4].seq, before.seq + 3);
+    assert!(out.iter().all(|p| p.epoch == before.epoch));
+    assert_eq!(next_room_event(&mut events).await.0, before.seq);
+    for (want, data) in [(out[0].seq, 1), (out[1].seq, 2), (out[4].seq, 5)] {
+        let (seq, v) = next_room_event(&mut events).await;
+        assert_eq!(seq, want);
+        assert_eq!(v["data"], data, "delivered in the order published");
+    }
+    assert_quiet(&mut events).await;
+    assert!(store.publish_many(&r, &[]).await.unwrap().is_empty());
     store.unsubscribe(&r).await.unwrap();
 }
 

@@ -168,6 +168,15 @@ pub struct JoinOutcome {
     pub origins: Vec<OriginPosition>,
 }
 
+/// One publish of [`StateStore::publish_many`].
+#[derive(Debug, Clone, Copy)]
+pub struct PublishItem<'a> {
+    /// The `message` event.
+    pub frame: &'a RoomEventFrame,
+    /// `(user, key)`: repeats within the idempotency window are not published again.
+    pub idempotency: Option<(&'a UserId, &'a str)>,
+}
+
 /// A published room event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Published {
@@ -340,7 +349,22 @@ pub trait StateStore: Send + Sync + 'static {
         room: &RoomId,
         frame: &RoomEventFrame,
         idempotency: Option<(&UserId, &str)>,
-    ) -> StoreResult<Published>;
+    ) -> StoreResult<Published> {
+        let item = PublishItem { frame, idempotency };
+        self.publish_many(room, std::slice::from_ref(&item))
+            .await?
+            .pop()
+            .ok_or_else(|| StoreError::Corrupt("a publish without a result".into()))
+    }
+    /// Several publishes to one room (what a client pipelined), sequenced in the order given,
+    /// as one atomic step: all of them are applied or none. Each behaves as
+    /// [`StateStore::publish`], idempotency keys included (a key repeated within the batch is a
+    /// duplicate of its first use). One result per item, in order.
+    async fn publish_many(
+        &self,
+        room: &RoomId,
+        items: &[PublishItem<'_>],
+    ) -> StoreResult<Vec<Published>>;
     /// The room events after `(epoch, seq)`, or [`Recovery::Lost`]. An empty epoch with seq 0
     /// means "from the start of the current epoch".
     async fn history(&self, room: &RoomId, epoch: &str, seq: u64) -> StoreResult<Recovery>;

@@ -17,8 +17,8 @@ use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
 use crate::{
-    random_token, ConnRef, Inbound, JoinOutcome, MemberPage, NodeId, Published, ReapedNode,
-    Recovery, StateStore, StoreError, StoreLimits, StoreResult,
+    random_token, ConnRef, Inbound, JoinOutcome, MemberPage, NodeId, PublishItem, Published,
+    ReapedNode, Recovery, StateStore, StoreError, StoreLimits, StoreResult,
 };
 
 /// Decides what a resume from `(epoch, seq)` gets, given the room's current epoch and sequence,
@@ -526,45 +526,48 @@ impl StateStore for MemoryStore {
         })
     }
 
-    async fn publish(
+    async fn publish_many(
         &self,
         room: &RoomId,
-        frame: &RoomEventFrame,
-        idempotency: Option<(&UserId, &str)>,
-    ) -> StoreResult<Published> {
+        items: &[PublishItem<'_>],
+    ) -> StoreResult<Vec<Published>> {
         let mut s = self.lock();
         let now = Instant::now();
-        if let Some((user, key)) = idempotency {
-            let k = (room.clone(), user.clone(), key.to_owned());
-            if let Some((seq, expiry)) = s.idempotency.get(&k) {
-                if *expiry > now {
-                    let seq = *seq;
-                    let epoch = s
-                        .rooms
-                        .get(room)
-                        .map(|r| r.epoch.clone())
-                        .unwrap_or_default();
-                    return Ok(Published {
-                        seq,
-                        epoch,
-                        duplicate: true,
-                    });
+        let mut out = Vec::with_capacity(items.len());
+        for item in items {
+            if let Some((user, key)) = item.idempotency {
+                let k = (room.clone(), user.clone(), key.to_owned());
+                if let Some(&(seq, expiry)) = s.idempotency.get(&k) {
+                    if expiry > now {
+                        let epoch = s
+                            .rooms
+                            .get(room)
+                            .map(|r| r.epoch.clone())
+                            .unwrap_or_default();
+                        out.push(Published {
+                            seq,
+                            epoch,
+                            duplicate: true,
+                        });
+                        continue;
+                    }
                 }
             }
+            let (epoch, seq) = s.append(room, item.frame.head(), &self.limits);
+            if let Some((user, key)) = item.idempotency {
+                s.idempotency.retain(|_, (_, expiry)| *expiry > now);
+                s.idempotency.insert(
+                    (room.clone(), user.clone(), key.to_owned()),
+                    (seq, now + self.limits.idempotency_window),
+                );
+            }
+            out.push(Published {
+                seq,
+                epoch,
+                duplicate: false,
+            });
         }
-        let (epoch, seq) = s.append(room, frame.head(), &self.limits);
-        if let Some((user, key)) = idempotency {
-            s.idempotency.retain(|_, (_, expiry)| *expiry > now);
-            s.idempotency.insert(
-                (room.clone(), user.clone(), key.to_owned()),
-                (seq, now + self.limits.idempotency_window),
-            );
-        }
-        Ok(Published {
-            seq,
-            epoch,
-            duplicate: false,
-        })
+        Ok(out)
     }
 
     async fn history(&self, room: &RoomId, epoch: &str, seq: u64) -> StoreResult<Recovery> {

@@ -29,8 +29,8 @@ use crate::scripts::{
     entry_seq, history_after, k, room_of_channel, stored_entries, RoomArgs, RoomKeys, Scripts,
 };
 use crate::{
-    now_ms, split_seq, ConnRef, Inbound, JoinOutcome, MemberPage, NodeId, Published, ReapedNode,
-    Recovery, StateStore, StoreError, StoreLimits, StoreResult,
+    now_ms, split_seq, ConnRef, Inbound, JoinOutcome, MemberPage, NodeId, PublishItem, Published,
+    ReapedNode, Recovery, StateStore, StoreError, StoreLimits, StoreResult,
 };
 
 /// Where and how to reach the region's Redis.
@@ -591,44 +591,65 @@ impl StateStore for RedisStore {
         Ok(MemberPage { members, next })
     }
 
-    async fn publish(
+    async fn publish_many(
         &self,
         room: &RoomId,
-        frame: &RoomEventFrame,
-        idempotency: Option<(&UserId, &str)>,
-    ) -> StoreResult<Published> {
-        let mut keys = RoomKeys::new(room);
-        if let Some((user, key)) = idempotency {
-            keys.keys[k::IDEM] = format!("{}{}|{}", keys.keys[k::IDEM], user, key);
+        items: &[PublishItem<'_>],
+    ) -> StoreResult<Vec<Published>> {
+        if items.is_empty() {
+            return Ok(Vec::new());
         }
+        // One script for the batch: the items are sequenced in order and atomically, and a
+        // NOSCRIPT retry (after a restart or failover) repeats all of them or none.
+        let keys = RoomKeys::new(room);
         let mut inv = self.room_script(&self.scripts.publish, &keys);
-        inv.arg(frame.head());
-        match idempotency {
-            Some(_) => inv.arg(self.config.limits.idempotency_window.as_millis() as u64),
-            None => inv.arg(""),
+        let window = self.config.limits.idempotency_window.as_millis() as u64;
+        for item in items {
+            inv.arg(item.frame.head());
+            match item.idempotency {
+                Some((user, key)) => {
+                    inv.arg(window);
+                    inv.key(format!("{}{}|{}", keys.keys[k::IDEM], user, key));
+                }
+                None => {
+                    inv.arg("");
+                    inv.key(&keys.keys[k::IDEM]);
+                }
+            }
+        }
+        let published = |rows: Vec<(i64, String, u64)>| {
+            if rows.len() != items.len() {
+                return Err(StoreError::Corrupt(format!(
+                    "publish script returned {} results for {} publishes",
+                    rows.len(),
+                    items.len()
+                )));
+            }
+            Ok(rows
+                .into_iter()
+                .map(|(status, epoch, seq)| Published {
+                    seq,
+                    epoch,
+                    duplicate: status == 0,
+                })
+                .collect::<Vec<_>>())
         };
         let Some((durability, link)) = self.config.durable.zip(self.durable_link.as_ref()) else {
-            let (status, epoch, seq): (i64, String, u64) =
-                inv.invoke_async(&mut self.conn()).await?;
-            return Ok(Published {
-                seq,
-                epoch,
-                duplicate: status == 0,
-            });
+            return published(inv.invoke_async(&mut self.conn()).await?);
         };
         // One pinned connection for the script and its WAIT: WAIT counts the replicas that
         // have this connection's writes.
         let mut conn = LinkConn::new(link.clone());
-        let (status, epoch, seq): (i64, String, u64) = inv.invoke_async(&mut conn).await?;
+        let out = published(inv.invoke_async(&mut conn).await?)?;
         let timeout_ms = durability.timeout.as_millis() as u64;
-        let acked: u64 = if status == 0 {
-            // A retry answered from the idempotency key wrote nothing on this connection, so a
-            // bare WAIT would not cover the first attempt. Any write moves this connection's
-            // replication offset past it (the first attempt is already in the data set).
+        let acked: u64 = if out.iter().all(|p| p.duplicate) {
+            // Retries answered from their idempotency keys wrote nothing on this connection,
+            // so a bare WAIT would not cover the first attempts. Any write moves this
+            // connection's replication offset past them (they are already in the data set).
             let (acked,): (u64,) = redis::pipe()
                 .cmd("SET")
                 .arg(fence_key(&self.config.node))
-                .arg(seq)
+                .arg(out.last().map_or(0, |p| p.seq))
                 .arg("PX")
                 .arg(60_000)
                 .ignore()
@@ -651,11 +672,7 @@ impl StateStore for RedisStore {
                 wanted: durability.replicas,
             });
         }
-        Ok(Published {
-            seq,
-            epoch,
-            duplicate: status == 0,
-        })
+        Ok(out)
     }
 
     async fn history(&self, room: &RoomId, epoch: &str, seq: u64) -> StoreResult<Recovery> {

@@ -211,18 +211,27 @@ append(ARGV[8])
 return 1
 "#;
 
-/// ARGV[6] message head, [7] idempotency window in ms ('' without a key). KEYS[9] is the
-/// idempotency key.
+/// A batch of publishes, in order: per item `i` (from 1), ARGV[4 + 2i] its message head and
+/// ARGV[5 + 2i] the idempotency window in ms ('' without a key), and KEYS[12 + i] its
+/// idempotency key (the bare prefix, unused, without one). Returns `{status, epoch, seq}` per
+/// item: status 0 for a repeat answered from its key.
 const PUBLISH_LUA: &str = r#"
-if ARGV[7] ~= '' then
-  local prev = redis.call('GET', KEYS[9])
-  if prev then return {0, ensure_epoch(), tonumber(prev)} end
+local out = {}
+for i = 1, (#ARGV - 5) / 2 do
+  local head, window, key = ARGV[4 + 2 * i], ARGV[5 + 2 * i], KEYS[12 + i]
+  local prev = false
+  if window ~= '' then prev = redis.call('GET', key) end
+  if prev then
+    out[i] = {0, ensure_epoch(), tonumber(prev)}
+  else
+    local idem = nil
+    if window ~= '' then idem = string.sub(key, #idem_prefix() + 1) end
+    local r = append(head, nil, nil, idem)
+    if window ~= '' then redis.call('SET', key, r[2], 'PX', window) end
+    out[i] = {1, r[1], r[2]}
+  end
 end
-local idem = nil
-if ARGV[7] ~= '' then idem = string.sub(KEYS[9], #idem_prefix() + 1) end
-local r = append(ARGV[6], nil, nil, idem)
-if ARGV[7] ~= '' then redis.call('SET', KEYS[9], r[2], 'PX', ARGV[7]) end
-return {1, r[1], r[2]}
+return out
 "#;
 
 /// ARGV[6] key, [7] value, [8] if_version (-1: none), [9] state_changed head, [10] writer.
