@@ -256,6 +256,23 @@ run_ws_scenario() { # run_ws_scenario SCENARIO SYSTEM ARGS... (env SERVERS: proc
     reports+=("$out")
 }
 
+# The fan-out latency floor of this machine: `floor-serve` (one write(2) per subscriber per
+# publish, nothing else) on the server CPUs, the fan-out load over plain TCP, same members,
+# rate and seconds as the fixed phase.
+run_floor() {
+    local out=$state/floor.json dir=$state/floor pid
+    mkdir -p "$dir"
+    "${on_server[@]}" "$bin/meridian-loadgen" floor-serve >"$dir/serve.out" 2>"$dir/serve.err" &
+    pid=$!
+    pids+=("$pid")
+    wait_for 10 "floor-serve" grep -q '^listening on' "$dir/serve.out"
+    loadgen "$out" floor --server "$(listening_addr "$dir/serve.out")" --pid "floor=$pid" \
+        --members "$fanout_members" --rate "$fanout_rate" --seconds "$fanout_seconds"
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    reports+=("$out")
+}
+
 order() { # alternate which system goes first from one scenario to the next
     if (($1 % 2)); then
         echo "$systems" | awk '{ for (i = NF; i > 0; i--) printf "%s ", $i }'
@@ -275,6 +292,7 @@ for scenario in "${scenarios[@]}"; do
                 --seconds "$fanout_seconds" --step-seconds "$fanout_step_seconds" \
                 --max-steps "$fanout_max_steps"
         done
+        run_floor
         ;;
     pairs)
         for system in $(order $n); do

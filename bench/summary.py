@@ -85,6 +85,35 @@ def goals(reports):
             "ratio": f"1/{rr:.2f}" if rr else "—",
             "pass": None if rr is None else rr >= 5.0,
         })
+        fl = phase(find(reports, "floor", "floor"), "fixed")
+        if fl and sx and mx:
+            fp = fl["latency"]["p99_ms"]
+            rows.append({
+                "goal": f"(context) the machine's floor at that rate: a server doing nothing but one write(2) per delivery (`floor-serve`), the same load generator over plain TCP",
+                "meridian": f"p99 {mx['latency']['p99_ms']:.2f} ms = floor + {mx['latency']['p99_ms'] - fp:.2f} ms",
+                "peer": f"floor p99 {fp:.2f} ms (p50 {fl['latency']['p50_ms']:.2f}), {fl['cpu']['cores']:.3f} server cores",
+                "ratio": f"best possible here: 1/{sx['latency']['p99_ms'] / fp:.2f}" if fp else "—",
+                "pass": None,
+            })
+        # p99 at every rate both ramps completed with every delivery: where Socket.IO is loaded.
+        common = []
+        for mp in mf["phases"]:
+            sp = phase(sf, mp["name"])
+            if not sp or mp["name"] == "fixed":
+                continue
+            if sp.get("expected") and sp["delivered"] < sp["expected"]:
+                continue
+            if sp["offered_per_s"] != mp["offered_per_s"]:
+                continue
+            common.append(f"{fmt(mp['offered_per_s'])}/s: {mp['latency']['p99_ms']:.1f} vs {sp['latency']['p99_ms']:.1f} ms (1/{sp['latency']['p99_ms'] / mp['latency']['p99_ms']:.1f})")
+        if common:
+            rows.append({
+                "goal": "(context) fan-out p99 at each ramp rate both systems ran, Meridian vs Socket.IO",
+                "meridian": "; ".join(common),
+                "peer": "",
+                "ratio": "",
+                "pass": None,
+            })
     mi, si = find(reports, "idle", "meridian"), find(reports, "idle", "socketio")
     if mi:
         m = mi["memory"]

@@ -1,6 +1,7 @@
 //! A smoke run of every WebSocket scenario and of `route`, with tiny sizes, against an
 //! in-process region node on the memory store: the harness connects, speaks the protocol,
-//! counts every delivery and reports no errors. Seconds, not a benchmark.
+//! counts every delivery and reports no errors. Seconds, not a benchmark. Also the latency
+//! floor's server and load.
 
 use clap::Parser;
 use loadgen::{BenchArgs, Report};
@@ -198,4 +199,29 @@ async fn every_scenario_against_an_in_process_node() {
 
     shutdown.cancel();
     let _ = tokio::time::timeout(std::time::Duration::from_secs(15), node.done).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn floor_delivers_every_line_to_every_subscriber() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || loadgen::scenario::floor::serve_on(listener));
+    let r = run(&[
+        "floor",
+        "--server",
+        &addr,
+        "--members",
+        "20",
+        "--rate",
+        "50",
+        "--seconds",
+        "0.5",
+        "--progress-ms",
+        "0",
+    ])
+    .await;
+    let p = r.phase("fixed").unwrap();
+    assert!(p.sent >= 20, "{}", r.summary());
+    assert_eq!(Some(p.delivered), p.expected, "{}", r.summary());
+    assert!(p.latency.count == p.delivered && p.latency.p99_ms > 0.0);
 }

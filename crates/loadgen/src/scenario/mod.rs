@@ -2,6 +2,7 @@
 //! printer, and opening many clients with bounded concurrency.
 
 pub mod fanout;
+pub mod floor;
 pub mod idle;
 pub mod joinstorm;
 pub mod pairs;
@@ -30,6 +31,12 @@ pub enum Scenario {
     Joinstorm(joinstorm::JoinstormArgs),
     /// HTTP GET load on a front door (`/v1/route`, nginx's geoip2 redirect).
     Route(route::RouteArgs),
+    /// The machine's fan-out latency floor: `fanout`'s load over plain TCP against
+    /// `floor-serve`.
+    Floor(floor::FloorArgs),
+    /// The floor server: one write(2) per subscriber per published line, nothing else; runs
+    /// until killed.
+    FloorServe(floor::ServeArgs),
 }
 
 impl Scenario {
@@ -41,6 +48,8 @@ impl Scenario {
             Self::Idle(a) => &a.output,
             Self::Joinstorm(a) => &a.output,
             Self::Route(a) => &a.output,
+            Self::Floor(a) => &a.output,
+            Self::FloorServe(a) => &a.output,
         }
     }
 }
@@ -57,6 +66,13 @@ pub async fn run(scenario: Scenario) -> Result<Report, LoadgenError> {
         Scenario::Idle(a) => idle::run(a).await?,
         Scenario::Joinstorm(a) => joinstorm::run(a).await?,
         Scenario::Route(a) => route::run(a).await?,
+        Scenario::Floor(a) => floor::run(a).await?,
+        Scenario::FloorServe(a) => {
+            tokio::task::spawn_blocking(move || floor::serve(&a))
+                .await
+                .map_err(|e| LoadgenError::Io(std::io::Error::other(e)))??;
+            Report::default()
+        }
     };
     report.started_unix = started_unix;
     report.shed_retries += crate::client::SHED_RETRIES.swap(0, Ordering::Relaxed);
