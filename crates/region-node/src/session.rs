@@ -234,6 +234,9 @@ fn ok_reply<T: Serialize>(id: &RequestId, result: T) -> String {
 
 /// Most frames answered together: what one read of the socket brought, as far as it goes.
 const MAX_PIPELINED: usize = 64;
+/// Most bytes of frames held for answering together (one largest frame's worth by default):
+/// pipelining must not let a client park megabytes per connection in the node.
+const MAX_PIPELINED_BYTES: usize = 64 * 1024;
 
 /// Consecutive publishes of one client to one room, sequenced with one store call.
 struct PublishBatch {
@@ -497,14 +500,16 @@ impl Session {
                     // The text frames this read brought (a client may pipeline requests) are
                     // answered together; a frame of another kind ends the run.
                     let mut texts = Vec::new();
+                    let mut bytes = 0;
                     let mut other = None;
                     let mut next = Some(msg);
                     while let Some(msg) = next.take() {
                         match msg {
                             Some(Ok(Message::Text(text))) => {
                                 node.metrics.frames_in.inc();
+                                bytes += text.len();
                                 texts.push(text);
-                                if texts.len() < MAX_PIPELINED {
+                                if texts.len() < MAX_PIPELINED && bytes < MAX_PIPELINED_BYTES {
                                     next = ws.recv().now_or_never();
                                 }
                             }
