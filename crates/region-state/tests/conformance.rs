@@ -94,3 +94,41 @@ async fn redis_store_sums_the_region_load_over_live_nodes() {
     let load = stores[2].0.region_load(6).await.unwrap();
     assert_eq!((load.connections, load.nodes), (6, 1));
 }
+
+/// A batch of publishes that cannot reach Redis fails, within a bound, with one retryable
+/// error for the whole batch (the node answers each of its publishes with `unavailable`).
+#[tokio::test]
+async fn redis_publish_batch_without_redis_fails_retryably() {
+    use meridian_protocol::{RoomEventFrame, RoomId, UserId};
+    use region_state::PublishItem;
+    let server = RedisServer::start().expect("redis-server");
+    let (tx, _rx) = mpsc::channel(64);
+    let config =
+        RedisStoreConfig::standalone(&server.url(), "r", NodeId::random(), StoreLimits::default());
+    let store = RedisStore::connect(config, tx).await.unwrap();
+    let room = RoomId::new("batch-outage").unwrap();
+    let user = UserId::new("u").unwrap();
+    let data: Vec<Box<serde_json::value::RawValue>> = (1..=3)
+        .map(|i| serde_json::value::RawValue::from_string(i.to_string()).unwrap())
+        .collect();
+    let frames: Vec<RoomEventFrame> = data
+        .iter()
+        .map(|d| RoomEventFrame::message(&room, &user, d))
+        .collect();
+    let items: Vec<PublishItem<'_>> = frames
+        .iter()
+        .map(|frame| PublishItem {
+            frame,
+            idempotency: None,
+        })
+        .collect();
+    drop(server);
+    let err = tokio::time::timeout(
+        std::time::Duration::from_secs(15),
+        store.publish_many(&room, &items),
+    )
+    .await
+    .expect("bounded")
+    .unwrap_err();
+    assert!(err.is_retryable(), "{err}");
+}
