@@ -89,7 +89,7 @@ def goals(reports):
         if fl and sx and mx:
             fp = fl["latency"]["p99_ms"]
             rows.append({
-                "goal": f"(context) the machine's floor at that rate: a server doing nothing but one write(2) per delivery (`floor-serve`), the same load generator over plain TCP",
+                "goal": "(context) the machine's floor at that rate: a server doing nothing but one write(2) per delivery (`floor-serve`), the same load generator over plain TCP",
                 "meridian": f"p99 {mx['latency']['p99_ms']:.2f} ms = floor + {mx['latency']['p99_ms'] - fp:.2f} ms",
                 "peer": f"floor p99 {fp:.2f} ms (p50 {fl['latency']['p50_ms']:.2f}), {fl['cpu']['cores']:.3f} server cores",
                 "ratio": f"best possible here: 1/{sx['latency']['p99_ms'] / fp:.2f}" if fp else "—",

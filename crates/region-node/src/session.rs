@@ -32,6 +32,7 @@ mod close {
 }
 
 /// A request's failure: code and message for the client.
+#[derive(Clone)]
 struct Failure(ErrorCode, String);
 
 impl From<StoreError> for Failure {
@@ -152,9 +153,25 @@ struct Session {
 }
 
 async fn send_text(node: &Node, ws: &mut WebSocket, text: impl Into<Utf8Bytes>) -> bool {
+    send_texts(node, ws, [text.into()]).await
+}
+
+/// Writes frames with one flush (the replies to one read's requests, or a single frame).
+async fn send_texts(
+    node: &Node,
+    ws: &mut WebSocket,
+    frames: impl IntoIterator<Item = Utf8Bytes>,
+) -> bool {
+    use futures_util::SinkExt;
     let timeout = Duration::from_millis(node.config.timing.ping_timeout_ms);
-    node.metrics.frames_out.inc();
-    finishes_within(timeout, ws.send(Message::Text(text.into()))).await
+    let write = async {
+        for frame in frames {
+            node.metrics.frames_out.inc();
+            ws.feed(Message::Text(frame)).await?;
+        }
+        ws.flush().await
+    };
+    finishes_within(timeout, write).await
 }
 
 /// Whether `write` succeeds within `timeout`. Nearly every write finishes at once (the socket
@@ -169,21 +186,6 @@ async fn finishes_within<E>(
         return done.is_ok();
     }
     matches!(tokio::time::timeout(timeout, write).await, Ok(Ok(())))
-}
-
-/// Writes the replies to one read's requests with one flush.
-async fn send_replies(node: &Node, ws: &mut WebSocket, replies: Vec<String>) -> bool {
-    use futures_util::SinkExt;
-    let timeout = Duration::from_millis(node.config.timing.ping_timeout_ms);
-    let n = replies.len() as u64;
-    let write = async {
-        for reply in replies {
-            ws.feed(Message::Text(reply.into())).await?;
-        }
-        ws.flush().await
-    };
-    node.metrics.frames_out.inc_by(n);
-    finishes_within(timeout, write).await
 }
 
 /// Writes `first` and whatever else is already queued (up to 64 frames) with one flush: under
@@ -518,7 +520,7 @@ impl Session {
                     }
                     if !texts.is_empty() {
                         let replies = Box::pin(self.handle_many(&texts)).await;
-                        if !send_replies(&node, ws, replies).await {
+                        if !send_texts(&node, ws, replies.into_iter().map(Utf8Bytes::from)).await {
                             break;
                         }
                     }
@@ -641,9 +643,7 @@ impl Session {
                         continue;
                     }
                     if batch.as_ref().is_some_and(|b| b.room != room) {
-                        if let Some(b) = batch.take() {
-                            self.publish(b, &mut replies).await;
-                        }
+                        self.publish(batch.take(), &mut replies).await;
                     }
                     let frame = RoomEventFrame::message(&room, &self.conn.user, &data);
                     let b = batch.get_or_insert_with(|| PublishBatch {
@@ -661,21 +661,18 @@ impl Session {
                 }
                 other => other,
             };
-            if let Some(b) = batch.take() {
-                self.publish(b, &mut replies).await;
-            }
+            self.publish(batch.take(), &mut replies).await;
             let outcome = self.execute(request).await;
             replies.push(self.reply(&id, outcome));
         }
-        if let Some(b) = batch.take() {
-            self.publish(b, &mut replies).await;
-        }
+        self.publish(batch.take(), &mut replies).await;
         replies
     }
 
-    /// Sequences a batch of publishes with one store call and writes their replies into
-    /// their slots.
-    async fn publish(&self, batch: PublishBatch, replies: &mut [String]) {
+    /// Sequences a batch of publishes (if there is one) with one store call and writes their
+    /// replies into their slots.
+    async fn publish(&self, batch: Option<PublishBatch>, replies: &mut [String]) {
+        let Some(batch) = batch else { return };
         let node = &self.node;
         let items: Vec<PublishItem<'_>> = batch
             .items
@@ -701,10 +698,9 @@ impl Session {
                 }
             }
             Err(e) => {
-                let Failure(code, message) = e.into();
+                let failure = Failure::from(e);
                 for p in &batch.items {
-                    node.metrics.error(code);
-                    replies[p.slot] = error_reply(Some(&p.id), code, &message);
+                    replies[p.slot] = self.reply(&p.id, Err(failure.clone()));
                 }
             }
         }

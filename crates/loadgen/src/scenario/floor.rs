@@ -74,10 +74,13 @@ pub fn serve_on(listener: TcpListener) -> Result<(), LoadgenError> {
     for stream in listener.incoming() {
         let Ok(mut stream) = stream else { continue };
         let _ = stream.set_nodelay(true);
+        // A client that never names its role must not stall the accept loop.
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
         let mut role = [0u8; 2];
         if stream.read_exact(&mut role).is_err() {
             continue;
         }
+        let _ = stream.set_read_timeout(None);
         match &role {
             b"S\n" => subscribers
                 .lock()
