@@ -238,6 +238,51 @@ impl Default for RttSettings {
     }
 }
 
+/// HTTP API settings (`[http]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Origins a web app may call the public routing endpoints (`/v1/route`, `/v1/connect`,
+    /// `/v1/rtt`) from: `["*"]` (any, the default), a list of exact origins
+    /// (`"https://app.example.com"`), or `[]` (no CORS headers at all). Never applied to the
+    /// admin and status endpoints.
+    pub cors_origins: Vec<String>,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings {
+            cors_origins: vec!["*".into()],
+        }
+    }
+}
+
+impl HttpSettings {
+    fn validate(&self) -> Result<(), String> {
+        for origin in &self.cors_origins {
+            if origin == "*" {
+                if self.cors_origins.len() > 1 {
+                    return Err("cors_origins: \"*\" must be the only entry".into());
+                }
+                continue;
+            }
+            let ok = (origin.starts_with("http://") || origin.starts_with("https://"))
+                && !origin.ends_with('/')
+                && origin.bytes().all(|b| b.is_ascii_graphic())
+                && origin
+                    .split("://")
+                    .nth(1)
+                    .is_some_and(|host| !host.is_empty() && !host.contains('/'));
+            if !ok {
+                return Err(format!(
+                    "cors_origins: {origin:?} is not an origin (scheme://host[:port], no path, no trailing slash)"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The whole router configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -277,6 +322,8 @@ pub struct RouterConfig {
     pub controls: ControlsConfig,
     /// RTT reports.
     pub rtt: RttSettings,
+    /// HTTP API settings (CORS).
+    pub http: HttpSettings,
 }
 
 impl Default for RouterConfig {
@@ -299,6 +346,7 @@ impl Default for RouterConfig {
             health: HealthConfig::default(),
             controls: ControlsConfig::default(),
             rtt: RttSettings::default(),
+            http: HttpSettings::default(),
         }
     }
 }
@@ -377,6 +425,9 @@ impl RouterConfig {
         self.policy
             .validate()
             .map_err(|e| invalid(format!("policy.{e}")))?;
+        self.http
+            .validate()
+            .map_err(|e| invalid(format!("http.{e}")))?;
         let h = &self.health;
         if h.interval_ms < 50 || h.timeout_ms == 0 || h.timeout_ms > h.interval_ms {
             return Err(invalid(format!(

@@ -86,13 +86,48 @@ impl Service {
         B: axum::body::HttpBody<Data = Bytes> + Send + 'static,
         B::Error: Into<axum::BoxError>,
     {
-        if let Some(response) = self.fast(peer, &request) {
-            return Ok(response);
+        let cors = self.cors_origin(&request);
+        if let Some(origin) = &cors {
+            if request.method() == axum::http::Method::OPTIONS {
+                return Ok(preflight(origin.clone()));
+            }
         }
-        let mut request = request.map(axum::body::Body::new);
-        request.extensions_mut().insert(ConnectInfo(peer));
-        let mut routes = self.routes.clone();
-        tower_service::Service::call(&mut routes, request).await
+        let mut response = match self.fast(peer, &request) {
+            Some(response) => response,
+            None => {
+                let mut request = request.map(axum::body::Body::new);
+                request.extensions_mut().insert(ConnectInfo(peer));
+                let mut routes = self.routes.clone();
+                tower_service::Service::call(&mut routes, request).await?
+            }
+        };
+        if let Some(origin) = cors {
+            allow_origin(response.headers_mut(), origin);
+        }
+        Ok(response)
+    }
+
+    /// The `Access-Control-Allow-Origin` value for a request to a public routing endpoint
+    /// (`/v1/route`, `/v1/connect`, `/v1/rtt`) that carries an `Origin` allowed by
+    /// `http.cors_origins`; `None` otherwise (no CORS headers: the browser refuses the read).
+    fn cors_origin<B>(&self, request: &axum::http::Request<B>) -> Option<HeaderValue> {
+        let origins = &self.app.router.config.http.cors_origins;
+        if origins.is_empty()
+            || !matches!(
+                request.uri().path(),
+                "/v1/route" | "/v1/connect" | "/v1/rtt"
+            )
+        {
+            return None;
+        }
+        let origin = request.headers().get(header::ORIGIN)?;
+        if origins.iter().any(|o| o == "*") {
+            return Some(HeaderValue::from_static("*"));
+        }
+        origins
+            .iter()
+            .any(|o| o.as_bytes() == origin.as_bytes())
+            .then(|| origin.clone())
     }
 
     fn fast<B>(&self, peer: SocketAddr, request: &axum::http::Request<B>) -> Option<Response> {
@@ -110,6 +145,36 @@ impl Service {
         };
         Some(reply(&self.app, peer, request.headers(), ip.as_deref()))
     }
+}
+
+/// Answers a CORS preflight (`OPTIONS` with an allowed `Origin`) for a public routing endpoint.
+fn preflight(origin: HeaderValue) -> Response {
+    let mut response = Response::new(axum::body::Body::empty());
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    let headers = response.headers_mut();
+    allow_origin(headers, origin);
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, POST, OPTIONS"),
+    );
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("content-type"),
+    );
+    headers.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("600"),
+    );
+    response
+}
+
+/// Adds `Access-Control-Allow-Origin` (and `Vary: Origin` when it echoes a listed origin, so
+/// caches keep one answer per origin).
+fn allow_origin(headers: &mut HeaderMap, origin: HeaderValue) {
+    if origin != "*" {
+        headers.append(header::VARY, HeaderValue::from_static("origin"));
+    }
+    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
 }
 
 fn routes(app: App) -> Router {
