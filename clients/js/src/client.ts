@@ -394,13 +394,15 @@ export class MeridianClient extends Emitter<ClientEvents> {
 
   private async loop(): Promise<void> {
     let attempt = 0;
+    let retry = 0;
     let first = true;
     while (this._state !== "closed") {
       if (!first || this.hint) {
         const hint = this.hint;
         const delay = hint ? Math.max(0, hint.at - Date.now()) : this.backoff(attempt);
         this.setState("reconnecting");
-        this.emit("reconnecting", { attempt: attempt + 1, delayMs: Math.round(delay) });
+        retry += 1;
+        this.emit("reconnecting", { attempt: retry, delayMs: Math.round(delay) });
         await sleep(delay, this.waiter);
         if (this.isClosed()) return;
       } else {
@@ -435,6 +437,7 @@ export class MeridianClient extends Emitter<ClientEvents> {
         continue;
       }
       attempt = 0;
+      retry = 0;
       const ended = await session;
       if (this.isClosed()) return;
       this.emit("disconnected", ended);
@@ -580,7 +583,6 @@ export class MeridianClient extends Emitter<ClientEvents> {
     this.tokenTimer = setTimeout(() => {
       this.refreshToken().catch((e) => this.emit("error", e));
     }, Math.min(ms, 2 ** 31 - 1));
-    (this.tokenTimer as any)?.unref?.();
   }
 
   private async wsConstructor(): Promise<WebSocketConstructor> {
