@@ -66,6 +66,9 @@ pub struct UpArgs {
     /// {reason: region_down}` (`[replication] grace_ms`). Short values make drills quick.
     #[arg(long, default_value = "15s", value_parser = crate::parse_duration)]
     pub relay_grace: Duration,
+    /// The WebRTC demo page (served on a loopback port when the directory exists).
+    #[arg(long, default_value = "examples/webrtc")]
+    pub demo: PathBuf,
 }
 
 /// What `up` writes to `<state-dir>/endpoints.json`.
@@ -99,6 +102,9 @@ pub struct Endpoints {
     /// Process ids of every child of the mesh when it came up (name → pid).
     #[serde(default)]
     pub pids: BTreeMap<String, u32>,
+    /// The WebRTC demo page's URL (`examples/webrtc/`), when served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub demo: Option<String>,
 }
 
 fn default_grace_ms() -> u64 {
@@ -357,6 +363,7 @@ pub fn run(args: UpArgs) -> Result<()> {
     }
     let control_listener = TcpListener::bind("127.0.0.1:0")?;
     let control = control_listener.local_addr()?;
+    let demo = serve_demo(&args.demo, http, &tokens)?;
     let endpoints = Endpoints {
         state_dir: state.clone(),
         zone: args.zone.clone(),
@@ -374,6 +381,7 @@ pub fn run(args: UpArgs) -> Result<()> {
         pid: std::process::id(),
         relay_grace_ms: mesh.grace_ms,
         pids: mesh.supervisor.pids(),
+        demo,
     };
     let json_path = state.join("endpoints.json");
     std::fs::write(&json_path, serde_json::to_string_pretty(&endpoints)?)?;
@@ -771,6 +779,11 @@ fn print_table(e: &Endpoints, json: &Path) {
             e.tokens.get("bob").map_or("", String::as_str)
         );
     }
+    if let Some(demo) = &e.demo {
+        println!("\nWebRTC demo (open it twice: alice in Singapore, bob in Berlin):");
+        println!("  {demo}?user=alice&ip=103.20.1.7");
+        println!("  {demo}?user=bob&ip=81.20.1.7");
+    }
     println!("\nEvery endpoint as JSON: {}", json.display());
     println!("Ctrl-C stops everything.");
 }
@@ -792,6 +805,83 @@ fn smoke(e: &Endpoints) -> Result<()> {
             bail!("region {} is not ready through {addr}", region.name);
         }
     }
+    Ok(())
+}
+
+/// Serves the WebRTC demo directory (`examples/webrtc/`) on a loopback port, plus
+/// `/config.json` (the router's URL and the ready-made dev tokens), from a thread; returns the
+/// page's URL, or `None` when the directory is missing (e.g. `up` run outside the repository).
+fn serve_demo(
+    dir: &Path,
+    router: SocketAddr,
+    tokens: &BTreeMap<String, String>,
+) -> Result<Option<String>> {
+    if !dir.join("index.html").is_file() {
+        return Ok(None);
+    }
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let config = serde_json::to_string(&serde_json::json!({
+        "router": format!("http://{router}"),
+        "tokens": tokens,
+    }))?;
+    let dir = dir.to_path_buf();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            let (dir, config) = (dir.clone(), config.clone());
+            std::thread::spawn(move || {
+                if let Err(e) = serve_demo_file(stream, &dir, &config) {
+                    eprintln!("meridian up: demo request failed: {e:#}");
+                }
+            });
+        }
+    });
+    Ok(Some(format!("http://{addr}/")))
+}
+
+/// One `GET` of the demo server: a file of the directory (no subdirectories), or `/config.json`.
+fn serve_demo_file(mut stream: TcpStream, dir: &Path, config: &str) -> Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    // Drain the headers (the browser waits for us to read them on keep-alive sockets).
+    let mut header = String::new();
+    while reader.read_line(&mut header)? > 2 {
+        header.clear();
+    }
+    let path = line.split_whitespace().nth(1).unwrap_or("/");
+    let name = path
+        .split('?')
+        .next()
+        .unwrap_or("/")
+        .trim_start_matches('/');
+    let name = if name.is_empty() { "index.html" } else { name };
+    let (status, kind, body) = if name == "config.json" {
+        (200, "application/json", config.as_bytes().to_vec())
+    } else if name.contains('/') || name.contains("..") || name.starts_with('.') {
+        (404, "text/plain", b"not found".to_vec())
+    } else {
+        match std::fs::read(dir.join(name)) {
+            Ok(body) => {
+                let kind = match name.rsplit('.').next() {
+                    Some("html") => "text/html; charset=utf-8",
+                    Some("js") => "text/javascript",
+                    Some("css") => "text/css",
+                    _ => "application/octet-stream",
+                };
+                (200, kind, body)
+            }
+            Err(_) => (404, "text/plain", b"not found".to_vec()),
+        }
+    };
+    write!(
+        stream,
+        "HTTP/1.1 {status} X\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
+        body.len()
+    )?;
+    stream.write_all(&body)?;
     Ok(())
 }
 
