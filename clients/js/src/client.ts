@@ -236,6 +236,19 @@ export class MeridianClient extends Emitter<ClientEvents> {
     this.endIterators();
   }
 
+  /** Drops the current connection and reconnects at once (e.g. after a network change);
+   * rooms are resumed and queued requests re-sent as after any reconnect. */
+  reconnect(): void {
+    const ws = this.ws;
+    if (!ws || this.isClosed()) return;
+    this.hint = { afterMs: 0, reason: "client", at: Date.now() };
+    try {
+      ws.close(1000, "reconnect");
+    } catch {
+      /* closed */
+    }
+  }
+
   // ---------------------------------------------------------------- requests
 
   /** Joins `room` (resumed after every reconnect until `leave`). */
