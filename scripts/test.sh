@@ -22,3 +22,5 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --locked --no-fail-fast -- --test-threads 2
 fi
+# The JavaScript SDK: unit, end-to-end on `meridian up`, and the WebRTC demo in Chromium.
+bash clients/js/test.sh

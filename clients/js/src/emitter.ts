@@ -83,7 +83,8 @@ export class Emitter<M extends object> {
   protected emit<K extends keyof M>(event: K, value: M[K]): void {
     const set = this.listeners.get(event);
     if (!set) return;
-    for (const listener of [...set]) {
+    // One listener (the common case) needs no snapshot of the set.
+    for (const listener of set.size === 1 ? set : [...set]) {
       try {
         (listener as Listener<M[K]>)(value);
       } catch (e) {

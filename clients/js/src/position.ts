@@ -100,12 +100,18 @@ export class RoomPosition {
    */
   accept(region: string, ev: SequencedEvent): boolean {
     if (ev.epoch === this.epoch && ev.seq <= this.seq) return false;
-    const o = ev.origin ?? { region, epoch: ev.epoch, seq: ev.seq };
-    const known = this.vector.get(o.region);
-    const duplicate = known !== undefined && known.epoch === o.epoch && o.seq <= known.seq;
+    const o = ev.origin;
+    const oRegion = o ? o.region : region;
+    const oEpoch = o ? o.epoch : ev.epoch;
+    const oSeq = o ? o.seq : ev.seq;
+    const known = this.vector.get(oRegion);
+    const sameEpoch = known !== undefined && known.epoch === oEpoch;
+    const duplicate = sameEpoch && oSeq <= known.seq;
     this.epoch = ev.epoch;
     this.seq = ev.seq;
-    if (!duplicate) this.vector.set(o.region, { epoch: o.epoch, seq: o.seq });
+    if (sameEpoch) {
+      if (!duplicate) known.seq = oSeq;
+    } else this.vector.set(oRegion, { epoch: oEpoch, seq: oSeq });
     if (this.pending) {
       this.pending.remaining -= 1;
       if (this.pending.remaining <= 0) this.finishReplay();
