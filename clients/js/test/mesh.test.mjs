@@ -185,3 +185,26 @@ test("`reconnect` from a draining region is honoured: wait after_ms, re-route, r
   assert.ok(c.room("drain"), "room kept across the move");
   c.close();
 });
+
+test("meridian up serves the demo: page, bundle, config; nothing outside the directory", { timeout: 30_000 }, async () => {
+  const base = mesh.endpoints.demo;
+  assert.match(base, /^http:\/\/127\.0\.0\.1:\d+\/$/);
+  const page = await fetch(base);
+  assert.equal(page.status, 200);
+  assert.match(await page.text(), /Meridian WebRTC demo/);
+  const bundle = await fetch(`${base}meridian-client.js`);
+  assert.equal(bundle.headers.get("content-type"), "text/javascript");
+  const config = await (await fetch(`${base}config.json`)).json();
+  assert.equal(config.router, mesh.router);
+  assert.equal(typeof config.tokens.alice, "string");
+  // Raw requests, so no client normalises the paths first.
+  const raw = (path) =>
+    new Promise((resolve, reject) => {
+      const s = connect(Number(new URL(base).port), "127.0.0.1", () => s.end(`GET ${path} HTTP/1.1\r\nHost: x\r\n\r\n`));
+      let out = "";
+      s.on("data", (d) => (out += d)).on("end", () => resolve(out.split(" ")[1])).on("error", reject);
+    });
+  for (const path of ["/../Cargo.toml", "/..%2FCargo.toml", "/%2e%2e/README.md", "/.git/config", "/sub/dir.js", "/missing.js"]) {
+    assert.equal(await raw(path), "404", path);
+  }
+});
