@@ -102,6 +102,8 @@ interface Pending {
   id?: number;
   /** For `leave`: resolved as done when the connection is lost (the new one will not rejoin). */
   onLost?: () => void;
+  /** Runs synchronously with a successful reply, before the next frame; a throw rejects. */
+  onOk?: (result: any) => void;
 }
 
 
@@ -291,7 +293,9 @@ export class MeridianClient extends Emitter<ClientEvents> {
 
   /** @internal */
   sendJoin(room: Room): Promise<unknown> {
-    return this.request("join", { room: room.name }, "resend").then((r) => {
+    // The position is seeded synchronously with the reply, before any later frame of the same
+    // read (events of the room may follow the reply in one chunk) is dispatched.
+    const seed = (r: any) => {
       if (!isObj(r) || typeof r.epoch !== "string" || typeof r.seq !== "number") {
         throw new MeridianError("bad_frame", "join reply without epoch/seq", false, "join");
       }
@@ -301,8 +305,8 @@ export class MeridianClient extends Emitter<ClientEvents> {
       pos.seedFromJoin(this.connectedInfo?.region ?? "", r.epoch, r.seq, origins);
       room.position = pos;
       if (had) room.emitLost({ room: room.name, epoch: r.epoch, seq: r.seq });
-      return r;
-    });
+    };
+    return this.request("join", { room: room.name }, "resend", undefined, seed);
   }
 
   /** @internal */
@@ -323,10 +327,16 @@ export class MeridianClient extends Emitter<ClientEvents> {
    * while in flight (not safe to repeat), re-sent only after `rate_limited` (not executed).
    * @internal
    */
-  request(op: string, fields: Record<string, unknown>, retry: Retry, onLost?: () => unknown): Promise<any> {
+  request(
+    op: string,
+    fields: Record<string, unknown>,
+    retry: Retry,
+    onLost?: () => unknown,
+    onOk?: (result: any) => void,
+  ): Promise<any> {
     if (this.isClosed()) return Promise.reject(new MeridianError("closed", "the client was closed", false, op));
     return new Promise((resolve, reject) => {
-      const p: Pending = { op, fields, retry, resolve, reject, timer: undefined };
+      const p: Pending = { op, fields, retry, resolve, reject, timer: undefined, onOk };
       if (onLost) p.onLost = () => resolve(onLost());
       p.timer = setTimeout(() => {
         p.timer = undefined;
@@ -370,7 +380,15 @@ export class MeridianClient extends Emitter<ClientEvents> {
     if (p.id !== undefined) this.inflight.delete(p.id);
     if (frame.type === "ok") {
       clearTimeout(p.timer);
-      p.resolve(isObj(frame.result) ? frame.result : {});
+      p.timer = undefined;
+      const result = isObj(frame.result) ? frame.result : {};
+      try {
+        p.onOk?.(result);
+      } catch (e) {
+        p.reject(e instanceof MeridianError ? e : new MeridianError("bad_frame", String(e), false, p.op));
+        return;
+      }
+      p.resolve(result);
       return;
     }
     const code = typeof frame.code === "string" ? frame.code : "internal";

@@ -423,3 +423,24 @@ test("Node: the real WebSocket path (ws) survives binary and garbage frames", as
   c.close();
   wss.close();
 });
+
+test("an event right behind the join reply (same read) is delivered, not dropped", async () => {
+  const net = fakeNet({
+    respond: (sock, f, n) => {
+      defaultRespond(sock, f, n);
+      // Synchronously after the reply, as when both frames arrive in one TCP read.
+      if (f.op === "join") sock.push({ type: "message", room: f.room, from: "bob", data: "first", seq: 45, epoch: "k3v9x0qa" });
+    },
+  });
+  const c = client(net);
+  await connected(c);
+  const got = [];
+  c.on("error", (e) => got.push(`error ${e.code}`));
+  const joining = c.join("lobby");
+  // Listen before the join resolves: the room's events are buffered into it.
+  await waitFor(() => c.room("lobby"));
+  c.room("lobby").on("message", (m) => got.push(m.data));
+  await joining;
+  assert.deepEqual(got, ["first"]);
+  c.close();
+});
