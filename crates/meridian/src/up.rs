@@ -10,7 +10,9 @@
 //! ([`Endpoints`]; its fields are listed in the README's `meridian up` section). It also serves a small control API on
 //! loopback (`control` in the JSON) that `meridian drill --mode kill` uses to kill and restart a
 //! region's processes: only the parent can restart its children. Ctrl-C or SIGTERM stops every
-//! child (SIGTERM, then SIGKILL after a grace period).
+//! child (SIGTERM, then SIGKILL after a grace period). When `examples/webrtc/` (`--demo`) is
+//! there, it serves that WebRTC demo page on a loopback port (`demo` in the JSON) with a
+//! `/config.json` holding the router's URL and the dev tokens, and prints its URL.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
