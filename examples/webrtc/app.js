@@ -106,6 +106,14 @@ demo.send = (text) => {
   return true;
 };
 demo.signal = (data) => client.send(peer, data);
+// For the browser test: an ICE restart negotiated through wherever signaling is now.
+demo.restartIce = () => neg.restartIce();
+demo.ice = () => ({
+  ufrag: /a=ice-ufrag:(\S+)/.exec(pc.localDescription?.sdp ?? "")?.[1] ?? "",
+  remoteUfrag: /a=ice-ufrag:(\S+)/.exec(pc.remoteDescription?.sdp ?? "")?.[1] ?? "",
+  signaling: pc.signalingState,
+  connection: pc.connectionState,
+});
 client.on("direct", ({ from, data }) => {
   if (from === peer && data?.demo) demo.messages.push({ from, text: `signal:${data.demo}` });
 });

@@ -79,6 +79,20 @@ test("two pages in two regions: DataChannel chat, region killed, channel stays o
   await until(alice, "window.demo.signal({demo: 'after-move'}).then(() => true, () => false)", 15_000, "alice's signal accepted");
   await until(bob, "window.demo.messages.some(m => m.text === 'signal:after-move')", 10_000, "bob gets signaling in his new region");
 
+  // An ICE restart negotiated through bob's new region: new credentials on both sides, the
+  // peer connection back to stable/connected, the channel still open.
+  const before = await demo(bob, "window.demo.ice()");
+  await demo(bob, "window.demo.restartIce()");
+  await until(
+    bob,
+    `(() => { const i = window.demo.ice(); return i.ufrag !== ${JSON.stringify(before.ufrag)} && i.remoteUfrag !== ${JSON.stringify(before.remoteUfrag)} && i.signaling === 'stable' && i.connection === 'connected'; })()`,
+    20_000,
+    "ICE restart through the new region",
+  );
+  assert.equal(await demo(bob, "window.demo.dcState"), "open");
+  assert.equal(await demo(alice, "window.demo.send('after the ICE restart')"), true);
+  await until(bob, "window.demo.messages.some(m => m.text === 'after the ICE restart')", 10_000, "bob gets a message after the ICE restart");
+
   mkdirSync(artifacts, { recursive: true });
   await alice.screenshot({ path: join(artifacts, "webrtc-alice.png") });
   await bob.screenshot({ path: join(artifacts, "webrtc-bob.png") });
