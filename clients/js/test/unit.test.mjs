@@ -444,3 +444,64 @@ test("an event right behind the join reply (same read) is delivered, not dropped
   assert.deepEqual(got, ["first"]);
   c.close();
 });
+
+test("resume through the client: cross-region replay after the hello reply, late copy dropped; history_lost and resume errors surfaced", async () => {
+  let hellos = 0;
+  const net = fakeNet({
+    respond: (sock, f, n) => {
+      if (f.op !== "hello") return defaultRespond(sock, f, n);
+      hellos += 1;
+      const ok = (region, resumed) => sock.push({ type: "ok", id: f.id, result: { conn: hellos, node: `n${hellos}`, protocol: 1, region, user: "bob", resumed } });
+      if (hellos === 1) return ok("eu-central", []);
+      if (hellos === 2) {
+        // Moved to ap-southeast: the vector the client sent decides the replay.
+        const lobby = f.resume.find((r) => r.room === "lobby");
+        assert.deepEqual(lobby.origins, [
+          { region: "ap-southeast", epoch: "a0000001", seq: 7 },
+          { region: "eu-central", epoch: "k3v9x0qa", seq: 44 },
+        ]);
+        ok("ap-southeast", [
+          { room: "lobby", status: "recovered", epoch: "a0000001", seq: 9, replayed: 2, origins: [{ region: "eu-central", epoch: "k3v9x0qa", seq: 44 }] },
+          { room: "stage", status: "history_lost", epoch: "a0000002", seq: 3 },
+          { room: "secret", status: "error", code: "forbidden", message: "no grant" },
+        ]);
+        const m = (seq, data, origin) => sock.push({ type: "message", room: "lobby", from: "alice", data, seq, epoch: "a0000001", ...(origin ? { origin } : {}) });
+        m(8, "a8");
+        m(9, "a9");
+        m(10, "a10"); // live, after the replay
+        return;
+      }
+      return ok("ap-southeast", []);
+    },
+  });
+  const c = client(net);
+  await connected(c);
+  const lobby = await c.join("lobby");
+  const stage = await c.join("stage");
+  const secret = await c.join("secret");
+  const got = [];
+  lobby.on("message", (m) => got.push(m.data));
+  const lost = [];
+  stage.on("history_lost", (e) => lost.push(e));
+  const errors = [];
+  secret.on("error", (e) => errors.push(e.code));
+  const s1 = net.opened.at(-1);
+  s1.push({ type: "message", room: "lobby", from: "alice", data: "a7", seq: 45, epoch: "k3v9x0qa", origin: { region: "ap-southeast", epoch: "a0000001", seq: 7 } });
+  s1.drop(1006);
+  await waitFor(() => hellos === 2 && got.length >= 3, 3000, "replay");
+  // A late copy of an event the client already has (ap-southeast 7, received in eu-central).
+  net.opened.at(-1).push({ type: "message", room: "lobby", from: "alice", data: "a7-again", seq: 11, epoch: "a0000001", origin: { region: "ap-southeast", epoch: "a0000001", seq: 7 } });
+  assert.deepEqual(got, ["a7", "a8", "a9", "a10"]);
+  assert.deepEqual(lost, [{ room: "stage", epoch: "a0000002", seq: 3 }]);
+  assert.deepEqual(errors, ["forbidden"]);
+  assert.equal(c.room("secret"), undefined, "a room the token no longer covers is dropped");
+  assert.deepEqual(lobby.resumePosition, {
+    epoch: "a0000001",
+    seq: 11,
+    origins: [
+      { region: "ap-southeast", epoch: "a0000001", seq: 10 },
+      { region: "eu-central", epoch: "k3v9x0qa", seq: 44 },
+    ],
+  });
+  c.close();
+});
