@@ -49,7 +49,24 @@ client.on("connected", (c) => {
 client.on("disconnected", (d) => log(`signaling connection lost (${d.code ?? ""} ${d.reason}); reconnecting…`));
 
 // The negotiation listens from the start, so the peer's offer is never missed.
-const neg = perfectNegotiation(client, peer, { rtcConfig: { iceServers: JSON.parse(params.get("ice") ?? "[]") } });
+// `?loopback=1` signals only loopback candidates (tests on one machine; Chromium gathers them
+// with --allow-loopback-in-peer-connection), so peer-to-peer traffic never leaves 127.0.0.1.
+const loopbackOnly = params.get("loopback") === "1";
+const neg = (demo.negotiation = perfectNegotiation(client, peer, {
+  rtcConfig: { iceServers: JSON.parse(params.get("ice") ?? "[]") },
+  candidateFilter: loopbackOnly ? (c) => /^(127\.|::1$)/.test(c.address ?? "") : undefined,
+}));
+// The addresses of the candidate pair in use (tests check they are loopback).
+demo.selectedPair = async () => {
+  const stats = await neg.pc.getStats();
+  for (const s of stats.values()) {
+    if (s.type !== "candidate-pair" || s.state !== "succeeded" || !s.nominated) continue;
+    const local = stats.get(s.localCandidateId);
+    const remote = stats.get(s.remoteCandidateId);
+    return { local: local?.address ?? local?.ip, remote: remote?.address ?? remote?.ip };
+  }
+  return null;
+};
 const pc = neg.pc;
 let channel = null;
 pc.onconnectionstatechange = () => log(`peer connection: ${pc.connectionState}`);

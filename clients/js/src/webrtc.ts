@@ -22,6 +22,11 @@ export interface NegotiationOptions {
   RTCPeerConnection?: typeof RTCPeerConnection;
   /** `auto` (default): restart ICE after a re-home when not connected; `always`; `never`. */
   restartIceOnMove?: "auto" | "always" | "never";
+  /**
+   * Which local ICE candidates are signaled to the peer (default: all). E.g. keep only
+   * loopback candidates in tests on one machine: `(c) => /^(127\.|::1$)/.test(c.address ?? "")`.
+   */
+  candidateFilter?: (candidate: RTCIceCandidate) => boolean;
 }
 
 export interface Negotiation {
@@ -63,7 +68,7 @@ export function perfectNegotiation(client: MeridianClient, peer: string, options
     }
   };
   pc.onicecandidate = ({ candidate }) => {
-    if (candidate) signal({ candidate: candidate.toJSON() });
+    if (candidate && (options.candidateFilter?.(candidate) ?? true)) signal({ candidate: candidate.toJSON() });
   };
   pc.oniceconnectionstatechange = () => {
     if (pc.iceConnectionState === "failed") pc.restartIce();

@@ -64,6 +64,12 @@ test("two pages in two regions: DataChannel chat, region killed, channel stays o
   await until(alice, "window.demo.dcState === 'open'", 30_000, "alice's DataChannel open");
   await until(bob, "window.demo.dcState === 'open'", 30_000, "bob's DataChannel open");
 
+  // Chromium never gathers loopback candidates, so test.sh runs this file in a private network
+  // namespace whose one address is BROWSER_NETNS_ADDR: peer-to-peer traffic stays inside it.
+  const pair = await until(alice, "window.demo.selectedPair()", 10_000, "alice's selected candidate pair");
+  if (process.env.BROWSER_NETNS_ADDR) {
+    assert.equal(pair.remote, process.env.BROWSER_NETNS_ADDR, `candidate pair ${JSON.stringify(pair)}`);
+  }
   assert.equal(await demo(alice, "window.demo.send('hello bob, peer to peer')"), true);
   await until(bob, "window.demo.messages.some(m => m.from === 'alice' && m.text === 'hello bob, peer to peer')", 10_000, "bob gets alice's message");
 
