@@ -142,7 +142,11 @@ impl Checker<'_> {
                     }
                     self.i += 1;
                     self.ws();
-                    let close = if kind == Container::Object { b'}' } else { b']' };
+                    let close = if kind == Container::Object {
+                        b'}'
+                    } else {
+                        b']'
+                    };
                     if self.peek() == Some(close) {
                         // Empty container: a complete value; fall through to "after value".
                         self.i += 1;
@@ -212,7 +216,10 @@ impl Checker<'_> {
     }
 
     fn hex4(&mut self) -> Result<u16, JsonRuleError> {
-        let digits = self.b.get(self.i..self.i + 4).ok_or_else(|| self.syntax())?;
+        let digits = self
+            .b
+            .get(self.i..self.i + 4)
+            .ok_or_else(|| self.syntax())?;
         let mut v: u16 = 0;
         for &d in digits {
             let n = match d {
@@ -243,9 +250,7 @@ impl Checker<'_> {
                     let at = self.i;
                     self.i += 1;
                     match self.peek() {
-                        Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => {
-                            self.i += 1
-                        }
+                        Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => self.i += 1,
                         Some(b'u') => {
                             self.i += 1;
                             let unit = self.hex4()?;
@@ -349,7 +354,10 @@ mod tests {
         ] {
             assert_eq!(check(ok), Ok(()), "{ok}");
             // serde_json agrees that it is JSON.
-            assert!(serde_json::from_str::<serde_json::Value>(ok).is_ok(), "{ok}");
+            assert!(
+                serde_json::from_str::<serde_json::Value>(ok).is_ok(),
+                "{ok}"
+            );
         }
         assert_eq!(check(&nested(MAX_DEPTH)), Ok(()));
     }
@@ -390,10 +398,7 @@ mod tests {
             );
         }
         assert_eq!(check("1e999"), Err(JsonRuleError::NotFinite { at: 0 }));
-        assert_eq!(
-            check("[-1e400]"),
-            Err(JsonRuleError::NotFinite { at: 1 })
-        );
+        assert_eq!(check("[-1e400]"), Err(JsonRuleError::NotFinite { at: 1 }));
         for lone in [
             r#""\ud800""#,
             r#""\udc00""#,

@@ -182,7 +182,10 @@ impl Request {
         };
         // serde maps a JSON array onto the struct's fields in order; the spec says a request
         // is an object.
-        if !text.trim_start_matches([' ', '\t', '\n', '\r']).starts_with('{') {
+        if !text
+            .trim_start_matches([' ', '\t', '\n', '\r'])
+            .starts_with('{')
+        {
             return Err(bad("a request must be a JSON object".into()));
         }
         let raw: RawRequest<'_> = serde_json::from_str(text).map_err(|e| {

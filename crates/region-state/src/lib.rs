@@ -387,6 +387,16 @@ pub trait StateStore: Send + Sync + 'static {
     /// at least one node took it.
     async fn send_direct(&self, to: &UserId, frame: &str) -> StoreResult<bool>;
 
+    /// For each of `users`: whether it is a member of at least one of `rooms` (members of
+    /// every region count). The scope of `send` and `presence`.
+    async fn shares_room(&self, rooms: &[RoomId], users: &[UserId]) -> StoreResult<Vec<bool>>;
+
+    /// Spends from fixed-window budgets shared by every node of the region: for each
+    /// [`Budget`], `cost` is added to its counter of the current `window`, all or none. Returns
+    /// the index of the first budget that `cost` would overdraw (nothing is spent then), or
+    /// `None` when all were spent.
+    async fn spend(&self, budgets: &[Budget<'_>], window: Duration) -> StoreResult<Option<usize>>;
+
     /// Writes a room state key (compare-and-set when `if_version` is given; 0 means "absent")
     /// and emits `state_changed`. Returns the key's new version.
     async fn state_set(
@@ -414,6 +424,18 @@ pub trait StateStore: Send + Sync + 'static {
     async fn subscribe(&self, room: &RoomId) -> StoreResult<()>;
     /// Drops one subscription count; the last one stops the room's events.
     async fn unsubscribe(&self, room: &RoomId) -> StoreResult<()>;
+}
+
+/// One fixed-window budget for [`StateStore::spend`]: a name (the store prefixes and scopes
+/// it), what this request costs and the most the window allows.
+#[derive(Debug, Clone, Copy)]
+pub struct Budget<'a> {
+    /// The budget's name, e.g. `"pub:alice"`.
+    pub name: &'a str,
+    /// What this request spends.
+    pub cost: u64,
+    /// The most one window may spend.
+    pub limit: u64,
 }
 
 /// Milliseconds since the Unix epoch.

@@ -29,8 +29,8 @@ use crate::scripts::{
     entry_seq, history_after, k, room_of_channel, stored_entries, RoomArgs, RoomKeys, Scripts,
 };
 use crate::{
-    now_ms, split_seq, ConnRef, Inbound, JoinOutcome, MemberPage, NodeId, PublishItem, Published,
-    ReapedNode, Recovery, StateStore, StoreError, StoreLimits, StoreResult,
+    now_ms, split_seq, Budget, ConnRef, Inbound, JoinOutcome, MemberPage, NodeId, PublishItem,
+    Published, ReapedNode, Recovery, StateStore, StoreError, StoreLimits, StoreResult,
 };
 
 /// Where and how to reach the region's Redis.
@@ -744,6 +744,43 @@ impl StateStore for RedisStore {
         inv.key(user_conns_key(to)).arg(format!("{to} {frame}"));
         let receivers: u64 = inv.invoke_async(&mut self.conn()).await?;
         Ok(receivers > 0)
+    }
+
+    async fn shares_room(&self, rooms: &[RoomId], users: &[UserId]) -> StoreResult<Vec<bool>> {
+        let mut shared = vec![false; users.len()];
+        if rooms.is_empty() || users.is_empty() {
+            return Ok(shared);
+        }
+        let mut pipe = redis::pipe();
+        for room in rooms {
+            pipe.cmd("ZMSCORE")
+                .arg(&RoomKeys::new(room).keys[k::MEM])
+                .arg(users.iter().map(UserId::as_str).collect::<Vec<_>>());
+        }
+        let scores: Vec<Vec<Option<f64>>> = pipe.query_async(&mut self.conn()).await?;
+        for per_room in scores {
+            for (s, score) in shared.iter_mut().zip(per_room) {
+                *s |= score.is_some();
+            }
+        }
+        Ok(shared)
+    }
+
+    async fn spend(&self, budgets: &[Budget<'_>], window: Duration) -> StoreResult<Option<usize>> {
+        if budgets.is_empty() {
+            return Ok(None);
+        }
+        let window_ms = (window.as_millis() as u64).max(1);
+        let slot = now_ms() / window_ms;
+        let mut inv = self.scripts.spend.prepare_invoke();
+        inv.arg(window_ms * 2);
+        for b in budgets {
+            inv.key(format!("mb:{{{}}}:{slot}", b.name))
+                .arg(b.cost)
+                .arg(b.limit);
+        }
+        let over: usize = inv.invoke_async(&mut self.conn()).await?;
+        Ok(over.checked_sub(1))
     }
 
     async fn state_set(

@@ -514,6 +514,24 @@ end
 return n
 "#;
 
+/// Fixed-window budgets, all or none: KEYS[i] is budget i's counter for the current window,
+/// ARGV[1] the window in ms (the counters' expiry), ARGV[2i] its cost and ARGV[2i+1] its
+/// limit. Returns the 1-based index of the first budget the cost would overdraw (nothing is
+/// spent), or 0 when every cost was spent.
+const SPEND_LUA: &str = r#"
+for i = 1, #KEYS do
+  local cur = tonumber(redis.call('GET', KEYS[i]) or '0')
+  if cur + tonumber(ARGV[2 * i]) > tonumber(ARGV[2 * i + 1]) then return i end
+end
+for i = 1, #KEYS do
+  local cost = tonumber(ARGV[2 * i])
+  if redis.call('INCRBY', KEYS[i], cost) == cost then
+    redis.call('PEXPIRE', KEYS[i], ARGV[1])
+  end
+end
+return 0
+"#;
+
 /// The scripts, hashed once per store.
 pub(crate) struct Scripts {
     pub join: Script,
@@ -528,6 +546,7 @@ pub(crate) struct Scripts {
     pub connect: Script,
     pub disconnect: Script,
     pub send_direct: Script,
+    pub spend: Script,
 }
 
 impl Scripts {
@@ -547,6 +566,7 @@ impl Scripts {
             connect: user(CONNECT_LUA),
             disconnect: user(DISCONNECT_LUA),
             send_direct: Script::new(SEND_DIRECT_LUA),
+            spend: Script::new(SPEND_LUA),
         }
     }
 }
