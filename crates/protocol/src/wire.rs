@@ -192,6 +192,13 @@ impl Request {
             // Name the JSON rule the frame breaks when there is one (`NaN`, a lone surrogate,
             // a too-deep value); serde's own message otherwise.
             match json_rules::check_with_depth(text, json_rules::MAX_DEPTH + 1) {
+                // The frame's own object is the one level more: name the values' limit.
+                Err(json_rules::JsonRuleError::TooDeep { .. }) => bad(format!(
+                    "malformed request: {}",
+                    json_rules::JsonRuleError::TooDeep {
+                        max: json_rules::MAX_DEPTH
+                    }
+                )),
                 Err(rule) => bad(format!("malformed request: {rule}")),
                 Ok(()) => bad(format!("malformed request: {e}")),
             }
