@@ -122,7 +122,10 @@ impl Raw {
                 bail!("still open after {wait:?}");
             }
             if self.next_text(left).await.is_err() {
-                return self.closed.clone().ok_or_else(|| anyhow!("closed without a close frame"));
+                return self
+                    .closed
+                    .clone()
+                    .ok_or_else(|| anyhow!("closed without a close frame"));
             }
         }
     }
@@ -187,9 +190,7 @@ async fn deep_values_are_refused_and_cannot_lock_a_node() -> Result<()> {
     let set = writer
         .request_raw(
             90,
-            &format!(
-                r#"{{"id":90,"op":"state_set","room":"poison","key":"k","value":{deep}}}"#
-            ),
+            &format!(r#"{{"id":90,"op":"state_set","room":"poison","key":"k","value":{deep}}}"#),
         )
         .await?;
     assert_eq!(reply_code(&set), "bad_request", "{set}");
@@ -260,7 +261,9 @@ async fn invalid_json_is_refused_and_subscribers_get_only_valid_json() -> Result
     let mut sub = Raw::hello(&url, &token("sub")).await?;
     sub.request(json!({"op": "join", "room": "r"})).await?;
     let mut publisher = Raw::hello(&url, &token("pub")).await?;
-    publisher.request(json!({"op": "join", "room": "r"})).await?;
+    publisher
+        .request(json!({"op": "join", "room": "r"}))
+        .await?;
     let deep40k = nested(20_000);
     let cases: [(&str, &str); 8] = [
         ("Infinity", "NaN, Infinity"),
@@ -276,7 +279,10 @@ async fn invalid_json_is_refused_and_subscribers_get_only_valid_json() -> Result
     for (value, rule) in cases {
         for frame in [
             format!(r#"{{"id":{id},"op":"publish","room":"r","data":{value}}}"#),
-            format!(r#"{{"id":{},"op":"send","to":"sub","data":{value}}}"#, id + 1),
+            format!(
+                r#"{{"id":{},"op":"send","to":"sub","data":{value}}}"#,
+                id + 1
+            ),
             format!(
                 r#"{{"id":{},"op":"state_set","room":"r","key":"k","value":{value}}}"#,
                 id + 2
@@ -348,7 +354,9 @@ async fn direct_message_floods_are_refused_and_the_victim_stays() -> Result<()> 
         json!([]),
     )
     .await?;
-    ok(victim.request(json!({"op": "join", "room": "home"})).await?)?;
+    ok(victim
+        .request(json!({"op": "join", "room": "home"}))
+        .await?)?;
 
     // The rule: no shared room, no `dm` claim → forbidden; a shared room → allowed.
     let (mut stranger, _) = Client::hello(
@@ -361,12 +369,16 @@ async fn direct_message_floods_are_refused_and_the_victim_stays() -> Result<()> 
         .request(json!({"op": "send", "to": "victim", "data": "hi"}))
         .await?;
     assert_eq!(error_code(&refused), "forbidden", "{refused}");
-    ok(stranger.request(json!({"op": "join", "room": "elsewhere"})).await?)?;
+    ok(stranger
+        .request(json!({"op": "join", "room": "elsewhere"}))
+        .await?)?;
     let refused = stranger
         .request(json!({"op": "send", "to": "victim", "data": "hi"}))
         .await?;
     assert_eq!(error_code(&refused), "forbidden", "{refused}");
-    ok(stranger.request(json!({"op": "join", "room": "home"})).await?)?;
+    ok(stranger
+        .request(json!({"op": "join", "room": "home"}))
+        .await?)?;
     ok(stranger
         .request(json!({"op": "send", "to": "victim", "data": "hi"}))
         .await?)?;
@@ -411,9 +423,15 @@ async fn direct_message_floods_are_refused_and_the_victim_stays() -> Result<()> 
     assert!(limited >= 80, "the flood is refused: {delivered} delivered");
     // The victim was never dropped: it still answers, and gets what was accepted.
     ok(victim.request(json!({"op": "ping"})).await?)?;
-    let got = victim.drain_events("direct", Duration::from_secs(2)).await?;
+    let got = victim
+        .drain_events("direct", Duration::from_secs(2))
+        .await?;
     assert_eq!(got.len(), delivered, "accepted messages are delivered");
-    assert!(victim.closed.is_none(), "victim closed: {:?}", victim.closed);
+    assert!(
+        victim.closed.is_none(),
+        "victim closed: {:?}",
+        victim.closed
+    );
     ok(victim.request(json!({"op": "ping"})).await?)?;
     Ok(())
 }
@@ -424,13 +442,19 @@ async fn direct_message_floods_are_refused_and_the_victim_stays() -> Result<()> 
 async fn a_connection_ends_when_its_token_expires() -> Result<()> {
     let redis = RedisServer::start()?;
     let node = NodeProcess::start(REGION, &redis.url(), "")?;
-    let mut c = Raw::hello(&node.ws_url(), &token_with("brief", 2, &[("*", true)], SECRET)).await?;
+    let mut c = Raw::hello(
+        &node.ws_url(),
+        &token_with("brief", 2, &[("*", true)], SECRET),
+    )
+    .await?;
     let pong = c.request(json!({"op": "ping"})).await?;
     assert!(pong.contains("pong"));
     let (code, reason) = c.closed_within(Duration::from_secs(6)).await?;
     assert_eq!((code, reason.as_str()), (1008, "token_expired"));
     assert!(
-        c.frames.iter().any(|f| f.contains("\"code\":\"token_expired\"")),
+        c.frames
+            .iter()
+            .any(|f| f.contains("\"code\":\"token_expired\"")),
         "{:?}",
         c.frames
     );
@@ -461,7 +485,10 @@ async fn tokens_from_the_future_are_refused() -> Result<()> {
         let mut c = Client::connect(&node.ws_url()).await?;
         let r = c.request(json!({"op": "hello", "token": t})).await?;
         assert_eq!(error_code(&r), "token_invalid", "{r}");
-        assert!(r["message"].as_str().unwrap_or("").contains("future"), "{r}");
+        assert!(
+            r["message"].as_str().unwrap_or("").contains("future"),
+            "{r}"
+        );
     }
     let soon = now_secs() + 20;
     Client::hello(&node.ws_url(), &mint(Some(soon), Some(soon))?, json!([])).await?;
@@ -479,9 +506,15 @@ async fn presence_is_scoped_to_shared_rooms() -> Result<()> {
     let (mut friend, _) = Client::hello(&url, &plain("friend"), json!([])).await?;
     let (mut stranger, _) = Client::hello(&url, &plain("stranger"), json!([])).await?;
     let (mut asker, _) = Client::hello(&url, &plain("asker"), json!([])).await?;
-    ok(friend.request(json!({"op": "join", "room": "shared"})).await?)?;
-    ok(stranger.request(json!({"op": "join", "room": "theirs"})).await?)?;
-    ok(asker.request(json!({"op": "join", "room": "shared"})).await?)?;
+    ok(friend
+        .request(json!({"op": "join", "room": "shared"}))
+        .await?)?;
+    ok(stranger
+        .request(json!({"op": "join", "room": "theirs"}))
+        .await?)?;
+    ok(asker
+        .request(json!({"op": "join", "room": "shared"}))
+        .await?)?;
     let r = ok(asker
         .request(json!({"op": "presence", "users": ["friend", "stranger", "asker", "nobody"]}))
         .await?)?;
@@ -508,6 +541,23 @@ async fn presence_is_scoped_to_shared_rooms() -> Result<()> {
     let stranger_entry = &r["users"][1];
     assert_eq!(stranger_entry["connections"], 0);
     assert_eq!(stranger_entry["regions"], json!([]));
+    // Leaving the shared room hides the friend too.
+    ok(asker.request(json!({"op": "leave", "room": "shared"})).await?)?;
+    let r = ok(asker
+        .request(json!({"op": "presence", "users": ["friend"]}))
+        .await?)?;
+    assert_eq!(r["users"][0]["online"], false, "{r}");
+    // A token with the claim `dm` (may contact anyone) sees everyone.
+    let (mut operator, _) = Client::hello(
+        &url,
+        &token_with_dm("operator", 3600, &[("*", true)], SECRET),
+        json!([]),
+    )
+    .await?;
+    let r = ok(operator
+        .request(json!({"op": "presence", "users": ["stranger"]}))
+        .await?)?;
+    assert_eq!(r["users"][0]["online"], true, "{r}");
     Ok(())
 }
 
@@ -533,8 +583,7 @@ async fn a_users_publish_budget_spans_connections_and_nodes() -> Result<()> {
         tasks.push(tokio::spawn(async move {
             let frames: Vec<String> = (0..20)
                 .map(|i| {
-                    json!({"id": 1000 + i, "op": "publish", "room": "flood", "data": i})
-                        .to_string()
+                    json!({"id": 1000 + i, "op": "publish", "room": "flood", "data": i}).to_string()
                 })
                 .collect();
             c.send_pipelined(frames).await?;

@@ -48,7 +48,8 @@ pub struct Claims {
     /// [`CLOCK_LEEWAY_SECS`] in the future is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iat: Option<u64>,
-    /// Whether the user may `send` direct messages to users it shares no room with.
+    /// Whether the user may contact users it shares no room with: `send` to them and see
+    /// their `presence`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dm: bool,
 }

@@ -239,14 +239,14 @@ pub struct Limits {
     /// Direct messages one user may send per second, all connections and nodes of the region
     /// together (`rate_limited` beyond). 0 is unlimited.
     pub dm_sent_per_second: u64,
-    /// Bytes of direct-message frames one user may send per second (region-wide; at least
-    /// `max_frame_bytes`).
+    /// Bytes of direct-message frames one user may send per second (region-wide; 0 is
+    /// unlimited, otherwise at least `max_frame_bytes`).
     pub dm_sent_bytes_per_second: u64,
     /// Direct messages one user may be sent per second by everyone together (region-wide;
     /// the sender gets `rate_limited`, the recipient is never dropped). 0 is unlimited.
     pub dm_received_per_second: u64,
-    /// Bytes of direct-message frames one user may be sent per second (region-wide; at
-    /// least `max_frame_bytes`).
+    /// Bytes of direct-message frames one user may be sent per second (region-wide; 0 is
+    /// unlimited, otherwise at least `max_frame_bytes`).
     pub dm_received_bytes_per_second: u64,
 }
 
@@ -457,9 +457,10 @@ impl NodeConfig {
             );
         }
         let frame = l.max_frame_bytes as u64;
-        if l.dm_sent_bytes_per_second < frame || l.dm_received_bytes_per_second < frame {
+        let too_small = |b: u64| b != 0 && b < frame;
+        if too_small(l.dm_sent_bytes_per_second) || too_small(l.dm_received_bytes_per_second) {
             return fail(
-                "limits.dm_sent_bytes_per_second and limits.dm_received_bytes_per_second must be at least limits.max_frame_bytes"
+                "limits.dm_sent_bytes_per_second and limits.dm_received_bytes_per_second must be 0 (off) or at least limits.max_frame_bytes"
                     .into(),
             );
         }

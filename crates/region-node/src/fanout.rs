@@ -355,7 +355,10 @@ impl LocalIndex {
                 .map(|c| c.iter().map(|(_, o)| o.clone()).collect())
                 .unwrap_or_default()
         };
-        outboxes.iter().filter(|o| o.offer_direct(frame.clone())).count()
+        outboxes
+            .iter()
+            .filter(|o| o.offer_direct(frame.clone()))
+            .count()
     }
 }
 
@@ -378,7 +381,10 @@ mod tests {
             .map(|i| index.deliver_direct(&user, &Utf8Bytes::from(format!("{i}"))))
             .sum();
         assert_eq!(taken, 4, "half the queue");
-        assert!(!o.is_kicked(), "a flood never makes the recipient a slow consumer");
+        assert!(
+            !o.is_kicked(),
+            "a flood never makes the recipient a slow consumer"
+        );
         // Room events still have the other half.
         for _ in 0..4 {
             assert!(o.push(Utf8Bytes::from("room")));

@@ -967,10 +967,26 @@ impl Session {
             format!("dm-received-bytes:{to}"),
         ];
         let all = [
-            (l.dm_sent_per_second, 1, "direct messages this user may send per second"),
-            (l.dm_sent_bytes_per_second, bytes, "direct-message bytes this user may send per second"),
-            (l.dm_received_per_second, 1, "direct messages the recipient may be sent per second"),
-            (l.dm_received_bytes_per_second, bytes, "direct-message bytes the recipient may be sent per second"),
+            (
+                l.dm_sent_per_second,
+                1,
+                "direct messages this user may send per second",
+            ),
+            (
+                l.dm_sent_bytes_per_second,
+                bytes,
+                "direct-message bytes this user may send per second",
+            ),
+            (
+                l.dm_received_per_second,
+                1,
+                "direct messages the recipient may be sent per second",
+            ),
+            (
+                l.dm_received_bytes_per_second,
+                bytes,
+                "direct-message bytes the recipient may be sent per second",
+            ),
         ];
         let mut budgets = Vec::with_capacity(4);
         let mut what = Vec::with_capacity(4);
@@ -987,7 +1003,10 @@ impl Session {
         {
             None => Ok(()),
             Some(i) => {
-                let (limit, text) = what.get(i).copied().unwrap_or((0, "a direct-message budget"));
+                let (limit, text) = what
+                    .get(i)
+                    .copied()
+                    .unwrap_or((0, "a direct-message budget"));
                 Err(Failure(
                     ErrorCode::RateLimited,
                     format!("over the {limit} {text}; retry later"),
@@ -998,14 +1017,17 @@ impl Session {
 
     /// `presence`, scoped: users who share no room with this connection (a room it has
     /// joined) are reported offline, whatever their state, so presence tells nothing about
-    /// strangers. The asker always sees itself.
+    /// strangers. The asker always sees itself; a token with the claim `dm` (may contact
+    /// anyone) sees everyone.
     async fn presence(
         &self,
         users: &[UserId],
     ) -> Result<Vec<meridian_protocol::PresenceEntry>, Failure> {
         let node = &self.node;
         let rooms: Vec<RoomId> = self.rooms.keys().cloned().collect();
-        let shared = if rooms.is_empty() {
+        let shared = if self.claims.dm {
+            vec![true; users.len()]
+        } else if rooms.is_empty() {
             vec![false; users.len()]
         } else {
             node.timed("shares_room", node.store.shares_room(&rooms, users))
@@ -1017,8 +1039,7 @@ impl Session {
             .filter(|(u, s)| **s || **u == self.conn.user)
             .map(|(u, _)| u.clone())
             .collect();
-        let mut found: HashMap<UserId, meridian_protocol::PresenceEntry> = if visible.is_empty()
-        {
+        let mut found: HashMap<UserId, meridian_protocol::PresenceEntry> = if visible.is_empty() {
             HashMap::new()
         } else {
             node.timed("presence", node.store.presence(&visible))
@@ -1326,7 +1347,9 @@ mod tests {
 
     /// Sends `req` and returns the next text frame, or `None` when the connection ended.
     async fn ask(ws: &mut Ws, req: serde_json::Value) -> Option<serde_json::Value> {
-        ws.send(WsMessage::Text(req.to_string().into())).await.ok()?;
+        ws.send(WsMessage::Text(req.to_string().into()))
+            .await
+            .ok()?;
         loop {
             match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
                 Ok(Some(Ok(WsMessage::Text(t)))) => return serde_json::from_str(&t).ok(),
@@ -1374,10 +1397,15 @@ mod tests {
         let url = format!("ws://{}/v1/ws", running.addr);
         let room = RoomId::new("poisoned").unwrap();
         for i in 0..30 {
-            let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str()).await.unwrap();
-            let hello = ask(&mut ws, json!({"id": 1, "op": "hello", "token": token(&format!("u{i}"))}))
+            let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
                 .await
                 .unwrap();
+            let hello = ask(
+                &mut ws,
+                json!({"id": 1, "op": "hello", "token": token(&format!("u{i}"))}),
+            )
+            .await
+            .unwrap();
             assert_eq!(hello["type"], "ok", "reader {i}: {hello}");
             let joined = ask(&mut ws, json!({"id": 2, "op": "join", "room": "poisoned"}))
                 .await
@@ -1388,7 +1416,10 @@ mod tests {
                 json!({"id": 3, "op": "state_get", "room": "poisoned", "key": FAULT_KEY}),
             )
             .await;
-            assert!(read.is_none(), "the injected fault ends the session: {read:?}");
+            assert!(
+                read.is_none(),
+                "the injected fault ends the session: {read:?}"
+            );
         }
         // Every slot and membership comes back.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
@@ -1405,10 +1436,15 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         // And a new user gets in.
-        let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str()).await.unwrap();
-        let hello = ask(&mut ws, json!({"id": 1, "op": "hello", "token": token("late")}))
+        let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
             .await
             .unwrap();
+        let hello = ask(
+            &mut ws,
+            json!({"id": 1, "op": "hello", "token": token("late")}),
+        )
+        .await
+        .unwrap();
         assert_eq!(hello["type"], "ok", "{hello}");
         shutdown.cancel();
     }
