@@ -542,7 +542,9 @@ async fn presence_is_scoped_to_shared_rooms() -> Result<()> {
     assert_eq!(stranger_entry["connections"], 0);
     assert_eq!(stranger_entry["regions"], json!([]));
     // Leaving the shared room hides the friend too.
-    ok(asker.request(json!({"op": "leave", "room": "shared"})).await?)?;
+    ok(asker
+        .request(json!({"op": "leave", "room": "shared"}))
+        .await?)?;
     let r = ok(asker
         .request(json!({"op": "presence", "users": ["friend"]}))
         .await?)?;

@@ -71,7 +71,7 @@ impl Outbox {
         }
     }
 
-    /// Queues a direct message if the queue is at most half full; otherwise drops it and
+    /// Queues a direct message while the queue is less than half full; otherwise drops it and
     /// returns false. Direct messages are sent by other users, so they must never make a
     /// connection a slow consumer: a flood aimed at a user is shed, the user stays (room
     /// events keep the other half of the queue).
