@@ -436,6 +436,53 @@ async fn direct_message_floods_are_refused_and_the_victim_stays() -> Result<()> 
     Ok(())
 }
 
+/// One sender's direct messages are budgeted across its connections (20 per second by
+/// default): 60 messages from two connections within a moment → the rest get `rate_limited`
+/// naming the sender's budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_senders_direct_messages_are_budgeted_across_connections() -> Result<()> {
+    let redis = RedisServer::start()?;
+    let node = NodeProcess::start(REGION, &redis.url(), "")?;
+    let url = node.ws_url();
+    let (mut peer, _) = Client::hello(&url, &token("peer"), json!([])).await?;
+    ok(peer.request(json!({"op": "join", "room": "call"})).await?)?;
+    let t = token_with("chatty", 3600, &[("*", true)], SECRET);
+    let mut conns = Vec::new();
+    for _ in 0..2 {
+        let (mut c, _) = Client::hello(&url, &t, json!([])).await?;
+        ok(c.request(json!({"op": "join", "room": "call"})).await?)?;
+        conns.push(c);
+    }
+    let started = Instant::now();
+    let (mut accepted, mut limited) = (0, 0);
+    for i in 0..60 {
+        let r = conns[i % 2]
+            .request(json!({"op": "send", "to": "peer", "data": {"candidate": i}}))
+            .await?;
+        if r["type"] == "ok" {
+            accepted += 1;
+        } else {
+            assert_eq!(error_code(&r), "rate_limited", "{r}");
+            assert!(
+                r["message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("this user may send"),
+                "{r}"
+            );
+            limited += 1;
+        }
+    }
+    let windows = started.elapsed().as_secs() + 2;
+    assert!(
+        (20..=20 * windows).contains(&accepted),
+        "{accepted} accepted in at most {windows} windows"
+    );
+    assert_eq!(accepted + limited, 60);
+    assert!(limited > 0);
+    Ok(())
+}
+
 /// A connection ends at its token's `exp`: an `error` event `token_expired`, then close 1008
 /// with reason `token_expired`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
