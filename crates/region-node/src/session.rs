@@ -1039,7 +1039,7 @@ impl Session {
             .filter(|(u, s)| **s || **u == self.conn.user)
             .map(|(u, _)| u.clone())
             .collect();
-        let mut found: HashMap<UserId, meridian_protocol::PresenceEntry> = if visible.is_empty() {
+        let found: HashMap<UserId, meridian_protocol::PresenceEntry> = if visible.is_empty() {
             HashMap::new()
         } else {
             node.timed("presence", node.store.presence(&visible))
@@ -1052,7 +1052,8 @@ impl Session {
             .iter()
             .map(|u| {
                 found
-                    .remove(u)
+                    .get(u)
+                    .cloned()
                     .unwrap_or_else(|| meridian_protocol::PresenceEntry {
                         user: u.clone(),
                         online: false,
