@@ -46,6 +46,10 @@ impl From<StoreError> for Failure {
                 ErrorCode::VersionConflict,
                 format!("the key is at version {current}"),
             ),
+            StoreError::BudgetSpent { limit } => Failure(
+                ErrorCode::RateLimited,
+                format!("over the {limit} publishes per second this user may make across its connections; retry later"),
+            ),
             e if e.is_retryable() => Failure(
                 ErrorCode::Unavailable,
                 format!("regional store unavailable: {e}"),
@@ -743,12 +747,6 @@ impl Session {
     async fn publish(&self, batch: Option<PublishBatch>, replies: &mut [String]) {
         let Some(batch) = batch else { return };
         let node = &self.node;
-        if let Err(failure) = self.spend_publishes(batch.items.len() as u64).await {
-            for p in &batch.items {
-                replies[p.slot] = self.reply(&p.id, Err(failure.clone()));
-            }
-            return;
-        }
         let items: Vec<PublishItem<'_>> = batch
             .items
             .iter()
@@ -757,8 +755,20 @@ impl Session {
                 idempotency: p.key.as_deref().map(|k| (&self.conn.user, k)),
             })
             .collect();
+        // Charged to the user's region-wide budget (`limits.user_publishes_per_second`),
+        // which all its connections on every node share, in the same store call.
+        let budget_name = format!("pub:{}", self.conn.user);
+        let budget = node
+            .config
+            .limits
+            .user_publish_budget()
+            .map(|limit| (budget_name.as_str(), limit));
         let result = node
-            .timed("publish", node.store.publish_many(&batch.room, &items))
+            .timed(
+                "publish",
+                node.store
+                    .publish_budgeted(&batch.room, &items, budget, Duration::from_secs(1)),
+            )
             .await;
         match result {
             Ok(published) => {
@@ -778,31 +788,6 @@ impl Session {
                     replies[p.slot] = self.reply(&p.id, Err(failure.clone()));
                 }
             }
-        }
-    }
-
-    /// Charges `n` publishes to the user's region-wide budget (`limits.user_publishes_per_second`),
-    /// which all its connections on every node share.
-    async fn spend_publishes(&self, n: u64) -> Result<(), Failure> {
-        let node = &self.node;
-        let Some(limit) = node.config.limits.user_publish_budget() else {
-            return Ok(());
-        };
-        let name = format!("pub:{}", self.conn.user);
-        let budget = [Budget {
-            name: &name,
-            cost: n,
-            limit,
-        }];
-        match node
-            .timed("spend", node.store.spend(&budget, Duration::from_secs(1)))
-            .await?
-        {
-            None => Ok(()),
-            Some(_) => Err(Failure(
-                ErrorCode::RateLimited,
-                format!("over the {limit} publishes per second this user may make across its connections; retry later"),
-            )),
         }
     }
 

@@ -47,6 +47,7 @@ pub async fn run_all(h: &dyn Harness) {
         unsubscribe_stops_events,
         shares_room_sees_members_of_any_listed_room,
         budgets_are_shared_and_all_or_none,
+        budgeted_publishes_stop_at_the_budget,
     );
 }
 
@@ -636,4 +637,50 @@ async fn budgets_are_shared_and_all_or_none(h: &dyn Harness) {
         one.spend(&[spend(&z, 9, 8)], window).await.unwrap(),
         Some(0)
     );
+}
+
+async fn budgeted_publishes_stop_at_the_budget(h: &dyn Harness) {
+    let (one, _e1) = h.node(StoreLimits::default()).await;
+    let (two, _e2) = h.node(StoreLimits::default()).await;
+    let r = room();
+    let u = user("p");
+    let data = RawValue::from_string("1".into()).unwrap();
+    let frame = RoomEventFrame::message(&r, &u, &data);
+    let item = PublishItem {
+        frame: &frame,
+        idempotency: None,
+    };
+    let name = format!("pub:{}", random_token(6));
+    let window = Duration::from_secs(30);
+    let budget = Some((name.as_str(), 5));
+    // 3 on one node and 2 on the other fill the budget; a batch is all or none.
+    let three = [item; 3];
+    assert_eq!(
+        one.publish_budgeted(&r, &three, budget, window)
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+    assert!(matches!(
+        two.publish_budgeted(&r, &three, budget, window).await,
+        Err(StoreError::BudgetSpent { limit: 5 })
+    ));
+    let two_items = [item; 2];
+    let out = two
+        .publish_budgeted(&r, &two_items, budget, window)
+        .await
+        .unwrap();
+    assert_eq!(out.iter().map(|p| p.seq).collect::<Vec<_>>(), vec![4, 5]);
+    assert!(matches!(
+        one.publish_budgeted(&r, std::slice::from_ref(&item), budget, window)
+            .await,
+        Err(StoreError::BudgetSpent { limit: 5 })
+    ));
+    // Nothing refused was published; without a budget publishing goes on.
+    let next = one
+        .publish_budgeted(&r, std::slice::from_ref(&item), None, window)
+        .await
+        .unwrap();
+    assert_eq!(next[0].seq, 6);
 }

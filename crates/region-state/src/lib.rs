@@ -260,6 +260,13 @@ pub enum StoreError {
         /// Replicas required.
         wanted: u32,
     },
+    /// A budget given to [`StateStore::publish_budgeted`] is spent for its window; nothing was
+    /// published. Retrying in the next window can succeed.
+    #[error("budget of {limit} per window spent")]
+    BudgetSpent {
+        /// The budget's limit.
+        limit: u64,
+    },
     /// A value read back from the store does not have the shape this code writes.
     #[error("unexpected data in the store: {0}")]
     Corrupt(String),
@@ -270,7 +277,7 @@ impl StoreError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            Self::Redis(_) | Self::PubSubDown | Self::NotDurable { .. }
+            Self::Redis(_) | Self::PubSubDown | Self::NotDurable { .. } | Self::BudgetSpent { .. }
         )
     }
 }
@@ -365,6 +372,29 @@ pub trait StateStore: Send + Sync + 'static {
         room: &RoomId,
         items: &[PublishItem<'_>],
     ) -> StoreResult<Vec<Published>>;
+    /// [`StateStore::publish_many`] charged first to `budget` (one per item, all or none; see
+    /// [`StateStore::spend`]): over it, nothing is published and the call fails with
+    /// [`StoreError::BudgetSpent`]. Stores that can do both in one step override this (Redis:
+    /// one script, one round trip).
+    async fn publish_budgeted(
+        &self,
+        room: &RoomId,
+        items: &[PublishItem<'_>],
+        budget: Option<(&str, u64)>,
+        window: Duration,
+    ) -> StoreResult<Vec<Published>> {
+        if let Some((name, limit)) = budget {
+            let cost = items.len() as u64;
+            if self
+                .spend(&[Budget { name, cost, limit }], window)
+                .await?
+                .is_some()
+            {
+                return Err(StoreError::BudgetSpent { limit });
+            }
+        }
+        self.publish_many(room, items).await
+    }
     /// The room events after `(epoch, seq)`, or [`Recovery::Lost`]. An empty epoch with seq 0
     /// means "from the start of the current epoch".
     async fn history(&self, room: &RoomId, epoch: &str, seq: u64) -> StoreResult<Recovery>;

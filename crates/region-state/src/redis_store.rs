@@ -596,13 +596,37 @@ impl StateStore for RedisStore {
         room: &RoomId,
         items: &[PublishItem<'_>],
     ) -> StoreResult<Vec<Published>> {
+        self.publish_budgeted(room, items, None, Duration::from_secs(1))
+            .await
+    }
+
+    async fn publish_budgeted(
+        &self,
+        room: &RoomId,
+        items: &[PublishItem<'_>],
+        budget: Option<(&str, u64)>,
+        budget_window: Duration,
+    ) -> StoreResult<Vec<Published>> {
         if items.is_empty() {
             return Ok(Vec::new());
         }
-        // One script for the batch: the items are sequenced in order and atomically, and a
-        // NOSCRIPT retry (after a restart or failover) repeats all of them or none.
+        // One script for the batch: the budget is charged, the items are sequenced in order
+        // and atomically, and a NOSCRIPT retry (after a restart or failover) repeats all of
+        // them or none.
         let keys = RoomKeys::new(room);
         let mut inv = self.room_script(&self.scripts.publish, &keys);
+        match budget {
+            Some((name, limit)) => {
+                let window_ms = (budget_window.as_millis() as u64).max(1);
+                let slot = now_ms() / window_ms;
+                inv.arg(limit)
+                    .arg(window_ms * 2)
+                    .key(format!("mb:{{{name}}}:{slot}"));
+            }
+            None => {
+                inv.arg("").arg(0).key(&keys.keys[k::IDEM]);
+            }
+        }
         let window = self.config.limits.idempotency_window.as_millis() as u64;
         for item in items {
             inv.arg(item.frame.head());
@@ -618,6 +642,9 @@ impl StateStore for RedisStore {
             }
         }
         let published = |rows: Vec<(i64, String, u64)>| {
+            if let [(-1, _, limit)] = rows[..] {
+                return Err(StoreError::BudgetSpent { limit });
+            }
             if rows.len() != items.len() {
                 return Err(StoreError::Corrupt(format!(
                     "publish script returned {} results for {} publishes",
