@@ -233,8 +233,8 @@ pub struct Limits {
     pub max_handshakes: usize,
     /// Publishes one user may make per second across all its connections on every node of
     /// the region (a fixed one-second window counted in the regional store; more get
-    /// `rate_limited`). Unset: 4 × `requests_per_second`. 0 turns the budget off (and its
-    /// store round trip per publish batch).
+    /// `rate_limited`). Unset: 4 × `requests_per_second`. 0 turns the budget off. It is
+    /// charged inside the publish script, so it costs no extra store round trip.
     pub user_publishes_per_second: Option<u64>,
     /// Direct messages one user may send per second, all connections and nodes of the region
     /// together (`rate_limited` beyond). 0 is unlimited.
