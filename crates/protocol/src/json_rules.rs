@@ -89,6 +89,19 @@ pub fn check_with_depth(text: &str, max_depth: usize) -> Result<(), JsonRuleErro
     .run(max_depth)
 }
 
+/// Bytes a string may hold as they are: all but `"`, `\\` and control characters.
+const PLAIN: [bool; 256] = {
+    let mut t = [true; 256];
+    let mut c = 0;
+    while c < 0x20 {
+        t[c] = false;
+        c += 1;
+    }
+    t[b'"' as usize] = false;
+    t[b'\\' as usize] = false;
+    t
+};
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Container {
     Array,
@@ -237,6 +250,11 @@ impl Checker<'_> {
     fn string(&mut self) -> Result<(), JsonRuleError> {
         self.expect(b'"')?;
         loop {
+            // Skip plain bytes in one tight loop: only a quote, a backslash or a control
+            // character needs a look (any other byte is part of the &str's valid UTF-8).
+            let rest = &self.b[self.i..];
+            let plain = rest.iter().take_while(|&&c| PLAIN[usize::from(c)]).count();
+            self.i += plain;
             let Some(c) = self.peek() else {
                 return Err(self.syntax());
             };
