@@ -199,6 +199,11 @@ requests_per_second = 1000000.0
 request_burst = 1000000.0
 send_queue = 8192
 max_members_per_room = 0
+user_publishes_per_second = 0
+dm_sent_per_second = 0
+dm_sent_bytes_per_second = 0
+dm_received_per_second = 0
+dm_received_bytes_per_second = 0
 EOF
             RUST_LOG=warn "${on_server[@]}" "$region_node_bin" --config "$dir/node$i.toml" \
                 >"$out" 2>"$dir/node$i.err" &

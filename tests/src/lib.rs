@@ -484,13 +484,29 @@ pub fn token_with(user: &str, ttl_secs: i64, grants: &[(&str, bool)], secret: &s
                 publish: *publish,
             })
             .collect(),
+        nbf: None,
+        iat: u64::try_from(now).ok(),
+        dm: false,
     };
     issue(secret.as_bytes(), &claims).unwrap_or_else(|e| panic!("issue: {e}"))
 }
 
-/// A token for `user` allowed to join and publish everywhere, valid for an hour.
+/// A token like [`token_with`] that also carries the claim `dm: true` (direct messages to
+/// users who share no room with the holder).
+pub fn token_with_dm(user: &str, ttl_secs: i64, grants: &[(&str, bool)], secret: &str) -> String {
+    let verifier = meridian_protocol::token::TokenVerifier::new(secret.as_bytes());
+    let plain = token_with(user, ttl_secs, grants, secret);
+    let mut claims = verifier
+        .verify(&plain)
+        .unwrap_or_else(|e| panic!("verify a fresh test token: {e}"));
+    claims.dm = true;
+    issue(secret.as_bytes(), &claims).unwrap_or_else(|e| panic!("issue: {e}"))
+}
+
+/// A token for `user` allowed to join and publish everywhere and to send direct messages to
+/// anyone (claim `dm`), valid for an hour.
 pub fn token(user: &str) -> String {
-    token_with(user, 3600, &[("*", true)], SECRET)
+    token_with_dm(user, 3600, &[("*", true)], SECRET)
 }
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;

@@ -49,6 +49,10 @@ impl Target {
                 pattern: "*".into(),
                 publish: true,
             }],
+            nbf: None,
+            iat: Some(now),
+            // The bench's clients message each other without sharing a room.
+            dm: true,
         };
         issue(self.secret.as_bytes(), &claims)
             .map_err(|e| LoadgenError::Config(format!("token: {e}")))

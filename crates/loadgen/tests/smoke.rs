@@ -32,6 +32,12 @@ async fn every_scenario_against_an_in_process_node() {
     let mut config = NodeConfig::dev("smoke", SECRET);
     config.limits.requests_per_second = 100_000.0;
     config.limits.request_burst = 100_000.0;
+    // The load generator sets the pace: per-user budgets off, as in bench/run.sh.
+    config.limits.user_publishes_per_second = Some(0);
+    config.limits.dm_sent_per_second = 0;
+    config.limits.dm_sent_bytes_per_second = 0;
+    config.limits.dm_received_per_second = 0;
+    config.limits.dm_received_bytes_per_second = 0;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let shutdown = CancellationToken::new();
     let node = region_node::start(config, listener, shutdown.clone())

@@ -405,6 +405,9 @@ pub(crate) fn mint(user: &str, rooms: &[String], ttl: u64, secret: &str) -> Resu
         sub: UserId::new(user).context("--user")?,
         exp: now + ttl,
         rooms: grants,
+        nbf: None,
+        iat: Some(now),
+        dm: false,
     };
     Ok(issue(secret.as_bytes(), &claims)?)
 }

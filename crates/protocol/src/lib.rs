@@ -2,7 +2,8 @@
 //!
 //! Clients speak JSON text frames over a WebSocket at `/v1/ws` (see `docs/protocol.md`). This
 //! crate owns everything about those frames and nothing about I/O: validated identifiers
-//! ([`RoomId`], [`UserId`]), request parsing ([`Request::parse`]), replies and server events
+//! ([`RoomId`], [`UserId`]), request parsing ([`Request::parse`]), the rule for client JSON
+//! ([`json_rules`]), replies and server events
 //! ([`Reply`], [`Event`]), the stable error codes ([`ErrorCode`]) and connection tokens
 //! ([`token`]). The region node (`crates/region-node`) drives it; the regional state store
 //! (`crates/region-state`) uses [`RoomEventFrame`] to put sequence numbers into room events
@@ -11,6 +12,7 @@
 
 mod error;
 mod ids;
+pub mod json_rules;
 pub mod token;
 mod wire;
 

@@ -40,7 +40,23 @@ pub struct Claims {
     /// Room grants.
     #[serde(default)]
     pub rooms: Vec<RoomGrant>,
+    /// Not before, seconds since the Unix epoch: a token whose `nbf` is more than
+    /// [`CLOCK_LEEWAY_SECS`] ahead of the node's clock is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
+    /// Issued at, seconds since the Unix epoch: a token "issued" more than
+    /// [`CLOCK_LEEWAY_SECS`] in the future is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
+    /// Whether the user may contact users it shares no room with: `send` to them and see
+    /// their `presence`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dm: bool,
 }
+
+/// How far ahead of a node's clock a token's `nbf` or `iat` may be (clock skew between the
+/// issuer and the node).
+pub const CLOCK_LEEWAY_SECS: u64 = 60;
 
 impl Claims {
     /// Whether the token allows joining `room`.
@@ -60,6 +76,9 @@ pub enum TokenError {
     /// The token's `exp` has passed.
     #[error("token expired")]
     Expired,
+    /// `nbf` or `iat` lies more than [`CLOCK_LEEWAY_SECS`] in the future.
+    #[error("token not valid yet ({0} is in the future)")]
+    NotYetValid(&'static str),
     /// Bad signature, wrong algorithm, malformed, or bad claims.
     #[error("token invalid: {0}")]
     Invalid(String),
@@ -70,7 +89,7 @@ impl TokenError {
     pub fn code(&self) -> ErrorCode {
         match self {
             Self::Expired => ErrorCode::TokenExpired,
-            Self::Invalid(_) => ErrorCode::TokenInvalid,
+            Self::Invalid(_) | Self::NotYetValid(_) => ErrorCode::TokenInvalid,
         }
     }
 }
@@ -99,17 +118,34 @@ impl TokenVerifier {
         }
     }
 
-    /// Checks signature, algorithm and expiry, and returns the claims.
+    /// Checks signature, algorithm, expiry, `nbf` and `iat`, and returns the claims.
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.verify_at(token, now)
+    }
+
+    /// [`TokenVerifier::verify`] at `now` (seconds since the epoch) for the time claims
+    /// other than `exp` (the JWT library reads the clock for `exp` itself).
+    pub fn verify_at(&self, token: &str, now: u64) -> Result<Claims, TokenError> {
         if token.len() > 8192 {
             return Err(TokenError::Invalid("token longer than 8192 bytes".into()));
         }
-        jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
+        let claims = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
             .map(|d| d.claims)
             .map_err(|e| match e.kind() {
                 ErrorKind::ExpiredSignature => TokenError::Expired,
                 _ => TokenError::Invalid(e.to_string()),
-            })
+            })?;
+        let horizon = now.saturating_add(CLOCK_LEEWAY_SECS);
+        if claims.nbf.is_some_and(|t| t > horizon) {
+            return Err(TokenError::NotYetValid("nbf"));
+        }
+        if claims.iat.is_some_and(|t| t > horizon) {
+            return Err(TokenError::NotYetValid("iat"));
+        }
+        Ok(claims)
     }
 }
 
@@ -141,6 +177,9 @@ mod tests {
                     publish: false,
                 },
             ],
+            nbf: None,
+            iat: None,
+            dm: false,
         }
     }
 
@@ -178,6 +217,33 @@ mod tests {
             TokenVerifier::new(b"s3cret").verify("a.b.c"),
             Err(TokenError::Invalid(_))
         ));
+        // A token from the future (beyond the leeway) is refused; within it, accepted.
+        let verifier = TokenVerifier::new(b"s3cret");
+        for (nbf, iat) in [(Some(now() + 120), None), (None, Some(now() + 120))] {
+            let t = issue(
+                b"s3cret",
+                &Claims {
+                    nbf,
+                    iat,
+                    ..claims(now() + 600)
+                },
+            )
+            .unwrap();
+            let e = verifier.verify(&t).unwrap_err();
+            assert!(matches!(e, TokenError::NotYetValid(_)), "{e:?}");
+            assert_eq!(e.code(), ErrorCode::TokenInvalid);
+        }
+        let t = issue(
+            b"s3cret",
+            &Claims {
+                nbf: Some(now() + 30),
+                iat: Some(now() + 30),
+                dm: true,
+                ..claims(now() + 600)
+            },
+        )
+        .unwrap();
+        assert!(verifier.verify(&t).unwrap().dm);
         // alg=none is refused.
         let none =
             "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJhbGljZSIsImV4cCI6OTk5OTk5OTk5OX0.";

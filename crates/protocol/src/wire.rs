@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::{ErrorCode, IdError, RoomId, UserId};
+use crate::{json_rules, ErrorCode, IdError, RoomId, UserId};
 
 /// The protocol version spoken at `/v1/ws`.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -175,10 +175,33 @@ pub const MAX_KEY_LEN: usize = 128;
 impl Request {
     /// Parses one text frame. Returns the request id with the request so the reply can echo it.
     pub fn parse(text: &str) -> Result<(RequestId, Request), RequestError> {
-        let raw: RawRequest<'_> = serde_json::from_str(text).map_err(|e| RequestError {
+        let bad = |message: String| RequestError {
             id: None,
             code: ErrorCode::BadRequest,
-            message: format!("malformed request: {e}"),
+            message,
+        };
+        // serde maps a JSON array onto the struct's fields in order; the spec says a request
+        // is an object.
+        if !text
+            .trim_start_matches([' ', '\t', '\n', '\r'])
+            .starts_with('{')
+        {
+            return Err(bad("a request must be a JSON object".into()));
+        }
+        let raw: RawRequest<'_> = serde_json::from_str(text).map_err(|e| {
+            // Name the JSON rule the frame breaks when there is one (`NaN`, a lone surrogate,
+            // a too-deep value); serde's own message otherwise.
+            match json_rules::check_with_depth(text, json_rules::MAX_DEPTH + 1) {
+                // The frame's own object is the one level more: name the values' limit.
+                Err(json_rules::JsonRuleError::TooDeep { .. }) => bad(format!(
+                    "malformed request: {}",
+                    json_rules::JsonRuleError::TooDeep {
+                        max: json_rules::MAX_DEPTH
+                    }
+                )),
+                Err(rule) => bad(format!("malformed request: {rule}")),
+                Ok(()) => bad(format!("malformed request: {e}")),
+            }
         })?;
         let id = match raw.id.clone() {
             Some(RequestId::Str(s)) if s.len() > 64 => {
@@ -218,6 +241,17 @@ impl Request {
                 format!("op `{op}` needs field `{field}`"),
             )
         };
+        // The one rule for client JSON that is stored or relayed (`json_rules`).
+        let client_json = |v: Option<&RawValue>, field: &'static str| {
+            let v = v.ok_or_else(|| need(field))?;
+            json_rules::check(v.get()).map_err(|rule| {
+                fail(
+                    ErrorCode::BadRequest,
+                    format!("`{field}` breaks the JSON rules: {rule}"),
+                )
+            })?;
+            Ok::<Box<RawValue>, RequestError>(v.to_owned())
+        };
         let room = |r: Option<String>| -> Result<RoomId, RequestError> {
             let r = r.ok_or_else(|| need("room"))?;
             RoomId::new(r).map_err(|e: IdError| fail(ErrorCode::InvalidId, format!("room: {e}")))
@@ -248,12 +282,12 @@ impl Request {
             },
             "publish" => Request::Publish {
                 room: room(raw.room)?,
-                data: raw.data.ok_or_else(|| need("data"))?.to_owned(),
+                data: client_json(raw.data, "data")?,
                 idempotency_key: short_key(raw.idempotency_key, "idempotency_key")?,
             },
             "send" => Request::Send {
                 to: user(raw.to.ok_or_else(|| need("to"))?)?,
-                data: raw.data.ok_or_else(|| need("data"))?.to_owned(),
+                data: client_json(raw.data, "data")?,
             },
             "members" => Request::Members {
                 room: room(raw.room)?,
@@ -275,7 +309,7 @@ impl Request {
             "state_set" => Request::StateSet {
                 room: room(raw.room)?,
                 key: short_key(raw.key, "key")?.ok_or_else(|| need("key"))?,
-                value: raw.value.ok_or_else(|| need("value"))?.to_owned(),
+                value: client_json(raw.value, "value")?,
                 if_version: raw.if_version,
             },
             "state_get" => Request::StateGet {
@@ -661,6 +695,48 @@ mod tests {
             "escaped op"
         );
         assert_eq!(parse("null").unwrap_err().code, ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn a_request_must_be_an_object() {
+        // 14 elements used to map onto the struct's fields in order.
+        let array = r#"[1,"ping",null,null,null,null,null,null,null,null,null,null,null,null]"#;
+        let e = parse(array).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        assert!(e.message.contains("JSON object"), "{}", e.message);
+        assert!(parse(" \n{\"id\":1,\"op\":\"ping\"}").is_ok());
+    }
+
+    #[test]
+    fn client_json_must_follow_the_rules() {
+        let deep = format!("{}{}", "[".repeat(129), "]".repeat(129));
+        let deep33 = format!("{}{}", "[".repeat(33), "]".repeat(33));
+        let deep32 = format!("{}{}", "[".repeat(32), "]".repeat(32));
+        for (value, rule) in [
+            (deep.as_str(), "deeper than 32"),
+            (deep33.as_str(), "deeper than 32"),
+            ("Infinity", "NaN, Infinity"),
+            ("NaN", "NaN, Infinity"),
+            ("-Infinity", "NaN, Infinity"),
+            (r#""\ud800""#, "surrogate"),
+            (r#"{"a":"x\udc00"}"#, "surrogate"),
+            ("1e999", "finite"),
+        ] {
+            for frame in [
+                format!(r#"{{"id":1,"op":"publish","room":"r","data":{value}}}"#),
+                format!(r#"{{"id":1,"op":"send","to":"u","data":{value}}}"#),
+                format!(r#"{{"id":1,"op":"state_set","room":"r","key":"k","value":{value}}}"#),
+            ] {
+                let e = parse(&frame).unwrap_err();
+                assert_eq!(e.code, ErrorCode::BadRequest, "{frame}");
+                assert!(e.message.contains(rule), "{frame}: {}", e.message);
+            }
+        }
+        let ok = format!(r#"{{"id":1,"op":"publish","room":"r","data":{deep32}}}"#);
+        assert!(parse(&ok).is_ok());
+        // The id of a parsable frame is echoed with the rule error.
+        let e = Request::parse(r#"{"id":9,"op":"publish","room":"r","data":1e999}"#).unwrap_err();
+        assert_eq!(e.id, Some(RequestId::Num(9)));
     }
 
     #[test]

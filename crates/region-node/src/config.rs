@@ -231,6 +231,33 @@ pub struct Limits {
     /// at once; more are shed like excess accepts. 0 (the default) is no cap: see
     /// `admission` for why the rate alone is the better default.
     pub max_handshakes: usize,
+    /// Publishes one user may make per second across all its connections on every node of
+    /// the region (a fixed one-second window counted in the regional store; more get
+    /// `rate_limited`). Unset: 4 × `requests_per_second`. 0 turns the budget off. It is
+    /// charged inside the publish script, so it costs no extra store round trip.
+    pub user_publishes_per_second: Option<u64>,
+    /// Direct messages one user may send per second, all connections and nodes of the region
+    /// together (`rate_limited` beyond). 0 is unlimited.
+    pub dm_sent_per_second: u64,
+    /// Bytes of direct-message frames one user may send per second (region-wide; 0 is
+    /// unlimited, otherwise at least `max_frame_bytes`).
+    pub dm_sent_bytes_per_second: u64,
+    /// Direct messages one user may be sent per second by everyone together (region-wide;
+    /// the sender gets `rate_limited`, the recipient is never dropped). 0 is unlimited.
+    pub dm_received_per_second: u64,
+    /// Bytes of direct-message frames one user may be sent per second (region-wide; 0 is
+    /// unlimited, otherwise at least `max_frame_bytes`).
+    pub dm_received_bytes_per_second: u64,
+}
+
+impl Limits {
+    /// The per-user publish budget per second; `None` when it is off.
+    pub fn user_publish_budget(&self) -> Option<u64> {
+        let n = self
+            .user_publishes_per_second
+            .unwrap_or((self.requests_per_second * 4.0).ceil().min(u64::MAX as f64) as u64);
+        (n > 0).then_some(n)
+    }
 }
 
 impl Default for Limits {
@@ -247,6 +274,11 @@ impl Default for Limits {
             accept_burst: 500.0,
             max_connections: 20_000,
             max_handshakes: 0,
+            user_publishes_per_second: None,
+            dm_sent_per_second: 20,
+            dm_sent_bytes_per_second: 128 * 1024,
+            dm_received_per_second: 50,
+            dm_received_bytes_per_second: 256 * 1024,
         }
     }
 }
@@ -424,6 +456,14 @@ impl NodeConfig {
                 "limits.accept_per_second must be > 0 and limits.accept_burst >= 1".into(),
             );
         }
+        let frame = l.max_frame_bytes as u64;
+        let too_small = |b: u64| b != 0 && b < frame;
+        if too_small(l.dm_sent_bytes_per_second) || too_small(l.dm_received_bytes_per_second) {
+            return fail(
+                "limits.dm_sent_bytes_per_second and limits.dm_received_bytes_per_second must be 0 (off) or at least limits.max_frame_bytes"
+                    .into(),
+            );
+        }
         let t = &self.timing;
         if t.lease_renew_ms == 0 || t.lease_renew_ms * 2 > t.lease_ttl_ms {
             return fail(
@@ -514,6 +554,11 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("store.url"));
+        let dm = format!("{MINIMAL}\n[limits]\nmax_frame_bytes = 1048576");
+        assert!(parse(&dm)
+            .unwrap_err()
+            .to_string()
+            .contains("dm_sent_bytes_per_second"));
         let lease = format!("{MINIMAL}\n[timing]\nlease_ttl_ms = 1000\nlease_renew_ms = 900");
         assert!(parse(&lease)
             .unwrap_err()

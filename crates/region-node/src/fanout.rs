@@ -71,6 +71,17 @@ impl Outbox {
         }
     }
 
+    /// Queues a direct message while the queue is less than half full; otherwise drops it and
+    /// returns false. Direct messages are sent by other users, so they must never make a
+    /// connection a slow consumer: a flood aimed at a user is shed, the user stays (room
+    /// events keep the other half of the queue).
+    pub fn offer_direct(&self, frame: Utf8Bytes) -> bool {
+        if self.is_kicked() || self.tx.capacity() * 2 <= self.tx.max_capacity() {
+            return false;
+        }
+        self.tx.try_send(frame).is_ok()
+    }
+
     /// Tells the session to send `reconnect` and close; the first reason given wins.
     pub fn kick(&self, reason: KickReason) {
         let _ = self.reason.set(reason);
@@ -334,7 +345,8 @@ impl LocalIndex {
         }
     }
 
-    /// Hands a direct message to every local connection of `user`.
+    /// Hands a direct message to every local connection of `user` whose queue has room for it
+    /// (see [`Outbox::offer_direct`]); returns how many took it.
     pub fn deliver_direct(&self, user: &UserId, frame: &Utf8Bytes) -> usize {
         let outboxes: Vec<Outbox> = {
             let users = self.users.lock().unwrap_or_else(|p| p.into_inner());
@@ -343,7 +355,10 @@ impl LocalIndex {
                 .map(|c| c.iter().map(|(_, o)| o.clone()).collect())
                 .unwrap_or_default()
         };
-        outboxes.iter().filter(|o| o.push(frame.clone())).count()
+        outboxes
+            .iter()
+            .filter(|o| o.offer_direct(frame.clone()))
+            .count()
     }
 }
 
@@ -354,6 +369,30 @@ mod tests {
     fn outbox(cap: usize) -> (Outbox, mpsc::Receiver<Utf8Bytes>) {
         let (tx, rx) = mpsc::channel(cap);
         (Outbox::new(tx), rx)
+    }
+
+    #[test]
+    fn a_direct_message_flood_is_shed_without_kicking_the_recipient() {
+        let (o, mut rx) = outbox(8);
+        let index = LocalIndex::default();
+        let user = UserId::new("victim").unwrap();
+        index.add_user_conn(&user, 1, o.clone());
+        let taken: usize = (0..100)
+            .map(|i| index.deliver_direct(&user, &Utf8Bytes::from(format!("{i}"))))
+            .sum();
+        assert_eq!(taken, 4, "half the queue");
+        assert!(
+            !o.is_kicked(),
+            "a flood never makes the recipient a slow consumer"
+        );
+        // Room events still have the other half.
+        for _ in 0..4 {
+            assert!(o.push(Utf8Bytes::from("room")));
+        }
+        assert!(!o.is_kicked());
+        // Once the client reads, direct messages flow again.
+        while rx.try_recv().is_ok() {}
+        assert_eq!(index.deliver_direct(&user, &Utf8Bytes::from("x")), 1);
     }
 
     #[test]

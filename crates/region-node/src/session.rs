@@ -11,11 +11,12 @@ use futures_util::FutureExt;
 use meridian_protocol::token::Claims;
 use meridian_protocol::{
     ErrorCode, Event, LeftReason, OriginPosition, Reply, Request, RequestId, ResumePoint,
-    RoomEventFrame, RoomId,
+    RoomEventFrame, RoomId, UserId,
 };
-use region_state::{ConnRef, PublishItem, Recovery, StoreError};
+use region_state::{Budget, ConnRef, PublishItem, Recovery, StoreError};
 use serde::Serialize;
 use serde_json::json;
+use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
@@ -45,6 +46,10 @@ impl From<StoreError> for Failure {
                 ErrorCode::VersionConflict,
                 format!("the key is at version {current}"),
             ),
+            StoreError::BudgetSpent { limit } => Failure(
+                ErrorCode::RateLimited,
+                format!("over the {limit} publishes per second this user may make across its connections; retry later"),
+            ),
             e if e.is_retryable() => Failure(
                 ErrorCode::Unavailable,
                 format!("regional store unavailable: {e}"),
@@ -54,7 +59,27 @@ impl From<StoreError> for Failure {
     }
 }
 
-type Outcome = Result<serde_json::Value, Failure>;
+/// A request's result, encoded once: a typed reply serializes stored client JSON straight into
+/// the frame (going through `serde_json::Value` re-parsed it, and a value nested deeper than
+/// serde_json's recursion limit made the reply fail).
+type Outcome = Result<Box<RawValue>, Failure>;
+
+/// The successful outcome carrying `result`.
+fn answer<T: Serialize>(result: T) -> Outcome {
+    serde_json::value::to_raw_value(&result)
+        .map_err(|e| Failure(ErrorCode::Internal, format!("cannot encode the reply: {e}")))
+}
+
+/// A `state_get` result.
+#[derive(Serialize)]
+struct StateGetReply<'a> {
+    room: &'a RoomId,
+    entries: &'a [meridian_protocol::StateEntry],
+}
+
+/// State a test can make a session fail on, to check that nothing a session holds outlives it.
+#[cfg(test)]
+pub(crate) const FAULT_KEY: &str = "test-fault-panic";
 
 /// Token bucket for requests per connection.
 struct TokenBucket {
@@ -100,11 +125,29 @@ pub fn serve(
     peer: SocketAddr,
     handshake: crate::admission::Handshake,
 ) -> impl std::future::Future<Output = ()> {
-    node.metrics.connections.inc();
+    let slot = ConnectionSlot::take(&node);
     node.metrics.connections_total.inc();
     let conn_no = node.next_conn();
     let span = tracing::debug_span!("conn", conn = conn_no, %peer);
-    connection(node, ws, conn_no, handshake).instrument(span)
+    connection(node, ws, conn_no, handshake, slot).instrument(span)
+}
+
+/// One connection's place in the `connections` gauge, which admission compares with
+/// `limits.max_connections`: released when dropped, so a session that ends any way at all
+/// (returns, panics, or its task is dropped) gives its place back.
+struct ConnectionSlot(prometheus_client::metrics::gauge::Gauge);
+
+impl ConnectionSlot {
+    fn take(node: &Node) -> Self {
+        node.metrics.connections.inc();
+        Self(node.metrics.connections.clone())
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 async fn connection(
@@ -112,6 +155,7 @@ async fn connection(
     mut ws: WebSocket,
     conn_no: u64,
     handshake: crate::admission::Handshake,
+    slot: ConnectionSlot,
 ) {
     let hello = Box::pin(hello(&node, &mut ws, conn_no)).await;
     // The handshake slot is free once hello is done, either way.
@@ -120,7 +164,7 @@ async fn connection(
         Some((mut session, replays)) => session.run(&mut ws, replays).await,
         None => close_with(&mut ws, close::NORMAL, "").await,
     }
-    node.metrics.connections.dec();
+    drop(slot);
 }
 
 /// A connection attempt the node sheds (accept rate or connection cap): `reconnect`
@@ -150,6 +194,22 @@ struct Session {
     outbox: Outbox,
     queue: mpsc::Receiver<Utf8Bytes>,
     bucket: TokenBucket,
+    /// When the token expires: the connection is closed then (`token_expired`).
+    expires: tokio::time::Instant,
+    /// Whether `cleanup` ran; if not, dropping the session does it (see `Drop`).
+    cleaned: bool,
+}
+
+/// The instant a token's `exp` (seconds since the epoch) falls on, by the node's clock.
+fn expiry_instant(exp: u64) -> tokio::time::Instant {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    // A year is as good as never for a connection, and keeps the addition in range.
+    let left = Duration::from_secs(exp)
+        .saturating_sub(now)
+        .min(Duration::from_secs(365 * 24 * 3600));
+    tokio::time::Instant::now() + left
 }
 
 async fn send_text(node: &Node, ws: &mut WebSocket, text: impl Into<Utf8Bytes>) -> bool {
@@ -362,6 +422,7 @@ async fn hello(node: &Arc<Node>, ws: &mut WebSocket, conn_no: u64) -> Option<(Se
             conn: conn_no,
             user: claims.sub.clone(),
         };
+        let claims_exp = claims.exp;
         if let Err(e) = node.timed("connect", node.store.connect(&conn)).await {
             let Failure(code, message) = e.into();
             node.metrics.error(code);
@@ -382,6 +443,8 @@ async fn hello(node: &Arc<Node>, ws: &mut WebSocket, conn_no: u64) -> Option<(Se
             outbox,
             queue,
             bucket: TokenBucket::new(limits.requests_per_second, limits.request_burst),
+            expires: expiry_instant(claims_exp),
+            cleaned: false,
         };
         let mut resumed = Vec::new();
         let mut replays = Vec::new();
@@ -433,7 +496,8 @@ impl Session {
         let kicked = kicked_token.cancelled();
         let closing = node.closing.fired();
         let draining = node.draining.fired();
-        tokio::pin!(kicked, closing, draining);
+        let expired = tokio::time::sleep_until(self.expires);
+        tokio::pin!(kicked, closing, draining, expired);
         loop {
             let quiet = !self.outbox.is_kicked()
                 && !node.closing.is_fired()
@@ -481,6 +545,15 @@ impl Session {
                 }
                 _ = &mut closing => {
                     close_with(ws, close::RESTART, "node shutting down").await;
+                    break;
+                }
+                _ = &mut expired => {
+                    // A connection lives no longer than its token: reconnect (and resume)
+                    // with a fresh one.
+                    node.metrics.error(ErrorCode::TokenExpired);
+                    let text = Event::Error { code: ErrorCode::TokenExpired, message: "the token expired; reconnect with a fresh token (resume to recover what was missed)" }.encode();
+                    send_text(&node, ws, text).await;
+                    close_with(ws, close::POLICY, ErrorCode::TokenExpired.as_str()).await;
                     break;
                 }
                 _ = &mut draining, if !drain_sent => {
@@ -682,8 +755,20 @@ impl Session {
                 idempotency: p.key.as_deref().map(|k| (&self.conn.user, k)),
             })
             .collect();
+        // Charged to the user's region-wide budget (`limits.user_publishes_per_second`),
+        // which all its connections on every node share, in the same store call.
+        let budget_name = format!("pub:{}", self.conn.user);
+        let budget = node
+            .config
+            .limits
+            .user_publish_budget()
+            .map(|limit| (budget_name.as_str(), limit));
         let result = node
-            .timed("publish", node.store.publish_many(&batch.room, &items))
+            .timed(
+                "publish",
+                node.store
+                    .publish_budgeted(&batch.room, &items, budget, Duration::from_secs(1)),
+            )
             .await;
         match result {
             Ok(published) => {
@@ -709,12 +794,17 @@ impl Session {
     async fn execute(&mut self, request: Request) -> Outcome {
         let node = self.node.clone();
         let store = &node.store;
+        #[cfg(test)]
+        if let Request::StateGet { key: Some(key), .. } = &request {
+            // The forced failure of `tests::a_failing_session_gives_back_its_slot_and_rooms`.
+            assert!(key != FAULT_KEY, "fault injected by a test");
+        }
         match request {
             Request::Hello { .. } => Err(Failure(
                 ErrorCode::AlreadyAuthenticated,
                 "hello was already sent".into(),
             )),
-            Request::Ping => Ok(json!({ "pong": true })),
+            Request::Ping => answer(json!({ "pong": true })),
             Request::Join { room } => {
                 let j = self.join(&room, None, &mut Vec::new()).await?;
                 let mut result =
@@ -722,7 +812,7 @@ impl Session {
                 if !j.origins.is_empty() {
                     result["origins"] = json!(j.origins);
                 }
-                Ok(result)
+                answer(result)
             }
             Request::Leave { room } => {
                 let Some(_) = self.rooms.get(&room) else {
@@ -734,7 +824,7 @@ impl Session {
                 self.rooms.remove(&room);
                 node.local.remove_subscriber(&room, self.conn.conn);
                 let _ = store.unsubscribe(&room).await;
-                Ok(json!({ "room": room, "left": left }))
+                answer(json!({ "room": room, "left": left }))
             }
             // `handle_many` batches every publish; none reaches here.
             Request::Publish { .. } => Err(Failure(
@@ -742,16 +832,18 @@ impl Session {
                 "publish outside a batch".into(),
             )),
             Request::Send { to, data } => {
+                self.may_message(&to).await?;
                 let frame = Event::Direct {
                     from: &self.conn.user,
                     data: &data,
                 }
                 .encode();
+                self.spend_direct(&to, frame.len() as u64).await?;
                 if node
                     .timed("send_direct", store.send_direct(&to, &frame))
                     .await?
                 {
-                    Ok(json!({ "to": to }))
+                    answer(json!({ "to": to }))
                 } else {
                     Err(Failure(
                         ErrorCode::UserOffline,
@@ -766,11 +858,11 @@ impl Session {
                 let page = node
                     .timed("members", store.members(&room, after.as_ref(), limit))
                     .await?;
-                Ok(json!({ "room": room, "members": page.members, "next": page.next }))
+                answer(json!({ "room": room, "members": page.members, "next": page.next }))
             }
             Request::Presence { users } => {
-                let entries = node.timed("presence", store.presence(&users)).await?;
-                Ok(json!({ "users": entries }))
+                let entries = self.presence(&users).await?;
+                answer(json!({ "users": entries }))
             }
             Request::StateSet {
                 room,
@@ -785,14 +877,17 @@ impl Session {
                         store.state_set(&room, &key, &value, if_version, &self.conn.user),
                     )
                     .await?;
-                Ok(json!({ "room": room, "key": key, "version": version }))
+                answer(json!({ "room": room, "key": key, "version": version }))
             }
             Request::StateGet { room, key } => {
                 self.may_see(&room)?;
                 let entries = node
                     .timed("state_get", store.state_get(&room, key.as_deref()))
                     .await?;
-                Ok(json!({ "room": room, "entries": entries }))
+                answer(StateGetReply {
+                    room: &room,
+                    entries: &entries,
+                })
             }
             Request::StateDelete {
                 room,
@@ -806,13 +901,152 @@ impl Session {
                         store.state_delete(&room, &key, if_version, &self.conn.user),
                     )
                     .await?;
-                Ok(json!({ "room": room, "key": key, "deleted": deleted }))
+                answer(json!({ "room": room, "key": key, "deleted": deleted }))
             }
             _ => Err(Failure(
                 ErrorCode::UnknownOp,
                 "op not supported by this node".into(),
             )),
         }
+    }
+
+    /// The `send` rule: the target must share a room with this connection (a room it has
+    /// joined, members of every region count), unless the token has the claim `dm`.
+    async fn may_message(&self, to: &UserId) -> Result<(), Failure> {
+        if self.claims.dm {
+            return Ok(());
+        }
+        let rooms: Vec<RoomId> = self.rooms.keys().cloned().collect();
+        let shared = if rooms.is_empty() {
+            false
+        } else {
+            let node = &self.node;
+            node.timed(
+                "shares_room",
+                node.store.shares_room(&rooms, std::slice::from_ref(to)),
+            )
+            .await?
+            .first()
+            .copied()
+            .unwrap_or(false)
+        };
+        if shared {
+            Ok(())
+        } else {
+            Err(Failure(
+                ErrorCode::Forbidden,
+                format!("{to} shares no room with this connection; direct messages need a shared room or the token claim `dm`"),
+            ))
+        }
+    }
+
+    /// Charges one direct message of `bytes` to the sender's and the recipient's region-wide
+    /// budgets (count and bytes per second); `rate_limited` names the one that is spent.
+    async fn spend_direct(&self, to: &UserId, bytes: u64) -> Result<(), Failure> {
+        let l = &self.node.config.limits;
+        let from = &self.conn.user;
+        let names = [
+            format!("dm-sent:{from}"),
+            format!("dm-sent-bytes:{from}"),
+            format!("dm-received:{to}"),
+            format!("dm-received-bytes:{to}"),
+        ];
+        let all = [
+            (
+                l.dm_sent_per_second,
+                1,
+                "direct messages this user may send per second",
+            ),
+            (
+                l.dm_sent_bytes_per_second,
+                bytes,
+                "direct-message bytes this user may send per second",
+            ),
+            (
+                l.dm_received_per_second,
+                1,
+                "direct messages the recipient may be sent per second",
+            ),
+            (
+                l.dm_received_bytes_per_second,
+                bytes,
+                "direct-message bytes the recipient may be sent per second",
+            ),
+        ];
+        let mut budgets = Vec::with_capacity(4);
+        let mut what = Vec::with_capacity(4);
+        for (name, (limit, cost, text)) in names.iter().zip(all) {
+            if limit > 0 {
+                budgets.push(Budget { name, cost, limit });
+                what.push((limit, text));
+            }
+        }
+        let node = &self.node;
+        match node
+            .timed("spend", node.store.spend(&budgets, Duration::from_secs(1)))
+            .await?
+        {
+            None => Ok(()),
+            Some(i) => {
+                let (limit, text) = what
+                    .get(i)
+                    .copied()
+                    .unwrap_or((0, "a direct-message budget"));
+                Err(Failure(
+                    ErrorCode::RateLimited,
+                    format!("over the {limit} {text}; retry later"),
+                ))
+            }
+        }
+    }
+
+    /// `presence`, scoped: users who share no room with this connection (a room it has
+    /// joined) are reported offline, whatever their state, so presence tells nothing about
+    /// strangers. The asker always sees itself; a token with the claim `dm` (may contact
+    /// anyone) sees everyone.
+    async fn presence(
+        &self,
+        users: &[UserId],
+    ) -> Result<Vec<meridian_protocol::PresenceEntry>, Failure> {
+        let node = &self.node;
+        let rooms: Vec<RoomId> = self.rooms.keys().cloned().collect();
+        let shared = if self.claims.dm {
+            vec![true; users.len()]
+        } else if rooms.is_empty() {
+            vec![false; users.len()]
+        } else {
+            node.timed("shares_room", node.store.shares_room(&rooms, users))
+                .await?
+        };
+        let visible: Vec<UserId> = users
+            .iter()
+            .zip(shared.iter().chain(std::iter::repeat(&false)))
+            .filter(|(u, s)| **s || **u == self.conn.user)
+            .map(|(u, _)| u.clone())
+            .collect();
+        let found: HashMap<UserId, meridian_protocol::PresenceEntry> = if visible.is_empty() {
+            HashMap::new()
+        } else {
+            node.timed("presence", node.store.presence(&visible))
+                .await?
+                .into_iter()
+                .map(|e| (e.user.clone(), e))
+                .collect()
+        };
+        Ok(users
+            .iter()
+            .map(|u| {
+                found
+                    .get(u)
+                    .cloned()
+                    .unwrap_or_else(|| meridian_protocol::PresenceEntry {
+                        user: u.clone(),
+                        online: false,
+                        connections: 0,
+                        regions: Vec::new(),
+                    })
+            })
+            .collect())
     }
 
     fn may_see(&self, room: &RoomId) -> Result<(), Failure> {
@@ -991,6 +1225,13 @@ impl Session {
     /// Removes the connection's memberships and presence from the store. Retries for a while
     /// when the store is unreachable so a Redis blip does not leave ghost members.
     async fn cleanup(&mut self) {
+        self.take_cleanup().await;
+    }
+
+    /// The clean-up, once: unregisters the connection locally at once and returns the store
+    /// part to run.
+    fn take_cleanup(&mut self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        self.cleaned = true;
         let node = self.node.clone();
         node.local.remove_user_conn(&self.conn.user, self.conn.conn);
         let rooms: Vec<RoomId> = self.rooms.drain().map(|(r, _)| r).collect();
@@ -1021,7 +1262,25 @@ impl Session {
             }
             tracing::warn!(user = %conn.user, rooms = pending.len(), "could not remove a closed connection from the store");
         };
-        work.await;
+        work
+    }
+}
+
+/// A session that ends without its clean-up (a panic, a bug, its task dropped) still leaves
+/// no member or presence behind: local state goes at once, the store part runs on its own.
+impl Drop for Session {
+    fn drop(&mut self) {
+        if self.cleaned {
+            return;
+        }
+        tracing::warn!(user = %self.conn.user, conn = self.conn.conn, "session ended without its clean-up; cleaning up now");
+        let work = self.take_cleanup();
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(work);
+            }
+            Err(_) => tracing::warn!("no runtime to clean a dropped session out of the store"),
+        }
     }
 }
 
@@ -1034,4 +1293,145 @@ fn not_joined(room: &RoomId) -> Failure {
 
 fn jitter(min: u64, max: u64) -> u64 {
     min + rand::random::<u64>() % (max.saturating_sub(min) + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::NodeConfig;
+    use futures_util::{SinkExt, StreamExt};
+    use meridian_protocol::token::{issue, Claims, RoomGrant};
+    use region_state::{MemoryRegion, NodeId, StateStore};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+    const SECRET: &str = "session-test-secret-0123";
+
+    fn token(user: &str) -> String {
+        let exp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 600;
+        let claims = Claims {
+            sub: UserId::new(user).unwrap(),
+            exp,
+            rooms: vec![RoomGrant {
+                pattern: "*".into(),
+                publish: true,
+            }],
+            nbf: None,
+            iat: None,
+            dm: false,
+        };
+        issue(SECRET.as_bytes(), &claims).unwrap()
+    }
+
+    type Ws = tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >;
+
+    /// Sends `req` and returns the next text frame, or `None` when the connection ended.
+    async fn ask(ws: &mut Ws, req: serde_json::Value) -> Option<serde_json::Value> {
+        ws.send(WsMessage::Text(req.to_string().into()))
+            .await
+            .ok()?;
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+                Ok(Some(Ok(WsMessage::Text(t)))) => return serde_json::from_str(&t).ok(),
+                Ok(Some(Ok(WsMessage::Close(_)))) | Ok(Some(Err(_))) | Ok(None) => return None,
+                Ok(Some(Ok(_))) => {}
+                Err(_) => panic!("no answer to {req} within 5 s"),
+            }
+        }
+    }
+
+    async fn open_gauge(addr: std::net::SocketAddr) -> i64 {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut body = String::new();
+        tcp.read_to_string(&mut body).await.unwrap();
+        body.lines()
+            .find(|l| l.starts_with("meridian_node_connections{"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(-1)
+    }
+
+    /// A session that fails (here: a panic injected on one `state_get` key) gives back its
+    /// admission slot and its memberships. Before the guards, 20 such failures with
+    /// `max_connections = 20` left the gauge at 20 and every later user shed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_session_gives_back_its_slot_and_rooms() {
+        let mut config = NodeConfig::dev("test", SECRET);
+        config.limits.max_connections = 20;
+        let (tx, rx) = mpsc::channel(4096);
+        let store: Arc<dyn StateStore> = Arc::new(MemoryRegion::new().store(
+            "test",
+            NodeId::random(),
+            config.store_limits(),
+            tx,
+        ));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let running =
+            crate::node::start_with_store(config, store.clone(), rx, listener, shutdown.clone())
+                .await
+                .unwrap();
+        let url = format!("ws://{}/v1/ws", running.addr);
+        let room = RoomId::new("poisoned").unwrap();
+        for i in 0..30 {
+            let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+                .await
+                .unwrap();
+            let hello = ask(
+                &mut ws,
+                json!({"id": 1, "op": "hello", "token": token(&format!("u{i}"))}),
+            )
+            .await
+            .unwrap();
+            assert_eq!(hello["type"], "ok", "reader {i}: {hello}");
+            let joined = ask(&mut ws, json!({"id": 2, "op": "join", "room": "poisoned"}))
+                .await
+                .unwrap();
+            assert_eq!(joined["type"], "ok", "{joined}");
+            let read = ask(
+                &mut ws,
+                json!({"id": 3, "op": "state_get", "room": "poisoned", "key": FAULT_KEY}),
+            )
+            .await;
+            assert!(
+                read.is_none(),
+                "the injected fault ends the session: {read:?}"
+            );
+        }
+        // Every slot and membership comes back.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let gauge = open_gauge(running.addr).await;
+            let members = store.members(&room, None, 100).await.unwrap().members;
+            if gauge == 0 && members.is_empty() {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "gauge {gauge}, members {members:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // And a new user gets in.
+        let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+            .await
+            .unwrap();
+        let hello = ask(
+            &mut ws,
+            json!({"id": 1, "op": "hello", "token": token("late")}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(hello["type"], "ok", "{hello}");
+        shutdown.cancel();
+    }
 }

@@ -14,7 +14,7 @@ use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
 use crate::{
-    random_token, ConnRef, Inbound, NodeId, PublishItem, Recovery, StateStore, StoreError,
+    random_token, Budget, ConnRef, Inbound, NodeId, PublishItem, Recovery, StateStore, StoreError,
     StoreLimits,
 };
 
@@ -45,6 +45,9 @@ pub async fn run_all(h: &dyn Harness) {
         state_versions_and_cas,
         dead_node_is_reaped,
         unsubscribe_stops_events,
+        shares_room_sees_members_of_any_listed_room,
+        budgets_are_shared_and_all_or_none,
+        budgeted_publishes_stop_at_the_budget,
     );
 }
 
@@ -567,4 +570,117 @@ async fn unsubscribe_stops_events(h: &dyn Harness) {
         .await
         .unwrap();
     assert_quiet(&mut events).await;
+}
+
+async fn shares_room_sees_members_of_any_listed_room(h: &dyn Harness) {
+    let (store, _events) = h.node(StoreLimits::default()).await;
+    let (r1, r2, r3) = (room(), room(), room());
+    let (a, b, c) = (user("a"), user("b"), user("c"));
+    store.join(&r1, &conn(&*store, 1, &a), 0).await.unwrap();
+    store.join(&r2, &conn(&*store, 2, &b), 0).await.unwrap();
+    let users = [a.clone(), b.clone(), c.clone()];
+    assert_eq!(
+        store
+            .shares_room(&[r1.clone(), r2.clone()], &users)
+            .await
+            .unwrap(),
+        vec![true, true, false]
+    );
+    assert_eq!(
+        store.shares_room(&[r3], &users).await.unwrap(),
+        vec![false, false, false]
+    );
+    assert_eq!(
+        store.shares_room(&[], &users).await.unwrap(),
+        vec![false; 3]
+    );
+    store
+        .leave(&r1, &conn(&*store, 1, &a), LeftReason::Leave)
+        .await
+        .unwrap();
+    assert_eq!(store.shares_room(&[r1], &[a]).await.unwrap(), vec![false]);
+}
+
+async fn budgets_are_shared_and_all_or_none(h: &dyn Harness) {
+    let (one, _e1) = h.node(StoreLimits::default()).await;
+    let (two, _e2) = h.node(StoreLimits::default()).await;
+    let (x, y) = (
+        format!("x-{}", random_token(6)),
+        format!("y-{}", random_token(6)),
+    );
+    let window = Duration::from_secs(30);
+    fn spend(name: &str, cost: u64, limit: u64) -> Budget<'_> {
+        Budget { name, cost, limit }
+    }
+    // Two nodes draw from one budget.
+    for _ in 0..3 {
+        assert_eq!(one.spend(&[spend(&x, 1, 5)], window).await.unwrap(), None);
+    }
+    for _ in 0..2 {
+        assert_eq!(two.spend(&[spend(&x, 1, 5)], window).await.unwrap(), None);
+    }
+    assert_eq!(
+        one.spend(&[spend(&x, 1, 5)], window).await.unwrap(),
+        Some(0)
+    );
+    // All or none: y is not charged when x is overdrawn.
+    assert_eq!(
+        two.spend(&[spend(&y, 4, 4), spend(&x, 1, 5)], window)
+            .await
+            .unwrap(),
+        Some(1)
+    );
+    assert_eq!(two.spend(&[spend(&y, 4, 4)], window).await.unwrap(), None);
+    // A cost larger than the limit never fits.
+    let z = format!("z-{}", random_token(6));
+    assert_eq!(
+        one.spend(&[spend(&z, 9, 8)], window).await.unwrap(),
+        Some(0)
+    );
+}
+
+async fn budgeted_publishes_stop_at_the_budget(h: &dyn Harness) {
+    let (one, _e1) = h.node(StoreLimits::default()).await;
+    let (two, _e2) = h.node(StoreLimits::default()).await;
+    let r = room();
+    let u = user("p");
+    let data = RawValue::from_string("1".into()).unwrap();
+    let frame = RoomEventFrame::message(&r, &u, &data);
+    let item = PublishItem {
+        frame: &frame,
+        idempotency: None,
+    };
+    let name = format!("pub:{}", random_token(6));
+    let window = Duration::from_secs(30);
+    let budget = Some((name.as_str(), 5));
+    // 3 on one node and 2 on the other fill the budget; a batch is all or none.
+    let three = [item; 3];
+    assert_eq!(
+        one.publish_budgeted(&r, &three, budget, window)
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+    assert!(matches!(
+        two.publish_budgeted(&r, &three, budget, window).await,
+        Err(StoreError::BudgetSpent { limit: 5 })
+    ));
+    let two_items = [item; 2];
+    let out = two
+        .publish_budgeted(&r, &two_items, budget, window)
+        .await
+        .unwrap();
+    assert_eq!(out.iter().map(|p| p.seq).collect::<Vec<_>>(), vec![4, 5]);
+    assert!(matches!(
+        one.publish_budgeted(&r, std::slice::from_ref(&item), budget, window)
+            .await,
+        Err(StoreError::BudgetSpent { limit: 5 })
+    ));
+    // Nothing refused was published; without a budget publishing goes on.
+    let next = one
+        .publish_budgeted(&r, std::slice::from_ref(&item), None, window)
+        .await
+        .unwrap();
+    assert_eq!(next[0].seq, 6);
 }

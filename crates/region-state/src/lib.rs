@@ -260,6 +260,13 @@ pub enum StoreError {
         /// Replicas required.
         wanted: u32,
     },
+    /// A budget given to [`StateStore::publish_budgeted`] is spent for its window; nothing was
+    /// published. Retrying in the next window can succeed.
+    #[error("budget of {limit} per window spent")]
+    BudgetSpent {
+        /// The budget's limit.
+        limit: u64,
+    },
     /// A value read back from the store does not have the shape this code writes.
     #[error("unexpected data in the store: {0}")]
     Corrupt(String),
@@ -270,7 +277,7 @@ impl StoreError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            Self::Redis(_) | Self::PubSubDown | Self::NotDurable { .. }
+            Self::Redis(_) | Self::PubSubDown | Self::NotDurable { .. } | Self::BudgetSpent { .. }
         )
     }
 }
@@ -365,6 +372,29 @@ pub trait StateStore: Send + Sync + 'static {
         room: &RoomId,
         items: &[PublishItem<'_>],
     ) -> StoreResult<Vec<Published>>;
+    /// [`StateStore::publish_many`] charged first to `budget` (one per item, all or none; see
+    /// [`StateStore::spend`]): over it, nothing is published and the call fails with
+    /// [`StoreError::BudgetSpent`]. Stores that can do both in one step override this (Redis:
+    /// one script, one round trip).
+    async fn publish_budgeted(
+        &self,
+        room: &RoomId,
+        items: &[PublishItem<'_>],
+        budget: Option<(&str, u64)>,
+        window: Duration,
+    ) -> StoreResult<Vec<Published>> {
+        if let Some((name, limit)) = budget {
+            let cost = items.len() as u64;
+            if self
+                .spend(&[Budget { name, cost, limit }], window)
+                .await?
+                .is_some()
+            {
+                return Err(StoreError::BudgetSpent { limit });
+            }
+        }
+        self.publish_many(room, items).await
+    }
     /// The room events after `(epoch, seq)`, or [`Recovery::Lost`]. An empty epoch with seq 0
     /// means "from the start of the current epoch".
     async fn history(&self, room: &RoomId, epoch: &str, seq: u64) -> StoreResult<Recovery>;
@@ -386,6 +416,16 @@ pub trait StateStore: Send + Sync + 'static {
     /// Hands a direct-message frame to every node holding a connection of `to`. Returns whether
     /// at least one node took it.
     async fn send_direct(&self, to: &UserId, frame: &str) -> StoreResult<bool>;
+
+    /// For each of `users`: whether it is a member of at least one of `rooms` (members of
+    /// every region count). The scope of `send` and `presence`.
+    async fn shares_room(&self, rooms: &[RoomId], users: &[UserId]) -> StoreResult<Vec<bool>>;
+
+    /// Spends from fixed-window budgets shared by every node of the region: for each
+    /// [`Budget`], `cost` is added to its counter of the current `window`, all or none. Returns
+    /// the index of the first budget that `cost` would overdraw (nothing is spent then), or
+    /// `None` when all were spent.
+    async fn spend(&self, budgets: &[Budget<'_>], window: Duration) -> StoreResult<Option<usize>>;
 
     /// Writes a room state key (compare-and-set when `if_version` is given; 0 means "absent")
     /// and emits `state_changed`. Returns the key's new version.
@@ -414,6 +454,18 @@ pub trait StateStore: Send + Sync + 'static {
     async fn subscribe(&self, room: &RoomId) -> StoreResult<()>;
     /// Drops one subscription count; the last one stops the room's events.
     async fn unsubscribe(&self, room: &RoomId) -> StoreResult<()>;
+}
+
+/// One fixed-window budget for [`StateStore::spend`]: a name (the store prefixes and scopes
+/// it), what this request costs and the most the window allows.
+#[derive(Debug, Clone, Copy)]
+pub struct Budget<'a> {
+    /// The budget's name, e.g. `"pub:alice"`.
+    pub name: &'a str,
+    /// What this request spends.
+    pub cost: u64,
+    /// The most one window may spend.
+    pub limit: u64,
 }
 
 /// Milliseconds since the Unix epoch.

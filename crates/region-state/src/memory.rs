@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -17,8 +17,8 @@ use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
 use crate::{
-    random_token, ConnRef, Inbound, JoinOutcome, MemberPage, NodeId, PublishItem, Published,
-    ReapedNode, Recovery, StateStore, StoreError, StoreLimits, StoreResult,
+    random_token, Budget, ConnRef, Inbound, JoinOutcome, MemberPage, NodeId, PublishItem,
+    Published, ReapedNode, Recovery, StateStore, StoreError, StoreLimits, StoreResult,
 };
 
 /// Decides what a resume from `(epoch, seq)` gets, given the room's current epoch and sequence,
@@ -162,6 +162,8 @@ struct RegionState {
     presence: HashMap<UserId, HashMap<(NodeId, u64), String>>,
     rooms: HashMap<RoomId, Room>,
     idempotency: HashMap<(RoomId, UserId, String), (u64, Instant)>,
+    /// Fixed-window budgets: name → (window index, spent).
+    budgets: HashMap<String, (u64, u64)>,
 }
 
 impl RegionState {
@@ -599,6 +601,42 @@ impl StateStore for MemoryStore {
             self.limits.max_replay,
             events,
         ))
+    }
+
+    async fn shares_room(&self, rooms: &[RoomId], users: &[UserId]) -> StoreResult<Vec<bool>> {
+        let s = self.lock();
+        Ok(users
+            .iter()
+            .map(|u| {
+                rooms
+                    .iter()
+                    .any(|r| s.rooms.get(r).is_some_and(|r| r.members.contains_key(u)))
+            })
+            .collect())
+    }
+
+    async fn spend(&self, budgets: &[Budget<'_>], window: Duration) -> StoreResult<Option<usize>> {
+        let mut s = self.lock();
+        let slot = crate::now_ms() / (window.as_millis() as u64).max(1);
+        let spent = |s: &RegionState, name: &str| match s.budgets.get(name) {
+            Some((w, n)) if *w == slot => *n,
+            _ => 0,
+        };
+        if let Some(i) = budgets
+            .iter()
+            .position(|b| spent(&s, b.name).saturating_add(b.cost) > b.limit)
+        {
+            return Ok(Some(i));
+        }
+        for b in budgets {
+            let n = spent(&s, b.name) + b.cost;
+            s.budgets.insert(b.name.to_owned(), (slot, n));
+        }
+        // Forget finished windows now and then, so the map stays as large as the active users.
+        if s.budgets.len() > 10_000 {
+            s.budgets.retain(|_, (w, _)| *w == slot);
+        }
+        Ok(None)
     }
 
     async fn send_direct(&self, to: &UserId, frame: &str) -> StoreResult<bool> {

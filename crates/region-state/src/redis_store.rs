@@ -29,8 +29,8 @@ use crate::scripts::{
     entry_seq, history_after, k, room_of_channel, stored_entries, RoomArgs, RoomKeys, Scripts,
 };
 use crate::{
-    now_ms, split_seq, ConnRef, Inbound, JoinOutcome, MemberPage, NodeId, PublishItem, Published,
-    ReapedNode, Recovery, StateStore, StoreError, StoreLimits, StoreResult,
+    now_ms, split_seq, Budget, ConnRef, Inbound, JoinOutcome, MemberPage, NodeId, PublishItem,
+    Published, ReapedNode, Recovery, StateStore, StoreError, StoreLimits, StoreResult,
 };
 
 /// Where and how to reach the region's Redis.
@@ -596,13 +596,37 @@ impl StateStore for RedisStore {
         room: &RoomId,
         items: &[PublishItem<'_>],
     ) -> StoreResult<Vec<Published>> {
+        self.publish_budgeted(room, items, None, Duration::from_secs(1))
+            .await
+    }
+
+    async fn publish_budgeted(
+        &self,
+        room: &RoomId,
+        items: &[PublishItem<'_>],
+        budget: Option<(&str, u64)>,
+        budget_window: Duration,
+    ) -> StoreResult<Vec<Published>> {
         if items.is_empty() {
             return Ok(Vec::new());
         }
-        // One script for the batch: the items are sequenced in order and atomically, and a
-        // NOSCRIPT retry (after a restart or failover) repeats all of them or none.
+        // One script for the batch: the budget is charged, the items are sequenced in order
+        // and atomically, and a NOSCRIPT retry (after a restart or failover) repeats all of
+        // them or none.
         let keys = RoomKeys::new(room);
         let mut inv = self.room_script(&self.scripts.publish, &keys);
+        match budget {
+            Some((name, limit)) => {
+                let window_ms = (budget_window.as_millis() as u64).max(1);
+                let slot = now_ms() / window_ms;
+                inv.arg(limit)
+                    .arg(window_ms * 2)
+                    .key(format!("mb:{{{name}}}:{slot}"));
+            }
+            None => {
+                inv.arg("").arg(0).key(&keys.keys[k::IDEM]);
+            }
+        }
         let window = self.config.limits.idempotency_window.as_millis() as u64;
         for item in items {
             inv.arg(item.frame.head());
@@ -618,6 +642,9 @@ impl StateStore for RedisStore {
             }
         }
         let published = |rows: Vec<(i64, String, u64)>| {
+            if let [(-1, _, limit)] = rows[..] {
+                return Err(StoreError::BudgetSpent { limit });
+            }
             if rows.len() != items.len() {
                 return Err(StoreError::Corrupt(format!(
                     "publish script returned {} results for {} publishes",
@@ -744,6 +771,43 @@ impl StateStore for RedisStore {
         inv.key(user_conns_key(to)).arg(format!("{to} {frame}"));
         let receivers: u64 = inv.invoke_async(&mut self.conn()).await?;
         Ok(receivers > 0)
+    }
+
+    async fn shares_room(&self, rooms: &[RoomId], users: &[UserId]) -> StoreResult<Vec<bool>> {
+        let mut shared = vec![false; users.len()];
+        if rooms.is_empty() || users.is_empty() {
+            return Ok(shared);
+        }
+        let mut pipe = redis::pipe();
+        for room in rooms {
+            pipe.cmd("ZMSCORE")
+                .arg(&RoomKeys::new(room).keys[k::MEM])
+                .arg(users.iter().map(UserId::as_str).collect::<Vec<_>>());
+        }
+        let scores: Vec<Vec<Option<f64>>> = pipe.query_async(&mut self.conn()).await?;
+        for per_room in scores {
+            for (s, score) in shared.iter_mut().zip(per_room) {
+                *s |= score.is_some();
+            }
+        }
+        Ok(shared)
+    }
+
+    async fn spend(&self, budgets: &[Budget<'_>], window: Duration) -> StoreResult<Option<usize>> {
+        if budgets.is_empty() {
+            return Ok(None);
+        }
+        let window_ms = (window.as_millis() as u64).max(1);
+        let slot = now_ms() / window_ms;
+        let mut inv = self.scripts.spend.prepare_invoke();
+        inv.arg(window_ms * 2);
+        for b in budgets {
+            inv.key(format!("mb:{{{}}}:{slot}", b.name))
+                .arg(b.cost)
+                .arg(b.limit);
+        }
+        let over: usize = inv.invoke_async(&mut self.conn()).await?;
+        Ok(over.checked_sub(1))
     }
 
     async fn state_set(

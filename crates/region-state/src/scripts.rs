@@ -211,14 +211,24 @@ append(ARGV[8])
 return 1
 "#;
 
-/// A batch of publishes, in order: per item `i` (from 1), ARGV[4 + 2i] its message head and
-/// ARGV[5 + 2i] the idempotency window in ms ('' without a key), and KEYS[12 + i] its
-/// idempotency key (the bare prefix, unused, without one). Returns `{status, epoch, seq}` per
-/// item: status 0 for a repeat answered from its key.
+/// A batch of publishes, in order, charged first to the publisher's budget: ARGV[6] the
+/// budget's limit ('' for none), ARGV[7] its window in ms, KEYS[13] its counter (the
+/// idempotency prefix, unused, without one); the batch costs one per item, all or none. Over
+/// the limit, nothing is published and the script returns `{{-1, '', limit}}`. Per item `i`
+/// (from 1), ARGV[6 + 2i] its message head and ARGV[7 + 2i] the idempotency window in ms ('' without
+/// a key), and KEYS[13 + i] its idempotency key (the bare prefix, unused, without one).
+/// Returns `{status, epoch, seq}` per item: status 0 for a repeat answered from its key.
 const PUBLISH_LUA: &str = r#"
 local out = {}
-for i = 1, (#ARGV - 5) / 2 do
-  local head, window, key = ARGV[4 + 2 * i], ARGV[5 + 2 * i], KEYS[12 + i]
+local n = (#ARGV - 7) / 2
+if ARGV[6] ~= '' then
+  local limit = tonumber(ARGV[6])
+  local spent = tonumber(redis.call('GET', KEYS[13]) or '0')
+  if spent + n > limit then return {{-1, '', limit}} end
+  if redis.call('INCRBY', KEYS[13], n) == n then redis.call('PEXPIRE', KEYS[13], ARGV[7]) end
+end
+for i = 1, n do
+  local head, window, key = ARGV[6 + 2 * i], ARGV[7 + 2 * i], KEYS[13 + i]
   local prev = false
   if window ~= '' then prev = redis.call('GET', key) end
   if prev then
@@ -514,6 +524,24 @@ end
 return n
 "#;
 
+/// Fixed-window budgets, all or none: KEYS[i] is budget i's counter for the current window,
+/// ARGV[1] the window in ms (the counters' expiry), ARGV[2i] its cost and ARGV[2i+1] its
+/// limit. Returns the 1-based index of the first budget the cost would overdraw (nothing is
+/// spent), or 0 when every cost was spent.
+const SPEND_LUA: &str = r#"
+for i = 1, #KEYS do
+  local cur = tonumber(redis.call('GET', KEYS[i]) or '0')
+  if cur + tonumber(ARGV[2 * i]) > tonumber(ARGV[2 * i + 1]) then return i end
+end
+for i = 1, #KEYS do
+  local cost = tonumber(ARGV[2 * i])
+  if redis.call('INCRBY', KEYS[i], cost) == cost then
+    redis.call('PEXPIRE', KEYS[i], ARGV[1])
+  end
+end
+return 0
+"#;
+
 /// The scripts, hashed once per store.
 pub(crate) struct Scripts {
     pub join: Script,
@@ -528,6 +556,7 @@ pub(crate) struct Scripts {
     pub connect: Script,
     pub disconnect: Script,
     pub send_direct: Script,
+    pub spend: Script,
 }
 
 impl Scripts {
@@ -547,6 +576,7 @@ impl Scripts {
             connect: user(CONNECT_LUA),
             disconnect: user(DISCONNECT_LUA),
             send_direct: Script::new(SEND_DIRECT_LUA),
+            spend: Script::new(SPEND_LUA),
         }
     }
 }
