@@ -7,6 +7,7 @@
 
 mod client;
 mod drill;
+mod ports;
 mod procs;
 mod up;
 

@@ -264,6 +264,8 @@ pub fn run(args: UpArgs) -> Result<()> {
         });
     }
 
+    check_ports(&plans, &args)?;
+
     let secret = random_hex(24);
     let admin_token = random_hex(24);
     let certs = state.join("certs");
@@ -378,7 +380,7 @@ pub fn run(args: UpArgs) -> Result<()> {
     let json_path = state.join("endpoints.json");
     std::fs::write(&json_path, serde_json::to_string_pretty(&endpoints)?)?;
     mesh.endpoints_file = Some(json_path.clone());
-    print_table(&endpoints, &json_path);
+    print_table(&endpoints, &json_path, args.smoke);
 
     if args.smoke {
         smoke(&endpoints)?;
@@ -404,6 +406,77 @@ pub fn run(args: UpArgs) -> Result<()> {
         .stop_all(Duration::from_secs(10));
     println!("stopped; logs and data stay in {}", state.display());
     Ok(())
+}
+
+/// Every address the mesh will listen on must be free before anything starts; otherwise one
+/// line per taken port with its owner, and the way out.
+fn check_ports(plans: &[RegionPlan], args: &UpArgs) -> Result<()> {
+    use crate::ports::Wanted;
+    let local = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+    let mut wanted = vec![
+        Wanted::udp("geo-router DNS", args.dns),
+        Wanted::tcp("geo-router DNS", args.dns),
+        Wanted::tcp("geo-router HTTP", args.http),
+    ];
+    for plan in plans {
+        let name = &plan.region.name;
+        if let Some(port) = plan.redis_port {
+            wanted.push(Wanted::tcp(format!("{name}/redis"), local(port)));
+        }
+        for (i, port) in plan.node_ports.iter().enumerate() {
+            wanted.push(Wanted::tcp(format!("{name}/node-{}", i + 1), local(*port)));
+        }
+        if let Some(port) = plan.lb_port {
+            wanted.push(Wanted::tcp(format!("{name}/haproxy"), local(port)));
+        }
+        wanted.push(Wanted::udp(format!("{name}/relay QUIC"), plan.relay));
+        wanted.push(Wanted::tcp(format!("{name}/relay HTTP"), plan.relay_http));
+        if let Some(standby) = plan.relay_standby_http {
+            wanted.push(Wanted::tcp(format!("{name}/relay-standby HTTP"), standby));
+        }
+    }
+    let clashes = crate::ports::clashes(&wanted);
+    if clashes.is_empty() {
+        return Ok(());
+    }
+    bail!(
+        "{} address(es) this mesh needs are taken; nothing was started:\n  {}\n\
+         Another mesh is probably running. Stop it, or pick free ports: \
+         meridian up --auto-ports --dns 127.0.0.1:0 --http 127.0.0.1:0",
+        clashes.len(),
+        clashes.join("\n  ")
+    )
+}
+
+/// Waits until the Redis on `port` answers and is the one this mesh started (a Redis that
+/// could not bind exits, and another mesh's Redis may be answering there).
+fn wait_own_redis(mesh: &mut Mesh, proc_name: &str, port: u16) -> Result<()> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ours = mesh.supervisor.pids().get(proc_name).copied();
+        let Some(ours) = ours else {
+            bail!(
+                "{proc_name} exited: it could not listen on {addr}{}; see {}",
+                match crate::ports::owner(port, false) {
+                    Some(owner) => format!(", which {owner} holds"),
+                    None => String::new(),
+                },
+                mesh.supervisor.log_of(proc_name).display()
+            );
+        };
+        match crate::ports::redis_pid(addr) {
+            Some(pid) if pid == ours => return Ok(()),
+            Some(other) if Instant::now() > deadline => bail!(
+                "{addr} is answered by another Redis (pid {other}), not {proc_name} (pid {ours}); \
+                 use --auto-ports"
+            ),
+            None if Instant::now() > deadline => {
+                bail!("{proc_name} does not answer on {addr} after 10 s")
+            }
+            _ => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
 }
 
 fn region_endpoints(plan: &RegionPlan, haproxy: bool, redis: bool) -> RegionEndpoints {
@@ -540,10 +613,7 @@ fn start_region(mesh: &mut Mesh, plan: &RegionPlan) -> Result<()> {
             .arg("--dir")
             .arg(&data);
         mesh.supervisor.spawn(&format!("{name}/redis"), command)?;
-        wait_port(
-            SocketAddr::from(([127, 0, 0, 1], port)),
-            Duration::from_secs(10),
-        )?;
+        wait_own_redis(mesh, &format!("{name}/redis"), port)?;
     }
     start_nodes(mesh, plan)?;
     if let Some(lb) = plan.lb_port {
@@ -710,7 +780,7 @@ fn wait_healthy(http: SocketAddr, regions: usize, within: Duration) -> Result<()
     }
 }
 
-fn print_table(e: &Endpoints, json: &Path) {
+fn print_table(e: &Endpoints, json: &Path, smoke: bool) {
     println!(
         "\nMeridian mesh is up  (state: {})\n",
         e.state_dir.display()
@@ -759,20 +829,62 @@ fn print_table(e: &Endpoints, json: &Path) {
         "  curl 'http://{}/v1/route?ip=23.10.1.1'                 # a New York user",
         e.router.http
     );
+    let me = cli_command();
+    let state = shell_word(&e.state_dir.display().to_string());
     if let (Some(a), Some(b)) = (e.regions.first(), e.regions.get(1)) {
         println!(
-            "  meridian chat --url {} --room lobby --token {}",
-            a.ws_url,
-            e.tokens.get("alice").map_or("", String::as_str)
+            "  {me} chat --state-dir {state} --region {} --user alice --room lobby",
+            a.name
         );
         println!(
-            "  meridian chat --url {} --room lobby --token {}",
-            b.ws_url,
-            e.tokens.get("bob").map_or("", String::as_str)
+            "  {me} chat --state-dir {state} --region {} --user bob --room lobby",
+            b.name
+        );
+        println!(
+            "  {me} members --state-dir {state} --region {} --user carol --room lobby",
+            b.name
         );
     }
+    println!(
+        "  (clients connect to a region's ws_url above; the DNS answers name the region's public address)"
+    );
     println!("\nEvery endpoint as JSON: {}", json.display());
-    println!("Ctrl-C stops everything.");
+    if !smoke {
+        println!("Ctrl-C stops everything.");
+    }
+}
+
+/// How to run this `meridian` in a shell: `meridian` when that is on the PATH and is this very
+/// binary, else this binary's path (relative to the current directory when below it).
+fn cli_command() -> String {
+    let Ok(exe) = std::env::current_exe().and_then(std::fs::canonicalize) else {
+        return "meridian".into();
+    };
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("meridian"))
+            .find(|p| p.is_file())
+    });
+    if on_path.and_then(|p| p.canonicalize().ok()).as_ref() == Some(&exe) {
+        return "meridian".into();
+    }
+    let shown = std::env::current_dir()
+        .ok()
+        .and_then(|cwd| exe.strip_prefix(cwd).ok().map(Path::to_path_buf))
+        .unwrap_or_else(|| exe.clone());
+    shell_word(&shown.display().to_string())
+}
+
+/// `text` quoted for a POSIX shell when it needs it.
+fn shell_word(text: &str) -> String {
+    if text
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "/._-+:@=,".contains(c))
+    {
+        text.to_owned()
+    } else {
+        format!("'{}'", text.replace('\'', "'\\''"))
+    }
 }
 
 /// `--smoke`: the router answers DNS and HTTP, and each region takes a WebSocket hello.
