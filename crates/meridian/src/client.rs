@@ -81,7 +81,9 @@ impl ConnectArgs {
                 };
                 region.ws_url.clone()
             }
-            (None, None) => anyhow::bail!("where to connect: pass --url, or --state-dir of a running `meridian up`"),
+            (None, None) => anyhow::bail!(
+                "where to connect: pass --url, or --state-dir of a running `meridian up`"
+            ),
         };
         let token = match (&self.token, &self.user, &local) {
             (Some(token), _, _) => token.clone(),
@@ -166,7 +168,10 @@ fn describe_error(reply: &Value) -> String {
 }
 
 fn close_error(frame: Option<&CloseFrame>) -> ClientError {
-    let text = format!("the server closed the connection: {}", describe_close(frame));
+    let text = format!(
+        "the server closed the connection: {}",
+        describe_close(frame)
+    );
     match frame.map(|f| u16::from(f.code)) {
         Some(1008) => ClientError::Refused(describe_close(frame)),
         _ => ClientError::Failed(text),
@@ -176,7 +181,9 @@ fn close_error(frame: Option<&CloseFrame>) -> ClientError {
 /// Connects; the error names the URL once (tungstenite's errors repeat their cause).
 async fn connect(url: &str) -> Res<Ws> {
     match tokio::time::timeout(REPLY_TIMEOUT, tokio_tungstenite::connect_async(url)).await {
-        Err(_) => Err(failed(format!("cannot connect to {url}: no answer within {REPLY_TIMEOUT:?}"))),
+        Err(_) => Err(failed(format!(
+            "cannot connect to {url}: no answer within {REPLY_TIMEOUT:?}"
+        ))),
         Ok(Err(e)) => Err(failed(format!(
             "cannot connect to {url}: {} (is the mesh running, and is the URL right?)",
             connect_error_text(&e)
@@ -214,9 +221,7 @@ impl Session {
     pub async fn open(url: &str, token: &str) -> Res<Session> {
         let ws = connect(url).await?;
         let mut session = Session { ws, next_id: 1 };
-        session
-            .call(json!({"op": "hello", "token": token}))
-            .await?;
+        session.call(json!({"op": "hello", "token": token})).await?;
         Ok(session)
     }
 
@@ -559,7 +564,9 @@ pub fn parse_chat_line(room: &str, line: &str) -> ChatLine {
         }
         "help" | "?" => ChatLine::Help,
         "quit" | "exit" => ChatLine::Quit,
-        _ => ChatLine::Bad(format!("unknown or incomplete command /{command}; /help lists them")),
+        _ => ChatLine::Bad(format!(
+            "unknown or incomplete command /{command}; /help lists them"
+        )),
     }
 }
 
@@ -791,11 +798,15 @@ mod tests {
     fn chat_lines_become_requests() {
         assert_eq!(
             parse_chat_line("lobby", "hi there"),
-            ChatLine::Request(json!({"op": "publish", "room": "lobby", "data": {"text": "hi there"}}))
+            ChatLine::Request(
+                json!({"op": "publish", "room": "lobby", "data": {"text": "hi there"}})
+            )
         );
         assert_eq!(
             parse_chat_line("lobby", "//members"),
-            ChatLine::Request(json!({"op": "publish", "room": "lobby", "data": {"text": "/members"}}))
+            ChatLine::Request(
+                json!({"op": "publish", "room": "lobby", "data": {"text": "/members"}})
+            )
         );
         assert_eq!(
             parse_chat_line("lobby", "/members"),
@@ -826,8 +837,14 @@ mod tests {
             )
         );
         assert_eq!(parse_chat_line("lobby", "/quit"), ChatLine::Quit);
-        assert!(matches!(parse_chat_line("lobby", "/send bob"), ChatLine::Bad(_)));
-        assert!(matches!(parse_chat_line("lobby", "/bogus"), ChatLine::Bad(_)));
+        assert!(matches!(
+            parse_chat_line("lobby", "/send bob"),
+            ChatLine::Bad(_)
+        ));
+        assert!(matches!(
+            parse_chat_line("lobby", "/bogus"),
+            ChatLine::Bad(_)
+        ));
     }
 
     #[test]
@@ -859,13 +876,19 @@ mod tests {
         let members = json!({"room": "lobby", "members": [
             {"user": "alice", "region": "ap-southeast"}, {"user": "bob", "region": "eu-central"}]});
         let text = human("members", &members);
-        assert!(text.contains("alice") && text.contains("eu-central"), "{text}");
+        assert!(
+            text.contains("alice") && text.contains("eu-central"),
+            "{text}"
+        );
         assert!(text.ends_with("2 members in lobby\n"), "{text}");
         let presence = json!({"users": [
             {"user": "bob", "online": true, "connections": 1, "regions": ["eu-central"]},
             {"user": "carol", "online": false, "connections": 0, "regions": []}]});
         let text = human("presence", &presence);
-        assert!(text.contains("online  1 connection(s)  eu-central"), "{text}");
+        assert!(
+            text.contains("online  1 connection(s)  eu-central"),
+            "{text}"
+        );
         assert!(text.contains("carol") && text.contains("offline"), "{text}");
     }
 }

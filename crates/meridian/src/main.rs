@@ -381,7 +381,12 @@ fn run(command: Command) -> Result<ExitCode> {
             };
             let result = tokio::runtime::Runtime::new()?
                 .block_on(async { client::chat(&url, &token, &options).await });
-            Ok(client_exit("meridian chat", result.map(|()| None), false, ""))
+            Ok(client_exit(
+                "meridian chat",
+                result.map(|()| None),
+                false,
+                "",
+            ))
         }
         Command::Members {
             connect,
@@ -390,7 +395,12 @@ fn run(command: Command) -> Result<ExitCode> {
         } => {
             let (url, token) = connect.resolve()?;
             let result = client_runtime()?.block_on(client::members(&url, &token, &room));
-            Ok(client_exit("meridian members", result.map(Some), json, "members"))
+            Ok(client_exit(
+                "meridian members",
+                result.map(Some),
+                json,
+                "members",
+            ))
         }
         Command::Presence {
             connect,
@@ -399,9 +409,13 @@ fn run(command: Command) -> Result<ExitCode> {
             json,
         } => {
             let (url, token) = connect.resolve()?;
-            let result =
-                client_runtime()?.block_on(client::presence(&url, &token, &rooms, &users));
-            Ok(client_exit("meridian presence", result.map(Some), json, "presence"))
+            let result = client_runtime()?.block_on(client::presence(&url, &token, &rooms, &users));
+            Ok(client_exit(
+                "meridian presence",
+                result.map(Some),
+                json,
+                "presence",
+            ))
         }
         Command::Send {
             connect,
@@ -413,12 +427,12 @@ fn run(command: Command) -> Result<ExitCode> {
         } => {
             let (url, token) = connect.resolve()?;
             let data = match data {
-                Some(d) => serde_json::from_str(&d)
-                    .with_context(|| format!("--data {d:?} is not JSON"))?,
+                Some(d) => {
+                    serde_json::from_str(&d).with_context(|| format!("--data {d:?} is not JSON"))?
+                }
                 None => json!({"text": text.join(" ")}),
             };
-            let result =
-                client_runtime()?.block_on(client::send(&url, &token, &rooms, &to, data));
+            let result = client_runtime()?.block_on(client::send(&url, &token, &rooms, &to, data));
             Ok(client_exit("meridian send", result.map(Some), json, "send"))
         }
         Command::State {
@@ -441,7 +455,12 @@ fn run(command: Command) -> Result<ExitCode> {
                 (key, _, _) => client::StateOp::Get(key),
             };
             let result = client_runtime()?.block_on(client::state(&url, &token, &room, op));
-            Ok(client_exit("meridian state", result.map(Some), json, "state"))
+            Ok(client_exit(
+                "meridian state",
+                result.map(Some),
+                json,
+                "state",
+            ))
         }
     }
 }

@@ -57,10 +57,7 @@ pub fn clashes(wanted: &[Wanted]) -> Vec<String> {
                 }
                 _ => format!("cannot be bound: {e}"),
             };
-            lines.push(format!(
-                "{proto} {} (for {}) {why}",
-                w.addr, w.what
-            ));
+            lines.push(format!("{proto} {} (for {}) {why}", w.addr, w.what));
         }
     }
     lines
@@ -85,7 +82,11 @@ pub fn owner(port: u16, udp: bool) -> Option<String> {
     let targets: Vec<String> = inodes.iter().map(|i| format!("socket:[{i}]")).collect();
     let procs = std::fs::read_dir("/proc").ok()?;
     for entry in procs.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
             continue;
         };
         let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
@@ -185,7 +186,10 @@ mod tests {
         ]);
         assert_eq!(lines.len(), 1, "{lines:?}");
         let line = &lines[0];
-        assert!(line.contains(&addr.to_string()) && line.contains("us-east/node-1"), "{line}");
+        assert!(
+            line.contains(&addr.to_string()) && line.contains("us-east/node-1"),
+            "{line}"
+        );
         assert!(
             line.contains(&format!("pid {}", std::process::id())),
             "the owner is this test process: {line}"

@@ -867,7 +867,10 @@ async fn drill(args: DrillArgs, target: Target) -> Result<bool> {
     if let Some(path) = &path {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)
             .with_context(|| format!("writing the report to {}", path.display()))?;
-        println!("JSON report (every second of the timeline): {}", path.display());
+        println!(
+            "JSON report (every second of the timeline): {}",
+            path.display()
+        );
     }
     Ok(report.passed)
 }
