@@ -446,14 +446,16 @@ impl Report {
     }
 }
 
-/// The timeline in runs: each point that differs from the one before it (or carries a note)
-/// starts a run, which lasts until the next such point: (first point, last second of the run).
+/// The timeline in runs: each point that differs from the one before it, carries a note, or
+/// follows a note starts a run, which lasts until the next such point: (first point, last
+/// second of the run). A noted second stands alone.
 pub fn timeline_changes(timeline: &[TimelinePoint]) -> Vec<(&TimelinePoint, u64)> {
     let mut runs: Vec<(&TimelinePoint, u64)> = Vec::new();
     for p in timeline {
         match runs.last_mut() {
             Some((start, until))
                 if p.note.is_none()
+                    && start.note.is_none()
                     && p.regions == start.regions
                     && p.reconnecting == start.reconnecting =>
             {
