@@ -736,7 +736,7 @@ struct Up {
 }
 
 impl Up {
-    fn start() -> Result<Up> {
+    fn start(extra: &[&str]) -> Result<Up> {
         let dir = TempDir::new("newcomer-up")?;
         let state = dir.0.join("state");
         let log = std::fs::File::create(dir.0.join("up.log"))?;
@@ -751,6 +751,7 @@ impl Up {
                 "--state-dir",
             ])
             .arg(&state)
+            .args(extra)
             .current_dir(workspace_root())
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone()?))
@@ -817,7 +818,7 @@ async fn the_readme_commands_run_as_written() -> Result<()> {
     let readme = std::fs::read_to_string(workspace_root().join("README.md"))?;
     let commands = readme_commands(&readme);
     ensure!(commands.len() >= 6, "README commands: {commands:?}");
-    let up = blocking(Up::start).await?;
+    let up = blocking(|| Up::start(&[])).await?;
     let state = up.dir.0.join("state");
     // Terminals 2 and 3 of the README: alice and bob stay in the lobby meanwhile.
     let secret = up.endpoints["token_secret"]
@@ -900,6 +901,85 @@ async fn the_readme_commands_run_as_written() -> Result<()> {
         .context("presence command")?;
     let v: Value = serde_json::from_str(presence.trim())?;
     assert_eq!(v["users"][0]["online"], true, "{v}");
+    drop(up);
+    Ok(())
+}
+
+#[test]
+fn up_with_tls_serves_wss_that_clients_trust_through_the_dev_ca() -> Result<()> {
+    let up = Up::start(&["--tls"])?;
+    let state = up.dir.0.join("state");
+    let url = up.ws_url("eu-central")?;
+    ensure!(url.starts_with("wss://"), "{url}");
+    let ca = up.endpoints["tls_ca"]
+        .as_str()
+        .context("tls_ca in endpoints.json")?;
+    ensure!(Path::new(ca).is_file(), "{ca}");
+    ensure!(
+        up.log().contains("--cacert"),
+        "up says how to trust the CA: {}",
+        up.log()
+    );
+    let secret = up.endpoints["token_secret"].as_str().context("secret")?;
+    let carol = token_with("carol", 3600, &[("*", true)], secret);
+
+    // With --state-dir the CA is trusted.
+    let state_text = state.display().to_string();
+    let out = run(
+        [
+            "members",
+            "--state-dir",
+            &state_text,
+            "--region",
+            "eu-central",
+            "--user",
+            "carol",
+            "--room",
+            "lobby",
+            "--json",
+        ],
+        Duration::from_secs(20),
+    )?;
+    assert_eq!(out.code, Some(0), "{out:?}");
+    // With --url and --ca.
+    let out = run(
+        [
+            "members", "--url", &url, "--token", &carol, "--ca", ca, "--room", "lobby",
+        ],
+        Duration::from_secs(20),
+    )?;
+    assert_eq!(out.code, Some(0), "{out:?}");
+    // Without the CA the certificate is refused, and said so.
+    let out = run(
+        [
+            "members", "--url", &url, "--token", &carol, "--room", "lobby",
+        ],
+        Duration::from_secs(20),
+    )?;
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.stderr.to_lowercase().contains("certificate"), "{out:?}");
+    // A chat over wss publishes and ends at the end of input.
+    let mut chat = Cli::start([
+        "chat",
+        "--state-dir",
+        &state_text,
+        "--region",
+        "us-east",
+        "--user",
+        "dave",
+        "--room",
+        "lobby",
+    ])?;
+    chat.write_line("over tls")?;
+    chat.close_stdin();
+    let out = chat.finish(Duration::from_secs(20))?;
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(
+        json_lines(&out.stdout)
+            .iter()
+            .any(|f| f["type"] == "ok" && f["result"]["seq"].is_u64()),
+        "{out:?}"
+    );
     drop(up);
     Ok(())
 }

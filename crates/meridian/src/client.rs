@@ -13,13 +13,11 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+use crate::tls::Ws;
 
 /// How long a one-shot request, or the acknowledgements after the end of input, may take.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -51,6 +49,10 @@ pub struct ConnectArgs {
     /// `endpoints.json` of a running `meridian up`.
     #[arg(long)]
     pub endpoints: Option<PathBuf>,
+    /// A CA certificate (PEM) to trust for wss:// besides the system's (default: the dev CA of
+    /// a `meridian up --tls` mesh given by --state-dir).
+    #[arg(long, env = "MERIDIAN_CA")]
+    pub ca: Option<PathBuf>,
 }
 
 impl ConnectArgs {
@@ -60,6 +62,10 @@ impl ConnectArgs {
             self.endpoints.as_deref(),
             self.state_dir.as_deref(),
         )?;
+        match (&self.ca, local.as_ref().and_then(|e| e.tls_ca.as_ref())) {
+            (Some(ca), _) | (None, Some(ca)) => crate::tls::trust_ca(ca)?,
+            (None, None) => {}
+        }
         let url = match (&self.url, &local) {
             (Some(url), _) => url.clone(),
             (None, Some(e)) => {
@@ -180,7 +186,7 @@ fn close_error(frame: Option<&CloseFrame>) -> ClientError {
 
 /// Connects; the error names the URL once (tungstenite's errors repeat their cause).
 async fn connect(url: &str) -> Res<Ws> {
-    match tokio::time::timeout(REPLY_TIMEOUT, tokio_tungstenite::connect_async(url)).await {
+    match tokio::time::timeout(REPLY_TIMEOUT, crate::tls::connect_ws(url)).await {
         Err(_) => Err(failed(format!(
             "cannot connect to {url}: no answer within {REPLY_TIMEOUT:?}"
         ))),

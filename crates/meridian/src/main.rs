@@ -9,6 +9,7 @@ mod client;
 mod drill;
 mod ports;
 mod procs;
+mod tls;
 mod up;
 
 use std::net::IpAddr;

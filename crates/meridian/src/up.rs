@@ -66,6 +66,10 @@ pub struct UpArgs {
     /// {reason: region_down}` (`[replication] grace_ms`). Short values make drills quick.
     #[arg(long, default_value = "15s", value_parser = crate::parse_duration)]
     pub relay_grace: Duration,
+    /// HAProxy terminates TLS with a fresh dev CA: clients use wss:// and https:// (the CA is
+    /// `tls_ca` in endpoints.json; `meridian` commands with --state-dir trust it).
+    #[arg(long)]
+    pub tls: bool,
 }
 
 /// What `up` writes to `<state-dir>/endpoints.json`.
@@ -99,6 +103,9 @@ pub struct Endpoints {
     /// Process ids of every child of the mesh when it came up (name → pid).
     #[serde(default)]
     pub pids: BTreeMap<String, u32>,
+    /// With `--tls`: the dev CA that signed the balancers' certificate (clients must trust it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_ca: Option<PathBuf>,
 }
 
 fn default_grace_ms() -> u64 {
@@ -150,6 +157,8 @@ struct RegionPlan {
     relay_http: SocketAddr,
     relay_standby_http: Option<SocketAddr>,
     dir: PathBuf,
+    /// The balancer terminates TLS (`--tls`).
+    tls: bool,
 }
 
 /// The running mesh: supervisor plus what is needed to restart a region.
@@ -163,6 +172,8 @@ struct Mesh {
     grace_ms: u64,
     /// `endpoints.json`, once written (its `pids` are refreshed after a restart).
     endpoints_file: Option<PathBuf>,
+    /// With `--tls`: the balancers' certificate and key (one PEM file, for HAProxy).
+    web_pem: Option<PathBuf>,
 }
 
 fn random_hex(bytes: usize) -> String {
@@ -208,6 +219,9 @@ pub fn run(args: UpArgs) -> Result<()> {
         );
     }
     let nodes = if redis { args.nodes } else { 1 };
+    if args.tls && !haproxy {
+        bail!("--tls needs haproxy (it terminates TLS in front of the nodes): apt-get install -y haproxy");
+    }
 
     // Plans: ports from the catalogue's [local] table, or free ones.
     let mut plans = Vec::new();
@@ -261,6 +275,7 @@ pub fn run(args: UpArgs) -> Result<()> {
             relay_http,
             relay_standby_http,
             dir: state.join(&region.name),
+            tls: args.tls,
         });
     }
 
@@ -275,6 +290,15 @@ pub fn run(args: UpArgs) -> Result<()> {
         true,
     )
     .context("creating the dev mesh certificates")?;
+    let web = if args.tls {
+        let web =
+            crate::tls::generate_web_certs(&certs).context("creating the dev web certificates")?;
+        // `up`'s own readiness checks go through the TLS balancers too.
+        crate::tls::trust_ca(&web.ca)?;
+        Some(web)
+    } else {
+        None
+    };
 
     let (geoip, synthetic) = match &args.geoip {
         Some(path) => (path.canonicalize()?, false),
@@ -308,6 +332,7 @@ pub fn run(args: UpArgs) -> Result<()> {
             .unwrap_or(u64::MAX)
             .max(1),
         endpoints_file: None,
+        web_pem: web.as_ref().map(|w| w.haproxy_pem.clone()),
     };
     if args.wan {
         start_wan_proxies(&mut mesh)?;
@@ -328,13 +353,17 @@ pub fn run(args: UpArgs) -> Result<()> {
         format!(
             "regions = {catalogue:?}\ngeoip = {geoip:?}\nzone = {zone:?}\ndns_listen = \"{router_dns}\"\n\
              http_listen = \"{http}\"\ninstance = \"router-1\"\nallow_debug_ip = true\nttl = 5\n\
-             [health]\ninterval_ms = 500\ntimeout_ms = 400\nfall = 2\nrise = 2\n\
+             [health]\ninterval_ms = 500\ntimeout_ms = 400\nfall = 2\nrise = 2\n{health_ca}\
              [controls]\naudit_file = {audit:?}\n[[controls.admin_tokens]]\nactor = \"meridian-up\"\ntoken = {admin_token:?}\n",
             catalogue = catalogue_dir.display().to_string(),
             geoip = geoip.display().to_string(),
             zone = args.zone,
             http = args.http,
             audit = state.join("router-audit.jsonl").display().to_string(),
+            health_ca = web
+                .as_ref()
+                .map(|w| format!("ca_file = {:?}\n", w.ca.display().to_string()))
+                .unwrap_or_default(),
         ),
     )?;
     let mut command = Command::new(sibling_binary("geo-router")?);
@@ -376,6 +405,7 @@ pub fn run(args: UpArgs) -> Result<()> {
         pid: std::process::id(),
         relay_grace_ms: mesh.grace_ms,
         pids: mesh.supervisor.pids(),
+        tls_ca: web.as_ref().map(|w| w.ca.clone()),
     };
     let json_path = state.join("endpoints.json");
     std::fs::write(&json_path, serde_json::to_string_pretty(&endpoints)?)?;
@@ -511,11 +541,23 @@ fn front_port(plan: &RegionPlan) -> u16 {
 }
 
 fn ws_url(plan: &RegionPlan) -> String {
-    format!("ws://127.0.0.1:{}/v1/ws", front_port(plan))
+    let scheme = if plan.tls { "wss" } else { "ws" };
+    format!("{scheme}://127.0.0.1:{}/v1/ws", front_port(plan))
 }
 
 fn health_url(plan: &RegionPlan) -> String {
-    format!("http://127.0.0.1:{}/readyz", front_port(plan))
+    let scheme = if plan.tls { "https" } else { "http" };
+    format!("{scheme}://127.0.0.1:{}/readyz", front_port(plan))
+}
+
+/// GET `path` on the region's front door (HTTPS when its balancer terminates TLS).
+fn front_get(plan: &RegionPlan, path: &str) -> Result<(u16, String)> {
+    let front = SocketAddr::from(([127, 0, 0, 1], front_port(plan)));
+    if plan.tls {
+        crate::tls::https_get(front, path)
+    } else {
+        http_get(front, path)
+    }
 }
 
 fn write_region(dir: &Path, plan: &RegionPlan) -> Result<()> {
@@ -635,8 +677,12 @@ fn start_region(mesh: &mut Mesh, plan: &RegionPlan) -> Result<()> {
                 "# Written by `meridian up` for region {name}.\n\
                  global\n  maxconn 4000\n\
                  defaults\n  mode http\n  timeout connect 2s\n  timeout client 60s\n  timeout server 60s\n  timeout tunnel 1h\n\
-                 frontend {name}\n  bind 127.0.0.1:{lb}\n  default_backend nodes\n\
-                 backend nodes\n  balance leastconn\n  option httpchk GET /readyz\n  http-check expect status 200\n{servers}"
+                 frontend {name}\n  bind 127.0.0.1:{lb}{ssl}\n  default_backend nodes\n\
+                 backend nodes\n  balance leastconn\n  option httpchk GET /readyz\n  http-check expect status 200\n{servers}",
+                ssl = match (&mesh.web_pem, plan.tls) {
+                    (Some(pem), true) => format!(" ssl crt {}", pem.display()),
+                    _ => String::new(),
+                },
             ),
         )?;
         let mut command = Command::new("haproxy");
@@ -750,7 +796,7 @@ fn wait_front_ready(plan: &RegionPlan) -> Result<()> {
     let front = SocketAddr::from(([127, 0, 0, 1], front_port(plan)));
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        if matches!(http_get(front, "/readyz"), Ok((200, _))) {
+        if matches!(front_get(plan, "/readyz"), Ok((200, _))) {
             return Ok(());
         }
         if Instant::now() > deadline {
@@ -848,6 +894,22 @@ fn print_table(e: &Endpoints, json: &Path, smoke: bool) {
     println!(
         "  (clients connect to a region's ws_url above; the DNS answers name the region's public address)"
     );
+    if let Some(ca) = &e.tls_ca {
+        let ca = shell_word(&ca.display().to_string());
+        println!(
+            "\nTLS: the balancers serve wss:// and https:// with a certificate of the dev CA {ca}"
+        );
+        println!(
+            "  meridian commands given --state-dir trust it; elsewhere: --ca {ca} (or MERIDIAN_CA)"
+        );
+        if let Some(r) = e.regions.first() {
+            println!("  curl --cacert {ca} {}", r.health_url);
+        }
+        println!(
+            "  browsers: import {ca} as an authority (Firefox: Settings > Certificates; Chromium: \
+             certutil -d sql:$HOME/.pki/nssdb -A -t C,, -n meridian-dev -i {ca})"
+        );
+    }
     println!("\nEvery endpoint as JSON: {}", json.display());
     if !smoke {
         println!("Ctrl-C stops everything.");
@@ -894,12 +956,18 @@ fn smoke(e: &Endpoints) -> Result<()> {
         bail!("/v1/route answered {status}: {body}");
     }
     for region in &e.regions {
+        let tls = region.ws_url.starts_with("wss://");
         let addr: SocketAddr = region
             .ws_url
+            .trim_start_matches("wss://")
             .trim_start_matches("ws://")
             .trim_end_matches("/v1/ws")
             .parse()?;
-        let (status, _) = http_get(addr, "/readyz")?;
+        let (status, _) = if tls {
+            crate::tls::https_get(addr, "/readyz")?
+        } else {
+            http_get(addr, "/readyz")?
+        };
         if status != 200 {
             bail!("region {} is not ready through {addr}", region.name);
         }

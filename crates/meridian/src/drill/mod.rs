@@ -163,6 +163,9 @@ fn dns_server(text: &str) -> Result<SocketAddr> {
 fn resolve(args: &DrillArgs) -> Result<Target> {
     let dns = args.dns.as_deref().map(dns_server).transpose()?;
     let endpoints = mesh::load_endpoints(args.endpoints.as_deref(), args.state_dir.as_deref())?;
+    if let Some(ca) = endpoints.as_ref().and_then(|e| e.tls_ca.as_ref()) {
+        crate::tls::trust_ca(ca)?;
+    }
     let target = match endpoints {
         Some(e) => Target {
             router: RouterApi::new(
@@ -979,22 +982,17 @@ async fn probe_connect(router: &RouterApi, address: IpAddr, token: &str) -> Resu
 
 /// A plain protocol client for the drill's own checks (members listings, probes).
 struct Monitor {
-    ws: tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
+    ws: crate::tls::Ws,
     next_id: u64,
     region: String,
 }
 
 impl Monitor {
     async fn connect(url: &str, token: &str) -> Result<Monitor> {
-        let (ws, _) = tokio::time::timeout(
-            Duration::from_secs(3),
-            tokio_tungstenite::connect_async(url),
-        )
-        .await
-        .map_err(|_| anyhow!("connect {url}: timed out"))?
-        .with_context(|| format!("connect {url}"))?;
+        let (ws, _) = tokio::time::timeout(Duration::from_secs(3), crate::tls::connect_ws(url))
+            .await
+            .map_err(|_| anyhow!("connect {url}: timed out"))?
+            .with_context(|| format!("connect {url}"))?;
         let mut m = Monitor {
             ws,
             next_id: 0,
