@@ -548,8 +548,19 @@ async fn route(
         let subnet = drill::mesh::client_network(ip);
         match drill::mesh::dns_addresses(server, &qname, Some(subnet)).await {
             Ok(addresses) => println!(
-                "DNS {qname} via {server} with ECS {}/{}: {:?}",
-                subnet.0, subnet.1, addresses
+                "DNS {qname} via {server} with ECS {}/{}: {} (the region's public address; \
+                 clients connect to its ws_url)",
+                subnet.0,
+                subnet.1,
+                if addresses.is_empty() {
+                    "no address".to_owned()
+                } else {
+                    addresses
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
             ),
             Err(e) => println!("DNS {qname} via {server}: {e:#}"),
         }
