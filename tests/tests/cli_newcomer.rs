@@ -901,6 +901,15 @@ async fn the_readme_commands_run_as_written() -> Result<()> {
         .context("presence command")?;
     let v: Value = serde_json::from_str(presence.trim())?;
     assert_eq!(v["users"][0]["online"], true, "{v}");
+    // The mesh's log files are plain text: no colour codes.
+    let mut logs = 0;
+    for entry in std::fs::read_dir(up.dir.0.join("state").join("logs"))? {
+        let path = entry?.path();
+        let text = std::fs::read(&path)?;
+        assert!(!text.contains(&0x1b), "colour codes in {}", path.display());
+        logs += 1;
+    }
+    ensure!(logs >= 10, "only {logs} log files");
     drop(up);
     Ok(())
 }

@@ -360,8 +360,8 @@ impl Report {
         if self.messages.deduped_by_clients > 0 {
             let _ = writeln!(
                 o,
-                "  {} room events arrived twice (already seen in the old region, replicated live \
-                 into the new one) and were dropped by the clients' version vector",
+                "  {} room events were offered again after a re-home and dropped by the clients' \
+                 version vector as expected (not duplicates: an application never sees them)",
                 self.messages.deduped_by_clients
             );
         }
