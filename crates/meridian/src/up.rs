@@ -917,7 +917,7 @@ fn print_table(e: &Endpoints, json: &Path, smoke: bool) {
 }
 
 /// How to run this `meridian` in a shell: `meridian` when that is on the PATH and is this very
-/// binary, else this binary's path (relative to the current directory when below it).
+/// binary, else this binary's absolute path.
 fn cli_command() -> String {
     let Ok(exe) = std::env::current_exe().and_then(std::fs::canonicalize) else {
         return "meridian".into();
@@ -930,11 +930,8 @@ fn cli_command() -> String {
     if on_path.and_then(|p| p.canonicalize().ok()).as_ref() == Some(&exe) {
         return "meridian".into();
     }
-    let shown = std::env::current_dir()
-        .ok()
-        .and_then(|cwd| exe.strip_prefix(cwd).ok().map(Path::to_path_buf))
-        .unwrap_or_else(|| exe.clone());
-    shell_word(&shown.display().to_string())
+    // Absolute: `scripts/up.sh` runs from the repository root, the reader's shell may not.
+    shell_word(&exe.display().to_string())
 }
 
 /// `text` quoted for a POSIX shell when it needs it.
