@@ -597,6 +597,8 @@ struct Pending {
 /// request was answered.
 pub async fn chat(url: &str, token: &str, options: &ChatOptions) -> Res<()> {
     let room = options.room.as_str();
+    // Where to (re)connect: the given URL, or the one a `reconnect` event names.
+    let mut url = url.to_owned();
     let run_key: String = {
         use rand::Rng;
         let n: u64 = rand::thread_rng().gen();
@@ -612,7 +614,7 @@ pub async fn chat(url: &str, token: &str, options: &ChatOptions) -> Res<()> {
 
     'connection: loop {
         // Connect (again), hello (with resume after a reconnect), join.
-        let mut ws = match connect(url).await {
+        let mut ws = match connect(&url).await {
             Ok(ws) => ws,
             Err(e) if attempt > 0 && attempt < 8 => {
                 note(format!("{e}; retrying"));
@@ -719,6 +721,12 @@ pub async fn chat(url: &str, token: &str, options: &ChatOptions) -> Res<()> {
                             }
                             let after = frame["after_ms"].as_u64().unwrap_or(500).min(30_000);
                             note(format!("the server asks to reconnect ({reason}); reconnecting in {after} ms"));
+                            if let Some(next) = frame["url"].as_str().filter(|u| *u != url) {
+                                // Another region numbers the room's events itself: join afresh.
+                                note(format!("moving to {next}; events published meanwhile are not replayed"));
+                                url = next.to_owned();
+                                position = Position::default();
+                            }
                             let _ = ws.close(None).await;
                             tokio::time::sleep(Duration::from_millis(after)).await;
                             attempt = 1;
