@@ -50,6 +50,10 @@ pub struct UpArgs {
     /// Pick free ports for everything instead of the catalogue's `[local]` ports.
     #[arg(long)]
     pub auto_ports: bool,
+    /// HAProxy terminates TLS with a fresh dev CA: clients use wss:// and https:// (the CA is
+    /// `tls_ca` in endpoints.json; `meridian` commands with --state-dir trust it).
+    #[arg(long)]
+    pub tls: bool,
     /// The geo-router's DNS address (UDP and TCP); port 0 picks one.
     #[arg(long, default_value = "127.0.0.1:5353")]
     pub dns: SocketAddr,
@@ -66,10 +70,6 @@ pub struct UpArgs {
     /// {reason: region_down}` (`[replication] grace_ms`). Short values make drills quick.
     #[arg(long, default_value = "15s", value_parser = crate::parse_duration)]
     pub relay_grace: Duration,
-    /// HAProxy terminates TLS with a fresh dev CA: clients use wss:// and https:// (the CA is
-    /// `tls_ca` in endpoints.json; `meridian` commands with --state-dir trust it).
-    #[arg(long)]
-    pub tls: bool,
 }
 
 /// What `up` writes to `<state-dir>/endpoints.json`.
@@ -93,6 +93,9 @@ pub struct Endpoints {
     pub geoip: PathBuf,
     /// True when `geoip` is the synthetic demo database.
     pub geoip_synthetic: bool,
+    /// With `--tls`: the dev CA that signed the balancers' certificate (clients must trust it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_ca: Option<PathBuf>,
     /// `up`'s own control API (used by `meridian drill --mode kill`).
     pub control: SocketAddr,
     /// `up`'s process id.
@@ -103,9 +106,6 @@ pub struct Endpoints {
     /// Process ids of every child of the mesh when it came up (name → pid).
     #[serde(default)]
     pub pids: BTreeMap<String, u32>,
-    /// With `--tls`: the dev CA that signed the balancers' certificate (clients must trust it).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls_ca: Option<PathBuf>,
 }
 
 fn default_grace_ms() -> u64 {
@@ -353,17 +353,13 @@ pub fn run(args: UpArgs) -> Result<()> {
         format!(
             "regions = {catalogue:?}\ngeoip = {geoip:?}\nzone = {zone:?}\ndns_listen = \"{router_dns}\"\n\
              http_listen = \"{http}\"\ninstance = \"router-1\"\nallow_debug_ip = true\nttl = 5\n\
-             [health]\ninterval_ms = 500\ntimeout_ms = 400\nfall = 2\nrise = 2\n{health_ca}\
+             [health]\ninterval_ms = 500\ntimeout_ms = 400\nfall = 2\nrise = 2\n\
              [controls]\naudit_file = {audit:?}\n[[controls.admin_tokens]]\nactor = \"meridian-up\"\ntoken = {admin_token:?}\n",
             catalogue = catalogue_dir.display().to_string(),
             geoip = geoip.display().to_string(),
             zone = args.zone,
             http = args.http,
             audit = state.join("router-audit.jsonl").display().to_string(),
-            health_ca = web
-                .as_ref()
-                .map(|w| format!("ca_file = {:?}\n", w.ca.display().to_string()))
-                .unwrap_or_default(),
         ),
     )?;
     let mut command = Command::new(sibling_binary("geo-router")?);
@@ -371,6 +367,10 @@ pub fn run(args: UpArgs) -> Result<()> {
         .arg("--config")
         .arg(&router_config)
         .env("RUST_LOG", child_log_filter());
+    if let Some(web) = &web {
+        // The router probes the regions' https:// health URLs: trust the dev CA.
+        command.env("MERIDIAN_HEALTH__CA_FILE", &web.ca);
+    }
     mesh.supervisor.spawn("geo-router", command)?;
     let dns: SocketAddr = mesh
         .supervisor
@@ -401,11 +401,11 @@ pub fn run(args: UpArgs) -> Result<()> {
         admin_token,
         geoip: geoip.clone(),
         geoip_synthetic: synthetic,
+        tls_ca: web.as_ref().map(|w| w.ca.clone()),
         control,
         pid: std::process::id(),
         relay_grace_ms: mesh.grace_ms,
         pids: mesh.supervisor.pids(),
-        tls_ca: web.as_ref().map(|w| w.ca.clone()),
     };
     let json_path = state.join("endpoints.json");
     std::fs::write(&json_path, serde_json::to_string_pretty(&endpoints)?)?;
