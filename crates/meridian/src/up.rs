@@ -413,7 +413,11 @@ pub fn run(args: UpArgs) -> Result<()> {
     print_table(&endpoints, &json_path, args.smoke);
 
     if args.smoke {
-        smoke(&endpoints)?;
+        if args.tls {
+            smoke_tls(&endpoints)?;
+        } else {
+            smoke(&endpoints)?;
+        }
         println!("smoke check passed; stopping");
         mesh.supervisor.stop_all(Duration::from_secs(10));
         return Ok(());
@@ -513,7 +517,7 @@ fn region_endpoints(plan: &RegionPlan, haproxy: bool, redis: bool) -> RegionEndp
     RegionEndpoints {
         name: plan.region.name.clone(),
         ws_url: ws_url(plan),
-        health_url: health_url(plan),
+        health_url: tls_url(plan, health_url(plan)),
         balancer: if haproxy && plan.lb_port.is_some() {
             "haproxy".into()
         } else {
@@ -546,18 +550,7 @@ fn ws_url(plan: &RegionPlan) -> String {
 }
 
 fn health_url(plan: &RegionPlan) -> String {
-    let scheme = if plan.tls { "https" } else { "http" };
-    format!("{scheme}://127.0.0.1:{}/readyz", front_port(plan))
-}
-
-/// GET `path` on the region's front door (HTTPS when its balancer terminates TLS).
-fn front_get(plan: &RegionPlan, path: &str) -> Result<(u16, String)> {
-    let front = SocketAddr::from(([127, 0, 0, 1], front_port(plan)));
-    if plan.tls {
-        crate::tls::https_get(front, path)
-    } else {
-        http_get(front, path)
-    }
+    format!("http://127.0.0.1:{}/readyz", front_port(plan))
 }
 
 fn write_region(dir: &Path, plan: &RegionPlan) -> Result<()> {
@@ -580,7 +573,7 @@ fn write_region(dir: &Path, plan: &RegionPlan) -> Result<()> {
         cap = r.capacity,
         addresses = addresses.join(", "),
         ws = ws_url(plan),
-        health = health_url(plan),
+        health = tls_url(plan, health_url(plan)),
         relay = plan.relay,
     );
     std::fs::write(dir.join(format!("{}.toml", r.name)), text)?;
@@ -677,14 +670,24 @@ fn start_region(mesh: &mut Mesh, plan: &RegionPlan) -> Result<()> {
                 "# Written by `meridian up` for region {name}.\n\
                  global\n  maxconn 4000\n\
                  defaults\n  mode http\n  timeout connect 2s\n  timeout client 60s\n  timeout server 60s\n  timeout tunnel 1h\n\
-                 frontend {name}\n  bind 127.0.0.1:{lb}{ssl}\n  default_backend nodes\n\
-                 backend nodes\n  balance leastconn\n  option httpchk GET /readyz\n  http-check expect status 200\n{servers}",
-                ssl = match (&mesh.web_pem, plan.tls) {
-                    (Some(pem), true) => format!(" ssl crt {}", pem.display()),
-                    _ => String::new(),
-                },
+                 frontend {name}\n  bind 127.0.0.1:{lb}\n  default_backend nodes\n\
+                 backend nodes\n  balance leastconn\n  option httpchk GET /readyz\n  http-check expect status 200\n{servers}"
             ),
         )?;
+        if let (Some(pem), true) = (&mesh.web_pem, plan.tls) {
+            // `--tls`: the frontend terminates TLS with the dev certificate.
+            let text = std::fs::read_to_string(&config)?;
+            let bind = format!("bind 127.0.0.1:{lb}\n");
+            if !text.contains(&bind) {
+                bail!(
+                    "{}: no `{}` line to add TLS to",
+                    config.display(),
+                    bind.trim()
+                );
+            }
+            let tls_bind = format!("bind 127.0.0.1:{lb} ssl crt {}\n", pem.display());
+            std::fs::write(&config, text.replacen(&bind, &tls_bind, 1))?;
+        }
         let mut command = Command::new("haproxy");
         command.arg("-db").arg("-f").arg(&config);
         mesh.supervisor.spawn(&format!("{name}/haproxy"), command)?;
@@ -796,7 +799,7 @@ fn wait_front_ready(plan: &RegionPlan) -> Result<()> {
     let front = SocketAddr::from(([127, 0, 0, 1], front_port(plan)));
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        if matches!(front_get(plan, "/readyz"), Ok((200, _))) {
+        if matches!(front_get(plan.tls, front, "/readyz"), Ok((200, _))) {
             return Ok(());
         }
         if Instant::now() > deadline {
@@ -804,6 +807,44 @@ fn wait_front_ready(plan: &RegionPlan) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// `http://…` as `https://…` when the region's balancer terminates TLS (`--tls`).
+fn tls_url(plan: &RegionPlan, url: String) -> String {
+    match url.strip_prefix("http://") {
+        Some(rest) if plan.tls => format!("https://{rest}"),
+        _ => url,
+    }
+}
+
+/// GET `path` at `addr`, over TLS when the region's balancer terminates it.
+fn front_get(tls: bool, addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    if tls {
+        crate::tls::https_get(addr, path)
+    } else {
+        http_get(addr, path)
+    }
+}
+
+/// `--smoke --tls`: the router answers, and each region's balancer answers `/readyz` over TLS
+/// with the dev certificate.
+fn smoke_tls(e: &Endpoints) -> Result<()> {
+    let (status, body) = http_get(e.router.http, "/v1/route?ip=81.20.1.1")?;
+    if status != 200 {
+        bail!("/v1/route answered {status}: {body}");
+    }
+    for region in &e.regions {
+        let addr: SocketAddr = region
+            .ws_url
+            .trim_start_matches("wss://")
+            .trim_end_matches("/v1/ws")
+            .parse()?;
+        let (status, _) = crate::tls::https_get(addr, "/readyz")?;
+        if status != 200 {
+            bail!("region {} is not ready through https://{addr}", region.name);
+        }
+    }
+    Ok(())
 }
 
 /// Waits until the router sees every region up.
@@ -953,18 +994,12 @@ fn smoke(e: &Endpoints) -> Result<()> {
         bail!("/v1/route answered {status}: {body}");
     }
     for region in &e.regions {
-        let tls = region.ws_url.starts_with("wss://");
         let addr: SocketAddr = region
             .ws_url
-            .trim_start_matches("wss://")
             .trim_start_matches("ws://")
             .trim_end_matches("/v1/ws")
             .parse()?;
-        let (status, _) = if tls {
-            crate::tls::https_get(addr, "/readyz")?
-        } else {
-            http_get(addr, "/readyz")?
-        };
+        let (status, _) = http_get(addr, "/readyz")?;
         if status != 200 {
             bail!("region {} is not ready through {addr}", region.name);
         }
