@@ -990,5 +990,32 @@ fn up_with_tls_serves_wss_that_clients_trust_through_the_dev_ca() -> Result<()> 
         "{out:?}"
     );
     drop(up);
+
+    // `--smoke` checks every balancer over TLS and stops by itself.
+    let dir = TempDir::new("tls-smoke")?;
+    let mut smoke = Cli::spawn(
+        Command::new(bin_path("meridian")?)
+            .args([
+                "up",
+                "--tls",
+                "--smoke",
+                "--auto-ports",
+                "--dns",
+                "127.0.0.1:0",
+                "--http",
+                "127.0.0.1:0",
+                "--state-dir",
+            ])
+            .arg(dir.0.join("state"))
+            .current_dir(workspace_root()),
+    )?;
+    smoke.close_stdin();
+    let out = smoke.finish(Duration::from_secs(90))?;
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(out.stdout.contains("smoke check passed"), "{out:?}");
+    assert!(
+        !out.stdout.contains("Ctrl-C"),
+        "a smoke run stops by itself: {out:?}"
+    );
     Ok(())
 }
