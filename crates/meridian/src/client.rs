@@ -708,8 +708,13 @@ pub async fn chat(url: &str, token: &str, options: &ChatOptions) -> Res<()> {
                             return Err(ClientError::Refused(describe_error(&frame)));
                         }
                         Some("ok" | "error") => {
-                            if let Some(id) = frame["id"].as_u64() {
-                                pending.remove(&id);
+                            let answered = frame["id"].as_u64().and_then(|id| pending.remove(&id));
+                            if let (Some(p), Some("error")) = (answered, frame["type"].as_str()) {
+                                note(format!(
+                                    "{} refused: {}",
+                                    p.request["op"].as_str().unwrap_or("request"),
+                                    describe_error(&frame)
+                                ));
                             }
                         }
                         Some("reconnect") => {
