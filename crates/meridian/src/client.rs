@@ -190,10 +190,15 @@ async fn connect(url: &str) -> Res<Ws> {
         Err(_) => Err(failed(format!(
             "cannot connect to {url}: no answer within {REPLY_TIMEOUT:?}"
         ))),
-        Ok(Err(e)) => Err(failed(format!(
-            "cannot connect to {url}: {} (is the mesh running, and is the URL right?)",
-            connect_error_text(&e)
-        ))),
+        Ok(Err(e)) => {
+            let why = connect_error_text(&e);
+            let hint = if why.contains("certificate") {
+                "trust the mesh's CA with --ca FILE, or give --state-dir of a `meridian up --tls`"
+            } else {
+                "is the mesh running, and is the URL right?"
+            };
+            Err(failed(format!("cannot connect to {url}: {why} ({hint})")))
+        }
         Ok(Ok((ws, _))) => Ok(ws),
     }
 }
