@@ -810,6 +810,23 @@ impl Drop for Up {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+        // Whatever survived `up` (a failing test must not leave a mesh behind). Its children
+        // are gone by now when `up` stopped them, so these pids are not reused yet.
+        let pids = self.endpoints["pids"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter_map(|(_, p)| p.as_u64());
+        for pid in pids {
+            let alive = std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.contains(&self.dir.0.display().to_string()));
+            if alive {
+                let _ = Command::new("kill")
+                    .arg("-KILL")
+                    .arg(pid.to_string())
+                    .status();
+            }
+        }
     }
 }
 
