@@ -1,8 +1,22 @@
 #!/usr/bin/env bash
 # Runs every check and test: format, lints, unit tests, the store conformance suite against a
 # real redis-server, and the end-to-end tests that start redis-server and region-node processes.
+# `scripts/test.sh --rust-only` (or MERIDIAN_TEST_ONLY=rust) skips the infrastructure checks
+# (terraform, Prometheus rules, systemd units: they install checkov, python-hcl2 and promtool)
+# while developing; CI (`.ci/run`) runs everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+only="${MERIDIAN_TEST_ONLY:-all}"
+for arg in "$@"; do
+  case "$arg" in
+    --rust-only) only=rust ;;
+    *) echo "test.sh: unknown argument $arg (use --rust-only, or no argument for everything)" >&2; exit 2 ;;
+  esac
+done
+case "$only" in
+  all|rust) ;;
+  *) echo "test.sh: MERIDIAN_TEST_ONLY must be rust (or unset)" >&2; exit 2 ;;
+esac
 bash scripts/ensure-deps.sh
 # The reconnect-storm test (tests/tests/ha.rs) holds ~10,000 loopback sockets.
 # Only the soft limit: lowering the hard one too would stop children that raise their own
@@ -13,7 +27,11 @@ fi
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # Terraform, alert rules, dashboard and systemd units (installs promtool, python-hcl2, checkov).
-bash scripts/check-infra.sh
+if [ "$only" = all ]; then
+  bash scripts/check-infra.sh
+else
+  echo "test.sh: skipping the infrastructure checks (--rust-only)" >&2
+fi
 # The end-to-end tests start the binaries, so build them first.
 cargo build --workspace --bins --locked
 if cargo nextest --version >/dev/null 2>&1; then

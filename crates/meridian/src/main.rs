@@ -1,12 +1,15 @@
 //! `meridian`: the operator's command: `up` (the whole mesh on one machine), `drill` (a
 //! regional failover rehearsal with a report), `token` (mint a dev connection token), `certs`
 //! (the relay mesh CA and per-region certificates), `route` (ask the router where an address
-//! goes) and `chat` (a terminal client that joins a room, prints every event and publishes what
-//! you type). Everything here drives the other crates' binaries and APIs; none of their logic
+//! goes), `chat` (a terminal client that joins a room, prints every event and publishes what
+//! you type) and the one-shot clients `members`, `presence`, `send` and `state`. Everything here drives the other crates' binaries and APIs; none of their logic
 //! lives in the CLI.
 
+mod client;
 mod drill;
+mod ports;
 mod procs;
+mod tls;
 mod up;
 
 use std::net::IpAddr;
@@ -16,12 +19,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use futures_util::{SinkExt, StreamExt};
 use meridian_protocol::token::{issue, Claims, RoomGrant};
 use meridian_protocol::UserId;
 use serde_json::json;
-use tokio::io::AsyncBufReadExt;
-use tokio_tungstenite::tungstenite::Message;
 
 #[derive(Parser, Debug)]
 #[command(version, about = "Meridian signaling mesh: operator tools")]
@@ -115,19 +115,105 @@ See docs/drills.md for what is measured and how to read the report.")]
         #[arg(long)]
         json: bool,
     },
-    /// Connect, join a room, print events, publish each line typed on stdin.
-    #[command(after_help = "Example:
-  meridian chat --url ws://127.0.0.1:7200/v1/ws --room lobby --token $(meridian token --user alice ...)")]
+    /// Connect, join a room, print every event as a JSON line, publish each line typed on
+    /// stdin; `/members`, `/send USER TEXT`, `/presence USER`, `/state`, `/set`, `/del`, `/help`.
+    /// Follows `reconnect` (resuming where it was); exits at the end of input once every line is
+    /// acknowledged. Exit status: 0 done, 1 connection failed or closed, 3 refused (bad token…).
+    #[command(after_help = "Examples:
+  meridian chat --state-dir /tmp/mesh --region ap-southeast --user alice --room lobby
+  meridian chat --url ws://127.0.0.1:7200/v1/ws --room lobby --token \"$(meridian token --user bob --state-dir /tmp/mesh)\"
+  echo 'hello' | meridian chat --state-dir /tmp/mesh --user carol --room lobby   # publish and exit")]
     Chat {
-        /// WebSocket URL, e.g. ws://127.0.0.1:7101/v1/ws
-        #[arg(long)]
-        url: String,
-        /// Connection token (see `meridian token`).
-        #[arg(long)]
-        token: String,
+        #[command(flatten)]
+        connect: client::ConnectArgs,
         /// Room to join.
         #[arg(long)]
         room: String,
+        /// Exit when the server asks to reconnect or the connection is lost, instead of
+        /// reconnecting to the same URL and resuming.
+        #[arg(long)]
+        no_reconnect: bool,
+    },
+    /// List a room's members (user and region), every page.
+    #[command(after_help = "Examples:
+  meridian members --state-dir /tmp/mesh --user carol --room lobby
+  meridian members --url ws://127.0.0.1:7300/v1/ws --token $TOKEN --room lobby --json")]
+    Members {
+        #[command(flatten)]
+        connect: client::ConnectArgs,
+        /// The room (the token must cover it; joining is not needed).
+        #[arg(long)]
+        room: String,
+        /// Print the JSON result.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask whether users are online (the server answers for users sharing a room with you:
+    /// join it with --room).
+    #[command(after_help = "Examples:
+  meridian presence --state-dir /tmp/mesh --user alice --room lobby bob carol
+  meridian presence --url ws://127.0.0.1:7300/v1/ws --token $TOKEN --room lobby bob --json")]
+    Presence {
+        #[command(flatten)]
+        connect: client::ConnectArgs,
+        /// Rooms to join first (repeatable).
+        #[arg(long = "room")]
+        rooms: Vec<String>,
+        /// The users to ask about.
+        #[arg(required = true)]
+        users: Vec<String>,
+        /// Print the JSON result.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send a direct message to every connection of a user. The recipient must share a room with
+    /// the sender (join it with --room) unless the token allows direct messages to anyone.
+    #[command(after_help = "Examples:
+  meridian send --state-dir /tmp/mesh --user alice --room lobby bob 'hi bob'
+  meridian send --state-dir /tmp/mesh --user alice --room lobby bob --data '{\"kind\":\"offer\",\"sdp\":\"v=0\"}' --json")]
+    Send {
+        #[command(flatten)]
+        connect: client::ConnectArgs,
+        /// Rooms to join first (repeatable).
+        #[arg(long = "room")]
+        rooms: Vec<String>,
+        /// The recipient.
+        to: String,
+        /// The message text (sent as {"text": …}).
+        #[arg(required_unless_present = "data")]
+        text: Vec<String>,
+        /// Send this JSON value as the message instead of text.
+        #[arg(long, conflicts_with = "text")]
+        data: Option<String>,
+        /// Print the JSON result.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Read a room's state, or write or delete one key.
+    #[command(after_help = "Examples:
+  meridian state --state-dir /tmp/mesh --user alice --room lobby                 # every key
+  meridian state --state-dir /tmp/mesh --user alice --room lobby topic --set '\"launch\"'
+  meridian state --state-dir /tmp/mesh --user alice --room lobby topic --delete --json")]
+    State {
+        #[command(flatten)]
+        connect: client::ConnectArgs,
+        /// The room.
+        #[arg(long)]
+        room: String,
+        /// One key (default: every key).
+        key: Option<String>,
+        /// Write KEY with this value (JSON, else taken as text).
+        #[arg(long, requires = "key", conflicts_with = "delete")]
+        set: Option<String>,
+        /// Delete KEY.
+        #[arg(long, requires = "key")]
+        delete: bool,
+        /// Compare-and-set: the key's current version must be this (0: must not exist).
+        #[arg(long)]
+        if_version: Option<u64>,
+        /// Print the JSON result.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -284,9 +370,128 @@ fn run(command: Command) -> Result<ExitCode> {
                 .block_on(route(&base, ip, dns, &zone, json))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Chat { url, token, room } => {
-            tokio::runtime::Runtime::new()?.block_on(chat(&url, &token, &room))?;
-            Ok(ExitCode::SUCCESS)
+        Command::Chat {
+            connect,
+            room,
+            no_reconnect,
+        } => {
+            let (url, token) = connect.resolve()?;
+            let options = client::ChatOptions {
+                room,
+                reconnect: !no_reconnect,
+            };
+            let result = tokio::runtime::Runtime::new()?
+                .block_on(async { client::chat(&url, &token, &options).await });
+            Ok(client_exit(
+                "meridian chat",
+                result.map(|()| None),
+                false,
+                "",
+            ))
+        }
+        Command::Members {
+            connect,
+            room,
+            json,
+        } => {
+            let (url, token) = connect.resolve()?;
+            let result = client_runtime()?.block_on(client::members(&url, &token, &room));
+            Ok(client_exit(
+                "meridian members",
+                result.map(Some),
+                json,
+                "members",
+            ))
+        }
+        Command::Presence {
+            connect,
+            rooms,
+            users,
+            json,
+        } => {
+            let (url, token) = connect.resolve()?;
+            let result = client_runtime()?.block_on(client::presence(&url, &token, &rooms, &users));
+            Ok(client_exit(
+                "meridian presence",
+                result.map(Some),
+                json,
+                "presence",
+            ))
+        }
+        Command::Send {
+            connect,
+            rooms,
+            to,
+            text,
+            data,
+            json,
+        } => {
+            let (url, token) = connect.resolve()?;
+            let data = match data {
+                Some(d) => {
+                    serde_json::from_str(&d).with_context(|| format!("--data {d:?} is not JSON"))?
+                }
+                None => json!({"text": text.join(" ")}),
+            };
+            let result = client_runtime()?.block_on(client::send(&url, &token, &rooms, &to, data));
+            Ok(client_exit("meridian send", result.map(Some), json, "send"))
+        }
+        Command::State {
+            connect,
+            room,
+            key,
+            set,
+            delete,
+            if_version,
+            json,
+        } => {
+            let (url, token) = connect.resolve()?;
+            let op = match (key, set, delete) {
+                (Some(key), Some(value), _) => client::StateOp::Set {
+                    key,
+                    value: client::loose_json(&value),
+                    if_version,
+                },
+                (Some(key), None, true) => client::StateOp::Delete { key, if_version },
+                (key, _, _) => client::StateOp::Get(key),
+            };
+            let result = client_runtime()?.block_on(client::state(&url, &token, &room, op));
+            Ok(client_exit(
+                "meridian state",
+                result.map(Some),
+                json,
+                "state",
+            ))
+        }
+    }
+}
+
+fn client_runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// Prints a client command's result (JSON or for people) or its error; the exit status.
+fn client_exit(
+    name: &str,
+    result: Result<Option<serde_json::Value>, client::ClientError>,
+    json: bool,
+    kind: &str,
+) -> ExitCode {
+    match result {
+        Ok(None) => ExitCode::SUCCESS,
+        Ok(Some(value)) => {
+            if json {
+                println!("{value}");
+            } else {
+                print!("{}", client::human(kind, &value));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            ExitCode::from(e.exit_code())
         }
     }
 }
@@ -343,8 +548,19 @@ async fn route(
         let subnet = drill::mesh::client_network(ip);
         match drill::mesh::dns_addresses(server, &qname, Some(subnet)).await {
             Ok(addresses) => println!(
-                "DNS {qname} via {server} with ECS {}/{}: {:?}",
-                subnet.0, subnet.1, addresses
+                "DNS {qname} via {server} with ECS {}/{}: {} (the region's public address; \
+                 clients connect to its ws_url)",
+                subnet.0,
+                subnet.1,
+                if addresses.is_empty() {
+                    "no address".to_owned()
+                } else {
+                    addresses
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
             ),
             Err(e) => println!("DNS {qname} via {server}: {e:#}"),
         }
@@ -410,46 +626,6 @@ pub(crate) fn mint(user: &str, rooms: &[String], ttl: u64, secret: &str) -> Resu
         dm: false,
     };
     Ok(issue(secret.as_bytes(), &claims)?)
-}
-
-async fn chat(url: &str, token: &str, room: &str) -> Result<()> {
-    let (mut ws, _) = tokio_tungstenite::connect_async(url)
-        .await
-        .with_context(|| format!("connect {url}"))?;
-    ws.send(Message::Text(
-        json!({"id": 1, "op": "hello", "token": token})
-            .to_string()
-            .into(),
-    ))
-    .await?;
-    ws.send(Message::Text(
-        json!({"id": 2, "op": "join", "room": room})
-            .to_string()
-            .into(),
-    ))
-    .await?;
-    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
-    let mut next_id = 3u64;
-    let mut stdin_open = true;
-    loop {
-        tokio::select! {
-            msg = ws.next() => match msg {
-                Some(Ok(Message::Text(t))) => println!("{t}"),
-                Some(Ok(Message::Close(f))) => { println!("closed: {f:?}"); return Ok(()) }
-                Some(Ok(_)) => {}
-                Some(Err(e)) => bail!("connection error: {e}"),
-                None => return Ok(()),
-            },
-            line = lines.next_line(), if stdin_open => match line? {
-                Some(text) => {
-                    next_id += 1;
-                    let req = json!({"id": next_id, "op": "publish", "room": room, "data": {"text": text}});
-                    ws.send(Message::Text(req.to_string().into())).await?;
-                }
-                None => stdin_open = false,
-            },
-        }
-    }
 }
 
 #[cfg(test)]

@@ -116,15 +116,28 @@ impl Supervisor {
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     if let Some(status) = proc.child.try_wait()? {
-                        bail!("{name} exited ({status}); see {}", proc.log.display());
+                        bail!(
+                            "{name} exited ({status}){}; see {}",
+                            last_words(&proc.log),
+                            proc.log.display()
+                        );
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     let status = proc.child.wait()?;
-                    bail!("{name} exited ({status}); see {}", proc.log.display());
+                    bail!(
+                        "{name} exited ({status}){}; see {}",
+                        last_words(&proc.log),
+                        proc.log.display()
+                    );
                 }
             }
         }
+    }
+
+    /// The log file of the child `name` (where it would be).
+    pub fn log_of(&self, name: &str) -> PathBuf {
+        self.logs.join(format!("{}.log", name.replace('/', "-")))
     }
 
     /// Sends `signal` (`TERM`, `KILL`, `STOP`, `CONT`) to the children whose name starts with
@@ -178,6 +191,31 @@ impl Drop for Supervisor {
     fn drop(&mut self) {
         self.stop_all(Duration::from_secs(5));
     }
+}
+
+/// `: <the log's last line>` (colour codes removed, shortened), or nothing.
+fn last_words(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let Some(line) = text.lines().rev().find(|l| !l.trim().is_empty()) else {
+        return String::new();
+    };
+    let mut plain = String::new();
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // ESC [ ... letter
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    let plain = plain.trim();
+    let short: String = plain.chars().take(200).collect();
+    format!(": {short}")
 }
 
 fn send_signal(pid: u32, signal: &str) -> bool {

@@ -52,6 +52,10 @@ pub struct UpArgs {
     /// Pick free ports for everything instead of the catalogue's `[local]` ports.
     #[arg(long)]
     pub auto_ports: bool,
+    /// HAProxy terminates TLS with a fresh dev CA: clients use wss:// and https:// (the CA is
+    /// `tls_ca` in endpoints.json; `meridian` commands with --state-dir trust it).
+    #[arg(long)]
+    pub tls: bool,
     /// The geo-router's DNS address (UDP and TCP); port 0 picks one.
     #[arg(long, default_value = "127.0.0.1:5353")]
     pub dns: SocketAddr,
@@ -94,6 +98,9 @@ pub struct Endpoints {
     pub geoip: PathBuf,
     /// True when `geoip` is the synthetic demo database.
     pub geoip_synthetic: bool,
+    /// With `--tls`: the dev CA that signed the balancers' certificate (clients must trust it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_ca: Option<PathBuf>,
     /// `up`'s own control API (used by `meridian drill --mode kill`).
     pub control: SocketAddr,
     /// `up`'s process id.
@@ -158,6 +165,8 @@ struct RegionPlan {
     relay_http: SocketAddr,
     relay_standby_http: Option<SocketAddr>,
     dir: PathBuf,
+    /// The balancer terminates TLS (`--tls`).
+    tls: bool,
 }
 
 /// The running mesh: supervisor plus what is needed to restart a region.
@@ -171,6 +180,8 @@ struct Mesh {
     grace_ms: u64,
     /// `endpoints.json`, once written (its `pids` are refreshed after a restart).
     endpoints_file: Option<PathBuf>,
+    /// With `--tls`: the balancers' certificate and key (one PEM file, for HAProxy).
+    web_pem: Option<PathBuf>,
 }
 
 fn random_hex(bytes: usize) -> String {
@@ -216,6 +227,9 @@ pub fn run(args: UpArgs) -> Result<()> {
         );
     }
     let nodes = if redis { args.nodes } else { 1 };
+    if args.tls && !haproxy {
+        bail!("--tls needs haproxy (it terminates TLS in front of the nodes): apt-get install -y haproxy");
+    }
 
     // Plans: ports from the catalogue's [local] table, or free ones.
     let mut plans = Vec::new();
@@ -269,8 +283,11 @@ pub fn run(args: UpArgs) -> Result<()> {
             relay_http,
             relay_standby_http,
             dir: state.join(&region.name),
+            tls: args.tls,
         });
     }
+
+    check_ports(&plans, &args)?;
 
     let secret = random_hex(24);
     let admin_token = random_hex(24);
@@ -281,6 +298,15 @@ pub fn run(args: UpArgs) -> Result<()> {
         true,
     )
     .context("creating the dev mesh certificates")?;
+    let web = if args.tls {
+        let web =
+            crate::tls::generate_web_certs(&certs).context("creating the dev web certificates")?;
+        // `up`'s own readiness checks go through the TLS balancers too.
+        crate::tls::trust_ca(&web.ca)?;
+        Some(web)
+    } else {
+        None
+    };
 
     let (geoip, synthetic) = match &args.geoip {
         Some(path) => (path.canonicalize()?, false),
@@ -314,6 +340,7 @@ pub fn run(args: UpArgs) -> Result<()> {
             .unwrap_or(u64::MAX)
             .max(1),
         endpoints_file: None,
+        web_pem: web.as_ref().map(|w| w.haproxy_pem.clone()),
     };
     if args.wan {
         start_wan_proxies(&mut mesh)?;
@@ -348,6 +375,10 @@ pub fn run(args: UpArgs) -> Result<()> {
         .arg("--config")
         .arg(&router_config)
         .env("RUST_LOG", child_log_filter());
+    if let Some(web) = &web {
+        // The router probes the regions' https:// health URLs: trust the dev CA.
+        command.env("MERIDIAN_HEALTH__CA_FILE", &web.ca);
+    }
     mesh.supervisor.spawn("geo-router", command)?;
     let dns: SocketAddr = mesh
         .supervisor
@@ -379,6 +410,7 @@ pub fn run(args: UpArgs) -> Result<()> {
         admin_token,
         geoip: geoip.clone(),
         geoip_synthetic: synthetic,
+        tls_ca: web.as_ref().map(|w| w.ca.clone()),
         control,
         pid: std::process::id(),
         relay_grace_ms: mesh.grace_ms,
@@ -388,10 +420,14 @@ pub fn run(args: UpArgs) -> Result<()> {
     let json_path = state.join("endpoints.json");
     std::fs::write(&json_path, serde_json::to_string_pretty(&endpoints)?)?;
     mesh.endpoints_file = Some(json_path.clone());
-    print_table(&endpoints, &json_path);
+    print_table(&endpoints, &json_path, args.smoke);
 
     if args.smoke {
-        smoke(&endpoints)?;
+        if args.tls {
+            smoke_tls(&endpoints)?;
+        } else {
+            smoke(&endpoints)?;
+        }
         println!("smoke check passed; stopping");
         mesh.supervisor.stop_all(Duration::from_secs(10));
         return Ok(());
@@ -416,11 +452,82 @@ pub fn run(args: UpArgs) -> Result<()> {
     Ok(())
 }
 
+/// Every address the mesh will listen on must be free before anything starts; otherwise one
+/// line per taken port with its owner, and the way out.
+fn check_ports(plans: &[RegionPlan], args: &UpArgs) -> Result<()> {
+    use crate::ports::Wanted;
+    let local = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+    let mut wanted = vec![
+        Wanted::udp("geo-router DNS", args.dns),
+        Wanted::tcp("geo-router DNS", args.dns),
+        Wanted::tcp("geo-router HTTP", args.http),
+    ];
+    for plan in plans {
+        let name = &plan.region.name;
+        if let Some(port) = plan.redis_port {
+            wanted.push(Wanted::tcp(format!("{name}/redis"), local(port)));
+        }
+        for (i, port) in plan.node_ports.iter().enumerate() {
+            wanted.push(Wanted::tcp(format!("{name}/node-{}", i + 1), local(*port)));
+        }
+        if let Some(port) = plan.lb_port {
+            wanted.push(Wanted::tcp(format!("{name}/haproxy"), local(port)));
+        }
+        wanted.push(Wanted::udp(format!("{name}/relay QUIC"), plan.relay));
+        wanted.push(Wanted::tcp(format!("{name}/relay HTTP"), plan.relay_http));
+        if let Some(standby) = plan.relay_standby_http {
+            wanted.push(Wanted::tcp(format!("{name}/relay-standby HTTP"), standby));
+        }
+    }
+    let clashes = crate::ports::clashes(&wanted);
+    if clashes.is_empty() {
+        return Ok(());
+    }
+    bail!(
+        "{} address(es) this mesh needs are taken; nothing was started:\n  {}\n\
+         Another mesh is probably running. Stop it, or pick free ports: \
+         meridian up --auto-ports --dns 127.0.0.1:0 --http 127.0.0.1:0",
+        clashes.len(),
+        clashes.join("\n  ")
+    )
+}
+
+/// Waits until the Redis on `port` answers and is the one this mesh started (a Redis that
+/// could not bind exits, and another mesh's Redis may be answering there).
+fn wait_own_redis(mesh: &mut Mesh, proc_name: &str, port: u16) -> Result<()> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ours = mesh.supervisor.pids().get(proc_name).copied();
+        let Some(ours) = ours else {
+            bail!(
+                "{proc_name} exited: it could not listen on {addr}{}; see {}",
+                match crate::ports::owner(port, false) {
+                    Some(owner) => format!(", which {owner} holds"),
+                    None => String::new(),
+                },
+                mesh.supervisor.log_of(proc_name).display()
+            );
+        };
+        match crate::ports::redis_pid(addr) {
+            Some(pid) if pid == ours => return Ok(()),
+            Some(other) if Instant::now() > deadline => bail!(
+                "{addr} is answered by another Redis (pid {other}), not {proc_name} (pid {ours}); \
+                 use --auto-ports"
+            ),
+            None if Instant::now() > deadline => {
+                bail!("{proc_name} does not answer on {addr} after 10 s")
+            }
+            _ => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
 fn region_endpoints(plan: &RegionPlan, haproxy: bool, redis: bool) -> RegionEndpoints {
     RegionEndpoints {
         name: plan.region.name.clone(),
         ws_url: ws_url(plan),
-        health_url: health_url(plan),
+        health_url: tls_url(plan, health_url(plan)),
         balancer: if haproxy && plan.lb_port.is_some() {
             "haproxy".into()
         } else {
@@ -448,7 +555,8 @@ fn front_port(plan: &RegionPlan) -> u16 {
 }
 
 fn ws_url(plan: &RegionPlan) -> String {
-    format!("ws://127.0.0.1:{}/v1/ws", front_port(plan))
+    let scheme = if plan.tls { "wss" } else { "ws" };
+    format!("{scheme}://127.0.0.1:{}/v1/ws", front_port(plan))
 }
 
 fn health_url(plan: &RegionPlan) -> String {
@@ -475,7 +583,7 @@ fn write_region(dir: &Path, plan: &RegionPlan) -> Result<()> {
         cap = r.capacity,
         addresses = addresses.join(", "),
         ws = ws_url(plan),
-        health = health_url(plan),
+        health = tls_url(plan, health_url(plan)),
         relay = plan.relay,
     );
     std::fs::write(dir.join(format!("{}.toml", r.name)), text)?;
@@ -550,10 +658,7 @@ fn start_region(mesh: &mut Mesh, plan: &RegionPlan) -> Result<()> {
             .arg("--dir")
             .arg(&data);
         mesh.supervisor.spawn(&format!("{name}/redis"), command)?;
-        wait_port(
-            SocketAddr::from(([127, 0, 0, 1], port)),
-            Duration::from_secs(10),
-        )?;
+        wait_own_redis(mesh, &format!("{name}/redis"), port)?;
     }
     start_nodes(mesh, plan)?;
     if let Some(lb) = plan.lb_port {
@@ -579,6 +684,20 @@ fn start_region(mesh: &mut Mesh, plan: &RegionPlan) -> Result<()> {
                  backend nodes\n  balance leastconn\n  option httpchk GET /readyz\n  http-check expect status 200\n{servers}"
             ),
         )?;
+        if let (Some(pem), true) = (&mesh.web_pem, plan.tls) {
+            // `--tls`: the frontend terminates TLS with the dev certificate.
+            let text = std::fs::read_to_string(&config)?;
+            let bind = format!("bind 127.0.0.1:{lb}\n");
+            if !text.contains(&bind) {
+                bail!(
+                    "{}: no `{}` line to add TLS to",
+                    config.display(),
+                    bind.trim()
+                );
+            }
+            let tls_bind = format!("bind 127.0.0.1:{lb} ssl crt {}\n", pem.display());
+            std::fs::write(&config, text.replacen(&bind, &tls_bind, 1))?;
+        }
         let mut command = Command::new("haproxy");
         command.arg("-db").arg("-f").arg(&config);
         mesh.supervisor.spawn(&format!("{name}/haproxy"), command)?;
@@ -690,7 +809,7 @@ fn wait_front_ready(plan: &RegionPlan) -> Result<()> {
     let front = SocketAddr::from(([127, 0, 0, 1], front_port(plan)));
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        if matches!(http_get(front, "/readyz"), Ok((200, _))) {
+        if matches!(front_get(plan.tls, front, "/readyz"), Ok((200, _))) {
             return Ok(());
         }
         if Instant::now() > deadline {
@@ -698,6 +817,44 @@ fn wait_front_ready(plan: &RegionPlan) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// `http://…` as `https://…` when the region's balancer terminates TLS (`--tls`).
+fn tls_url(plan: &RegionPlan, url: String) -> String {
+    match url.strip_prefix("http://") {
+        Some(rest) if plan.tls => format!("https://{rest}"),
+        _ => url,
+    }
+}
+
+/// GET `path` at `addr`, over TLS when the region's balancer terminates it.
+fn front_get(tls: bool, addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    if tls {
+        crate::tls::https_get(addr, path)
+    } else {
+        http_get(addr, path)
+    }
+}
+
+/// `--smoke --tls`: the router answers, and each region's balancer answers `/readyz` over TLS
+/// with the dev certificate.
+fn smoke_tls(e: &Endpoints) -> Result<()> {
+    let (status, body) = http_get(e.router.http, "/v1/route?ip=81.20.1.1")?;
+    if status != 200 {
+        bail!("/v1/route answered {status}: {body}");
+    }
+    for region in &e.regions {
+        let addr: SocketAddr = region
+            .ws_url
+            .trim_start_matches("wss://")
+            .trim_end_matches("/v1/ws")
+            .parse()?;
+        let (status, _) = crate::tls::https_get(addr, "/readyz")?;
+        if status != 200 {
+            bail!("region {} is not ready through https://{addr}", region.name);
+        }
+    }
+    Ok(())
 }
 
 /// Waits until the router sees every region up.
@@ -720,7 +877,7 @@ fn wait_healthy(http: SocketAddr, regions: usize, within: Duration) -> Result<()
     }
 }
 
-fn print_table(e: &Endpoints, json: &Path) {
+fn print_table(e: &Endpoints, json: &Path, smoke: bool) {
     println!(
         "\nMeridian mesh is up  (state: {})\n",
         e.state_dir.display()
@@ -769,16 +926,39 @@ fn print_table(e: &Endpoints, json: &Path) {
         "  curl 'http://{}/v1/route?ip=23.10.1.1'                 # a New York user",
         e.router.http
     );
+    let me = cli_command();
+    let state = shell_word(&e.state_dir.display().to_string());
     if let (Some(a), Some(b)) = (e.regions.first(), e.regions.get(1)) {
         println!(
-            "  meridian chat --url {} --room lobby --token {}",
-            a.ws_url,
-            e.tokens.get("alice").map_or("", String::as_str)
+            "  {me} chat --state-dir {state} --region {} --user alice --room lobby",
+            a.name
         );
         println!(
-            "  meridian chat --url {} --room lobby --token {}",
-            b.ws_url,
-            e.tokens.get("bob").map_or("", String::as_str)
+            "  {me} chat --state-dir {state} --region {} --user bob --room lobby",
+            b.name
+        );
+        println!(
+            "  {me} members --state-dir {state} --region {} --user carol --room lobby",
+            b.name
+        );
+    }
+    println!(
+        "  (clients connect to a region's ws_url above; the DNS answers name the region's public address)"
+    );
+    if let Some(ca) = &e.tls_ca {
+        let ca = shell_word(&ca.display().to_string());
+        println!(
+            "\nTLS: the balancers serve wss:// and https:// with a certificate of the dev CA {ca}"
+        );
+        println!(
+            "  meridian commands given --state-dir trust it; elsewhere: --ca {ca} (or MERIDIAN_CA)"
+        );
+        if let Some(r) = e.regions.first() {
+            println!("  curl --cacert {ca} {}", r.health_url);
+        }
+        println!(
+            "  browsers: import {ca} as an authority (Firefox: Settings > Certificates; Chromium: \
+             certutil -d sql:$HOME/.pki/nssdb -A -t C,, -n meridian-dev -i {ca})"
         );
     }
     if let Some(demo) = &e.demo {
@@ -787,7 +967,39 @@ fn print_table(e: &Endpoints, json: &Path) {
         println!("  {demo}?user=bob&ip=81.20.1.7");
     }
     println!("\nEvery endpoint as JSON: {}", json.display());
-    println!("Ctrl-C stops everything.");
+    if !smoke {
+        println!("Ctrl-C stops everything.");
+    }
+}
+
+/// How to run this `meridian` in a shell: `meridian` when that is on the PATH and is this very
+/// binary, else this binary's absolute path.
+fn cli_command() -> String {
+    let Ok(exe) = std::env::current_exe().and_then(std::fs::canonicalize) else {
+        return "meridian".into();
+    };
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("meridian"))
+            .find(|p| p.is_file())
+    });
+    if on_path.and_then(|p| p.canonicalize().ok()).as_ref() == Some(&exe) {
+        return "meridian".into();
+    }
+    // Absolute: `scripts/up.sh` runs from the repository root, the reader's shell may not.
+    shell_word(&exe.display().to_string())
+}
+
+/// `text` quoted for a POSIX shell when it needs it.
+fn shell_word(text: &str) -> String {
+    if text
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "/._-+:@=,".contains(c))
+    {
+        text.to_owned()
+    } else {
+        format!("'{}'", text.replace('\'', "'\\''"))
+    }
 }
 
 /// `--smoke`: the router answers DNS and HTTP, and each region takes a WebSocket hello.

@@ -65,7 +65,8 @@ pub struct DrillArgs {
     /// return of traffic): `90s`, `2m`, `45`.
     #[arg(long, default_value = "60s", value_parser = crate::parse_duration)]
     pub duration: Duration,
-    /// Write the JSON report here (the readable report goes to stdout).
+    /// Write the JSON report here (the readable report goes to stdout). Default with a local
+    /// mesh: `<state-dir>/drill-<run>.json`; for a deployment, only when given.
     #[arg(long)]
     pub report: Option<PathBuf>,
     /// `endpoints.json` of a running `meridian up`.
@@ -147,6 +148,8 @@ struct Target {
     control: Option<ControlApi>,
     grace: Duration,
     local: bool,
+    /// Where the JSON report goes without --report: the local mesh's state directory.
+    report_dir: Option<PathBuf>,
 }
 
 fn dns_server(text: &str) -> Result<SocketAddr> {
@@ -160,6 +163,9 @@ fn dns_server(text: &str) -> Result<SocketAddr> {
 fn resolve(args: &DrillArgs) -> Result<Target> {
     let dns = args.dns.as_deref().map(dns_server).transpose()?;
     let endpoints = mesh::load_endpoints(args.endpoints.as_deref(), args.state_dir.as_deref())?;
+    if let Some(ca) = endpoints.as_ref().and_then(|e| e.tls_ca.as_ref()) {
+        crate::tls::trust_ca(ca)?;
+    }
     let target = match endpoints {
         Some(e) => Target {
             router: RouterApi::new(
@@ -176,6 +182,7 @@ fn resolve(args: &DrillArgs) -> Result<Target> {
                 .grace
                 .unwrap_or(Duration::from_millis(e.relay_grace_ms)),
             local: true,
+            report_dir: Some(e.state_dir),
         },
         None => {
             let router = args.router.as_deref().ok_or_else(|| {
@@ -202,6 +209,7 @@ fn resolve(args: &DrillArgs) -> Result<Target> {
                 control: None,
                 grace: args.grace.unwrap_or(Duration::from_secs(15)),
                 local: false,
+                report_dir: None,
             }
         }
     };
@@ -681,9 +689,27 @@ async fn drill(args: DrillArgs, target: Target) -> Result<bool> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The same per-client figure as the report's re-home line (resumed elsewhere, measured
+    // from the disruption), not the time this loop noticed it.
+    let rehomed: Vec<f64> = {
+        let now = snapshot(&logs);
+        affected
+            .iter()
+            .filter_map(|&i| now.get(i))
+            .filter_map(|l| ledger::rehome_of(l, &args.region, disrupted_at))
+            .map(|(since_disruption, ..)| since_disruption.as_secs_f64())
+            .collect()
+    };
     note(format!(
-        "affected clients re-homed ({:.1}s after the disruption)",
-        disrupted.elapsed().as_secs_f64()
+        "{}/{} affected clients re-homed{}",
+        rehomed.len(),
+        affected.len(),
+        rehomed
+            .iter()
+            .copied()
+            .reduce(f64::max)
+            .map(|max| format!(" (the last {max:.2}s after the disruption)"))
+            .unwrap_or_default()
     ));
 
     // Membership after the grace period (kill: link death + grace; drain: leaves propagate).
@@ -814,7 +840,7 @@ async fn drill(args: DrillArgs, target: Target) -> Result<bool> {
     }
     let report = report::Report::new(report::Inputs {
         args: &args,
-        run,
+        run: run.clone(),
         started_at_ms,
         router: target.router.base(),
         dns: target.dns,
@@ -835,10 +861,19 @@ async fn drill(args: DrillArgs, target: Target) -> Result<bool> {
         errors,
     });
     print!("{}", report.text());
-    if let Some(path) = &args.report {
+    let path = args.report.clone().or_else(|| {
+        target
+            .report_dir
+            .as_ref()
+            .map(|dir| dir.join(format!("drill-{run}.json")))
+    });
+    if let Some(path) = &path {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)
             .with_context(|| format!("writing the report to {}", path.display()))?;
-        println!("JSON report: {}", path.display());
+        println!(
+            "JSON report (every second of the timeline): {}",
+            path.display()
+        );
     }
     Ok(report.passed)
 }
@@ -947,22 +982,17 @@ async fn probe_connect(router: &RouterApi, address: IpAddr, token: &str) -> Resu
 
 /// A plain protocol client for the drill's own checks (members listings, probes).
 struct Monitor {
-    ws: tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
+    ws: crate::tls::Ws,
     next_id: u64,
     region: String,
 }
 
 impl Monitor {
     async fn connect(url: &str, token: &str) -> Result<Monitor> {
-        let (ws, _) = tokio::time::timeout(
-            Duration::from_secs(3),
-            tokio_tungstenite::connect_async(url),
-        )
-        .await
-        .map_err(|_| anyhow!("connect {url}: timed out"))?
-        .with_context(|| format!("connect {url}"))?;
+        let (ws, _) = tokio::time::timeout(Duration::from_secs(3), crate::tls::connect_ws(url))
+            .await
+            .map_err(|_| anyhow!("connect {url}: timed out"))?
+            .with_context(|| format!("connect {url}"))?;
         let mut m = Monitor {
             ws,
             next_id: 0,

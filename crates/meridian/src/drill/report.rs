@@ -360,8 +360,8 @@ impl Report {
         if self.messages.deduped_by_clients > 0 {
             let _ = writeln!(
                 o,
-                "  {} room events arrived twice (already seen in the old region, replicated live \
-                 into the new one) and were dropped by the clients' version vector",
+                "  {} room events were offered again after a re-home and dropped by the clients' \
+                 version vector as expected (not duplicates: an application never sees them)",
                 self.messages.deduped_by_clients
             );
         }
@@ -390,19 +390,28 @@ impl Report {
             self.resume_status, self.request_errors
         );
 
-        let _ = writeln!(o, "\ntimeline (connected clients per region, per second)");
+        let _ = writeln!(
+            o,
+            "\ntimeline (connected clients per region; only the seconds where something changed, \
+             every second is in the JSON report)"
+        );
         let regions: Vec<String> = self
             .timeline
             .first()
             .map(|p| p.regions.keys().cloned().collect())
             .unwrap_or_default();
-        let mut head = format!("  {:>4}", "t");
+        let mut head = format!("  {:>7}", "t");
         for r in &regions {
             let _ = write!(head, " {r:>13}");
         }
         let _ = writeln!(o, "{head} {:>6}", "moving");
-        for p in &self.timeline {
-            let mut line = format!("  {:>4}", p.t_s);
+        for (p, until) in timeline_changes(&self.timeline) {
+            let t = if until > p.t_s {
+                format!("{}-{}", p.t_s, until)
+            } else {
+                p.t_s.to_string()
+            };
+            let mut line = format!("  {t:>7}");
             for r in &regions {
                 let _ = write!(line, " {:>13}", p.regions.get(r).copied().unwrap_or(0));
             }
@@ -435,6 +444,27 @@ impl Report {
         );
         o
     }
+}
+
+/// The timeline in runs: each point that differs from the one before it, carries a note, or
+/// follows a note starts a run, which lasts until the next such point: (first point, last
+/// second of the run). A noted second stands alone.
+pub fn timeline_changes(timeline: &[TimelinePoint]) -> Vec<(&TimelinePoint, u64)> {
+    let mut runs: Vec<(&TimelinePoint, u64)> = Vec::new();
+    for p in timeline {
+        match runs.last_mut() {
+            Some((start, until))
+                if p.note.is_none()
+                    && start.note.is_none()
+                    && p.regions == start.regions
+                    && p.reconnecting == start.reconnecting =>
+            {
+                *until = p.t_s;
+            }
+            _ => runs.push((p, p.t_s)),
+        }
+    }
+    runs
 }
 
 fn table(o: &mut String, rows: &BTreeMap<String, Counts>, total: &Counts, direct: bool) {
@@ -518,6 +548,38 @@ mod tests {
             request_errors: BTreeMap::new(),
             errors: Vec::new(),
         }
+    }
+
+    #[test]
+    fn the_timeline_text_keeps_only_changes() {
+        let point = |t_s: u64, us: usize, eu: usize, note: Option<&str>| TimelinePoint {
+            t_s,
+            regions: [("eu".to_owned(), eu), ("us".to_owned(), us)].into(),
+            reconnecting: 0,
+            note: note.map(str::to_owned),
+        };
+        let mut timeline: Vec<TimelinePoint> = (0..30).map(|t| point(t, 4, 4, None)).collect();
+        timeline[10] = point(10, 4, 4, Some("killing eu"));
+        for p in &mut timeline[11..] {
+            p.regions.insert("eu".into(), 0);
+            p.regions.insert("us".into(), 8);
+        }
+        let runs = timeline_changes(&timeline);
+        let spans: Vec<(u64, u64)> = runs.iter().map(|(p, until)| (p.t_s, *until)).collect();
+        assert_eq!(spans, [(0, 9), (10, 10), (11, 29)]);
+
+        let cli = Cli::parse_from(["x", "--region", "eu", "--mode", "kill"]);
+        let mut i = inputs(&cli.drill);
+        i.timeline = timeline;
+        let text = Report::new(i).text();
+        let rows = text
+            .lines()
+            .skip_while(|l| !l.starts_with("timeline"))
+            .skip(2)
+            .take_while(|l| !l.is_empty())
+            .count();
+        assert_eq!(rows, 3, "{text}");
+        assert!(text.contains("11-29"), "{text}");
     }
 
     #[test]

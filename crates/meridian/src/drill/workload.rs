@@ -28,11 +28,9 @@ use futures_util::{SinkExt, StreamExt};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use super::ledger::{ClientLog, DirectSent, Disruption, Published};
 use super::mesh::RouterApi;
@@ -191,7 +189,7 @@ impl Shared {
     }
 }
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+use crate::tls::Ws;
 
 /// The client's position in its room: where it is connected and the version vector.
 #[derive(Debug, Default, Clone)]
@@ -485,13 +483,10 @@ impl Client {
     /// Connects to one region and says hello (with `resume` once joined); returns the
     /// socket and the region named by the hello reply.
     async fn try_region(&mut self, region: &str, url: &str) -> Result<(Ws, String)> {
-        let (mut ws, _) = tokio::time::timeout(
-            Duration::from_secs(3),
-            tokio_tungstenite::connect_async(url),
-        )
-        .await
-        .map_err(|_| anyhow!("connect timed out"))?
-        .with_context(|| format!("connect {url}"))?;
+        let (mut ws, _) = tokio::time::timeout(Duration::from_secs(3), crate::tls::connect_ws(url))
+            .await
+            .map_err(|_| anyhow!("connect timed out"))?
+            .with_context(|| format!("connect {url}"))?;
         let mut hello = json!({"id": 1, "op": "hello", "token": self.token});
         if self.joined {
             hello["resume"] = json!([self.positions.resume_entry(&self.plan.room)]);
