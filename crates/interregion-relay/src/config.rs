@@ -211,8 +211,16 @@ pub struct ReplicationSettings {
     pub batch: usize,
     /// Least time between two re-requests of a room after a gap.
     pub gap_retry_ms: u64,
-    /// How long a peer's users stay `online` here after its link is lost.
+    /// How long a peer's users stay `online` here after nothing more is heard from its relay
+    /// (a dead region's users are hidden from `presence` within this bound).
     pub presence_ttl_ms: u64,
+    /// Clock-skew allowance when a region starts following a room: the room's history is
+    /// sent from this long before its first local member joined.
+    pub join_skew_ms: u64,
+    /// Direct messages held per peer region while its link is down, in bytes.
+    pub direct_buffer_bytes: usize,
+    /// Held direct messages older than this are dropped instead of delivered.
+    pub direct_buffer_ms: u64,
 }
 
 impl Default for ReplicationSettings {
@@ -223,7 +231,10 @@ impl Default for ReplicationSettings {
             rescan_ms: 10_000,
             batch: 256,
             gap_retry_ms: 1_000,
-            presence_ttl_ms: 6_000,
+            presence_ttl_ms: 4_000,
+            join_skew_ms: 500,
+            direct_buffer_bytes: 4 << 20,
+            direct_buffer_ms: 30_000,
         }
     }
 }
@@ -239,6 +250,9 @@ impl ReplicationSettings {
             batch: self.batch,
             gap_retry: ms(self.gap_retry_ms),
             presence_ttl: ms(self.presence_ttl_ms),
+            join_skew: ms(self.join_skew_ms),
+            direct_buffer_bytes: self.direct_buffer_bytes,
+            direct_buffer_age: ms(self.direct_buffer_ms),
         }
     }
 }
@@ -326,6 +340,12 @@ impl RelayConfig {
         }
         if rp.batch == 0 || rp.batch > 10_000 || rp.gap_retry_ms == 0 {
             return fail("replication: batch must be 1..=10000 and gap_retry_ms > 0".into());
+        }
+        if rp.presence_ttl_ms < self.timing.keep_alive_ms + 2_000 {
+            return fail("replication.presence_ttl_ms must be at least timing.keep_alive_ms + 2000 (a live link is heard every keep-alive; the lease is renewed every second)".into());
+        }
+        if rp.join_skew_ms > 60_000 || rp.direct_buffer_bytes > 1 << 30 {
+            return fail("replication: join_skew_ms must be at most 60000 and direct_buffer_bytes at most 1 GiB".into());
         }
         let l = &self.lease;
         if l.renew_ms < 50 || l.ttl_ms < 2 * l.renew_ms {

@@ -280,6 +280,9 @@ pub struct ReplicaConfig {
     pub idempotency_window: Duration,
 }
 
+/// Index of `mr:{room}:mh` (membership stamps) in the room's keys.
+const MH: usize = 9;
+
 /// The lease key naming the region's active relay.
 pub const ACTIVE_RELAY_KEY: &str = "meridian:relay:active";
 
@@ -527,6 +530,76 @@ impl ReplicaStore {
         inv.arg(region).arg(room.as_str());
         let n: i64 = inv.invoke_async(&mut self.conn()).await?;
         Ok(usize::try_from(n).unwrap_or(0))
+    }
+
+    /// When the room's current members homed here joined, the earliest: the wall-clock
+    /// milliseconds of their oldest membership stamp (`mr:{room}:mh`). `None` without such
+    /// members. A region that starts following another's room asks for the history from
+    /// there, so a message published right after a join was acknowledged is not lost.
+    pub async fn local_join_time(&self, room: &RoomId) -> StoreResult<Option<u64>> {
+        let keys = RoomKeys::new(room);
+        let (reg, stamps): (
+            std::collections::HashMap<String, String>,
+            std::collections::HashMap<String, String>,
+        ) = redis::pipe()
+            .hgetall(&keys.keys[k::REG])
+            .hgetall(&keys.keys[MH])
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(reg
+            .iter()
+            .filter(|(_, region)| region.as_str() == self.region())
+            .filter_map(|(user, _)| stamps.get(user))
+            .filter_map(|s| Stamp::parse(s.split('|').next().unwrap_or_default()))
+            .map(|s| s.wall_ms)
+            .filter(|ms| *ms > 0)
+            .min())
+    }
+
+    /// The room's epoch and the position just before the first history entry stamped at or
+    /// after `wall_ms` (the newest entry's position when none is, the oldest kept entry's
+    /// predecessor when all are): replaying after it sends everything appended since
+    /// `wall_ms` that the history still holds. Reads newest first, 256 entries a call.
+    pub async fn position_before(&self, room: &RoomId, wall_ms: u64) -> StoreResult<(String, u64)> {
+        const PAGE: usize = 256;
+        let keys = RoomKeys::new(room);
+        let (epoch, seq): (Option<String>, Option<u64>) = redis::cmd("HMGET")
+            .arg(&keys.keys[k::META])
+            .arg("epoch")
+            .arg("seq")
+            .query_async(&mut self.conn())
+            .await?;
+        let epoch = epoch.unwrap_or_default();
+        let mut position = seq.unwrap_or(0);
+        let mut end = "+".to_owned();
+        loop {
+            let page: StreamRangeReply = redis::cmd("XREVRANGE")
+                .arg(&keys.keys[k::HIST])
+                .arg(&end)
+                .arg("-")
+                .arg("COUNT")
+                .arg(PAGE)
+                .query_async(&mut self.conn())
+                .await?;
+            let entries = stored_entries(&page)?;
+            for e in &entries {
+                let at = e
+                    .stamp
+                    .as_deref()
+                    .and_then(Stamp::parse)
+                    .map_or(0, |s| s.wall_ms);
+                if at < wall_ms {
+                    return Ok((epoch, e.seq.min(position)));
+                }
+                position = e.seq.saturating_sub(1);
+            }
+            match entries.last() {
+                Some(last) if entries.len() >= PAGE && last.seq > 1 => {
+                    end = format!("{}-0", last.seq - 1);
+                }
+                _ => return Ok((epoch, position)),
+            }
+        }
     }
 
     /// Rooms with local members (a connection count hash exists), by `SCAN`: the periodic
