@@ -127,6 +127,61 @@ impl RelayProcess {
     pub fn wait_exit(&mut self, within: Duration) -> Result<std::process::ExitStatus> {
         crate::wait_child(&mut self.child, within)
     }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// `/readyz` status code.
+    pub async fn readyz(&self) -> Result<u16> {
+        let addr = self
+            .http
+            .ok_or_else(|| anyhow!("relay HTTP address unknown"))?;
+        Ok(http_get(addr, "/readyz").await?.0)
+    }
+}
+
+/// A `redis-server` started again, empty, on the port of a killed one (killed on drop).
+#[derive(Debug)]
+pub struct RespawnedRedis {
+    child: Child,
+    dir: TempDir,
+}
+
+impl RespawnedRedis {
+    /// Starts an empty server on `port` (no persistence) and waits until it answers PING.
+    pub fn start(port: u16) -> Result<Self> {
+        let dir = TempDir::new("redis-respawn")?;
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&dir.0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("spawn redis-server")?;
+        let server = Self { child, dir };
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}/"))?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(mut c) = client.get_connection_with_timeout(Duration::from_millis(200)) {
+                if redis::cmd("PING").query::<String>(&mut c).is_ok() {
+                    return Ok(server);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!("redis-server on port {port} did not come back ({})", server.dir.0.display())
+    }
+}
+
+impl Drop for RespawnedRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Drop for RelayProcess {
@@ -152,6 +207,8 @@ pub struct TestRegion {
     pub relays: Vec<RelayProcess>,
     /// The relay's QUIC address (the catalogue's `relay.address`).
     pub relay_addr: SocketAddr,
+    /// The server that replaced `redis` after [`TestRegion::restart_redis_empty`].
+    pub respawned: Option<RespawnedRedis>,
     config: PathBuf,
 }
 
@@ -293,6 +350,7 @@ impl TestMesh {
                 node,
                 relays: rs,
                 relay_addr,
+                respawned: None,
                 config,
             });
         }
@@ -379,6 +437,32 @@ impl TestRegion {
             .config
             .with_extension(format!("{}.log", self.relays.len()));
         self.relays.push(RelayProcess::start(&self.config, &log)?);
+        Ok(())
+    }
+
+    /// `kill -9` of the region's Redis (the original or a respawned one).
+    pub fn kill_redis(&mut self) -> Result<()> {
+        match &mut self.respawned {
+            Some(r) => {
+                r.child.kill()?;
+                r.child.wait()?;
+            }
+            None => {
+                let status = Command::new("kill")
+                    .args(["-KILL", &self.redis.pid().to_string()])
+                    .status()?;
+                if !status.success() {
+                    bail!("kill redis failed");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts the region's Redis again, empty, on the same port (after [`Self::kill_redis`]).
+    pub fn restart_redis_empty(&mut self) -> Result<()> {
+        self.respawned = None;
+        self.respawned = Some(RespawnedRedis::start(self.redis.port())?);
         Ok(())
     }
 

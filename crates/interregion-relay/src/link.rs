@@ -130,6 +130,17 @@ fn is_alpn_refusal(e: &ConnectionError) -> bool {
     }
 }
 
+/// TLS alert 116 (`certificate_required`) as a QUIC crypto error: the peer presented no
+/// client certificate. The verifier is never called then, so the refusal is counted here.
+fn is_missing_client_certificate(e: &ConnectionError) -> bool {
+    let required = quinn::TransportErrorCode::crypto(116);
+    match e {
+        ConnectionError::ConnectionClosed(c) => c.error_code == required,
+        ConnectionError::TransportError(t) => t.code == required,
+        _ => false,
+    }
+}
+
 /// Why a frame could not be sent.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -666,11 +677,24 @@ async fn accept_handshake(
     shared: &Shared,
     incoming: quinn::Incoming,
 ) -> Result<Handshake, LinkError> {
+    let from = incoming.remote_address();
     let conn = incoming
         .accept()
         .map_err(LinkError::from_connection)?
         .await
-        .map_err(LinkError::from_connection)?;
+        .map_err(|e| {
+            if is_missing_client_certificate(&e) {
+                shared
+                    .metrics
+                    .refused
+                    .get_or_create(&crate::metrics::ReasonLabels {
+                        reason: Refusal::UntrustedCertificate.as_str(),
+                    })
+                    .inc();
+                tracing::warn!(%from, reason = "certificate", "refusing relay peer: it presented no client certificate");
+            }
+            LinkError::from_connection(e)
+        })?;
     // The verifier accepted the certificate, so it names exactly one catalogue region.
     let Some(peer) = tls::peer_region(&conn, &shared.names) else {
         return Err(refuse(
