@@ -168,9 +168,10 @@ async fn a_region_whose_redis_restarts_empty_gets_every_remote_member_and_state_
         // node lost its lease with the data): a new connection, and the join again.
         let url = mesh.region(US)?.node.ws_url();
         let mut us1 = loop {
-            match Client::hello(&url, &token("us-one"), json!([])).await {
-                Ok((mut c, _)) if join(&mut c, ROOM).await.is_ok() => break c,
-                _ => {}
+            if let Ok((mut c, _)) = Client::hello(&url, &token("us-one"), json!([])).await {
+                if join(&mut c, ROOM).await.is_ok() {
+                    break c;
+                }
             }
             ensure!(back.elapsed() < BOUND, "round {round}: cannot rejoin us-east");
             tokio::time::sleep(Duration::from_millis(100)).await;

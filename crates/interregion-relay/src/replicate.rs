@@ -592,8 +592,10 @@ impl Replicator {
             return;
         }
         let sent = match self.handle() {
-            Some(h) => h.send_direct(&region, &direct).await.is_ok(),
-            None => false,
+            Some(h) if self.heard_recently(&region) => {
+                h.send_direct(&region, &direct).await.is_ok()
+            }
+            _ => false,
         };
         if !sent {
             let mut inner = lock(&self.inner);
@@ -605,6 +607,20 @@ impl Replicator {
                 self.buffer_direct(&mut inner, &region, direct);
             }
         }
+    }
+
+    /// Whether `peer`'s relay was heard within `presence_ttl − 1 s`: a link that went quiet
+    /// for that long is probably dead though not yet declared so (the loss of a link is
+    /// detected within `idle_timeout + keep_alive`); direct messages are held rather than
+    /// sent into it.
+    fn heard_recently(&self, peer: &str) -> bool {
+        let quiet = self
+            .options
+            .presence_ttl
+            .saturating_sub(Duration::from_secs(1));
+        self.handle()
+            .and_then(|h| h.last_heard(peer))
+            .is_some_and(|t| t.elapsed() < quiet)
     }
 
     fn count_direct_dropped(&self, region: &str, n: u64, why: &str) {
@@ -782,7 +798,7 @@ impl Replicator {
                 .directs
                 .get(&peer)
                 .is_some_and(|b| !b.queue.is_empty() && !b.draining);
-            if waiting {
+            if waiting && self.heard_recently(&peer) {
                 self.drain_directs(&peer).await;
             }
         }
