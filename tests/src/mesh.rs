@@ -31,6 +31,8 @@ pub struct MeshTiming {
     pub keep_alive_ms: u64,
     /// Extra TOML for every node (e.g. `[limits]` for benchmarks).
     pub node_extra: String,
+    /// `replication.presence_ttl_ms`.
+    pub presence_ttl_ms: u64,
 }
 
 impl Default for MeshTiming {
@@ -41,6 +43,7 @@ impl Default for MeshTiming {
             idle_timeout_ms: 2_000,
             keep_alive_ms: 500,
             node_extra: String::new(),
+            presence_ttl_ms: 3_000,
         }
     }
 }
@@ -326,7 +329,7 @@ impl TestMesh {
                      [peers]\n{peers}\
                      [timing]\nkeep_alive_ms = {keep_alive}\nidle_timeout_ms = {idle}\nbackoff_initial_ms = 100\nbackoff_max_ms = 1000\n\
                      [redis]\nurl = \"{redis_url}\"\n\
-                     [replication]\ngrace_ms = {grace}\ninterest_linger_ms = {linger}\nrescan_ms = 2000\npresence_ttl_ms = 3000\n\
+                     [replication]\ngrace_ms = {grace}\ninterest_linger_ms = {linger}\nrescan_ms = 2000\npresence_ttl_ms = {presence_ttl}\n\
                      [lease]\nttl_ms = 1500\nrenew_ms = 300\n",
                     cat = catalogue.display(),
                     ca = certs.join("ca.pem").display(),
@@ -337,6 +340,7 @@ impl TestMesh {
                     keep_alive = timing.keep_alive_ms,
                     idle = timing.idle_timeout_ms,
                     linger = timing.interest_linger_ms,
+                    presence_ttl = timing.presence_ttl_ms,
                 ),
             )?;
             let mut rs = Vec::new();
