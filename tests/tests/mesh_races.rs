@@ -355,3 +355,99 @@ async fn a_frozen_active_relay_steps_down_on_waking_and_the_standby_takes_over()
     ensure!(m["data"]["n"] == 1, "{m}");
     Ok(())
 }
+
+/// Issue 20 item 10: the relay's replica store follows a Sentinel failover like the nodes'
+/// store: after `SENTINEL FAILOVER` (the old primary stays up, demoted), its writes land on the
+/// new primary and its feed hears the new primary's channels, within a bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relays_replica_store_follows_a_sentinel_failover() -> Result<()> {
+    use meridian_e2e::{redis_info, SentinelGroup, MASTER_NAME};
+    use region_state::replica::{Feed, ReplicaConfig, ReplicaStore};
+    use region_state::{RedisEndpoint, SentinelEndpoint, INTEREST_CHANNEL};
+    const BOUND: Duration = Duration::from_secs(10);
+
+    let group = SentinelGroup::start(1)?;
+    let store = ReplicaStore::connect(ReplicaConfig {
+        endpoint: RedisEndpoint::Sentinel(SentinelEndpoint {
+            sentinels: group.sentinel_urls(),
+            master_name: MASTER_NAME.into(),
+            db: 0,
+            username: None,
+            password: None,
+            tls: false,
+        }),
+        region: US.into(),
+        history_len: 100,
+        history_ttl: Duration::from_secs(600),
+        idempotency_window: Duration::from_secs(300),
+    })
+    .await?;
+    let (tx, mut feed) = tokio::sync::mpsc::channel(256);
+    let _feed_task = store.start_feed(tx);
+    ensure!(store.hold_active("relay-a", Duration::from_secs(30)).await?);
+    let old = group.current_primary_port()?;
+    group.force_failover()?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let new = loop {
+        if let Ok(p) = group.current_primary_port() {
+            if p != old && redis_info(p, "replication")?.contains("role:master") {
+                break p;
+            }
+        }
+        ensure!(Instant::now() < deadline, "no failover within 20 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let switched = Instant::now();
+    // Writes: a key nobody wrote before the failover must appear on the new primary.
+    let client = redis::Client::open(format!("redis://127.0.0.1:{new}/"))?;
+    let mut direct = client.get_multiplexed_async_connection().await?;
+    loop {
+        let _ = store
+            .renew_remote_region(EU, Duration::from_secs(30))
+            .await;
+        let on_new: Option<String> = redis::cmd("GET")
+            .arg(format!("mn:{{rl-{EU}}}:lease"))
+            .query_async(&mut direct)
+            .await?;
+        if on_new.is_some() {
+            break;
+        }
+        ensure!(
+            switched.elapsed() < BOUND,
+            "the replica store still does not write to the new primary {BOUND:?} after the failover"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let writes_after = switched.elapsed();
+    // The feed: an interest announcement published on the new primary arrives.
+    loop {
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg(INTEREST_CHANNEL)
+            .arg("1 mr:{lobby}:ev")
+            .query_async(&mut direct)
+            .await?;
+        let heard = tokio::time::timeout(Duration::from_millis(200), async {
+            while let Some(item) = feed.recv().await {
+                if matches!(item, Feed::Interest { ref room, .. } if room.as_str() == "lobby") {
+                    return true;
+                }
+            }
+            false
+        })
+        .await
+        .unwrap_or(false);
+        if heard {
+            break;
+        }
+        ensure!(
+            switched.elapsed() < BOUND,
+            "the relay feed does not hear the new primary {BOUND:?} after the failover"
+        );
+    }
+    eprintln!(
+        "sentinel failover: relay store writes on the new primary {:.2} s after the switch, feed {:.2} s",
+        writes_after.as_secs_f64(),
+        switched.elapsed().as_secs_f64()
+    );
+    Ok(())
+}

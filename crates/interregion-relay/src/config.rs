@@ -172,8 +172,28 @@ pub struct RelayConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisSettings {
-    /// `redis://host:port/db` (or `rediss://`).
-    pub url: String,
+    /// `redis://host:port/db` (or `rediss://`). Either this or `sentinels` + `master_name`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Sentinel addresses (`redis://host:port`, `rediss://` for TLS): the primary is found
+    /// through them and followed across failovers, as the nodes' `store.kind = "sentinel"`.
+    #[serde(default)]
+    pub sentinels: Vec<String>,
+    /// The monitored master's name (with `sentinels`).
+    #[serde(default)]
+    pub master_name: Option<String>,
+    /// Database number on the data nodes (with `sentinels`).
+    #[serde(default)]
+    pub db: i64,
+    /// ACL user on the data nodes (with `sentinels`).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Password on the data nodes (with `sentinels`).
+    #[serde(default)]
+    pub password: Option<String>,
+    /// TLS to the data nodes (with `sentinels`).
+    #[serde(default)]
+    pub tls: bool,
     /// Must equal the nodes' `history.len`.
     #[serde(default = "default_history_len")]
     pub history_len: u32,
@@ -183,6 +203,23 @@ pub struct RedisSettings {
     /// Must equal the nodes' `history.idempotency_window_secs`.
     #[serde(default = "default_idempotency_window_secs")]
     pub idempotency_window_secs: u64,
+}
+
+impl RedisSettings {
+    /// Where the region's primary is.
+    pub fn endpoint(&self) -> region_state::RedisEndpoint {
+        match (&self.url, &self.master_name) {
+            (Some(url), _) => region_state::RedisEndpoint::url(url.as_str()),
+            (None, master) => region_state::RedisEndpoint::Sentinel(region_state::SentinelEndpoint {
+                sentinels: self.sentinels.clone(),
+                master_name: master.clone().unwrap_or_default(),
+                db: self.db,
+                username: self.username.clone(),
+                password: self.password.clone(),
+                tls: self.tls,
+            }),
+        }
+    }
 }
 
 fn default_idempotency_window_secs() -> u64 {
@@ -322,11 +359,27 @@ impl RelayConfig {
             return fail(format!("peers.{bad}: not a region name"));
         }
         if let Some(r) = &self.redis {
-            if !(r.url.starts_with("redis://") || r.url.starts_with("rediss://")) {
-                return fail(format!(
-                    "redis.url {:?}: use redis://host:port/db or rediss://",
-                    r.url
-                ));
+            let scheme_ok = |u: &str| u.starts_with("redis://") || u.starts_with("rediss://");
+            match (&r.url, r.sentinels.is_empty(), &r.master_name) {
+                (Some(url), true, None) => {
+                    if !scheme_ok(url) {
+                        return fail(format!(
+                            "redis.url {url:?}: use redis://host:port/db or rediss://"
+                        ));
+                    }
+                }
+                (None, false, Some(master)) if !master.is_empty() => {
+                    if let Some(bad) = r.sentinels.iter().find(|u| !scheme_ok(u)) {
+                        return fail(format!(
+                            "redis.sentinels entry {bad:?} must start with redis:// or rediss://"
+                        ));
+                    }
+                }
+                _ => {
+                    return fail(
+                        "redis: give either url, or sentinels (non-empty) with master_name".into(),
+                    )
+                }
             }
             if r.history_len == 0 || r.history_ttl_secs == 0 || r.idempotency_window_secs == 0 {
                 return fail(
@@ -517,6 +570,40 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("bogus"), "{e}");
+        let e = parse(&format!(
+            "{MINIMAL}\n[redis]\nurl = \"redis://h/\"\nsentinels = [\"redis://s:26379\"]\nmaster_name = \"m\""
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("either url, or sentinels"), "{e}");
+        let e = parse(&format!(
+            "{MINIMAL}\n[redis]\nsentinels = [\"tcp://s:1\"]\nmaster_name = \"m\""
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("redis.sentinels"), "{e}");
+        let e = parse(&format!(
+            "{MINIMAL}\n[replication]\npresence_ttl_ms = 2500"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("presence_ttl_ms"), "{e}");
+    }
+
+    #[test]
+    fn redis_behind_sentinel_is_followed_like_the_nodes_store() {
+        let c = parse(&format!(
+            "{MINIMAL}\n[redis]\nsentinels = [\"redis://127.0.0.1:26379\", \"redis://127.0.0.1:26380\"]\nmaster_name = \"meridian\"\npassword = \"pw\""
+        ))
+        .unwrap();
+        match c.redis.unwrap().endpoint() {
+            region_state::RedisEndpoint::Sentinel(s) => {
+                assert_eq!(s.sentinels.len(), 2);
+                assert_eq!(s.master_name, "meridian");
+                assert_eq!(s.password.as_deref(), Some("pw"));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -20,7 +20,7 @@ const EPOCH: &str = "k3v9x0qa";
 
 async fn store(redis: &RedisServer, region: &str) -> ReplicaStore {
     ReplicaStore::connect(ReplicaConfig {
-        url: redis.url(),
+        endpoint: region_state::RedisEndpoint::url(redis.url()),
         region: region.into(),
         history_len: 100,
         history_ttl: Duration::from_secs(600),

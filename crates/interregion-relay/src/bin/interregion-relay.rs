@@ -132,15 +132,16 @@ async fn serve(p: Prepared, config: RelayConfig) -> anyhow::Result<()> {
         )
         .await;
     };
+    let endpoint = redis.endpoint();
     let store = ReplicaStore::connect(ReplicaConfig {
-        url: redis.url.clone(),
+        endpoint: endpoint.clone(),
         region: config.region.clone(),
         history_len: redis.history_len,
         history_ttl: Duration::from_secs(redis.history_ttl_secs),
         idempotency_window: Duration::from_secs(redis.idempotency_window_secs),
     })
     .await
-    .with_context(|| format!("cannot connect to Redis at {}", redis.url))?;
+    .with_context(|| format!("cannot connect to Redis at {endpoint:?}"))?;
     let relay_id = region_state::random_token(12);
     let ttl = Duration::from_millis(config.lease.ttl_ms);
     let renew = Duration::from_millis(config.lease.renew_ms);
