@@ -176,7 +176,10 @@ impl RespawnedRedis {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        bail!("redis-server on port {port} did not come back ({})", server.dir.0.display())
+        bail!(
+            "redis-server on port {port} did not come back ({})",
+            server.dir.0.display()
+        )
     }
 }
 

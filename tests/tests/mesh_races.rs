@@ -22,7 +22,8 @@ const AP: &str = "ap-southeast";
 const LONG: Duration = Duration::from_secs(15);
 
 async fn connect(mesh: &TestMesh, region: &str, user: &str) -> Result<Client> {
-    let (c, _) = Client::hello(&mesh.region(region)?.node.ws_url(), &token(user), json!([])).await?;
+    let (c, _) =
+        Client::hello(&mesh.region(region)?.node.ws_url(), &token(user), json!([])).await?;
     Ok(c)
 }
 
@@ -153,7 +154,10 @@ async fn a_region_whose_redis_restarts_empty_gets_every_remote_member_and_state_
         {
             break;
         }
-        ensure!(Instant::now() < deadline, "never converged before the fault");
+        ensure!(
+            Instant::now() < deadline,
+            "never converged before the fault"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     drop(us1);
@@ -173,7 +177,10 @@ async fn a_region_whose_redis_restarts_empty_gets_every_remote_member_and_state_
                     break c;
                 }
             }
-            ensure!(back.elapsed() < BOUND, "round {round}: cannot rejoin us-east");
+            ensure!(
+                back.elapsed() < BOUND,
+                "round {round}: cannot rejoin us-east"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
         loop {
@@ -240,7 +247,10 @@ async fn a_dead_regions_users_leave_presence_within_5_s_and_membership_waits_for
         left["user"] == "eve" && left["reason"] == "region_down",
         "{left}"
     );
-    ensure!(gone >= Duration::from_secs(12), "region_down after {gone:?}");
+    ensure!(
+        gone >= Duration::from_secs(12),
+        "region_down after {gone:?}"
+    );
     eprintln!(
         "presence: dead region's user offline after {:.2} s; left region_down after {:.1} s",
         hidden.as_secs_f64(),
@@ -315,7 +325,10 @@ async fn a_frozen_active_relay_steps_down_on_waking_and_the_standby_takes_over()
     {
         let us = mesh.region(US)?;
         ensure!(us.relays[0].active && !us.relays[1].active);
-        ensure!(us.relays[0].readyz().await? == 200, "active relay not ready");
+        ensure!(
+            us.relays[0].readyz().await? == 200,
+            "active relay not ready"
+        );
         ensure!(
             us.relays[1].readyz().await? == 503,
             "a standby relay must not be ready"
@@ -340,7 +353,10 @@ async fn a_frozen_active_relay_steps_down_on_waking_and_the_standby_takes_over()
         let us = mesh.region_mut(US)?;
         us.relays[0].active = false;
         us.relays[1].wait_state(Duration::from_secs(10), true)?;
-        ensure!(us.relays[1].readyz().await? == 200, "new active relay not ready");
+        ensure!(
+            us.relays[1].readyz().await? == 200,
+            "new active relay not ready"
+        );
     }
     mesh.wait_links(LONG).await?;
     // Replication goes on through the new relay.
@@ -384,7 +400,11 @@ async fn the_relays_replica_store_follows_a_sentinel_failover() -> Result<()> {
     .await?;
     let (tx, mut feed) = tokio::sync::mpsc::channel(256);
     let _feed_task = store.start_feed(tx);
-    ensure!(store.hold_active("relay-a", Duration::from_secs(30)).await?);
+    ensure!(
+        store
+            .hold_active("relay-a", Duration::from_secs(30))
+            .await?
+    );
     let old = group.current_primary_port()?;
     group.force_failover()?;
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -402,9 +422,7 @@ async fn the_relays_replica_store_follows_a_sentinel_failover() -> Result<()> {
     let client = redis::Client::open(format!("redis://127.0.0.1:{new}/"))?;
     let mut direct = client.get_multiplexed_async_connection().await?;
     loop {
-        let _ = store
-            .renew_remote_region(EU, Duration::from_secs(30))
-            .await;
+        let _ = store.renew_remote_region(EU, Duration::from_secs(30)).await;
         let on_new: Option<String> = redis::cmd("GET")
             .arg(format!("mn:{{rl-{EU}}}:lease"))
             .query_async(&mut direct)

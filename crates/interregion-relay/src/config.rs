@@ -210,14 +210,16 @@ impl RedisSettings {
     pub fn endpoint(&self) -> region_state::RedisEndpoint {
         match (&self.url, &self.master_name) {
             (Some(url), _) => region_state::RedisEndpoint::url(url.as_str()),
-            (None, master) => region_state::RedisEndpoint::Sentinel(region_state::SentinelEndpoint {
-                sentinels: self.sentinels.clone(),
-                master_name: master.clone().unwrap_or_default(),
-                db: self.db,
-                username: self.username.clone(),
-                password: self.password.clone(),
-                tls: self.tls,
-            }),
+            (None, master) => {
+                region_state::RedisEndpoint::Sentinel(region_state::SentinelEndpoint {
+                    sentinels: self.sentinels.clone(),
+                    master_name: master.clone().unwrap_or_default(),
+                    db: self.db,
+                    username: self.username.clone(),
+                    password: self.password.clone(),
+                    tls: self.tls,
+                })
+            }
         }
     }
 }
@@ -582,11 +584,9 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("redis.sentinels"), "{e}");
-        let e = parse(&format!(
-            "{MINIMAL}\n[replication]\npresence_ttl_ms = 2500"
-        ))
-        .unwrap_err()
-        .to_string();
+        let e = parse(&format!("{MINIMAL}\n[replication]\npresence_ttl_ms = 2500"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("presence_ttl_ms"), "{e}");
     }
 

@@ -539,7 +539,8 @@ fn start_region(mesh: &mut Mesh, plan: &RegionPlan) -> Result<()> {
             // Persistence as production runs it: a Redis restart keeps the region's rooms,
             // history and watermarks (at most the last second of writes is lost, and the
             // relays re-send what other regions published in it: docs/relay.md).
-            .args(["--save", "", "--appendonly", "yes", "--appendfsync", "everysec"])
+            .args(["--save", "", "--appendonly", "yes"])
+            .args(["--appendfsync", "everysec"])
             .args(["--protected-mode", "no"])
             .arg("--dir")
             .arg(&data);

@@ -430,7 +430,10 @@ mod tests {
         let planted = Utf8Bytes::from(
             r#"{"type":"message","room":"r","from":"mallory","data":{"origin":{"region":"eu","epoch":"p0","seq":1}},"seq":11,"epoch":"e"}"#,
         );
-        assert!(sub.offer(11, &e, &planted), "a local event is never seen elsewhere");
+        assert!(
+            sub.offer(11, &e, &planted),
+            "a local event is never seen elsewhere"
+        );
         // A replicated event the client has not seen, with a planted origin before the real one.
         let replicated = Utf8Bytes::from(
             r#"{"type":"message","room":"r","from":"mallory","data":{"x":{"origin":{"region":"eu","epoch":"p0","seq":2}}},"origin":{"region":"eu","epoch":"p0","seq":19},"seq":12,"epoch":"e"}"#,

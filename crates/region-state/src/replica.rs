@@ -18,10 +18,10 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::link::{LinkConn, PrimaryLink, RedisEndpoint, Resolver};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use meridian_protocol::{LeftReason, OriginPosition, RoomEventFrame, RoomId, UserId};
-use crate::link::{LinkConn, PrimaryLink, RedisEndpoint, Resolver};
 use redis::streams::StreamRangeReply;
 use redis::{AsyncCommands, Script};
 use serde_json::value::RawValue;
@@ -842,8 +842,7 @@ async fn feed_task(
         let connected = async {
             let client = resolver.primary().await?;
             let address = client.get_connection_info().addr().to_string();
-            let pubsub = match tokio::time::timeout(OP_TIMEOUT, client.get_async_pubsub()).await
-            {
+            let pubsub = match tokio::time::timeout(OP_TIMEOUT, client.get_async_pubsub()).await {
                 Ok(p) => p?,
                 Err(_) => {
                     return Err(redis::RedisError::from(std::io::Error::new(

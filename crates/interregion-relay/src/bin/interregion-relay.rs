@@ -183,7 +183,9 @@ async fn serve(p: Prepared, config: RelayConfig) -> anyhow::Result<()> {
             }
             Ok(false) => {
                 if waiting_for_port {
-                    tracing::warn!("lost the lease while waiting for the QUIC port: standing by again");
+                    tracing::warn!(
+                        "lost the lease while waiting for the QUIC port: standing by again"
+                    );
                     waiting_for_port = false;
                 }
                 if !announced {
