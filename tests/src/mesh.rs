@@ -155,12 +155,29 @@ pub struct RespawnedRedis {
 impl RespawnedRedis {
     /// Starts an empty server on `port` (no persistence) and waits until it answers PING.
     pub fn start(port: u16) -> Result<Self> {
+        Self::start_in(port, None)
+    }
+
+    /// Starts a server on `port`, with its data from the append-only file in `aof_dir` when
+    /// given (else empty, without persistence), and waits until it answers PING.
+    pub fn start_in(port: u16, aof_dir: Option<&Path>) -> Result<Self> {
         let dir = TempDir::new("redis-respawn")?;
+        let (aof, data) = match aof_dir {
+            Some(d) => ("yes", d.to_path_buf()),
+            None => ("no", dir.0.clone()),
+        };
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                aof,
+                "--appendfsync",
+                "everysec",
+            ])
             .arg("--dir")
-            .arg(&dir.0)
+            .arg(&data)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -169,6 +186,7 @@ impl RespawnedRedis {
         let client = redis::Client::open(format!("redis://127.0.0.1:{port}/"))?;
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
+            // PING fails with LOADING while the append-only file is read.
             if let Ok(mut c) = client.get_connection_with_timeout(Duration::from_millis(200)) {
                 if redis::cmd("PING").query::<String>(&mut c).is_ok() {
                     return Ok(server);
@@ -463,6 +481,14 @@ impl TestRegion {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Starts the region's Redis again on the same port from its append-only file in `dir`
+    /// (after [`Self::kill_redis`]; AOF must have been on, e.g. `CONFIG SET appendonly yes`).
+    pub fn restart_redis_from_aof(&mut self, dir: &Path) -> Result<()> {
+        self.respawned = None;
+        self.respawned = Some(RespawnedRedis::start_in(self.redis.port(), Some(dir))?);
         Ok(())
     }
 

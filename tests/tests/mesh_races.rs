@@ -469,3 +469,100 @@ async fn the_relays_replica_store_follows_a_sentinel_failover() -> Result<()> {
     );
     Ok(())
 }
+
+/// Issue 20, "also found": a region's Redis (with AOF, as `meridian up` runs it) is killed
+/// while another region publishes into a shared room, and comes back with its data. The
+/// messages published meanwhile could not be applied there; the relays must re-send them
+/// from the watermarks the region still has. Before, the failed applies asked for a snapshot
+/// "as of now" (the watermark could not be read) and nothing asked again once Redis was back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_published_while_a_regions_redis_was_down_are_resent_when_it_is_back() -> Result<()>
+{
+    const ROOM: &str = "stage";
+    const BOUND: Duration = Duration::from_secs(10);
+    let mut mesh = TestMesh::start(&[US, AP], 80, 1, MeshTiming::default()).await?;
+    mesh.wait_links(LONG).await?;
+    let mut us1 = connect(&mesh, US, "us-one").await?;
+    join(&mut us1, ROOM).await?;
+    let mut ap1 = connect(&mesh, AP, "ap-one").await?;
+    join(&mut ap1, ROOM).await?;
+    let publish = |n: u64| json!({"op": "publish", "room": ROOM, "data": {"n": n}});
+    // us-east's Redis persists from now on (append-only file, fsync every second).
+    let port = mesh.region(US)?.redis.port();
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/"))?;
+    let mut admin = client.get_multiplexed_async_connection().await?;
+    let (_, dir): (String, String) = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("dir")
+        .query_async(&mut admin)
+        .await?;
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("appendonly")
+        .arg("yes")
+        .query_async(&mut admin)
+        .await?;
+    let deadline = Instant::now() + LONG;
+    loop {
+        let info: String = redis::cmd("INFO")
+            .arg("persistence")
+            .query_async(&mut admin)
+            .await?;
+        if info.contains("aof_enabled:1") && info.contains("aof_rewrite_in_progress:0") {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "AOF never switched on");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for n in 1..=5 {
+        ok(ap1.request(publish(n)).await?)?;
+    }
+    for _ in 1..=5 {
+        us1.event_within("message", LONG).await?;
+    }
+    // Past the fsync of the last applied event.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    drop(admin);
+    mesh.region_mut(US)?.kill_redis()?;
+    for n in 100..110 {
+        ok(ap1.request(publish(n)).await?)?;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    mesh.region_mut(US)?
+        .restart_redis_from_aof(std::path::Path::new(&dir))?;
+    let back = Instant::now();
+    let mut admin = client.get_multiplexed_async_connection().await?;
+    let want: BTreeSet<u64> = (100..110).collect();
+    loop {
+        let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(format!("mr:{{{ROOM}}}:hist"))
+            .arg("-")
+            .arg("+")
+            .query_async(&mut admin)
+            .await?;
+        let got: BTreeSet<u64> = entries
+            .ids
+            .iter()
+            .filter_map(|e| match e.map.get("e") {
+                Some(redis::Value::BulkString(b)) => serde_json::from_slice::<Value>(b).ok(),
+                _ => None,
+            })
+            .filter(|f| f["type"] == "message" && f["from"] == "ap-one")
+            .filter_map(|f| f["data"]["n"].as_u64())
+            .filter(|n| *n >= 100)
+            .collect();
+        if got == want {
+            break;
+        }
+        ensure!(
+            back.elapsed() < BOUND,
+            "{BOUND:?} after us-east's Redis came back, its history has {got:?} of the messages published while it was down"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "redis down with AOF: the 10 messages published meanwhile re-sent {:.2} s after it was back",
+        back.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
