@@ -145,6 +145,9 @@ struct Inner {
     gap_asked: HashMap<(String, RoomId), Instant>,
     /// Direct messages waiting for a peer's link, per peer.
     directs: HashMap<String, DirectBuffer>,
+    /// Peers still to be asked again for every room after a Redis resync (retried every
+    /// tick until Redis answers: right after a restart the first reads can fail).
+    refollow: BTreeSet<String>,
 }
 
 /// Direct messages for one peer region, held while its link is down (oldest first).
@@ -463,23 +466,37 @@ impl Replicator {
                 // the watermark is gone) and replay their history after it, so remote members,
                 // state and messages lost here come back. Follows still flowing are simply
                 // restarted from the watermark; duplicates are dropped by the apply script.
-                self.refollow_all().await;
+                lock(&self.inner).refollow = self.peers.iter().cloned().collect();
+                self.refollow_pending().await;
             }
             _ => {}
         }
     }
 
-    /// Asks every peer that is up to follow every room of ours again (see `Feed::Resynced`).
-    async fn refollow_all(&self) {
-        let rooms: Vec<RoomId> = lock(&self.inner).interest.iter().cloned().collect();
-        if rooms.is_empty() {
-            return;
-        }
+    /// Asks every peer still pending (see `Feed::Resynced`) that is up to follow every room of
+    /// ours again. A peer stays pending while Redis cannot give the resume points or the
+    /// frames cannot be sent; a peer whose link is down re-follows everything at link-up.
+    async fn refollow_pending(&self) {
+        let (peers, rooms): (Vec<String>, Vec<RoomId>) = {
+            let inner = lock(&self.inner);
+            if inner.refollow.is_empty() {
+                return;
+            }
+            (
+                inner.refollow.iter().cloned().collect(),
+                inner.interest.iter().cloned().collect(),
+            )
+        };
         let Some(h) = self.handle() else { return };
-        for peer in self.up_peers() {
+        for peer in peers {
+            if !h.is_up(&peer) {
+                lock(&self.inner).refollow.remove(&peer);
+                continue;
+            }
             let Some(points) = self.resume_points(&peer, &rooms).await else {
                 continue;
             };
+            let mut sent = true;
             for (room, since) in rooms.iter().zip(points) {
                 let frame = Frame::Interest {
                     room: room.clone(),
@@ -488,10 +505,14 @@ impl Replicator {
                 };
                 if let Err(e) = h.send_control(&peer, &frame).await {
                     tracing::debug!(%peer, %room, error = %e, "interest not sent");
+                    sent = false;
                     break;
                 }
             }
-            tracing::info!(%peer, rooms = rooms.len(), "asked the peer to resend every followed room after a Redis resync");
+            if sent {
+                lock(&self.inner).refollow.remove(&peer);
+                tracing::info!(%peer, rooms = rooms.len(), "asked the peer to resend every followed room after a Redis resync");
+            }
         }
     }
 
@@ -818,6 +839,7 @@ impl Replicator {
         for peer in expired {
             self.declare_down(&peer).await;
         }
+        self.refollow_pending().await;
         if rescan {
             self.rescan_interest().await;
             for peer in self.up_peers() {
