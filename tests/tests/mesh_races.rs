@@ -342,6 +342,10 @@ async fn a_frozen_active_relay_steps_down_on_waking_and_the_standby_takes_over()
         mesh.region_mut(US)?.relays[1].running(),
         "the standby exited while the frozen relay held the port"
     );
+    ensure!(
+        mesh.region(US)?.relays[1].readyz().await? == 503,
+        "not ready while it cannot bind the region's QUIC port"
+    );
     mesh.region(US)?.relays[0].signal("CONT")?;
     let woke = Instant::now();
     let status = mesh.region_mut(US)?.relays[0].wait_exit(Duration::from_secs(10))?;

@@ -540,4 +540,30 @@ mod tests {
             Err(FrameError::TooLarge { .. })
         ));
     }
+
+    #[test]
+    fn a_join_time_is_a_position_without_an_epoch() {
+        let p = Position::joined_at(1_700_000_000_123);
+        assert_eq!(p.join_time(), Some(1_700_000_000_123));
+        assert_eq!(
+            Position {
+                epoch: epoch_probe(),
+                seq: 5
+            }
+            .join_time(),
+            None,
+            "a real position is not a join time"
+        );
+        assert_eq!(Position::joined_at(0).join_time(), None);
+        let f = Frame::Interest {
+            room: RoomId::new("r").unwrap(),
+            interested: true,
+            since: Some(p),
+        };
+        assert_eq!(decode(&encode(&f, 1024).unwrap()[4..]).unwrap(), f);
+    }
+
+    fn epoch_probe() -> u64 {
+        region_state::replica::epoch_code("k3v9x0qa")
+    }
 }
