@@ -136,6 +136,7 @@ async fn main() -> Result<()> {
         interest_linger_ms: 5_000,
         idle_timeout_ms: 4_000,
         keep_alive_ms: 1_000,
+        presence_ttl_ms: 4_000,
         node_extra: "[limits]\nrequests_per_second = 1000000.0\nrequest_burst = 1000000.0\nsend_queue = 8192\n".into(),
     };
     let mut mesh = TestMesh::start(&[AP, EU], rtt, 1, timing).await?;

@@ -31,6 +31,8 @@ pub struct MeshTiming {
     pub keep_alive_ms: u64,
     /// Extra TOML for every node (e.g. `[limits]` for benchmarks).
     pub node_extra: String,
+    /// `replication.presence_ttl_ms`.
+    pub presence_ttl_ms: u64,
 }
 
 impl Default for MeshTiming {
@@ -41,6 +43,7 @@ impl Default for MeshTiming {
             idle_timeout_ms: 2_000,
             keep_alive_ms: 500,
             node_extra: String::new(),
+            presence_ttl_ms: 3_000,
         }
     }
 }
@@ -127,6 +130,82 @@ impl RelayProcess {
     pub fn wait_exit(&mut self, within: Duration) -> Result<std::process::ExitStatus> {
         crate::wait_child(&mut self.child, within)
     }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// `/readyz` status code.
+    pub async fn readyz(&self) -> Result<u16> {
+        let addr = self
+            .http
+            .ok_or_else(|| anyhow!("relay HTTP address unknown"))?;
+        Ok(http_get(addr, "/readyz").await?.0)
+    }
+}
+
+/// A `redis-server` started again, empty, on the port of a killed one (killed on drop).
+#[derive(Debug)]
+pub struct RespawnedRedis {
+    child: Child,
+    dir: TempDir,
+}
+
+impl RespawnedRedis {
+    /// Starts an empty server on `port` (no persistence) and waits until it answers PING.
+    pub fn start(port: u16) -> Result<Self> {
+        Self::start_in(port, None)
+    }
+
+    /// Starts a server on `port`, with its data from the append-only file in `aof_dir` when
+    /// given (else empty, without persistence), and waits until it answers PING.
+    pub fn start_in(port: u16, aof_dir: Option<&Path>) -> Result<Self> {
+        let dir = TempDir::new("redis-respawn")?;
+        let (aof, data) = match aof_dir {
+            Some(d) => ("yes", d.to_path_buf()),
+            None => ("no", dir.0.clone()),
+        };
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                aof,
+                "--appendfsync",
+                "everysec",
+            ])
+            .arg("--dir")
+            .arg(&data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("spawn redis-server")?;
+        let server = Self { child, dir };
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}/"))?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            // PING fails with LOADING while the append-only file is read.
+            if let Ok(mut c) = client.get_connection_with_timeout(Duration::from_millis(200)) {
+                if redis::cmd("PING").query::<String>(&mut c).is_ok() {
+                    return Ok(server);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!(
+            "redis-server on port {port} did not come back ({})",
+            server.dir.0.display()
+        )
+    }
+}
+
+impl Drop for RespawnedRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Drop for RelayProcess {
@@ -152,6 +231,8 @@ pub struct TestRegion {
     pub relays: Vec<RelayProcess>,
     /// The relay's QUIC address (the catalogue's `relay.address`).
     pub relay_addr: SocketAddr,
+    /// The server that replaced `redis` after [`TestRegion::restart_redis_empty`].
+    pub respawned: Option<RespawnedRedis>,
     config: PathBuf,
 }
 
@@ -269,7 +350,7 @@ impl TestMesh {
                      [peers]\n{peers}\
                      [timing]\nkeep_alive_ms = {keep_alive}\nidle_timeout_ms = {idle}\nbackoff_initial_ms = 100\nbackoff_max_ms = 1000\n\
                      [redis]\nurl = \"{redis_url}\"\n\
-                     [replication]\ngrace_ms = {grace}\ninterest_linger_ms = {linger}\nrescan_ms = 2000\npresence_ttl_ms = 3000\n\
+                     [replication]\ngrace_ms = {grace}\ninterest_linger_ms = {linger}\nrescan_ms = 2000\npresence_ttl_ms = {presence_ttl}\n\
                      [lease]\nttl_ms = 1500\nrenew_ms = 300\n",
                     cat = catalogue.display(),
                     ca = certs.join("ca.pem").display(),
@@ -280,6 +361,7 @@ impl TestMesh {
                     keep_alive = timing.keep_alive_ms,
                     idle = timing.idle_timeout_ms,
                     linger = timing.interest_linger_ms,
+                    presence_ttl = timing.presence_ttl_ms,
                 ),
             )?;
             let mut rs = Vec::new();
@@ -293,6 +375,7 @@ impl TestMesh {
                 node,
                 relays: rs,
                 relay_addr,
+                respawned: None,
                 config,
             });
         }
@@ -379,6 +462,40 @@ impl TestRegion {
             .config
             .with_extension(format!("{}.log", self.relays.len()));
         self.relays.push(RelayProcess::start(&self.config, &log)?);
+        Ok(())
+    }
+
+    /// `kill -9` of the region's Redis (the original or a respawned one).
+    pub fn kill_redis(&mut self) -> Result<()> {
+        match &mut self.respawned {
+            Some(r) => {
+                r.child.kill()?;
+                r.child.wait()?;
+            }
+            None => {
+                let status = Command::new("kill")
+                    .args(["-KILL", &self.redis.pid().to_string()])
+                    .status()?;
+                if !status.success() {
+                    bail!("kill redis failed");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts the region's Redis again on the same port from its append-only file in `dir`
+    /// (after [`Self::kill_redis`]; AOF must have been on, e.g. `CONFIG SET appendonly yes`).
+    pub fn restart_redis_from_aof(&mut self, dir: &Path) -> Result<()> {
+        self.respawned = None;
+        self.respawned = Some(RespawnedRedis::start_in(self.redis.port(), Some(dir))?);
+        Ok(())
+    }
+
+    /// Starts the region's Redis again, empty, on the same port (after [`Self::kill_redis`]).
+    pub fn restart_redis_empty(&mut self) -> Result<()> {
+        self.respawned = None;
+        self.respawned = Some(RespawnedRedis::start(self.redis.port())?);
         Ok(())
     }
 

@@ -172,8 +172,28 @@ pub struct RelayConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisSettings {
-    /// `redis://host:port/db` (or `rediss://`).
-    pub url: String,
+    /// `redis://host:port/db` (or `rediss://`). Either this or `sentinels` + `master_name`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Sentinel addresses (`redis://host:port`, `rediss://` for TLS): the primary is found
+    /// through them and followed across failovers, as the nodes' `store.kind = "sentinel"`.
+    #[serde(default)]
+    pub sentinels: Vec<String>,
+    /// The monitored master's name (with `sentinels`).
+    #[serde(default)]
+    pub master_name: Option<String>,
+    /// Database number on the data nodes (with `sentinels`).
+    #[serde(default)]
+    pub db: i64,
+    /// ACL user on the data nodes (with `sentinels`).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Password on the data nodes (with `sentinels`).
+    #[serde(default)]
+    pub password: Option<String>,
+    /// TLS to the data nodes (with `sentinels`).
+    #[serde(default)]
+    pub tls: bool,
     /// Must equal the nodes' `history.len`.
     #[serde(default = "default_history_len")]
     pub history_len: u32,
@@ -183,6 +203,25 @@ pub struct RedisSettings {
     /// Must equal the nodes' `history.idempotency_window_secs`.
     #[serde(default = "default_idempotency_window_secs")]
     pub idempotency_window_secs: u64,
+}
+
+impl RedisSettings {
+    /// Where the region's primary is.
+    pub fn endpoint(&self) -> region_state::RedisEndpoint {
+        match (&self.url, &self.master_name) {
+            (Some(url), _) => region_state::RedisEndpoint::url(url.as_str()),
+            (None, master) => {
+                region_state::RedisEndpoint::Sentinel(region_state::SentinelEndpoint {
+                    sentinels: self.sentinels.clone(),
+                    master_name: master.clone().unwrap_or_default(),
+                    db: self.db,
+                    username: self.username.clone(),
+                    password: self.password.clone(),
+                    tls: self.tls,
+                })
+            }
+        }
+    }
 }
 
 fn default_idempotency_window_secs() -> u64 {
@@ -211,8 +250,16 @@ pub struct ReplicationSettings {
     pub batch: usize,
     /// Least time between two re-requests of a room after a gap.
     pub gap_retry_ms: u64,
-    /// How long a peer's users stay `online` here after its link is lost.
+    /// How long a peer's users stay `online` here after nothing more is heard from its relay
+    /// (a dead region's users are hidden from `presence` within this bound).
     pub presence_ttl_ms: u64,
+    /// Clock-skew allowance when a region starts following a room: the room's history is
+    /// sent from this long before its first local member joined.
+    pub join_skew_ms: u64,
+    /// Direct messages held per peer region while its link is down, in bytes.
+    pub direct_buffer_bytes: usize,
+    /// Held direct messages older than this are dropped instead of delivered.
+    pub direct_buffer_ms: u64,
 }
 
 impl Default for ReplicationSettings {
@@ -223,7 +270,10 @@ impl Default for ReplicationSettings {
             rescan_ms: 10_000,
             batch: 256,
             gap_retry_ms: 1_000,
-            presence_ttl_ms: 6_000,
+            presence_ttl_ms: 4_000,
+            join_skew_ms: 500,
+            direct_buffer_bytes: 4 << 20,
+            direct_buffer_ms: 30_000,
         }
     }
 }
@@ -239,6 +289,9 @@ impl ReplicationSettings {
             batch: self.batch,
             gap_retry: ms(self.gap_retry_ms),
             presence_ttl: ms(self.presence_ttl_ms),
+            join_skew: ms(self.join_skew_ms),
+            direct_buffer_bytes: self.direct_buffer_bytes,
+            direct_buffer_age: ms(self.direct_buffer_ms),
         }
     }
 }
@@ -308,11 +361,27 @@ impl RelayConfig {
             return fail(format!("peers.{bad}: not a region name"));
         }
         if let Some(r) = &self.redis {
-            if !(r.url.starts_with("redis://") || r.url.starts_with("rediss://")) {
-                return fail(format!(
-                    "redis.url {:?}: use redis://host:port/db or rediss://",
-                    r.url
-                ));
+            let scheme_ok = |u: &str| u.starts_with("redis://") || u.starts_with("rediss://");
+            match (&r.url, r.sentinels.is_empty(), &r.master_name) {
+                (Some(url), true, None) => {
+                    if !scheme_ok(url) {
+                        return fail(format!(
+                            "redis.url {url:?}: use redis://host:port/db or rediss://"
+                        ));
+                    }
+                }
+                (None, false, Some(master)) if !master.is_empty() => {
+                    if let Some(bad) = r.sentinels.iter().find(|u| !scheme_ok(u)) {
+                        return fail(format!(
+                            "redis.sentinels entry {bad:?} must start with redis:// or rediss://"
+                        ));
+                    }
+                }
+                _ => {
+                    return fail(
+                        "redis: give either url, or sentinels (non-empty) with master_name".into(),
+                    )
+                }
             }
             if r.history_len == 0 || r.history_ttl_secs == 0 || r.idempotency_window_secs == 0 {
                 return fail(
@@ -326,6 +395,12 @@ impl RelayConfig {
         }
         if rp.batch == 0 || rp.batch > 10_000 || rp.gap_retry_ms == 0 {
             return fail("replication: batch must be 1..=10000 and gap_retry_ms > 0".into());
+        }
+        if rp.presence_ttl_ms < self.timing.keep_alive_ms + 2_000 {
+            return fail("replication.presence_ttl_ms must be at least timing.keep_alive_ms + 2000 (a live link is heard every keep-alive; the lease is renewed every second)".into());
+        }
+        if rp.join_skew_ms > 60_000 || rp.direct_buffer_bytes > 1 << 30 {
+            return fail("replication: join_skew_ms must be at most 60000 and direct_buffer_bytes at most 1 GiB".into());
         }
         let l = &self.lease;
         if l.renew_ms < 50 || l.ttl_ms < 2 * l.renew_ms {
@@ -497,6 +572,38 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("bogus"), "{e}");
+        let e = parse(&format!(
+            "{MINIMAL}\n[redis]\nurl = \"redis://h/\"\nsentinels = [\"redis://s:26379\"]\nmaster_name = \"m\""
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("either url, or sentinels"), "{e}");
+        let e = parse(&format!(
+            "{MINIMAL}\n[redis]\nsentinels = [\"tcp://s:1\"]\nmaster_name = \"m\""
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("redis.sentinels"), "{e}");
+        let e = parse(&format!("{MINIMAL}\n[replication]\npresence_ttl_ms = 2500"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("presence_ttl_ms"), "{e}");
+    }
+
+    #[test]
+    fn redis_behind_sentinel_is_followed_like_the_nodes_store() {
+        let c = parse(&format!(
+            "{MINIMAL}\n[redis]\nsentinels = [\"redis://127.0.0.1:26379\", \"redis://127.0.0.1:26380\"]\nmaster_name = \"meridian\"\npassword = \"pw\""
+        ))
+        .unwrap();
+        match c.redis.unwrap().endpoint() {
+            region_state::RedisEndpoint::Sentinel(s) => {
+                assert_eq!(s.sentinels.len(), 2);
+                assert_eq!(s.master_name, "meridian");
+                assert_eq!(s.password.as_deref(), Some("pw"));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

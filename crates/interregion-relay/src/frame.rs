@@ -106,12 +106,34 @@ pub struct Hello {
 }
 
 /// A position in one region's room sequence: its epoch (as base-36 code) and sequence number.
+///
+/// With `epoch = 0` (no position: the sender has applied nothing of the receiver's in the
+/// room) a non-zero `seq` is a **join time** instead, in wall-clock milliseconds: the moment
+/// from which the sender has had local members (see [`Position::joined_at`]). The receiver
+/// then replays its history from just before that moment, so every message published after a
+/// remote join was acknowledged reaches the joiner. A relay that predates this reads it as
+/// "no position" and sends a snapshot as of now, as before.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Position {
     /// The room epoch, base-36 decoded (0: none).
     pub epoch: u64,
-    /// The sequence number.
+    /// The sequence number (with `epoch = 0`: the join time in ms, or 0).
     pub seq: u64,
+}
+
+impl Position {
+    /// "Nothing applied yet; local members since `wall_ms`" (milliseconds since the epoch).
+    pub fn joined_at(wall_ms: u64) -> Self {
+        Self {
+            epoch: 0,
+            seq: wall_ms,
+        }
+    }
+
+    /// The join time of a position made by [`Position::joined_at`].
+    pub fn join_time(&self) -> Option<u64> {
+        (self.epoch == 0 && self.seq > 0).then_some(self.seq)
+    }
 }
 
 /// One room of an [`Frame::InterestSnapshot`].
@@ -517,5 +539,31 @@ mod tests {
             encode(&big, 1000),
             Err(FrameError::TooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn a_join_time_is_a_position_without_an_epoch() {
+        let p = Position::joined_at(1_700_000_000_123);
+        assert_eq!(p.join_time(), Some(1_700_000_000_123));
+        assert_eq!(
+            Position {
+                epoch: epoch_probe(),
+                seq: 5
+            }
+            .join_time(),
+            None,
+            "a real position is not a join time"
+        );
+        assert_eq!(Position::joined_at(0).join_time(), None);
+        let f = Frame::Interest {
+            room: RoomId::new("r").unwrap(),
+            interested: true,
+            since: Some(p),
+        };
+        assert_eq!(decode(&encode(&f, 1024).unwrap()[4..]).unwrap(), f);
+    }
+
+    fn epoch_probe() -> u64 {
+        region_state::replica::epoch_code("k3v9x0qa")
     }
 }

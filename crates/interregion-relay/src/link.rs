@@ -130,6 +130,17 @@ fn is_alpn_refusal(e: &ConnectionError) -> bool {
     }
 }
 
+/// TLS alert 116 (`certificate_required`) as a QUIC crypto error: the peer presented no
+/// client certificate. The verifier is never called then, so the refusal is counted here.
+fn is_missing_client_certificate(e: &ConnectionError) -> bool {
+    let required = quinn::TransportErrorCode::crypto(116);
+    match e {
+        ConnectionError::ConnectionClosed(c) => c.error_code == required,
+        ConnectionError::TransportError(t) => t.code == required,
+        _ => false,
+    }
+}
+
 /// Why a frame could not be sent.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -251,6 +262,8 @@ struct Link {
     conn: Connection,
     control: mpsc::Sender<Bytes>,
     lanes: Mutex<Lanes>,
+    /// When a datagram from the peer was last seen (no later than this; see `watch_heard`).
+    heard: Mutex<std::time::Instant>,
 }
 
 /// The state every task of a relay shares.
@@ -314,6 +327,15 @@ impl RelayHandle {
     /// Whether the link to `peer` is up.
     pub fn is_up(&self, peer: &str) -> bool {
         lock(&self.shared.links).contains_key(peer)
+    }
+
+    /// When anything was last received from `peer` (at the latest; sampled every 200 ms from
+    /// the connection's datagram count, so it is never later than the truth). `None` while
+    /// the link is down. Keep-alives make a live link heard at least every `keep_alive` + RTT.
+    pub fn last_heard(&self, peer: &str) -> Option<std::time::Instant> {
+        let link = lock(&self.shared.links).get(peer).cloned()?;
+        let heard = *lock(&link.heard);
+        Some(heard)
     }
 
     /// Link state of every peer.
@@ -655,11 +677,24 @@ async fn accept_handshake(
     shared: &Shared,
     incoming: quinn::Incoming,
 ) -> Result<Handshake, LinkError> {
+    let from = incoming.remote_address();
     let conn = incoming
         .accept()
         .map_err(LinkError::from_connection)?
         .await
-        .map_err(LinkError::from_connection)?;
+        .map_err(|e| {
+            if is_missing_client_certificate(&e) {
+                shared
+                    .metrics
+                    .refused
+                    .get_or_create(&crate::metrics::ReasonLabels {
+                        reason: Refusal::UntrustedCertificate.as_str(),
+                    })
+                    .inc();
+                tracing::warn!(%from, reason = "certificate", "refusing relay peer: it presented no client certificate");
+            }
+            LinkError::from_connection(e)
+        })?;
     // The verifier accepted the certificate, so it names exactly one catalogue region.
     let Some(peer) = tls::peer_region(&conn, &shared.names) else {
         return Err(refuse(
@@ -855,6 +890,7 @@ async fn run_link(
             by_key: HashMap::new(),
             senders: Vec::new(),
         }),
+        heard: Mutex::new(std::time::Instant::now()),
     });
     let replaced = lock(&shared.links).insert(peer.clone(), link.clone());
     if let Some(old) = replaced {
@@ -910,6 +946,7 @@ async fn run_link(
         peer.clone(),
         stop.clone(),
     ));
+    tasks.spawn(watch_heard(link.clone(), stop.clone()));
     tasks.close();
 
     let reason = conn.closed().await;
@@ -1107,6 +1144,28 @@ async fn lane_reader(
                 return;
             }
         }
+    }
+}
+
+/// Keeps `link.heard` current: every 200 ms, if the connection received datagrams since the
+/// last check, they arrived after that check, so the check's time is a safe "heard by".
+async fn watch_heard(link: Arc<Link>, stop: CancellationToken) {
+    let mut every = tokio::time::interval(Duration::from_millis(200));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seen = link.conn.stats().udp_rx.datagrams;
+    let mut checked = std::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        let now = std::time::Instant::now();
+        let count = link.conn.stats().udp_rx.datagrams;
+        if count != seen {
+            seen = count;
+            *lock(&link.heard) = checked;
+        }
+        checked = now;
     }
 }
 

@@ -62,9 +62,19 @@ pub struct ReplicationOptions {
     pub batch: usize,
     /// Least time between two requests for the same room after a gap.
     pub gap_retry: Duration,
-    /// Lease of a peer's presence here; renewed every second while its link is up, so a
-    /// peer's users count as offline this long after the link is lost.
+    /// A peer's users count as online here until this long after anything was last heard
+    /// from its relay (the pseudo-node's lease is renewed every second to end then), so a dead
+    /// region's users are hidden from `presence` within this bound, long before the link is
+    /// declared down.
     pub presence_ttl: Duration,
+    /// Clock-skew allowance of a join time: a region that starts following a room is sent
+    /// the room's history from this long before its first local member joined.
+    pub join_skew: Duration,
+    /// Direct messages for a region whose link is down are kept up to this many bytes (per
+    /// region) and delivered when the link is back...
+    pub direct_buffer_bytes: usize,
+    /// ...unless they are older than this.
+    pub direct_buffer_age: Duration,
 }
 
 impl Default for ReplicationOptions {
@@ -75,7 +85,10 @@ impl Default for ReplicationOptions {
             rescan: Duration::from_secs(10),
             batch: 256,
             gap_retry: Duration::from_secs(1),
-            presence_ttl: Duration::from_secs(6),
+            presence_ttl: Duration::from_secs(4),
+            join_skew: Duration::from_millis(500),
+            direct_buffer_bytes: 4 << 20,
+            direct_buffer_age: Duration::from_secs(30),
         }
     }
 }
@@ -130,6 +143,20 @@ struct Inner {
     declared_down: BTreeSet<String>,
     /// Last gap request per (peer, room).
     gap_asked: HashMap<(String, RoomId), Instant>,
+    /// Direct messages waiting for a peer's link, per peer.
+    directs: HashMap<String, DirectBuffer>,
+    /// Peers still to be asked again for every room after a Redis resync (retried every
+    /// tick until Redis answers: right after a restart the first reads can fail).
+    refollow: BTreeSet<String>,
+}
+
+/// Direct messages for one peer region, held while its link is down (oldest first).
+#[derive(Default)]
+struct DirectBuffer {
+    queue: std::collections::VecDeque<(Instant, Direct)>,
+    bytes: usize,
+    /// A drain is under way: new messages queue behind it to keep their order.
+    draining: bool,
 }
 
 /// The replication engine of one relay: an [`EventSink`] for the links and the follower of
@@ -432,8 +459,60 @@ impl Replicator {
                 for pump in pumps {
                     let _ = pump.send(PumpCmd::Poke);
                 }
+                // Redis may have lost data (a restart without it, or with the last second of
+                // an append-only file missing, or a failover to a replica that lagged): ask
+                // every peer again for every room, from what Redis says was applied. The peers
+                // restart those follows, send a reconciliation snapshot (or a full one where
+                // the watermark is gone) and replay their history after it, so remote members,
+                // state and messages lost here come back. Follows still flowing are simply
+                // restarted from the watermark; duplicates are dropped by the apply script.
+                lock(&self.inner).refollow = self.peers.iter().cloned().collect();
+                self.refollow_pending().await;
             }
             _ => {}
+        }
+    }
+
+    /// Asks every peer still pending (see `Feed::Resynced`) that is up to follow every room of
+    /// ours again. A peer stays pending while Redis cannot give the resume points or the
+    /// frames cannot be sent; a peer whose link is down re-follows everything at link-up.
+    async fn refollow_pending(&self) {
+        let (peers, rooms): (Vec<String>, Vec<RoomId>) = {
+            let inner = lock(&self.inner);
+            if inner.refollow.is_empty() {
+                return;
+            }
+            (
+                inner.refollow.iter().cloned().collect(),
+                inner.interest.iter().cloned().collect(),
+            )
+        };
+        let Some(h) = self.handle() else { return };
+        for peer in peers {
+            if !h.is_up(&peer) {
+                lock(&self.inner).refollow.remove(&peer);
+                continue;
+            }
+            let Some(points) = self.resume_points(&peer, &rooms).await else {
+                continue;
+            };
+            let mut sent = true;
+            for (room, since) in rooms.iter().zip(points) {
+                let frame = Frame::Interest {
+                    room: room.clone(),
+                    interested: true,
+                    since,
+                };
+                if let Err(e) = h.send_control(&peer, &frame).await {
+                    tracing::debug!(%peer, %room, error = %e, "interest not sent");
+                    sent = false;
+                    break;
+                }
+            }
+            if sent {
+                lock(&self.inner).refollow.remove(&peer);
+                tracing::info!(%peer, rooms = rooms.len(), "asked the peer to resend every followed room after a Redis resync");
+            }
         }
     }
 
@@ -450,21 +529,48 @@ impl Replicator {
         }
     }
 
-    /// Sends `Interest` for `room` to `peer` with the position applied from it.
-    async fn announce(&self, peer: &str, room: &RoomId) {
-        let since = match self
-            .store
-            .watermarks(peer, std::slice::from_ref(room))
-            .await
-        {
-            Ok(marks) => marks.into_iter().next().flatten().map(|(e, s)| Position {
-                epoch: epoch_code(&e),
-                seq: s,
-            }),
+    /// Where `peer` should resume each of `rooms`: the position applied from it, or, where
+    /// nothing was applied yet, the time from which the room has had local members (so the
+    /// peer replays from there, and a message published right after a join here was
+    /// acknowledged is not lost to the joiner). `None` when Redis cannot say: asking without
+    /// a position would get a snapshot as of now and skip whatever lies between.
+    async fn resume_points(&self, peer: &str, rooms: &[RoomId]) -> Option<Vec<Option<Position>>> {
+        let marks = match self.store.watermarks(peer, rooms).await {
+            Ok(m) => m,
             Err(e) => {
-                tracing::warn!(%peer, %room, error = %e, "cannot read the watermark; asking for a snapshot");
-                None
+                tracing::warn!(%peer, error = %e, "cannot read watermarks; asking later");
+                return None;
             }
+        };
+        let mut out = Vec::with_capacity(rooms.len());
+        for (room, mark) in rooms.iter().zip(marks) {
+            out.push(match mark {
+                Some((e, s)) => Some(Position {
+                    epoch: epoch_code(&e),
+                    seq: s,
+                }),
+                None => match self.store.local_join_time(room).await {
+                    Ok(t) => t.map(Position::joined_at),
+                    Err(e) => {
+                        tracing::warn!(%peer, %room, error = %e, "cannot read the room's join time; asking later");
+                        return None;
+                    }
+                },
+            });
+        }
+        Some(out)
+    }
+
+    /// Sends `Interest` for `room` to `peer` with where to resume (see
+    /// [`Replicator::resume_points`]); nothing when Redis cannot tell (the gap retry, the
+    /// feed's resync or the periodic interest snapshot asks again).
+    async fn announce(&self, peer: &str, room: &RoomId) {
+        let Some(since) = self
+            .resume_points(peer, std::slice::from_ref(room))
+            .await
+            .and_then(|p| p.into_iter().next())
+        else {
+            return;
         };
         if let Some(h) = self.handle() {
             let frame = Frame::Interest {
@@ -492,15 +598,139 @@ impl Replicator {
             from_user: from,
             payload: frame.to_vec(),
         };
+        // Behind messages already waiting for this region, to keep the order.
+        let queued = {
+            let mut inner = lock(&self.inner);
+            match inner.directs.get(&region) {
+                Some(b) if b.draining || !b.queue.is_empty() => {
+                    self.buffer_direct(&mut inner, &region, direct.clone());
+                    true
+                }
+                _ => false,
+            }
+        };
+        if queued {
+            return;
+        }
         let sent = match self.handle() {
-            Some(h) => h.send_direct(&region, &direct).await.is_ok(),
-            None => false,
+            Some(h) if self.heard_recently(&region) => {
+                h.send_direct(&region, &direct).await.is_ok()
+            }
+            _ => false,
         };
         if !sent {
-            if let Some(m) = self.metrics() {
-                Metrics::peer_inc(&m.direct_dropped, &region);
+            let mut inner = lock(&self.inner);
+            if inner.declared_down.contains(&region) {
+                drop(inner);
+                self.count_direct_dropped(&region, 1, "region down");
+            } else {
+                tracing::debug!(%region, to = %direct.to_user, "link down: direct message held until it is back");
+                self.buffer_direct(&mut inner, &region, direct);
             }
-            tracing::debug!(%region, to = %direct.to_user, "direct message dropped: link down");
+        }
+    }
+
+    /// Whether `peer`'s relay was heard within `presence_ttl − 1 s`: a link that went quiet
+    /// for that long is probably dead though not yet declared so (the loss of a link is
+    /// detected within `idle_timeout + keep_alive`); direct messages are held rather than
+    /// sent into it.
+    fn heard_recently(&self, peer: &str) -> bool {
+        let quiet = self
+            .options
+            .presence_ttl
+            .saturating_sub(Duration::from_secs(1));
+        self.handle()
+            .and_then(|h| h.last_heard(peer))
+            .is_some_and(|t| t.elapsed() < quiet)
+    }
+
+    fn count_direct_dropped(&self, region: &str, n: u64, why: &str) {
+        if n == 0 {
+            return;
+        }
+        if let Some(m) = self.metrics() {
+            m.direct_dropped
+                .get_or_create(&crate::metrics::PeerLabels {
+                    peer: region.into(),
+                })
+                .inc_by(n);
+        }
+        tracing::warn!(%region, dropped = n, why, "direct messages dropped");
+    }
+
+    /// Holds a direct message for `region` (link down); the oldest go when the buffer is
+    /// over its byte bound.
+    fn buffer_direct(&self, inner: &mut Inner, region: &str, direct: Direct) {
+        let size = direct.payload.len() + 64;
+        let buf = inner.directs.entry(region.to_owned()).or_default();
+        buf.bytes += size;
+        buf.queue.push_back((Instant::now(), direct));
+        let mut dropped = 0;
+        while buf.bytes > self.options.direct_buffer_bytes {
+            let Some((_, old)) = buf.queue.pop_front() else {
+                break;
+            };
+            buf.bytes = buf.bytes.saturating_sub(old.payload.len() + 64);
+            dropped += 1;
+        }
+        self.count_direct_dropped(region, dropped, "buffer full while the link is down");
+    }
+
+    /// Delivers the direct messages held for `peer`, in order, after its link came back;
+    /// those older than `direct_buffer_age` are dropped (signalling that old is stale).
+    async fn drain_directs(&self, peer: &str) {
+        let Some(h) = self.handle() else { return };
+        {
+            let mut inner = lock(&self.inner);
+            let Some(buf) = inner.directs.get_mut(peer) else {
+                return;
+            };
+            if buf.draining {
+                return;
+            }
+            buf.draining = true;
+        }
+        let mut sent = 0usize;
+        loop {
+            let (next, expired) = {
+                let mut inner = lock(&self.inner);
+                let Some(buf) = inner.directs.get_mut(peer) else {
+                    break;
+                };
+                let mut expired = 0;
+                let next = loop {
+                    match buf.queue.pop_front() {
+                        Some((at, d)) => {
+                            buf.bytes = buf.bytes.saturating_sub(d.payload.len() + 64);
+                            if at.elapsed() > self.options.direct_buffer_age {
+                                expired += 1;
+                                continue;
+                            }
+                            break Some(d);
+                        }
+                        None => {
+                            buf.draining = false;
+                            break None;
+                        }
+                    }
+                };
+                (next, expired)
+            };
+            self.count_direct_dropped(peer, expired, "held longer than direct_buffer_ms");
+            let Some(d) = next else { break };
+            if h.send_direct(peer, &d).await.is_err() {
+                // Down again: back in front, and wait for the next link-up.
+                let mut inner = lock(&self.inner);
+                let buf = inner.directs.entry(peer.to_owned()).or_default();
+                buf.bytes += d.payload.len() + 64;
+                buf.queue.push_front((Instant::now(), d));
+                buf.draining = false;
+                break;
+            }
+            sent += 1;
+        }
+        if sent > 0 {
+            tracing::info!(%peer, sent, "delivered the direct messages held while the link was down");
         }
     }
 
@@ -581,14 +811,16 @@ impl Replicator {
                 Err(e) => tracing::warn!(%room, error = %e, "cannot withdraw interest; retrying"),
             }
         }
-        // Presence leases of the peers that are up.
+        // Presence leases of the peers that are up, and direct messages still held for them
+        // (a drain that failed half way).
         for peer in self.up_peers() {
-            if let Err(e) = self
-                .store
-                .renew_remote_region(&peer, self.options.presence_ttl)
-                .await
-            {
-                tracing::debug!(%peer, error = %e, "cannot renew the peer's presence lease");
+            self.renew_presence(&peer).await;
+            let waiting = lock(&self.inner)
+                .directs
+                .get(&peer)
+                .is_some_and(|b| !b.queue.is_empty() && !b.draining);
+            if waiting && self.heard_recently(&peer) {
+                self.drain_directs(&peer).await;
             }
         }
         // Peers down past the grace period.
@@ -607,6 +839,7 @@ impl Replicator {
         for peer in expired {
             self.declare_down(&peer).await;
         }
+        self.refollow_pending().await;
         if rescan {
             self.rescan_interest().await;
             for peer in self.up_peers() {
@@ -637,7 +870,12 @@ impl Replicator {
             tracing::warn!(%peer, error = %e, "cannot drop the region's presence; retrying");
             return;
         }
-        lock(&self.inner).declared_down.insert(peer.to_owned());
+        let held = {
+            let mut inner = lock(&self.inner);
+            inner.declared_down.insert(peer.to_owned());
+            inner.directs.remove(peer).map_or(0, |b| b.queue.len())
+        };
+        self.count_direct_dropped(peer, held as u64, "region declared down");
         if let Some(m) = self.metrics() {
             Metrics::peer_inc(&m.region_down, peer);
         }
@@ -779,6 +1017,21 @@ impl Replicator {
         peer: &str,
         since: Option<Position>,
     ) -> Option<Cursor> {
+        if let Some(joined) = since.and_then(|p| p.join_time()) {
+            // The peer has nothing of ours yet and has had members since `joined`: replay
+            // from just before then (less the clock-skew allowance), so every message
+            // published here after its members joined reaches them.
+            let from = joined.saturating_sub(self.options.join_skew.as_millis() as u64);
+            match self.store.position_before(room, from).await {
+                Ok((epoch, seq)) => {
+                    return self.send_snapshot(room, peer, Some((&epoch, seq))).await;
+                }
+                Err(e) => {
+                    tracing::warn!(%peer, %room, error = %e, "cannot find the join position; sending a snapshot as of now");
+                }
+            }
+            return self.send_snapshot(room, peer, None).await;
+        }
         if let Some(pos) = since {
             match self.store.read_local(room, pos.seq, 1).await {
                 Ok(batch) => {
@@ -1069,23 +1322,15 @@ impl Replicator {
     async fn send_interest_snapshot(&self, peer: &str) {
         let Some(h) = self.handle() else { return };
         let rooms: Vec<RoomId> = lock(&self.inner).interest.iter().cloned().collect();
-        let marks = match self.store.watermarks(peer, &rooms).await {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(%peer, error = %e, "cannot read watermarks; asking for snapshots");
-                vec![None; rooms.len()]
-            }
+        // Without the resume points, sending nothing is safer than asking for snapshots as
+        // of now (which would skip what lies between): the next period tries again.
+        let Some(points) = self.resume_points(peer, &rooms).await else {
+            return;
         };
         let follows = rooms
             .into_iter()
-            .zip(marks)
-            .map(|(room, mark)| Follow {
-                room,
-                since: mark.map(|(e, s)| Position {
-                    epoch: epoch_code(&e),
-                    seq: s,
-                }),
-            })
+            .zip(points)
+            .map(|(room, since)| Follow { room, since })
             .collect();
         if let Err(e) = h
             .send_control(peer, &Frame::InterestSnapshot { rooms: follows })
@@ -1120,11 +1365,25 @@ impl Replicator {
             }
             Err(e) => tracing::warn!(%peer, error = %e, "cannot read local presence"),
         }
-        if let Err(e) = self
-            .store
-            .renew_remote_region(peer, self.options.presence_ttl)
-            .await
-        {
+        self.renew_presence(peer).await;
+        self.drain_directs(peer).await;
+    }
+
+    /// Extends the lease of `peer`'s users here to `presence_ttl` after the last packet heard
+    /// from its relay: a region that dies (or is cut off) has its users hidden from
+    /// `presence` within `presence_ttl`, without waiting for the link to be declared down.
+    async fn renew_presence(&self, peer: &str) {
+        let Some(h) = self.handle() else { return };
+        let Some(heard) = h.last_heard(peer) else {
+            return;
+        };
+        let Some(left) = self.options.presence_ttl.checked_sub(heard.elapsed()) else {
+            return;
+        };
+        if left < Duration::from_millis(1) {
+            return;
+        }
+        if let Err(e) = self.store.renew_remote_region(peer, left).await {
             tracing::debug!(%peer, error = %e, "cannot renew the peer's presence lease");
         }
     }

@@ -464,6 +464,50 @@ async fn certificate_from_another_ca_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_without_a_client_certificate_is_refused_and_counted() {
+    use rustls::pki_types::pem::PemObject;
+    let pki = Pki::new();
+    let (us, stop) = us_relay(&pki, Arc::new(MemorySink::default())).await;
+    // A client that trusts the mesh CA and speaks our ALPN, but presents no certificate.
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(pki.ca.cert_pem().as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut crypto = rustls::ClientConfig::builder_with_provider(tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    crypto.alpn_protocols = vec![ALPN.to_vec()];
+    let client = quinn::ClientConfig::new(Arc::new(
+        quinn::crypto::rustls::QuicClientConfig::try_from(crypto).unwrap(),
+    ));
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let result: Result<(), Option<quinn::ConnectionError>> = match endpoint
+        .connect_with(client, us.quic_addr, &certs::region_dns_name(US))
+        .unwrap()
+        .await
+    {
+        Ok(conn) => match conn.open_bi().await {
+            Ok((mut send, _recv)) => {
+                let _ = send.write_all(b"x").await;
+                conn.closed().await;
+                Err(conn.close_reason())
+            }
+            Err(e) => Err(Some(e)),
+        },
+        Err(e) => Err(Some(e)),
+    };
+    assert!(result.is_err());
+    assert!(
+        wait_metric(|| us.handle.metrics().refused_count("certificate"), 1).await,
+        "a handshake without a client certificate is counted as refused (reason certificate)"
+    );
+    assert!(!us.handle.is_up(EU));
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn valid_certificate_of_a_region_outside_the_catalogue_is_refused() {
     let pki = Pki::new();
     let (us, stop) = us_relay(&pki, Arc::new(MemorySink::default())).await;

@@ -20,7 +20,7 @@ const EPOCH: &str = "k3v9x0qa";
 
 async fn store(redis: &RedisServer, region: &str) -> ReplicaStore {
     ReplicaStore::connect(ReplicaConfig {
-        url: redis.url(),
+        endpoint: region_state::RedisEndpoint::url(redis.url()),
         region: region.into(),
         history_len: 100,
         history_ttl: Duration::from_secs(600),
@@ -354,4 +354,72 @@ async fn a_publish_retried_in_another_region_is_applied_once() {
         .filter(|e| String::from_utf8_lossy(&e.frame).contains("\"type\":\"message\""))
         .count();
     assert_eq!(messages, 1);
+}
+
+/// The join-time resume point: the position just before the first history entry stamped at
+/// or after a moment, so a new follower gets everything appended since its members joined.
+#[tokio::test]
+async fn the_position_before_a_moment_covers_everything_appended_since() {
+    let redis = RedisServer::start().unwrap();
+    let ap = store(&redis, "ap").await;
+    let room = RoomId::new("stage").unwrap();
+    let snapshot = RemoteKind::Snapshot {
+        members: vec![(user("bob"), stamp(1))],
+        state: vec![],
+    };
+    assert_eq!(
+        ap.apply(&event(&room, 5, 0, snapshot)).await.unwrap(),
+        Applied::Applied
+    );
+    for (seq, prev) in [(7, 5), (8, 7)] {
+        assert_eq!(
+            ap.apply(&event(&room, seq, prev, message(seq)))
+                .await
+                .unwrap(),
+            Applied::Applied
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let cut = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    for (seq, prev) in [(10, 8), (11, 10)] {
+        assert_eq!(
+            ap.apply(&event(&room, seq, prev, message(seq)))
+                .await
+                .unwrap(),
+            Applied::Applied
+        );
+    }
+    let history = ap.read_local(&room, 0, 100).await.unwrap();
+    let seq_of = |n: u64| {
+        history
+            .entries
+            .iter()
+            .find(|e| {
+                std::str::from_utf8(&e.frame)
+                    .unwrap()
+                    .contains(&format!("{{\"n\":{n}}}"))
+            })
+            .map(|e| e.seq)
+            .unwrap()
+    };
+    let (epoch, at) = ap.position_before(&room, cut).await.unwrap();
+    assert_eq!(epoch, history.epoch);
+    assert_eq!(at, seq_of(8), "the last entry before the cut");
+    assert_eq!(
+        seq_of(10),
+        at + 1,
+        "replaying after it starts with the first one after"
+    );
+    // Before everything: from the start of the history; after everything: nothing to replay.
+    let (_, first) = ap.position_before(&room, 1).await.unwrap();
+    assert_eq!(first, history.oldest.unwrap() - 1);
+    let (_, last) = ap.position_before(&room, u64::MAX).await.unwrap();
+    assert_eq!(last, history.seq);
+    // No history at all: the current position.
+    let empty = RoomId::new("empty").unwrap();
+    assert_eq!(ap.position_before(&empty, cut).await.unwrap().1, 0);
 }

@@ -654,7 +654,12 @@ fn start_region(mesh: &mut Mesh, plan: &RegionPlan) -> Result<()> {
         let mut command = Command::new("redis-server");
         command
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            // Persistence as production runs it: a Redis restart keeps the region's rooms,
+            // history and watermarks (at most the last second of writes is lost, and the
+            // relays re-send what other regions published in it: docs/relay.md).
+            .args(["--save", "", "--appendonly", "yes"])
+            .args(["--appendfsync", "everysec"])
+            .args(["--protected-mode", "no"])
             .arg("--dir")
             .arg(&data);
         mesh.supervisor.spawn(&format!("{name}/redis"), command)?;

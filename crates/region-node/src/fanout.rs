@@ -124,11 +124,15 @@ pub struct Subscriber {
     floor: std::sync::OnceLock<HashMap<String, (String, u64)>>,
 }
 
-/// The `origin` of a replicated room event frame, if it has one.
+/// The `origin` of a replicated room event frame, if it has one: the frame's own top-level
+/// field, decoded (a client can put `"origin":{...}` anywhere inside its `data`).
 fn origin_of(frame: &str) -> Option<OriginPosition> {
-    let start = frame.find("\"origin\":{")? + "\"origin\":".len();
-    let end = start + frame[start..].find('}')?;
-    serde_json::from_str(&frame[start..=end]).ok()
+    #[derive(serde::Deserialize)]
+    struct Head {
+        #[serde(default)]
+        origin: Option<OriginPosition>,
+    }
+    serde_json::from_str::<Head>(frame).ok()?.origin
 }
 
 impl Subscriber {
@@ -448,6 +452,37 @@ mod tests {
         assert_eq!(got, 3);
         assert_eq!(origin_of("{}"), None);
         assert_eq!(origin_of(r#"{"origin":{"region":1}}"#), None);
+    }
+
+    #[test]
+    fn an_origin_planted_in_client_data_is_not_the_events_origin() {
+        let (o, mut rx) = outbox(16);
+        let sub = Subscriber::new(1, o);
+        sub.set_floor(&[OriginPosition {
+            region: "eu".into(),
+            epoch: "p0".into(),
+            seq: 18,
+        }]);
+        let e: Arc<str> = "e".into();
+        assert!(sub.go_live(10, "e"));
+        // A local message whose data imitates a replicated event the client has seen.
+        let planted = Utf8Bytes::from(
+            r#"{"type":"message","room":"r","from":"mallory","data":{"origin":{"region":"eu","epoch":"p0","seq":1}},"seq":11,"epoch":"e"}"#,
+        );
+        assert!(
+            sub.offer(11, &e, &planted),
+            "a local event is never seen elsewhere"
+        );
+        // A replicated event the client has not seen, with a planted origin before the real one.
+        let replicated = Utf8Bytes::from(
+            r#"{"type":"message","room":"r","from":"mallory","data":{"x":{"origin":{"region":"eu","epoch":"p0","seq":2}}},"origin":{"region":"eu","epoch":"p0","seq":19},"seq":12,"epoch":"e"}"#,
+        );
+        assert!(sub.offer(12, &e, &replicated), "decided by its own origin");
+        assert_eq!(std::iter::from_fn(|| rx.try_recv().ok()).count(), 2);
+        assert_eq!(
+            origin_of(r#"{"data":{"origin":{"region":"eu","epoch":"p0","seq":1}}}"#),
+            None
+        );
     }
 
     fn o_reason(sub: &Subscriber) -> Option<KickReason> {

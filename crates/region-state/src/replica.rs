@@ -18,10 +18,10 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::link::{LinkConn, PrimaryLink, RedisEndpoint, Resolver};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use meridian_protocol::{LeftReason, OriginPosition, RoomEventFrame, RoomId, UserId};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::StreamRangeReply;
 use redis::{AsyncCommands, Script};
 use serde_json::value::RawValue;
@@ -268,8 +268,9 @@ pub enum Feed {
 /// Where the relay's Redis is and the room settings the region's nodes use.
 #[derive(Debug, Clone)]
 pub struct ReplicaConfig {
-    /// `redis://host:port/db`.
-    pub url: String,
+    /// The region's primary: a URL, or Sentinel addresses and a master name (followed across
+    /// failovers, as the nodes' store does).
+    pub endpoint: RedisEndpoint,
     /// This region.
     pub region: String,
     /// The nodes' `history.len`.
@@ -279,6 +280,9 @@ pub struct ReplicaConfig {
     /// The nodes' `history.idempotency_window_secs`.
     pub idempotency_window: Duration,
 }
+
+/// Index of `mr:{room}:mh` (membership stamps) in the room's keys.
+const MH: usize = 9;
 
 /// The lease key naming the region's active relay.
 pub const ACTIVE_RELAY_KEY: &str = "meridian:relay:active";
@@ -298,8 +302,8 @@ return 1
 /// The relay's handle on its region's Redis.
 #[derive(Clone)]
 pub struct ReplicaStore {
-    client: redis::Client,
-    conn: ConnectionManager,
+    resolver: Arc<Resolver>,
+    link: Arc<PrimaryLink>,
     args: RoomArgs,
     scripts: Arc<Scripts>,
     hold: Arc<Script>,
@@ -346,20 +350,24 @@ fn parse_state(raw: &[String]) -> Vec<StateRecord> {
 }
 
 impl ReplicaStore {
-    /// Connects; the connection manager reconnects by itself after Redis restarts.
+    /// Connects to the primary (start-up fails if it cannot be reached). Like the nodes'
+    /// store it resolves the primary again on every reconnect and, with Sentinel, leaves a
+    /// server that Sentinel no longer names primary within a second; the feed follows.
     pub async fn connect(config: ReplicaConfig) -> StoreResult<Self> {
-        let client = redis::Client::open(config.url.as_str())?;
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(2)))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(1));
-        let conn = client
-            .get_connection_manager_with_config(manager_config)
-            .await?;
+        let resolver = Arc::new(Resolver::new(config.endpoint.clone())?);
+        let link = Arc::new(
+            PrimaryLink::connect(resolver.clone(), "relay", Duration::from_secs(2)).await?,
+        );
+        if resolver.is_sentinel() {
+            tokio::spawn(crate::link::follow_primary(
+                resolver.clone(),
+                vec![Arc::downgrade(&link)],
+                Duration::from_secs(1),
+            ));
+        }
         Ok(Self {
-            client,
-            conn,
+            resolver,
+            link,
             args: RoomArgs {
                 history_len: config.history_len,
                 history_ttl_ms: config.history_ttl.as_millis() as u64,
@@ -372,8 +380,8 @@ impl ReplicaStore {
         })
     }
 
-    fn conn(&self) -> ConnectionManager {
-        self.conn.clone()
+    fn conn(&self) -> LinkConn {
+        LinkConn::new(self.link.clone())
     }
 
     /// This region.
@@ -527,6 +535,76 @@ impl ReplicaStore {
         inv.arg(region).arg(room.as_str());
         let n: i64 = inv.invoke_async(&mut self.conn()).await?;
         Ok(usize::try_from(n).unwrap_or(0))
+    }
+
+    /// When the room's current members homed here joined, the earliest: the wall-clock
+    /// milliseconds of their oldest membership stamp (`mr:{room}:mh`). `None` without such
+    /// members. A region that starts following another's room asks for the history from
+    /// there, so a message published right after a join was acknowledged is not lost.
+    pub async fn local_join_time(&self, room: &RoomId) -> StoreResult<Option<u64>> {
+        let keys = RoomKeys::new(room);
+        let (reg, stamps): (
+            std::collections::HashMap<String, String>,
+            std::collections::HashMap<String, String>,
+        ) = redis::pipe()
+            .hgetall(&keys.keys[k::REG])
+            .hgetall(&keys.keys[MH])
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(reg
+            .iter()
+            .filter(|(_, region)| region.as_str() == self.region())
+            .filter_map(|(user, _)| stamps.get(user))
+            .filter_map(|s| Stamp::parse(s.split('|').next().unwrap_or_default()))
+            .map(|s| s.wall_ms)
+            .filter(|ms| *ms > 0)
+            .min())
+    }
+
+    /// The room's epoch and the position just before the first history entry stamped at or
+    /// after `wall_ms` (the newest entry's position when none is, the oldest kept entry's
+    /// predecessor when all are): replaying after it sends everything appended since
+    /// `wall_ms` that the history still holds. Reads newest first, 256 entries a call.
+    pub async fn position_before(&self, room: &RoomId, wall_ms: u64) -> StoreResult<(String, u64)> {
+        const PAGE: usize = 256;
+        let keys = RoomKeys::new(room);
+        let (epoch, seq): (Option<String>, Option<u64>) = redis::cmd("HMGET")
+            .arg(&keys.keys[k::META])
+            .arg("epoch")
+            .arg("seq")
+            .query_async(&mut self.conn())
+            .await?;
+        let epoch = epoch.unwrap_or_default();
+        let mut position = seq.unwrap_or(0);
+        let mut end = "+".to_owned();
+        loop {
+            let page: StreamRangeReply = redis::cmd("XREVRANGE")
+                .arg(&keys.keys[k::HIST])
+                .arg(&end)
+                .arg("-")
+                .arg("COUNT")
+                .arg(PAGE)
+                .query_async(&mut self.conn())
+                .await?;
+            let entries = stored_entries(&page)?;
+            for e in &entries {
+                let at = e
+                    .stamp
+                    .as_deref()
+                    .and_then(Stamp::parse)
+                    .map_or(0, |s| s.wall_ms);
+                if at < wall_ms {
+                    return Ok((epoch, e.seq.min(position)));
+                }
+                position = e.seq.saturating_sub(1);
+            }
+            match entries.last() {
+                Some(last) if entries.len() >= PAGE && last.seq > 1 => {
+                    end = format!("{}-0", last.seq - 1);
+                }
+                _ => return Ok((epoch, position)),
+            }
+        }
     }
 
     /// Rooms with local members (a connection count hash exists), by `SCAN`: the periodic
@@ -745,56 +823,111 @@ impl ReplicaStore {
     /// announcements and the relay pseudo-nodes' inboxes, reconnecting with backoff (and
     /// sending [`Feed::Resynced`] after each reconnect). Ends when `feed` closes.
     pub fn start_feed(&self, feed: mpsc::Sender<Feed>) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(feed_task(self.client.clone(), feed))
+        tokio::spawn(feed_task(self.resolver.clone(), self.link.watch(), feed))
     }
 }
 
-async fn feed_task(client: redis::Client, feed: mpsc::Sender<Feed>) {
+/// Follows the primary's pub/sub. Resubscribes on the primary named now after a lost
+/// connection, when the command link has moved to another server (a failover), and when a
+/// ping goes unanswered (a paused server or a half-open socket sends no FIN).
+async fn feed_task(
+    resolver: Arc<Resolver>,
+    mut primary: tokio::sync::watch::Receiver<(u64, String)>,
+    feed: mpsc::Sender<Feed>,
+) {
+    const OP_TIMEOUT: Duration = Duration::from_secs(2);
     let mut backoff = Duration::from_millis(50);
     let mut first = true;
     loop {
         let connected = async {
-            let (mut sink, stream) = client.get_async_pubsub().await?.split();
+            let client = resolver.primary().await?;
+            let address = client.get_connection_info().addr().to_string();
+            let pubsub = match tokio::time::timeout(OP_TIMEOUT, client.get_async_pubsub()).await {
+                Ok(p) => p?,
+                Err(_) => {
+                    return Err(redis::RedisError::from(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "pub/sub connect timed out",
+                    )))
+                }
+            };
+            let (mut sink, stream) = pubsub.split();
             sink.psubscribe("mr:{*}:ev").await?;
             sink.psubscribe(format!("mn:{{{RELAY_NODE_PREFIX}*}}:inbox"))
                 .await?;
             sink.subscribe(INTEREST_CHANNEL).await?;
             sink.subscribe(PRESENCE_CHANNEL).await?;
-            Ok::<_, redis::RedisError>((sink, stream))
+            Ok::<_, redis::RedisError>((sink, stream, address))
         }
         .await;
-        let (_sink, mut stream) = match connected {
+        let (mut sink, mut stream, address) = match connected {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e, "relay feed: cannot subscribe; retrying");
                 if feed.is_closed() {
                     return;
                 }
-                tokio::time::sleep(backoff).await;
+                // Retry after the backoff, or at once when the command link has found a
+                // primary (after a failover it usually finds it first).
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    changed = primary.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                    }
+                }
                 backoff = (backoff * 2).min(Duration::from_secs(2));
                 continue;
             }
         };
         backoff = Duration::from_millis(50);
+        primary.mark_unchanged();
         if !first && feed.send(Feed::Resynced).await.is_err() {
             return;
         }
         first = false;
-        while let Some(msg) = stream.next().await {
-            let item = parse_feed(msg.get_channel_name(), msg.get_payload_bytes());
-            match item {
-                Some(item) => {
-                    if feed.send(item).await.is_err() {
-                        return;
+        let mut ping = tokio::time::interval(Duration::from_secs(1));
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ping.tick().await;
+        loop {
+            tokio::select! {
+                msg = stream.next() => {
+                    let Some(msg) = msg else {
+                        tracing::warn!("relay feed: redis pub/sub connection lost; reconnecting");
+                        break;
+                    };
+                    match parse_feed(msg.get_channel_name(), msg.get_payload_bytes()) {
+                        Some(item) => {
+                            if feed.send(item).await.is_err() {
+                                return;
+                            }
+                        }
+                        None => tracing::debug!(
+                            channel = msg.get_channel_name(),
+                            "relay feed: ignoring a malformed message"
+                        ),
                     }
                 }
-                None => tracing::debug!(
-                    channel = msg.get_channel_name(),
-                    "relay feed: ignoring a malformed message"
-                ),
+                changed = primary.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let now = primary.borrow_and_update().1.clone();
+                    if now != address {
+                        tracing::warn!(from = %address, to = %now, "relay feed: the primary moved; resubscribing there");
+                        break;
+                    }
+                }
+                _ = ping.tick() => {
+                    let pinged = tokio::time::timeout(OP_TIMEOUT, sink.ping::<redis::Value>()).await;
+                    if !matches!(pinged, Ok(Ok(_))) {
+                        tracing::warn!("relay feed: redis pub/sub ping unanswered; reconnecting");
+                        break;
+                    }
+                }
             }
         }
-        tracing::warn!("relay feed: redis pub/sub connection lost; reconnecting");
         if feed.is_closed() {
             return;
         }

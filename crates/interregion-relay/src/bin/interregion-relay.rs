@@ -133,15 +133,16 @@ async fn serve(p: Prepared, config: RelayConfig) -> anyhow::Result<()> {
         )
         .await;
     };
+    let endpoint = redis.endpoint();
     let store = ReplicaStore::connect(ReplicaConfig {
-        url: redis.url.clone(),
+        endpoint: endpoint.clone(),
         region: config.region.clone(),
         history_len: redis.history_len,
         history_ttl: Duration::from_secs(redis.history_ttl_secs),
         idempotency_window: Duration::from_secs(redis.idempotency_window_secs),
     })
     .await
-    .with_context(|| format!("cannot connect to Redis at {}", redis.url))?;
+    .with_context(|| format!("cannot connect to Redis at {endpoint:?}"))?;
     let relay_id = region_state::random_token(12);
     let ttl = Duration::from_millis(config.lease.ttl_ms);
     let renew = Duration::from_millis(config.lease.renew_ms);
@@ -154,10 +155,40 @@ async fn serve(p: Prepared, config: RelayConfig) -> anyhow::Result<()> {
     let standby_stop = CancellationToken::new();
     let standby = tokio::spawn(standby_http(http, standby_stop.clone()));
     let mut announced = false;
-    loop {
+    let mut waiting_for_port = false;
+    let socket = loop {
         match store.hold_active(&relay_id, ttl).await {
-            Ok(true) => break,
+            Ok(true) => {
+                if !waiting_for_port {
+                    tracing::info!(%relay_id, "holding the active-relay lease");
+                }
+                // The previous active relay may still hold the region's QUIC port: frozen
+                // (SIGSTOP, a stalled VM) with its lease expired. It steps down when it wakes
+                // (its next renewal finds the lease taken); meanwhile keep the lease and try
+                // again every renewal, rather than exit and leave the region without a relay.
+                match std::net::UdpSocket::bind(p.listen) {
+                    Ok(socket) => break socket,
+                    Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                        if !waiting_for_port {
+                            tracing::warn!(listen = %p.listen, "holding the lease, but the QUIC port is still taken (a frozen predecessor?): retrying every renewal");
+                            waiting_for_port = true;
+                        }
+                    }
+                    Err(e) => {
+                        standby_stop.cancel();
+                        let _ = standby.await;
+                        return Err(anyhow::Error::from(e)
+                            .context(format!("cannot bind QUIC on {}", p.listen)));
+                    }
+                }
+            }
             Ok(false) => {
+                if waiting_for_port {
+                    tracing::warn!(
+                        "lost the lease while waiting for the QUIC port: standing by again"
+                    );
+                    waiting_for_port = false;
+                }
                 if !announced {
                     println!("standby on http {http_addr}");
                     tracing::info!(%relay_id, "another relay is active: standing by");
@@ -171,24 +202,30 @@ async fn serve(p: Prepared, config: RelayConfig) -> anyhow::Result<()> {
             _ = term.recv() => {
                 standby_stop.cancel();
                 let _ = standby.await;
+                if waiting_for_port {
+                    let _ = store.release_active(&relay_id).await;
+                }
                 return Ok(());
             }
             _ = tokio::signal::ctrl_c() => {
                 standby_stop.cancel();
                 let _ = standby.await;
+                if waiting_for_port {
+                    let _ = store.release_active(&relay_id).await;
+                }
                 return Ok(());
             }
         }
+    };
+    if waiting_for_port {
+        tracing::info!(listen = %p.listen, "the QUIC port is free again");
     }
-    tracing::info!(%relay_id, "holding the active-relay lease");
     standby_stop.cancel();
     let _ = standby.await;
     // The standby server has released the port; the same address again (SO_REUSEADDR).
     let http = tokio::net::TcpListener::bind(http_addr)
         .await
         .with_context(|| format!("cannot listen for HTTP on {http_addr}"))?;
-    let socket = std::net::UdpSocket::bind(p.listen)
-        .with_context(|| format!("cannot bind QUIC on {}", p.listen))?;
     let peers: Vec<String> = p
         .mesh
         .regions
@@ -303,7 +340,12 @@ async fn standby_http(listener: tokio::net::TcpListener, stop: CancellationToken
     use axum::routing::get;
     let app = axum::Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(|| async { "standby\n" }))
+        // Only the active relay is ready: the balancers' health checks (terraform) send the
+        // region's QUIC traffic to the relay whose /readyz is 200.
+        .route(
+            "/readyz",
+            get(|| async { (axum::http::StatusCode::SERVICE_UNAVAILABLE, "standby\n") }),
+        )
         .route(
             "/metrics",
             get(|| async {
