@@ -231,6 +231,25 @@ pub struct Limits {
     /// at once; more are shed like excess accepts. 0 (the default) is no cap: see
     /// `admission` for why the rate alone is the better default.
     pub max_handshakes: usize,
+    /// Connections that have not finished `hello` yet (from the TCP accept on: silent sockets,
+    /// unfinished upgrades, upgraded but unauthenticated) held at once. More are closed at
+    /// accept. While they are over half of this, the upgrade and hello deadlines shrink to
+    /// `timing.pressure_timeout_ms`. 0 is no cap.
+    pub max_unauthenticated: usize,
+    /// The same, per source address (an IPv4 address or an IPv6 /64): one source cannot take
+    /// the unauthenticated budget from everyone else. 0 is no cap.
+    pub max_unauthenticated_per_source: usize,
+    /// New WebSocket connections one source may open per second before the node-wide rate
+    /// (`accept_per_second`) is charged; beyond it the source's attempts are shed
+    /// (`overloaded`) without spending the node-wide budget. 0 turns the per-source rate off.
+    pub accept_per_source_per_second: f64,
+    /// The per-source burst.
+    pub accept_per_source_burst: f64,
+    /// Balancers whose connections carry many users (HAProxy in `mode http`, a cloud proxy):
+    /// IPs or CIDR blocks (`10.0.0.0/8`). For their connections the source is the last
+    /// address of `X-Forwarded-For` (when present) and the per-source caps are applied at the
+    /// upgrade instead of at the TCP accept. Empty: every peer is a client.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for Limits {
@@ -247,6 +266,11 @@ impl Default for Limits {
             accept_burst: 500.0,
             max_connections: 20_000,
             max_handshakes: 0,
+            max_unauthenticated: 4_096,
+            max_unauthenticated_per_source: 64,
+            accept_per_source_per_second: 100.0,
+            accept_per_source_burst: 200.0,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -279,6 +303,13 @@ pub struct Timing {
     /// over the time it needs to admit the current backlog at `limits.accept_per_second`,
     /// capped here.
     pub shed_reconnect_max_ms: u64,
+    /// A TCP connection must have sent a complete HTTP request (the WebSocket upgrade) within
+    /// this, or it is closed: a silent socket cannot hold a node's file descriptor forever.
+    pub upgrade_timeout_ms: u64,
+    /// Under pressure (unauthenticated connections over half of
+    /// `limits.max_unauthenticated`), the upgrade and `hello` deadlines of new connections
+    /// are this instead.
+    pub pressure_timeout_ms: u64,
 }
 
 impl Default for Timing {
@@ -295,6 +326,8 @@ impl Default for Timing {
             drain_reconnect_max_ms: 2_000,
             shed_reconnect_min_ms: 200,
             shed_reconnect_max_ms: 10_000,
+            upgrade_timeout_ms: 10_000,
+            pressure_timeout_ms: 1_000,
         }
     }
 }
@@ -330,8 +363,15 @@ impl Default for History {
 pub struct NodeConfig {
     /// The region this node serves (a file name in `regions/`).
     pub region: String,
-    /// Address for WebSocket and HTTP (`/v1/ws`, `/healthz`, `/readyz`, `/metrics`).
+    /// Address for clients: `/v1/ws` (and `/healthz`, `/readyz`, `/metrics` too when there is
+    /// no `ops_listen`).
     pub listen: SocketAddr,
+    /// Address for operations: `/healthz`, `/readyz`, `/metrics`. Set it in production: a
+    /// client port saturated by sockets cannot then hide a healthy node from its balancer, and
+    /// `/metrics` and `/readyz` are not reachable through the public balancer. With it set, the
+    /// client port serves `/v1/ws` only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ops_listen: Option<SocketAddr>,
     /// Shared HS256 secret for connection tokens (at least 16 bytes).
     pub token_secret: String,
     /// Regional state.
@@ -371,6 +411,7 @@ impl NodeConfig {
         Self {
             region: region.into(),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            ops_listen: None,
             token_secret: token_secret.into(),
             store: StoreConfig::Memory,
             limits: Limits::default(),
@@ -448,6 +489,26 @@ impl NodeConfig {
         }
         if t.shed_reconnect_min_ms == 0 || t.shed_reconnect_min_ms > t.shed_reconnect_max_ms {
             return fail("timing: need 0 < shed_reconnect_min_ms <= shed_reconnect_max_ms".into());
+        }
+        if t.upgrade_timeout_ms == 0 || t.pressure_timeout_ms == 0 {
+            return fail("timing.upgrade_timeout_ms and timing.pressure_timeout_ms must be > 0".into());
+        }
+        if l.accept_per_source_per_second < 0.0
+            || (l.accept_per_source_per_second > 0.0 && l.accept_per_source_burst < 1.0)
+        {
+            return fail(
+                "limits.accept_per_source_per_second must be >= 0 and limits.accept_per_source_burst >= 1".into(),
+            );
+        }
+        for p in &l.trusted_proxies {
+            if crate::admission::IpBlock::parse(p).is_none() {
+                return fail(format!(
+                    "limits.trusted_proxies: {p:?} is not an IP address or CIDR block"
+                ));
+            }
+        }
+        if self.ops_listen.is_some_and(|o| o == self.listen && o.port() != 0) {
+            return fail("ops_listen must differ from listen".into());
         }
         if self.history.len == 0 || self.history.max_replay == 0 {
             return fail("history.len and history.max_replay must be at least 1".into());

@@ -11,7 +11,6 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::serve::ListenerExt;
 use axum::Router;
 use meridian_protocol::token::TokenVerifier;
 use region_state::{
@@ -90,8 +89,10 @@ impl Node {
 /// A started node: its address and a handle to wait for it.
 #[derive(Debug)]
 pub struct RunningNode {
-    /// The bound address.
+    /// The bound client address.
     pub addr: SocketAddr,
+    /// The bound operations address (`ops_listen`), if there is one.
+    pub ops_addr: Option<SocketAddr>,
     /// The node's id in the store.
     pub node_id: NodeId,
     /// Resolves when the node has fully stopped.
@@ -142,6 +143,11 @@ pub async fn start_with_store(
 ) -> Result<RunningNode, NodeError> {
     store.renew_lease().await?;
     let addr = listener.local_addr()?;
+    let ops = match config.ops_listen {
+        Some(at) => Some(TcpListener::bind(at).await?),
+        None => None,
+    };
+    let ops_addr = ops.as_ref().map(TcpListener::local_addr).transpose()?;
     let node_id = store.node().clone();
     let node = Arc::new(Node {
         admission: Admission::new(&config),
@@ -156,10 +162,11 @@ pub async fn start_with_store(
         closing: Signal::new(),
         sessions: TaskTracker::new(),
     });
-    tracing::info!(%addr, node = %node_id, region = %node.config.region, "region node serving");
-    let done = tokio::spawn(run(node, listener, inbound, shutdown));
+    tracing::info!(%addr, ?ops_addr, node = %node_id, region = %node.config.region, "region node serving");
+    let done = tokio::spawn(run(node, listener, ops, inbound, shutdown));
     Ok(RunningNode {
         addr,
+        ops_addr,
         node_id,
         done,
     })
@@ -168,6 +175,7 @@ pub async fn start_with_store(
 async fn run(
     node: Arc<Node>,
     listener: TcpListener,
+    ops: Option<TcpListener>,
     inbound: mpsc::Receiver<Inbound>,
     shutdown: CancellationToken,
 ) -> Result<(), NodeError> {
@@ -178,27 +186,31 @@ async fn run(
     background.spawn(reap_loop(node.clone(), loops.clone()));
     background.close();
 
-    let app = Router::new()
-        .route("/v1/ws", get(ws_upgrade))
+    // The ops listener outlives the drain: balancers see `/readyz` 503 until the end.
+    let ops_stop = CancellationToken::new();
+    let ops_app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(node.clone());
-    let server_stop = shutdown.clone();
-    let server = tokio::spawn(async move {
-        // Signaling frames are small and latency-bound: no Nagle delay.
-        let listener = listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-            }
-        });
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(server_stop.cancelled_owned())
-        .await
-    });
+    let client_app = Router::new()
+        .route("/v1/ws", get(ws_upgrade))
+        .with_state(node.clone());
+    let (client_app, ops_server) = match ops {
+        // Health and metrics on their own listener: a client port saturated by sockets
+        // cannot hide a healthy node from its balancer.
+        Some(ops) => {
+            let server = tokio::spawn(serve_ops(node.clone(), ops, ops_app, ops_stop.clone()));
+            (client_app, Some(server))
+        }
+        None => (client_app.merge(ops_app), None),
+    };
+    let server = tokio::spawn(serve_clients(
+        node.clone(),
+        listener,
+        client_app,
+        shutdown.clone(),
+    ));
 
     shutdown.cancelled().await;
     let deadline = Duration::from_millis(node.config.timing.drain_deadline_ms);
@@ -239,10 +251,14 @@ async fn run(
             clean = false;
         }
     }
-    match server.await {
-        Ok(Err(e)) => tracing::warn!(error = %e, "server error during shutdown"),
-        Err(e) => tracing::warn!(error = %e, "server task failed"),
-        Ok(Ok(())) => {}
+    if let Err(e) = server.await {
+        tracing::warn!(error = %e, "server task failed");
+    }
+    ops_stop.cancel();
+    if let Some(ops) = ops_server {
+        if let Err(e) = ops.await {
+            tracing::warn!(error = %e, "ops server task failed");
+        }
     }
     loops.cancel();
     background.wait().await;
@@ -260,6 +276,259 @@ async fn run(
     Ok(())
 }
 
+/// File descriptors kept free below the soft limit for everything but client sockets: Redis
+/// reconnects, the ops listener's health checks, logs.
+const FD_HEADROOM: u64 = 64;
+
+/// How many client sockets this process can hold: the soft `RLIMIT_NOFILE` less what is
+/// open now and [`FD_HEADROOM`]. `None` when the limit cannot be read (no cap then).
+fn client_fd_budget() -> Option<usize> {
+    let (soft, _) = rlimit::Resource::NOFILE.get().ok()?;
+    let open = std::fs::read_dir("/proc/self/fd").ok()?.count() as u64;
+    let budget = soft.saturating_sub(open).saturating_sub(FD_HEADROOM);
+    usize::try_from(budget).ok()
+}
+
+/// Whether an accept error means the process (or system) is out of file descriptors.
+fn out_of_fds(e: &std::io::Error) -> bool {
+    // EMFILE (24), ENFILE (23).
+    matches!(e.raw_os_error(), Some(23) | Some(24))
+}
+
+/// A file held open so that, at the fd limit, it can be closed to make room for one accept.
+fn reserve_fd() -> Option<std::fs::File> {
+    std::fs::File::open("/dev/null").ok()
+}
+
+/// The fd-limit state of the client listener: log once on entering, once on leaving.
+struct FdLimit {
+    hit: bool,
+}
+
+impl FdLimit {
+    fn enter(&mut self, node: &Node, why: &str) {
+        node.metrics.refused("fd_limit");
+        if !self.hit {
+            self.hit = true;
+            node.metrics.at_fd_limit.set(1);
+            tracing::warn!(
+                why,
+                sockets = node.metrics.connections.get(),
+                "at the file-descriptor limit: closing new client connections at once until \
+                 sockets are freed (raise LimitNOFILE / ulimit -n)"
+            );
+        }
+    }
+
+    fn leave(&mut self, node: &Node) {
+        if self.hit {
+            self.hit = false;
+            node.metrics.at_fd_limit.set(0);
+            tracing::info!("below the file-descriptor limit again: accepting clients");
+        }
+    }
+}
+
+/// Counts a client socket from its accept until its HTTP connection (and the WebSocket
+/// session it upgraded to, if any) ends.
+struct SocketSlot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for SocketSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The client listener: `/v1/ws` (plus the ops routes when there is no ops listener).
+///
+/// Every connection must send a complete request within `timing.upgrade_timeout_ms` (1 s under
+/// pressure), counts against the unauthenticated budget of its source from the accept on, and
+/// is closed at once when the process is at its file-descriptor budget: the node logs once,
+/// counts `refused_connections{reason="fd_limit"}`, and recovers by itself as sockets close.
+async fn serve_clients(
+    node: Arc<Node>,
+    listener: TcpListener,
+    app: Router,
+    stop: CancellationToken,
+) {
+    let budget = client_fd_budget();
+    if let Some(b) = budget {
+        tracing::info!(client_sockets = b, "client socket budget from the open-files limit");
+    }
+    let sockets = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut reserve = reserve_fd();
+    let mut limit = FdLimit { hit: false };
+    loop {
+        if reserve.is_none() {
+            reserve = reserve_fd();
+        }
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) if out_of_fds(&e) => {
+                limit.enter(&node, "accept failed: EMFILE");
+                // Free the reserve, take the waiting connection and close it: the client
+                // learns at once instead of hanging in the backlog.
+                reserve = None;
+                if let Ok((shed, _)) = listener.accept().await {
+                    drop(shed);
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                continue;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                continue;
+            }
+        };
+        let held = sockets.load(Ordering::Relaxed);
+        if budget.is_some_and(|b| held >= b) {
+            limit.enter(&node, "client socket budget spent");
+            drop(stream);
+            continue;
+        }
+        limit.leave(&node);
+        // Behind a trusted proxy the source is known only from the request: its budget is
+        // taken at the upgrade.
+        let unauthenticated = if node.admission.is_trusted_proxy(peer.ip()) {
+            None
+        } else {
+            match node.admission.open_unauthenticated(peer.ip()) {
+                Ok(u) => Some(u),
+                Err(reason) => {
+                    node.metrics.refused(reason);
+                    tracing::debug!(%peer, reason, "refusing an unauthenticated connection");
+                    drop(stream);
+                    continue;
+                }
+            }
+        };
+        node.metrics
+            .unauthenticated
+            .set(node.admission.unauthenticated() as i64);
+        sockets.fetch_add(1, Ordering::Relaxed);
+        let slot = SocketSlot(sockets.clone());
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+        let timeout = node.admission.upgrade_timeout();
+        let pending = PendingAuth(Arc::new(std::sync::Mutex::new(unauthenticated)));
+        let conn = serve_http(
+            node.clone(),
+            stream,
+            peer,
+            app.clone(),
+            timeout,
+            Some(pending),
+            slot,
+        );
+        tokio::spawn(conn);
+    }
+}
+
+/// The ops listener: `/healthz`, `/readyz`, `/metrics`. It keeps a reserve descriptor of its
+/// own, so a health check is answered even when client sockets have taken every descriptor.
+async fn serve_ops(node: Arc<Node>, listener: TcpListener, app: Router, stop: CancellationToken) {
+    let mut reserve = reserve_fd();
+    let timeout = Duration::from_millis(node.config.timing.upgrade_timeout_ms);
+    let counter = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    loop {
+        if reserve.is_none() {
+            reserve = reserve_fd();
+        }
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                counter.fetch_add(1, Ordering::Relaxed);
+                let slot = SocketSlot(counter.clone());
+                tokio::spawn(serve_http(
+                    node.clone(),
+                    stream,
+                    peer,
+                    app.clone(),
+                    timeout,
+                    None,
+                    slot,
+                ));
+            }
+            Err(e) if out_of_fds(&e) && reserve.is_some() => {
+                // Give the reserve to the health check waiting in the backlog.
+                reserve = None;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "ops accept failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+/// A connection's unit of the unauthenticated budget, handed from the accept to the upgrade
+/// through the request's extensions (the upgrade moves it into the session's handshake).
+#[derive(Clone)]
+struct PendingAuth(Arc<std::sync::Mutex<Option<crate::admission::Unauthenticated>>>);
+
+impl PendingAuth {
+    fn take(&self) -> Option<crate::admission::Unauthenticated> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+/// Serves one HTTP/1.1 connection: every request's head must arrive within `timeout` (hyper's
+/// header read timeout, which also runs while a fresh connection is silent).
+async fn serve_http(
+    node: Arc<Node>,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    app: Router,
+    timeout: Duration,
+    pending: Option<PendingAuth>,
+    slot: SocketSlot,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tower_service::Service;
+    let slot = Arc::new(slot);
+    let pending_in_requests = pending.clone();
+    let service = hyper::service::service_fn(move |mut req: axum::extract::Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(ConnectInfo(peer));
+        req.extensions_mut().insert(slot.clone());
+        if let Some(p) = &pending_in_requests {
+            req.extensions_mut().insert(p.clone());
+        }
+        let mut app = app.clone();
+        async move { app.call(req).await }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeout)
+        .keep_alive(true);
+    let served = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades()
+        .await;
+    if let Err(e) = served {
+        if e.is_timeout() {
+            node.metrics.refused("upgrade_timeout");
+            tracing::debug!(%peer, "closing a connection without a complete request in time");
+        } else {
+            tracing::debug!(%peer, error = %e, "http connection ended with an error");
+        }
+    }
+    // An unauthenticated unit not taken by an upgrade goes with the connection.
+    drop(pending);
+    node.metrics
+        .unauthenticated
+        .set(node.admission.unauthenticated() as i64);
+}
+
 /// Initial WebSocket read/write buffer per connection.
 const WS_BUFFER_BYTES: usize = 8 * 1024;
 
@@ -269,6 +538,9 @@ const READ_BUFFER_BYTES: usize = 1024;
 async fn ws_upgrade(
     State(node): State<Arc<Node>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: axum::http::HeaderMap,
+    pending: Option<axum::Extension<PendingAuth>>,
+    slot: Option<axum::Extension<Arc<SocketSlot>>>,
     ws: WebSocketUpgrade,
 ) -> Response {
     if node.draining.is_fired() {
@@ -280,18 +552,43 @@ async fn ws_upgrade(
         .max_frame_bytes
         .saturating_mul(4)
         .max(64 * 1024);
+    // The user's address: the peer, or behind a trusted proxy the last X-Forwarded-For hop.
+    let trusted = node.admission.is_trusted_proxy(peer.ip());
+    let source = if trusted {
+        forwarded_for(&headers).unwrap_or(peer.ip())
+    } else {
+        peer.ip()
+    };
+    let unauthenticated = match pending.and_then(|p| p.0.take()) {
+        Some(u) => Some(u),
+        None if trusted => match node.admission.open_unauthenticated(source) {
+            Ok(u) => Some(u),
+            Err(reason) => {
+                node.metrics.refused(reason);
+                node.metrics.shed_connections.inc();
+                let after_ms = node.config.timing.shed_reconnect_min_ms;
+                return shed_upgrade(ws, after_ms);
+            }
+        },
+        None => None,
+    };
     let open = usize::try_from(node.metrics.connections.get()).unwrap_or(0);
-    let handshake = match node.admission.admit(open) {
+    let handshake = match node.admission.admit(open, source, unauthenticated) {
         Ok(handshake) => handshake,
         Err(Shed { after_ms, why }) => {
             node.metrics.shed_connections.inc();
-            tracing::debug!(%peer, after_ms, why, "shedding a connection attempt");
+            if why == "source_rate" {
+                node.metrics.refused(why);
+            }
+            tracing::debug!(%peer, %source, after_ms, why, "shedding a connection attempt");
             // Upgrade and say why, so the client gets a `reconnect` it understands; the
             // session costs nothing in the store (no hello was processed).
             return shed_upgrade(ws, after_ms);
         }
     };
     let tracker = node.sessions.clone();
+    // The socket stays counted against the fd budget while its session lives.
+    let slot = slot.map(|s| s.0);
     // tungstenite starts every connection with 128 KiB read and write buffers; signaling
     // frames are small, and the buffers grow when a large frame needs it. Small initial
     // buffers keep a node with thousands of sockets (a reconnect storm) at ~20 KiB each.
@@ -303,8 +600,22 @@ async fn ws_upgrade(
         .max_message_size(hard_limit)
         .max_frame_size(hard_limit)
         .on_upgrade(move |socket| {
-            tracker.track_future(crate::session::serve(node, socket, peer, handshake))
+            tracker.track_future(async move {
+                crate::session::serve(node, socket, peer, handshake).await;
+                drop(slot);
+            })
         })
+}
+
+/// The last address of `X-Forwarded-For` (the one the trusted proxy appended).
+fn forwarded_for(headers: &axum::http::HeaderMap) -> Option<std::net::IpAddr> {
+    let last = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .last()?;
+    last.trim().parse().ok()
 }
 
 fn shed_upgrade(ws: WebSocketUpgrade, after_ms: u64) -> Response {
