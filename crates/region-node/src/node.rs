@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use meridian_protocol::token::TokenVerifier;
+use meridian_protocol::{LeftReason, RoomId};
 use region_state::{
     Inbound, MemoryRegion, NodeId, Recovery, RedisStore, RedisStoreConfig, StateStore, StoreError,
 };
@@ -60,6 +61,9 @@ pub struct Node {
     pub admission: Admission,
     /// Wakes the lease loop to renew at once (after the store reconnected).
     pub renew_now: tokio::sync::Notify,
+    /// Since when the lease has been renewed without a break (and re-asserted if it had
+    /// lapsed); `None` while it is not. The reaper runs only after a full lease TTL of this.
+    lease_healthy_since: std::sync::Mutex<Option<Instant>>,
     sessions: TaskTracker,
 }
 
@@ -152,6 +156,8 @@ pub async fn start_with_store(
     let node = Arc::new(Node {
         admission: Admission::new(&config),
         renew_now: tokio::sync::Notify::new(),
+        // A fresh node has just renewed: it may reap at once (the TTL wait is for recoveries).
+        lease_healthy_since: std::sync::Mutex::new(Instant::now().checked_sub(Duration::from_millis(config.timing.lease_ttl_ms))),
         verifier: TokenVerifier::new(config.token_secret.as_bytes()),
         metrics: Metrics::new(&config.region),
         config: Arc::new(config),
@@ -761,32 +767,89 @@ async fn catch_up(node: Arc<Node>) {
     );
 }
 
+fn set_lease_healthy(node: &Node, healthy: bool) {
+    let mut since = node
+        .lease_healthy_since
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if !healthy {
+        *since = None;
+    } else if since.is_none() {
+        *since = Some(Instant::now());
+    }
+}
+
+/// Renews the node's lease. While Redis is away, clients stay connected (their requests fail
+/// with `unavailable`); when it answers again and the lease had lapsed — another node may have
+/// reaped this node's members meanwhile — [`reassert`] writes every local session's presence
+/// and memberships again.
 async fn lease_loop(node: Arc<Node>, stop: CancellationToken) {
     let ttl = Duration::from_millis(node.config.timing.lease_ttl_ms);
     let mut tick = tokio::time::interval(Duration::from_millis(node.config.timing.lease_renew_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut renewed = Instant::now();
-    let mut fenced = false;
-    let mut failing = false;
+    let mut lapsed = false;
+    let mut failing_since: Option<Instant> = None;
+    let mut last_warning: Option<Instant> = None;
+    let mut reasserting: Option<tokio::task::JoinHandle<Result<Reasserted, StoreError>>> = None;
     loop {
         // While renewals fail, retry every 200 ms: a failover's new primary should see this
         // node's lease as soon as it is reachable, well before the lease runs out.
         let retry = tokio::time::sleep(Duration::from_millis(200));
         tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => {
+                if let Some(task) = reasserting.take() {
+                    task.abort();
+                }
+                return;
+            }
             _ = tick.tick() => {}
             _ = node.renew_now.notified() => {}
-            _ = retry, if failing => {}
+            _ = retry, if failing_since.is_some() || reasserting.is_some() => {}
         }
-        match node.timed("renew_lease", node.store.renew_lease()).await {
-            Ok(()) => {
-                failing = false;
-                if fenced {
-                    tracing::info!("lease renewed again; serving");
-                    fenced = false;
+        if let Some(task) = reasserting.take_if(|t| t.is_finished()) {
+            match task.await {
+                Ok(Ok(r)) => {
+                    node.metrics.lease_reasserts.inc();
+                    tracing::info!(
+                        connections = r.connections,
+                        memberships = r.memberships,
+                        rejoined = r.rejoined,
+                        removed = r.removed,
+                        "re-asserted this node's sessions after the lease lapsed"
+                    );
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "re-asserting sessions failed; retrying");
+                    lapsed = true;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "re-assert task failed; retrying");
+                    lapsed = true;
+                }
+            }
+        }
+        match node.timed("renew_lease", node.store.renew_lease_checked()).await {
+            Ok(alive) => {
+                if let Some(since) = failing_since.take() {
+                    tracing::info!(
+                        down_ms = since.elapsed().as_millis() as u64,
+                        "lease renewed again"
+                    );
+                }
+                node.metrics.redis_up.set(1);
+                if !alive || renewed.elapsed() >= ttl {
+                    lapsed = true;
                 }
                 renewed = Instant::now();
-                node.metrics.redis_up.set(1);
+                if lapsed && reasserting.is_none() {
+                    lapsed = false;
+                    set_lease_healthy(&node, false);
+                    tracing::warn!("this node's lease had lapsed: re-asserting its sessions");
+                    reasserting = Some(tokio::spawn(reassert(node.clone())));
+                } else if reasserting.is_none() {
+                    set_lease_healthy(&node, true);
+                }
                 // Keep this node's connection count current for the region's load report.
                 let mine = u64::try_from(node.metrics.connections.get()).unwrap_or(0);
                 if let Err(e) = node.store.region_load(mine).await {
@@ -794,22 +857,112 @@ async fn lease_loop(node: Arc<Node>, stop: CancellationToken) {
                 }
             }
             Err(e) => {
-                failing = true;
+                failing_since.get_or_insert_with(Instant::now);
+                set_lease_healthy(&node, false);
                 node.metrics.redis_up.set(0);
-                tracing::warn!(error = %e, "lease renewal failed");
-                // Past the TTL another node may already have reaped our members: clients must
-                // resume (here or elsewhere) so their memberships are written again.
-                if !fenced && renewed.elapsed() >= ttl {
-                    fenced = true;
-                    let n = node.local.kick_all(crate::fanout::KickReason::LeaseLost);
+                if last_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
+                    last_warning = Some(Instant::now());
+                    tracing::warn!(error = %e, "lease renewal failed; clients stay connected, requests fail with `unavailable` until Redis answers");
+                }
+                if !lapsed && renewed.elapsed() >= ttl {
+                    // Another node may reap this node's members now. Clients stay: once Redis
+                    // answers, the node writes their presence and memberships again.
+                    lapsed = true;
                     tracing::warn!(
-                        connections = n,
-                        "lease expired: telling every client to reconnect"
+                        connections = node.metrics.connections.get(),
+                        "lease expired while Redis is away; keeping clients, will re-assert them"
                     );
                 }
             }
         }
     }
+}
+
+/// What [`reassert`] wrote or removed.
+#[derive(Debug, Default)]
+struct Reasserted {
+    connections: usize,
+    memberships: usize,
+    rejoined: usize,
+    removed: usize,
+}
+
+/// After the node's lease lapsed: waits for any reaper that claimed this node, then writes
+/// every local connection's presence and live memberships again (a membership the reaper
+/// removed comes back with a `joined` event), and finally removes entries of connections that
+/// closed while Redis was away (their own clean-up gave up). Every step is idempotent.
+async fn reassert(node: Arc<Node>) -> Result<Reasserted, StoreError> {
+    use region_state::ConnRef;
+    let store = &node.store;
+    let waited = Instant::now();
+    // A reaper's claim expires after 30 s even if it died mid-way.
+    while store.reaping_in_progress().await? && waited.elapsed() < Duration::from_secs(35) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let newest = node.next_conn.load(Ordering::Relaxed);
+    let mut done = Reasserted::default();
+    for (user, conn_no, rooms) in node.local.connections() {
+        let conn = ConnRef {
+            node: store.node().clone(),
+            conn: conn_no,
+            user,
+        };
+        store.connect(&conn).await?;
+        done.connections += 1;
+        for room in rooms {
+            // Unlimited: the connection was admitted to the room before.
+            let joined = store.join(&room, &conn, 0).await?;
+            done.memberships += 1;
+            if joined.first {
+                done.rejoined += 1;
+            }
+            if !node.local.has_subscriber(&room, conn_no) {
+                // It left while we wrote it back.
+                store.leave(&room, &conn, LeftReason::Leave).await?;
+            }
+        }
+        if !node.local.has_conn(conn_no) {
+            store.disconnect(&conn).await?;
+        }
+    }
+    // Entries of connections that are gone. Look twice, a few seconds apart, so a hello or
+    // join in flight (its index entry is written before the node registers it locally) is
+    // never taken for an orphan.
+    let orphans = |index: Vec<(u64, meridian_protocol::UserId, Option<RoomId>)>| {
+        index
+            .into_iter()
+            .filter(|(conn, _, room)| {
+                *conn <= newest
+                    && match room {
+                        Some(room) => !node.local.has_subscriber(room, *conn),
+                        None => !node.local.has_conn(*conn),
+                    }
+            })
+            .collect::<Vec<_>>()
+    };
+    let first = orphans(store.own_index().await?);
+    if !first.is_empty() {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let mut again = orphans(store.own_index().await?);
+        again.retain(|e| first.contains(e));
+        // Memberships before presence.
+        again.sort_by_key(|(_, _, room)| room.is_none());
+        for (conn_no, user, room) in again {
+            let conn = ConnRef {
+                node: store.node().clone(),
+                conn: conn_no,
+                user,
+            };
+            match room {
+                Some(room) => {
+                    store.leave(&room, &conn, LeftReason::Disconnect).await?;
+                }
+                None => store.disconnect(&conn).await?,
+            }
+            done.removed += 1;
+        }
+    }
+    Ok(done)
 }
 
 async fn reap_loop(node: Arc<Node>, stop: CancellationToken) {
@@ -820,6 +973,18 @@ async fn reap_loop(node: Arc<Node>, stop: CancellationToken) {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
+        }
+        // Only a node whose own lease has been healthy for a whole TTL reaps: after a
+        // region-wide Redis outage every node's lease looks expired, and each must get the
+        // chance to renew before anyone takes it for dead.
+        let ttl = Duration::from_millis(node.config.timing.lease_ttl_ms);
+        let healthy = node
+            .lease_healthy_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|since| since.elapsed() >= ttl);
+        if !healthy {
+            continue;
         }
         match node.timed("reap", node.store.reap_dead_nodes()).await {
             Ok(reaped) => {
