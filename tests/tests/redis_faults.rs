@@ -1,0 +1,309 @@
+//! A region's Redis stalls (SIGSTOP) or goes away (killed, restarted on the same port with its
+//! append-only file): clients stay connected, requests fail fast with `unavailable`, acks resume
+//! within 2 s of Redis answering, no acknowledged message is lost, and the room's member list
+//! ends exactly right (members the reaper could have removed come back; a member who left
+//! during the outage does not stay as a ghost).
+//!
+//! Run: `cargo build --bins && cargo test -p meridian-e2e --test redis_faults -- --nocapture`
+//! (the figures are printed).
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use meridian_e2e::{error_code, ok, token, Client, NodeProcess, TempDir};
+use serde_json::{json, Value};
+
+const ROOM: &str = "faults";
+
+/// A redis-server that fsyncs every write to its append-only file, so a SIGKILL loses nothing
+/// it acknowledged, and that can be restarted on the same port with its data.
+struct DurableRedis {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+    _tmp: TempDir,
+}
+
+impl DurableRedis {
+    fn start() -> Result<Self> {
+        let tmp = TempDir::new("redis-aof")?;
+        let port = region_state::testing::free_port()?;
+        let mut r = Self {
+            child: None,
+            port,
+            dir: tmp.0.clone(),
+            _tmp: tmp,
+        };
+        r.spawn()?;
+        Ok(r)
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "yes", "--appendfsync", "always"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("spawn redis-server")?;
+        self.child = Some(child);
+        let client = redis::Client::open(self.url())?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(mut c) = client.get_connection_with_timeout(Duration::from_millis(200)) {
+                if redis::cmd("PING").query::<String>(&mut c).is_ok() {
+                    return Ok(());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("redis-server on {} did not answer", self.port)
+    }
+
+    fn signal(&self, sig: &str) -> Result<()> {
+        let Some(child) = &self.child else {
+            bail!("redis is not running")
+        };
+        meridian_e2e::signal_child(child, sig)
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for DurableRedis {
+    fn drop(&mut self) {
+        if let Some(c) = &self.child {
+            let _ = meridian_e2e::signal_child(c, "CONT");
+        }
+        self.kill();
+    }
+}
+
+enum Fault {
+    /// SIGSTOP for this long, then SIGCONT.
+    Stall(Duration),
+    /// SIGKILL, down for this long, then restarted with its data.
+    Outage(Duration),
+}
+
+/// One publish attempt of the canary: when it was answered, and its seq or error code.
+type Attempt = (Instant, Result<u64, String>);
+
+/// Keeps a connection read (so pings are answered) until `stop`; returns the client and the
+/// events of `kind` it saw.
+fn reader(
+    mut c: Client,
+    kind: &'static str,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<(Client, Vec<Value>)> {
+    tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while !stop.load(Ordering::Relaxed) && c.closed.is_none() {
+            match c.drain_events(kind, Duration::from_millis(200)).await {
+                Ok(events) => seen.extend(events),
+                Err(_) => break,
+            }
+        }
+        (c, seen)
+    })
+}
+
+async fn members(c: &mut Client) -> Result<BTreeSet<String>> {
+    let r = ok(c.request(json!({"op": "members", "room": ROOM})).await?)?;
+    Ok(r["members"]
+        .as_array()
+        .map(|m| {
+            m.iter()
+                .filter_map(|e| e["user"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+async fn join(url: &str, user: &str) -> Result<Client> {
+    let (mut c, _) = Client::hello(url, &token(user), json!([])).await?;
+    ok(c.request(json!({"op": "join", "room": ROOM})).await?)?;
+    Ok(c)
+}
+
+async fn run(fault: Fault) -> Result<()> {
+    let mut redis = DurableRedis::start()?;
+    // A long ping timeout: the test's readers answer pings only between reads.
+    let timing = [("ping_timeout_ms", 180_000)];
+    let a = NodeProcess::start_with_timing("faults", &redis.url(), "", &timing)?;
+    let b = NodeProcess::start_with_timing("faults", &redis.url(), "", &timing)?;
+
+    let mut canary = join(&a.ws_url(), "canary").await?;
+    let watcher = join(&b.ws_url(), "watcher").await?;
+    let carol = join(&a.ws_url(), "carol").await?;
+    let dave = join(&b.ws_url(), "dave").await?;
+    let erin = join(&a.ws_url(), "erin").await?;
+    let expected: BTreeSet<String> = ["canary", "watcher", "carol", "dave"]
+        .into_iter()
+        .map(String::from)
+        .collect();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let watch = reader(watcher, "message", stop.clone());
+    let carol = reader(carol, "left", stop.clone());
+    let dave = reader(dave, "left", stop.clone());
+    let publisher_stop = stop.clone();
+    let publisher = tokio::spawn(async move {
+        let mut attempts: Vec<Attempt> = Vec::new();
+        let mut n = 0u64;
+        while !publisher_stop.load(Ordering::Relaxed) {
+            n += 1;
+            let key = format!("c{n}");
+            let sent = Instant::now();
+            let reply = canary
+                .request(json!({"op": "publish", "room": ROOM, "data": {"n": n}, "idempotency_key": key}))
+                .await;
+            let outcome = match reply {
+                Ok(r) if r["type"] == "ok" => Ok(r["result"]["seq"].as_u64().unwrap_or(0)),
+                Ok(r) => Err(error_code(&r)),
+                Err(e) => Err(format!("no reply: {e}")),
+            };
+            if let Err(code) = &outcome {
+                // Fail fast: a request during the fault is answered within the store's 2 s
+                // response timeout (plus one reconnect attempt).
+                assert!(
+                    sent.elapsed() < Duration::from_millis(4_500),
+                    "a failing publish took {:?}",
+                    sent.elapsed()
+                );
+                assert!(
+                    code == "unavailable",
+                    "publishes fail with the retryable `unavailable`, got {code}"
+                );
+            }
+            attempts.push((Instant::now(), outcome));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        (canary, attempts)
+    });
+
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let fault_at = Instant::now();
+    let back_at = match fault {
+        Fault::Stall(d) => {
+            redis.signal("STOP")?;
+            // Erin leaves while Redis is frozen: her node cannot write it yet.
+            drop(erin);
+            tokio::time::sleep(d).await;
+            redis.signal("CONT")?;
+            Instant::now()
+        }
+        Fault::Outage(d) => {
+            redis.kill();
+            drop(erin);
+            tokio::time::sleep(d).await;
+            redis.spawn()?;
+            Instant::now()
+        }
+    };
+    // Publish for a while after Redis is back, then stop everything.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (mut canary, attempts) = publisher.await?;
+    // Let the last acked messages arrive.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (mut watcher, messages) = watch.await?;
+    let (carol, carol_left) = carol.await?;
+    let (dave, dave_left) = dave.await?;
+
+    let acked: Vec<u64> = attempts
+        .iter()
+        .filter_map(|(_, r)| r.as_ref().ok().copied())
+        .collect();
+    let failed = attempts.iter().filter(|(_, r)| r.is_err()).count();
+    let first_ack_after = attempts
+        .iter()
+        .find(|(at, r)| *at >= back_at && r.is_ok())
+        .map(|(at, _)| at.duration_since(back_at));
+    let received: BTreeSet<u64> = messages.iter().filter_map(|m| m["seq"].as_u64()).collect();
+    let lost: Vec<u64> = acked
+        .iter()
+        .copied()
+        .filter(|s| !received.contains(s))
+        .collect();
+    let disconnected: Vec<&str> = [
+        ("canary", &canary),
+        ("watcher", &watcher),
+        ("carol", &carol),
+        ("dave", &dave),
+    ]
+    .iter()
+    .filter(|(_, c)| c.closed.is_some())
+    .map(|(n, _)| *n)
+    .collect();
+    let node_lost: Vec<&Value> = carol_left
+        .iter()
+        .chain(&dave_left)
+        .filter(|e| e["reason"] == "node_lost")
+        .collect();
+
+    // No ghost (erin left during the fault) and nobody missing, within a bound.
+    let converge_started = Instant::now();
+    let mut roster = BTreeSet::new();
+    while converge_started.elapsed() < Duration::from_secs(20) {
+        if let Ok(m) = members(&mut watcher).await {
+            roster = m;
+            if roster == expected {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let converged_in = converge_started.elapsed();
+    let also_on_a = members(&mut canary).await?;
+
+    println!(
+        "redis fault for {:?}: publishes acked {} failed {}, first ack {:?} after Redis returned, \
+         acked lost {}, disconnects {}, node_lost events {}, member list right {:?} after the \
+         publish run ended",
+        back_at.duration_since(fault_at),
+        acked.len(),
+        failed,
+        first_ack_after,
+        lost.len(),
+        disconnected.len(),
+        node_lost.len(),
+        converged_in
+    );
+    assert!(disconnected.is_empty(), "clients disconnected: {disconnected:?}");
+    assert!(failed > 0, "the fault was felt by the canary");
+    let resumed = first_ack_after.context("no ack after Redis returned")?;
+    assert!(resumed <= Duration::from_secs(2), "acks resumed after {resumed:?}");
+    assert!(lost.is_empty(), "acked but never delivered: {lost:?}");
+    assert_eq!(roster, expected, "members after the fault (ghosts or missing)");
+    assert_eq!(also_on_a, expected);
+    assert!(node_lost.is_empty(), "members reported lost: {node_lost:?}");
+    drop((a, b));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_stall_of_10s_disconnects_no_one_and_loses_nothing_acked() -> Result<()> {
+    run(Fault::Stall(Duration::from_secs(10))).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_of_60s_disconnects_no_one_and_loses_nothing_acked() -> Result<()> {
+    run(Fault::Outage(Duration::from_secs(60))).await
+}
