@@ -633,6 +633,9 @@ mod tests {
             (MINIMAL.replace(r#"url = "redis://127.0.0.1:6379/" }"#, r#"url = "redis://127.0.0.1:6379/", durable = true, durable_timeout_ms = 99999 }"#), "store.durable_timeout_ms"),
             (format!("{MINIMAL}\n[limits]\naccept_per_second = 0.0"), "limits.accept_per_second"),
             (format!("{MINIMAL}\n[timing]\nshed_reconnect_min_ms = 900\nshed_reconnect_max_ms = 100"), "shed_reconnect_min_ms"),
+            (format!("{MINIMAL}\n[limits]\ntrusted_proxies = [\"10.0.0.0/40\"]"), "limits.trusted_proxies"),
+            (format!("{MINIMAL}\n[timing]\nupgrade_timeout_ms = 0"), "timing.upgrade_timeout_ms"),
+            (format!("{MINIMAL}\nops_listen = \"127.0.0.1:7001\""), "ops_listen"),
         ];
         for (toml, key) in cases {
             let e = parse(&toml).unwrap_err().to_string();
