@@ -307,3 +307,43 @@ async fn redis_stall_of_10s_disconnects_no_one_and_loses_nothing_acked() -> Resu
 async fn redis_outage_of_60s_disconnects_no_one_and_loses_nothing_acked() -> Result<()> {
     run(Fault::Outage(Duration::from_secs(60))).await
 }
+
+/// The case the lease fencing exists for: a node is frozen past its lease (here SIGSTOP of the
+/// node itself), another node reaps its members (`left {node_lost}`). When it wakes, it finds
+/// its lease gone, waits for the reaper, and writes its sessions back: the members return with
+/// `joined`, and its clients never noticed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_reaped_while_frozen_brings_its_members_back() -> Result<()> {
+    let redis = DurableRedis::start()?;
+    let timing = [("ping_timeout_ms", 180_000)];
+    let a = NodeProcess::start_with_timing("faults", &redis.url(), "", &timing)?;
+    let b = NodeProcess::start_with_timing("faults", &redis.url(), "", &timing)?;
+    let mut canary = join(&a.ws_url(), "canary").await?;
+    let mut watcher = join(&b.ws_url(), "watcher").await?;
+    a.signal("STOP")?;
+    let left = watcher.event_within("left", Duration::from_secs(10)).await;
+    a.signal("CONT")?;
+    let left = left?;
+    assert_eq!(
+        (left["user"].as_str(), left["reason"].as_str()),
+        (Some("canary"), Some("node_lost"))
+    );
+    let woke = Instant::now();
+    let joined = watcher.event_within("joined", Duration::from_secs(10)).await?;
+    let back_in = woke.elapsed();
+    assert_eq!(joined["user"], "canary");
+    let roster = members(&mut watcher).await?;
+    assert_eq!(
+        roster,
+        ["canary", "watcher"].into_iter().map(String::from).collect()
+    );
+    // The canary's connection survived and works.
+    ok(canary
+        .request(json!({"op": "publish", "room": ROOM, "data": {"after": "wake"}}))
+        .await?)?;
+    let m = watcher.event("message").await?;
+    assert_eq!(m["data"]["after"], "wake");
+    assert!(canary.closed.is_none());
+    println!("a node reaped while frozen re-asserted its member {back_in:?} after waking");
+    Ok(())
+}
