@@ -98,12 +98,12 @@ resource "aws_launch_template" "role" {
 }
 
 resource "aws_autoscaling_group" "nodes" {
-  region                    = local.aws
-  name                      = "${local.name}-nodes"
-  min_size                  = var.nodes.min_size
-  max_size                  = var.nodes.max_size
-  vpc_zone_identifier       = [for s in aws_subnet.private : s.id]
-  target_group_arns         = [aws_lb_target_group.nodes.arn]
+  region              = local.aws
+  name                = "${local.name}-nodes"
+  min_size            = var.nodes.min_size
+  max_size            = var.nodes.max_size
+  vpc_zone_identifier = [for s in aws_subnet.private : s.id]
+  target_group_arns   = [aws_lb_target_group.nodes.arn]
   # Instance health is not the target group's: that one follows /readyz, and an ASG with
   # "ELB" health replaces an instance whenever a target group calls it unhealthy, so a Redis
   # outage of ~20 s would replace every node of the region. EC2 status checks replace a broken
