@@ -118,8 +118,7 @@ async fn real_user(url: &str, user: &str) -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn silent_connections_at_the_fd_limit_neither_hide_health_nor_lock_users_out() -> Result<()>
-{
+async fn silent_connections_at_the_fd_limit_neither_hide_health_nor_lock_users_out() -> Result<()> {
     // 256 descriptors; the unauthenticated caps are off so the fd limit is what binds.
     let node = OpsNode::start(
         Some(256),
@@ -199,10 +198,7 @@ async fn silent_upgrade(source: &str, node: SocketAddr, url: &str, hold: Duratio
     socket.bind(format!("{source}:0").parse()?)?;
     let stream = socket.connect(node).await?;
     let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await?;
-    let _ = tokio::time::timeout(hold, async {
-        while let Some(Ok(_)) = ws.next().await {}
-    })
-    .await;
+    let _ = tokio::time::timeout(hold, async { while let Some(Ok(_)) = ws.next().await {} }).await;
     let _ = ws.close(None).await;
     Ok(())
 }
@@ -212,7 +208,7 @@ async fn an_unauthenticated_flood_from_one_address_does_not_starve_real_users() 
     // A node-wide accept rate the flood alone could exhaust many times over.
     let node = OpsNode::start(
         None,
-        "[limits]\naccept_per_second = 200.0\naccept_burst = 50.0\n\
+        "[limits]\ntrusted_proxies = []\naccept_per_second = 200.0\naccept_burst = 50.0\n\
          max_unauthenticated_per_source = 64\naccept_per_source_per_second = 50.0\n\
          accept_per_source_burst = 50.0\n",
     )?;

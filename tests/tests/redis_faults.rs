@@ -50,7 +50,14 @@ impl DurableRedis {
     fn spawn(&mut self) -> Result<()> {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "yes", "--appendfsync", "always"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ])
             .arg("--dir")
             .arg(&self.dir)
             .stdout(Stdio::null())
@@ -286,12 +293,21 @@ async fn run(fault: Fault) -> Result<()> {
         node_lost.len(),
         converged_in
     );
-    assert!(disconnected.is_empty(), "clients disconnected: {disconnected:?}");
+    assert!(
+        disconnected.is_empty(),
+        "clients disconnected: {disconnected:?}"
+    );
     assert!(failed > 0, "the fault was felt by the canary");
     let resumed = first_ack_after.context("no ack after Redis returned")?;
-    assert!(resumed <= Duration::from_secs(2), "acks resumed after {resumed:?}");
+    assert!(
+        resumed <= Duration::from_secs(2),
+        "acks resumed after {resumed:?}"
+    );
     assert!(lost.is_empty(), "acked but never delivered: {lost:?}");
-    assert_eq!(roster, expected, "members after the fault (ghosts or missing)");
+    assert_eq!(
+        roster, expected,
+        "members after the fault (ghosts or missing)"
+    );
     assert_eq!(also_on_a, expected);
     assert!(node_lost.is_empty(), "members reported lost: {node_lost:?}");
     drop((a, b));
@@ -329,13 +345,18 @@ async fn a_node_reaped_while_frozen_brings_its_members_back() -> Result<()> {
         (Some("canary"), Some("node_lost"))
     );
     let woke = Instant::now();
-    let joined = watcher.event_within("joined", Duration::from_secs(10)).await?;
+    let joined = watcher
+        .event_within("joined", Duration::from_secs(10))
+        .await?;
     let back_in = woke.elapsed();
     assert_eq!(joined["user"], "canary");
     let roster = members(&mut watcher).await?;
     assert_eq!(
         roster,
-        ["canary", "watcher"].into_iter().map(String::from).collect()
+        ["canary", "watcher"]
+            .into_iter()
+            .map(String::from)
+            .collect()
     );
     // The canary's connection survived and works.
     ok(canary

@@ -794,8 +794,10 @@ async fn redis_outage_fences_the_node_and_readiness_follows() -> Result<()> {
     })
     .await;
     assert!(ready, "/readyz recovers with Redis");
-    ok(a.request(json!({"op": "publish", "room": "outage", "data": 1}))
-        .await?)?;
+    ok(
+        a.request(json!({"op": "publish", "room": "outage", "data": 1}))
+            .await?,
+    )?;
     let (_b, hello) = Client::hello(
         &r.n2.ws_url(),
         &token("alice"),

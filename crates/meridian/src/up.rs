@@ -616,7 +616,7 @@ fn start_region(mesh: &mut Mesh, plan: &RegionPlan) -> Result<()> {
                  # complete request in 5 s, so silent sockets cannot hold the 4,000 slots.\n\
                  global\n  maxconn 4000\n\
                  defaults\n  mode http\n  timeout connect 2s\n  timeout http-request 5s\n  timeout http-keep-alive 5s\n  timeout client 30s\n  timeout server 60s\n  timeout tunnel 1h\n\
-                 frontend {name}\n  bind 127.0.0.1:{lb}\n  use_backend ops if {{ path /readyz }} || {{ path /healthz }}\n  default_backend nodes\n\
+                 frontend {name}\n  bind 127.0.0.1:{lb}\n  option forwardfor\n  use_backend ops if {{ path /readyz }} || {{ path /healthz }}\n  default_backend nodes\n\
                  backend nodes\n  balance leastconn\n  option httpchk GET /readyz\n  http-check expect status 200\n{servers}\
                  backend ops\n  balance roundrobin\n  option httpchk GET /readyz\n  http-check expect status 200\n{ops_servers}"
             ),

@@ -153,11 +153,15 @@ impl IpBlock {
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.net, canonical(ip)) {
             (IpAddr::V4(n), IpAddr::V4(a)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u32::from(n) & mask == u32::from(a) & mask
             }
             (IpAddr::V6(n), IpAddr::V6(a)) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u128::from(n) & mask == u128::from(a) & mask
             }
             _ => false,
@@ -232,12 +236,18 @@ impl SourceCore {
     }
 
     /// One more unauthenticated connection from `source`, or the reason it is refused
-    /// (`"unauthenticated"`: the node-wide budget; `"source"`: this source's share).
-    pub fn open(&mut self, source: IpAddr, now: Instant) -> Result<(), &'static str> {
+    /// (`"unauthenticated"`: the node-wide budget; `"source"`: this source's share, unless
+    /// `per_source` is false: a proxy that does not name the client).
+    pub fn open(
+        &mut self,
+        source: IpAddr,
+        per_source: bool,
+        now: Instant,
+    ) -> Result<(), &'static str> {
         if self.max_total > 0 && self.total >= self.max_total {
             return Err("unauthenticated");
         }
-        let max_per_source = self.max_per_source;
+        let max_per_source = if per_source { self.max_per_source } else { 0 };
         let state = self.state(source_key(source), now);
         if max_per_source > 0 && state.pending >= max_per_source {
             return Err("source");
@@ -378,9 +388,14 @@ impl Admission {
         self.trusted.iter().any(|b| b.contains(peer))
     }
 
-    /// One more unauthenticated connection from `source`, or why it is refused.
-    pub fn open_unauthenticated(&self, source: IpAddr) -> Result<Unauthenticated, &'static str> {
-        lock(&self.sources).open(source, Instant::now())?;
+    /// One more unauthenticated connection from `source`, or why it is refused; with
+    /// `per_source` false only the node-wide budget applies.
+    pub fn open_unauthenticated(
+        &self,
+        source: IpAddr,
+        per_source: bool,
+    ) -> Result<Unauthenticated, &'static str> {
+        lock(&self.sources).open(source, per_source, Instant::now())?;
         Ok(Unauthenticated {
             sources: self.sources.clone(),
             source,
@@ -410,17 +425,18 @@ impl Admission {
         }
     }
 
-    /// Decides on one upgrade from `source` now, `open` connections being open; an admitted
+    /// Decides on one upgrade from `source` (`None`: unknown, behind a trusted proxy that does
+    /// not say) now, `open` connections being open; an admitted
     /// one gets the [`Handshake`] to hold until its `hello` is done, carrying its unit of the
     /// unauthenticated budget. A source over its own accept rate is shed without spending the
     /// node-wide rate.
     pub fn admit(
         &self,
         open: usize,
-        source: IpAddr,
+        source: Option<IpAddr>,
         unauthenticated: Option<Unauthenticated>,
     ) -> Result<Handshake, Shed> {
-        if !lock(&self.sources).take_rate(source, Instant::now()) {
+        if source.is_some_and(|s| !lock(&self.sources).take_rate(s, Instant::now())) {
             let min = self.shed_min_ms;
             return Err(Shed {
                 after_ms: min + rand::random::<u64>() % (min * 4 + 1),
@@ -515,25 +531,41 @@ mod tests {
         let mut s = SourceCore::new(10, 3, 0.0, 0.0);
         let flood: IpAddr = "10.0.0.1".parse().unwrap();
         for _ in 0..3 {
-            s.open(flood, t0).unwrap();
+            s.open(flood, true, t0).unwrap();
         }
-        assert_eq!(s.open(flood, t0), Err("source"));
+        assert_eq!(s.open(flood, true, t0), Err("source"));
         // Another source still gets in, up to the node-wide budget.
         let others: Vec<IpAddr> = (2..=8)
             .map(|i| format!("10.0.0.{i}").parse().unwrap())
             .collect();
         for o in &others {
-            s.open(*o, t0).unwrap();
+            s.open(*o, true, t0).unwrap();
         }
         assert!(s.under_pressure());
-        assert_eq!(s.open("10.0.0.99".parse().unwrap(), t0), Err("unauthenticated"));
+        assert_eq!(
+            s.open("10.0.0.99".parse().unwrap(), true, t0),
+            Err("unauthenticated")
+        );
         s.close(flood);
-        assert!(s.open(flood, t0).is_ok(), "a closed one frees its unit");
+        assert!(
+            s.open(flood, true, t0).is_ok(),
+            "a closed one frees its unit"
+        );
         // IPv6 counts by /64.
         let mut s = SourceCore::new(0, 1, 0.0, 0.0);
-        s.open("2001:db8::1".parse().unwrap(), t0).unwrap();
-        assert_eq!(s.open("2001:db8::2".parse().unwrap(), t0), Err("source"));
-        assert!(s.open("2001:db8:0:1::1".parse().unwrap(), t0).is_ok());
+        s.open("2001:db8::1".parse().unwrap(), true, t0).unwrap();
+        assert_eq!(
+            s.open("2001:db8::2".parse().unwrap(), true, t0),
+            Err("source")
+        );
+        assert!(s.open("2001:db8:0:1::1".parse().unwrap(), true, t0).is_ok());
+        // A proxy that does not name its clients: only the node-wide budget.
+        let mut s = SourceCore::new(3, 1, 0.0, 0.0);
+        let proxy: IpAddr = "10.9.9.9".parse().unwrap();
+        for _ in 0..3 {
+            s.open(proxy, false, t0).unwrap();
+        }
+        assert_eq!(s.open(proxy, false, t0), Err("unauthenticated"));
     }
 
     #[test]
@@ -544,7 +576,10 @@ mod tests {
         let taken = (0..100).filter(|_| s.take_rate(flood, t0)).count();
         assert_eq!(taken, 5, "the burst, then nothing");
         assert!(s.take_rate("10.0.0.2".parse().unwrap(), t0));
-        assert!(s.take_rate(flood, t0 + Duration::from_millis(100)), "refilled");
+        assert!(
+            s.take_rate(flood, t0 + Duration::from_millis(100)),
+            "refilled"
+        );
     }
 
     #[test]
@@ -553,9 +588,15 @@ mod tests {
         assert!(b.contains("10.1.200.3".parse().unwrap()));
         assert!(!b.contains("10.2.0.1".parse().unwrap()));
         assert!(b.contains("::ffff:10.1.0.9".parse().unwrap()));
-        assert!(IpBlock::parse("127.0.0.1").unwrap().contains("127.0.0.1".parse().unwrap()));
-        assert!(IpBlock::parse("0.0.0.0/0").unwrap().contains("8.8.8.8".parse().unwrap()));
-        assert!(IpBlock::parse("fd00::/8").unwrap().contains("fd12::1".parse().unwrap()));
+        assert!(IpBlock::parse("127.0.0.1")
+            .unwrap()
+            .contains("127.0.0.1".parse().unwrap()));
+        assert!(IpBlock::parse("0.0.0.0/0")
+            .unwrap()
+            .contains("8.8.8.8".parse().unwrap()));
+        assert!(IpBlock::parse("fd00::/8")
+            .unwrap()
+            .contains("fd12::1".parse().unwrap()));
         for bad in ["10.0.0.0/33", "x", "10.0.0.1/", "::/129"] {
             assert!(IpBlock::parse(bad).is_none(), "{bad}");
         }

@@ -248,7 +248,9 @@ pub struct Limits {
     /// Balancers whose connections carry many users (HAProxy in `mode http`, a cloud proxy):
     /// IPs or CIDR blocks (`10.0.0.0/8`). For their connections the source is the last
     /// address of `X-Forwarded-For` (when present) and the per-source caps are applied at the
-    /// upgrade instead of at the TCP accept. Empty: every peer is a client.
+    /// upgrade instead of at the TCP accept; without the header the source is unknown and only
+    /// the node-wide limits apply. Default: loopback (`127.0.0.0/8`, `::1`), where a local
+    /// balancer or sidecar sits, never users. Empty: every peer is a client.
     pub trusted_proxies: Vec<String>,
 }
 
@@ -270,7 +272,7 @@ impl Default for Limits {
             max_unauthenticated_per_source: 64,
             accept_per_source_per_second: 100.0,
             accept_per_source_burst: 200.0,
-            trusted_proxies: Vec::new(),
+            trusted_proxies: vec!["127.0.0.0/8".into(), "::1".into()],
         }
     }
 }
@@ -491,7 +493,9 @@ impl NodeConfig {
             return fail("timing: need 0 < shed_reconnect_min_ms <= shed_reconnect_max_ms".into());
         }
         if t.upgrade_timeout_ms == 0 || t.pressure_timeout_ms == 0 {
-            return fail("timing.upgrade_timeout_ms and timing.pressure_timeout_ms must be > 0".into());
+            return fail(
+                "timing.upgrade_timeout_ms and timing.pressure_timeout_ms must be > 0".into(),
+            );
         }
         if l.accept_per_source_per_second < 0.0
             || (l.accept_per_source_per_second > 0.0 && l.accept_per_source_burst < 1.0)
@@ -507,7 +511,10 @@ impl NodeConfig {
                 ));
             }
         }
-        if self.ops_listen.is_some_and(|o| o == self.listen && o.port() != 0) {
+        if self
+            .ops_listen
+            .is_some_and(|o| o == self.listen && o.port() != 0)
+        {
             return fail("ops_listen must differ from listen".into());
         }
         if self.history.len == 0 || self.history.max_replay == 0 {

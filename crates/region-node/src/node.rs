@@ -157,7 +157,9 @@ pub async fn start_with_store(
         admission: Admission::new(&config),
         renew_now: tokio::sync::Notify::new(),
         // A fresh node has just renewed: it may reap at once (the TTL wait is for recoveries).
-        lease_healthy_since: std::sync::Mutex::new(Instant::now().checked_sub(Duration::from_millis(config.timing.lease_ttl_ms))),
+        lease_healthy_since: std::sync::Mutex::new(
+            Instant::now().checked_sub(Duration::from_millis(config.timing.lease_ttl_ms)),
+        ),
         verifier: TokenVerifier::new(config.token_secret.as_bytes()),
         metrics: Metrics::new(&config.region),
         config: Arc::new(config),
@@ -359,7 +361,10 @@ async fn serve_clients(
 ) {
     let budget = client_fd_budget();
     if let Some(b) = budget {
-        tracing::info!(client_sockets = b, "client socket budget from the open-files limit");
+        tracing::info!(
+            client_sockets = b,
+            "client socket budget from the open-files limit"
+        );
     }
     let sockets = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut reserve = reserve_fd();
@@ -403,7 +408,7 @@ async fn serve_clients(
         let unauthenticated = if node.admission.is_trusted_proxy(peer.ip()) {
             None
         } else {
-            match node.admission.open_unauthenticated(peer.ip()) {
+            match node.admission.open_unauthenticated(peer.ip(), true) {
                 Ok(u) => Some(u),
                 Err(reason) => {
                     node.metrics.refused(reason);
@@ -502,15 +507,17 @@ async fn serve_http(
     use tower_service::Service;
     let slot = Arc::new(slot);
     let pending_in_requests = pending.clone();
-    let service = hyper::service::service_fn(move |mut req: axum::extract::Request<hyper::body::Incoming>| {
-        req.extensions_mut().insert(ConnectInfo(peer));
-        req.extensions_mut().insert(slot.clone());
-        if let Some(p) = &pending_in_requests {
-            req.extensions_mut().insert(p.clone());
-        }
-        let mut app = app.clone();
-        async move { app.call(req).await }
-    });
+    let service = hyper::service::service_fn(
+        move |mut req: axum::extract::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(ConnectInfo(peer));
+            req.extensions_mut().insert(slot.clone());
+            if let Some(p) = &pending_in_requests {
+                req.extensions_mut().insert(p.clone());
+            }
+            let mut app = app.clone();
+            async move { app.call(req).await }
+        },
+    );
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -558,16 +565,21 @@ async fn ws_upgrade(
         .max_frame_bytes
         .saturating_mul(4)
         .max(64 * 1024);
-    // The user's address: the peer, or behind a trusted proxy the last X-Forwarded-For hop.
+    // The user's address: the peer, or behind a trusted proxy the last X-Forwarded-For hop
+    // (unknown when the proxy does not say: then only the node-wide limits apply).
     let trusted = node.admission.is_trusted_proxy(peer.ip());
     let source = if trusted {
-        forwarded_for(&headers).unwrap_or(peer.ip())
+        forwarded_for(&headers)
     } else {
-        peer.ip()
+        Some(peer.ip())
     };
     let unauthenticated = match pending.and_then(|p| p.0.take()) {
         Some(u) => Some(u),
-        None if trusted => match node.admission.open_unauthenticated(source) {
+        // Behind a trusted proxy: per source when it names the client, else node-wide only.
+        None if trusted => match node
+            .admission
+            .open_unauthenticated(source.unwrap_or(peer.ip()), source.is_some())
+        {
             Ok(u) => Some(u),
             Err(reason) => {
                 node.metrics.refused(reason);
@@ -576,7 +588,7 @@ async fn ws_upgrade(
                 return shed_upgrade(ws, after_ms);
             }
         },
-        None => None,
+        _ => None,
     };
     let open = usize::try_from(node.metrics.connections.get()).unwrap_or(0);
     let handshake = match node.admission.admit(open, source, unauthenticated) {
@@ -586,7 +598,7 @@ async fn ws_upgrade(
             if why == "source_rate" {
                 node.metrics.refused(why);
             }
-            tracing::debug!(%peer, %source, after_ms, why, "shedding a connection attempt");
+            tracing::debug!(%peer, ?source, after_ms, why, "shedding a connection attempt");
             // Upgrade and say why, so the client gets a `reconnect` it understands; the
             // session costs nothing in the store (no hello was processed).
             return shed_upgrade(ws, after_ms);
@@ -829,7 +841,10 @@ async fn lease_loop(node: Arc<Node>, stop: CancellationToken) {
                 }
             }
         }
-        match node.timed("renew_lease", node.store.renew_lease_checked()).await {
+        match node
+            .timed("renew_lease", node.store.renew_lease_checked())
+            .await
+        {
             Ok(alive) => {
                 if let Some(since) = failing_since.take() {
                     tracing::info!(

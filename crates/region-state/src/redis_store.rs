@@ -299,18 +299,12 @@ impl StateStore for RedisStore {
     }
 
     async fn reaping_in_progress(&self) -> StoreResult<bool> {
-        let claimed: bool = self
-            .conn()
-            .exists(reaping_key(&self.config.node))
-            .await?;
+        let claimed: bool = self.conn().exists(reaping_key(&self.config.node)).await?;
         Ok(claimed)
     }
 
     async fn own_index(&self) -> StoreResult<Vec<(u64, UserId, Option<RoomId>)>> {
-        let entries: Vec<String> = self
-            .conn()
-            .smembers(index_key(&self.config.node))
-            .await?;
+        let entries: Vec<String> = self.conn().smembers(index_key(&self.config.node)).await?;
         Ok(entries
             .iter()
             .filter_map(|entry| {
