@@ -1012,3 +1012,32 @@ async fn reap_loop(node: Arc<Node>, stop: CancellationToken) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_for_takes_the_last_hop_and_ignores_garbage() {
+        let mut h = axum::http::HeaderMap::new();
+        assert_eq!(forwarded_for(&h), None);
+        h.append("x-forwarded-for", "10.0.0.1, 192.0.2.7".parse().unwrap());
+        assert_eq!(forwarded_for(&h), Some("192.0.2.7".parse().unwrap()));
+        h.append("x-forwarded-for", " 2001:db8::9 ".parse().unwrap());
+        assert_eq!(forwarded_for(&h), Some("2001:db8::9".parse().unwrap()));
+        let mut bad = axum::http::HeaderMap::new();
+        bad.append("x-forwarded-for", "1.2.3.4, not-an-ip".parse().unwrap());
+        assert_eq!(
+            forwarded_for(&bad),
+            None,
+            "a forged last hop names no source"
+        );
+    }
+
+    #[test]
+    fn accept_errors_for_missing_descriptors_are_recognised() {
+        assert!(out_of_fds(&std::io::Error::from_raw_os_error(24)));
+        assert!(out_of_fds(&std::io::Error::from_raw_os_error(23)));
+        assert!(!out_of_fds(&std::io::Error::from_raw_os_error(104)));
+    }
+}
