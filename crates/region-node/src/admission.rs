@@ -15,7 +15,7 @@
 //! the end of `hello`, and each source's new connections are rate limited before they may
 //! spend the node-wide accept rate. A flood of upgrades that never say `hello` from one address
 //! therefore takes at most its per-source share, and real users from other addresses keep
-//! being admitted. While unauthenticated connections are over half of the budget, new
+//! being admitted. While unauthenticated connections are over three quarters of the budget, new
 //! connections get `timing.pressure_timeout_ms` (1 s) instead of the normal upgrade and hello
 //! deadlines, so the budget turns over quickly.
 //!
@@ -288,9 +288,9 @@ impl SourceCore {
         self.total
     }
 
-    /// Whether they are over half of the node-wide budget.
+    /// Whether they are over three quarters of the node-wide budget.
     pub fn under_pressure(&self) -> bool {
-        self.max_total > 0 && self.total * 2 > self.max_total
+        self.max_total > 0 && self.total * 4 > self.max_total * 3
     }
 }
 
@@ -528,14 +528,14 @@ mod tests {
     #[test]
     fn unauthenticated_budget_is_per_source_and_node_wide() {
         let t0 = Instant::now();
-        let mut s = SourceCore::new(10, 3, 0.0, 0.0);
+        let mut s = SourceCore::new(8, 3, 0.0, 0.0);
         let flood: IpAddr = "10.0.0.1".parse().unwrap();
         for _ in 0..3 {
             s.open(flood, true, t0).unwrap();
         }
         assert_eq!(s.open(flood, true, t0), Err("source"));
         // Another source still gets in, up to the node-wide budget.
-        let others: Vec<IpAddr> = (2..=8)
+        let others: Vec<IpAddr> = (2..=6)
             .map(|i| format!("10.0.0.{i}").parse().unwrap())
             .collect();
         for o in &others {

@@ -233,7 +233,7 @@ pub struct Limits {
     pub max_handshakes: usize,
     /// Connections that have not finished `hello` yet (from the TCP accept on: silent sockets,
     /// unfinished upgrades, upgraded but unauthenticated) held at once. More are closed at
-    /// accept. While they are over half of this, the upgrade and hello deadlines shrink to
+    /// accept. While they are over three quarters of this, the upgrade and hello deadlines shrink to
     /// `timing.pressure_timeout_ms`. 0 is no cap.
     pub max_unauthenticated: usize,
     /// The same, per source address (an IPv4 address or an IPv6 /64): one source cannot take
@@ -308,7 +308,7 @@ pub struct Timing {
     /// A TCP connection must have sent a complete HTTP request (the WebSocket upgrade) within
     /// this, or it is closed: a silent socket cannot hold a node's file descriptor forever.
     pub upgrade_timeout_ms: u64,
-    /// Under pressure (unauthenticated connections over half of
+    /// Under pressure (unauthenticated connections over three quarters of
     /// `limits.max_unauthenticated`), the upgrade and `hello` deadlines of new connections
     /// are this instead.
     pub pressure_timeout_ms: u64,

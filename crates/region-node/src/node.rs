@@ -575,10 +575,13 @@ async fn ws_upgrade(
     };
     let unauthenticated = match pending.and_then(|p| p.0.take()) {
         Some(u) => Some(u),
-        // Behind a trusted proxy: per source when it names the client, else node-wide only.
-        None if trusted => match node
+        // Behind a trusted proxy that names the client: that source's budget. A proxy that
+        // does not name it bounds its own silent connections (HAProxy's `timeout
+        // http-request`); counting all its users as one would make a reconnect storm through
+        // it look like a flood.
+        None if trusted && source.is_some() => match node
             .admission
-            .open_unauthenticated(source.unwrap_or(peer.ip()), source.is_some())
+            .open_unauthenticated(source.unwrap_or(peer.ip()), true)
         {
             Ok(u) => Some(u),
             Err(reason) => {
@@ -801,6 +804,8 @@ async fn lease_loop(node: Arc<Node>, stop: CancellationToken) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut renewed = Instant::now();
     let mut lapsed = false;
+    let mut sweep = false;
+    let mut expired_warned = false;
     let mut failing_since: Option<Instant> = None;
     let mut last_warning: Option<Instant> = None;
     let mut reasserting: Option<tokio::task::JoinHandle<Result<Reasserted, StoreError>>> = None;
@@ -822,6 +827,8 @@ async fn lease_loop(node: Arc<Node>, stop: CancellationToken) {
         if let Some(task) = reasserting.take_if(|t| t.is_finished()) {
             match task.await {
                 Ok(Ok(r)) => {
+                    // A sweep that was owed is done (a failed one is retried with it).
+                    sweep = false;
                     node.metrics.lease_reasserts.inc();
                     tracing::info!(
                         connections = r.connections,
@@ -846,14 +853,19 @@ async fn lease_loop(node: Arc<Node>, stop: CancellationToken) {
             .await
         {
             Ok(alive) => {
-                if let Some(since) = failing_since.take() {
-                    tracing::info!(
-                        down_ms = since.elapsed().as_millis() as u64,
-                        "lease renewed again"
-                    );
+                let down_for = failing_since.take().map(|since| since.elapsed());
+                if let Some(down) = down_for {
+                    tracing::info!(down_ms = down.as_millis() as u64, "lease renewed again");
+                    // Sessions closed during an outage this long may have given up their own
+                    // clean-up: the re-assert then sweeps their entries.
+                    if down >= ORPHAN_SWEEP_AFTER {
+                        sweep = true;
+                    }
                 }
                 node.metrics.redis_up.set(1);
-                if !alive || renewed.elapsed() >= ttl {
+                expired_warned = false;
+                // `SET ... GET` says exactly whether the lease had lapsed.
+                if !alive {
                     lapsed = true;
                 }
                 renewed = Instant::now();
@@ -861,7 +873,7 @@ async fn lease_loop(node: Arc<Node>, stop: CancellationToken) {
                     lapsed = false;
                     set_lease_healthy(&node, false);
                     tracing::warn!("this node's lease had lapsed: re-asserting its sessions");
-                    reasserting = Some(tokio::spawn(reassert(node.clone())));
+                    reasserting = Some(tokio::spawn(reassert(node.clone(), sweep)));
                 } else if reasserting.is_none() {
                     set_lease_healthy(&node, true);
                 }
@@ -879,10 +891,11 @@ async fn lease_loop(node: Arc<Node>, stop: CancellationToken) {
                     last_warning = Some(Instant::now());
                     tracing::warn!(error = %e, "lease renewal failed; clients stay connected, requests fail with `unavailable` until Redis answers");
                 }
-                if !lapsed && renewed.elapsed() >= ttl {
+                if !expired_warned && renewed.elapsed() >= ttl {
                     // Another node may reap this node's members now. Clients stay: once Redis
-                    // answers, the node writes their presence and memberships again.
-                    lapsed = true;
+                    // answers, the renewal says whether the lease lapsed, and if so the node
+                    // writes their presence and memberships again.
+                    expired_warned = true;
                     tracing::warn!(
                         connections = node.metrics.connections.get(),
                         "lease expired while Redis is away; keeping clients, will re-assert them"
@@ -892,6 +905,11 @@ async fn lease_loop(node: Arc<Node>, stop: CancellationToken) {
         }
     }
 }
+
+/// Store outages at least this long make the re-assert sweep the node's index for connections
+/// that closed meanwhile (a session's own clean-up retries for longer than this before it gives
+/// up; a shorter lapse, e.g. a late renewal under load, has nothing to sweep).
+const ORPHAN_SWEEP_AFTER: Duration = Duration::from_secs(5);
 
 /// What [`reassert`] wrote or removed.
 #[derive(Debug, Default)]
@@ -905,8 +923,9 @@ struct Reasserted {
 /// After the node's lease lapsed: waits for any reaper that claimed this node, then writes
 /// every local connection's presence and live memberships again (a membership the reaper
 /// removed comes back with a `joined` event), and finally removes entries of connections that
-/// closed while Redis was away (their own clean-up gave up). Every step is idempotent.
-async fn reassert(node: Arc<Node>) -> Result<Reasserted, StoreError> {
+/// closed while Redis was away (their own clean-up gave up) when `sweep` is set. Every step is
+/// idempotent.
+async fn reassert(node: Arc<Node>, sweep: bool) -> Result<Reasserted, StoreError> {
     use region_state::ConnRef;
     let store = &node.store;
     let waited = Instant::now();
@@ -916,15 +935,30 @@ async fn reassert(node: Arc<Node>) -> Result<Reasserted, StoreError> {
     }
     let newest = node.next_conn.load(Ordering::Relaxed);
     let mut done = Reasserted::default();
+    // What the store still has: a reaper removes memberships and presence first and the index
+    // last, so an entry still in the index (no reaper runs now) is still in the store. Only
+    // what is missing is written: after a stall nobody reaped, this is one read.
+    let indexed: std::collections::HashSet<(u64, Option<RoomId>)> = store
+        .own_index()
+        .await?
+        .into_iter()
+        .map(|(conn, _, room)| (conn, room))
+        .collect();
     for (user, conn_no, rooms) in node.local.connections() {
         let conn = ConnRef {
             node: store.node().clone(),
             conn: conn_no,
             user,
         };
-        store.connect(&conn).await?;
-        done.connections += 1;
+        let wrote_presence = !indexed.contains(&(conn_no, None));
+        if wrote_presence {
+            store.connect(&conn).await?;
+            done.connections += 1;
+        }
         for room in rooms {
+            if indexed.contains(&(conn_no, Some(room.clone()))) {
+                continue;
+            }
             // Unlimited: the connection was admitted to the room before.
             let joined = store.join(&room, &conn, 0).await?;
             done.memberships += 1;
@@ -936,7 +970,7 @@ async fn reassert(node: Arc<Node>) -> Result<Reasserted, StoreError> {
                 store.leave(&room, &conn, LeftReason::Leave).await?;
             }
         }
-        if !node.local.has_conn(conn_no) {
+        if wrote_presence && !node.local.has_conn(conn_no) {
             store.disconnect(&conn).await?;
         }
     }
@@ -955,6 +989,9 @@ async fn reassert(node: Arc<Node>) -> Result<Reasserted, StoreError> {
             })
             .collect::<Vec<_>>()
     };
+    if !sweep {
+        return Ok(done);
+    }
     let first = orphans(store.own_index().await?);
     if !first.is_empty() {
         tokio::time::sleep(Duration::from_secs(5)).await;
