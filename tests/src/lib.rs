@@ -1001,3 +1001,74 @@ fn rand_id() -> u16 {
         .unwrap_or(0);
     (nanos ^ (nanos >> 16)) as u16
 }
+
+impl SentinelGroup {
+    /// A planned failover that loses no acknowledged write, as Redis's own `FAILOVER` does it:
+    /// pause writes on the primary (`CLIENT PAUSE <ms> WRITE`), wait until every replica has the
+    /// primary's replication offset, `SENTINEL FAILOVER`, wait until the sentinels name the new
+    /// primary, demote the old one (`REPLICAOF` the new), then unpause it (it is a replica by
+    /// then, so the writes it held are refused, and their clients retry on the new primary).
+    /// Returns how long writes were paused.
+    pub fn planned_failover_paused(&self, pause: Duration) -> Result<Duration> {
+        let old = self.current_primary_port()?;
+        let client = redis::Client::open(format!("redis://127.0.0.1:{old}/"))?;
+        let mut conn = client.get_connection_with_timeout(Duration::from_secs(1))?;
+        let paused_at = Instant::now();
+        let _: () = redis::cmd("CLIENT")
+            .arg("PAUSE")
+            .arg(pause.as_millis() as u64)
+            .arg("WRITE")
+            .query(&mut conn)?;
+        // Every replica at the primary's offset: nothing acknowledged is missing on any of them.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let info: String = redis::cmd("INFO").arg("replication").query(&mut conn)?;
+            let offset = info
+                .lines()
+                .find_map(|l| l.strip_prefix("master_repl_offset:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or_else(|| anyhow!("no master_repl_offset"))?;
+            let replicas: Vec<u64> = info
+                .lines()
+                .filter(|l| l.starts_with("slave") && l.contains("offset="))
+                .filter_map(|l| {
+                    l.split(',')
+                        .find_map(|f| f.strip_prefix("offset="))
+                        .and_then(|v| v.parse().ok())
+                })
+                .collect();
+            if !replicas.is_empty() && replicas.iter().all(|o| *o >= offset) {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("replicas did not reach offset {offset}: {replicas:?}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.force_failover()?;
+        let deadline = Instant::now() + pause;
+        while self.current_primary_port().is_ok_and(|p| p == old) {
+            if Instant::now() > deadline {
+                bail!("the sentinels did not switch within the pause");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Demote the old primary now rather than waiting for Sentinel: Sentinel's own
+        // `REPLICAOF` queues on its connection behind a `PUBLISH` the pause holds. `REPLICAOF`
+        // is not a write, so the pause does not hold ours.
+        let new = self.current_primary_port()?;
+        let _: () = redis::cmd("REPLICAOF")
+            .arg("127.0.0.1")
+            .arg(new)
+            .query(&mut conn)?;
+        while !redis_info(old, "replication").is_ok_and(|i| i.contains("role:slave")) {
+            if Instant::now() > deadline {
+                bail!("the old primary was not demoted within the pause");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let paused_for = paused_at.elapsed();
+        let _: redis::RedisResult<()> = redis::cmd("CLIENT").arg("UNPAUSE").query(&mut conn);
+        Ok(paused_for)
+    }
+}

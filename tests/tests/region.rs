@@ -747,8 +747,9 @@ async fn unresponsive_client_is_detected_by_ping() -> Result<()> {
     Ok(())
 }
 
-/// Redis unreachable past the lease TTL: `/readyz` turns false while `/healthz` stays true, every
-/// client is told to reconnect (`lease_lost`), and once Redis is back clients resume.
+/// Redis unreachable past the lease TTL: `/readyz` turns false while `/healthz` stays true,
+/// clients stay connected (no `lease_lost`: see `docs/redis-schema.md`, "Lease loss"), and
+/// once Redis is back their requests work again and a resume on another node works too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_outage_fences_the_node_and_readiness_follows() -> Result<()> {
     let r = region()?;
@@ -768,8 +769,9 @@ async fn redis_outage_fences_the_node_and_readiness_follows() -> Result<()> {
     })
     .await;
     let healthy = r.n1.http_get("/healthz").await?.0;
-    let reconnect = a.event_within("reconnect", Duration::from_secs(8)).await;
-    let fenced_after = paused_at.elapsed();
+    // Past the lease TTL (1500 ms) and well beyond: no `reconnect`, the socket stays.
+    let reconnect = a.event_within("reconnect", Duration::from_secs(4)).await;
+    let kept_for = paused_at.elapsed();
     // Read while Redis is still paused: once it is back, the lease is renewed within 200 ms.
     let down = eventually(Duration::from_secs(3), || async {
         r.n1.http_get("/metrics").await.is_ok_and(|(_, body)| {
@@ -781,14 +783,21 @@ async fn redis_outage_fences_the_node_and_readiness_follows() -> Result<()> {
     assert!(unready, "/readyz follows Redis");
     assert!(down, "meridian_node_redis_up follows Redis");
     assert_eq!(healthy, 200, "/healthz does not depend on Redis");
-    let reconnect = reconnect?;
-    assert_eq!(reconnect["reason"], "lease_lost");
-    eprintln!("lease_lost sent {fenced_after:?} after Redis stopped (lease 1500 ms)");
+    assert!(
+        reconnect.is_err(),
+        "clients are kept through a Redis stall: {reconnect:?}"
+    );
+    assert!(a.closed.is_none());
+    eprintln!("client kept {kept_for:?} into the Redis stall (lease 1500 ms)");
     let ready = eventually(Duration::from_secs(10), || async {
         matches!(r.n1.http_get("/readyz").await, Ok((200, _)))
     })
     .await;
     assert!(ready, "/readyz recovers with Redis");
+    ok(
+        a.request(json!({"op": "publish", "room": "outage", "data": 1}))
+            .await?,
+    )?;
     let (_b, hello) = Client::hello(
         &r.n2.ws_url(),
         &token("alice"),

@@ -142,8 +142,11 @@ pub struct RegionEndpoints {
     pub balancer: String,
     /// `redis://…`, or `memory` when redis-server is not installed.
     pub store: String,
-    /// Each node's HTTP address (`/v1/ws`, `/readyz`, `/metrics`).
+    /// Each node's client address (`/v1/ws`).
     pub nodes: Vec<SocketAddr>,
+    /// Each node's ops address (`/healthz`, `/readyz`, `/metrics`), in the order of `nodes`.
+    #[serde(default)]
+    pub node_ops: Vec<SocketAddr>,
     /// The relay's QUIC address as the catalogue gives it.
     pub relay: SocketAddr,
     /// The relay's HTTP address (`/metrics`).
@@ -160,6 +163,8 @@ struct RegionPlan {
     region: Region,
     redis_port: Option<u16>,
     node_ports: Vec<u16>,
+    /// Each node's ops listener (`/healthz`, `/readyz`, `/metrics`); always free ports.
+    node_ops_ports: Vec<u16>,
     lb_port: Option<u16>,
     relay: SocketAddr,
     relay_http: SocketAddr,
@@ -192,6 +197,18 @@ fn random_hex(bytes: usize) -> String {
 }
 
 /// Runs `meridian up` until Ctrl-C / SIGTERM (or right away with `--smoke`).
+/// Raises this process's soft open-files limit to its hard limit, so the nodes, relays and
+/// HAProxy it starts (which inherit it) can hold many sockets.
+fn raise_open_files_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) if n < 65_536 => eprintln!(
+            "note: open files are limited to {n} (ulimit -Hn); each node can hold about that many clients"
+        ),
+        Ok(_) => {}
+        Err(e) => eprintln!("note: cannot raise the open-files limit: {e}"),
+    }
+}
+
 pub fn run(args: UpArgs) -> Result<()> {
     let catalogue = meridian_catalogue::load_dir(&args.regions)
         .with_context(|| format!("reading the catalogue {}", args.regions.display()))?;
@@ -211,6 +228,7 @@ pub fn run(args: UpArgs) -> Result<()> {
     };
     std::fs::create_dir_all(&state).with_context(|| format!("create {}", state.display()))?;
     let state = state.canonicalize()?;
+    raise_open_files_limit();
     let redis = installed("redis-server");
     let haproxy = installed("haproxy");
     if !redis {
@@ -274,10 +292,14 @@ pub fn run(args: UpArgs) -> Result<()> {
             Some(_) => Some(SocketAddr::from(([127, 0, 0, 1], free_tcp_port()?))),
             None => None,
         };
+        let node_ops_ports = (0..node_ports.len())
+            .map(|_| free_tcp_port())
+            .collect::<Result<_>>()?;
         plans.push(RegionPlan {
             region: region.clone(),
             redis_port,
             node_ports,
+            node_ops_ports,
             lb_port,
             relay,
             relay_http,
@@ -542,6 +564,11 @@ fn region_endpoints(plan: &RegionPlan, haproxy: bool, redis: bool) -> RegionEndp
             .iter()
             .map(|&p| SocketAddr::from(([127, 0, 0, 1], p)))
             .collect(),
+        node_ops: plan
+            .node_ops_ports
+            .iter()
+            .map(|&p| SocketAddr::from(([127, 0, 0, 1], p)))
+            .collect(),
         relay: plan.relay,
         relay_http: plan.relay_http,
         relay_standby_http: plan.relay_standby_http,
@@ -559,8 +586,16 @@ fn ws_url(plan: &RegionPlan) -> String {
     format!("{scheme}://127.0.0.1:{}/v1/ws", front_port(plan))
 }
 
+/// Where the region's `/readyz` answers: the balancer (which asks a ready node's ops port), or
+/// without one the first node's ops port.
+fn health_port(plan: &RegionPlan) -> u16 {
+    plan.lb_port
+        .or_else(|| plan.node_ops_ports.first().copied())
+        .unwrap_or(0)
+}
+
 fn health_url(plan: &RegionPlan) -> String {
-    format!("http://127.0.0.1:{}/readyz", front_port(plan))
+    format!("http://127.0.0.1:{}/readyz", health_port(plan))
 }
 
 fn write_region(dir: &Path, plan: &RegionPlan) -> Result<()> {
@@ -672,9 +707,21 @@ fn start_region(mesh: &mut Mesh, plan: &RegionPlan) -> Result<()> {
             .node_ports
             .iter()
             .enumerate()
-            .map(|(i, p)| {
+            .zip(&plan.node_ops_ports)
+            .map(|((i, p), ops)| {
                 format!(
-                    "  server node-{} 127.0.0.1:{p} check inter 500ms fall 2 rise 2\n",
+                    "  server node-{} 127.0.0.1:{p} check port {ops} inter 500ms fall 2 rise 2\n",
+                    i + 1
+                )
+            })
+            .collect();
+        let ops_servers: String = plan
+            .node_ops_ports
+            .iter()
+            .enumerate()
+            .map(|(i, ops)| {
+                format!(
+                    "  server node-{}-ops 127.0.0.1:{ops} check inter 500ms fall 2 rise 2\n",
                     i + 1
                 )
             })
@@ -683,10 +730,15 @@ fn start_region(mesh: &mut Mesh, plan: &RegionPlan) -> Result<()> {
             &config,
             format!(
                 "# Written by `meridian up` for region {name}.\n\
+                 # Health checks go to each node's ops port; `/readyz` of the region (what the\n\
+                 # router probes) is answered by a ready node's ops listener; `/metrics` is not\n\
+                 # reachable here. `timeout http-request` closes a connection that has not sent a\n\
+                 # complete request in 5 s, so silent sockets cannot hold the 4,000 slots.\n\
                  global\n  maxconn 4000\n\
-                 defaults\n  mode http\n  timeout connect 2s\n  timeout client 60s\n  timeout server 60s\n  timeout tunnel 1h\n\
-                 frontend {name}\n  bind 127.0.0.1:{lb}\n  default_backend nodes\n\
-                 backend nodes\n  balance leastconn\n  option httpchk GET /readyz\n  http-check expect status 200\n{servers}"
+                 defaults\n  mode http\n  timeout connect 2s\n  timeout http-request 5s\n  timeout http-keep-alive 5s\n  timeout client 30s\n  timeout server 60s\n  timeout tunnel 1h\n\
+                 frontend {name}\n  bind 127.0.0.1:{lb}\n  option forwardfor\n  use_backend ops if {{ path /readyz }} || {{ path /healthz }}\n  default_backend nodes\n\
+                 backend nodes\n  balance leastconn\n  option httpchk GET /readyz\n  http-check expect status 200\n{servers}\
+                 backend ops\n  balance roundrobin\n  option httpchk GET /readyz\n  http-check expect status 200\n{ops_servers}"
             ),
         )?;
         if let (Some(pem), true) = (&mesh.web_pem, plan.tls) {
@@ -786,10 +838,12 @@ fn start_nodes(mesh: &mut Mesh, plan: &RegionPlan) -> Result<()> {
             None => "{ kind = \"memory\" }".into(),
         };
         let config = plan.dir.join(format!("node-{}.toml", i + 1));
+        let ops = plan.node_ops_ports.get(i).copied().unwrap_or(0);
         std::fs::write(
             &config,
             format!(
-                "region = {name:?}\nlisten = \"127.0.0.1:{port}\"\ntoken_secret = {secret:?}\nstore = {store}\n\
+                "region = {name:?}\nlisten = \"127.0.0.1:{port}\"\nops_listen = \"127.0.0.1:{ops}\"\n\
+                 token_secret = {secret:?}\nstore = {store}\n\
                  [timing]\nlease_ttl_ms = 3000\nlease_renew_ms = 1000\nreap_interval_ms = 1000\n\
                  drain_deadline_ms = 5000\n",
                 secret = mesh.secret,
@@ -811,7 +865,7 @@ fn start_nodes(mesh: &mut Mesh, plan: &RegionPlan) -> Result<()> {
 /// Waits until the region answers `/readyz` through its front door (balancer or first node).
 fn wait_front_ready(plan: &RegionPlan) -> Result<()> {
     let name = &plan.region.name;
-    let front = SocketAddr::from(([127, 0, 0, 1], front_port(plan)));
+    let front = SocketAddr::from(([127, 0, 0, 1], health_port(plan)));
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if matches!(front_get(plan.tls, front, "/readyz"), Ok((200, _))) {
@@ -1015,9 +1069,9 @@ fn smoke(e: &Endpoints) -> Result<()> {
     }
     for region in &e.regions {
         let addr: SocketAddr = region
-            .ws_url
-            .trim_start_matches("ws://")
-            .trim_end_matches("/v1/ws")
+            .health_url
+            .trim_start_matches("http://")
+            .trim_end_matches("/readyz")
             .parse()?;
         let (status, _) = http_get(addr, "/readyz")?;
         if status != 200 {

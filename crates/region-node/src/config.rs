@@ -248,6 +248,27 @@ pub struct Limits {
     /// Bytes of direct-message frames one user may be sent per second (region-wide; 0 is
     /// unlimited, otherwise at least `max_frame_bytes`).
     pub dm_received_bytes_per_second: u64,
+    /// Connections that have not finished `hello` yet (from the TCP accept on: silent sockets,
+    /// unfinished upgrades, upgraded but unauthenticated) held at once. More are closed at
+    /// accept. While they are over three quarters of this, the upgrade and hello deadlines shrink to
+    /// `timing.pressure_timeout_ms`. 0 is no cap.
+    pub max_unauthenticated: usize,
+    /// The same, per source address (an IPv4 address or an IPv6 /64): one source cannot take
+    /// the unauthenticated budget from everyone else. 0 is no cap.
+    pub max_unauthenticated_per_source: usize,
+    /// New WebSocket connections one source may open per second before the node-wide rate
+    /// (`accept_per_second`) is charged; beyond it the source's attempts are shed
+    /// (`overloaded`) without spending the node-wide budget. 0 turns the per-source rate off.
+    pub accept_per_source_per_second: f64,
+    /// The per-source burst.
+    pub accept_per_source_burst: f64,
+    /// Balancers whose connections carry many users (HAProxy in `mode http`, a cloud proxy):
+    /// IPs or CIDR blocks (`10.0.0.0/8`). For their connections the source is the last
+    /// address of `X-Forwarded-For` (when present) and the per-source caps are applied at the
+    /// upgrade instead of at the TCP accept; without the header the source is unknown and only
+    /// the node-wide limits apply. Default: loopback (`127.0.0.0/8`, `::1`), where a local
+    /// balancer or sidecar sits, never users. Empty: every peer is a client.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Limits {
@@ -279,6 +300,11 @@ impl Default for Limits {
             dm_sent_bytes_per_second: 128 * 1024,
             dm_received_per_second: 50,
             dm_received_bytes_per_second: 256 * 1024,
+            max_unauthenticated: 4_096,
+            max_unauthenticated_per_source: 64,
+            accept_per_source_per_second: 100.0,
+            accept_per_source_burst: 200.0,
+            trusted_proxies: vec!["127.0.0.0/8".into(), "::1".into()],
         }
     }
 }
@@ -311,6 +337,13 @@ pub struct Timing {
     /// over the time it needs to admit the current backlog at `limits.accept_per_second`,
     /// capped here.
     pub shed_reconnect_max_ms: u64,
+    /// A TCP connection must have sent a complete HTTP request (the WebSocket upgrade) within
+    /// this, or it is closed: a silent socket cannot hold a node's file descriptor forever.
+    pub upgrade_timeout_ms: u64,
+    /// Under pressure (unauthenticated connections over three quarters of
+    /// `limits.max_unauthenticated`), the upgrade and `hello` deadlines of new connections
+    /// are this instead.
+    pub pressure_timeout_ms: u64,
 }
 
 impl Default for Timing {
@@ -327,6 +360,8 @@ impl Default for Timing {
             drain_reconnect_max_ms: 2_000,
             shed_reconnect_min_ms: 200,
             shed_reconnect_max_ms: 10_000,
+            upgrade_timeout_ms: 10_000,
+            pressure_timeout_ms: 1_000,
         }
     }
 }
@@ -362,8 +397,15 @@ impl Default for History {
 pub struct NodeConfig {
     /// The region this node serves (a file name in `regions/`).
     pub region: String,
-    /// Address for WebSocket and HTTP (`/v1/ws`, `/healthz`, `/readyz`, `/metrics`).
+    /// Address for clients: `/v1/ws` (and `/healthz`, `/readyz`, `/metrics` too when there is
+    /// no `ops_listen`).
     pub listen: SocketAddr,
+    /// Address for operations: `/healthz`, `/readyz`, `/metrics`. Set it in production: a
+    /// client port saturated by sockets cannot then hide a healthy node from its balancer, and
+    /// `/metrics` and `/readyz` are not reachable through the public balancer. With it set, the
+    /// client port serves `/v1/ws` only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ops_listen: Option<SocketAddr>,
     /// Shared HS256 secret for connection tokens (at least 16 bytes).
     pub token_secret: String,
     /// Regional state.
@@ -403,6 +445,7 @@ impl NodeConfig {
         Self {
             region: region.into(),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            ops_listen: None,
             token_secret: token_secret.into(),
             store: StoreConfig::Memory,
             limits: Limits::default(),
@@ -488,6 +531,31 @@ impl NodeConfig {
         }
         if t.shed_reconnect_min_ms == 0 || t.shed_reconnect_min_ms > t.shed_reconnect_max_ms {
             return fail("timing: need 0 < shed_reconnect_min_ms <= shed_reconnect_max_ms".into());
+        }
+        if t.upgrade_timeout_ms == 0 || t.pressure_timeout_ms == 0 {
+            return fail(
+                "timing.upgrade_timeout_ms and timing.pressure_timeout_ms must be > 0".into(),
+            );
+        }
+        if l.accept_per_source_per_second < 0.0
+            || (l.accept_per_source_per_second > 0.0 && l.accept_per_source_burst < 1.0)
+        {
+            return fail(
+                "limits.accept_per_source_per_second must be >= 0 and limits.accept_per_source_burst >= 1".into(),
+            );
+        }
+        for p in &l.trusted_proxies {
+            if crate::admission::IpBlock::parse(p).is_none() {
+                return fail(format!(
+                    "limits.trusted_proxies: {p:?} is not an IP address or CIDR block"
+                ));
+            }
+        }
+        if self
+            .ops_listen
+            .is_some_and(|o| o == self.listen && o.port() != 0)
+        {
+            return fail("ops_listen must differ from listen".into());
         }
         if self.history.len == 0 || self.history.max_replay == 0 {
             return fail("history.len and history.max_replay must be at least 1".into());
@@ -617,6 +685,9 @@ mod tests {
             (MINIMAL.replace(r#"url = "redis://127.0.0.1:6379/" }"#, r#"url = "redis://127.0.0.1:6379/", durable = true, durable_timeout_ms = 99999 }"#), "store.durable_timeout_ms"),
             (format!("{MINIMAL}\n[limits]\naccept_per_second = 0.0"), "limits.accept_per_second"),
             (format!("{MINIMAL}\n[timing]\nshed_reconnect_min_ms = 900\nshed_reconnect_max_ms = 100"), "shed_reconnect_min_ms"),
+            (format!("{MINIMAL}\n[limits]\ntrusted_proxies = [\"10.0.0.0/40\"]"), "limits.trusted_proxies"),
+            (format!("{MINIMAL}\n[timing]\nupgrade_timeout_ms = 0"), "timing.upgrade_timeout_ms"),
+            (format!("{MINIMAL}\nops_listen = \"127.0.0.1:7001\""), "ops_listen"),
         ];
         for (toml, key) in cases {
             let e = parse(&toml).unwrap_err().to_string();

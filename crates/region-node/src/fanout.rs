@@ -332,6 +332,44 @@ impl LocalIndex {
         n
     }
 
+    /// Every authenticated local connection: its user, number, and the rooms it is live in
+    /// (joins still in progress are left out: their own store calls write them). What a node
+    /// re-asserts after its lease expired.
+    pub fn connections(&self) -> Vec<(UserId, u64, Vec<RoomId>)> {
+        let mut rooms_of: HashMap<u64, Vec<RoomId>> = HashMap::new();
+        {
+            let rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
+            for (room, subs) in rooms.iter() {
+                for sub in subs.iter().filter(|s| s.position().is_some()) {
+                    rooms_of.entry(sub.conn).or_default().push(room.clone());
+                }
+            }
+        }
+        let users = self.users.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = Vec::new();
+        for (user, conns) in users.iter() {
+            for (conn, _) in conns {
+                let rooms = rooms_of.remove(conn).unwrap_or_default();
+                out.push((user.clone(), *conn, rooms));
+            }
+        }
+        out
+    }
+
+    /// Whether connection `conn` is still open here.
+    pub fn has_conn(&self, conn: u64) -> bool {
+        let users = self.users.lock().unwrap_or_else(|p| p.into_inner());
+        users.values().flatten().any(|(c, _)| *c == conn)
+    }
+
+    /// Whether connection `conn` is (still) in `room` here.
+    pub fn has_subscriber(&self, room: &RoomId, conn: u64) -> bool {
+        let rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
+        rooms
+            .get(room)
+            .is_some_and(|subs| subs.iter().any(|s| s.conn == conn))
+    }
+
     /// Registers a connection of a user for direct messages.
     pub fn add_user_conn(&self, user: &UserId, conn: u64, outbox: Outbox) {
         let mut users = self.users.lock().unwrap_or_else(|p| p.into_inner());

@@ -42,6 +42,18 @@ pub struct Metrics {
     pub reaped_members: Counter,
     /// 1 while the node's Redis primary accepts writes (the last lease renewal succeeded).
     pub redis_up: Gauge,
+    /// Connections refused before `hello`, by reason: `unauthenticated` (node-wide budget of
+    /// not-yet-authenticated connections), `source` (one source's share of it), `source_rate`
+    /// (one source's accept rate), `fd_limit` (the process is at its file-descriptor limit),
+    /// `upgrade_timeout` (no complete upgrade request in time).
+    pub refused_connections: Family<Labels, Counter>,
+    /// Connections that have not finished `hello` (from the TCP accept on).
+    pub unauthenticated: Gauge,
+    /// 1 while the client listener sheds at the file-descriptor limit.
+    pub at_fd_limit: Gauge,
+    /// Times the node re-registered its lease after it had expired and re-asserted its
+    /// sessions' presence and memberships.
+    pub lease_reasserts: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -80,6 +92,10 @@ impl Metrics {
             shed_connections: Counter::default(),
             reaped_members: Counter::default(),
             redis_up: Gauge::default(),
+            refused_connections: Family::default(),
+            unauthenticated: Gauge::default(),
+            at_fd_limit: Gauge::default(),
+            lease_reasserts: Counter::default(),
             registry: Registry::default(),
         };
         let r = &mut root;
@@ -132,6 +148,26 @@ impl Metrics {
             "1 while the node's Redis primary accepts writes",
             m.redis_up.clone(),
         );
+        r.register(
+            "refused_connections",
+            "Connections refused before hello, by reason",
+            m.refused_connections.clone(),
+        );
+        r.register(
+            "unauthenticated_connections",
+            "Connections that have not finished hello (from the TCP accept on)",
+            m.unauthenticated.clone(),
+        );
+        r.register(
+            "at_fd_limit",
+            "1 while the client listener sheds at the file-descriptor limit",
+            m.at_fd_limit.clone(),
+        );
+        r.register(
+            "lease_reasserts",
+            "Times the node re-registered an expired lease and re-asserted its sessions",
+            m.lease_reasserts.clone(),
+        );
         Self {
             registry: root,
             ..m
@@ -142,6 +178,13 @@ impl Metrics {
     pub fn error(&self, code: ErrorCode) {
         self.errors
             .get_or_create(&vec![("code", code.as_str())])
+            .inc();
+    }
+
+    /// Counts a connection refused before `hello`.
+    pub fn refused(&self, reason: &'static str) {
+        self.refused_connections
+            .get_or_create(&vec![("reason", reason)])
             .inc();
     }
 

@@ -11,9 +11,9 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::serve::ListenerExt;
 use axum::Router;
 use meridian_protocol::token::TokenVerifier;
+use meridian_protocol::{LeftReason, RoomId};
 use region_state::{
     Inbound, MemoryRegion, NodeId, Recovery, RedisStore, RedisStoreConfig, StateStore, StoreError,
 };
@@ -61,6 +61,9 @@ pub struct Node {
     pub admission: Admission,
     /// Wakes the lease loop to renew at once (after the store reconnected).
     pub renew_now: tokio::sync::Notify,
+    /// Since when the lease has been renewed without a break (and re-asserted if it had
+    /// lapsed); `None` while it is not. The reaper runs only after a full lease TTL of this.
+    lease_healthy_since: std::sync::Mutex<Option<Instant>>,
     sessions: TaskTracker,
 }
 
@@ -90,8 +93,10 @@ impl Node {
 /// A started node: its address and a handle to wait for it.
 #[derive(Debug)]
 pub struct RunningNode {
-    /// The bound address.
+    /// The bound client address.
     pub addr: SocketAddr,
+    /// The bound operations address (`ops_listen`), if there is one.
+    pub ops_addr: Option<SocketAddr>,
     /// The node's id in the store.
     pub node_id: NodeId,
     /// Resolves when the node has fully stopped.
@@ -142,10 +147,19 @@ pub async fn start_with_store(
 ) -> Result<RunningNode, NodeError> {
     store.renew_lease().await?;
     let addr = listener.local_addr()?;
+    let ops = match config.ops_listen {
+        Some(at) => Some(TcpListener::bind(at).await?),
+        None => None,
+    };
+    let ops_addr = ops.as_ref().map(TcpListener::local_addr).transpose()?;
     let node_id = store.node().clone();
     let node = Arc::new(Node {
         admission: Admission::new(&config),
         renew_now: tokio::sync::Notify::new(),
+        // A fresh node has just renewed: it may reap at once (the TTL wait is for recoveries).
+        lease_healthy_since: std::sync::Mutex::new(
+            Instant::now().checked_sub(Duration::from_millis(config.timing.lease_ttl_ms)),
+        ),
         verifier: TokenVerifier::new(config.token_secret.as_bytes()),
         metrics: Metrics::new(&config.region),
         config: Arc::new(config),
@@ -156,10 +170,11 @@ pub async fn start_with_store(
         closing: Signal::new(),
         sessions: TaskTracker::new(),
     });
-    tracing::info!(%addr, node = %node_id, region = %node.config.region, "region node serving");
-    let done = tokio::spawn(run(node, listener, inbound, shutdown));
+    tracing::info!(%addr, ?ops_addr, node = %node_id, region = %node.config.region, "region node serving");
+    let done = tokio::spawn(run(node, listener, ops, inbound, shutdown));
     Ok(RunningNode {
         addr,
+        ops_addr,
         node_id,
         done,
     })
@@ -168,6 +183,7 @@ pub async fn start_with_store(
 async fn run(
     node: Arc<Node>,
     listener: TcpListener,
+    ops: Option<TcpListener>,
     inbound: mpsc::Receiver<Inbound>,
     shutdown: CancellationToken,
 ) -> Result<(), NodeError> {
@@ -178,27 +194,31 @@ async fn run(
     background.spawn(reap_loop(node.clone(), loops.clone()));
     background.close();
 
-    let app = Router::new()
-        .route("/v1/ws", get(ws_upgrade))
+    // The ops listener outlives the drain: balancers see `/readyz` 503 until the end.
+    let ops_stop = CancellationToken::new();
+    let ops_app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(node.clone());
-    let server_stop = shutdown.clone();
-    let server = tokio::spawn(async move {
-        // Signaling frames are small and latency-bound: no Nagle delay.
-        let listener = listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-            }
-        });
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(server_stop.cancelled_owned())
-        .await
-    });
+    let client_app = Router::new()
+        .route("/v1/ws", get(ws_upgrade))
+        .with_state(node.clone());
+    let (client_app, ops_server) = match ops {
+        // Health and metrics on their own listener: a client port saturated by sockets
+        // cannot hide a healthy node from its balancer.
+        Some(ops) => {
+            let server = tokio::spawn(serve_ops(node.clone(), ops, ops_app, ops_stop.clone()));
+            (client_app, Some(server))
+        }
+        None => (client_app.merge(ops_app), None),
+    };
+    let server = tokio::spawn(serve_clients(
+        node.clone(),
+        listener,
+        client_app,
+        shutdown.clone(),
+    ));
 
     shutdown.cancelled().await;
     let deadline = Duration::from_millis(node.config.timing.drain_deadline_ms);
@@ -239,10 +259,14 @@ async fn run(
             clean = false;
         }
     }
-    match server.await {
-        Ok(Err(e)) => tracing::warn!(error = %e, "server error during shutdown"),
-        Err(e) => tracing::warn!(error = %e, "server task failed"),
-        Ok(Ok(())) => {}
+    if let Err(e) = server.await {
+        tracing::warn!(error = %e, "server task failed");
+    }
+    ops_stop.cancel();
+    if let Some(ops) = ops_server {
+        if let Err(e) = ops.await {
+            tracing::warn!(error = %e, "ops server task failed");
+        }
     }
     loops.cancel();
     background.wait().await;
@@ -260,6 +284,264 @@ async fn run(
     Ok(())
 }
 
+/// File descriptors kept free below the soft limit for everything but client sockets: Redis
+/// reconnects, the ops listener's health checks, logs.
+const FD_HEADROOM: u64 = 64;
+
+/// How many client sockets this process can hold: the soft `RLIMIT_NOFILE` less what is
+/// open now and [`FD_HEADROOM`]. `None` when the limit cannot be read (no cap then).
+fn client_fd_budget() -> Option<usize> {
+    let (soft, _) = rlimit::Resource::NOFILE.get().ok()?;
+    let open = std::fs::read_dir("/proc/self/fd").ok()?.count() as u64;
+    let budget = soft.saturating_sub(open).saturating_sub(FD_HEADROOM);
+    usize::try_from(budget).ok()
+}
+
+/// Whether an accept error means the process (or system) is out of file descriptors.
+fn out_of_fds(e: &std::io::Error) -> bool {
+    // EMFILE (24), ENFILE (23).
+    matches!(e.raw_os_error(), Some(23) | Some(24))
+}
+
+/// A file held open so that, at the fd limit, it can be closed to make room for one accept.
+fn reserve_fd() -> Option<std::fs::File> {
+    std::fs::File::open("/dev/null").ok()
+}
+
+/// The fd-limit state of the client listener: log once on entering, once on leaving.
+struct FdLimit {
+    hit: bool,
+}
+
+impl FdLimit {
+    fn enter(&mut self, node: &Node, why: &str) {
+        node.metrics.refused("fd_limit");
+        if !self.hit {
+            self.hit = true;
+            node.metrics.at_fd_limit.set(1);
+            tracing::warn!(
+                why,
+                sockets = node.metrics.connections.get(),
+                "at the file-descriptor limit: closing new client connections at once until \
+                 sockets are freed (raise LimitNOFILE / ulimit -n)"
+            );
+        }
+    }
+
+    fn leave(&mut self, node: &Node) {
+        if self.hit {
+            self.hit = false;
+            node.metrics.at_fd_limit.set(0);
+            tracing::info!("below the file-descriptor limit again: accepting clients");
+        }
+    }
+}
+
+/// Counts a client socket from its accept until its HTTP connection (and the WebSocket
+/// session it upgraded to, if any) ends.
+struct SocketSlot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for SocketSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The client listener: `/v1/ws` (plus the ops routes when there is no ops listener).
+///
+/// Every connection must send a complete request within `timing.upgrade_timeout_ms` (1 s under
+/// pressure), counts against the unauthenticated budget of its source from the accept on, and
+/// is closed at once when the process is at its file-descriptor budget: the node logs once,
+/// counts `refused_connections{reason="fd_limit"}`, and recovers by itself as sockets close.
+async fn serve_clients(
+    node: Arc<Node>,
+    listener: TcpListener,
+    app: Router,
+    stop: CancellationToken,
+) {
+    let budget = client_fd_budget();
+    if let Some(b) = budget {
+        tracing::info!(
+            client_sockets = b,
+            "client socket budget from the open-files limit"
+        );
+    }
+    let sockets = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut reserve = reserve_fd();
+    let mut limit = FdLimit { hit: false };
+    loop {
+        if reserve.is_none() {
+            reserve = reserve_fd();
+        }
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) if out_of_fds(&e) => {
+                limit.enter(&node, "accept failed: EMFILE");
+                // Free the reserve, take the waiting connection and close it: the client
+                // learns at once instead of hanging in the backlog.
+                reserve = None;
+                if let Ok((shed, _)) = listener.accept().await {
+                    drop(shed);
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                continue;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                continue;
+            }
+        };
+        let held = sockets.load(Ordering::Relaxed);
+        if budget.is_some_and(|b| held >= b) {
+            limit.enter(&node, "client socket budget spent");
+            drop(stream);
+            continue;
+        }
+        limit.leave(&node);
+        // Behind a trusted proxy the source is known only from the request: its budget is
+        // taken at the upgrade.
+        let unauthenticated = if node.admission.is_trusted_proxy(peer.ip()) {
+            None
+        } else {
+            match node.admission.open_unauthenticated(peer.ip(), true) {
+                Ok(u) => Some(u),
+                Err(reason) => {
+                    node.metrics.refused(reason);
+                    tracing::debug!(%peer, reason, "refusing an unauthenticated connection");
+                    drop(stream);
+                    continue;
+                }
+            }
+        };
+        node.metrics
+            .unauthenticated
+            .set(node.admission.unauthenticated() as i64);
+        sockets.fetch_add(1, Ordering::Relaxed);
+        let slot = SocketSlot(sockets.clone());
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+        let timeout = node.admission.upgrade_timeout();
+        let pending = PendingAuth(Arc::new(std::sync::Mutex::new(unauthenticated)));
+        let conn = serve_http(
+            node.clone(),
+            stream,
+            peer,
+            app.clone(),
+            timeout,
+            Some(pending),
+            slot,
+        );
+        tokio::spawn(conn);
+    }
+}
+
+/// The ops listener: `/healthz`, `/readyz`, `/metrics`. It keeps a reserve descriptor of its
+/// own, so a health check is answered even when client sockets have taken every descriptor.
+async fn serve_ops(node: Arc<Node>, listener: TcpListener, app: Router, stop: CancellationToken) {
+    let mut reserve = reserve_fd();
+    let timeout = Duration::from_millis(node.config.timing.upgrade_timeout_ms);
+    let counter = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    loop {
+        if reserve.is_none() {
+            reserve = reserve_fd();
+        }
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                counter.fetch_add(1, Ordering::Relaxed);
+                let slot = SocketSlot(counter.clone());
+                tokio::spawn(serve_http(
+                    node.clone(),
+                    stream,
+                    peer,
+                    app.clone(),
+                    timeout,
+                    None,
+                    slot,
+                ));
+            }
+            Err(e) if out_of_fds(&e) && reserve.is_some() => {
+                // Give the reserve to the health check waiting in the backlog.
+                reserve = None;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "ops accept failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+/// A connection's unit of the unauthenticated budget, handed from the accept to the upgrade
+/// through the request's extensions (the upgrade moves it into the session's handshake).
+#[derive(Clone)]
+struct PendingAuth(Arc<std::sync::Mutex<Option<crate::admission::Unauthenticated>>>);
+
+impl PendingAuth {
+    fn take(&self) -> Option<crate::admission::Unauthenticated> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+/// Serves one HTTP/1.1 connection: every request's head must arrive within `timeout` (hyper's
+/// header read timeout, which also runs while a fresh connection is silent).
+async fn serve_http(
+    node: Arc<Node>,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    app: Router,
+    timeout: Duration,
+    pending: Option<PendingAuth>,
+    slot: SocketSlot,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tower_service::Service;
+    let slot = Arc::new(slot);
+    let pending_in_requests = pending.clone();
+    let service = hyper::service::service_fn(
+        move |mut req: axum::extract::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(ConnectInfo(peer));
+            req.extensions_mut().insert(slot.clone());
+            if let Some(p) = &pending_in_requests {
+                req.extensions_mut().insert(p.clone());
+            }
+            let mut app = app.clone();
+            async move { app.call(req).await }
+        },
+    );
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeout)
+        .keep_alive(true);
+    let served = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades()
+        .await;
+    if let Err(e) = served {
+        if e.is_timeout() {
+            node.metrics.refused("upgrade_timeout");
+            tracing::debug!(%peer, "closing a connection without a complete request in time");
+        } else {
+            tracing::debug!(%peer, error = %e, "http connection ended with an error");
+        }
+    }
+    // An unauthenticated unit not taken by an upgrade goes with the connection.
+    drop(pending);
+    node.metrics
+        .unauthenticated
+        .set(node.admission.unauthenticated() as i64);
+}
+
 /// Initial WebSocket read/write buffer per connection.
 const WS_BUFFER_BYTES: usize = 8 * 1024;
 
@@ -269,6 +551,9 @@ const READ_BUFFER_BYTES: usize = 1024;
 async fn ws_upgrade(
     State(node): State<Arc<Node>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: axum::http::HeaderMap,
+    pending: Option<axum::Extension<PendingAuth>>,
+    slot: Option<axum::Extension<Arc<SocketSlot>>>,
     ws: WebSocketUpgrade,
 ) -> Response {
     if node.draining.is_fired() {
@@ -280,18 +565,51 @@ async fn ws_upgrade(
         .max_frame_bytes
         .saturating_mul(4)
         .max(64 * 1024);
+    // The user's address: the peer, or behind a trusted proxy the last X-Forwarded-For hop
+    // (unknown when the proxy does not say: then only the node-wide limits apply).
+    let trusted = node.admission.is_trusted_proxy(peer.ip());
+    let source = if trusted {
+        forwarded_for(&headers)
+    } else {
+        Some(peer.ip())
+    };
+    let unauthenticated = match pending.and_then(|p| p.0.take()) {
+        Some(u) => Some(u),
+        // Behind a trusted proxy that names the client: that source's budget. A proxy that
+        // does not name it bounds its own silent connections (HAProxy's `timeout
+        // http-request`); counting all its users as one would make a reconnect storm through
+        // it look like a flood.
+        None if trusted && source.is_some() => match node
+            .admission
+            .open_unauthenticated(source.unwrap_or(peer.ip()), true)
+        {
+            Ok(u) => Some(u),
+            Err(reason) => {
+                node.metrics.refused(reason);
+                node.metrics.shed_connections.inc();
+                let after_ms = node.config.timing.shed_reconnect_min_ms;
+                return shed_upgrade(ws, after_ms);
+            }
+        },
+        _ => None,
+    };
     let open = usize::try_from(node.metrics.connections.get()).unwrap_or(0);
-    let handshake = match node.admission.admit(open) {
+    let handshake = match node.admission.admit(open, source, unauthenticated) {
         Ok(handshake) => handshake,
         Err(Shed { after_ms, why }) => {
             node.metrics.shed_connections.inc();
-            tracing::debug!(%peer, after_ms, why, "shedding a connection attempt");
+            if why == "source_rate" {
+                node.metrics.refused(why);
+            }
+            tracing::debug!(%peer, ?source, after_ms, why, "shedding a connection attempt");
             // Upgrade and say why, so the client gets a `reconnect` it understands; the
             // session costs nothing in the store (no hello was processed).
             return shed_upgrade(ws, after_ms);
         }
     };
     let tracker = node.sessions.clone();
+    // The socket stays counted against the fd budget while its session lives.
+    let slot = slot.map(|s| s.0);
     // tungstenite starts every connection with 128 KiB read and write buffers; signaling
     // frames are small, and the buffers grow when a large frame needs it. Small initial
     // buffers keep a node with thousands of sockets (a reconnect storm) at ~20 KiB each.
@@ -303,8 +621,22 @@ async fn ws_upgrade(
         .max_message_size(hard_limit)
         .max_frame_size(hard_limit)
         .on_upgrade(move |socket| {
-            tracker.track_future(crate::session::serve(node, socket, peer, handshake))
+            tracker.track_future(async move {
+                crate::session::serve(node, socket, peer, handshake).await;
+                drop(slot);
+            })
         })
+}
+
+/// The last address of `X-Forwarded-For` (the one the trusted proxy appended).
+fn forwarded_for(headers: &axum::http::HeaderMap) -> Option<std::net::IpAddr> {
+    let last = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .last()?;
+    last.trim().parse().ok()
 }
 
 fn shed_upgrade(ws: WebSocketUpgrade, after_ms: u64) -> Response {
@@ -450,32 +782,101 @@ async fn catch_up(node: Arc<Node>) {
     );
 }
 
+fn set_lease_healthy(node: &Node, healthy: bool) {
+    let mut since = node
+        .lease_healthy_since
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if !healthy {
+        *since = None;
+    } else if since.is_none() {
+        *since = Some(Instant::now());
+    }
+}
+
+/// Renews the node's lease. While Redis is away, clients stay connected (their requests fail
+/// with `unavailable`); when it answers again and the lease had lapsed — another node may have
+/// reaped this node's members meanwhile — [`reassert`] writes every local session's presence
+/// and memberships again.
 async fn lease_loop(node: Arc<Node>, stop: CancellationToken) {
     let ttl = Duration::from_millis(node.config.timing.lease_ttl_ms);
     let mut tick = tokio::time::interval(Duration::from_millis(node.config.timing.lease_renew_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut renewed = Instant::now();
-    let mut fenced = false;
-    let mut failing = false;
+    let mut lapsed = false;
+    let mut sweep = false;
+    let mut expired_warned = false;
+    let mut failing_since: Option<Instant> = None;
+    let mut last_warning: Option<Instant> = None;
+    let mut reasserting: Option<tokio::task::JoinHandle<Result<Reasserted, StoreError>>> = None;
     loop {
         // While renewals fail, retry every 200 ms: a failover's new primary should see this
         // node's lease as soon as it is reachable, well before the lease runs out.
         let retry = tokio::time::sleep(Duration::from_millis(200));
         tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => {
+                if let Some(task) = reasserting.take() {
+                    task.abort();
+                }
+                return;
+            }
             _ = tick.tick() => {}
             _ = node.renew_now.notified() => {}
-            _ = retry, if failing => {}
+            _ = retry, if failing_since.is_some() || reasserting.is_some() => {}
         }
-        match node.timed("renew_lease", node.store.renew_lease()).await {
-            Ok(()) => {
-                failing = false;
-                if fenced {
-                    tracing::info!("lease renewed again; serving");
-                    fenced = false;
+        if let Some(task) = reasserting.take_if(|t| t.is_finished()) {
+            match task.await {
+                Ok(Ok(r)) => {
+                    // A sweep that was owed is done (a failed one is retried with it).
+                    sweep = false;
+                    node.metrics.lease_reasserts.inc();
+                    tracing::info!(
+                        connections = r.connections,
+                        memberships = r.memberships,
+                        rejoined = r.rejoined,
+                        removed = r.removed,
+                        "re-asserted this node's sessions after the lease lapsed"
+                    );
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "re-asserting sessions failed; retrying");
+                    lapsed = true;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "re-assert task failed; retrying");
+                    lapsed = true;
+                }
+            }
+        }
+        match node
+            .timed("renew_lease", node.store.renew_lease_checked())
+            .await
+        {
+            Ok(alive) => {
+                let down_for = failing_since.take().map(|since| since.elapsed());
+                if let Some(down) = down_for {
+                    tracing::info!(down_ms = down.as_millis() as u64, "lease renewed again");
+                    // Sessions closed during an outage this long may have given up their own
+                    // clean-up: the re-assert then sweeps their entries.
+                    if down >= ORPHAN_SWEEP_AFTER {
+                        sweep = true;
+                    }
+                }
+                node.metrics.redis_up.set(1);
+                expired_warned = false;
+                // `SET ... GET` says exactly whether the lease had lapsed.
+                if !alive {
+                    lapsed = true;
                 }
                 renewed = Instant::now();
-                node.metrics.redis_up.set(1);
+                if lapsed && reasserting.is_none() {
+                    lapsed = false;
+                    set_lease_healthy(&node, false);
+                    tracing::warn!("this node's lease had lapsed: re-asserting its sessions");
+                    reasserting = Some(tokio::spawn(reassert(node.clone(), sweep)));
+                } else if reasserting.is_none() {
+                    set_lease_healthy(&node, true);
+                }
                 // Keep this node's connection count current for the region's load report.
                 let mine = u64::try_from(node.metrics.connections.get()).unwrap_or(0);
                 if let Err(e) = node.store.region_load(mine).await {
@@ -483,22 +884,137 @@ async fn lease_loop(node: Arc<Node>, stop: CancellationToken) {
                 }
             }
             Err(e) => {
-                failing = true;
+                failing_since.get_or_insert_with(Instant::now);
+                set_lease_healthy(&node, false);
                 node.metrics.redis_up.set(0);
-                tracing::warn!(error = %e, "lease renewal failed");
-                // Past the TTL another node may already have reaped our members: clients must
-                // resume (here or elsewhere) so their memberships are written again.
-                if !fenced && renewed.elapsed() >= ttl {
-                    fenced = true;
-                    let n = node.local.kick_all(crate::fanout::KickReason::LeaseLost);
+                if last_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
+                    last_warning = Some(Instant::now());
+                    tracing::warn!(error = %e, "lease renewal failed; clients stay connected, requests fail with `unavailable` until Redis answers");
+                }
+                if !expired_warned && renewed.elapsed() >= ttl {
+                    // Another node may reap this node's members now. Clients stay: once Redis
+                    // answers, the renewal says whether the lease lapsed, and if so the node
+                    // writes their presence and memberships again.
+                    expired_warned = true;
                     tracing::warn!(
-                        connections = n,
-                        "lease expired: telling every client to reconnect"
+                        connections = node.metrics.connections.get(),
+                        "lease expired while Redis is away; keeping clients, will re-assert them"
                     );
                 }
             }
         }
     }
+}
+
+/// Store outages at least this long make the re-assert sweep the node's index for connections
+/// that closed meanwhile (a session's own clean-up retries for longer than this before it gives
+/// up; a shorter lapse, e.g. a late renewal under load, has nothing to sweep).
+const ORPHAN_SWEEP_AFTER: Duration = Duration::from_secs(5);
+
+/// What [`reassert`] wrote or removed.
+#[derive(Debug, Default)]
+struct Reasserted {
+    connections: usize,
+    memberships: usize,
+    rejoined: usize,
+    removed: usize,
+}
+
+/// After the node's lease lapsed: waits for any reaper that claimed this node, then writes
+/// every local connection's presence and live memberships again (a membership the reaper
+/// removed comes back with a `joined` event), and finally removes entries of connections that
+/// closed while Redis was away (their own clean-up gave up) when `sweep` is set. Every step is
+/// idempotent.
+async fn reassert(node: Arc<Node>, sweep: bool) -> Result<Reasserted, StoreError> {
+    use region_state::ConnRef;
+    let store = &node.store;
+    let waited = Instant::now();
+    // A reaper's claim expires after 30 s even if it died mid-way.
+    while store.reaping_in_progress().await? && waited.elapsed() < Duration::from_secs(35) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let newest = node.next_conn.load(Ordering::Relaxed);
+    let mut done = Reasserted::default();
+    // What the store still has: a reaper removes memberships and presence first and the index
+    // last, so an entry still in the index (no reaper runs now) is still in the store. Only
+    // what is missing is written: after a stall nobody reaped, this is one read.
+    let indexed: std::collections::HashSet<(u64, Option<RoomId>)> = store
+        .own_index()
+        .await?
+        .into_iter()
+        .map(|(conn, _, room)| (conn, room))
+        .collect();
+    for (user, conn_no, rooms) in node.local.connections() {
+        let conn = ConnRef {
+            node: store.node().clone(),
+            conn: conn_no,
+            user,
+        };
+        let wrote_presence = !indexed.contains(&(conn_no, None));
+        if wrote_presence {
+            store.connect(&conn).await?;
+            done.connections += 1;
+        }
+        for room in rooms {
+            if indexed.contains(&(conn_no, Some(room.clone()))) {
+                continue;
+            }
+            // Unlimited: the connection was admitted to the room before.
+            let joined = store.join(&room, &conn, 0).await?;
+            done.memberships += 1;
+            if joined.first {
+                done.rejoined += 1;
+            }
+            if !node.local.has_subscriber(&room, conn_no) {
+                // It left while we wrote it back.
+                store.leave(&room, &conn, LeftReason::Leave).await?;
+            }
+        }
+        if wrote_presence && !node.local.has_conn(conn_no) {
+            store.disconnect(&conn).await?;
+        }
+    }
+    // Entries of connections that are gone. Look twice, a few seconds apart, so a hello or
+    // join in flight (its index entry is written before the node registers it locally) is
+    // never taken for an orphan.
+    let orphans = |index: Vec<(u64, meridian_protocol::UserId, Option<RoomId>)>| {
+        index
+            .into_iter()
+            .filter(|(conn, _, room)| {
+                *conn <= newest
+                    && match room {
+                        Some(room) => !node.local.has_subscriber(room, *conn),
+                        None => !node.local.has_conn(*conn),
+                    }
+            })
+            .collect::<Vec<_>>()
+    };
+    if !sweep {
+        return Ok(done);
+    }
+    let first = orphans(store.own_index().await?);
+    if !first.is_empty() {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let mut again = orphans(store.own_index().await?);
+        again.retain(|e| first.contains(e));
+        // Memberships before presence.
+        again.sort_by_key(|(_, _, room)| room.is_none());
+        for (conn_no, user, room) in again {
+            let conn = ConnRef {
+                node: store.node().clone(),
+                conn: conn_no,
+                user,
+            };
+            match room {
+                Some(room) => {
+                    store.leave(&room, &conn, LeftReason::Disconnect).await?;
+                }
+                None => store.disconnect(&conn).await?,
+            }
+            done.removed += 1;
+        }
+    }
+    Ok(done)
 }
 
 async fn reap_loop(node: Arc<Node>, stop: CancellationToken) {
@@ -510,6 +1026,18 @@ async fn reap_loop(node: Arc<Node>, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
         }
+        // Only a node whose own lease has been healthy for a whole TTL reaps: after a
+        // region-wide Redis outage every node's lease looks expired, and each must get the
+        // chance to renew before anyone takes it for dead.
+        let ttl = Duration::from_millis(node.config.timing.lease_ttl_ms);
+        let healthy = node
+            .lease_healthy_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|since| since.elapsed() >= ttl);
+        if !healthy {
+            continue;
+        }
         match node.timed("reap", node.store.reap_dead_nodes()).await {
             Ok(reaped) => {
                 for r in reaped {
@@ -519,5 +1047,34 @@ async fn reap_loop(node: Arc<Node>, stop: CancellationToken) {
             }
             Err(e) => tracing::warn!(error = %e, "reaper failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_for_takes_the_last_hop_and_ignores_garbage() {
+        let mut h = axum::http::HeaderMap::new();
+        assert_eq!(forwarded_for(&h), None);
+        h.append("x-forwarded-for", "10.0.0.1, 192.0.2.7".parse().unwrap());
+        assert_eq!(forwarded_for(&h), Some("192.0.2.7".parse().unwrap()));
+        h.append("x-forwarded-for", " 2001:db8::9 ".parse().unwrap());
+        assert_eq!(forwarded_for(&h), Some("2001:db8::9".parse().unwrap()));
+        let mut bad = axum::http::HeaderMap::new();
+        bad.append("x-forwarded-for", "1.2.3.4, not-an-ip".parse().unwrap());
+        assert_eq!(
+            forwarded_for(&bad),
+            None,
+            "a forged last hop names no source"
+        );
+    }
+
+    #[test]
+    fn accept_errors_for_missing_descriptors_are_recognised() {
+        assert!(out_of_fds(&std::io::Error::from_raw_os_error(24)));
+        assert!(out_of_fds(&std::io::Error::from_raw_os_error(23)));
+        assert!(!out_of_fds(&std::io::Error::from_raw_os_error(104)));
     }
 }

@@ -339,8 +339,8 @@ struct Joined {
 
 /// Waits for `hello`, authenticates and resumes. `None` means the connection is done.
 async fn hello(node: &Arc<Node>, ws: &mut WebSocket, conn_no: u64) -> Option<(Session, Replays)> {
-    let timing = &node.config.timing;
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(timing.hello_timeout_ms);
+    // `timing.hello_timeout_ms`, or shorter while unauthenticated connections crowd the node.
+    let deadline = tokio::time::Instant::now() + node.admission.hello_timeout();
     loop {
         let msg = tokio::select! {
             _ = tokio::time::sleep_until(deadline) => {

@@ -307,6 +307,25 @@ pub trait StateStore: Send + Sync + 'static {
 
     /// Creates or extends this node's lease.
     async fn renew_lease(&self) -> StoreResult<()>;
+    /// Like [`StateStore::renew_lease`], and says whether the lease was still alive before
+    /// this renewal. `false` means it had expired (or the store lost it): another node may
+    /// have reaped this node's members meanwhile, so the node must re-assert its sessions
+    /// (see `docs/redis-schema.md`, "Lease loss").
+    async fn renew_lease_checked(&self) -> StoreResult<bool> {
+        self.renew_lease().await?;
+        Ok(true)
+    }
+    /// Whether a reaper is cleaning up this node right now (it claimed it while the lease was
+    /// expired). A node re-asserting its sessions waits until it is done.
+    async fn reaping_in_progress(&self) -> StoreResult<bool> {
+        Ok(false)
+    }
+    /// This node's index as the store has it: `(connection, user, room)` for each membership
+    /// and `(connection, user, None)` for each presence entry. Lets a node that lost its store
+    /// for a while remove entries of connections that closed meanwhile.
+    async fn own_index(&self) -> StoreResult<Vec<(u64, UserId, Option<RoomId>)>> {
+        Ok(Vec::new())
+    }
     /// Ends this node's lease on graceful shutdown (after its connections are gone).
     async fn release_lease(&self) -> StoreResult<()>;
     /// Records this node's open connections and returns the region's totals over its live

@@ -277,20 +277,48 @@ impl StateStore for RedisStore {
     }
 
     async fn renew_lease(&self) -> StoreResult<()> {
+        self.renew_lease_checked().await.map(|_| ())
+    }
+
+    async fn renew_lease_checked(&self) -> StoreResult<bool> {
         let node = &self.config.node;
         let ttl = self.config.limits.lease_ttl.as_millis() as u64;
-        let _: () = redis::pipe()
+        // `SET ... GET` returns the value it replaced: nil means the lease had expired.
+        let (previous,): (Option<String>,) = redis::pipe()
             .cmd("SET")
             .arg(lease_key(node))
             .arg(&self.config.region)
             .arg("PX")
             .arg(ttl)
-            .ignore()
+            .arg("GET")
             .zadd(NODES_KEY, node.as_str(), now_ms())
             .ignore()
             .query_async(&mut self.conn())
             .await?;
-        Ok(())
+        Ok(previous.is_some())
+    }
+
+    async fn reaping_in_progress(&self) -> StoreResult<bool> {
+        let claimed: bool = self.conn().exists(reaping_key(&self.config.node)).await?;
+        Ok(claimed)
+    }
+
+    async fn own_index(&self) -> StoreResult<Vec<(u64, UserId, Option<RoomId>)>> {
+        let entries: Vec<String> = self.conn().smembers(index_key(&self.config.node)).await?;
+        Ok(entries
+            .iter()
+            .filter_map(|entry| {
+                let mut parts = entry.splitn(4, '|');
+                let kind = parts.next()?;
+                let conn = parts.next()?.parse::<u64>().ok()?;
+                let user = UserId::new(parts.next()?).ok()?;
+                match (kind, parts.next()) {
+                    ("r", Some(room)) => Some((conn, user, Some(RoomId::new(room).ok()?))),
+                    ("u", None) => Some((conn, user, None)),
+                    _ => None,
+                }
+            })
+            .collect())
     }
 
     async fn region_load(&self, connections: u64) -> StoreResult<crate::RegionLoad> {
@@ -364,11 +392,13 @@ impl StateStore for RedisStore {
             if node == self.config.node {
                 continue;
             }
-            let alive: bool = conn.exists(lease_key(&node)).await?;
-            if alive {
+            if conn.exists(lease_key(&node)).await? {
                 continue;
             }
-            // One reaper per dead node at a time; the scripts are idempotent anyway.
+            // One reaper per dead node at a time; the scripts are idempotent anyway. Claim
+            // first, then look at the lease again: a node that renews its expired lease and
+            // then finds no claim can be sure no reaper will start on it (one that claimed
+            // earlier is visible to it, and it waits for that one to finish).
             let claimed: bool = redis::cmd("SET")
                 .arg(reaping_key(&node))
                 .arg(self.config.node.as_str())
@@ -379,6 +409,10 @@ impl StateStore for RedisStore {
                 .await?
                 .is_some();
             if !claimed {
+                continue;
+            }
+            if conn.exists(lease_key(&node)).await? {
+                let _: () = conn.del(reaping_key(&node)).await?;
                 continue;
             }
             let entries: Vec<String> = conn.smembers(index_key(&node)).await?;

@@ -22,7 +22,7 @@ locals {
     node = {
       instance_type = var.nodes.instance_type
       unit          = "meridian-region-node.service"
-      port          = var.nodes.port
+      port          = var.nodes.ops_port
     }
     relay = {
       instance_type = var.relays.instance_type
@@ -51,6 +51,7 @@ resource "aws_launch_template" "role" {
     catalogue_files = var.catalogue_files
     region          = var.region
     node_port       = var.nodes.port
+    ops_port        = var.nodes.ops_port
     relay_port      = var.region.relay.port
     health          = var.relays.health_port
     namespace       = var.metrics_namespace
@@ -97,13 +98,18 @@ resource "aws_launch_template" "role" {
 }
 
 resource "aws_autoscaling_group" "nodes" {
-  region                    = local.aws
-  name                      = "${local.name}-nodes"
-  min_size                  = var.nodes.min_size
-  max_size                  = var.nodes.max_size
-  vpc_zone_identifier       = [for s in aws_subnet.private : s.id]
-  target_group_arns         = [aws_lb_target_group.nodes.arn]
-  health_check_type         = "ELB"
+  region              = local.aws
+  name                = "${local.name}-nodes"
+  min_size            = var.nodes.min_size
+  max_size            = var.nodes.max_size
+  vpc_zone_identifier = [for s in aws_subnet.private : s.id]
+  target_group_arns   = [aws_lb_target_group.nodes.arn]
+  # Instance health is not the target group's: that one follows /readyz, and an ASG with
+  # "ELB" health replaces an instance whenever a target group calls it unhealthy, so a Redis
+  # outage of ~20 s would replace every node of the region. EC2 status checks replace a broken
+  # instance; systemd restarts a dead node process (Restart=on-failure); /healthz on the ops
+  # port answers liveness for operators and monitoring.
+  health_check_type         = "EC2"
   health_check_grace_period = 60
   default_instance_warmup   = 60
   # Connections re-home when a node goes: replace slowly so clients spread over the others.

@@ -48,9 +48,10 @@ resource "aws_lb_target_group" "nodes" {
   deregistration_delay = var.nodes.drain_seconds
   tags                 = local.tags
 
+  # Traffic health: /readyz on the node's ops port (false while its Redis is away or it drains).
   health_check {
     protocol            = "HTTP"
-    port                = "traffic-port"
+    port                = tostring(var.nodes.ops_port)
     path                = "/readyz"
     interval            = 10
     healthy_threshold   = 2

@@ -23,6 +23,26 @@ resource "aws_vpc_security_group_ingress_rule" "ingress_lb_clients" {
   cidr_ipv4         = each.value
 }
 
+resource "aws_vpc_security_group_egress_rule" "ingress_lb_to_node_ops" {
+  region                       = local.aws
+  security_group_id            = aws_security_group.ingress_lb.id
+  description                  = "Health-check the region nodes' ops port (/readyz)"
+  ip_protocol                  = "tcp"
+  from_port                    = var.nodes.ops_port
+  to_port                      = var.nodes.ops_port
+  referenced_security_group_id = aws_security_group.nodes.id
+}
+
+resource "aws_vpc_security_group_ingress_rule" "node_ops_from_lb" {
+  region                       = local.aws
+  security_group_id            = aws_security_group.nodes.id
+  description                  = "/readyz checks from the ingress NLB on the ops port"
+  ip_protocol                  = "tcp"
+  from_port                    = var.nodes.ops_port
+  to_port                      = var.nodes.ops_port
+  referenced_security_group_id = aws_security_group.ingress_lb.id
+}
+
 resource "aws_vpc_security_group_egress_rule" "ingress_lb_to_nodes" {
   region                       = local.aws
   security_group_id            = aws_security_group.ingress_lb.id
@@ -44,7 +64,7 @@ resource "aws_security_group" "nodes" {
 resource "aws_vpc_security_group_ingress_rule" "nodes_from_lb" {
   region                       = local.aws
   security_group_id            = aws_security_group.nodes.id
-  description                  = "WebSocket and /readyz from the ingress NLB"
+  description                  = "WebSocket from the ingress NLB"
   ip_protocol                  = "tcp"
   from_port                    = var.nodes.port
   to_port                      = var.nodes.port

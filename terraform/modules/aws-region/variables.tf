@@ -64,12 +64,13 @@ variable "image" {
 }
 
 variable "nodes" {
-  description = "Region-node autoscaling group: instance type, size bounds, the node's listen port, and the scaling targets (average CPU percent, and open WebSocket connections per node from the node's meridian_node_connections gauge)."
+  description = "Region-node autoscaling group: instance type, size bounds, the node's client port and ops port (/healthz, /readyz, /metrics; never behind the public listener), and the scaling targets (average CPU percent, and open WebSocket connections per node from the node's meridian_node_connections gauge)."
   type = object({
     instance_type               = optional(string, "c7g.large")
     min_size                    = optional(number, 2)
     max_size                    = optional(number, 20)
     port                        = optional(number, 8080)
+    ops_port                    = optional(number, 9090)
     cpu_target_percent          = optional(number, 60)
     connections_per_node_target = optional(number, 10000)
     drain_seconds               = optional(number, 15)

@@ -23,7 +23,7 @@ locals {
       machine_type = var.nodes.machine_type
       tag          = local.node_tag
       unit         = "meridian-region-node.service"
-      metrics_port = var.nodes.port
+      metrics_port = var.nodes.ops_port
     }
     relay = {
       machine_type = var.relays.machine_type
@@ -81,6 +81,7 @@ resource "google_compute_region_instance_template" "role" {
       catalogue_files = var.catalogue_files
       region          = var.region
       node_port       = var.nodes.port
+      ops_port        = var.nodes.ops_port
       relay_port      = var.region.relay.port
       health          = var.relays.health_port
       metrics_port    = each.value.metrics_port
@@ -95,6 +96,8 @@ resource "google_compute_region_instance_template" "role" {
   depends_on = [google_kms_crypto_key_iam_member.agents]
 }
 
+# Traffic health (the load balancer's backend service): /readyz on the ops port, false while
+# the node's Redis is away or it drains.
 resource "google_compute_health_check" "node" {
   project             = var.project
   name                = "${local.name}-node-ready"
@@ -104,8 +107,28 @@ resource "google_compute_health_check" "node" {
   unhealthy_threshold = 2
 
   http_health_check {
-    port         = var.nodes.port
+    port         = var.nodes.ops_port
     request_path = "/readyz"
+  }
+
+  log_config {
+    enable = true
+  }
+}
+
+# Instance health (autohealing): /healthz on the ops port, which never depends on Redis. With
+# /readyz here a Redis outage of ~20 s would make the group replace every node of the region.
+resource "google_compute_health_check" "node_live" {
+  project             = var.project
+  name                = "${local.name}-node-live"
+  check_interval_sec  = 10
+  timeout_sec         = 5
+  healthy_threshold   = 2
+  unhealthy_threshold = 3
+
+  http_health_check {
+    port         = var.nodes.ops_port
+    request_path = "/healthz"
   }
 
   log_config {
@@ -130,7 +153,7 @@ resource "google_compute_region_instance_group_manager" "nodes" {
   }
 
   auto_healing_policies {
-    health_check      = google_compute_health_check.node.id
+    health_check      = google_compute_health_check.node_live.id
     initial_delay_sec = 120
   }
 

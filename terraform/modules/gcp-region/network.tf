@@ -59,7 +59,7 @@ resource "google_compute_firewall" "nodes_from_lb" {
   project     = var.project
   name        = "${local.name}-nodes-from-lb"
   network     = google_compute_network.this.id
-  description = "WebSocket traffic and /readyz checks from Google's load balancer proxies"
+  description = "WebSocket traffic from Google's load balancer proxies, and their /readyz and /healthz checks on the ops port"
   direction   = "INGRESS"
   priority    = 1000
 
@@ -68,7 +68,7 @@ resource "google_compute_firewall" "nodes_from_lb" {
 
   allow {
     protocol = "tcp"
-    ports    = [tostring(var.nodes.port)]
+    ports    = [tostring(var.nodes.port), tostring(var.nodes.ops_port)]
   }
 
   log_config {

@@ -65,12 +65,13 @@ variable "image" {
 }
 
 variable "nodes" {
-  description = "Region-node managed instance group: machine type, size bounds, listen port, and autoscaling targets (CPU fraction, and open WebSockets per node from the node's meridian_node_connections gauge)."
+  description = "Region-node managed instance group: machine type, size bounds, client port and ops port (/healthz, /readyz, /metrics; never behind the public listener), and autoscaling targets (CPU fraction, and open WebSockets per node from the node's meridian_node_connections gauge)."
   type = object({
     machine_type                = optional(string, "c3-standard-4")
     min_size                    = optional(number, 2)
     max_size                    = optional(number, 20)
     port                        = optional(number, 8080)
+    ops_port                    = optional(number, 9090)
     cpu_target                  = optional(number, 0.6)
     connections_per_node_target = optional(number, 10000)
     drain_seconds               = optional(number, 15)

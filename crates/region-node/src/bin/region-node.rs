@@ -65,6 +65,9 @@ async fn serve(config: NodeConfig) -> anyhow::Result<()> {
     let running = region_node::start(config, listener, shutdown.clone()).await?;
     // Tests and scripts read this line to learn the bound port.
     println!("listening on {}", running.addr);
+    if let Some(ops) = running.ops_addr {
+        println!("ops listening on {ops}");
+    }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: draining"),
