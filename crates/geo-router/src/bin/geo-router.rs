@@ -191,6 +191,9 @@ async fn serve(config: RouterConfig) -> anyhow::Result<()> {
     // Tests and scripts read these lines to learn the bound ports.
     println!("dns listening on {}", running.dns_addr);
     println!("http listening on {}", running.http_addr);
+    if let Some(admin) = running.admin_addr {
+        println!("admin listening on {admin}");
+    }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
