@@ -259,7 +259,8 @@ impl RouterApi {
             .with_context(|| format!("bad /v1/regions answer: {body}"))
     }
 
-    /// `POST /v1/admin/regions/{region}/{action}` with `{"drill": true, "note": …}`.
+    /// `POST /v1/admin/regions/{region}/{action}` with `{"drill": true, "note": …}`, on the
+    /// router's admin listener (this `RouterApi` must point at `admin_listen`).
     pub async fn admin(&self, token: &str, region: &str, action: &str, note: &str) -> Result<()> {
         let path = format!("/v1/admin/regions/{region}/{action}");
         let url = format!("{}{path}", self.base());
@@ -280,6 +281,10 @@ impl RouterApi {
         .with_context(|| format!("POST {url}"))?;
         match status {
             200 => Ok(()),
+            404 if body.contains("admin_not_here") => bail!(
+                "POST {url}: this is the router's public port; give its admin_listen address \
+                 (--router-admin)"
+            ),
             401 => bail!(
                 "POST {url}: 401: the admin token is wrong (--admin-token or \
                  MERIDIAN_ADMIN_TOKEN; a local mesh has it in endpoints.json)"
