@@ -77,10 +77,14 @@ pub struct DrillArgs {
     /// The router's HTTP API (`http://HOST:PORT`) for a deployment; must allow `?ip=`.
     #[arg(long)]
     pub router: Option<String>,
-    /// The router's admin API (`http://HOST:PORT`: its `admin_listen`, not the public HTTP
+    /// The router's admin API (`http(s)://HOST:PORT`: its `admin_listen`, not the public HTTP
     /// port) for --mode drain; a local mesh has it in endpoints.json.
     #[arg(long, env = "MERIDIAN_ROUTER_ADMIN")]
     pub router_admin: Option<String>,
+    /// A PEM certificate to trust for an `https://` --router-admin (the router's self-signed
+    /// admin certificate, or your CA), besides the platform's roots.
+    #[arg(long, env = "MERIDIAN_ROUTER_ADMIN_CA")]
+    pub router_admin_ca: Option<PathBuf>,
     /// The router's DNS server (`HOST:PORT`) to poll with ECS; without it only HTTP is polled.
     #[arg(long)]
     pub dns: Option<String>,
@@ -145,7 +149,7 @@ pub struct DrillArgs {
 struct Target {
     router: RouterApi,
     /// The router's admin listener (drain / undrain).
-    admin: Option<RouterApi>,
+    admin: Option<mesh::AdminApi>,
     dns: Option<SocketAddr>,
     zone: String,
     admin_token: Option<String>,
@@ -174,8 +178,8 @@ fn resolve(args: &DrillArgs) -> Result<Target> {
                     .unwrap_or(&format!("http://{}", e.router.http)),
             )?,
             admin: match (&args.router_admin, e.router.admin) {
-                (Some(url), _) => Some(RouterApi::new(url)?),
-                (None, Some(addr)) => Some(RouterApi::new(&format!("http://{addr}"))?),
+                (Some(url), _) => Some(mesh::AdminApi::new(url, args.router_admin_ca.as_deref())?),
+                (None, Some(addr)) => Some(mesh::AdminApi::new(&format!("http://{addr}"), None)?),
                 (None, None) => None,
             },
             dns: dns.or(Some(e.router.dns)),
@@ -201,7 +205,7 @@ fn resolve(args: &DrillArgs) -> Result<Target> {
                 admin: args
                     .router_admin
                     .as_deref()
-                    .map(RouterApi::new)
+                    .map(|url| mesh::AdminApi::new(url, args.router_admin_ca.as_deref()))
                     .transpose()?,
                 dns,
                 zone: args
@@ -232,7 +236,7 @@ fn resolve(args: &DrillArgs) -> Result<Target> {
     }
     if args.mode == Mode::Drain && target.admin.is_none() {
         bail!(
-            "--mode drain needs the router's admin API: --router-admin http://HOST:PORT (the \
+            "--mode drain needs the router's admin API: --router-admin https://HOST:PORT (the \
              router's admin_listen; the public HTTP port does not serve /v1/admin)"
         );
     }
