@@ -181,11 +181,10 @@ impl std::fmt::Debug for AdminApi {
 impl AdminApi {
     /// `base` is `http://HOST:PORT` or `https://HOST:PORT`; `ca` extra trust for https.
     pub fn new(base: &str, ca: Option<&Path>) -> Result<Self> {
-        let base = base.trim_end_matches('/');
         let (https, authority) = match base.split_once("://") {
-            Some(("https", rest)) => (true, rest),
-            Some(("http", rest)) => (false, rest),
-            None => (false, base),
+            Some(("https", rest)) => (true, rest.trim_end_matches('/')),
+            Some(("http", rest)) => (false, rest.trim_end_matches('/')),
+            None => (false, base.trim_end_matches('/')),
             Some((scheme, _)) => bail!("--router-admin {base}: {scheme}:// is not http or https"),
         };
         if authority.is_empty() || authority.contains('/') {
