@@ -566,7 +566,10 @@ mod tests {
         }
         let missing = AdminApi::new("https://x:1", Some(Path::new("/nonexistent/ca.pem")));
         assert!(
-            missing.unwrap_err().to_string().contains("--router-admin-ca"),
+            missing
+                .unwrap_err()
+                .to_string()
+                .contains("--router-admin-ca"),
             "names the flag"
         );
     }
