@@ -2486,4 +2486,50 @@ mod tests {
             check_any_input(&answerer, &damaged, random_source(&mut rng));
         }
     }
+
+    #[test]
+    fn truncated_replies_echo_the_question_and_never_grow() {
+        // id 0x1234, RD, one question "ws.x." A IN, plus an OPT record.
+        let mut request = vec![0x12, 0x34, 0x01, 0, 0, 1, 0, 0, 0, 0, 0, 1];
+        request.extend_from_slice(&[2, b'w', b's', 1, b'x', 0, 0, 1, 0, 1]);
+        request.extend_from_slice(&[0, 0, 41, 4, 208, 0, 0, 0, 0, 0, 0]);
+        let reply = super::truncated_reply(&request).unwrap();
+        assert_eq!(reply[..2], [0x12, 0x34]);
+        assert_eq!(reply[2], 0x80 | 0x04 | 0x02 | 0x01, "QR AA TC RD");
+        assert_eq!(reply[4..12], [0, 1, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(reply[12..], request[12..22]);
+        assert!(reply.len() <= request.len());
+        // Nothing for what the answerer would not answer either.
+        let mut response = request.clone();
+        response[2] |= 0x80;
+        let mut pointer = request[..12].to_vec();
+        pointer.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1]);
+        let mut two = request.clone();
+        two[5] = 2;
+        for bad in [
+            &request[..11],
+            &request[..16],
+            &response[..],
+            &pointer[..],
+            &two[..],
+        ] {
+            assert!(super::truncated_reply(bad).is_none(), "{bad:?}");
+        }
+        // Random bytes never panic.
+        let mut seed = 0x9e37_79b9_u32;
+        for _ in 0..10_000 {
+            let len = (seed % 64) as usize;
+            let packet: Vec<u8> = (0..len)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 17;
+                    seed ^= seed << 5;
+                    seed as u8
+                })
+                .collect();
+            if let Some(reply) = super::truncated_reply(&packet) {
+                assert!(reply.len() <= packet.len());
+            }
+        }
+    }
 }

@@ -299,6 +299,12 @@ async fn connect_store(
 /// must not find its pooled connection closed under it.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(75);
 
+/// Checks that `admin_tls`'s certificate and key load (for `geo-router --validate`).
+pub fn check_admin_tls(config: &RouterConfig) -> Result<(), StartError> {
+    config.admin_tls.as_ref().map(admin_acceptor).transpose()?;
+    Ok(())
+}
+
 /// The admin listener's TLS acceptor from `admin_tls`'s PEM files.
 fn admin_acceptor(tls: &crate::config::AdminTls) -> Result<tokio_rustls::TlsAcceptor, StartError> {
     use rustls::pki_types::pem::PemObject;

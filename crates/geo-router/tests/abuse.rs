@@ -780,3 +780,38 @@ async fn silent_tcp_connections_from_one_network_do_not_hold_every_slot() {
     .await
     .expect("test took too long");
 }
+
+/// A certificate or key that does not load stops the start with a line naming the file.
+#[tokio::test]
+async fn a_bad_admin_certificate_stops_the_start_with_a_clear_error() {
+    let dir = temp_dir("bad-tls");
+    std::fs::create_dir_all(&dir).unwrap();
+    let garbage = dir.join("garbage.pem");
+    std::fs::write(&garbage, "not a certificate").unwrap();
+    let regions = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../regions"));
+    for (cert, key, expected) in [
+        (
+            dir.join("missing.crt"),
+            dir.join("missing.key"),
+            "missing.crt",
+        ),
+        (garbage.clone(), garbage.clone(), "no certificate"),
+    ] {
+        let config = RouterConfig {
+            regions: regions.clone(),
+            zone: "mesh.test.".into(),
+            dns_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            http_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            admin_tls: Some(AdminTls { cert, key }),
+            ..RouterConfig::default()
+        };
+        config.validate().unwrap();
+        let error = start(config).await.unwrap_err().to_string();
+        assert!(
+            error.contains("admin_tls") && error.contains(expected),
+            "{error}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -153,6 +153,7 @@ fn check_catalogue(config: &RouterConfig) -> anyhow::Result<()> {
     let catalogue = meridian_catalogue::load_dir(&config.regions)?;
     let names: Vec<&str> = catalogue.keys().map(String::as_str).collect();
     config.validate_against(&names)?;
+    geo_router::service::check_admin_tls(config)?;
     if let Some(path) = &config.geoip {
         geo_router::GeoDb::open(path)?;
     }
