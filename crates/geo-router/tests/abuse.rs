@@ -815,3 +815,20 @@ async fn a_bad_admin_certificate_stops_the_start_with_a_clear_error() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn probe_urls_follow_the_ws_url_scheme_and_host() {
+    use geo_router::http::probe_url;
+    assert_eq!(
+        probe_url("ws://127.0.0.1:7301/v1/ws"),
+        "http://127.0.0.1:7301/healthz"
+    );
+    assert_eq!(
+        probe_url("wss://eu.mesh.example.net/v1/ws?x=1"),
+        "https://eu.mesh.example.net/healthz"
+    );
+    assert_eq!(
+        probe_url("wss://[2001:db8::1]:443/v1/ws"),
+        "https://[2001:db8::1]:443/healthz"
+    );
+}
