@@ -402,6 +402,11 @@ allow_debug_ip = true
 
 [policy]
 default_region = "us-east"
+
+# One load generator is one source: per-network DNS limits would measure themselves.
+[dns_limits]
+rate_per_s = 0
+tcp_per_network = 256
 EOF
         "${on_server[@]}" "$bin/geo-router" --config "$dir/router.toml" >"$dir/router.out" 2>"$dir/router.err" &
         router_pid=$!

@@ -143,6 +143,8 @@ def cmd_prepare(args: argparse.Namespace) -> None:
         "allow_debug_ip = true\n"
         "\n[policy]\n"
         f'default_region = "{fallback[0]}"\n'
+        # The load generator is one source: response rate limiting would measure itself.
+        "\n[dns_limits]\nrate_per_s = 0\ntcp_per_network = 256\n"
     )
 
     # 3. gdnsd: city-auto-mode map with the catalogue's coordinates, one DYNA resource answering

@@ -775,11 +775,13 @@ pub struct RouterProcess {
     pub dns: SocketAddr,
     /// HTTP address.
     pub http: SocketAddr,
+    /// The admin API's address, when the config sets `admin_listen`.
+    pub admin: Option<SocketAddr>,
 }
 
 impl RouterProcess {
     /// Starts `geo-router --config <toml>` (listen addresses default to port 0 on 127.0.0.1)
-    /// and waits for both "listening on" lines.
+    /// and waits for its "listening on" lines (the admin one too when `admin_listen` is set).
     pub fn start(dir: &Path, name: &str, toml: &str) -> Result<Self> {
         let config = dir.join(format!("{name}.toml"));
         std::fs::write(&config, toml)?;
@@ -795,17 +797,23 @@ impl RouterProcess {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                for prefix in ["dns listening on ", "http listening on "] {
+                for prefix in [
+                    "dns listening on ",
+                    "http listening on ",
+                    "admin listening on ",
+                ] {
                     if let Some(addr) = line.strip_prefix(prefix) {
                         let _ = tx.send((prefix, addr.trim().to_owned()));
                     }
                 }
             }
         });
-        let (mut dns, mut http) = (None, None);
-        while dns.is_none() || http.is_none() {
+        let (mut dns, mut http, mut admin) = (None, None, None);
+        let wants_admin = toml.contains("admin_listen");
+        while dns.is_none() || http.is_none() || (wants_admin && admin.is_none()) {
             match rx.recv_timeout(Duration::from_secs(20)) {
                 Ok(("dns listening on ", addr)) => dns = Some(addr.parse()?),
+                Ok(("admin listening on ", addr)) => admin = Some(addr.parse()?),
                 Ok((_, addr)) => http = Some(addr.parse()?),
                 Err(_) => {
                     let _ = child.kill();
@@ -817,6 +825,7 @@ impl RouterProcess {
             child,
             dns: dns.ok_or_else(|| anyhow!("no dns address"))?,
             http: http.ok_or_else(|| anyhow!("no http address"))?,
+            admin,
         })
     }
 

@@ -18,6 +18,7 @@ use serde_json::Value;
 
 const ZONE: &str = "mesh.test.";
 const ADMIN: &str = "e2e-admin-token-0123456789";
+const REPORT_KEY: &str = "e2e-rtt-report-key-0123456789abcdef";
 
 /// The dev regions as the test catalogue writes them: (name, position, ingress address).
 const REGIONS: [(&str, (f64, f64), &str); 3] = [
@@ -76,7 +77,8 @@ impl Fixture {
     fn config(&self, extra: &str) -> String {
         format!(
             "regions = \"{}\"\ngeoip = \"{}\"\nzone = \"{ZONE}\"\ndns_listen = \"127.0.0.1:0\"\n\
-             http_listen = \"127.0.0.1:0\"\nallow_debug_ip = true\n{extra}\n",
+             http_listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nallow_debug_ip = true\n\
+             rtt.report_key = \"{REPORT_KEY}\"\n{extra}\n",
             self.dir.0.join("regions").display(),
             self.dir.0.join("geo.mmdb").display(),
         )
@@ -100,6 +102,15 @@ async fn ws_region(router: &RouterProcess, client: IpAddr) -> Result<&'static st
         .context("dns query")?;
     anyhow::ensure!(rcode == ResponseCode::NoError, "rcode {rcode:?}");
     Ok(addresses.first().map_or("none", |a| region_of(*a)))
+}
+
+/// The RTT report token `/v1/route` hands this test (from 127.0.0.1).
+async fn report_token(http: SocketAddr) -> Result<String> {
+    let route = route_json(http, "", &[]).await?;
+    route["rtt_report"]["token"]
+        .as_str()
+        .map(str::to_owned)
+        .with_context(|| format!("no rtt_report token in {route}"))
 }
 
 async fn route_json(http: SocketAddr, query: &str, headers: &[(&str, &str)]) -> Result<Value> {
@@ -237,21 +248,42 @@ async fn malformed_input_gets_clear_errors_and_the_router_keeps_serving() -> Res
     );
 
     // HTTP: bad RTT reports, bad ?ip, admin without a token.
+    let token = report_token(router.http).await?;
     for body in [
-        "not json",
-        "{\"rtts\": []}",
-        "{\"rtts\": [{\"region\": \"mars\", \"rtt_ms\": 10}]}",
-        "{\"rtts\": [{\"region\": \"eu-central\", \"rtt_ms\": -1}]}",
-        "{\"rtts\": [{\"region\": \"eu-central\", \"rtt_ms\": 10, \"extra\": 1}]}",
+        "not json".to_owned(),
+        format!("{{\"token\": \"{token}\", \"rtts\": []}}"),
+        format!("{{\"token\": \"{token}\", \"rtts\": [{{\"region\": \"mars\", \"rtt_ms\": 10}}]}}"),
+        format!("{{\"token\": \"{token}\", \"rtts\": [{{\"region\": \"eu-central\", \"rtt_ms\": -1}}]}}"),
+        format!("{{\"token\": \"{token}\", \"rtts\": [{{\"region\": \"eu-central\", \"rtt_ms\": 10, \"extra\": 1}}]}}"),
     ] {
-        let (status, _, reply) = http_request(router.http, "POST", "/v1/rtt", &[], body).await?;
+        let (status, _, reply) = http_request(router.http, "POST", "/v1/rtt", &[], &body).await?;
         assert_eq!(status, 400, "{body}: {reply}");
         assert!(reply.contains("bad_rtt_report"), "{reply}");
     }
+    let (status, _, reply) = http_request(
+        router.http,
+        "POST",
+        "/v1/rtt",
+        &[],
+        "{\"rtts\": [{\"region\": \"eu-central\", \"rtt_ms\": 10}]}",
+    )
+    .await?;
+    assert_eq!(status, 401, "{reply}");
+    assert!(reply.contains("bad_rtt_token"), "{reply}");
     let (status, _, _) = http_request(router.http, "GET", "/v1/route?ip=banana", &[], "").await?;
     assert_eq!(status, 400);
-    let (status, _, _) = http_request(
+    let (status, _, reply) = http_request(
         router.http,
+        "POST",
+        "/v1/admin/regions/eu-central/drain",
+        &[],
+        "",
+    )
+    .await?;
+    assert_eq!(status, 404, "not on the public listener: {reply}");
+    assert!(reply.contains("admin_not_here"), "{reply}");
+    let (status, _, _) = http_request(
+        router.admin.context("admin listener")?,
         "POST",
         "/v1/admin/regions/eu-central/drain",
         &[],
@@ -286,13 +318,14 @@ async fn measured_rtt_overrides_geography_for_the_reporting_network() -> Result<
     // 127.0.0.1 is not in the database: default order, alphabetical (ap-southeast first).
     let before = route_json(router.http, "", &[]).await?;
     assert_eq!(before["regions"][0]["reason"], "default");
+    let token = report_token(router.http).await?;
     for _ in 0..3 {
         let (status, _, body) = http_request(
             router.http,
             "POST",
             "/v1/rtt",
             &[("Content-Type", "application/json")],
-            r#"{"rtts": [{"region": "us-east", "rtt_ms": 12.5}, {"region": "ap-southeast", "rtt_ms": 180}]}"#,
+            &format!(r#"{{"token": "{token}", "rtts": [{{"region": "us-east", "rtt_ms": 12.5}}, {{"region": "ap-southeast", "rtt_ms": 180}}]}}"#),
         )
         .await?;
         assert_eq!(status, 204, "{body}");
@@ -381,8 +414,12 @@ async fn a_drain_on_one_router_reaches_the_other_within_a_second() -> Result<()>
     }
 
     let auth = format!("Bearer {ADMIN}");
+    let (one_admin, two_admin) = (
+        one.admin.context("admin listener")?,
+        two.admin.context("admin listener")?,
+    );
     let (status, _, body) = http_request(
-        one.http,
+        one_admin,
         "POST",
         "/v1/admin/regions/eu-central/drain",
         &[("Authorization", &auth)],
@@ -413,10 +450,10 @@ async fn a_drain_on_one_router_reaches_the_other_within_a_second() -> Result<()>
     let post = |router: SocketAddr, path: &'static str, token: String| async move {
         http_request(router, "POST", path, &[("Authorization", &token)], "").await
     };
-    let (status, _, _) = post(two.http, "/v1/admin/regions/us-east/drain", auth.clone()).await?;
+    let (status, _, _) = post(two_admin, "/v1/admin/regions/us-east/drain", auth.clone()).await?;
     assert_eq!(status, 200);
     let (status, _, body) = post(
-        one.http,
+        one_admin,
         "/v1/admin/regions/ap-southeast/drain",
         auth.clone(),
     )
@@ -425,16 +462,16 @@ async fn a_drain_on_one_router_reaches_the_other_within_a_second() -> Result<()>
     assert!(body.contains("unsafe"), "{body}");
     // Bad tokens and unknown regions and actions.
     let (status, _, _) = post(
-        one.http,
+        one_admin,
         "/v1/admin/regions/eu-central/undrain",
         "Bearer wrong-token-wrong-token".into(),
     )
     .await?;
     assert_eq!(status, 401);
-    let (status, _, _) = post(one.http, "/v1/admin/regions/mars/drain", auth.clone()).await?;
+    let (status, _, _) = post(one_admin, "/v1/admin/regions/mars/drain", auth.clone()).await?;
     assert_eq!(status, 404);
     let (status, _, _) = post(
-        one.http,
+        one_admin,
         "/v1/admin/regions/eu-central/explode",
         auth.clone(),
     )
@@ -443,7 +480,7 @@ async fn a_drain_on_one_router_reaches_the_other_within_a_second() -> Result<()>
 
     // Undrain: back on both.
     let (status, _, _) = post(
-        two.http,
+        two_admin,
         "/v1/admin/regions/eu-central/undrain",
         auth.clone(),
     )
@@ -458,7 +495,7 @@ async fn a_drain_on_one_router_reaches_the_other_within_a_second() -> Result<()>
 
     // The audit log: who, what, when, from both instances, newest first.
     let (status, _, body) = http_request(
-        one.http,
+        one_admin,
         "GET",
         "/v1/admin/audit?limit=10",
         &[("Authorization", &auth)],

@@ -210,10 +210,32 @@ impl Default for ControlsConfig {
     }
 }
 
-/// Client RTT report aggregation.
+/// A secret from the config (a key): never printed by `Debug`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+/// Client RTT reports: who may send them (a report token signed with `report_key`), how
+/// often, and how they are aggregated. Without `report_key` reports are off: `/v1/route` hands
+/// out no token and `/v1/rtt` refuses every report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RttSettings {
+    /// The HMAC-SHA256 key of report tokens, shared by every router of a mesh (at least 32
+    /// characters; `meridian up` generates one).
+    pub report_key: Option<Secret>,
+    /// How long a report token is valid, s.
+    pub token_ttl_s: u64,
+    /// Reports accepted per minute from one source address (IPv4 address, IPv6 /64).
+    pub source_reports_per_min: u32,
+    /// Reports accepted per minute for one client network (all its sources together).
+    pub network_reports_per_min: u32,
     /// IPv4 aggregation prefix.
     pub prefix_v4: u8,
     /// IPv6 aggregation prefix.
@@ -229,6 +251,10 @@ pub struct RttSettings {
 impl Default for RttSettings {
     fn default() -> Self {
         RttSettings {
+            report_key: None,
+            token_ttl_s: 600,
+            source_reports_per_min: 12,
+            network_reports_per_min: 60,
             prefix_v4: 24,
             prefix_v6: 48,
             max_prefixes: 100_000,
@@ -283,6 +309,42 @@ impl HttpSettings {
     }
 }
 
+/// DNS abuse limits: response rate limiting per client network and a cap on DNS-over-TCP
+/// connections per client network (/24 for IPv4, /48 for IPv6, of the packet's source; ECS does
+/// not count, since anyone can write it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DnsLimits {
+    /// UDP responses per second per client network; 0 turns rate limiting off. Over the limit
+    /// the answer is a truncated (TC=1) reply without records, no bigger than the query, so a
+    /// real resolver retries over TCP and a spoofed victim gets no amplification.
+    pub rate_per_s: u32,
+    /// Bucket size: responses a network may get in a burst.
+    pub burst: u32,
+    /// Concurrent DNS-over-TCP connections per client network (of 256 in all).
+    pub tcp_per_network: usize,
+}
+
+impl Default for DnsLimits {
+    fn default() -> Self {
+        DnsLimits {
+            rate_per_s: 1000,
+            burst: 2000,
+            tcp_per_network: 32,
+        }
+    }
+}
+
+/// TLS for the admin listener.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminTls {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
 /// The whole router configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -297,8 +359,13 @@ pub struct RouterConfig {
     pub name_servers: Vec<String>,
     /// DNS listen address, UDP and TCP.
     pub dns_listen: SocketAddr,
-    /// HTTP listen address (API, health, metrics).
+    /// HTTP listen address (routing API, health, metrics).
     pub http_listen: SocketAddr,
+    /// The admin API's own listen address (`/v1/admin/...`); unset: no admin API. Never the
+    /// public listener's.
+    pub admin_listen: Option<SocketAddr>,
+    /// TLS for the admin listener; unset: plain HTTP (keep it on loopback or a private network).
+    pub admin_tls: Option<AdminTls>,
     /// Answer TTL, s.
     pub ttl: u32,
     /// This instance's name in logs and the audit log.
@@ -324,6 +391,8 @@ pub struct RouterConfig {
     pub rtt: RttSettings,
     /// HTTP API settings (CORS).
     pub http: HttpSettings,
+    /// DNS rate and connection limits.
+    pub dns_limits: DnsLimits,
 }
 
 impl Default for RouterConfig {
@@ -335,6 +404,8 @@ impl Default for RouterConfig {
             name_servers: Vec::new(),
             dns_listen: SocketAddr::from(([127, 0, 0, 1], 5353)),
             http_listen: SocketAddr::from(([127, 0, 0, 1], 8053)),
+            admin_listen: None,
+            admin_tls: None,
             ttl: crate::dns::DEFAULT_TTL,
             instance: "router".into(),
             trusted_proxies: Vec::new(),
@@ -347,6 +418,7 @@ impl Default for RouterConfig {
             controls: ControlsConfig::default(),
             rtt: RttSettings::default(),
             http: HttpSettings::default(),
+            dns_limits: DnsLimits::default(),
         }
     }
 }
@@ -490,6 +562,47 @@ impl RouterConfig {
                 "rtt: max_prefixes, half_life_s and max_per_report must be above 0",
             ));
         }
+        if let Some(key) = &r.report_key {
+            if key.0.len() < 32 {
+                return Err(invalid(
+                    "rtt.report_key is shorter than 32 characters (use e.g. `openssl rand -hex 32`)",
+                ));
+            }
+        }
+        if !(60..=86_400).contains(&r.token_ttl_s) {
+            return Err(invalid(format!(
+                "rtt.token_ttl_s = {}: must be in 60..=86400",
+                r.token_ttl_s
+            )));
+        }
+        if r.source_reports_per_min == 0 || r.network_reports_per_min == 0 {
+            return Err(invalid(
+                "rtt: source_reports_per_min and network_reports_per_min must be above 0",
+            ));
+        }
+        let d = &self.dns_limits;
+        if d.rate_per_s > 0 && d.burst < d.rate_per_s {
+            return Err(invalid(format!(
+                "dns_limits: burst = {} must be at least rate_per_s = {}",
+                d.burst, d.rate_per_s
+            )));
+        }
+        if !(1..=256).contains(&d.tcp_per_network) {
+            return Err(invalid(format!(
+                "dns_limits.tcp_per_network = {}: must be in 1..=256",
+                d.tcp_per_network
+            )));
+        }
+        if let Some(admin) = self.admin_listen {
+            if admin == self.http_listen && admin.port() != 0 {
+                return Err(invalid(format!(
+                    "admin_listen = {admin} is http_listen: the admin API needs its own listener"
+                )));
+            }
+        }
+        if self.admin_tls.is_some() && self.admin_listen.is_none() {
+            return Err(invalid("admin_tls is set but admin_listen is not"));
+        }
         if self.geoip_reload_ms < 100 {
             return Err(invalid("geoip_reload_ms must be at least 100"));
         }
@@ -583,6 +696,25 @@ mod tests {
             ),
             ("[policy]\nfiber_km_per_ms = 0", "fiber_km_per_ms"),
             ("[rtt]\nprefix_v4 = 40", "prefix_v4"),
+            ("[rtt]\nreport_key = \"short\"", "rtt.report_key"),
+            ("[rtt]\ntoken_ttl_s = 5", "rtt.token_ttl_s"),
+            (
+                "[rtt]\nsource_reports_per_min = 0",
+                "source_reports_per_min",
+            ),
+            (
+                "[dns_limits]\nrate_per_s = 10\nburst = 5",
+                "dns_limits: burst",
+            ),
+            ("[dns_limits]\ntcp_per_network = 0", "tcp_per_network"),
+            (
+                "http_listen = \"127.0.0.1:8053\"\nadmin_listen = \"127.0.0.1:8053\"",
+                "its own listener",
+            ),
+            (
+                "[admin_tls]\ncert = \"c.pem\"\nkey = \"k.pem\"",
+                "admin_listen is not",
+            ),
         ];
         for (toml, expected) in cases {
             let error = parse(toml).unwrap_err().to_string();

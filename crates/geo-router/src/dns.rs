@@ -75,7 +75,18 @@
 //! address until the router's inputs change), a cached answer costs about 2,200 instructions
 //! from `recvfrom` to `sendto` (`bench/dns/profile.sh`).
 //!
-//! **Left to do.** No DNS cookies, no per-client rate limiting, no TSIG.
+//! **Per-source limits** ([`SourceLimits`], config `dns_limits`), keyed by the client network of
+//! the packet's source address (/24 for IPv4, /48 for IPv6; never the ECS address, which anyone
+//! can write). Over UDP, a token bucket per network (default 1000 responses/s, bursts of 2000):
+//! over the limit a request gets a truncated reply instead of its answer: the header and the
+//! question with TC=1 and no records or OPT, never bigger than the request. A real resolver then
+//! asks again over TCP, which needs a handshake a spoofed source cannot complete, so a flood
+//! with forged sources reflects at most 1:1 and amplifies nothing, and a real resolver over the
+//! limit is slowed, not cut off (BIND's RRL "slip 1"). Requests the answerer would drop are
+//! still dropped. Over TCP, at most `tcp_per_network` (default 32) of the 256 connection slots
+//! are held by one network at once; a connection over that is closed on accept.
+//!
+//! **Left to do.** No DNS cookies, no TSIG.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -200,6 +211,87 @@ pub trait Router: Send + Sync {
     /// Called by [`serve_udp`] and [`serve_tcp`] once per request packet with its response
     /// (`None`: dropped), for metrics. Must be quick. The default does nothing.
     fn observe(&self, _request: &[u8], _response: Option<&[u8]>) {}
+    /// Called when a per-network limit acted (`truncated` or `tcp_refused`), for metrics.
+    fn limited(&self, _action: &'static str) {}
+}
+
+/// The per-source limits of [`serve_udp_limited`] and [`serve_tcp_limited`]; see the module
+/// documentation.
+#[derive(Debug)]
+pub struct SourceLimits {
+    rate: Option<crate::limit::RateLimiter>,
+    tcp: crate::limit::ConcurrencyLimiter,
+}
+
+/// Client networks a [`SourceLimits`] keeps buckets for (about 48 bytes each).
+const RATE_LIMITED_NETWORKS: usize = 262_144;
+
+impl SourceLimits {
+    /// Limits as configured.
+    pub fn new(config: &crate::config::DnsLimits) -> SourceLimits {
+        SourceLimits {
+            rate: (config.rate_per_s > 0).then(|| {
+                crate::limit::RateLimiter::new(
+                    f64::from(config.rate_per_s),
+                    f64::from(config.burst),
+                    RATE_LIMITED_NETWORKS,
+                )
+            }),
+            tcp: crate::limit::ConcurrencyLimiter::new(config.tcp_per_network),
+        }
+    }
+
+    /// No rate limit, and a TCP network may hold every slot.
+    pub fn unlimited() -> SourceLimits {
+        SourceLimits {
+            rate: None,
+            tcp: crate::limit::ConcurrencyLimiter::new(MAX_TCP_CONNECTIONS),
+        }
+    }
+
+    fn network(source: IpAddr) -> crate::rtt::Prefix {
+        crate::rtt::Prefix::of(source, 24, 48)
+    }
+
+    /// Whether a UDP request from `source` may be answered in full now.
+    pub fn allow_udp(&self, source: IpAddr) -> bool {
+        self.rate
+            .as_ref()
+            .is_none_or(|rate| rate.check(Self::network(source), std::time::Instant::now()))
+    }
+}
+
+/// The reply to a UDP request over the rate limit: its header and question with QR, AA and TC
+/// set and no other records (so never longer than the request); `None` when the request would
+/// not get an answer at all (no header, QR set, not one plain question), which is then dropped.
+pub fn truncated_reply(request: &[u8]) -> Option<Vec<u8>> {
+    let header = request.get(..12)?;
+    let flags = header[2];
+    // A response, or an opcode other than QUERY: leave it to the answerer's usual path.
+    if flags & 0xf8 != 0 || header[4..6] != [0, 1] {
+        return None;
+    }
+    let mut end = 12;
+    loop {
+        let length = usize::from(*request.get(end)?);
+        if length == 0 {
+            end += 1;
+            break;
+        }
+        // A compression pointer or reserved label type has no place in a question.
+        if length > 63 || end > 12 + 255 {
+            return None;
+        }
+        end += 1 + length;
+    }
+    let question = request.get(12..end + 4)?;
+    let mut reply = Vec::with_capacity(12 + question.len());
+    reply.extend_from_slice(&header[..2]);
+    reply.push(FLAG_QR | 0x04 | FLAG_TC | (flags & FLAG_RD));
+    reply.push(0);
+    reply.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, 0]);
+    reply.extend_from_slice(question);
+    Some(reply)
 }
 
 /// Answers DNS requests for one zone. Cheap to share behind an [`Arc`].
@@ -971,6 +1063,22 @@ pub async fn serve_udp<R: Router + 'static>(
     answerer: Arc<Answerer<R>>,
     shutdown: impl Future<Output = ()>,
 ) {
+    serve_udp_limited(
+        socket,
+        answerer,
+        Arc::new(SourceLimits::unlimited()),
+        shutdown,
+    )
+    .await;
+}
+
+/// [`serve_udp`] with per-network response rate limiting (see the module documentation).
+pub async fn serve_udp_limited<R: Router + 'static>(
+    socket: UdpSocket,
+    answerer: Arc<Answerer<R>>,
+    limits: Arc<SourceLimits>,
+    shutdown: impl Future<Output = ()>,
+) {
     let threads = std::thread::available_parallelism()
         .map_or(1, std::num::NonZeroUsize::get)
         .clamp(1, MAX_UDP_THREADS);
@@ -995,8 +1103,9 @@ pub async fn serve_udp<R: Router + 'static>(
             break;
         };
         let answerer = Arc::clone(&answerer);
+        let limits = Arc::clone(&limits);
         let stop = Arc::clone(&stop.0);
-        workers.spawn_blocking(move || serve_udp_blocking(&socket, &answerer, &stop));
+        workers.spawn_blocking(move || serve_udp_blocking(&socket, &answerer, &limits, &stop));
     }
     drop(socket);
     shutdown.await;
@@ -1021,6 +1130,7 @@ impl Drop for StopOnDrop {
 fn serve_udp_blocking<R: Router>(
     socket: &std::net::UdpSocket,
     answerer: &Answerer<R>,
+    limits: &SourceLimits,
     stop: &AtomicBool,
 ) {
     let mut buffer = vec![0u8; MAX_MESSAGE_SIZE];
@@ -1030,7 +1140,13 @@ fn serve_udp_blocking<R: Router>(
             continue;
         };
         let request = buffer.get(..length).unwrap_or_default();
-        let response = answerer.answer(request, peer.ip().to_canonical());
+        let source = peer.ip().to_canonical();
+        let response = if limits.allow_udp(source) {
+            answerer.answer(request, source)
+        } else {
+            answerer.router.limited("truncated");
+            truncated_reply(request)
+        };
         answerer.router.observe(request, response.as_deref());
         if let Some(response) = response {
             let _ = socket.send_to(&response, peer);
@@ -1047,6 +1163,23 @@ pub async fn serve_tcp<R: Router + 'static>(
     answerer: Arc<Answerer<R>>,
     shutdown: impl Future<Output = ()>,
 ) {
+    serve_tcp_limited(
+        listener,
+        answerer,
+        Arc::new(SourceLimits::unlimited()),
+        shutdown,
+    )
+    .await;
+}
+
+/// [`serve_tcp`] with at most `tcp_per_network` connections per client network (see the
+/// module documentation).
+pub async fn serve_tcp_limited<R: Router + 'static>(
+    listener: TcpListener,
+    answerer: Arc<Answerer<R>>,
+    limits: Arc<SourceLimits>,
+    shutdown: impl Future<Output = ()>,
+) {
     tokio::pin!(shutdown);
     let slots = Arc::new(Semaphore::new(MAX_TCP_CONNECTIONS));
     let mut connections = JoinSet::new();
@@ -1056,12 +1189,18 @@ pub async fn serve_tcp<R: Router + 'static>(
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                    let source = peer.ip().to_canonical();
+                    let Some(held) = limits.tcp.try_acquire(SourceLimits::network(source)) else {
+                        answerer.router.limited("tcp_refused");
                         continue; // dropping the stream closes it
+                    };
+                    let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                        continue;
                     };
                     let answerer = Arc::clone(&answerer);
                     connections.spawn(async move {
                         let _slot = slot;
+                        let _held = held;
                         let _ = serve_tcp_connection(stream, peer.ip().to_canonical(), &answerer)
                             .await;
                     });
@@ -2345,6 +2484,52 @@ mod tests {
             let request = random_request(&mut rng);
             let damaged = mutate(&mut rng, request);
             check_any_input(&answerer, &damaged, random_source(&mut rng));
+        }
+    }
+
+    #[test]
+    fn truncated_replies_echo_the_question_and_never_grow() {
+        // id 0x1234, RD, one question "ws.x." A IN, plus an OPT record.
+        let mut request = vec![0x12, 0x34, 0x01, 0, 0, 1, 0, 0, 0, 0, 0, 1];
+        request.extend_from_slice(&[2, b'w', b's', 1, b'x', 0, 0, 1, 0, 1]);
+        request.extend_from_slice(&[0, 0, 41, 4, 208, 0, 0, 0, 0, 0, 0]);
+        let reply = super::truncated_reply(&request).unwrap();
+        assert_eq!(reply[..2], [0x12, 0x34]);
+        assert_eq!(reply[2], 0x80 | 0x04 | 0x02 | 0x01, "QR AA TC RD");
+        assert_eq!(reply[4..12], [0, 1, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(reply[12..], request[12..22]);
+        assert!(reply.len() <= request.len());
+        // Nothing for what the answerer would not answer either.
+        let mut response = request.clone();
+        response[2] |= 0x80;
+        let mut pointer = request[..12].to_vec();
+        pointer.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1]);
+        let mut two = request.clone();
+        two[5] = 2;
+        for bad in [
+            &request[..11],
+            &request[..16],
+            &response[..],
+            &pointer[..],
+            &two[..],
+        ] {
+            assert!(super::truncated_reply(bad).is_none(), "{bad:?}");
+        }
+        // Random bytes never panic.
+        let mut seed = 0x9e37_79b9_u32;
+        for _ in 0..10_000 {
+            let len = (seed % 64) as usize;
+            let packet: Vec<u8> = (0..len)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 17;
+                    seed ^= seed << 5;
+                    seed as u8
+                })
+                .collect();
+            if let Some(reply) = super::truncated_reply(&packet) {
+                assert!(reply.len() <= packet.len());
+            }
         }
     }
 }

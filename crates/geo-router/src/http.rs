@@ -1,5 +1,6 @@
-//! The HTTP API: routing for clients, RTT reports, region status, admin controls, and the
-//! process endpoints. Every route is documented in `docs/geo-router.md`.
+//! The HTTP API: routing for clients, RTT reports, region status and the process endpoints on
+//! the public listener ([`Service::new`]); admin controls on their own listener
+//! ([`Service::admin`]). Every route is documented in `docs/geo-router.md`.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -9,7 +10,7 @@ use axum::body::Bytes;
 use axum::extract::{ConnectInfo, FromRef, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -28,6 +29,88 @@ const MAX_BODY: usize = 8 * 1024;
 struct App {
     router: Arc<RouterState>,
     answers: Arc<AnswerCache<HttpAnswer>>,
+    reports: Arc<RttReports>,
+}
+
+/// Who may report RTTs: the report-token key and the rate limiters of `/v1/rtt` (see
+/// [`crate::report_token`] and "Threat model" in `docs/geo-router.md`).
+struct RttReports {
+    /// `None`: reports are off.
+    key: Option<ring::hmac::Key>,
+    ttl_s: u64,
+    /// Tokens are issued per step of this many seconds (all alike within a step, so a rendered
+    /// answer holding one can be reused for the step).
+    step_s: u64,
+    /// `"regions": [...]` of `rtt_report`, rendered once.
+    regions: Box<serde_json::value::RawValue>,
+    per_source: crate::limit::RateLimiter,
+    per_network: crate::limit::RateLimiter,
+}
+
+impl std::fmt::Debug for RttReports {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RttReports")
+            .field("enabled", &self.key.is_some())
+            .field("ttl_s", &self.ttl_s)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Sources and networks whose report buckets are remembered.
+const RTT_LIMITED_KEYS: usize = 65_536;
+
+/// The URL a client times to measure its RTT to a region: `/healthz` at the host of its
+/// `ws_url` (`ws` → `http`, `wss` → `https`), which every region's balancer passes to a node.
+pub fn probe_url(ws_url: &str) -> String {
+    let (scheme, rest) = match ws_url.split_once("://") {
+        Some(("wss", rest)) => ("https", rest),
+        Some((_, rest)) => ("http", rest),
+        None => ("http", ws_url),
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+    format!("{scheme}://{authority}/healthz")
+}
+
+impl RttReports {
+    fn new(state: &RouterState) -> RttReports {
+        let settings = &state.config.rtt;
+        let regions: Vec<_> = state
+            .regions
+            .iter()
+            .map(|r| json!({"name": r.name, "probe_url": probe_url(&r.ingress.ws_url)}))
+            .collect();
+        let regions = serde_json::value::to_raw_value(&regions).unwrap_or_default();
+        let per_min = |n: u32| (f64::from(n) / 60.0, f64::from(n));
+        let (source_rate, source_burst) = per_min(settings.source_reports_per_min);
+        let (network_rate, network_burst) = per_min(settings.network_reports_per_min);
+        RttReports {
+            key: settings
+                .report_key
+                .as_ref()
+                .map(|k| crate::report_token::key(&k.0)),
+            ttl_s: settings.token_ttl_s,
+            step_s: (settings.token_ttl_s / 10).clamp(1, 60),
+            regions,
+            per_source: crate::limit::RateLimiter::new(source_rate, source_burst, RTT_LIMITED_KEYS),
+            per_network: crate::limit::RateLimiter::new(
+                network_rate,
+                network_burst,
+                RTT_LIMITED_KEYS,
+            ),
+        }
+    }
+
+    /// The current token step (`None` when reports are off).
+    fn step(&self) -> Option<u64> {
+        self.key.as_ref()?;
+        Some(unix_now() / self.step_s)
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 impl FromRef<App> for Arc<RouterState> {
@@ -61,18 +144,37 @@ pub fn app(state: Arc<RouterState>) -> Router {
 pub struct Service {
     app: App,
     routes: Router,
+    /// The public listener's service (with the routing fast path), not the admin one.
+    public: bool,
 }
 
 impl Service {
-    /// The service over `state`.
+    /// The public listener's service over `state`: routing, RTT reports, region status, process
+    /// endpoints; no admin API.
     pub fn new(state: Arc<RouterState>) -> Self {
         let app = App {
-            router: state,
             answers: Arc::new(AnswerCache::new()),
+            reports: Arc::new(RttReports::new(&state)),
+            router: state,
         };
         Service {
             routes: routes(app.clone()),
             app,
+            public: true,
+        }
+    }
+
+    /// The admin listener's service over `state`: `/v1/admin/...`, `/v1/regions` and `/healthz`.
+    pub fn admin(state: Arc<RouterState>) -> Self {
+        let app = App {
+            answers: Arc::new(AnswerCache::new()),
+            reports: Arc::new(RttReports::new(&state)),
+            router: state,
+        };
+        Service {
+            routes: admin_routes(app.clone()),
+            app,
+            public: false,
         }
     }
 
@@ -131,7 +233,7 @@ impl Service {
     }
 
     fn fast<B>(&self, peer: SocketAddr, request: &axum::http::Request<B>) -> Option<Response> {
-        if request.method() != axum::http::Method::GET {
+        if !self.public || request.method() != axum::http::Method::GET {
             return None;
         }
         let reply = match request.uri().path() {
@@ -183,13 +285,32 @@ fn routes(app: App) -> Router {
         .route("/v1/connect", get(connect))
         .route("/v1/rtt", post(rtt))
         .route("/v1/regions", get(regions))
-        .route("/v1/admin/regions/{region}/{action}", post(admin))
-        .route("/v1/admin/audit", get(audit))
+        .route("/v1/admin", any(admin_elsewhere))
+        .route("/v1/admin/{*rest}", any(admin_elsewhere))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(app)
+}
+
+fn admin_routes(app: App) -> Router {
+    Router::new()
+        .route("/v1/admin/regions/{region}/{action}", post(admin))
+        .route("/v1/admin/audit", get(audit))
+        .route("/v1/regions", get(regions))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .with_state(app)
+}
+
+/// The admin API is not served on the public listener.
+async fn admin_elsewhere() -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "admin_not_here",
+        "the admin API is served on the router's admin_listen only",
+    )
 }
 
 fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
@@ -285,7 +406,17 @@ struct RouteOut<'a> {
     all_down: bool,
     client: ClientOut<'a>,
     regions: Vec<RankedOut<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rtt_report: Option<RttReportOut<'a>>,
     scope: u8,
+}
+
+/// The credential and targets for RTT reports (see [`crate::report_token`]).
+#[derive(Debug, Serialize)]
+struct RttReportOut<'a> {
+    expires_in_s: u64,
+    regions: &'a serde_json::value::RawValue,
+    token: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -346,8 +477,13 @@ fn routing_answer(status: StatusCode, json: Option<Bytes>) -> Response {
 fn http_answer(app: &App, ip: IpAddr) -> Result<HttpAnswer, Response> {
     let state = &app.router;
     let ip = ip.to_canonical();
-    // Read before deciding: a change while deciding leaves the entry stale, never wrong.
-    let generation = state.generation();
+    // Read before deciding: a change while deciding leaves the entry stale, never wrong. With
+    // RTT reports on, the answer holds a token of the current step: a new step is a new
+    // generation (the odd multiplier keeps steps apart from the change counters' sums).
+    let step = app.reports.step();
+    let generation = state
+        .generation()
+        .wrapping_add(step.unwrap_or(0).wrapping_mul(0x9e37_79b9_7f4a_7c15));
     if let Some(answer) = app.answers.get(state, ip, generation) {
         return Ok(answer);
     }
@@ -386,6 +522,7 @@ fn http_answer(app: &App, ip: IpAddr) -> Result<HttpAnswer, Response> {
             }),
         },
         regions,
+        rtt_report: rtt_report(&app.reports, step, route.network),
         all_down: route.decision.all_down,
         scope: route.scope,
     };
@@ -406,6 +543,27 @@ fn http_answer(app: &App, ip: IpAddr) -> Result<HttpAnswer, Response> {
     app.answers
         .keep(state, ip, generation, &route, answer.clone());
     Ok(answer)
+}
+
+/// The `rtt_report` of a route answer for a client in `network`, when reports are on: a token
+/// issued at the start of `step`, valid `ttl_s` from then; `expires_in_s` is what is left of it
+/// at the end of the step, so it holds however long within the step the answer is reused.
+fn rtt_report(
+    reports: &RttReports,
+    step: Option<u64>,
+    network: crate::rtt::Prefix,
+) -> Option<RttReportOut<'_>> {
+    let key = reports.key.as_ref()?;
+    let issued = step? * reports.step_s;
+    let grant = crate::report_token::Grant {
+        network,
+        expires_unix: issued + reports.ttl_s,
+    };
+    Some(RttReportOut {
+        expires_in_s: reports.ttl_s.saturating_sub(reports.step_s),
+        regions: &reports.regions,
+        token: crate::report_token::sign(key, &grant),
+    })
 }
 
 // Extractors: the request itself comes last and is only borrowed from (the `HeaderMap`
@@ -481,6 +639,8 @@ fn connect_reply(app: &App, peer: SocketAddr, headers: &HeaderMap, ip: Option<&s
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RttReport {
+    #[serde(default)]
+    token: Option<String>,
     rtts: Vec<RttMeasurement>,
 }
 
@@ -494,80 +654,129 @@ struct RttMeasurement {
 /// Largest RTT believed, ms (anything slower is a broken measurement).
 const MAX_RTT_MS: f64 = 10_000.0;
 
+/// `POST /v1/rtt`: in order, the source's rate limit (429), the body's shape (400), the token
+/// and that the source is inside its network (401), the network's rate limit (429), the
+/// measurements (400); then each is recorded for the source's network.
 async fn rtt(
-    State(state): State<Arc<RouterState>>,
+    State(app): State<App>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let reject = |message: String| {
-        count(&state, "rtt", StatusCode::BAD_REQUEST);
-        state
-            .metrics
-            .rtt_reports
-            .get_or_create(&Metrics::labels(&[("result", "bad_request")]))
-            .inc();
-        error(StatusCode::BAD_REQUEST, "bad_rtt_report", message)
-    };
-    let ip = match client_ip(&state, peer, &headers, None) {
-        Ok(ip) => ip,
-        Err(response) => return response,
-    };
-    let report: RttReport = match serde_json::from_slice(&body) {
-        Ok(report) => report,
-        Err(e) => {
-            return reject(format!(
-                "expected {{\"rtts\": [{{\"region\": NAME, \"rtt_ms\": NUMBER}}, ...]}}: {e}"
-            ))
-        }
-    };
-    let max = state.config.rtt.max_per_report;
-    if report.rtts.is_empty() || report.rtts.len() > max {
-        return reject(format!("a report carries 1 to {max} measurements"));
-    }
-    for m in &report.rtts {
-        if state.region(&m.region).is_none() {
-            return reject(format!("no region {:?} in the catalogue", m.region));
-        }
-        if !(m.rtt_ms.is_finite() && m.rtt_ms > 0.0 && m.rtt_ms <= MAX_RTT_MS) {
-            return reject(format!(
-                "rtt_ms {} for {:?} is outside (0, {MAX_RTT_MS}]",
-                m.rtt_ms, m.region
-            ));
-        }
-    }
-    let now = std::time::Instant::now();
-    let mut refused = 0;
-    for m in &report.rtts {
-        let result = if state.rtt.record(ip, &m.region, m.rtt_ms, now).is_ok() {
-            "recorded"
-        } else {
-            refused += 1;
-            "table_full"
-        };
+    let state = &app.router;
+    let response = rtt_inner(&app, peer, &headers, &body);
+    count(state, "rtt", response.status());
+    response
+}
+
+fn rtt_inner(app: &App, peer: SocketAddr, headers: &HeaderMap, body: &[u8]) -> Response {
+    let state = &app.router;
+    let reports = &app.reports;
+    let outcome = |result: &str| {
         state
             .metrics
             .rtt_reports
             .get_or_create(&Metrics::labels(&[("result", result)]))
             .inc();
+    };
+    let bad_report = |message: String| {
+        outcome("bad_request");
+        error(StatusCode::BAD_REQUEST, "bad_rtt_report", message)
+    };
+    let bad_token = |message: String| {
+        outcome("bad_token");
+        error(StatusCode::UNAUTHORIZED, "bad_rtt_token", message)
+    };
+    let limited = |message: &str| {
+        outcome("rate_limited");
+        error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rtt_rate_limited",
+            message.to_owned(),
+        )
+    };
+    let ip = match client_ip(state, peer, headers, None) {
+        Ok(ip) => ip,
+        Err(response) => return response,
+    };
+    let now = std::time::Instant::now();
+    // One source: an IPv4 address, an IPv6 /64 (what one host usually holds).
+    if !reports
+        .per_source
+        .check(crate::rtt::Prefix::of(ip, 32, 64), now)
+    {
+        return limited("too many RTT reports from this address; try again in a minute");
+    }
+    let report: RttReport = match serde_json::from_slice(body) {
+        Ok(report) => report,
+        Err(e) => {
+            return bad_report(format!(
+                "expected {{\"token\": TOKEN, \"rtts\": [{{\"region\": NAME, \"rtt_ms\": NUMBER}}, ...]}}: {e}"
+            ))
+        }
+    };
+    let Some(key) = &reports.key else {
+        return bad_token("RTT reports are off on this router (no rtt.report_key)".into());
+    };
+    let Some(token) = report.token.as_deref() else {
+        return bad_token("a report needs the token of /v1/route's rtt_report".into());
+    };
+    let grant = match crate::report_token::verify(key, token, unix_now()) {
+        Ok(grant) => grant,
+        Err(e) => return bad_token(e.to_string()),
+    };
+    let network = state.rtt.prefix_of(ip);
+    if network != grant.network {
+        return bad_token(
+            "the token was issued to another network than this report's source address".into(),
+        );
+    }
+    if !reports.per_network.check(network, now) {
+        return limited("too many RTT reports from this network; try again in a minute");
+    }
+    let max = state.config.rtt.max_per_report;
+    if report.rtts.is_empty() || report.rtts.len() > max {
+        return bad_report(format!("a report carries 1 to {max} measurements"));
+    }
+    for (i, m) in report.rtts.iter().enumerate() {
+        if state.region(&m.region).is_none() {
+            return bad_report(format!("no region {:?} in the catalogue", m.region));
+        }
+        if !(m.rtt_ms.is_finite() && m.rtt_ms > 0.0 && m.rtt_ms <= MAX_RTT_MS) {
+            return bad_report(format!(
+                "rtt_ms {} for {:?} is outside (0, {MAX_RTT_MS}]",
+                m.rtt_ms, m.region
+            ));
+        }
+        if report.rtts[..i]
+            .iter()
+            .any(|other| other.region == m.region)
+        {
+            return bad_report(format!(
+                "{:?} is measured twice: one measurement per region per report",
+                m.region
+            ));
+        }
+    }
+    for m in &report.rtts {
+        let recorded = state.rtt.record(ip, &m.region, m.rtt_ms, now);
+        outcome("recorded");
+        if recorded.evicted.is_some() {
+            outcome("evicted_network");
+        }
     }
     state
         .metrics
         .rtt_networks
         .set(i64::try_from(state.rtt.len()).unwrap_or(i64::MAX));
-    if refused > 0 {
-        count(&state, "rtt", StatusCode::SERVICE_UNAVAILABLE);
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "rtt_table_full",
-            "the RTT table is full; try again later",
-        );
-    }
-    count(&state, "rtt", StatusCode::NO_CONTENT);
     StatusCode::NO_CONTENT.into_response()
 }
 
-async fn regions(State(state): State<Arc<RouterState>>) -> Response {
+/// `GET /v1/regions`. Operators' notes, who made a change, and health-check error texts (which
+/// can name internal hosts and addresses) are shown only to a request with a valid admin token;
+/// without one they are `null` and `"redacted": true`.
+async fn regions(State(state): State<Arc<RouterState>>, headers: HeaderMap) -> Response {
+    let full = actor(&state, &headers).is_ok();
     let live = state.live();
     let controls = state.controls();
     let regions: Vec<_> = state
@@ -584,14 +793,14 @@ async fn regions(State(state): State<Arc<RouterState>>) -> Response {
                 "load": live.load,
                 "capacity": region.capacity,
                 "last_check_ms": live.last_check_ms,
-                "last_error": live.last_error,
+                "last_error": if full { live.last_error.clone() } else { None },
                 "last_latency_ms": live.last_latency_ms,
                 "control": {
                     "state": controls.control(&region.name).state,
                     "weight": controls.control(&region.name).weight,
-                    "actor": entry.map(|e| e.actor.clone()),
+                    "actor": entry.filter(|_| full).map(|e| e.actor.clone()),
                     "at_ms": entry.map(|e| e.at_ms),
-                    "note": entry.and_then(|e| e.note.clone()),
+                    "note": entry.filter(|_| full).and_then(|e| e.note.clone()),
                     "drill": entry.is_some_and(|e| e.drill),
                 },
             })
@@ -601,6 +810,7 @@ async fn regions(State(state): State<Arc<RouterState>>) -> Response {
     Json(json!({
         "instance": state.config.instance,
         "control_version": controls.version,
+        "redacted": !full,
         "regions": regions,
     }))
     .into_response()

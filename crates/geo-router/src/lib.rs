@@ -9,7 +9,8 @@
 //!   through Redis, with the audit log and the safety rule;
 //! * [`router`]: the live state and the one routing function; [`dns`] and [`http`]: the two
 //!   front ends; [`metrics`]; [`config`]; [`service`]: wiring for the `geo-router` binary;
-//! * [`quick_hash`]: the seeded hasher of the DNS hot path's maps;
+//! * [`quick_hash`]: the seeded hasher of the DNS hot path's maps; [`limit`]: per-source rate
+//!   and concurrency limits (DNS, RTT reports); [`report_token`]: the signed RTT report token;
 //! * [`mmdb_writer`] and [`demo`]: MaxMind DB files for tests and the synthetic demo database.
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 #![forbid(unsafe_code)]
@@ -22,10 +23,12 @@ pub mod dns;
 pub mod geoip;
 pub mod health;
 pub mod http;
+pub mod limit;
 pub mod metrics;
 pub mod mmdb_writer;
 pub mod probe;
 pub mod quick_hash;
+pub mod report_token;
 pub mod router;
 pub mod rtt;
 pub mod scope;

@@ -30,6 +30,9 @@ pub struct Metrics {
     pub dns_queries: Family<Labels, Counter>,
     /// DNS packets dropped without an answer (too short, or a response).
     pub dns_dropped: Counter,
+    /// DNS requests limited per client network, by what was done (`truncated`: a TC=1 reply
+    /// over UDP, `tcp_refused`: a TCP connection closed on accept).
+    pub dns_limited: Family<Labels, Counter>,
     /// Routing answers (DNS `ws` and HTTP), by region and reason.
     pub answers: Family<Labels, Counter>,
     /// Time to decide one route (GeoIP lookup, ranking, scope).
@@ -89,6 +92,7 @@ impl Metrics {
             registry: Registry::default(),
             dns_queries: Family::default(),
             dns_dropped: Counter::default(),
+            dns_limited: Family::default(),
             answers: Family::default(),
             // 1 µs .. ~65 ms
             decision_seconds: Histogram::new(exponential_buckets(0.000_001, 2.0, 17)),
@@ -124,6 +128,11 @@ impl Metrics {
             "dns_dropped",
             "DNS packets dropped unanswered",
             m.dns_dropped.clone(),
+        );
+        r.register(
+            "dns_limited",
+            "DNS requests over a per-network limit, by action",
+            m.dns_limited.clone(),
         );
         r.register(
             "answers",

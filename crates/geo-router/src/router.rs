@@ -890,6 +890,14 @@ impl crate::dns::Router for DnsRouter {
         self.state.region(name).map(|r| r.ingress.addresses.clone())
     }
 
+    fn limited(&self, action: &'static str) {
+        self.state
+            .metrics
+            .dns_limited
+            .get_or_create(&vec![("action", action.to_owned())])
+            .inc();
+    }
+
     fn observe(&self, request: &[u8], response: Option<&[u8]>) {
         let metrics = &self.state.metrics;
         let Some(response) = response else {
@@ -1025,8 +1033,7 @@ mod tests {
         for _ in 0..10 {
             state
                 .rtt
-                .record(client, "ap-southeast", 5.0, Instant::now())
-                .unwrap();
+                .record(client, "ap-southeast", 5.0, Instant::now());
         }
         let measured = dns.route(client, Some(24));
         assert_eq!(measured, state_answer(&state, client));

@@ -5,10 +5,15 @@
 //! usually uniform) and per region, as a time-decayed mean: each sample's weight halves every
 //! [`RttConfig::half_life`], so the figure follows changes and stale networks fade away.
 //!
+//! **Who may report** is decided before a sample gets here: `POST /v1/rtt` needs a signed
+//! report token ([`crate::report_token`]) naming the reporter's own network, and is rate
+//! limited per source address and per network (see `docs/geo-router.md`, "Threat model").
+//!
 //! **Bounded memory.** At most [`RttConfig::max_prefixes`] networks are kept. [`RttTable::sweep`]
-//! (run periodically) drops networks whose decayed weight fell below half a sample; while the
-//! table is full, reports for new networks are refused (counted by the caller) rather than
-//! evicting live data. Each network keeps at most one entry per catalogue region.
+//! (run periodically) drops networks whose decayed weight fell below half a sample; a report for
+//! a new network while the table is full evicts the network updated least recently (oldest
+//! first), so the table keeps serving the networks that report now instead of refusing them.
+//! Each network keeps at most one entry per catalogue region.
 //!
 //! The table also answers [`RttTable::any_within`]: whether any learned network lies inside an
 //! address block, which the ECS scope logic needs (a supernet holding a network with its own RTT
@@ -109,19 +114,27 @@ impl Aggregate {
     }
 }
 
-/// Why a report was not recorded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum RttRejected {
-    /// The table is full of live networks.
-    #[error("the RTT table is full")]
-    Full,
+/// What [`RttTable::record`] did besides recording.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Recorded {
+    /// The network evicted to make room for a new one (the least recently updated).
+    pub evicted: Option<Prefix>,
+}
+
+#[derive(Debug, Default)]
+struct Networks {
+    /// Per network: its aggregates and the sequence number of its last update.
+    by_prefix: BTreeMap<Prefix, (Vec<Aggregate>, u64)>,
+    /// Networks by last update, oldest first.
+    by_update: BTreeMap<u64, Prefix>,
+    next_update: u64,
 }
 
 /// Per-network, per-region decayed RTT means. Shared behind `&self`.
 #[derive(Debug)]
 pub struct RttTable {
     config: RttConfig,
-    entries: RwLock<BTreeMap<Prefix, Vec<Aggregate>>>,
+    entries: RwLock<Networks>,
     /// Counts changes (a recorded measurement, a network swept away), so that a cache of
     /// routing answers can tell it is stale.
     changes: AtomicU64,
@@ -132,7 +145,7 @@ impl RttTable {
     pub fn new(config: RttConfig) -> RttTable {
         RttTable {
             config,
-            entries: RwLock::new(BTreeMap::new()),
+            entries: RwLock::new(Networks::default()),
             changes: AtomicU64::new(0),
         }
     }
@@ -142,21 +155,29 @@ impl RttTable {
         Prefix::of(ip, self.config.prefix_v4, self.config.prefix_v6)
     }
 
-    /// Records one measured RTT from `ip` to `region` (already validated by the caller).
-    pub fn record(
-        &self,
-        ip: IpAddr,
-        region: &str,
-        rtt_ms: f64,
-        now: Instant,
-    ) -> Result<(), RttRejected> {
+    /// Records one measured RTT from `ip` to `region` (already validated and authorised by the
+    /// caller). A new network in a full table evicts the least recently updated one.
+    pub fn record(&self, ip: IpAddr, region: &str, rtt_ms: f64, now: Instant) -> Recorded {
         let prefix = self.prefix_of(ip);
-        let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
-        if !entries.contains_key(&prefix) && entries.len() >= self.config.max_prefixes {
-            return Err(RttRejected::Full);
+        let mut guard = self.entries.write().unwrap_or_else(PoisonError::into_inner);
+        let networks = &mut *guard;
+        let mut recorded = Recorded::default();
+        let known = networks.by_prefix.contains_key(&prefix);
+        if !known && networks.by_prefix.len() >= self.config.max_prefixes {
+            if let Some((_, oldest)) = networks.by_update.pop_first() {
+                networks.by_prefix.remove(&oldest);
+                recorded.evicted = Some(oldest);
+            }
         }
         self.changes.fetch_add(1, Ordering::Release);
-        let aggregates = entries.entry(prefix).or_default();
+        let update = networks.next_update;
+        networks.next_update += 1;
+        let (aggregates, last_update) = networks.by_prefix.entry(prefix).or_default();
+        if known {
+            networks.by_update.remove(last_update);
+        }
+        *last_update = update;
+        networks.by_update.insert(update, prefix);
         match aggregates.iter_mut().find(|a| a.region == region) {
             Some(aggregate) => {
                 let (weighted, weight) = aggregate.decayed(now, self.config.half_life);
@@ -171,14 +192,14 @@ impl RttTable {
                 at: now,
             }),
         }
-        Ok(())
+        recorded
     }
 
     /// The measured RTTs of `ip`'s network, with decayed sample counts (rounded).
     pub fn lookup(&self, ip: IpAddr, now: Instant) -> Vec<MeasuredRtt> {
         let prefix = self.prefix_of(ip);
         let entries = self.entries.read().unwrap_or_else(PoisonError::into_inner);
-        let Some(aggregates) = entries.get(&prefix) else {
+        let Some((aggregates, _)) = entries.by_prefix.get(&prefix) else {
             return Vec::new();
         };
         aggregates
@@ -203,24 +224,30 @@ impl RttTable {
             start: end,
             len: u8::MAX,
         };
-        entries.range(from..=to).next().is_some()
+        entries.by_prefix.range(from..=to).next().is_some()
     }
 
     /// Drops networks whose every region decayed below half a sample; returns how many are left.
     pub fn sweep(&self, now: Instant) -> usize {
         let half_life = self.config.half_life;
-        let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
+        let mut guard = self.entries.write().unwrap_or_else(PoisonError::into_inner);
+        let networks = &mut *guard;
         let mut removed = false;
-        entries.retain(|_, aggregates| {
+        let by_update = &mut networks.by_update;
+        networks.by_prefix.retain(|_, (aggregates, last_update)| {
             let before = aggregates.len();
             aggregates.retain(|a| a.decayed(now, half_life).1 >= 0.5);
             removed |= aggregates.len() != before;
-            !aggregates.is_empty()
+            if aggregates.is_empty() {
+                by_update.remove(last_update);
+                return false;
+            }
+            true
         });
         if removed {
             self.changes.fetch_add(1, Ordering::Release);
         }
-        entries.len()
+        networks.by_prefix.len()
     }
 
     /// A number that changes whenever the table does (see [`RttTable::record`] and
@@ -234,6 +261,7 @@ impl RttTable {
         self.entries
             .read()
             .unwrap_or_else(PoisonError::into_inner)
+            .by_prefix
             .len()
     }
 
@@ -255,14 +283,10 @@ mod tests {
     fn reports_aggregate_per_network_and_region() {
         let table = RttTable::new(RttConfig::default());
         let now = Instant::now();
-        table
-            .record(ip("192.0.2.1"), "eu-central", 20.0, now)
-            .unwrap();
-        table
-            .record(ip("192.0.2.200"), "eu-central", 30.0, now)
-            .unwrap();
-        table.record(ip("192.0.2.9"), "us-east", 90.0, now).unwrap();
-        table.record(ip("192.0.3.1"), "us-east", 10.0, now).unwrap();
+        table.record(ip("192.0.2.1"), "eu-central", 20.0, now);
+        table.record(ip("192.0.2.200"), "eu-central", 30.0, now);
+        table.record(ip("192.0.2.9"), "us-east", 90.0, now);
+        table.record(ip("192.0.3.1"), "us-east", 10.0, now);
         let mut seen = table.lookup(ip("192.0.2.77"), now);
         seen.sort_by(|a, b| a.region.cmp(&b.region));
         assert_eq!(seen.len(), 2);
@@ -277,9 +301,7 @@ mod tests {
         assert_eq!(table.len(), 2);
         assert!(table.lookup(ip("198.51.100.1"), now).is_empty());
         // IPv6 aggregates per /48; IPv4-mapped addresses count as IPv4.
-        table
-            .record(ip("2001:db8:1:2::1"), "eu-central", 5.0, now)
-            .unwrap();
+        table.record(ip("2001:db8:1:2::1"), "eu-central", 5.0, now);
         assert_eq!(table.lookup(ip("2001:db8:1:ffff::9"), now).len(), 1);
         assert_eq!(table.lookup(ip("::ffff:192.0.2.5"), now).len(), 2);
     }
@@ -293,15 +315,11 @@ mod tests {
         let table = RttTable::new(config);
         let start = Instant::now();
         for _ in 0..8 {
-            table
-                .record(ip("192.0.2.1"), "eu-central", 100.0, start)
-                .unwrap();
+            table.record(ip("192.0.2.1"), "eu-central", 100.0, start);
         }
         let later = start + Duration::from_secs(30); // three half-lives: 8 samples weigh 1
         assert_eq!(table.lookup(ip("192.0.2.1"), later)[0].samples, 1);
-        table
-            .record(ip("192.0.2.1"), "eu-central", 20.0, later)
-            .unwrap();
+        table.record(ip("192.0.2.1"), "eu-central", 20.0, later);
         let seen = &table.lookup(ip("192.0.2.1"), later)[0];
         assert_eq!(seen.samples, 2);
         assert!((seen.rtt_ms - 60.0).abs() < 1e-9, "{}", seen.rtt_ms);
@@ -312,20 +330,43 @@ mod tests {
     }
 
     #[test]
-    fn a_full_table_refuses_new_networks_but_updates_known_ones() {
+    fn a_full_table_evicts_the_network_updated_least_recently() {
         let config = RttConfig {
             max_prefixes: 2,
             ..RttConfig::default()
         };
         let table = RttTable::new(config);
         let now = Instant::now();
-        table.record(ip("10.0.0.1"), "a", 1.0, now).unwrap();
-        table.record(ip("10.0.1.1"), "a", 1.0, now).unwrap();
+        assert_eq!(table.record(ip("10.0.0.1"), "a", 1.0, now).evicted, None);
+        table.record(ip("10.0.1.1"), "a", 1.0, now);
+        // 10.0.0.0/24 reports again: 10.0.1.0/24 is now the oldest.
+        table.record(ip("10.0.0.2"), "b", 1.0, now);
+        let recorded = table.record(ip("10.0.2.1"), "a", 1.0, now);
+        assert_eq!(recorded.evicted, Some(table.prefix_of(ip("10.0.1.1"))));
+        assert_eq!(table.len(), 2);
+        assert!(table.lookup(ip("10.0.1.1"), now).is_empty());
+        assert_eq!(table.lookup(ip("10.0.0.1"), now).len(), 2);
+        assert_eq!(table.lookup(ip("10.0.2.1"), now).len(), 1);
+        // Thousands of new networks keep the bound; the newest are the ones kept.
+        for n in 0..5000u32 {
+            table.record(
+                std::net::Ipv4Addr::from(0x0b00_0000 + (n << 8)).into(),
+                "a",
+                1.0,
+                now,
+            );
+        }
+        assert_eq!(table.len(), 2);
         assert_eq!(
-            table.record(ip("10.0.2.1"), "a", 1.0, now),
-            Err(RttRejected::Full)
+            table.lookup(ip("11.19.135.1"), now).len(),
+            1,
+            "4999th network"
         );
-        table.record(ip("10.0.1.2"), "b", 1.0, now).unwrap();
+        // A sweep keeps the order index in step: the next eviction still works.
+        assert_eq!(table.sweep(now + Duration::from_secs(100_000)), 0);
+        table.record(ip("10.0.5.1"), "a", 1.0, now);
+        table.record(ip("10.0.6.1"), "a", 1.0, now);
+        table.record(ip("10.0.7.1"), "a", 1.0, now);
         assert_eq!(table.len(), 2);
     }
 
@@ -333,7 +374,7 @@ mod tests {
     fn any_within_finds_learned_networks_inside_a_block() {
         let table = RttTable::new(RttConfig::default());
         let now = Instant::now();
-        table.record(ip("10.0.5.9"), "a", 1.0, now).unwrap();
+        table.record(ip("10.0.5.9"), "a", 1.0, now);
         let (start, end) = block(0x0a00_0000, 16, 32);
         assert!(table.any_within(false, start, end));
         let (start, end) = block(0x0a00_0000, 22, 32);

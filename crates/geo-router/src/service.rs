@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::RouterConfig;
 use crate::controls::ControlStore;
-use crate::dns::{serve_tcp, serve_udp, Answerer, ZoneConfig};
+use crate::dns::{serve_tcp_limited, serve_udp_limited, Answerer, SourceLimits, ZoneConfig};
 use crate::router::{
     open_geoip, spawn_control_poller, spawn_geoip_reloader, spawn_health_checks, spawn_rtt_sweeper,
     DnsRouter, GeoView, RouterState,
@@ -33,6 +33,9 @@ pub enum StartError {
     /// The health-probe TLS trust could not be set up (`health.ca_file`).
     #[error(transparent)]
     Probe(#[from] crate::probe::ProbeSetupError),
+    /// The admin listener's TLS certificate or key could not be loaded.
+    #[error("admin_tls: {0}")]
+    AdminTls(String),
     /// A socket could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -52,6 +55,8 @@ pub struct RunningRouter {
     pub dns_addr: SocketAddr,
     /// The HTTP address bound.
     pub http_addr: SocketAddr,
+    /// The admin API's address, when `admin_listen` is set.
+    pub admin_addr: Option<SocketAddr>,
     tasks: Vec<JoinHandle<()>>,
     shutdown: CancellationToken,
 }
@@ -166,6 +171,18 @@ pub async fn start(config: RouterConfig) -> Result<RunningRouter, StartError> {
         }
     };
 
+    let admin_tls = config.admin_tls.as_ref().map(admin_acceptor).transpose()?;
+    if let (Some(admin), None) = (config.admin_listen, &admin_tls) {
+        if !admin.ip().is_loopback() {
+            tracing::warn!(%admin, "the admin API listens on plain HTTP beyond loopback: set admin_tls");
+        }
+    }
+    if config.admin_listen.is_none() && !config.controls.admin_tokens.is_empty() {
+        tracing::warn!(
+            "controls.admin_tokens are set but admin_listen is not: no admin API is served"
+        );
+    }
+
     let (dns_udp, dns_addr, dns_tcp) = bind_dns(config.dns_listen).await?;
     let http = TcpListener::bind(config.http_listen)
         .await
@@ -178,6 +195,25 @@ pub async fn start(config: RouterConfig) -> Result<RunningRouter, StartError> {
         source,
     })?;
 
+    let admin = match config.admin_listen {
+        Some(listen) => {
+            let listener = TcpListener::bind(listen)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: listen,
+                    source,
+                })?;
+            let addr = listener.local_addr().map_err(|source| StartError::Bind {
+                addr: listen,
+                source,
+            })?;
+            Some((listener, addr))
+        }
+        None => None,
+    };
+    let admin_addr = admin.as_ref().map(|(_, addr)| *addr);
+    let dns_limits = Arc::new(SourceLimits::new(&config.dns_limits));
+
     let state = Arc::new(RouterState::new(config, regions, geo, store));
     if let Err(e) = state.refresh_controls().await {
         tracing::warn!(error = %e, "cannot read routing controls yet; /readyz stays false until they load");
@@ -187,22 +223,32 @@ pub async fn start(config: RouterConfig) -> Result<RunningRouter, StartError> {
     let mut tasks = Vec::new();
     {
         let answerer = Arc::clone(&answerer);
+        let limits = Arc::clone(&dns_limits);
         let stop = shutdown.clone();
         tasks.push(tokio::spawn(async move {
-            serve_udp(dns_udp, answerer, stop.cancelled_owned()).await;
+            serve_udp_limited(dns_udp, answerer, limits, stop.cancelled_owned()).await;
         }));
     }
     {
         let stop = shutdown.clone();
         tasks.push(tokio::spawn(async move {
-            serve_tcp(dns_tcp, answerer, stop.cancelled_owned()).await;
+            serve_tcp_limited(dns_tcp, answerer, dns_limits, stop.cancelled_owned()).await;
         }));
     }
     tasks.push(tokio::spawn(serve_http(
         http,
         crate::http::Service::new(Arc::clone(&state)),
+        None,
         shutdown.clone(),
     )));
+    if let Some((listener, _)) = admin {
+        tasks.push(tokio::spawn(serve_http(
+            listener,
+            crate::http::Service::admin(Arc::clone(&state)),
+            admin_tls,
+            shutdown.clone(),
+        )));
+    }
     tasks.extend(spawn_health_checks(
         Arc::clone(&state),
         prober,
@@ -221,6 +267,7 @@ pub async fn start(config: RouterConfig) -> Result<RunningRouter, StartError> {
         state,
         dns_addr,
         http_addr,
+        admin_addr,
         tasks,
         shutdown,
     })
@@ -252,9 +299,49 @@ async fn connect_store(
 /// must not find its pooled connection closed under it.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(75);
 
-/// Serves HTTP/1.1 on `listener` until `stop`, then lets every open connection finish the
-/// request in hand and close (the caller bounds the wait).
-async fn serve_http(listener: TcpListener, service: crate::http::Service, stop: CancellationToken) {
+/// Checks that `admin_tls`'s certificate and key load (for `geo-router --validate`).
+pub fn check_admin_tls(config: &RouterConfig) -> Result<(), StartError> {
+    config.admin_tls.as_ref().map(admin_acceptor).transpose()?;
+    Ok(())
+}
+
+/// The admin listener's TLS acceptor from `admin_tls`'s PEM files.
+fn admin_acceptor(tls: &crate::config::AdminTls) -> Result<tokio_rustls::TlsAcceptor, StartError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let fail = |what: &str, path: &std::path::Path, e: &dyn std::fmt::Display| {
+        StartError::AdminTls(format!("{what} = {:?}: {e}", path.display().to_string()))
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&tls.cert)
+        .map_err(|e| fail("cert", &tls.cert, &e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| fail("cert", &tls.cert, &e))?;
+    if certs.is_empty() {
+        return Err(fail("cert", &tls.cert, &"no certificate in the file"));
+    }
+    let key = PrivateKeyDer::from_pem_file(&tls.key).map_err(|e| fail("key", &tls.key, &e))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| StartError::AdminTls(e.to_string()))?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| fail("key", &tls.key, &e))?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Longest a client may take over its TLS handshake on the admin listener.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves HTTP/1.1 (over TLS when `tls` is given) on `listener` until `stop`, then lets every
+/// open connection finish the request in hand and close (the caller bounds the wait).
+async fn serve_http(
+    listener: TcpListener,
+    service: crate::http::Service,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    stop: CancellationToken,
+) {
     let connections = tokio_util::task::TaskTracker::new();
     let service = Arc::new(service);
     loop {
@@ -277,29 +364,54 @@ async fn serve_http(listener: TcpListener, service: crate::http::Service, stop: 
         }
         let service = Arc::clone(&service);
         let stop = stop.clone();
-        connections.spawn(async move {
-            let handler = hyper::service::service_fn(move |request| {
-                let service = Arc::clone(&service);
-                async move { service.call(peer, request).await }
-            });
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .writev(false)
-                .serve_connection(hyper_util::rt::TokioIo::new(tcp), handler);
-            tokio::pin!(connection);
-            let served = tokio::select! {
-                served = connection.as_mut() => served,
-                _ = stop.cancelled() => {
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
-                }
-            };
-            if let Err(e) = served {
-                tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
+        match &tls {
+            None => {
+                connections.spawn(serve_http_connection(tcp, peer, service, stop));
             }
-        });
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                connections.spawn(async move {
+                    let handshake =
+                        tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+                    match handshake {
+                        Ok(Ok(stream)) => serve_http_connection(stream, peer, service, stop).await,
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                });
+            }
+        }
     }
     connections.close();
     connections.wait().await;
+}
+
+async fn serve_http_connection<IO>(
+    io: IO,
+    peer: SocketAddr,
+    service: Arc<crate::http::Service>,
+    stop: CancellationToken,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let handler = hyper::service::service_fn(move |request| {
+        let service = Arc::clone(&service);
+        async move { service.call(peer, request).await }
+    });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .writev(false)
+        .serve_connection(hyper_util::rt::TokioIo::new(io), handler);
+    tokio::pin!(connection);
+    let served = tokio::select! {
+        served = connection.as_mut() => served,
+        _ = stop.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = served {
+        tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
+    }
 }

@@ -60,6 +60,9 @@ impl Fixture {
     fn http(&self) -> SocketAddr {
         self.router.as_ref().unwrap().http_addr
     }
+    fn admin(&self) -> SocketAddr {
+        self.router.as_ref().unwrap().admin_addr.unwrap()
+    }
 }
 
 async fn fixture(allow_debug_ip: bool) -> Fixture {
@@ -92,6 +95,7 @@ async fn fixture(allow_debug_ip: bool) -> Fixture {
         zone: "mesh.test.".into(),
         dns_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         http_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        admin_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
         allow_debug_ip,
         ..RouterConfig::default()
     };
@@ -246,7 +250,7 @@ async fn weight_and_disable_are_applied_validated_and_kept_safe() {
         let admin = |region: &str, action: &str| format!("/v1/admin/regions/{region}/{action}");
 
         let (status, body) = json(
-            f.http(),
+            f.admin(),
             "POST",
             &admin("us-east", "weight"),
             r#"{"weight": 0.5, "note": "half"}"#,
@@ -259,17 +263,17 @@ async fn weight_and_disable_are_applied_validated_and_kept_safe() {
             r#"{"weight": 1.5}"#,
             r#"{"weight": -1}"#,
         ] {
-            let (status, body) = json(f.http(), "POST", &admin("us-east", "weight"), bad).await;
+            let (status, body) = json(f.admin(), "POST", &admin("us-east", "weight"), bad).await;
             assert_eq!(status, 400, "{bad:?}: {body}");
             assert_eq!(body["error"]["code"], "bad_weight", "{bad:?}: {body}");
         }
         for bad in ["", r#"{"oops": 1}"#] {
-            let (status, body) = json(f.http(), "POST", &admin("us-east", "weight"), bad).await;
+            let (status, body) = json(f.admin(), "POST", &admin("us-east", "weight"), bad).await;
             assert_eq!(status, 400, "{bad:?}: {body}");
             assert_eq!(body["error"]["code"], "bad_body", "{bad:?}: {body}");
         }
 
-        let (status, body) = json(f.http(), "POST", &admin("eu-central", "disable"), "").await;
+        let (status, body) = json(f.admin(), "POST", &admin("eu-central", "disable"), "").await;
         assert_eq!(status, 200, "{body}");
         let (_, regions) = json(f.http(), "GET", "/v1/regions", "").await;
         assert_eq!(region(&regions, "us-east")["control"]["weight"], 0.5);
@@ -289,13 +293,13 @@ async fn weight_and_disable_are_applied_validated_and_kept_safe() {
         assert!(!names.contains(&"eu-central"), "{route}");
 
         // The safety rule: the last routable region cannot be taken away.
-        let (status, _) = json(f.http(), "POST", &admin("us-east", "drain"), "").await;
+        let (status, _) = json(f.admin(), "POST", &admin("us-east", "drain"), "").await;
         assert_eq!(status, 200);
-        let (status, body) = json(f.http(), "POST", &admin("ap-southeast", "disable"), "").await;
+        let (status, body) = json(f.admin(), "POST", &admin("ap-southeast", "disable"), "").await;
         assert_eq!(status, 409, "{body}");
         assert_eq!(body["error"]["code"], "unsafe", "{body}");
 
-        let (status, audit) = json(f.http(), "GET", "/v1/admin/audit?limit=10", "").await;
+        let (status, audit) = json(f.admin(), "GET", "/v1/admin/audit?limit=10", "").await;
         assert_eq!(status, 200, "{audit}");
         let actions: Vec<&str> = audit["audit"]
             .as_array()
@@ -348,7 +352,7 @@ async fn cached_routing_answers_follow_controls_at_once_and_still_count() {
         assert_eq!(location(&reply), Some(winner_url.as_str()), "{reply}");
 
         let (status, body) = json(
-            f.http(),
+            f.admin(),
             "POST",
             &format!("/v1/admin/regions/{winner}/drain"),
             "",

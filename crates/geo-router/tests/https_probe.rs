@@ -316,9 +316,15 @@ async fn plain_http_still_works_and_other_failures_are_classified() {
 }
 
 /// One `GET` to the router's HTTP API: the body.
+const ADMIN_TOKEN: &str = "https-probe-test-admin-token";
+
 async fn get(addr: SocketAddr, path: &str) -> String {
     let mut stream = TcpStream::connect(addr).await.unwrap();
-    let head = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    // The admin token: `/v1/regions` shows health error texts only to an operator.
+    let head = format!(
+        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\
+         Authorization: Bearer {ADMIN_TOKEN}\r\n\r\n"
+    );
     stream.write_all(head.as_bytes()).await.unwrap();
     let mut reply = Vec::new();
     stream.read_to_end(&mut reply).await.unwrap();
@@ -367,6 +373,10 @@ async fn a_router_marks_https_regions_up_or_down_by_their_certificates() {
         config.health.interval_ms = 100;
         config.health.timeout_ms = 80;
         config.health.ca_file = Some(ca_file);
+        config.controls.admin_tokens = vec![geo_router::config::AdminToken {
+            actor: "test".into(),
+            token: ADMIN_TOKEN.into(),
+        }];
         config.validate().unwrap();
         let router = start(config).await.unwrap();
 

@@ -127,6 +127,9 @@ pub struct RouterEndpoints {
     pub dns: SocketAddr,
     /// HTTP API.
     pub http: SocketAddr,
+    /// The admin API (drain, undrain, audit; loopback, plain HTTP).
+    #[serde(default)]
+    pub admin: Option<SocketAddr>,
 }
 
 /// One region's addresses.
@@ -382,9 +385,11 @@ pub fn run(args: UpArgs) -> Result<()> {
         &router_config,
         format!(
             "regions = {catalogue:?}\ngeoip = {geoip:?}\nzone = {zone:?}\ndns_listen = \"{router_dns}\"\n\
-             http_listen = \"{http}\"\ninstance = \"router-1\"\nallow_debug_ip = true\nttl = 5\n\
+             http_listen = \"{http}\"\nadmin_listen = \"127.0.0.1:0\"\ninstance = \"router-1\"\nallow_debug_ip = true\nttl = 5\n\
              [health]\ninterval_ms = 500\ntimeout_ms = 400\nfall = 2\nrise = 2\n\
-             [controls]\naudit_file = {audit:?}\n[[controls.admin_tokens]]\nactor = \"meridian-up\"\ntoken = {admin_token:?}\n",
+             [controls]\naudit_file = {audit:?}\n[[controls.admin_tokens]]\nactor = \"meridian-up\"\ntoken = {admin_token:?}\n\
+             [rtt]\nreport_key = {report_key:?}\n",
+            report_key = random_hex(32),
             catalogue = catalogue_dir.display().to_string(),
             geoip = geoip.display().to_string(),
             zone = args.zone,
@@ -410,6 +415,10 @@ pub fn run(args: UpArgs) -> Result<()> {
         .supervisor
         .wait_line("geo-router", "http listening on ", Duration::from_secs(20))?
         .parse()?;
+    let admin: SocketAddr = mesh
+        .supervisor
+        .wait_line("geo-router", "admin listening on ", Duration::from_secs(20))?
+        .parse()?;
     wait_healthy(http, plans.len(), Duration::from_secs(20))?;
 
     let mut tokens = BTreeMap::new();
@@ -422,7 +431,11 @@ pub fn run(args: UpArgs) -> Result<()> {
     let endpoints = Endpoints {
         state_dir: state.clone(),
         zone: args.zone.clone(),
-        router: RouterEndpoints { dns, http },
+        router: RouterEndpoints {
+            dns,
+            http,
+            admin: Some(admin),
+        },
         regions: plans
             .iter()
             .map(|p| region_endpoints(p, haproxy, redis))

@@ -44,6 +44,19 @@ resource "aws_vpc_security_group_ingress_rule" "router" {
   cidr_ipv4         = "0.0.0.0/0"
 }
 
+# The admin API: TLS, and only from the operators' ranges (none by default).
+resource "aws_vpc_security_group_ingress_rule" "admin" {
+  for_each          = toset(var.admin_cidrs)
+  region            = local.aws
+  security_group_id = aws_security_group.router.id
+  description       = "Operators: the admin API (TLS)"
+  ip_protocol       = "tcp"
+  from_port         = var.admin_port
+  to_port           = var.admin_port
+  cidr_ipv4         = length(regexall(":", each.value)) > 0 ? null : each.value
+  cidr_ipv6         = length(regexall(":", each.value)) > 0 ? each.value : null
+}
+
 resource "aws_vpc_security_group_egress_rule" "controls" {
   count             = var.controls == null ? 0 : 1
   region            = local.aws
@@ -131,6 +144,7 @@ resource "aws_instance" "router" {
     site         = var.site.name
     zone_name    = var.zone_name
     http_port    = var.http_port
+    admin_port   = var.admin_port
     files        = var.catalogue_files
     name_servers = var.name_servers
     controls     = var.controls

@@ -37,9 +37,26 @@ variable "instance_type" {
 }
 
 variable "http_port" {
-  description = "Port of the router's HTTP API (/v1/route). The router serves plain HTTP today; TLS in front of it is not part of this rollout yet."
+  description = "Port of the router's public HTTP API (/v1/route, /v1/connect, /v1/rtt, /v1/regions), plain HTTP from anywhere. The admin API is not served here (see admin_port)."
   type        = number
   default     = 8053
+}
+
+variable "admin_port" {
+  description = "Port of the router's admin API (drain, undrain, weight, audit). It is served over TLS only (a certificate the router makes on first boot; replace it with your CA's) and reachable only from admin_cidrs."
+  type        = number
+  default     = 8054
+}
+
+variable "admin_cidrs" {
+  description = "Source ranges allowed to reach the admin API port. Default: none, so the admin API is reached from inside the instance (SSM session / IAP tunnel) until ranges are given. 0.0.0.0/0 and ::/0 are refused."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for c in var.admin_cidrs : can(cidrhost(c, 0)) && !contains(["0.0.0.0/0", "::/0"], c)])
+    error_message = "admin_cidrs: each entry must be a CIDR range other than 0.0.0.0/0 and ::/0 (the admin API must not be open to the internet)."
+  }
 }
 
 variable "zone_name" {

@@ -87,6 +87,7 @@ resource "google_compute_instance" "router" {
       site         = var.site.name
       zone_name    = var.zone_name
       http_port    = var.http_port
+      admin_port   = var.admin_port
       files        = var.catalogue_files
       name_servers = var.name_servers
       controls     = var.controls
@@ -129,6 +130,28 @@ resource "google_compute_firewall" "router" {
   allow {
     protocol = "tcp"
     ports    = ["53", tostring(var.http_port)]
+  }
+
+  log_config {
+    metadata = "INCLUDE_ALL_METADATA"
+  }
+}
+
+# The admin API: TLS, and only from the operators' ranges (none by default).
+resource "google_compute_firewall" "admin" {
+  count       = length(var.admin_cidrs) > 0 ? 1 : 0
+  project     = var.project
+  name        = "${local.name}-admin"
+  network     = var.network
+  description = "The geo-router's admin API (TLS), from the operators' ranges only"
+  direction   = "INGRESS"
+
+  source_ranges = var.admin_cidrs
+  target_tags   = [local.tag]
+
+  allow {
+    protocol = "tcp"
+    ports    = [tostring(var.admin_port)]
   }
 
   log_config {

@@ -154,6 +154,7 @@ fn check_catalogue(config: &RouterConfig) -> anyhow::Result<()> {
     let catalogue = meridian_catalogue::load_dir(&config.regions)?;
     let names: Vec<&str> = catalogue.keys().map(String::as_str).collect();
     config.validate_against(&names)?;
+    geo_router::service::check_admin_tls(config)?;
     if let Some(path) = &config.geoip {
         geo_router::GeoDb::open(path)?;
     }
@@ -192,6 +193,9 @@ async fn serve(config: RouterConfig) -> anyhow::Result<()> {
     // Tests and scripts read these lines to learn the bound ports.
     println!("dns listening on {}", running.dns_addr);
     println!("http listening on {}", running.http_addr);
+    if let Some(admin) = running.admin_addr {
+        println!("admin listening on {admin}");
+    }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),

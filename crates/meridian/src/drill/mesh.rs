@@ -110,11 +110,31 @@ pub async fn http_call(
     body: Option<&str>,
     within: Duration,
 ) -> Result<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let work = async {
-        let mut stream = tokio::net::TcpStream::connect(authority)
+        let stream = tokio::net::TcpStream::connect(authority)
             .await
             .with_context(|| format!("connect to {authority}"))?;
+        exchange(stream, authority, method, path, headers, body).await
+    };
+    tokio::time::timeout(within, work)
+        .await
+        .map_err(|_| anyhow!("{method} http://{authority}{path}: no answer within {within:?}"))?
+}
+
+/// One request and its whole response on `stream` (plain TCP or TLS).
+async fn exchange<S>(
+    mut stream: S,
+    authority: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> Result<(u16, String)>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    {
         let body = body.unwrap_or("");
         let mut request = format!(
             "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\nContent-Length: {}\r\n",
@@ -127,12 +147,163 @@ pub async fn http_call(
         request.push_str(body);
         stream.write_all(request.as_bytes()).await?;
         let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).await?;
+        // A TLS peer that closes without close_notify still sent the whole response.
+        if let Err(e) = stream.read_to_end(&mut raw).await {
+            if raw.is_empty() || e.kind() != std::io::ErrorKind::UnexpectedEof {
+                return Err(e.into());
+            }
+        }
         parse_response(&raw)
-    };
-    tokio::time::timeout(within, work)
-        .await
-        .map_err(|_| anyhow!("{method} http://{authority}{path}: no answer within {within:?}"))?
+    }
+}
+
+/// The router's admin listener: `http://HOST:PORT`, or `https://HOST:PORT` (its `admin_tls`),
+/// trusting the platform's roots plus `ca` (a PEM file: the router's self-signed certificate or
+/// your CA).
+#[derive(Clone)]
+pub struct AdminApi {
+    authority: String,
+    tls: Option<(
+        tokio_rustls::TlsConnector,
+        rustls::pki_types::ServerName<'static>,
+    )>,
+}
+
+impl std::fmt::Debug for AdminApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminApi")
+            .field("authority", &self.authority)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+impl AdminApi {
+    /// `base` is `http://HOST:PORT` or `https://HOST:PORT`; `ca` extra trust for https.
+    pub fn new(base: &str, ca: Option<&Path>) -> Result<Self> {
+        let (https, authority) = match base.split_once("://") {
+            Some(("https", rest)) => (true, rest.trim_end_matches('/')),
+            Some(("http", rest)) => (false, rest.trim_end_matches('/')),
+            None => (false, base.trim_end_matches('/')),
+            Some((scheme, _)) => bail!("--router-admin {base}: {scheme}:// is not http or https"),
+        };
+        if authority.is_empty() || authority.contains('/') {
+            bail!("--router-admin {base}: give the router's admin address as http(s)://HOST:PORT");
+        }
+        let tls = if https {
+            let host = authority
+                .rsplit_once(':')
+                .map_or(authority, |(host, _)| host)
+                .trim_start_matches('[')
+                .trim_end_matches(']');
+            let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+                .with_context(|| format!("--router-admin {base}: bad host name"))?;
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(cert);
+            }
+            if let Some(ca) = ca {
+                use rustls::pki_types::pem::PemObject;
+                for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca)
+                    .with_context(|| format!("--router-admin-ca {}", ca.display()))?
+                {
+                    let cert =
+                        cert.with_context(|| format!("--router-admin-ca {}", ca.display()))?;
+                    roots
+                        .add(cert)
+                        .with_context(|| format!("--router-admin-ca {}", ca.display()))?;
+                }
+            }
+            let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+            Some((
+                tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)),
+                name,
+            ))
+        } else {
+            None
+        };
+        Ok(Self {
+            authority: authority.to_owned(),
+            tls,
+        })
+    }
+
+    /// The base URL.
+    pub fn base(&self) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.authority)
+    }
+
+    /// `POST /v1/admin/regions/{region}/{action}` with `{"drill": true, "note": …}`, on the
+    /// router's admin listener.
+    pub async fn admin(&self, token: &str, region: &str, action: &str, note: &str) -> Result<()> {
+        let path = format!("/v1/admin/regions/{region}/{action}");
+        let url = format!("{}{path}", self.base());
+        let auth = format!("Bearer {token}");
+        let body = json!({"drill": true, "note": note}).to_string();
+        let (status, body) = self
+            .call(
+                "POST",
+                &path,
+                &[
+                    ("Authorization", auth.as_str()),
+                    ("Content-Type", "application/json"),
+                ],
+                Some(&body),
+                Duration::from_secs(5),
+            )
+            .await
+            .with_context(|| format!("POST {url}"))?;
+        match status {
+            200 => Ok(()),
+            404 if body.contains("admin_not_here") => bail!(
+                "POST {url}: this is the router's public port; give its admin_listen address \
+                 (--router-admin)"
+            ),
+            401 => bail!(
+                "POST {url}: 401: the admin token is wrong (--admin-token or \
+                 MERIDIAN_ADMIN_TOKEN; a local mesh has it in endpoints.json)"
+            ),
+            403 => bail!("POST {url}: 403: the router has no admin tokens configured ({body})"),
+            409 => bail!(
+                "POST {url}: 409: the router refuses because no region would be left routable \
+                 ({body})"
+            ),
+            _ => bail!("POST {url}: {status}: {body}"),
+        }
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+        within: Duration,
+    ) -> Result<(u16, String)> {
+        let Some((connector, name)) = &self.tls else {
+            return http_call(&self.authority, method, path, headers, body, within).await;
+        };
+        let authority = &self.authority;
+        let work = async {
+            let tcp = tokio::net::TcpStream::connect(authority)
+                .await
+                .with_context(|| format!("connect to {authority}"))?;
+            let tls = connector
+                .connect(name.clone(), tcp)
+                .await
+                .with_context(|| format!("TLS to {authority} (is --router-admin-ca right?)"))?;
+            exchange(tls, authority, method, path, headers, body).await
+        };
+        tokio::time::timeout(within, work).await.map_err(|_| {
+            anyhow!("{method} https://{authority}{path}: no answer within {within:?}")
+        })?
+    }
 }
 
 fn parse_response(raw: &[u8]) -> Result<(u16, String)> {
@@ -257,40 +428,6 @@ impl RouterApi {
             .with_context(|| format!("bad /v1/regions answer: {body}"))?;
         serde_json::from_value(parsed["regions"].clone())
             .with_context(|| format!("bad /v1/regions answer: {body}"))
-    }
-
-    /// `POST /v1/admin/regions/{region}/{action}` with `{"drill": true, "note": …}`.
-    pub async fn admin(&self, token: &str, region: &str, action: &str, note: &str) -> Result<()> {
-        let path = format!("/v1/admin/regions/{region}/{action}");
-        let url = format!("{}{path}", self.base());
-        let auth = format!("Bearer {token}");
-        let body = json!({"drill": true, "note": note}).to_string();
-        let (status, body) = http_call(
-            &self.authority,
-            "POST",
-            &path,
-            &[
-                ("Authorization", auth.as_str()),
-                ("Content-Type", "application/json"),
-            ],
-            Some(&body),
-            Duration::from_secs(5),
-        )
-        .await
-        .with_context(|| format!("POST {url}"))?;
-        match status {
-            200 => Ok(()),
-            401 => bail!(
-                "POST {url}: 401: the admin token is wrong (--admin-token or \
-                 MERIDIAN_ADMIN_TOKEN; a local mesh has it in endpoints.json)"
-            ),
-            403 => bail!("POST {url}: 403: the router has no admin tokens configured ({body})"),
-            409 => bail!(
-                "POST {url}: 409: the router refuses because no region would be left routable \
-                 ({body})"
-            ),
-            _ => bail!("POST {url}: {status}: {body}"),
-        }
     }
 }
 
@@ -417,6 +554,25 @@ pub fn client_network(ip: IpAddr) -> (IpAddr, u8) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn admin_urls_are_http_or_https_with_an_optional_ca() {
+        let plain = AdminApi::new("http://127.0.0.1:8054/", None).unwrap();
+        assert_eq!(plain.base(), "http://127.0.0.1:8054");
+        let tls = AdminApi::new("https://router.example.net:8054", None).unwrap();
+        assert_eq!(tls.base(), "https://router.example.net:8054");
+        for bad in ["ftp://x:1", "https://", "http://x:1/v1/admin"] {
+            assert!(AdminApi::new(bad, None).is_err(), "{bad}");
+        }
+        let missing = AdminApi::new("https://x:1", Some(Path::new("/nonexistent/ca.pem")));
+        assert!(
+            missing
+                .unwrap_err()
+                .to_string()
+                .contains("--router-admin-ca"),
+            "names the flag"
+        );
+    }
 
     #[test]
     fn names_and_networks() {

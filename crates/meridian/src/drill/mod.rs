@@ -78,6 +78,14 @@ pub struct DrillArgs {
     /// The router's HTTP API (`http://HOST:PORT`) for a deployment; must allow `?ip=`.
     #[arg(long)]
     pub router: Option<String>,
+    /// The router's admin API (`http(s)://HOST:PORT`: its `admin_listen`, not the public HTTP
+    /// port) for --mode drain; a local mesh has it in endpoints.json.
+    #[arg(long, env = "MERIDIAN_ROUTER_ADMIN")]
+    pub router_admin: Option<String>,
+    /// A PEM certificate to trust for an `https://` --router-admin (the router's self-signed
+    /// admin certificate, or your CA), besides the platform's roots.
+    #[arg(long, env = "MERIDIAN_ROUTER_ADMIN_CA")]
+    pub router_admin_ca: Option<PathBuf>,
     /// The router's DNS server (`HOST:PORT`) to poll with ECS; without it only HTTP is polled.
     #[arg(long)]
     pub dns: Option<String>,
@@ -141,6 +149,8 @@ pub struct DrillArgs {
 /// Everything the drill talks to.
 struct Target {
     router: RouterApi,
+    /// The router's admin listener (drain / undrain).
+    admin: Option<mesh::AdminApi>,
     dns: Option<SocketAddr>,
     zone: String,
     admin_token: Option<String>,
@@ -173,6 +183,11 @@ fn resolve(args: &DrillArgs) -> Result<Target> {
                     .as_deref()
                     .unwrap_or(&format!("http://{}", e.router.http)),
             )?,
+            admin: match (&args.router_admin, e.router.admin) {
+                (Some(url), _) => Some(mesh::AdminApi::new(url, args.router_admin_ca.as_deref())?),
+                (None, Some(addr)) => Some(mesh::AdminApi::new(&format!("http://{addr}"), None)?),
+                (None, None) => None,
+            },
             dns: dns.or(Some(e.router.dns)),
             zone: args.zone.clone().unwrap_or(e.zone),
             admin_token: args.admin_token.clone().or(Some(e.admin_token)),
@@ -194,6 +209,11 @@ fn resolve(args: &DrillArgs) -> Result<Target> {
             })?;
             Target {
                 router: RouterApi::new(router)?,
+                admin: args
+                    .router_admin
+                    .as_deref()
+                    .map(|url| mesh::AdminApi::new(url, args.router_admin_ca.as_deref()))
+                    .transpose()?,
                 dns,
                 zone: args
                     .zone
@@ -221,6 +241,12 @@ fn resolve(args: &DrillArgs) -> Result<Target> {
     }
     if args.mode == Mode::Drain && target.admin_token.is_none() {
         bail!("--mode drain needs the router's admin token: --admin-token or MERIDIAN_ADMIN_TOKEN");
+    }
+    if args.mode == Mode::Drain && target.admin.is_none() {
+        bail!(
+            "--mode drain needs the router's admin API: --router-admin https://HOST:PORT (the \
+             router's admin_listen; the public HTTP port does not serve /v1/admin)"
+        );
     }
     if args.clients < 2 || args.clients > 5000 {
         bail!("--clients must be in 2..=5000");
@@ -638,7 +664,9 @@ async fn drill(args: DrillArgs, target: Target) -> Result<bool> {
             Mode::Drain => {
                 let token = target.admin_token.as_deref().unwrap_or_default();
                 target
-                    .router
+                    .admin
+                    .as_ref()
+                    .ok_or_else(|| anyhow!("no router admin API"))?
                     .admin(
                         token,
                         &args.region,
@@ -919,7 +947,9 @@ async fn restore(
     if args.mode == Mode::Drain {
         let token = target.admin_token.as_deref().unwrap_or_default();
         target
-            .router
+            .admin
+            .as_ref()
+            .ok_or_else(|| anyhow!("no router admin API"))?
             .admin(token, &args.region, "undrain", "meridian drill: restore")
             .await?;
         actions.push("undrain");
