@@ -6,4 +6,4 @@ cd "$(dirname "$0")/.."
 if ! cargo deny --version >/dev/null 2>&1; then
   cargo install cargo-deny --locked
 fi
-cargo deny --locked check licenses bans sources
+cargo deny --locked check --hide-inclusion-graph licenses bans sources

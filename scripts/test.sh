@@ -22,3 +22,6 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --locked --no-fail-fast -- --test-threads 2
 fi
+# Dependency licences/bans/sources (deny.toml), then every fuzz target for a short run (docs/fuzzing.md).
+bash scripts/deny.sh
+bash scripts/fuzz.sh "${FUZZ_SECONDS:-30}"
