@@ -31,6 +31,11 @@ fn client_value(request: &Request) -> Option<&RawValue> {
     }
 }
 
+fn strict() -> bool {
+    static STRICT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *STRICT.get_or_init(|| std::env::var_os("MERIDIAN_FUZZ_STRICT_JSON").is_some_and(|v| v == "1"))
+}
+
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
@@ -43,10 +48,15 @@ fuzz_target!(|data: &[u8]| {
     };
     // The raw value is a slice of the frame, forwarded byte for byte.
     assert!(text.contains(value.get()));
-    // TODO(coordinator): replace the `if let` below with an assertion that this succeeds once
-    // the validator refuses what serde_json cannot read (deeper than 128 levels, lone
-    // surrogates are accepted by serde_json and must be refused by the validator).
-    if let Ok(parsed) = serde_json::from_str::<serde_json::Value>(value.get()) {
+    // TODO(coordinator): once the validator refuses what serde_json cannot read (deeper than
+    // 128 levels; lone surrogate escapes, which the raw-value scan lets through), make this
+    // assertion unconditional. Until then it runs only with MERIDIAN_FUZZ_STRICT_JSON=1
+    // (it fails within seconds on `main` at 35f3da1: issue 20, findings 1 and 2).
+    let read = serde_json::from_str::<serde_json::Value>(value.get());
+    if strict() {
+        assert!(read.is_ok(), "accepted client JSON a JSON parser refuses: {read:?}");
+    }
+    if let Ok(parsed) = read {
         let encoded = serde_json::to_string(&parsed).unwrap_or_default();
         let again: serde_json::Value =
             serde_json::from_str(&encoded).unwrap_or(serde_json::Value::Null);
