@@ -173,3 +173,47 @@ write("config_node", "example", (ROOT / "examples/node.toml").read_bytes())
 write("config_router", "example", (ROOT / "examples/geo-router.toml").read_bytes())
 write("config_relay", "example", (ROOT / "crates/interregion-relay/relay.example.toml").read_bytes())
 write("config_node", "minimal", 'region = "eu-central"\ntoken_secret = "0123456789abcdef"\n[store]\nkind = "memory"\n')
+
+
+# --- libFuzzer dictionaries (fuzz/dict/<target>.dict; scripts/fuzz.sh passes them) ---------
+def fields(*paths):
+    out = set()
+    for p in paths:
+        t = (ROOT / p).read_text()
+        out |= set(re.findall(r"^\s*pub ([a-z_][a-z0-9_]*):", t, re.M))
+        out |= set(re.findall(r'rename = "([^"]+)"', t))
+    return sorted(out)
+
+
+def dictionary(target, words):
+    def entry(word):
+        return "".join(
+            c if 0x20 <= ord(c) < 0x7F and c not in '\\"' else "".join(f"\\x{b:02x}" for b in c.encode())
+            for c in word
+        )
+    d = ROOT / "fuzz" / "dict"
+    d.mkdir(exist_ok=True)
+    body = "\n".join(f'"{entry(w)}"' for w in words)
+    (d / f"{target}.dict").write_text(f"# libFuzzer dictionary, written by fuzz/make_corpus.py\n{body}\n")
+
+
+TOML = ["=", "[", "]", "[[", "]]", "{", "}", '"', "'''", '"""', "true", "false", "1e400", "inf", "nan",
+        "-0", "0x", "1979-05-27T07:32:00Z", "\n", "#"]
+dictionary("config_node", fields("crates/region-node/src/config.rs") + TOML
+           + ["memory", "redis", "sentinel", "redis://127.0.0.1:6379/"])
+dictionary("config_router", fields("crates/geo-router/src/config.rs") + TOML
+           + ["mesh.example.net.", "10.0.0.0/8", "::/0"])
+dictionary("config_relay", fields("crates/interregion-relay/src/config.rs") + TOML + ["127.0.0.1:4433"])
+dictionary("catalogue_parse", fields("crates/catalogue/src/lib.rs") + TOML
+           + ["ws://", "wss://", "http://", "https://", "aws", "gcp", "local"])
+JSON = ["{", "}", "[", "]", ":", ",", '"', "\\u", "\\ud800", "\\udc00", "null", "true", "false", "-0",
+        "1e309", "Infinity", "NaN"]
+OPS = ["hello", "join", "leave", "publish", "send", "members", "presence", "state_set", "state_get",
+       "state_delete", "ping"]
+KEYS = [f'"{k}"' for k in ["id", "op", "room", "data", "to", "users", "key", "value", "if_version",
+                            "after", "limit", "token", "resume", "epoch", "seq", "origins", "region",
+                            "idempotency_key"]]
+dictionary("request_parse", JSON + OPS + KEYS)
+dictionary("client_json", JSON + OPS + KEYS)
+dictionary("token_verify", JSON + ['"sub"', '"exp"', '"rooms"', '"pattern"', '"publish"', '"nbf"', '"iat"',
+                                   '"alg"', "HS256", "none", ".", "eyJ"])

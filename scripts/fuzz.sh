@@ -35,9 +35,11 @@ for target in "${targets[@]}"; do
   # New inputs go to a scratch corpus under target/ (not committed); the seeds are read only.
   work="target/corpus/$target"
   mkdir -p "$work" "artifacts/$target" "corpus/$target"
+  dict=()
+  if [ -f "dict/$target.dict" ]; then dict=(-dict="dict/$target.dict"); fi
   echo "fuzz.sh: $target for ${seconds} s" >&2
   if ! cargo fuzz run "${flags[@]}" "$target" "$work" "corpus/$target" -- \
-      -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 ${extra[@]+"${extra[@]}"} \
+      -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 ${dict[@]+"${dict[@]}"} ${extra[@]+"${extra[@]}"} \
       >"target/$target.log" 2>&1; then
     tail -n 40 "target/$target.log" >&2
     failed+=("$target")
