@@ -54,7 +54,10 @@ fuzz_target!(|data: &[u8]| {
     // (it fails within seconds on `main` at 35f3da1: issue 20, findings 1 and 2).
     let read = serde_json::from_str::<serde_json::Value>(value.get());
     if strict() {
-        assert!(read.is_ok(), "accepted client JSON a JSON parser refuses: {read:?}");
+        assert!(
+            read.is_ok(),
+            "accepted client JSON a JSON parser refuses: {read:?}"
+        );
     }
     if let Ok(parsed) = read {
         let encoded = serde_json::to_string(&parsed).unwrap_or_default();

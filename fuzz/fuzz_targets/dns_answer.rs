@@ -104,15 +104,26 @@ fuzz_target!(|data: &[u8]| {
     let full = answerer.answer_uncached(request, source);
     assert_eq!(udp, full, "fast and full paths differ");
     // Twice more: the second `answer` of a `ws` query comes from the template the first made.
-    assert_eq!(answerer.answer(request, source), full, "template answer differs");
+    assert_eq!(
+        answerer.answer(request, source),
+        full,
+        "template answer differs"
+    );
     let tcp = answerer.answer_tcp(request, source);
-    assert_eq!(udp.is_some(), tcp.is_some(), "UDP and TCP disagree on answering");
+    assert_eq!(
+        udp.is_some(),
+        tcp.is_some(),
+        "UDP and TCP disagree on answering"
+    );
     for response in udp.iter().chain(tcp.iter()) {
         assert!(response.len() >= 12, "response shorter than a header");
         assert_eq!(response[..2], request[..2], "ID not echoed");
         assert_ne!(response[2] & 0x80, 0, "QR not set");
     }
     if let Some(response) = &udp {
-        assert!(response.len() <= usize::from(UDP_PAYLOAD_SIZE), "UDP response too big");
+        assert!(
+            response.len() <= usize::from(UDP_PAYLOAD_SIZE),
+            "UDP response too big"
+        );
     }
 });

@@ -9,15 +9,25 @@ use meridian_protocol::{Request, RequestId, RoomId, UserId};
 const MAX_KEY_LEN: usize = 128;
 
 fn valid_room(room: &RoomId) {
-    assert!(RoomId::new(room.as_str()).is_ok(), "accepted invalid room {room:?}");
+    assert!(
+        RoomId::new(room.as_str()).is_ok(),
+        "accepted invalid room {room:?}"
+    );
 }
 
 fn valid_user(user: &UserId) {
-    assert!(UserId::new(user.as_str()).is_ok(), "accepted invalid user {user:?}");
+    assert!(
+        UserId::new(user.as_str()).is_ok(),
+        "accepted invalid user {user:?}"
+    );
 }
 
 fn valid_key(key: &str) {
-    assert!(!key.is_empty() && key.len() <= MAX_KEY_LEN, "accepted key of {} bytes", key.len());
+    assert!(
+        !key.is_empty() && key.len() <= MAX_KEY_LEN,
+        "accepted key of {} bytes",
+        key.len()
+    );
 }
 
 /// Rules that issue 20's fixes add (a request is a JSON object), asserted only with
@@ -42,7 +52,10 @@ fuzz_target!(|data: &[u8]| {
         }
     };
     if strict() {
-        assert!(text.trim_start().starts_with('{'), "accepted a request that is not an object");
+        assert!(
+            text.trim_start().starts_with('{'),
+            "accepted a request that is not an object"
+        );
     }
     if let RequestId::Str(id) = &id {
         assert!(id.len() <= 64, "accepted a {}-byte id", id.len());
@@ -50,7 +63,11 @@ fuzz_target!(|data: &[u8]| {
     match &request {
         Request::Hello { resume, .. } => resume.iter().for_each(|r| valid_room(&r.room)),
         Request::Join { room } | Request::Leave { room } => valid_room(room),
-        Request::Publish { room, idempotency_key, .. } => {
+        Request::Publish {
+            room,
+            idempotency_key,
+            ..
+        } => {
             valid_room(room);
             if let Some(key) = idempotency_key {
                 valid_key(key);
@@ -67,8 +84,17 @@ fuzz_target!(|data: &[u8]| {
             assert!(users.len() <= 100);
             users.iter().for_each(valid_user);
         }
-        Request::StateSet { room, key, if_version, .. }
-        | Request::StateDelete { room, key, if_version } => {
+        Request::StateSet {
+            room,
+            key,
+            if_version,
+            ..
+        }
+        | Request::StateDelete {
+            room,
+            key,
+            if_version,
+        } => {
             valid_room(room);
             valid_key(key);
             assert!(if_version.is_none_or(|v| v <= i64::MAX as u64));

@@ -53,11 +53,19 @@ fuzz_target!(|data: &[u8]| {
     let Ok(claims) = verifier().verify(&token) else {
         return;
     };
-    assert!(UserId::new(claims.sub.as_str()).is_ok(), "accepted sub {:?}", claims.sub);
+    assert!(
+        UserId::new(claims.sub.as_str()).is_ok(),
+        "accepted sub {:?}",
+        claims.sub
+    );
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    assert!(claims.exp > now, "accepted an expired token (exp {})", claims.exp);
+    assert!(
+        claims.exp > now,
+        "accepted an expired token (exp {})",
+        claims.exp
+    );
     // Grant matching must not panic on any pattern.
     if let Ok(room) = RoomId::new("lobby/1") {
         let _ = claims.may_join(&room);
