@@ -15,12 +15,13 @@
 //! ```
 //!
 //! Until then it fuzzes what exists: the `serde_json` decode of a request (`Request::parse`)
-//! and, for every value the parser accepts, that a value `serde_json` can read re-encodes to
-//! text it reads back as the same value (what the node does with state values it stores).
+//! and, for every value the parser accepts, the room event frame the node builds around it
+//! (`RoomEventFrame`): the value is carried verbatim, and the frame is valid JSON holding the
+//! same value whenever the value itself is.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use meridian_protocol::Request;
+use meridian_protocol::{Request, RoomEventFrame, RoomId, UserId};
 use serde_json::value::RawValue;
 
 fn client_value(request: &Request) -> Option<&RawValue> {
@@ -59,10 +60,29 @@ fuzz_target!(|data: &[u8]| {
             "accepted client JSON a JSON parser refuses: {read:?}"
         );
     }
+    // The event frame the node builds around the value (what every subscriber parses) carries
+    // it verbatim, and is valid JSON whenever the value is.
+    let (Ok(room), Ok(user)) = (RoomId::new("lobby"), UserId::new("alice")) else {
+        return;
+    };
+    let (frame, field) = match &request {
+        Request::StateSet { key, .. } => (
+            RoomEventFrame::state_changed(&room, key, Some(value), &user),
+            "value",
+        ),
+        _ => (RoomEventFrame::message(&room, &user, value), "data"),
+    };
+    let event = frame.finish(42, "k3v9x0qa");
+    assert!(event.contains(value.get()), "value not carried verbatim");
     if let Ok(parsed) = read {
-        let encoded = serde_json::to_string(&parsed).unwrap_or_default();
-        let again: serde_json::Value =
-            serde_json::from_str(&encoded).unwrap_or(serde_json::Value::Null);
-        assert_eq!(parsed, again, "re-encoded value reads back differently");
+        let event: serde_json::Value = match serde_json::from_str(&event) {
+            Ok(event) => event,
+            Err(e) => panic!("event frame around a valid value is not JSON: {e}: {event}"),
+        };
+        assert_eq!(
+            event.get(field),
+            Some(&parsed),
+            "value changed in the event frame"
+        );
     }
 });
