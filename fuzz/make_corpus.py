@@ -33,6 +33,7 @@ frames += [
     '{"id":13,"op":"publish","room":"r","data":"\\ud800"}',
     '{"id":14,"op":"members","room":"r","after":"bob","limit":4294967295}',
     '[1,"join","lobby"]',
+    '[1,"join",null,null,"lobby",null,null,null,null,null,null,null,null,null]',
 ]
 for i, frame in enumerate(frames):
     write("request_parse", f"{i:02}", frame)
