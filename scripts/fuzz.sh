@@ -5,6 +5,8 @@
 #
 #   scripts/fuzz.sh [seconds-per-target] [target...]     (default: 30 s, every target)
 #
+# 0 seconds: build, then only replay the seed corpus once through each target (no fuzzing).
+#
 # Environment: FUZZ_SANITIZER (default none; `address` for ASan, a slower build),
 # FUZZ_JOBS (parallel jobs per target, default 1). Installs cargo-fuzz when it is missing;
 # runs on the stable toolchain through RUSTC_BOOTSTRAP=1 (cargo-fuzz needs -Z flags).
@@ -28,6 +30,8 @@ fi
 start=$(date +%s)
 cargo fuzz build "${flags[@]}"
 echo "fuzz.sh: built ${#targets[@]} targets in $(( $(date +%s) - start )) s" >&2
+limit=(-max_total_time="$seconds")
+if [ "$seconds" -eq 0 ]; then limit=(-runs=0); fi
 extra=()
 if [ "${FUZZ_JOBS:-1}" -gt 1 ]; then extra=(-jobs="$FUZZ_JOBS" -workers="$FUZZ_JOBS"); fi
 failed=()
@@ -39,7 +43,7 @@ for target in "${targets[@]}"; do
   if [ -f "dict/$target.dict" ]; then dict=(-dict="dict/$target.dict"); fi
   echo "fuzz.sh: $target for ${seconds} s" >&2
   if ! cargo fuzz run "${flags[@]}" "$target" "$work" "corpus/$target" -- \
-      -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 ${dict[@]+"${dict[@]}"} ${extra[@]+"${extra[@]}"} \
+      "${limit[@]}" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 ${dict[@]+"${dict[@]}"} ${extra[@]+"${extra[@]}"} \
       >"target/$target.log" 2>&1; then
     tail -n 40 "target/$target.log" >&2
     failed+=("$target")
