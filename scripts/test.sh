@@ -2,8 +2,9 @@
 # Runs every check and test: format, lints, unit tests, the store conformance suite against a
 # real redis-server, and the end-to-end tests that start redis-server and region-node processes.
 # `scripts/test.sh --rust-only` (or MERIDIAN_TEST_ONLY=rust) skips the infrastructure checks
-# (terraform, Prometheus rules, systemd units: they install checkov, python-hcl2 and promtool)
-# while developing; CI (`.ci/run`) runs everything.
+# (terraform, Prometheus rules, systemd units: they install checkov, python-hcl2 and promtool),
+# the JavaScript and browser tests and the fuzzers while developing; CI (`.ci/run`) runs
+# everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 only="${MERIDIAN_TEST_ONLY:-all}"
@@ -26,6 +27,8 @@ if [ "$(ulimit -Sn)" != unlimited ] && [ "$(ulimit -Sn)" -lt 16384 ]; then
 fi
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# Dependency licences, bans and sources (deny.toml).
+bash scripts/deny.sh
 # Terraform, alert rules, dashboard and systemd units (installs promtool, python-hcl2, checkov).
 if [ "$only" = all ]; then
   bash scripts/check-infra.sh
@@ -40,5 +43,12 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --locked --no-fail-fast -- --test-threads 2
 fi
-# The JavaScript SDK: unit, end-to-end on `meridian up`, and the WebRTC demo in Chromium.
-bash clients/js/test.sh
+if [ "$only" = all ]; then
+  # The JavaScript SDK: unit, end-to-end on `meridian up`, and the WebRTC demo in Chromium.
+  bash clients/js/test.sh
+  # A short run of every fuzz target (docs/fuzzing.md; FUZZ_SECONDS per target, 0 replays the
+  # committed corpus only).
+  bash scripts/fuzz.sh "${FUZZ_SECONDS:-10}"
+else
+  echo "test.sh: skipping the JavaScript, browser and fuzz tests (--rust-only)" >&2
+fi
