@@ -1,23 +1,8 @@
-//! PLACEHOLDER for the client-JSON validator that the `node-input` helper is adding to
-//! crates/protocol (issue 20, findings 1 and 2: one depth/size rule for every client JSON value,
-//! `data` and state values, and only RFC 8259 JSON that a standard parser reads).
-//!
-//! TODO(coordinator): once that validator exists, call it here on every `data`/`value` that
-//! `Request::parse` accepts and assert the rule it promises, e.g.:
-//!
-//! ```ignore
-//! if let Some(value) = client_value(&request) {
-//!     assert!(meridian_protocol::validate_client_json(value.get()).is_ok());   // the real name
-//!     // and: what is accepted is readable by serde_json (no depth-limit error on re-read),
-//!     // has no lone surrogate escapes, and is within the size rule.
-//!     assert!(serde_json::from_str::<serde_json::Value>(value.get()).is_ok());
-//! }
-//! ```
-//!
-//! Until then it fuzzes what exists: the `serde_json` decode of a request (`Request::parse`)
-//! and, for every value the parser accepts, the room event frame the node builds around it
-//! (`RoomEventFrame`): the value is carried verbatim, and the frame is valid JSON holding the
-//! same value whenever the value itself is.
+//! The client JSON rule (`meridian_protocol::json_rules`, issue 20 findings 1 and 2): every
+//! `data`/`value` that `Request::parse` accepts passes the rule and is readable by a standard
+//! JSON parser (serde_json: no recursion-limit error, no lone surrogate, finite numbers); the
+//! rule itself never accepts what serde_json refuses; and the room event frame the node builds
+//! around an accepted value carries it verbatim and is valid JSON holding the same value.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -32,15 +17,17 @@ fn client_value(request: &Request) -> Option<&RawValue> {
     }
 }
 
-fn strict() -> bool {
-    static STRICT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *STRICT.get_or_init(|| std::env::var_os("MERIDIAN_FUZZ_STRICT").is_some_and(|v| v == "1"))
-}
-
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
+    // The rule alone: what it accepts, serde_json reads.
+    if meridian_protocol::json_rules::check(text).is_ok() {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(text).is_ok(),
+            "json_rules accepted what serde_json refuses"
+        );
+    }
     let Ok((_, request)) = Request::parse(text) else {
         return;
     };
@@ -49,17 +36,16 @@ fuzz_target!(|data: &[u8]| {
     };
     // The raw value is a slice of the frame, forwarded byte for byte.
     assert!(text.contains(value.get()));
-    // TODO(coordinator): once the validator refuses what serde_json cannot read (deeper than
-    // 128 levels; lone surrogate escapes, which the raw-value scan lets through), make this
-    // assertion unconditional. Until then it runs only with MERIDIAN_FUZZ_STRICT=1
-    // (it fails within seconds on `main` at 35f3da1: issue 20, findings 1 and 2).
+    // Accepted means within the rule, and readable by a standard parser.
+    assert!(
+        meridian_protocol::json_rules::check(value.get()).is_ok(),
+        "accepted client JSON outside the rule"
+    );
     let read = serde_json::from_str::<serde_json::Value>(value.get());
-    if strict() {
-        assert!(
-            read.is_ok(),
-            "accepted client JSON a JSON parser refuses: {read:?}"
-        );
-    }
+    assert!(
+        read.is_ok(),
+        "accepted client JSON a JSON parser refuses: {read:?}"
+    );
     // The event frame the node builds around the value (what every subscriber parses) carries
     // it verbatim, and is valid JSON whenever the value is.
     let (Ok(room), Ok(user)) = (RoomId::new("lobby"), UserId::new("alice")) else {

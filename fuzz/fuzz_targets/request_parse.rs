@@ -30,13 +30,6 @@ fn valid_key(key: &str) {
     );
 }
 
-/// Rules that issue 20's fixes add (a request is a JSON object), asserted only with
-/// MERIDIAN_FUZZ_STRICT=1 until they are merged. TODO(coordinator): make them unconditional.
-fn strict() -> bool {
-    static STRICT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *STRICT.get_or_init(|| std::env::var_os("MERIDIAN_FUZZ_STRICT").is_some_and(|v| v == "1"))
-}
-
 fuzz_target!(|data: &[u8]| {
     // The node hands only text frames (valid UTF-8) to the parser.
     let Ok(text) = std::str::from_utf8(data) else {
@@ -51,12 +44,11 @@ fuzz_target!(|data: &[u8]| {
             return;
         }
     };
-    if strict() {
-        assert!(
-            text.trim_start().starts_with('{'),
-            "accepted a request that is not an object"
-        );
-    }
+    // A request is a JSON object (issue 20: a 14-element array used to map onto the fields).
+    assert!(
+        text.trim_start().starts_with('{'),
+        "accepted a request that is not an object"
+    );
     if let RequestId::Str(id) = &id {
         assert!(id.len() <= 64, "accepted a {}-byte id", id.len());
     }

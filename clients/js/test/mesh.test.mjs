@@ -208,3 +208,30 @@ test("meridian up serves the demo: page, bundle, config; nothing outside the dir
     assert.equal(await raw(path), "404", path);
   }
 });
+
+test("RTT reports from a real client reach the router: token from /v1/route, probes timed, /v1/rtt recorded", { timeout: 30_000 }, async () => {
+  const recorded = async () => {
+    const text = await (await fetch(`${mesh.router}/metrics`)).text();
+    const line = text.split("\n").find((l) => l.startsWith("meridian_router_rtt_reports_total") && l.includes('result="recorded"'));
+    return line ? Number(line.split(" ").pop()) : 0;
+  };
+  const before = await recorded();
+  // Routed from its own address (no ?ip=): the report token binds 127.0.0.0/24, where the
+  // report then comes from.
+  const c = new MeridianClient({ router: mesh.router, token: mesh.endpoints.tokens.carol, reportRtt: true });
+  clients.push(c);
+  await connected(c);
+  const deadline = Date.now() + 20_000;
+  while ((await recorded()) <= before) {
+    assert.ok(Date.now() < deadline, "RTT report recorded by the router within 20 s");
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  // A forged token is refused: reports only come from clients the router routed.
+  const forged = await fetch(`${mesh.router}/v1/rtt`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ token: "forged", rtts: [{ region: "eu-central", rtt_ms: 0.01 }] }),
+  });
+  assert.equal(forged.status, 401);
+  c.close();
+});
