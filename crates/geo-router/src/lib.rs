@@ -1,6 +1,6 @@
 //! The geo-router: the front door that sends every user to the nearest healthy region, by
 //! authoritative DNS (`ws.<zone>`) and over HTTP (`/v1/route`, `/v1/connect`). See
-//! "Geo-routing front door" in `ARCHITECTURE.md` and `docs/geo-router.md`.
+//! "The geo-router" in `docs/architecture.md` and `docs/geo-router.md`.
 //!
 //! * [`decision`]: the pure ranking core ([`choose_region`], [`decide`]), no I/O;
 //! * [`geoip`]: client address → location ([`GeoDb`], file-watching [`ReloadingGeoDb`]);
