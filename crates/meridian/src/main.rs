@@ -233,6 +233,10 @@ struct TokenArgs {
     /// Lifetime: `3600`, `90s`, `30m`, `24h`.
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     ttl: Duration,
+    /// Allow direct messages to, and presence of, users who share no room with this one (the
+    /// token claim `dm`; for backends and support tools, not ordinary users).
+    #[arg(long)]
+    dm: bool,
     /// The shared token secret (default: from --state-dir/--endpoints of a local mesh).
     #[arg(long, env = "MERIDIAN_TOKEN_SECRET", hide_env_values = true)]
     secret: Option<String>,
@@ -303,7 +307,7 @@ fn run(command: Command) -> Result<ExitCode> {
             };
             println!(
                 "{}",
-                mint(&t.user, &rooms, t.ttl.as_secs().max(1), &secret)?
+                mint_with(&t.user, &rooms, t.ttl.as_secs().max(1), &secret, t.dm)?
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -596,6 +600,18 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 pub(crate) fn mint(user: &str, rooms: &[String], ttl: u64, secret: &str) -> Result<String> {
+    mint_with(user, rooms, ttl, secret, false)
+}
+
+/// [`mint`], and with `dm` the claim that lets the user send direct messages to, and see the
+/// presence of, users it shares no room with (docs/protocol.md `send`).
+pub(crate) fn mint_with(
+    user: &str,
+    rooms: &[String],
+    ttl: u64,
+    secret: &str,
+    dm: bool,
+) -> Result<String> {
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
     let grants = if rooms.is_empty() {
         vec![RoomGrant {
@@ -623,7 +639,7 @@ pub(crate) fn mint(user: &str, rooms: &[String], ttl: u64, secret: &str) -> Resu
         rooms: grants,
         nbf: None,
         iat: Some(now),
-        dm: false,
+        dm,
     };
     Ok(issue(secret.as_bytes(), &claims)?)
 }
@@ -646,6 +662,10 @@ mod tests {
         assert_eq!(c.rooms.len(), 2);
         assert!(c.rooms[0].publish && !c.rooms[1].publish);
         assert!(mint("bad user", &[], 60, "s").is_err());
+        let dm = mint_with("support", &[], 60, "0123456789abcdef", true).unwrap();
+        let claims = TokenVerifier::new(b"0123456789abcdef").verify(&dm).unwrap();
+        assert!(claims.dm, "--dm sets the claim");
+        assert!(!c.dm, "without --dm the claim is off");
     }
 
     #[test]
