@@ -570,3 +570,69 @@ async fn messages_published_while_a_regions_redis_was_down_are_resent_when_it_is
     );
     Ok(())
 }
+
+/// A client re-homed into a region where the room has no members yet resumes with its version
+/// vector and gets every message it missed, even those published well before it arrived (more
+/// than the relays' join-skew allowance): the node records the resumer's positions before the
+/// join, and the relay that starts following the room asks the origin to replay from there
+/// (before, the replay started at the first local join less 500 ms, and the messages of the
+/// seconds the client was away were lost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumer_rehomed_into_a_region_without_members_gets_everything_it_missed() -> Result<()> {
+    const ROOM: &str = "rehome";
+    let mesh = TestMesh::start(&[US, EU], 80, 1, MeshTiming::default()).await?;
+    mesh.wait_links(LONG).await?;
+    let mut alice = connect(&mesh, EU, "alice").await?;
+    let mut bob = connect(&mesh, EU, "bob").await?;
+    join(&mut alice, ROOM).await?;
+    let joined = join(&mut bob, ROOM).await?;
+    let epoch = joined["epoch"].as_str().unwrap_or_default().to_owned();
+    let publish = |n: u64| json!({"op": "publish", "room": ROOM, "data": {"n": n}});
+    for n in 1..=10 {
+        ok(alice.request(publish(n)).await?)?;
+    }
+    // Bob reads up to message 10 in eu-central: local events, positioned in eu-central's seq.
+    let mut seq = joined["seq"].as_u64().unwrap_or(0);
+    loop {
+        let e = bob.event_within("message", LONG).await?;
+        seq = seq.max(e["seq"].as_u64().unwrap_or(0));
+        if e["data"]["n"] == 10 {
+            break;
+        }
+    }
+    drop(bob);
+    // Published while Bob is away, long before he joins anywhere else.
+    for n in 11..=20 {
+        ok(alice.request(publish(n)).await?)?;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Bob re-homes to us-east, where nobody is in the room, with his vector.
+    let resume = json!([{"room": ROOM, "epoch": epoch, "seq": seq,
+        "origins": [{"region": EU, "epoch": epoch, "seq": seq}]}]);
+    let (mut bob, hello) =
+        Client::hello(&mesh.region(US)?.node.ws_url(), &token("bob"), resume).await?;
+    let status = hello["resumed"][0]["status"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    ensure!(status == "recovered", "resume in us-east: {hello}");
+    for n in 21..=30 {
+        ok(alice.request(publish(n)).await?)?;
+    }
+    let mut got = Vec::new();
+    let deadline = Instant::now() + LONG;
+    while got.last() != Some(&30) && Instant::now() < deadline {
+        if let Ok(e) = bob
+            .event_within("message", Duration::from_millis(500))
+            .await
+        {
+            got.push(e["data"]["n"].as_u64().unwrap_or(0));
+        }
+    }
+    let want: Vec<u64> = (11..=30).collect();
+    ensure!(
+        got == want,
+        "bob, re-homed into us-east, got {got:?}; expected 11..=30 once each, in order"
+    );
+    Ok(())
+}

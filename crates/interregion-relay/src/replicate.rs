@@ -549,10 +549,23 @@ impl Replicator {
                     epoch: epoch_code(&e),
                     seq: s,
                 }),
-                None => match self.store.local_join_time(room).await {
-                    Ok(t) => t.map(Position::joined_at),
+                // Nothing applied from the peer yet: from the oldest position of its events
+                // that a client resuming here has seen (it was re-homed from elsewhere and
+                // must get everything after it), else from the first local join.
+                None => match self.store.wanted_position(room, peer).await {
+                    Ok(Some((e, s))) => Some(Position {
+                        epoch: epoch_code(&e),
+                        seq: s,
+                    }),
+                    Ok(None) => match self.store.local_join_time(room).await {
+                        Ok(t) => t.map(Position::joined_at),
+                        Err(e) => {
+                            tracing::warn!(%peer, %room, error = %e, "cannot read the room's join time; asking later");
+                            return None;
+                        }
+                    },
                     Err(e) => {
-                        tracing::warn!(%peer, %room, error = %e, "cannot read the room's join time; asking later");
+                        tracing::warn!(%peer, %room, error = %e, "cannot read the resumers' positions; asking later");
                         return None;
                     }
                 },

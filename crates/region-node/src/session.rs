@@ -1110,6 +1110,15 @@ impl Session {
             node.local.remove_subscriber(room, self.conn.conn);
             return Err(e.into());
         }
+        if let Some((_, _, vector)) = resume.filter(|(_, _, v)| !v.is_empty()) {
+            // Before the join announces interest: where a relay that starts following the
+            // room here must have the other regions replay from (a client re-homed into a
+            // region where the room had no members yet). Without it the replay starts at the
+            // join, so the failure is logged, not refused.
+            if let Err(e) = node.store.want_replay(room, vector).await {
+                tracing::warn!(%room, error = %e, "cannot record the resumer's positions for the relays");
+            }
+        }
         let joined = node
             .timed(
                 "join",

@@ -432,6 +432,15 @@ pub trait StateStore: Send + Sync + 'static {
         })
     }
 
+    /// Records, before a resuming client joins `room`, the positions of other regions' events
+    /// it has seen (its version vector), so that a relay which starts following the room here
+    /// asks each origin to replay from there: a client re-homed into a region where the room
+    /// had no members yet still gets every event it missed. Kept for a short while. Stores
+    /// without replication do nothing.
+    async fn want_replay(&self, _room: &RoomId, _vector: &[OriginPosition]) -> StoreResult<()> {
+        Ok(())
+    }
+
     /// Hands a direct-message frame to every node holding a connection of `to`. Returns whether
     /// at least one node took it.
     async fn send_direct(&self, to: &UserId, frame: &str) -> StoreResult<bool>;

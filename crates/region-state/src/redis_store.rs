@@ -26,7 +26,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::link::{LinkConn, PrimaryLink, RedisEndpoint, Resolver};
 use crate::scripts::{
-    entry_seq, history_after, k, room_of_channel, stored_entries, RoomArgs, RoomKeys, Scripts,
+    entry_seq, history_after, k, room_of_channel, stored_entries, want_key, RoomArgs, RoomKeys,
+    Scripts, WANT_REPLAY_TTL_MS,
 };
 use crate::{
     now_ms, split_seq, Budget, ConnRef, Inbound, JoinOutcome, MemberPage, NodeId, PublishItem,
@@ -760,6 +761,23 @@ impl StateStore for RedisStore {
             max,
             events,
         ))
+    }
+
+    async fn want_replay(&self, room: &RoomId, vector: &[OriginPosition]) -> StoreResult<()> {
+        let wanted: Vec<&OriginPosition> = vector
+            .iter()
+            .filter(|o| o.region != self.config.region)
+            .collect();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let mut inv = self.scripts.want_replay.key(want_key(room));
+        inv.arg(WANT_REPLAY_TTL_MS);
+        for o in wanted {
+            inv.arg(&o.region).arg(&o.epoch).arg(o.seq);
+        }
+        let _: i64 = inv.invoke_async(&mut self.conn()).await?;
+        Ok(())
     }
 
     async fn history_since(

@@ -537,6 +537,25 @@ impl ReplicaStore {
         Ok(usize::try_from(n).unwrap_or(0))
     }
 
+    /// The oldest position of `origin`'s own events in `room` that a client resuming here
+    /// has seen (recorded by the node before the join, see `StateStore::want_replay`), as
+    /// `(epoch, seq)`; `None` when no resumer asked in the last two minutes.
+    pub async fn wanted_position(
+        &self,
+        room: &RoomId,
+        origin: &str,
+    ) -> StoreResult<Option<(String, u64)>> {
+        let v: Option<String> = redis::cmd("HGET")
+            .arg(crate::scripts::want_key(room))
+            .arg(origin)
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(v.and_then(|v| {
+            let (epoch, seq) = v.rsplit_once('|')?;
+            Some((epoch.to_owned(), seq.parse().ok()?))
+        }))
+    }
+
     /// When the room's current members homed here joined, the earliest: the wall-clock
     /// milliseconds of their oldest membership stamp (`mr:{room}:mh`). `None` without such
     /// members. A region that starts following another's room asks for the history from

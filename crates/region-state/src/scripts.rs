@@ -54,6 +54,36 @@ impl RoomKeys {
     }
 }
 
+/// `mr:{room}:want`: hash origin region -> `"<epoch>|<seq>"`, the oldest position of that
+/// region's own events that a client resuming here has seen (its version vector), kept for
+/// [`WANT_REPLAY_TTL_MS`]. A relay that starts following the room reads it, so the origin
+/// replays from there (a client re-homed into a region with no members in the room yet gets
+/// what it missed) instead of from the first local join.
+pub(crate) fn want_key(room: &RoomId) -> String {
+    format!("mr:{{{room}}}:want")
+}
+
+/// How long a resumer's wanted positions are kept: long enough for the relay to announce the
+/// new interest and the origin to answer, even across a link that reconnects.
+pub(crate) const WANT_REPLAY_TTL_MS: u64 = 120_000;
+
+/// KEYS[1] want key; ARGV: ttl ms, then (region, epoch, seq) triples. Keeps, per region, the
+/// smaller seq of the same epoch (another epoch replaces it: the newer resumer wins).
+pub(crate) const WANT_REPLAY_LUA: &str = r#"
+for i = 2, #ARGV, 3 do
+  local region, epoch, seq = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  local cur = redis.call('HGET', KEYS[1], region)
+  local keep = false
+  if cur then
+    local e, s = string.match(cur, '^(.*)|(%d+)$')
+    keep = (e == epoch) and (tonumber(s) <= seq)
+  end
+  if not keep then redis.call('HSET', KEYS[1], region, epoch .. '|' .. seq) end
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return 1
+"#;
+
 /// Channel on which room scripts announce that a room gained (`"1 <room channel>"`) or lost
 /// (`"0 <room channel>"`) its last local member: what the relay announces to other regions.
 pub const INTEREST_CHANNEL: &str = "meridian:interest";
@@ -557,6 +587,7 @@ pub(crate) struct Scripts {
     pub disconnect: Script,
     pub send_direct: Script,
     pub spend: Script,
+    pub want_replay: Script,
 }
 
 impl Scripts {
@@ -577,6 +608,7 @@ impl Scripts {
             disconnect: user(DISCONNECT_LUA),
             send_direct: Script::new(SEND_DIRECT_LUA),
             spend: Script::new(SPEND_LUA),
+            want_replay: Script::new(WANT_REPLAY_LUA),
         }
     }
 }
