@@ -23,6 +23,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 pub use region_state::testing::RedisServer;
 
 pub mod mesh;
+pub mod up;
 
 /// The token secret every test node uses.
 pub const SECRET: &str = "e2e-secret-0123456789";

@@ -5,192 +5,14 @@
 //! leaving no process of the mesh behind. Loopback only; every child is killed on drop.
 
 use std::collections::BTreeSet;
-use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::net::IpAddr;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use meridian_e2e::{bin_path, dns_query, http_get, ok, Client, TempDir};
+use meridian_e2e::up::{alive, processes_under, Up};
+use meridian_e2e::{bin_path, dns_query, http_get, ok, Client};
 use serde_json::{json, Value};
-
-/// A running `meridian up` (SIGTERM, then SIGKILL of it and of every mesh pid on drop).
-struct Up {
-    child: Child,
-    dir: TempDir,
-    endpoints: Value,
-}
-
-impl Up {
-    fn start(tag: &str) -> Result<Up> {
-        let dir = TempDir::new(tag)?;
-        let state = dir.0.join("state");
-        let log = std::fs::File::create(dir.0.join("up.log"))?;
-        let child = Command::new(bin_path("meridian")?)
-            .args([
-                "up",
-                "--auto-ports",
-                "--dns",
-                "127.0.0.1:0",
-                "--http",
-                "127.0.0.1:0",
-            ])
-            .args(["--relay-grace", "3s", "--state-dir"])
-            .arg(&state)
-            .current_dir(workspace_root())
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log.try_clone()?))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .context("start meridian up")?;
-        let mut up = Up {
-            child,
-            dir,
-            endpoints: Value::Null,
-        };
-        let json = state.join("endpoints.json");
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            if let Ok(text) = std::fs::read_to_string(&json) {
-                if let Ok(v) = serde_json::from_str::<Value>(&text) {
-                    up.endpoints = v;
-                    return Ok(up);
-                }
-            }
-            if let Some(status) = up.child.try_wait()? {
-                bail!("meridian up exited ({status}): {}", up.log());
-            }
-            if Instant::now() > deadline {
-                bail!("meridian up not ready after 120 s: {}", up.log());
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.0.join("up.log")).unwrap_or_default()
-    }
-
-    fn state_dir(&self) -> PathBuf {
-        self.dir.0.join("state")
-    }
-
-    fn router_http(&self) -> Result<SocketAddr> {
-        Ok(self.endpoints["router"]["http"]
-            .as_str()
-            .context("router.http")?
-            .parse()?)
-    }
-
-    fn router_dns(&self) -> Result<SocketAddr> {
-        Ok(self.endpoints["router"]["dns"]
-            .as_str()
-            .context("router.dns")?
-            .parse()?)
-    }
-
-    /// The pids `up` recorded for its children.
-    fn mesh_pids(&self) -> Vec<u32> {
-        self.endpoints["pids"]
-            .as_object()
-            .into_iter()
-            .flatten()
-            .filter_map(|(_, p)| p.as_u64().map(|p| p as u32))
-            .collect()
-    }
-
-    /// SIGTERM and wait for `up` to exit.
-    fn terminate(&mut self, within: Duration) -> Result<ExitStatus> {
-        signal(self.child.id(), "TERM");
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(status);
-            }
-            if Instant::now() > deadline {
-                bail!("meridian up still running {within:?} after SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            signal(self.child.id(), "TERM");
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        // Whatever survived (a failing test must not leave a mesh behind).
-        for pid in self
-            .mesh_pids()
-            .into_iter()
-            .chain(processes_under(&self.state_dir()))
-        {
-            signal(pid, "KILL");
-        }
-    }
-}
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from(".."))
-}
-
-fn signal(pid: u32, sig: &str) {
-    let _ = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(pid.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-}
-
-/// Whether `pid` is a live process (not a zombie).
-fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
-        Err(_) => false,
-    }
-}
-
-/// Processes whose command line mentions `dir` (every mesh child gets a path in the state
-/// directory: configs, Redis data) or whose working directory is inside it (redis-server
-/// rewrites its command line but changes into its data dir), except this test process.
-fn processes_under(dir: &Path) -> Vec<u32> {
-    let needle = dir.display().to_string();
-    let me = std::process::id();
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if pid == me {
-            continue;
-        }
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        let in_cmdline = String::from_utf8_lossy(&cmdline).contains(&needle);
-        let in_cwd =
-            std::fs::read_link(entry.path().join("cwd")).is_ok_and(|cwd| cwd.starts_with(dir));
-        if (in_cmdline || in_cwd) && alive(pid) {
-            out.push(pid);
-        }
-    }
-    out
-}
 
 /// SIGTERM to `up`: it exits cleanly and no process of the mesh remains, neither one of the
 /// pids in endpoints.json (`up` rewrites them after a region restart) nor any other process
@@ -256,7 +78,7 @@ async fn region_addresses(up: &Up, region: &str) -> Result<BTreeSet<IpAddr>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_routes_two_users_into_one_room_and_stops_without_orphans() -> Result<()> {
-    let mut up = Up::start("cli-up")?;
+    let mut up = Up::start("cli-up", &["--relay-grace", "3s"])?;
     let zone = up.endpoints["zone"].as_str().unwrap_or("mesh.localhost.");
     let qname = format!("ws.{}.", zone.trim_end_matches('.'));
 
@@ -442,7 +264,7 @@ fn check_drill(r: &Value, mode: &str) -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drills_kill_and_drain_lose_nothing_and_leave_no_ghosts() -> Result<()> {
-    let mut up = Up::start("cli-drill")?;
+    let mut up = Up::start("cli-drill", &["--relay-grace", "3s"])?;
     let kill = tokio::task::block_in_place(|| drill(&up, "us-east", "kill"))?;
     check_drill(&kill, "kill")?;
     let drain = tokio::task::block_in_place(|| drill(&up, "eu-central", "drain"))?;

@@ -8,12 +8,13 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use meridian_e2e::up::{workspace_root, Up};
 use meridian_e2e::{
     bin_path, ok, token, token_with, Client, NodeProcess, RedisServer, TempDir, SECRET,
 };
@@ -607,13 +608,6 @@ fn free_port() -> Result<u16> {
         .port())
 }
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from(".."))
-}
-
 #[test]
 fn up_names_a_taken_port_and_its_owner_and_starts_nothing() -> Result<()> {
     let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
@@ -728,114 +722,12 @@ fn readme_state_dir_is_the_same_everywhere_and_its_commands_are_found() -> Resul
     Ok(())
 }
 
-/// A running `meridian up --auto-ports` (stopped with SIGTERM on drop; its children die with it).
-struct Up {
-    child: Child,
-    dir: TempDir,
-    endpoints: Value,
-}
-
-impl Up {
-    fn start(extra: &[&str]) -> Result<Up> {
-        let dir = TempDir::new("newcomer-up")?;
-        let state = dir.0.join("state");
-        let log = std::fs::File::create(dir.0.join("up.log"))?;
-        let child = Command::new(bin_path("meridian")?)
-            .args([
-                "up",
-                "--auto-ports",
-                "--dns",
-                "127.0.0.1:0",
-                "--http",
-                "127.0.0.1:0",
-                "--state-dir",
-            ])
-            .arg(&state)
-            .args(extra)
-            .current_dir(workspace_root())
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log.try_clone()?))
-            .stderr(Stdio::from(log))
-            .spawn()?;
-        let mut up = Up {
-            child,
-            dir,
-            endpoints: Value::Null,
-        };
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            if let Ok(text) = std::fs::read_to_string(state.join("endpoints.json")) {
-                if let Ok(v) = serde_json::from_str::<Value>(&text) {
-                    up.endpoints = v;
-                    return Ok(up);
-                }
-            }
-            if let Some(status) = up.child.try_wait()? {
-                bail!("meridian up exited ({status}): {}", up.log());
-            }
-            if Instant::now() > deadline {
-                bail!("meridian up not ready after 120 s: {}", up.log());
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.0.join("up.log")).unwrap_or_default()
-    }
-
-    fn ws_url(&self, region: &str) -> Result<String> {
-        self.endpoints["regions"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|r| r["name"] == region)
-            .and_then(|r| r["ws_url"].as_str())
-            .map(str::to_owned)
-            .with_context(|| format!("no region {region}"))
-    }
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(self.child.id().to_string())
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        // Whatever survived `up` (a failing test must not leave a mesh behind). Its children
-        // are gone by now when `up` stopped them, so these pids are not reused yet.
-        let pids = self.endpoints["pids"]
-            .as_object()
-            .into_iter()
-            .flatten()
-            .filter_map(|(_, p)| p.as_u64());
-        for pid in pids {
-            let alive = std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| c.contains(&self.dir.0.display().to_string()));
-            if alive {
-                let _ = Command::new("kill")
-                    .arg("-KILL")
-                    .arg(pid.to_string())
-                    .status();
-            }
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_readme_commands_run_as_written() -> Result<()> {
     let readme = std::fs::read_to_string(workspace_root().join("README.md"))?;
     let commands = readme_commands(&readme);
     ensure!(commands.len() >= 6, "README commands: {commands:?}");
-    let up = blocking(|| Up::start(&[])).await?;
+    let up = blocking(|| Up::start("newcomer-up", &[])).await?;
     let state = up.dir.0.join("state");
     // Terminals 2 and 3 of the README: alice and bob stay in the lobby meanwhile.
     let secret = up.endpoints["token_secret"]
@@ -933,7 +825,7 @@ async fn the_readme_commands_run_as_written() -> Result<()> {
 
 #[test]
 fn up_with_tls_serves_wss_that_clients_trust_through_the_dev_ca() -> Result<()> {
-    let up = Up::start(&["--tls"])?;
+    let up = Up::start("newcomer-up", &["--tls"])?;
     let state = up.dir.0.join("state");
     let url = up.ws_url("eu-central")?;
     ensure!(url.starts_with("wss://"), "{url}");
