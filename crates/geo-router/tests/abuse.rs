@@ -4,6 +4,8 @@
 //! Sources are varied by binding client sockets to other loopback addresses (127.a.b.c), so
 //! "another network" is a real other source address. Every wait is bounded.
 
+mod common;
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -35,14 +37,8 @@ async fn health_server() -> SocketAddr {
 }
 
 struct Fixture {
-    dir: PathBuf,
+    _dir: common::TestDir,
     router: Option<RunningRouter>,
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 impl Fixture {
@@ -54,54 +50,22 @@ impl Fixture {
     }
 }
 
-fn temp_dir(tag: &str) -> PathBuf {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    std::env::temp_dir().join(format!(
-        "geo-router-abuse-{tag}-{}-{nanos}",
-        std::process::id()
-    ))
-}
-
 /// A router over three healthy regions, with `change` applied to its config.
 async fn fixture(change: impl FnOnce(&mut RouterConfig, &std::path::Path)) -> Fixture {
-    let dir = temp_dir("fixture");
-    let regions = dir.join("regions");
-    std::fs::create_dir_all(&regions).unwrap();
+    let dir = common::TestDir::new("abuse");
     // A fourth region whose health endpoint refuses connections: down, with an error text.
     let dead = TcpListener::bind("127.0.0.1:0")
         .await
         .unwrap()
         .local_addr()
         .unwrap();
-    std::fs::write(
-        regions.join("sa-east.toml"),
-        format!(
-            "name = \"sa-east\"\nlatitude = -23.5\nlongitude = -46.6\ncapacity = 1000\n\
-             cloud = \"aws\"\ncloud_region = \"test-9\"\n\
-             [ingress]\naddresses = [\"127.0.1.9\"]\nws_url = \"ws://127.0.1.9:7000/v1/ws\"\n\
-             health_url = \"http://{dead}/readyz\"\n[relay]\naddress = \"127.0.1.9:7400\"\n"
-        ),
-    )
-    .unwrap();
+    dir.write_region(9, "sa-east", -23.5, -46.6, &format!("http://{dead}/readyz"));
     for (n, (name, lat, lon)) in REGIONS.into_iter().enumerate() {
         let health = health_server().await;
-        let n = n + 1;
-        std::fs::write(
-            regions.join(format!("{name}.toml")),
-            format!(
-                "name = \"{name}\"\nlatitude = {lat}\nlongitude = {lon}\ncapacity = 1000\n\
-                 cloud = \"aws\"\ncloud_region = \"test-{n}\"\n\
-                 [ingress]\naddresses = [\"127.0.1.{n}\"]\nws_url = \"ws://127.0.1.{n}:7000/v1/ws\"\n\
-                 health_url = \"http://{health}/readyz\"\n[relay]\naddress = \"127.0.1.{n}:7400\"\n"
-            ),
-        )
-        .unwrap();
+        dir.write_region(n + 1, name, lat, lon, &format!("http://{health}/readyz"));
     }
     let mut config = RouterConfig {
-        regions,
+        regions: dir.regions(),
         zone: "mesh.test.".into(),
         dns_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         http_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -116,11 +80,11 @@ async fn fixture(change: impl FnOnce(&mut RouterConfig, &std::path::Path)) -> Fi
         token: TOKEN.into(),
     }];
     config.rtt.report_key = Some(Secret(REPORT_KEY.into()));
-    change(&mut config, &dir);
+    change(&mut config, &dir.0);
     config.validate().unwrap();
     let router = start(config).await.unwrap();
     let f = Fixture {
-        dir,
+        _dir: dir,
         router: Some(router),
     };
     // Every region probed and up.
@@ -150,39 +114,12 @@ async fn request(
     headers: &[(&str, &str)],
     body: &str,
 ) -> (u16, String) {
-    let exchange = async {
-        let socket = TcpSocket::new_v4().unwrap();
-        if let Some(source) = source {
-            socket.bind(SocketAddr::new(IpAddr::V4(source), 0)).unwrap();
-        }
-        let mut stream = socket.connect(addr).await.unwrap();
-        let mut head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\
-             Content-Type: application/json\r\nContent-Length: {}\r\n",
-            body.len()
-        );
-        for (name, value) in headers {
-            head.push_str(&format!("{name}: {value}\r\n"));
-        }
-        head.push_str("\r\n");
-        head.push_str(body);
-        stream.write_all(head.as_bytes()).await.unwrap();
-        let mut reply = Vec::new();
-        stream.read_to_end(&mut reply).await.unwrap();
-        let reply = String::from_utf8_lossy(&reply).into_owned();
-        let status = reply
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let body = reply
-            .split_once("\r\n\r\n")
-            .map_or(String::new(), |(_, b)| b.to_owned());
-        (status, body)
-    };
-    tokio::time::timeout(Duration::from_secs(5), exchange)
-        .await
-        .expect("HTTP request timed out")
+    let mut lines = String::from("Content-Type: application/json\r\n");
+    for (name, value) in headers {
+        lines.push_str(&format!("{name}: {value}\r\n"));
+    }
+    let (status, reply) = common::exchange(addr, source, method, path, &lines, body).await;
+    (status, common::body(&reply))
 }
 
 async fn json(
@@ -784,8 +721,8 @@ async fn silent_tcp_connections_from_one_network_do_not_hold_every_slot() {
 /// A certificate or key that does not load stops the start with a line naming the file.
 #[tokio::test]
 async fn a_bad_admin_certificate_stops_the_start_with_a_clear_error() {
-    let dir = temp_dir("bad-tls");
-    std::fs::create_dir_all(&dir).unwrap();
+    let scratch = common::TestDir::new("abuse-bad-tls");
+    let dir = &scratch.0;
     let garbage = dir.join("garbage.pem");
     std::fs::write(&garbage, "not a certificate").unwrap();
     let regions = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../regions"));
@@ -813,7 +750,6 @@ async fn a_bad_admin_certificate_stops_the_start_with_a_clear_error() {
             "{error}"
         );
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

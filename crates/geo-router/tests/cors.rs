@@ -2,45 +2,25 @@
 //! another origin can ask for its route and report RTTs; admin and status endpoints never get
 //! CORS headers. Config `http.cors_origins` (default `["*"]`).
 
+mod common;
+
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use geo_router::config::{AdminToken, RouterConfig};
 use geo_router::service::{start, RunningRouter};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 const TOKEN: &str = "cors-test-admin-token-0123456789";
 
 struct Fixture {
-    dir: std::path::PathBuf,
+    _dir: common::TestDir,
     router: Option<RunningRouter>,
 }
 
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 async fn router(cors_origins: Option<Vec<String>>) -> Fixture {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let dir = std::env::temp_dir().join(format!("geo-router-cors-{}-{nanos}", std::process::id()));
-    let regions = dir.join("regions");
-    std::fs::create_dir_all(&regions).unwrap();
-    std::fs::write(
-        regions.join("eu-central.toml"),
-        "name = \"eu-central\"\nlatitude = 50.1\nlongitude = 8.7\ncapacity = 1000\n\
-         cloud = \"aws\"\ncloud_region = \"test-1\"\n\
-         [ingress]\naddresses = [\"127.0.1.1\"]\nws_url = \"ws://127.0.1.1:7000/v1/ws\"\n\
-         health_url = \"http://127.0.0.1:9/readyz\"\n[relay]\naddress = \"127.0.1.1:7400\"\n",
-    )
-    .unwrap();
+    let dir = common::TestDir::new("cors");
+    dir.write_region(1, "eu-central", 50.1, 8.7, "http://127.0.0.1:9/readyz");
     let mut config = RouterConfig {
-        regions,
+        regions: dir.regions(),
         zone: "mesh.test.".into(),
         dns_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         http_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -55,12 +35,12 @@ async fn router(cors_origins: Option<Vec<String>>) -> Fixture {
     }];
     config.validate().unwrap();
     Fixture {
-        dir,
+        _dir: dir,
         router: Some(start(config).await.unwrap()),
     }
 }
 
-/// One request: (status, lower-cased head, body).
+/// One request with the header lines `extra`: (status, lower-cased head).
 async fn send(
     addr: SocketAddr,
     method: &str,
@@ -68,32 +48,13 @@ async fn send(
     extra: &str,
     body: &str,
 ) -> (u16, String) {
-    let exchange = async {
-        let mut stream = TcpStream::connect(addr).await.unwrap();
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n{extra}\
-             Content-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        stream.write_all(head.as_bytes()).await.unwrap();
-        let mut reply = Vec::new();
-        stream.read_to_end(&mut reply).await.unwrap();
-        let reply = String::from_utf8_lossy(&reply).into_owned();
-        let status = reply
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let head = reply
-            .split("\r\n\r\n")
-            .next()
-            .unwrap_or("")
-            .to_ascii_lowercase();
-        (status, head)
-    };
-    tokio::time::timeout(Duration::from_secs(5), exchange)
-        .await
-        .expect("HTTP request timed out")
+    let (status, reply) = common::exchange(addr, None, method, path, extra, body).await;
+    let head = reply
+        .split("\r\n\r\n")
+        .next()
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    (status, head)
 }
 
 fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {

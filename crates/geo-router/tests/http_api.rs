@@ -4,15 +4,15 @@
 //! endpoints, and the `weight` and `disable` admin actions with their errors. Every wait is
 //! bounded.
 
+mod common;
+
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use geo_router::config::{AdminToken, RouterConfig};
 use geo_router::service::{start, RunningRouter};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 const TOKEN: &str = "http-api-test-token-0123456789";
 const LIMIT: Duration = Duration::from_secs(20);
@@ -46,14 +46,8 @@ async fn health_server(connections: Option<u64>) -> SocketAddr {
 }
 
 struct Fixture {
-    dir: PathBuf,
+    _dir: common::TestDir,
     router: Option<RunningRouter>,
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 impl Fixture {
@@ -66,32 +60,13 @@ impl Fixture {
 }
 
 async fn fixture(allow_debug_ip: bool) -> Fixture {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let dir = std::env::temp_dir().join(format!(
-        "geo-router-http-api-{}-{nanos}",
-        std::process::id()
-    ));
-    let regions = dir.join("regions");
-    std::fs::create_dir_all(&regions).unwrap();
+    let dir = common::TestDir::new("http-api");
     for (n, (name, lat, lon, connections)) in REGIONS.into_iter().enumerate() {
         let health = health_server(connections).await;
-        let n = n + 1;
-        std::fs::write(
-            regions.join(format!("{name}.toml")),
-            format!(
-                "name = \"{name}\"\nlatitude = {lat}\nlongitude = {lon}\ncapacity = 1000\n\
-                 cloud = \"aws\"\ncloud_region = \"test-{n}\"\n\
-                 [ingress]\naddresses = [\"127.0.1.{n}\"]\nws_url = \"ws://127.0.1.{n}:7000/v1/ws\"\n\
-                 health_url = \"http://{health}/readyz\"\n[relay]\naddress = \"127.0.1.{n}:7400\"\n"
-            ),
-        )
-        .unwrap();
+        dir.write_region(n + 1, name, lat, lon, &format!("http://{health}/readyz"));
     }
     let mut config = RouterConfig {
-        regions,
+        regions: dir.regions(),
         zone: "mesh.test.".into(),
         dns_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         http_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -108,44 +83,21 @@ async fn fixture(allow_debug_ip: bool) -> Fixture {
     config.validate().unwrap();
     let router = start(config).await.unwrap();
     Fixture {
-        dir,
+        _dir: dir,
         router: Some(router),
     }
 }
 
-/// One HTTP/1.1 request with `Connection: close`: (status, body).
+/// One HTTP/1.1 request with the admin token: (status, body).
 async fn request(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
     let (status, reply) = request_raw(addr, method, path, body).await;
-    let body = reply
-        .split_once("\r\n\r\n")
-        .map_or(String::new(), |(_, b)| b.to_owned());
-    (status, body)
+    (status, common::body(&reply))
 }
 
-/// One HTTP/1.1 request with `Connection: close`: (status, the whole reply with its headers).
+/// One HTTP/1.1 request with the admin token: (status, the whole reply with its headers).
 async fn request_raw(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
-    let exchange = async {
-        let mut stream = TcpStream::connect(addr).await.unwrap();
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\
-             Authorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        stream.write_all(head.as_bytes()).await.unwrap();
-        let mut reply = Vec::new();
-        stream.read_to_end(&mut reply).await.unwrap();
-        let reply = String::from_utf8_lossy(&reply).into_owned();
-        let status = reply
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        (status, reply)
-    };
-    tokio::time::timeout(Duration::from_secs(5), exchange)
-        .await
-        .expect("HTTP request timed out")
+    let headers = format!("Authorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\n");
+    common::exchange(addr, None, method, path, &headers, body).await
 }
 
 async fn json(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, Value) {
