@@ -23,8 +23,10 @@ const SHARDS: usize = 32;
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
     tokens: f64,
-    /// Seconds since the limiter's epoch at the last refill.
-    at: f64,
+    /// Nanoseconds since the limiter's epoch at the last refill. An integer, so that the time
+    /// between two checks is exact: seconds as `f64` lose the last digits to rounding and a
+    /// bucket refilled for exactly 0.5 s could come out a fraction of a token short.
+    at: u64,
 }
 
 #[derive(Debug, Default)]
@@ -60,7 +62,8 @@ impl RateLimiter {
 
     /// Takes one token from `key`'s bucket; false when it is empty (over the limit).
     pub fn check(&self, key: Prefix, now: Instant) -> bool {
-        let at = now.saturating_duration_since(self.epoch).as_secs_f64();
+        let at =
+            u64::try_from(now.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX);
         let index = (self.hasher.hash_one(key) as usize) % SHARDS;
         let Some(shard) = self.shards.get(index) else {
             return true;
@@ -79,9 +82,9 @@ impl RateLimiter {
                 shard.current.entry(key).or_insert(bucket)
             }
         };
-        let elapsed = (at - bucket.at).max(0.0);
-        bucket.tokens = (bucket.tokens + elapsed * self.rate_per_s).min(self.burst);
-        bucket.at = at;
+        let elapsed_s = at.saturating_sub(bucket.at) as f64 / 1e9;
+        bucket.tokens = (bucket.tokens + elapsed_s * self.rate_per_s).min(self.burst);
+        bucket.at = bucket.at.max(at);
         if bucket.tokens >= 1.0 {
             bucket.tokens -= 1.0;
             true
