@@ -10,7 +10,7 @@
 //! links, and says so).
 //!
 //! The replication wiring (how the replicator is built, given its sink role and started) is
-//! in [`Activation::start`], the one place that knows both the links and the replicator.
+//! in `Activation::start`, the one place that knows both the links and the replicator.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -377,6 +377,8 @@ impl Driver {
             self.metrics.clone(),
             self.shutdown.child_token(),
         )?;
+        // Ready (`/readyz` 200) before `main` says so.
+        self.role.send_replace(Role::Active);
         let _ = self.announce.try_send(Announcement::Active {
             quic_addr: active.links.quic_addr,
             relay: active.links.handle.clone(),
