@@ -246,9 +246,21 @@ struct Driver {
 
 impl Driver {
     async fn drive(mut self) -> Result<(), RunError> {
+        let result = self.steps().await;
+        // After an error, nothing may keep running (an error cannot follow the activation
+        // today, but the links must never outlive `run`).
+        if let Some(active) = self.active.take() {
+            active.stop().await;
+        }
+        result
+    }
+
+    /// Feeds the machine until it exits: the first lease check, then one input per renewal
+    /// or the shutdown, plus what the actions produce.
+    async fn steps(&mut self) -> Result<(), RunError> {
         let mut machine = Lifecycle::new();
         let mut inputs = VecDeque::from([Input::Lease(self.check_lease().await)]);
-        while !machine.exited() {
+        loop {
             while let Some(input) = inputs.pop_front() {
                 for action in machine.step(input) {
                     inputs.extend(self.perform(action, machine.role()).await?);
