@@ -7,9 +7,10 @@
 //!   ([`codes::REPLACED`]): a restarted peer does not wait for the stale link to time out.
 //! - **Handshake.** QUIC + TLS 1.3 with the checks of [`crate::tls`], then the dialer opens the
 //!   control stream (bidirectional) and both sides send [`Hello`]. The Hello's region must
-//!   equal the certificate's and its version must be [`PROTOCOL_VERSION`](crate::frame::PROTOCOL_VERSION); otherwise the
-//!   connection is closed with [`codes::HELLO_MISMATCH`]. The link is *up* once both Hellos
-//!   are exchanged, all within `timing.handshake_timeout_ms`.
+//!   equal the certificate's and its version must be
+//!   [`PROTOCOL_VERSION`](crate::frame::PROTOCOL_VERSION); otherwise the connection is closed
+//!   with [`codes::HELLO_MISMATCH`]. The link is *up* once both Hellos are exchanged, all
+//!   within `timing.handshake_timeout_ms`.
 //! - **Lanes.** Room events travel on unidirectional streams, opened lazily by the sender. A
 //!   room gets its own stream while fewer than `limits.max_room_streams` are open; later rooms
 //!   share the open streams by a stable hash. A room never changes stream while the link
