@@ -5,7 +5,8 @@
 //! the start, and drives the [`Lifecycle`] role machine ([`crate::role`]): it checks the
 //! active-relay lease at start and every `lease.renew_ms`, binds the region's QUIC port once
 //! the lease is ours, then starts the links ([`crate::link`]) with the [`Replicator`] as their
-//! sink; it stops them when the lease is lost or on shutdown, then releases the lease.
+//! sink. On shutdown it stops them, then releases the lease; when the lease turns out to be
+//! another relay's it stops them and ends with [`RunError::LostLease`], releasing nothing.
 //! Without `[redis]` the relay is active at once and replicates nothing (it only keeps
 //! links, and says so).
 //!
