@@ -56,6 +56,9 @@ pub enum CertError {
     /// The region name cannot be a DNS label.
     #[error("region {0:?} cannot be used in a certificate: use 1-32 of a-z 0-9 -")]
     BadRegion(String),
+    /// The region catalogue could not be read.
+    #[error("catalogue: {0}")]
+    Catalogue(#[from] meridian_catalogue::CatalogueError),
     /// A file could not be written (or exists and overwriting was not asked for).
     #[error("{path}: {source}")]
     Io {
@@ -186,6 +189,17 @@ impl std::fmt::Display for MeshFiles {
         }
         Ok(())
     }
+}
+
+/// [`generate_dev_mesh`] for every region of the catalogue in `regions_dir`
+/// (`interregion-relay gen-certs`).
+pub fn generate_for_catalogue(
+    regions_dir: &Path,
+    out: &Path,
+    overwrite: bool,
+) -> Result<MeshFiles, CertError> {
+    let catalogue = meridian_catalogue::load_dir(regions_dir)?;
+    generate_dev_mesh(catalogue.keys().map(String::as_str), out, overwrite)
 }
 
 /// Generates a new dev mesh CA and a certificate for each of `regions`, and writes them to

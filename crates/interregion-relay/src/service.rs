@@ -67,6 +67,17 @@ pub enum Announcement {
     },
 }
 
+impl Announcement {
+    /// The line `main` prints for it; tests and scripts read these lines to learn the role and
+    /// the bound ports.
+    pub fn line(&self, http_addr: SocketAddr) -> String {
+        match self {
+            Self::StandingBy => format!("standby on http {http_addr}"),
+            Self::Active { quic_addr, .. } => format!("quic on {quic_addr}\nhttp on {http_addr}"),
+        }
+    }
+}
+
 /// A started relay.
 #[derive(Debug)]
 pub struct RunningService {

@@ -6,8 +6,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use interregion_relay::{certs, relay, Announcement, Listeners, QuicSocket, RelayConfig};
+use interregion_relay::{certs, relay, Listeners, QuicSocket, RelayConfig};
 use tokio_util::sync::CancellationToken;
+use tracing_subscriber::{fmt, EnvFilter};
 
 /// Meridian inter-region relay: the QUIC mesh between regions.
 #[derive(Parser, Debug)]
@@ -26,48 +27,40 @@ struct Args {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Generate a dev mesh CA and a certificate for every region of the catalogue.
-    GenCerts {
-        /// The region catalogue directory.
-        #[arg(long)]
-        regions: PathBuf,
-        /// Where to write ca.pem, ca.key.pem, <region>.cert.pem, <region>.key.pem.
-        #[arg(long)]
-        out: PathBuf,
-        /// Replace existing files (a new CA: every old certificate stops being trusted).
-        #[arg(long)]
-        force: bool,
-    },
+    GenCerts(GenCerts),
+}
+
+#[derive(clap::Args, Debug)]
+struct GenCerts {
+    /// The region catalogue directory.
+    #[arg(long)]
+    regions: PathBuf,
+    /// Where to write ca.pem, ca.key.pem, <region>.cert.pem, <region>.key.pem.
+    #[arg(long)]
+    out: PathBuf,
+    /// Replace existing files (a new CA: every old certificate stops being trusted).
+    #[arg(long)]
+    force: bool,
 }
 
 fn main() -> ExitCode {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    match start(Args::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err((e, code)) => {
-            eprintln!("interregion-relay: {e:#}");
-            ExitCode::from(code)
-        }
-    }
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let log = fmt().with_env_filter(filter).with_ansi(ansi);
+    log.with_writer(std::io::stderr).init();
+    // Exit code 2: bad config, catalogue or certificates (one line); 1: the relay failed.
+    let Err((e, code)) = start(Args::parse()) else {
+        return ExitCode::SUCCESS;
+    };
+    eprintln!("interregion-relay: {e:#}");
+    ExitCode::from(code)
 }
 
-/// Exit code 2: bad config, catalogue or certificates (one line); 1: the relay failed.
 fn start(args: Args) -> Result<(), (anyhow::Error, u8)> {
     let bad = |e: &dyn std::fmt::Display| (anyhow::anyhow!("{e}"), 2);
-    if let Some(Command::GenCerts {
-        regions,
-        out,
-        force,
-    }) = args.command
-    {
-        let catalogue = meridian_catalogue::load_dir(&regions).map_err(|e| bad(&e))?;
-        let names = catalogue.keys().map(String::as_str);
-        let files = certs::generate_dev_mesh(names, &out, force).map_err(|e| bad(&e))?;
+    if let Some(Command::GenCerts(g)) = args.command {
+        let files = certs::generate_for_catalogue(&g.regions, &g.out, g.force);
+        let files = files.map_err(|e| bad(&e))?;
         print!("{files}");
         return Ok(());
     }
@@ -77,9 +70,8 @@ fn start(args: Args) -> Result<(), (anyhow::Error, u8)> {
         println!("config ok");
         return Ok(());
     }
-    let served = tokio::runtime::Runtime::new()
-        .context("cannot start the runtime")
-        .and_then(|rt| rt.block_on(serve(config, prepared.listen)));
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the runtime");
+    let served = runtime.and_then(|rt| rt.block_on(serve(config, prepared.listen)));
     served.map_err(|e| (e, 1))
 }
 
@@ -99,12 +91,7 @@ async fn serve(config: RelayConfig, quic: std::net::SocketAddr) -> anyhow::Resul
             _ = term.recv() => break tracing::info!("SIGTERM: closing links"),
             _ = tokio::signal::ctrl_c() => break tracing::info!("interrupt: closing links"),
             // Tests and scripts read these lines to learn the role and the bound ports.
-            Some(said) = relay.announcements.recv() => match said {
-                Announcement::StandingBy => println!("standby on http {}", relay.http_addr),
-                Announcement::Active { quic_addr, .. } => {
-                    println!("quic on {quic_addr}\nhttp on {}", relay.http_addr);
-                }
-            },
+            Some(said) = relay.announcements.recv() => println!("{}", said.line(relay.http_addr)),
         }
     }
     shutdown.cancel();
