@@ -11,21 +11,21 @@
 //!   front ends; [`metrics`]; [`config`]; [`service`]: wiring for the `geo-router` binary;
 //! * [`quick_hash`]: the seeded hasher of the DNS hot path's maps; [`limit`]: per-source rate
 //!   and concurrency limits (DNS, RTT reports); [`report_token`]: the signed RTT report token;
-//! * [`mmdb_writer`] and [`demo`]: MaxMind DB files for tests and the synthetic demo database.
+//!
+//! The MaxMind DB writer and the synthetic demo database live in the `mmdb-writer` crate (a
+//! dev-dependency of the library; the binary's `demo-geoip` subcommand uses it too).
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 #![forbid(unsafe_code)]
 
 pub mod config;
 pub mod controls;
 pub mod decision;
-pub mod demo;
 pub mod dns;
 pub mod geoip;
 pub mod health;
 pub mod http;
 pub mod limit;
 pub mod metrics;
-pub mod mmdb_writer;
 pub mod probe;
 pub mod quick_hash;
 pub mod report_token;
@@ -35,9 +35,8 @@ pub mod scope;
 pub mod service;
 
 pub use decision::{
-    choose_region, decide, haversine_km, ClientView, Control, ControlState, Decision, Health,
-    MeasuredRtt, Policy, PolicyError, Ranked, Reason, RegionView,
+    choose_region, decide, ClientView, Control, ControlState, Decision, Health, MeasuredRtt,
+    Policy, PolicyError, Ranked, Reason, RegionView,
 };
 pub use geoip::{GeoDb, GeoHit, GeoIpError, GeoNetwork, ReloadingGeoDb};
-pub use mmdb_writer::{MmdbValue, MmdbWriteError, MmdbWriter};
 pub use scope::{ScopeIndex, ScopeStats};

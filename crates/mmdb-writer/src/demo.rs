@@ -10,7 +10,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::mmdb_writer::{MmdbValue, MmdbWriteError, MmdbWriter};
+use crate::{MmdbValue, MmdbWriteError, MmdbWriter};
 
 /// One demo city.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -141,28 +141,4 @@ pub fn demo_database() -> Result<Vec<u8>, MmdbWriteError> {
         }
     }
     writer.to_bytes()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::geoip::GeoDb;
-
-    #[test]
-    fn every_city_address_is_found_where_the_table_says() {
-        let db = GeoDb::from_bytes(demo_database().unwrap()).unwrap();
-        assert_eq!(db.database_type(), "Meridian-Demo-Synthetic-City");
-        for city in CITIES {
-            for address in [city.v4_address(0), city.v4_address(15), city.v6_address()] {
-                let hit = db.lookup(address).unwrap();
-                assert_eq!(
-                    (hit.latitude, hit.longitude, hit.country.as_deref()),
-                    (city.latitude, city.longitude, Some(city.country)),
-                    "{} {address}",
-                    city.name
-                );
-            }
-        }
-        assert!(db.lookup("192.0.2.1".parse().unwrap()).is_none());
-    }
 }
