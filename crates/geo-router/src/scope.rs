@@ -17,7 +17,7 @@
 //! same next region. Inputs that vary inside a run are handled by the caller, which narrows the
 //! scope: an active load penalty or weight (answers then hold only for one location, so the scope
 //! is the matched database network), measured RTTs and operator pins (exceptions, which a block
-//! must not straddle), and near ties broken per /24 or /48. See `router.rs`.
+//! must not straddle), and near ties broken per /24 or /48. See `router/state.rs`.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
