@@ -7,13 +7,14 @@
 //!   [`scope`]: ECS scopes from merged supernets; [`rtt`]: measured RTTs per client network;
 //! * [`health`]: probes with hysteresis, [`probe`]: their HTTP/HTTPS fetch; [`controls`]: drain/undrain/disable/weight shared
 //!   through Redis, with the audit log and the safety rule;
-//! * [`router`]: the live state and the one routing function; [`dns`] and [`http`]: the two
-//!   front ends; [`metrics`]; [`config`]; [`service`]: wiring for the `geo-router` binary;
+//! * [`router`]: the live state, the one routing function and the background tasks; [`dns`]
+//!   and [`http`]: the two front ends, each a folder by layer; [`metrics`]; [`config`];
+//!   [`service`]: the wiring, [`service::run`]`(config, listeners, shutdown)`;
 //! * [`quick_hash`]: the seeded hasher of the DNS hot path's maps; [`limit`]: per-source rate
-//!   and concurrency limits (DNS, RTT reports); [`report_token`]: the signed RTT report token;
+//!   and concurrency limits (DNS, RTT reports); [`report_token`]: the signed RTT report token.
 //!
-//! The MaxMind DB writer and the synthetic demo database live in the `mmdb-writer` crate (a
-//! dev-dependency of the library; the binary's `demo-geoip` subcommand uses it too).
+//! The MaxMind DB writer and the synthetic demo database live in the `mmdb-writer` crate: the
+//! library does not use it; its tests and the binary's `demo-geoip` subcommand do.
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 #![forbid(unsafe_code)]
 

@@ -95,6 +95,7 @@ async fn bind_tcp(addr: SocketAddr) -> Result<TcpListener, StartError> {
         .map_err(|source| StartError::Bind { addr, source })
 }
 
+/// DNS on UDP and TCP at one port (see [`Listeners::bind`]).
 async fn bind_dns(listen: SocketAddr) -> Result<(UdpSocket, TcpListener), StartError> {
     let mut attempt = 0;
     loop {

@@ -90,7 +90,7 @@
 //! **Left to do.** No DNS cookies, no TSIG.
 //!
 //! **Files.** This module holds the [`Answerer`], the [`Router`] trait and the zone's data;
-//! `answer.rs` is the full path (decode, [`resolve`](Answerer), encode), `fast.rs` the byte
+//! `answer.rs` is the full path (decode, resolve, encode), `fast.rs` the byte
 //! templates, `ecs.rs` the Client Subnet option parser, `serve.rs` the UDP/TCP shells and the
 //! per-source limits, `adapter.rs` the [`DnsRouter`] over the live router state, and `tests.rs`
 //! the answerer's unit tests.

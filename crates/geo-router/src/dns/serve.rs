@@ -108,7 +108,7 @@ pub fn truncated_reply(request: &[u8]) -> Option<Vec<u8>> {
 /// answering is a quick synchronous computation, and a blocking receive costs one system call
 /// per datagram where the async loop paid for readiness polls, an extra failed `recvfrom` and
 /// wake-ups of the runtime between bursts (gdnsd serves UDP the same way). Each thread checks
-/// for shutdown at least every [`UDP_SHUTDOWN_POLL`]; this returns once all of them have
+/// for shutdown at least every `UDP_SHUTDOWN_POLL` (100 ms); this returns once all of them have
 /// stopped. Receive errors (such as ICMP port-unreachable reports surfacing on some platforms)
 /// and send errors concern one client, so they are skipped rather than ending the loop.
 pub async fn serve_udp<R: Router + 'static>(

@@ -1,12 +1,12 @@
 //! The router's live state and the one routing function the DNS and HTTP front ends share.
 //!
-//! [`RouterState::route`] gathers the inputs of [`decide`] (GeoIP location, measured RTTs of the
+//! [`RouterState::route`] gathers the inputs of [`decide`](crate::decide) (GeoIP location, measured RTTs of the
 //! client's network, operator pin, every region's health, load and control), ranks, and sizes
 //! the ECS scope:
 //!
 //! * pinned: the pin's network (narrowed past any more specific pin inside it);
 //! * the client's network has RTT data: that aggregation network (/24, /48);
-//! * otherwise the geographic supernet from [`ScopeIndex`], or just the matched database network
+//! * otherwise the geographic supernet from [`ScopeIndex`](crate::ScopeIndex), or just the matched database network
 //!   while a load penalty or a weight below 1 is in force anywhere (those make answers depend on
 //!   the exact distance, not only on the distance order), narrowed until the block holds no
 //!   network with RTT data and no pin;
