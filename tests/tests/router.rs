@@ -7,13 +7,13 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use geo_router::demo::CITIES;
-use geo_router::haversine_km;
 use hickory_proto::op::ResponseCode;
+use meridian_catalogue::distance_km;
 use meridian_e2e::{
     bin_path, dns_query, eventually, http_request, write_catalogue, HealthServer, RedisServer,
     RouterProcess, TempDir,
 };
+use mmdb_writer::demo::CITIES;
 use serde_json::Value;
 
 const ZONE: &str = "mesh.test.";
@@ -30,7 +30,7 @@ const REGIONS: [(&str, (f64, f64), &str); 3] = [
 fn nearest(location: (f64, f64)) -> &'static str {
     REGIONS
         .iter()
-        .min_by(|a, b| haversine_km(location, a.1).total_cmp(&haversine_km(location, b.1)))
+        .min_by(|a, b| distance_km(location, a.1).total_cmp(&distance_km(location, b.1)))
         .map(|r| r.0)
         .unwrap_or_default()
 }
@@ -562,10 +562,10 @@ async fn a_new_database_is_picked_up_and_a_corrupt_one_is_refused() -> Result<()
     );
 
     // A valid database that puts "Berlin" in Sydney.
-    let mut writer = geo_router::MmdbWriter::new("Test-City");
+    let mut writer = mmdb_writer::MmdbWriter::new("Test-City");
     writer.insert(
         (berlin, 16),
-        geo_router::MmdbValue::city_record(-33.8688, 151.2093, Some("AU"), Some("OC")),
+        mmdb_writer::MmdbValue::city_record(-33.8688, 151.2093, Some("AU"), Some("OC")),
     )?;
     replace(&path, &writer.to_bytes()?)?;
     assert!(

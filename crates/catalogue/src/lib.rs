@@ -114,7 +114,31 @@ pub enum CatalogueError {
     },
 }
 
+/// Mean Earth radius (IUGG), km.
+pub const EARTH_RADIUS_KM: f64 = 6371.0088;
+
+/// Great-circle (haversine) distance in km between two (latitude, longitude) points in degrees.
+pub fn distance_km(a: (f64, f64), b: (f64, f64)) -> f64 {
+    let (lat1, lon1) = (a.0.to_radians(), a.1.to_radians());
+    let (lat2, lon2) = (b.0.to_radians(), b.1.to_radians());
+    let h = ((lat2 - lat1) / 2.0).sin().powi(2)
+        + lat1.cos() * lat2.cos() * ((lon2 - lon1) / 2.0).sin().powi(2);
+    // Rounding can push h a hair past 1 for antipodal points; asin would then return NaN.
+    2.0 * EARTH_RADIUS_KM * h.sqrt().clamp(0.0, 1.0).asin()
+}
+
 impl Region {
+    /// The region's (latitude, longitude) in degrees.
+    pub fn position(&self) -> (f64, f64) {
+        (self.latitude, self.longitude)
+    }
+
+    /// Great-circle distance in km from the region's data centre to `at` (latitude, longitude
+    /// in degrees); see [`distance_km`].
+    pub fn distance_km(&self, at: (f64, f64)) -> f64 {
+        distance_km(self.position(), at)
+    }
+
     /// Parses and validates one region file's text; `file_stem` must equal `name`.
     pub fn parse(text: &str, path: &Path) -> Result<Self, CatalogueError> {
         let region: Region = toml::from_str(text).map_err(|e| CatalogueError::Parse {
@@ -219,6 +243,45 @@ pub fn load_dir(dir: &Path) -> Result<BTreeMap<String, Region>, CatalogueError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const FRANKFURT: (f64, f64) = (50.1109, 8.6821);
+    const NEW_YORK: (f64, f64) = (40.7128, -74.0060);
+    const SINGAPORE: (f64, f64) = (1.3521, 103.8198);
+    const SYDNEY: (f64, f64) = (-33.8688, 151.2093);
+    const LONDON: (f64, f64) = (51.5074, -0.1278);
+
+    #[test]
+    fn haversine_matches_known_distances() {
+        let london_new_york = distance_km(LONDON, NEW_YORK);
+        assert!(
+            (london_new_york - 5570.0).abs() < 55.7,
+            "London-New York {london_new_york} km"
+        );
+        assert_eq!(distance_km(FRANKFURT, FRANKFURT), 0.0);
+        assert_eq!(
+            distance_km(SYDNEY, SINGAPORE),
+            distance_km(SINGAPORE, SYDNEY)
+        );
+        let antipodes = distance_km((0.0, 0.0), (0.0, 180.0));
+        assert!((antipodes - std::f64::consts::PI * EARTH_RADIUS_KM).abs() < 1e-6);
+    }
+
+    #[test]
+    fn region_distance_is_from_its_data_centre() {
+        let regions = load_dir(&repo_regions()).unwrap();
+        for region in regions.values() {
+            assert_eq!(
+                region.distance_km(region.position()),
+                0.0,
+                "{}",
+                region.name
+            );
+            assert_eq!(
+                region.distance_km(SYDNEY),
+                distance_km((region.latitude, region.longitude), SYDNEY)
+            );
+        }
+    }
 
     fn repo_regions() -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../regions")

@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::decision::Policy;
 
+mod trust;
+pub use trust::{read_ca_file, CaFileError};
+
 /// Errors in the configuration. Each says which key is wrong and why.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -175,6 +178,10 @@ impl HealthConfig {
         )
     }
 }
+
+/// The answer TTL when the configuration does not say otherwise: short, so routing changes
+/// (drains, failovers) reach clients quickly.
+pub const DEFAULT_TTL: u32 = 30;
 
 /// Where routing controls are shared.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -406,7 +413,7 @@ impl Default for RouterConfig {
             http_listen: SocketAddr::from(([127, 0, 0, 1], 8053)),
             admin_listen: None,
             admin_tls: None,
-            ttl: crate::dns::DEFAULT_TTL,
+            ttl: DEFAULT_TTL,
             instance: "router".into(),
             trusted_proxies: Vec::new(),
             allow_debug_ip: false,
@@ -512,7 +519,7 @@ impl RouterConfig {
         }
         match &h.ca_file {
             Some(path) => {
-                crate::probe::read_ca_file(path).map_err(|e| invalid(e.to_string()))?;
+                read_ca_file(path).map_err(|e| invalid(e.to_string()))?;
             }
             None if !h.platform_roots => {
                 return Err(invalid(
@@ -529,7 +536,7 @@ impl RouterConfig {
             )));
         }
         if let Some(path) = &c.ca_file {
-            crate::probe::read_ca_file(path).map_err(|e| {
+            read_ca_file(path).map_err(|e| {
                 invalid(
                     e.to_string()
                         .replacen("health.ca_file", "controls.ca_file", 1),

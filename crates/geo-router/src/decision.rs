@@ -45,9 +45,6 @@
 use meridian_catalogue::Region;
 use serde::{Deserialize, Serialize};
 
-/// Mean Earth radius (IUGG), km.
-const EARTH_RADIUS_KM: f64 = 6371.0088;
-
 /// A region's health as the router's checks currently see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -320,16 +317,6 @@ pub struct Ranked {
     pub reason: Reason,
 }
 
-/// Great-circle distance in km between two (latitude, longitude) points in degrees.
-pub fn haversine_km(a: (f64, f64), b: (f64, f64)) -> f64 {
-    let (lat1, lon1) = (a.0.to_radians(), a.1.to_radians());
-    let (lat2, lon2) = (b.0.to_radians(), b.1.to_radians());
-    let h = ((lat2 - lat1) / 2.0).sin().powi(2)
-        + lat1.cos() * lat2.cos() * ((lon2 - lon1) / 2.0).sin().powi(2);
-    // Rounding can push h a hair past 1 for antipodal points; asin would then return NaN.
-    2.0 * EARTH_RADIUS_KM * h.sqrt().clamp(0.0, 1.0).asin()
-}
-
 /// Ranks the candidate regions for `client`, best first; empty when no region can take users.
 /// The rules are in this module's documentation.
 pub fn choose_region(
@@ -438,7 +425,7 @@ fn rank(
         let base = match measured_rtt_ms(client, name, policy.min_rtt_samples) {
             Some(rtt) => Some((rtt, Reason::Rtt)),
             None => location.map(|at| {
-                let km = haversine_km(at, (view.region.latitude, view.region.longitude));
+                let km = view.region.distance_km(at);
                 (km / policy.fiber_km_per_ms, Reason::Geo)
             }),
         };
@@ -517,7 +504,7 @@ fn displacement(regions: &[RegionView<'_>], location: Option<(f64, f64)>) -> Opt
         .iter()
         .filter(|v| v.control.state != ControlState::Disabled)
         .map(|v| {
-            let km = haversine_km(at, (v.region.latitude, v.region.longitude));
+            let km = v.region.distance_km(at);
             (km, v)
         })
         .min_by(|a, b| {
@@ -606,22 +593,6 @@ mod tests {
     }
 
     #[test]
-    fn haversine_matches_known_distances() {
-        let london_new_york = haversine_km(LONDON, NEW_YORK);
-        assert!(
-            (london_new_york - 5570.0).abs() < 55.7,
-            "London-New York {london_new_york} km"
-        );
-        assert_eq!(haversine_km(FRANKFURT, FRANKFURT), 0.0);
-        assert_eq!(
-            haversine_km(SYDNEY, SINGAPORE),
-            haversine_km(SINGAPORE, SYDNEY)
-        );
-        let antipodes = haversine_km((0.0, 0.0), (0.0, 180.0));
-        assert!((antipodes - std::f64::consts::PI * EARTH_RADIUS_KM).abs() < 1e-6);
-    }
-
-    #[test]
     fn clients_get_their_nearest_dev_region() {
         let catalogue = catalogue();
         let views = views(&catalogue);
@@ -636,7 +607,7 @@ mod tests {
             assert_eq!(ranked.len(), catalogue.len(), "{city}: every region usable");
             assert_eq!(ranked[0].name, expected, "{city}: {ranked:?}");
             let region = &catalogue[expected];
-            let km = haversine_km(location, (region.latitude, region.longitude));
+            let km = region.distance_km(location);
             assert_eq!(
                 ranked[0].estimated_rtt_ms,
                 Some(km / policy.fiber_km_per_ms)

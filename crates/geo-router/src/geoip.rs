@@ -442,7 +442,7 @@ fn read_with_stamp(path: &Path) -> Result<(Vec<u8>, FileStamp), GeoIpError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mmdb_writer::{MmdbValue, MmdbWriter};
+    use mmdb_writer::{MmdbValue, MmdbWriter};
 
     fn ip(text: &str) -> IpAddr {
         text.parse().unwrap()
@@ -878,5 +878,24 @@ mod tests {
             reloading.current().lookup(ip("8.8.8.8")).unwrap().latitude,
             2.0
         );
+    }
+
+    #[test]
+    fn every_demo_city_address_is_found_where_the_table_says() {
+        use mmdb_writer::demo::{demo_database, CITIES};
+        let db = GeoDb::from_bytes(demo_database().unwrap()).unwrap();
+        assert_eq!(db.database_type(), "Meridian-Demo-Synthetic-City");
+        for city in CITIES {
+            for address in [city.v4_address(0), city.v4_address(15), city.v6_address()] {
+                let hit = db.lookup(address).unwrap();
+                assert_eq!(
+                    (hit.latitude, hit.longitude, hit.country.as_deref()),
+                    (city.latitude, city.longitude, Some(city.country)),
+                    "{} {address}",
+                    city.name
+                );
+            }
+        }
+        assert!(db.lookup("192.0.2.1".parse().unwrap()).is_none());
     }
 }

@@ -4,9 +4,10 @@
 //! **HTTPS.** rustls (ring provider, TLS 1.3 and 1.2) through tokio-rustls, with the server name
 //! (SNI, and the name the certificate must match) taken from the URL's host; an IP-address host
 //! is matched against the certificate's IP SANs and sends no SNI. The certificate is always
-//! verified: there is no switch to turn verification off. Trusted roots are the platform's store
-//! (`health.platform_roots`, read once at start through `rustls-native-certs`) plus an optional
-//! PEM bundle (`health.ca_file`) for a private CA. A certificate that is expired, issued by an
+//! verified: there is no switch to turn verification off. The trusted roots are given to
+//! [`Prober::new`]; the router's are the platform's store (`health.platform_roots`, read once at
+//! start through `rustls-native-certs`) plus an optional PEM bundle (`health.ca_file`) for a
+//! private CA, gathered by the config side (`HealthConfig::trust_roots`). A certificate that is expired, issued by an
 //! untrusted CA or not valid for the host fails the probe with [`FailureKind::TlsCertificate`]
 //! (metric label `tls_certificate`), and the error says which of the three it was.
 //!
@@ -14,21 +15,18 @@
 //! probes are once a second per region, and a fresh handshake every time is what notices a
 //! rotated or expiring certificate. The body read is capped at 64 KiB.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use rustls::{CertificateError, ClientConfig, RootCertStore};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::config::HealthConfig;
 use crate::health::{parse_load, FailureKind, ProbeResult};
 
 /// The most of a probe body that is read.
@@ -38,49 +36,17 @@ const BODY_LIMIT: usize = 64 * 1024;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ProbeSetupError {
-    /// `health.ca_file` is unreadable, not PEM, empty, or holds a certificate rustls cannot use
-    /// as a trust anchor. Retrying does not help until the file is fixed.
-    #[error("health.ca_file = {path:?}: {reason}")]
-    CaFile {
-        /// The configured path.
-        path: String,
-        /// What is wrong with it.
-        reason: String,
-    },
     /// rustls refused the protocol configuration (a build problem, not an input one).
     #[error("health probes: TLS setup failed: {0}")]
     Tls(#[from] rustls::Error),
-}
-
-/// Reads a PEM bundle of CA certificates; at least one `CERTIFICATE` block is required.
-pub fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, ProbeSetupError> {
-    let fail = |reason: String| ProbeSetupError::CaFile {
-        path: path.display().to_string(),
-        reason,
-    };
-    let pem = std::fs::read(path).map_err(|e| fail(format!("cannot read it: {e}")))?;
-    let certs = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| fail(format!("not a PEM certificate bundle: {e}")))?;
-    if certs.is_empty() {
-        return Err(fail("holds no PEM CERTIFICATE block".into()));
-    }
-    let mut store = RootCertStore::empty();
-    for (n, cert) in certs.iter().enumerate() {
-        store.add(cert.clone()).map_err(|e| {
-            fail(format!(
-                "certificate #{} is not usable as a trust anchor: {e}",
-                n + 1
-            ))
-        })?;
-    }
-    Ok(certs)
 }
 
 /// Fetches health URLs. Cheap to clone (the TLS configuration is shared).
 #[derive(Clone)]
 pub struct Prober {
     tls: TlsConnector,
+    /// The longest one probe may take (`health.timeout_ms`).
+    timeout: Duration,
 }
 
 impl std::fmt::Debug for Prober {
@@ -90,33 +56,10 @@ impl std::fmt::Debug for Prober {
 }
 
 impl Prober {
-    /// The prober for `health`: platform roots when `platform_roots`, plus `ca_file`.
-    pub fn new(health: &HealthConfig) -> Result<Prober, ProbeSetupError> {
-        let mut roots = RootCertStore::empty();
-        if health.platform_roots {
-            let found = rustls_native_certs::load_native_certs();
-            for error in &found.errors {
-                tracing::warn!(%error, "some platform trust roots could not be read");
-            }
-            let (added, ignored) = roots.add_parsable_certificates(found.certs);
-            tracing::debug!(added, ignored, "platform trust roots for health probes");
-        }
-        if let Some(path) = &health.ca_file {
-            for cert in read_ca_file(path)? {
-                roots.add(cert)?;
-            }
-        }
-        if roots.is_empty() {
-            tracing::warn!(
-                "no trusted CA for health probes (platform store empty, no health.ca_file): \
-                 every https:// probe will fail"
-            );
-        }
-        Self::with_roots(roots)
-    }
-
-    /// A prober trusting exactly `roots` (tests, and [`Prober::new`]).
-    pub fn with_roots(roots: RootCertStore) -> Result<Prober, ProbeSetupError> {
+    /// A prober trusting exactly `roots` (the configuration's are
+    /// [`HealthConfig::trust_roots`](crate::config::HealthConfig::trust_roots)), whose probes
+    /// each end within `timeout`.
+    pub fn new(roots: RootCertStore, timeout: Duration) -> Result<Prober, ProbeSetupError> {
         // An explicit provider, so the process-wide default (or two providers compiled in by
         // other crates) cannot change what the probes accept.
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -127,12 +70,14 @@ impl Prober {
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Prober {
             tls: TlsConnector::from(Arc::new(config)),
+            timeout,
         })
     }
 
-    /// Fetches `url` once within `timeout`. Never fails: every problem is a failed probe with
-    /// its kind and reason.
-    pub async fn probe(&self, url: &str, timeout: Duration, capacity: u64) -> ProbeResult {
+    /// Fetches `url` once within the prober's timeout. Never fails: every problem is a failed
+    /// probe with its kind and reason.
+    pub async fn probe(&self, url: &str, capacity: u64) -> ProbeResult {
+        let timeout = self.timeout;
         let started = Instant::now();
         let outcome = match tokio::time::timeout(timeout, self.fetch(url, capacity)).await {
             Ok(outcome) => outcome,
@@ -368,23 +313,5 @@ mod tests {
         for bad in ["ftp://x/", "/readyz", "https://user:pw@host/", "not a url"] {
             assert!(Target::parse(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn an_unreadable_or_empty_ca_file_is_named() {
-        let missing = read_ca_file(Path::new("/nonexistent/ca.pem"))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            missing.contains("health.ca_file") && missing.contains("cannot read"),
-            "{missing}"
-        );
-        let dir = std::env::temp_dir().join(format!("geo-router-ca-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let empty = dir.join("empty.pem");
-        std::fs::write(&empty, "no certificates here\n").unwrap();
-        let error = read_ca_file(&empty).unwrap_err().to_string();
-        assert!(error.contains("no PEM CERTIFICATE"), "{error}");
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

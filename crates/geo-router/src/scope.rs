@@ -17,13 +17,13 @@
 //! same next region. Inputs that vary inside a run are handled by the caller, which narrows the
 //! scope: an active load penalty or weight (answers then hold only for one location, so the scope
 //! is the matched database network), measured RTTs and operator pins (exceptions, which a block
-//! must not straddle), and near ties broken per /24 or /48. See `router.rs`.
+//! must not straddle), and near ties broken per /24 or /48. See `router/state.rs`.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 
-use crate::decision::haversine_km;
 use crate::geoip::GeoNetwork;
+use meridian_catalogue::distance_km;
 
 /// The key of addresses with no usable location.
 const UNKNOWN: u32 = u32::MAX;
@@ -71,7 +71,7 @@ impl ScopeIndex {
             let mut order: Vec<(f64, &str, u16)> = regions
                 .iter()
                 .zip(0u16..)
-                .map(|(&(name, lat, lon), i)| (haversine_km(at, (lat, lon)), name, i))
+                .map(|(&(name, lat, lon), i)| (distance_km(at, (lat, lon)), name, i))
                 .collect();
             order.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(b.1)));
             let order: Vec<u16> = order.into_iter().map(|(_, _, i)| i).collect();

@@ -1,5 +1,7 @@
-//! Wires the router together: loads the catalogue and the database, connects the control
-//! store, binds DNS (UDP + TCP) and HTTP, and runs every background task until shutdown.
+//! Wires the router together: [`run`] loads the catalogue and the database, connects the
+//! control store, serves DNS (UDP + TCP) and HTTP on the [`Listeners`] it is given, and runs
+//! every background task until its shutdown token is cancelled. [`Listeners::bind`] binds what
+//! the config names.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,10 +13,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::RouterConfig;
 use crate::controls::ControlStore;
-use crate::dns::{serve_tcp_limited, serve_udp_limited, Answerer, SourceLimits, ZoneConfig};
+use crate::dns::{
+    serve_tcp_limited, serve_udp_limited, Answerer, DnsRouter, SourceLimits, ZoneConfig,
+};
+use crate::http::{serve_http, Service};
+use crate::probe::Prober;
 use crate::router::{
     open_geoip, spawn_control_poller, spawn_geoip_reloader, spawn_health_checks, spawn_rtt_sweeper,
-    DnsRouter, GeoView, RouterState,
+    GeoView, RouterState,
 };
 
 /// Why the router could not start.
@@ -30,7 +36,10 @@ pub enum StartError {
     /// The control store could not be reached.
     #[error("routing controls: {0}")]
     Controls(#[from] crate::controls::ControlError),
-    /// The health-probe TLS trust could not be set up (`health.ca_file`).
+    /// The health-probe trust roots could not be read (`health.ca_file`).
+    #[error(transparent)]
+    CaFile(#[from] crate::config::CaFileError),
+    /// The health-probe TLS client could not be set up.
     #[error(transparent)]
     Probe(#[from] crate::probe::ProbeSetupError),
     /// The admin listener's TLS certificate or key could not be loaded.
@@ -46,38 +55,48 @@ pub enum StartError {
     },
 }
 
-/// A started router.
+/// The sockets a router serves on, bound before [`run`] (by the binary, or by a test).
 #[derive(Debug)]
-pub struct RunningRouter {
-    /// The shared state (for tests and the binary's log lines).
-    pub state: Arc<RouterState>,
-    /// The DNS address bound (UDP and TCP).
-    pub dns_addr: SocketAddr,
-    /// The HTTP address bound.
-    pub http_addr: SocketAddr,
-    /// The admin API's address, when `admin_listen` is set.
-    pub admin_addr: Option<SocketAddr>,
-    tasks: Vec<JoinHandle<()>>,
-    shutdown: CancellationToken,
+pub struct Listeners {
+    /// DNS over UDP (`dns_listen`).
+    pub dns_udp: UdpSocket,
+    /// DNS over TCP, normally on the UDP socket's port.
+    pub dns_tcp: TcpListener,
+    /// The public HTTP API (`http_listen`).
+    pub http: TcpListener,
+    /// The admin API (`admin_listen`); `None`: no admin API is served.
+    pub admin: Option<TcpListener>,
 }
 
-impl RunningRouter {
-    /// Stops everything and waits at most `timeout` for the tasks to finish.
-    pub async fn stop(self, timeout: Duration) {
-        self.shutdown.cancel();
-        let all = futures_util::future::join_all(self.tasks);
-        if tokio::time::timeout(timeout, all).await.is_err() {
-            tracing::warn!(?timeout, "shutdown timed out; exiting anyway");
-        }
+impl Listeners {
+    /// Binds the addresses `config` names: `dns_listen` on UDP and TCP (one port; with port 0
+    /// the UDP socket picks it and TCP takes the same one, and when another process holds that
+    /// port for TCP both are dropped and a new port is tried, a few times, instead of failing),
+    /// `http_listen`, and `admin_listen` when set.
+    pub async fn bind(config: &RouterConfig) -> Result<Listeners, StartError> {
+        let (dns_udp, dns_tcp) = bind_dns(config.dns_listen).await?;
+        let http = bind_tcp(config.http_listen).await?;
+        let admin = match config.admin_listen {
+            Some(listen) => Some(bind_tcp(listen).await?),
+            None => None,
+        };
+        Ok(Listeners {
+            dns_udp,
+            dns_tcp,
+            http,
+            admin,
+        })
     }
 }
 
-/// Starts a router with `config` (already validated). Controls in Redis are read once before
-/// this returns; connecting is retried for up to 10 s.
-/// Binds DNS on UDP and TCP at one address. With port 0 the UDP socket picks the port and
-/// TCP takes the same one; when another process holds that port for TCP, both are dropped and
-/// a new port is tried (a few times), instead of failing the start.
-async fn bind_dns(listen: SocketAddr) -> Result<(UdpSocket, SocketAddr, TcpListener), StartError> {
+async fn bind_tcp(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })
+}
+
+/// DNS on UDP and TCP at one port (see [`Listeners::bind`]).
+async fn bind_dns(listen: SocketAddr) -> Result<(UdpSocket, TcpListener), StartError> {
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -92,7 +111,7 @@ async fn bind_dns(listen: SocketAddr) -> Result<(UdpSocket, SocketAddr, TcpListe
             source,
         })?;
         match TcpListener::bind(addr).await {
-            Ok(tcp) => return Ok((udp, addr, tcp)),
+            Ok(tcp) => return Ok((udp, tcp)),
             Err(e)
                 if listen.port() == 0
                     && e.kind() == std::io::ErrorKind::AddrInUse
@@ -105,7 +124,48 @@ async fn bind_dns(listen: SocketAddr) -> Result<(UdpSocket, SocketAddr, TcpListe
     }
 }
 
-pub async fn start(config: RouterConfig) -> Result<RunningRouter, StartError> {
+/// A running router: its addresses, its state, and a handle to wait for it.
+#[derive(Debug)]
+pub struct RunningRouter {
+    /// The shared state (for tests and the binary's log lines).
+    pub state: Arc<RouterState>,
+    /// The DNS address served (UDP and TCP).
+    pub dns_addr: SocketAddr,
+    /// The HTTP address served.
+    pub http_addr: SocketAddr,
+    /// The admin API's address, when there is an admin listener.
+    pub admin_addr: Option<SocketAddr>,
+    /// Resolves when every task has finished, after the `shutdown` token given to [`run`] is
+    /// cancelled.
+    pub done: JoinHandle<()>,
+    shutdown: CancellationToken,
+}
+
+impl RunningRouter {
+    /// Cancels the `shutdown` token given to [`run`] and waits at most `timeout` for every task
+    /// to finish.
+    pub async fn stop(self, timeout: Duration) {
+        self.shutdown.cancel();
+        if tokio::time::timeout(timeout, self.done).await.is_err() {
+            tracing::warn!(?timeout, "shutdown timed out; exiting anyway");
+        }
+    }
+}
+
+/// Starts a router with `config` (already validated) on `listeners`, and serves until
+/// `shutdown` is cancelled; [`RunningRouter::done`] then resolves once every task has
+/// finished (open HTTP connections finish the request in hand; the caller bounds the wait).
+/// The library entry point that `main` and in-process tests share, in the shape of
+/// `region_node::start(config, listener, shutdown)`.
+///
+/// Before anything is served it loads the catalogue, the health-probe trust roots, the GeoIP
+/// database (and its scope index) and the admin TLS certificate, and connects the control
+/// store (retried for up to 10 s); controls in Redis are read once before this returns.
+pub async fn run(
+    config: RouterConfig,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> Result<RunningRouter, StartError> {
     let catalogue = meridian_catalogue::load_dir(&config.regions)
         .map_err(|e| StartError::Config(e.to_string()))?;
     let regions: Vec<_> = catalogue.into_values().collect();
@@ -132,8 +192,11 @@ pub async fn start(config: RouterConfig) -> Result<RunningRouter, StartError> {
         )
     };
 
-    // Before any socket is bound: a broken health.ca_file stops the start with its own line.
-    let prober = crate::probe::Prober::new(&config.health)?;
+    // A broken health.ca_file stops the start with its own line.
+    let prober = Prober::new(
+        config.health.trust_roots()?,
+        Duration::from_millis(config.health.timeout_ms),
+    )?;
 
     let reloading = open_geoip(config.geoip.as_ref())?;
     let geo = {
@@ -172,53 +235,46 @@ pub async fn start(config: RouterConfig) -> Result<RunningRouter, StartError> {
     };
 
     let admin_tls = config.admin_tls.as_ref().map(admin_acceptor).transpose()?;
-    if let (Some(admin), None) = (config.admin_listen, &admin_tls) {
+    let Listeners {
+        dns_udp,
+        dns_tcp,
+        http,
+        admin,
+    } = listeners;
+    // The addresses in these (unlikely) errors are what the config asked for.
+    let bound = |listener: &TcpListener, addr: SocketAddr| {
+        listener
+            .local_addr()
+            .map_err(|source| StartError::Bind { addr, source })
+    };
+    let dns_addr = dns_udp.local_addr().map_err(|source| StartError::Bind {
+        addr: config.dns_listen,
+        source,
+    })?;
+    let http_addr = bound(&http, config.http_listen)?;
+    let admin_addr = match &admin {
+        Some(listener) => Some(bound(
+            listener,
+            config.admin_listen.unwrap_or(config.http_listen),
+        )?),
+        None => None,
+    };
+    if let (Some(admin), None) = (admin_addr, &admin_tls) {
         if !admin.ip().is_loopback() {
             tracing::warn!(%admin, "the admin API listens on plain HTTP beyond loopback: set admin_tls");
         }
     }
-    if config.admin_listen.is_none() && !config.controls.admin_tokens.is_empty() {
+    if admin.is_none() && !config.controls.admin_tokens.is_empty() {
         tracing::warn!(
             "controls.admin_tokens are set but admin_listen is not: no admin API is served"
         );
     }
-
-    let (dns_udp, dns_addr, dns_tcp) = bind_dns(config.dns_listen).await?;
-    let http = TcpListener::bind(config.http_listen)
-        .await
-        .map_err(|source| StartError::Bind {
-            addr: config.http_listen,
-            source,
-        })?;
-    let http_addr = http.local_addr().map_err(|source| StartError::Bind {
-        addr: config.http_listen,
-        source,
-    })?;
-
-    let admin = match config.admin_listen {
-        Some(listen) => {
-            let listener = TcpListener::bind(listen)
-                .await
-                .map_err(|source| StartError::Bind {
-                    addr: listen,
-                    source,
-                })?;
-            let addr = listener.local_addr().map_err(|source| StartError::Bind {
-                addr: listen,
-                source,
-            })?;
-            Some((listener, addr))
-        }
-        None => None,
-    };
-    let admin_addr = admin.as_ref().map(|(_, addr)| *addr);
     let dns_limits = Arc::new(SourceLimits::new(&config.dns_limits));
 
     let state = Arc::new(RouterState::new(config, regions, geo, store));
     if let Err(e) = state.refresh_controls().await {
         tracing::warn!(error = %e, "cannot read routing controls yet; /readyz stays false until they load");
     }
-    let shutdown = CancellationToken::new();
     let answerer = Arc::new(Answerer::new(zone, DnsRouter::new(Arc::clone(&state))));
     let mut tasks = Vec::new();
     {
@@ -237,14 +293,14 @@ pub async fn start(config: RouterConfig) -> Result<RunningRouter, StartError> {
     }
     tasks.push(tokio::spawn(serve_http(
         http,
-        crate::http::Service::new(Arc::clone(&state)),
+        Service::new(Arc::clone(&state)),
         None,
         shutdown.clone(),
     )));
-    if let Some((listener, _)) = admin {
+    if let Some(listener) = admin {
         tasks.push(tokio::spawn(serve_http(
             listener,
-            crate::http::Service::admin(Arc::clone(&state)),
+            Service::admin(Arc::clone(&state)),
             admin_tls,
             shutdown.clone(),
         )));
@@ -263,12 +319,15 @@ pub async fn start(config: RouterConfig) -> Result<RunningRouter, StartError> {
             shutdown.clone(),
         ));
     }
+    let done = tokio::spawn(async move {
+        futures_util::future::join_all(tasks).await;
+    });
     Ok(RunningRouter {
         state,
         dns_addr,
         http_addr,
         admin_addr,
-        tasks,
+        done,
         shutdown,
     })
 }
@@ -292,12 +351,6 @@ async fn connect_store(
         }
     }
 }
-
-/// Longest a client may take to send a request's headers (a slow-loris bound). hyper also
-/// applies it to the idle wait between keep-alive requests, so it is nginx's
-/// `keepalive_timeout` (75 s): longer than a load balancer's usual idle timeout (60 s), which
-/// must not find its pooled connection closed under it.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(75);
 
 /// Checks that `admin_tls`'s certificate and key load (for `geo-router --validate`).
 pub fn check_admin_tls(config: &RouterConfig) -> Result<(), StartError> {
@@ -329,89 +382,4 @@ fn admin_acceptor(tls: &crate::config::AdminTls) -> Result<tokio_rustls::TlsAcce
     .with_single_cert(certs, key)
     .map_err(|e| fail("key", &tls.key, &e))?;
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
-}
-
-/// Longest a client may take over its TLS handshake on the admin listener.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Serves HTTP/1.1 (over TLS when `tls` is given) on `listener` until `stop`, then lets every
-/// open connection finish the request in hand and close (the caller bounds the wait).
-async fn serve_http(
-    listener: TcpListener,
-    service: crate::http::Service,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-    stop: CancellationToken,
-) {
-    let connections = tokio_util::task::TaskTracker::new();
-    let service = Arc::new(service);
-    loop {
-        let (tcp, peer) = tokio::select! {
-            _ = stop.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of descriptors, say: back off instead of spinning.
-                    tracing::warn!(error = %e, "cannot accept an HTTP connection");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        // Answers are one small write each, latency-bound: no Nagle delay (as nginx's
-        // `tcp_nodelay on` default for keep-alive connections).
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-        let service = Arc::clone(&service);
-        let stop = stop.clone();
-        match &tls {
-            None => {
-                connections.spawn(serve_http_connection(tcp, peer, service, stop));
-            }
-            Some(acceptor) => {
-                let acceptor = acceptor.clone();
-                connections.spawn(async move {
-                    let handshake =
-                        tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
-                    match handshake {
-                        Ok(Ok(stream)) => serve_http_connection(stream, peer, service, stop).await,
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                    }
-                });
-            }
-        }
-    }
-    connections.close();
-    connections.wait().await;
-}
-
-async fn serve_http_connection<IO>(
-    io: IO,
-    peer: SocketAddr,
-    service: Arc<crate::http::Service>,
-    stop: CancellationToken,
-) where
-    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let handler = hyper::service::service_fn(move |request| {
-        let service = Arc::clone(&service);
-        async move { service.call(peer, request).await }
-    });
-    let connection = hyper::server::conn::http1::Builder::new()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .writev(false)
-        .serve_connection(hyper_util::rt::TokioIo::new(io), handler);
-    tokio::pin!(connection);
-    let served = tokio::select! {
-        served = connection.as_mut() => served,
-        _ = stop.cancelled() => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
-        }
-    };
-    if let Err(e) = served {
-        tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
-    }
 }

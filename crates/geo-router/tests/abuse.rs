@@ -10,8 +10,9 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use common::start;
 use geo_router::config::{AdminTls, AdminToken, RouterConfig, Secret};
-use geo_router::service::{start, RunningRouter};
+use geo_router::service::RunningRouter;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};

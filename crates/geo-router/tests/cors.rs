@@ -6,8 +6,9 @@ mod common;
 
 use std::net::SocketAddr;
 
+use common::start;
 use geo_router::config::{AdminToken, RouterConfig};
-use geo_router::service::{start, RunningRouter};
+use geo_router::service::RunningRouter;
 
 const TOKEN: &str = "cors-test-admin-token-0123456789";
 

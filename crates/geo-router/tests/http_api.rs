@@ -9,8 +9,9 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use common::start;
 use geo_router::config::{AdminToken, RouterConfig};
-use geo_router::service::{start, RunningRouter};
+use geo_router::service::RunningRouter;
 use serde_json::Value;
 use tokio::net::TcpListener;
 

@@ -4,15 +4,17 @@
 //! still works; and a router started in-process marks the regions up or down accordingly and
 //! counts the certificate failures in `/metrics`. Every wait is bounded.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::start;
 use geo_router::config::{HealthConfig, RouterConfig};
 use geo_router::health::FailureKind;
 use geo_router::probe::Prober;
-use geo_router::service::start;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
@@ -166,13 +168,18 @@ async fn answer<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut str
     let _ = stream.shutdown().await;
 }
 
+/// A prober as the router builds one from `health`'s trust roots, with `timeout`.
+fn prober(health: &HealthConfig, timeout: Duration) -> Prober {
+    Prober::new(health.trust_roots().unwrap(), timeout).unwrap()
+}
+
 fn trusting(ca_file: &Path) -> Prober {
-    Prober::new(&HealthConfig {
+    let health = HealthConfig {
         platform_roots: false,
         ca_file: Some(ca_file.to_owned()),
         ..HealthConfig::default()
-    })
-    .unwrap()
+    };
+    prober(&health, TIMEOUT)
 }
 
 #[tokio::test]
@@ -187,7 +194,7 @@ async fn https_is_healthy_with_the_right_ca_by_name_and_by_ip() {
             format!("https://localhost:{}/readyz", addr.port()),
             format!("https://127.0.0.1:{}/readyz", addr.port()),
         ] {
-            let result = prober.probe(&url, TIMEOUT, 1000).await;
+            let result = prober.probe(&url, 1000).await;
             assert!(result.ok, "{url}: {result:?}");
             assert_eq!(result.load, Some(0.25), "{url}");
             assert_eq!(result.failure, None);
@@ -208,8 +215,8 @@ async fn a_wrong_ca_a_name_mismatch_and_an_expired_certificate_fail_the_probe() 
 
         let good = health_server(Some(ca.leaf(&["localhost"], false))).await;
         let url = format!("https://localhost:{}/readyz", good.port());
-        assert!(right.probe(&url, TIMEOUT, 1000).await.ok);
-        let result = wrong.probe(&url, TIMEOUT, 1000).await;
+        assert!(right.probe(&url, 1000).await.ok);
+        let result = wrong.probe(&url, 1000).await;
         assert!(!result.ok);
         assert_eq!(
             result.failure,
@@ -222,7 +229,7 @@ async fn a_wrong_ca_a_name_mismatch_and_an_expired_certificate_fail_the_probe() 
 
         let elsewhere = health_server(Some(ca.leaf(&["elsewhere.example"], false))).await;
         let url = format!("https://localhost:{}/readyz", elsewhere.port());
-        let result = right.probe(&url, TIMEOUT, 1000).await;
+        let result = right.probe(&url, 1000).await;
         assert!(!result.ok);
         assert_eq!(
             result.failure,
@@ -236,7 +243,7 @@ async fn a_wrong_ca_a_name_mismatch_and_an_expired_certificate_fail_the_probe() 
         );
         // The IP form is checked against IP SANs, which this certificate has none of.
         let url = format!("https://127.0.0.1:{}/readyz", elsewhere.port());
-        let result = right.probe(&url, TIMEOUT, 1000).await;
+        let result = right.probe(&url, 1000).await;
         assert_eq!(
             result.failure,
             Some(FailureKind::TlsCertificate),
@@ -245,7 +252,7 @@ async fn a_wrong_ca_a_name_mismatch_and_an_expired_certificate_fail_the_probe() 
 
         let expired = health_server(Some(ca.leaf(&["localhost"], true))).await;
         let url = format!("https://localhost:{}/readyz", expired.port());
-        let result = right.probe(&url, TIMEOUT, 1000).await;
+        let result = right.probe(&url, 1000).await;
         assert_eq!(
             result.failure,
             Some(FailureKind::TlsCertificate),
@@ -254,9 +261,9 @@ async fn a_wrong_ca_a_name_mismatch_and_an_expired_certificate_fail_the_probe() 
         assert!(result.error.unwrap().contains("expired"));
 
         // The platform store alone does not trust a private CA: verification is never off.
-        let platform = Prober::new(&HealthConfig::default()).unwrap();
+        let platform = prober(&HealthConfig::default(), TIMEOUT);
         let url = format!("https://localhost:{}/readyz", good.port());
-        let result = platform.probe(&url, TIMEOUT, 1000).await;
+        let result = platform.probe(&url, 1000).await;
         assert_eq!(
             result.failure,
             Some(FailureKind::TlsCertificate),
@@ -270,25 +277,17 @@ async fn a_wrong_ca_a_name_mismatch_and_an_expired_certificate_fail_the_probe() 
 #[tokio::test]
 async fn plain_http_still_works_and_other_failures_are_classified() {
     tokio::time::timeout(LIMIT, async {
-        let prober = Prober::new(&HealthConfig::default()).unwrap();
+        let prober = prober(&HealthConfig::default(), TIMEOUT);
         let plain = health_server(None).await;
         let result = prober
-            .probe(
-                &format!("http://127.0.0.1:{}/readyz", plain.port()),
-                TIMEOUT,
-                1000,
-            )
+            .probe(&format!("http://127.0.0.1:{}/readyz", plain.port()), 1000)
             .await;
         assert!(result.ok, "{result:?}");
         assert_eq!(result.load, Some(0.25));
 
         // https:// to a plain-HTTP server: a TLS failure, not a certificate one.
         let result = prober
-            .probe(
-                &format!("https://127.0.0.1:{}/readyz", plain.port()),
-                TIMEOUT,
-                1000,
-            )
+            .probe(&format!("https://127.0.0.1:{}/readyz", plain.port()), 1000)
             .await;
         assert_eq!(result.failure, Some(FailureKind::Tls), "{result:?}");
 
@@ -297,7 +296,7 @@ async fn plain_http_still_works_and_other_failures_are_classified() {
         let port = closed.local_addr().unwrap().port();
         drop(closed);
         let result = prober
-            .probe(&format!("https://127.0.0.1:{port}/readyz"), TIMEOUT, 1000)
+            .probe(&format!("https://127.0.0.1:{port}/readyz"), 1000)
             .await;
         assert_eq!(result.failure, Some(FailureKind::Connect), "{result:?}");
 
@@ -307,7 +306,8 @@ async fn plain_http_still_works_and_other_failures_are_classified() {
             "https://127.0.0.1:{}/readyz",
             silent.local_addr().unwrap().port()
         );
-        let result = prober.probe(&url, Duration::from_millis(200), 1000).await;
+        let quick = self::prober(&HealthConfig::default(), Duration::from_millis(200));
+        let result = quick.probe(&url, 1000).await;
         assert_eq!(result.failure, Some(FailureKind::Timeout), "{result:?}");
         drop(silent);
     })

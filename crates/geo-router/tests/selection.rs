@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::Instant;
 
 use geo_router::rtt::{RttConfig, RttTable};
-use geo_router::{decide, haversine_km, ClientView, Policy, RegionView};
+use geo_router::{decide, ClientView, Policy, RegionView};
 use meridian_catalogue::Region;
 
 /// Deterministic splitmix64.
@@ -76,7 +76,7 @@ fn learned_rtt_picks_a_near_best_region_far_more_often_than_geography() {
         let truth: Vec<f64> = regions
             .iter()
             .map(|r| {
-                let km = haversine_km(location, (r.latitude, r.longitude));
+                let km = r.distance_km(location);
                 km / 100.0 * rng.uniform(1.0, 2.2) + last_mile
             })
             .collect();

@@ -337,7 +337,7 @@ pub fn run(args: UpArgs) -> Result<()> {
         Some(path) => (path.canonicalize()?, false),
         None => {
             let path = state.join("demo-geoip.mmdb");
-            std::fs::write(&path, geo_router::demo::demo_database()?)?;
+            std::fs::write(&path, mmdb_writer::demo::demo_database()?)?;
             (path, true)
         }
     };
@@ -671,10 +671,7 @@ fn start_wan_proxies(mesh: &mut Mesh) -> Result<()> {
         ) else {
             continue;
         };
-        let km = geo_router::haversine_km(
-            (pa.region.latitude, pa.region.longitude),
-            (pb.region.latitude, pb.region.longitude),
-        );
+        let km = pa.region.distance_km(pb.region.position());
         let one_way_ms = (km / 200.0).round() as u64;
         let mut command = Command::new(&binary);
         command

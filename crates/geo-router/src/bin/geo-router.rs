@@ -1,4 +1,6 @@
-//! `geo-router`: parses flags, loads config, starts the router; everything else is the library.
+//! `geo-router`: parses flags, loads config, binds the listeners and runs the router
+//! (`geo_router::service::run`); everything else is the library's. The `demo-geoip` subcommand
+//! writes the synthetic demo database with the `mmdb-writer` crate.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,7 +11,9 @@ use clap::{Parser, Subcommand};
 use figment::providers::Serialized;
 use figment::Figment;
 use geo_router::config::RouterConfig;
+use geo_router::service::Listeners;
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 
 /// Meridian geo-router: authoritative DNS and HTTP routing to the nearest healthy region.
 #[derive(Parser, Debug)]
@@ -142,7 +146,7 @@ fn main() -> ExitCode {
 }
 
 fn write_demo(out: &std::path::Path) -> anyhow::Result<()> {
-    let bytes = geo_router::demo::demo_database()?;
+    let bytes = mmdb_writer::demo::demo_database()?;
     // Write beside, then rename: a running router never sees a half-written file.
     let tmp = out.with_extension("mmdb.tmp");
     std::fs::write(&tmp, bytes)?;
@@ -189,7 +193,9 @@ fn print_scopes(config: &RouterConfig) -> anyhow::Result<()> {
 
 async fn serve(config: RouterConfig) -> anyhow::Result<()> {
     let shutdown_timeout = Duration::from_millis(config.shutdown_timeout_ms);
-    let running = geo_router::service::start(config).await?;
+    let listeners = Listeners::bind(&config).await?;
+    let shutdown = CancellationToken::new();
+    let running = geo_router::service::run(config, listeners, shutdown.clone()).await?;
     // Tests and scripts read these lines to learn the bound ports.
     println!("dns listening on {}", running.dns_addr);
     println!("http listening on {}", running.http_addr);
@@ -201,6 +207,12 @@ async fn serve(config: RouterConfig) -> anyhow::Result<()> {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: shutting down"),
     }
-    running.stop(shutdown_timeout).await;
+    shutdown.cancel();
+    if tokio::time::timeout(shutdown_timeout, running.done)
+        .await
+        .is_err()
+    {
+        tracing::warn!(timeout = ?shutdown_timeout, "shutdown timed out; exiting anyway");
+    }
     Ok(())
 }

@@ -1,5 +1,6 @@
-//! What the router's integration tests share: a scratch directory, a catalogue file, and one
-//! raw HTTP/1.1 exchange (from a chosen loopback source address when the test needs one).
+//! What the router's integration tests share: a router started in-process, a scratch
+//! directory, a catalogue file, and one raw HTTP/1.1 exchange (from a chosen loopback source
+//! address when the test needs one).
 // Each test binary uses its own subset of these.
 #![allow(dead_code)]
 
@@ -7,8 +8,19 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use geo_router::config::RouterConfig;
+use geo_router::service::{run, Listeners, RunningRouter, StartError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpSocket;
+use tokio_util::sync::CancellationToken;
+
+/// Binds the addresses `config` names and runs a router there, as the binary does, with a
+/// shutdown token of its own ([`RunningRouter::stop`] cancels it; otherwise the router stops
+/// with the test's runtime).
+pub async fn start(config: RouterConfig) -> Result<RunningRouter, StartError> {
+    let listeners = Listeners::bind(&config).await?;
+    run(config, listeners, CancellationToken::new()).await
+}
 
 /// A fresh directory under the system temp dir, removed on drop.
 #[derive(Debug)]

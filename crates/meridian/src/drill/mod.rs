@@ -268,7 +268,7 @@ pub fn run(args: DrillArgs) -> Result<bool> {
 }
 
 /// One synthetic address per client: `a.b.<network>.<host>` in a demo city.
-fn synthetic_address(city: &geo_router::demo::DemoCity, index: usize) -> IpAddr {
+fn synthetic_address(city: &mmdb_writer::demo::DemoCity, index: usize) -> IpAddr {
     let network = ((index / 250) % 16) as u8;
     let host = (1 + index % 250) as u8;
     IpAddr::V4(Ipv4Addr::new(city.v4[0], city.v4[1], network, host))
@@ -434,8 +434,9 @@ async fn drill(args: DrillArgs, target: Target) -> Result<bool> {
         .collect();
 
     // Placement: each demo city's natural region by the router.
-    let mut cities_of: BTreeMap<String, Vec<&'static geo_router::demo::DemoCity>> = BTreeMap::new();
-    for city in &geo_router::demo::CITIES {
+    let mut cities_of: BTreeMap<String, Vec<&'static mmdb_writer::demo::DemoCity>> =
+        BTreeMap::new();
+    for city in &mmdb_writer::demo::CITIES {
         let answer = target.router.route(city.v4_address(0)).await?;
         if let Some(first) = answer.regions.first() {
             cities_of.entry(first.name.clone()).or_default().push(city);

@@ -10,7 +10,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::mmdb_writer::{MmdbValue, MmdbWriteError, MmdbWriter};
+use crate::{MmdbValue, MmdbWriteError, MmdbWriter};
 
 /// One demo city.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -145,24 +145,58 @@ pub fn demo_database() -> Result<Vec<u8>, MmdbWriteError> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::geoip::GeoDb;
+    use serde::Deserialize;
 
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    struct Location {
+        latitude: f64,
+        longitude: f64,
+    }
+
+    #[derive(Debug, Deserialize)]
+    struct Country {
+        iso_code: String,
+    }
+
+    #[derive(Debug, Deserialize)]
+    struct City {
+        location: Location,
+        country: Country,
+    }
+
+    /// Read back with MaxMind's own reader (the router's `GeoDb` has its own test of this
+    /// database): every network of every city, and nothing outside them.
     #[test]
-    fn every_city_address_is_found_where_the_table_says() {
-        let db = GeoDb::from_bytes(demo_database().unwrap()).unwrap();
-        assert_eq!(db.database_type(), "Meridian-Demo-Synthetic-City");
+    fn every_network_of_every_city_reads_back_with_its_record() {
+        let reader = maxminddb::Reader::from_source(demo_database().unwrap()).unwrap();
+        reader.verify().unwrap();
+        assert_eq!(
+            reader.metadata().database_type,
+            "Meridian-Demo-Synthetic-City"
+        );
         for city in CITIES {
-            for address in [city.v4_address(0), city.v4_address(15), city.v6_address()] {
-                let hit = db.lookup(address).unwrap();
+            let mut addresses: Vec<IpAddr> =
+                (0..NETWORKS_PER_CITY).map(|n| city.v4_address(n)).collect();
+            addresses.push(city.v6_address());
+            for address in addresses {
+                let result = reader.lookup(address).unwrap();
+                let record: City = result.decode().unwrap().unwrap();
                 assert_eq!(
-                    (hit.latitude, hit.longitude, hit.country.as_deref()),
-                    (city.latitude, city.longitude, Some(city.country)),
+                    (
+                        record.location.latitude,
+                        record.location.longitude,
+                        record.country.iso_code.as_str()
+                    ),
+                    (city.latitude, city.longitude, city.country),
                     "{} {address}",
                     city.name
                 );
             }
+            assert_eq!(city.networks().len(), usize::from(NETWORKS_PER_CITY) + 1);
         }
-        assert!(db.lookup("192.0.2.1".parse().unwrap()).is_none());
+        let outside = reader.lookup("192.0.2.1".parse().unwrap()).unwrap();
+        assert!(outside.decode::<City>().unwrap().is_none());
     }
 }

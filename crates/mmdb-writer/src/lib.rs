@@ -1,8 +1,12 @@
-//! A small writer for the MaxMind DB (`.mmdb`) format: test and demo support for [`crate::geoip`].
+//! A small writer for the MaxMind DB (`.mmdb`) format, and the synthetic demo database
+//! ([`demo`]): test and dev tooling for the geo-router's `geoip` reader, kept out of the router
+//! itself (the router's tests use it as a dev-dependency; the `geo-router demo-geoip` and
+//! `meridian up` commands write the demo database with it).
 //!
 //! The geo-router only *reads* GeoIP databases in production (GeoLite2 / DB-IP / ip-location-db
 //! files, through the `maxminddb` crate). Its tests, and the synthetic demo database we ship, need
-//! small databases with known networks and coordinates, so this module writes them. The crates.io
+//! small databases with known networks and coordinates, so this crate writes them. This crate
+//! depends on nothing but `thiserror`. The crates.io
 //! writers we looked at (`maxminddb-writer` 0.1.3, `mmdb-writer` 0.1.0) are young single-author
 //! crates with no release history, and the format is small and stable, so we keep our own.
 //!
@@ -10,7 +14,7 @@
 //!
 //! * an **IPv6 search tree** (`ip_version` 6) with IPv4 networks placed at `::a.b.c.d/(96 + len)`,
 //!   as MaxMind's own databases do (the `::ffff:0:0/96` and `2002::/16` aliases are not written;
-//!   [`crate::geoip::GeoDb`] canonicalises IPv4-mapped addresses before looking up instead);
+//!   the geo-router's `GeoDb` canonicalises IPv4-mapped addresses before looking up instead);
 //! * 24-, 28- or 32-bit records, the smallest that fits unless [`MmdbWriter::record_size`] forces one;
 //! * a data section with maps, arrays, UTF-8 strings, doubles, booleans and unsigned integers
 //!   (the types [`MmdbValue`] can hold), identical records stored once;
@@ -18,6 +22,11 @@
 //!
 //! Networks are applied in insertion order and a later network replaces everything it covers, so
 //! insert broad networks before the more specific ones inside them.
+
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+#![forbid(unsafe_code)]
+
+pub mod demo;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
