@@ -8,7 +8,8 @@
 //!
 //! - [`certs`]: the mesh CA and region certificates (SAN `<region>.relay.meridian`).
 //! - [`tls`]: rustls configs with the catalogue-aware certificate verifiers.
-//! - [`frame`]: the frame enum and its length-prefixed postcard encoding.
+//! - The frames themselves and their length-prefixed postcard encoding are the protocol
+//!   crate's: [`meridian_protocol::relay`].
 //! - [`link`]: dialing, accepting, Hello, lanes, keep-alive, reconnect backoff ([`backoff`]).
 //! - [`relay`]: start-up from config, `/healthz` `/readyz` `/metrics` ([`metrics`]), shutdown.
 //! - [`impair`]: a UDP proxy adding delay, jitter, loss and partitions, for WAN tests.
@@ -18,7 +19,6 @@
 pub mod backoff;
 pub mod certs;
 pub mod config;
-pub mod frame;
 pub mod impair;
 pub mod link;
 pub mod metrics;

@@ -40,10 +40,12 @@ use tokio_util::task::TaskTracker;
 use crate::backoff::Backoff;
 use crate::certs::region_dns_name;
 use crate::config::{Limits, Mesh, RelayOptions, Timing};
-use crate::frame::{self, Direct, Frame, FrameError, Hello, RoomEvent, PROTOCOL_VERSION};
 use crate::metrics::{Metrics, IN, OUT};
 use crate::sink::{EventSink, LinkEvent};
 use crate::tls::{self, Refusal, TlsError, TlsIdentity};
+use meridian_protocol::relay::{
+    self as frame, Direct, Frame, FrameError, Hello, RoomEvent, PROTOCOL_VERSION,
+};
 
 /// QUIC application error codes of the relay protocol.
 pub mod codes {

@@ -8,17 +8,29 @@
 //! ([`token`]). The region node (`crates/region-node`) drives it; the regional state store
 //! (`crates/region-state`) uses [`RoomEventFrame`] to put sequence numbers into room events
 //! without decoding them again.
+//!
+//! It also owns the mesh's other wire vocabularies, so each is defined once:
+//! - [`room`]: the room-event vocabulary ([`RoomEventKind`], [`Hlc`], [`StateRecord`],
+//!   [`JsonText`]) and the client frame of a room event ([`RoomEventFrame`], with
+//!   [`RoomEventFrame::decode`]), shared by the node, the state store and the relay;
+//! - [`relay`]: the frames regions' relays exchange (postcard), carrying those room events.
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 mod error;
 mod ids;
 pub mod json_rules;
+pub mod relay;
+pub mod room;
 pub mod token;
 mod wire;
 
 pub use error::ErrorCode;
 pub use ids::{IdError, RoomId, UserId};
+pub use room::{
+    DecodedRoomEvent, Hlc, JsonText, JsonTextError, LeftReason, RoomEventError, RoomEventFrame,
+    RoomEventKind, StateRecord,
+};
 pub use wire::{
-    Event, LeftReason, MemberEntry, OriginPosition, PresenceEntry, Reply, Request, RequestError,
-    RequestId, ResumePoint, RoomEventFrame, StateEntry, PROTOCOL_VERSION,
+    Event, MemberEntry, OriginPosition, PresenceEntry, Reply, Request, RequestError, RequestId,
+    ResumePoint, StateEntry, PROTOCOL_VERSION,
 };
