@@ -9,7 +9,8 @@ use interregion_relay::replicate::{ReplicationOptions, Replicator, ReplicatorSin
 use interregion_relay::EventSink;
 use meridian_protocol::relay::{self, EventKind, Frame, RoomEvent, Snapshot};
 use meridian_protocol::{
-    Hlc, JsonText, LeftReason, OriginPosition, RoomEventKind, RoomId, StateRecord, UserId,
+    Hlc, JsonText, LeftReason, OriginPosition, RoomEventFrame, RoomEventKind, RoomId, StateRecord,
+    UserId,
 };
 use redis::AsyncCommands;
 use region_state::replica::{
@@ -119,16 +120,17 @@ async fn apply_dedupes_detects_gaps_and_merges_by_last_writer() {
         Applied::Gap
     );
     let batch = ap.read_local(&room, 0, 100).await.unwrap();
-    let messages: Vec<&str> = batch
+    let messages: Vec<_> = batch
         .entries
         .iter()
-        .filter_map(|e| std::str::from_utf8(&e.frame).ok())
-        .filter(|f| f.contains("\"type\":\"message\""))
+        .map(|e| RoomEventFrame::decode(&e.frame).unwrap())
+        .filter(|e| matches!(e.kind, RoomEventKind::Message { .. }))
         .collect();
     assert_eq!(messages.len(), 1, "{messages:?}");
-    assert!(
-        messages[0].contains("\"origin\":{\"region\":\"eu\""),
-        "{}",
+    assert_eq!(
+        messages[0].origin.as_ref().map(|o| o.region.as_str()),
+        Some("eu"),
+        "{:?}",
         messages[0]
     );
     assert!(

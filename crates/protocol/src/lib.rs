@@ -13,10 +13,12 @@
 //! - [`room`]: the room-event vocabulary ([`RoomEventKind`], [`Hlc`], [`StateRecord`],
 //!   [`JsonText`]) and the client frame of a room event ([`RoomEventFrame`], with
 //!   [`RoomEventFrame::decode`]), shared by the node, the state store and the relay;
-//! - [`relay`]: the frames regions' relays exchange (postcard), carrying those room events.
+//! - [`relay`]: the frames regions' relays exchange (postcard), carrying those room events;
+//! - [`health`]: the readiness report a node's `/readyz` writes and the geo-router reads.
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 mod error;
+pub mod health;
 mod ids;
 pub mod json_rules;
 pub mod relay;
