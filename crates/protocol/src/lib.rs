@@ -1,7 +1,8 @@
-//! Meridian's client wire protocol, version 1.
+//! Meridian's wire vocabularies: the client protocol (version 1), room events, relay frames.
 //!
 //! Clients speak JSON text frames over a WebSocket at `/v1/ws` (see `docs/protocol.md`). This
-//! crate owns everything about those frames and nothing about I/O: validated identifiers
+//! crate owns everything about those frames and no sockets or servers (its one I/O helper,
+//! [`relay::read_frame`], reads a frame from any async stream): validated identifiers
 //! ([`RoomId`], [`UserId`]), request parsing ([`Request::parse`]), the rule for client JSON
 //! ([`json_rules`]), replies and server events
 //! ([`Reply`], [`Event`]), the stable error codes ([`ErrorCode`]) and connection tokens
