@@ -410,7 +410,7 @@ impl<T: Serialize> Reply<'_, T> {
 }
 
 /// A server event that is not tied to a room sequence (room events are built through
-/// [`RoomEventFrame`]).
+/// [`RoomEventFrame`](crate::RoomEventFrame)).
 #[derive(Debug, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 #[non_exhaustive]
