@@ -3,7 +3,7 @@
 //! must encode and decode back to itself (the format is canonical for what we send).
 #![no_main]
 
-use interregion_relay::frame::{self, FrameError};
+use meridian_protocol::relay::{self as frame, FrameError};
 use libfuzzer_sys::fuzz_target;
 
 /// The default `limits.max_frame_bytes` is far below this; encoding must not refuse a frame

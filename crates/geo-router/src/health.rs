@@ -9,7 +9,8 @@
 //!
 //! **Load.** A 2xx body that is JSON may carry the region's load: `{"load": 0.42}` (fraction of
 //! capacity), or `{"connections": 1234}` (divided by the catalogue's `capacity`, or by a
-//! `"capacity"` field in the body). Any other body counts as healthy with unknown load.
+//! `"capacity"` field in the body). Any other body counts as healthy with unknown load. The
+//! body is read as [`ReadyReport`], the type a region node's `/readyz` writes.
 //!
 //! **Detection bound.** With the defaults (interval 1 s, timeout 0.8 s, fall 2) a region that
 //! dies is marked down at most `interval × fall + timeout` = 2.8 s later
@@ -20,7 +21,7 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use meridian_protocol::health::ReadyReport;
 
 use crate::decision::Health;
 
@@ -77,17 +78,10 @@ impl Hysteresis {
     }
 }
 
-/// The load-bearing fields of a probe body.
-#[derive(Debug, Default, Deserialize)]
-struct LoadReport {
-    load: Option<f64>,
-    connections: Option<f64>,
-    capacity: Option<f64>,
-}
-
-/// The load a probe body reports, if any: `load`, or `connections / capacity`.
+/// The load a probe body reports, if any: `load`, or `connections / capacity`. The body is
+/// the protocol's [`ReadyReport`], the one type a region node's `/readyz` writes.
 pub fn parse_load(body: &[u8], catalogue_capacity: u64) -> Option<f64> {
-    let report: LoadReport = serde_json::from_slice(body).ok()?;
+    let report = ReadyReport::parse(body)?;
     let load = match (report.load, report.connections) {
         (Some(load), _) => load,
         (None, Some(connections)) => {
@@ -98,7 +92,7 @@ pub fn parse_load(body: &[u8], catalogue_capacity: u64) -> Option<f64> {
             if capacity <= 0.0 {
                 return None;
             }
-            connections / capacity
+            connections as f64 / capacity
         }
         (None, None) => return None,
     };
@@ -205,5 +199,22 @@ mod tests {
         assert_eq!(parse_load(br#"{"status": "ready"}"#, 100), None);
         assert_eq!(parse_load(br#"{"load": -1}"#, 100), None);
         assert_eq!(parse_load(br#"{"load": "high"}"#, 100), None);
+    }
+
+    #[test]
+    fn a_region_nodes_readyz_body_gives_the_regions_load() {
+        use meridian_protocol::health::RegionLoad;
+        let body = ReadyReport::ready(
+            10,
+            Some(RegionLoad {
+                connections: 30,
+                nodes: 3,
+            }),
+        )
+        .encode();
+        assert_eq!(parse_load(body.as_bytes(), 120), Some(0.25));
+        // Without the region's count a node reports no load (healthy, load unknown).
+        let body = ReadyReport::ready(10, None).encode();
+        assert_eq!(parse_load(body.as_bytes(), 120), None);
     }
 }

@@ -15,9 +15,10 @@
 //!   ([`sink`]) the links hand received frames to.
 //! - [`relay`]: config → catalogue, certificates ([`relay::prepare`]); the links alone on a
 //!   bound socket ([`start`], for tests); `ops`: `/healthz` `/readyz` `/metrics` ([`metrics`]).
-//! - [`frame`]: the frame enum and its length-prefixed postcard encoding.
 //! - [`certs`]: the mesh CA and region certificates (SAN `<region>.relay.meridian`).
 //! - [`tls`]: rustls configs with the catalogue-aware certificate verifiers.
+//! - The frames themselves and their length-prefixed postcard encoding are the protocol
+//!   crate's: [`meridian_protocol::relay`].
 //! - [`config`]: the TOML/env configuration, validated at start.
 //!
 //! The WAN impairment proxy the tests put between relays is its own crate, `wan-impair`.
@@ -26,7 +27,6 @@
 pub mod backoff;
 pub mod certs;
 pub mod config;
-pub mod frame;
 pub mod link;
 pub mod metrics;
 mod ops;

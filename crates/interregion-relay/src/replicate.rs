@@ -31,20 +31,17 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use meridian_protocol::{LeftReason, OriginPosition, RoomId, UserId};
-use region_state::replica::{
-    epoch_code, epoch_text, Applied, Feed, LocalEntry, RemoteEvent, RemoteKind, ReplicaStore,
-    Stamp, StateRecord as StoreRecord,
+use meridian_protocol::relay::{
+    epoch_code, epoch_text, Direct, EventKind, Follow, Frame, Position, Presence, RoomEvent,
+    Snapshot,
 };
+use meridian_protocol::{Hlc, OriginPosition, RoomEventFrame, RoomEventKind, RoomId, UserId};
+use region_state::replica::{Applied, Feed, LocalEntry, RemoteEvent, RemoteKind, ReplicaStore};
 use serde::Deserialize;
-use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::frame::{
-    Direct, EventKind, Follow, Frame, Hlc, Position, Presence, RoomEvent, StateRecord,
-};
 use crate::link::RelayHandle;
 use crate::metrics::Metrics;
 use crate::sink::{EventSink, LinkEvent};
@@ -147,152 +144,61 @@ fn lock(m: &Mutex<Inner>) -> std::sync::MutexGuard<'_, Inner> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn hlc(s: Stamp) -> Hlc {
-    Hlc {
-        wall_ms: s.wall_ms,
-        logical: s.logical,
-    }
-}
-
-fn stamp(h: Hlc) -> Stamp {
-    Stamp {
-        wall_ms: h.wall_ms,
-        logical: h.logical,
-    }
-}
-
-fn raw(bytes: &[u8]) -> Option<Box<RawValue>> {
-    let text = std::str::from_utf8(bytes).ok()?;
-    RawValue::from_string(text.to_owned()).ok()
-}
-
-fn left_reason(s: &str) -> LeftReason {
-    match s {
-        "leave" => LeftReason::Leave,
-        "node_lost" => LeftReason::NodeLost,
-        "region_down" => LeftReason::RegionDown,
-        _ => LeftReason::Disconnect,
-    }
-}
-
-/// The fields of a client room-event frame the relay needs.
-#[derive(Deserialize)]
-struct Head<'a> {
-    #[serde(rename = "type")]
-    kind: &'a str,
-    #[serde(default)]
-    user: Option<UserId>,
-    #[serde(default)]
-    region: Option<String>,
-    #[serde(default)]
-    reason: Option<String>,
-    #[serde(default)]
-    from: Option<UserId>,
-    #[serde(default, borrow)]
-    data: Option<&'a RawValue>,
-    #[serde(default)]
-    key: Option<String>,
-    #[serde(default, borrow)]
-    value: Option<&'a RawValue>,
-    #[serde(default)]
-    by: Option<UserId>,
-    /// Present on events replicated from another region.
-    #[serde(default, deserialize_with = "present")]
-    origin: bool,
-}
-
-/// True for any value (the field is there), false when absent (`default`).
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
-    serde::de::IgnoredAny::deserialize(d).map(|_| true)
-}
-
 /// What a history entry of this region says, as a relay event; `None` for entries that are
 /// not this region's to send (a member event of a user homed elsewhere) or unreadable.
 fn entry_kind(entry: &LocalEntry, region: &str) -> Option<EventKind> {
-    let head: Head<'_> = serde_json::from_slice(&entry.frame).ok()?;
-    match head.kind {
-        "joined" | "left" if head.region.as_deref() != Some(region) => None,
-        "joined" => Some(EventKind::Join { user: head.user? }),
-        "left" => Some(EventKind::Leave {
-            user: head.user?,
-            reason: head.reason.unwrap_or_else(|| "disconnect".into()),
-        }),
-        "message" => Some(EventKind::Message {
-            from_user: head.from?,
-            data: head.data?.get().as_bytes().to_vec(),
-            idempotency: entry.idempotency.clone(),
-        }),
-        "state_changed" => {
-            // `value` is absent or null for a delete.
-            match head.value.filter(|v| v.get() != "null") {
-                Some(v) => Some(EventKind::StateSet {
-                    key: head.key?,
-                    value: v.get().as_bytes().to_vec(),
-                    by: head.by?,
-                }),
-                None => Some(EventKind::StateDelete {
-                    key: head.key?,
-                    by: head.by?,
-                }),
-            }
-        }
-        _ => None,
+    let event = RoomEventFrame::decode(&entry.frame).ok()?;
+    if event.region.as_deref().is_some_and(|r| r != region) {
+        return None;
     }
+    Some(EventKind::Event(match event.kind {
+        // The history keeps a publish's idempotency id beside the frame.
+        RoomEventKind::Message { from, data, .. } => RoomEventKind::Message {
+            from,
+            data,
+            idempotency: entry.idempotency.clone(),
+        },
+        kind => kind,
+    }))
 }
 
-/// A received relay event as the store's [`RemoteEvent`]; `None` when its JSON is invalid.
-fn remote_event(event: RoomEvent) -> Option<RemoteEvent> {
+/// A received relay event as the store's [`RemoteEvent`].
+fn remote_event(event: RoomEvent) -> RemoteEvent {
     let kind = match event.kind {
-        EventKind::Join { user } => RemoteKind::Join { user },
-        EventKind::Leave { user, reason } => RemoteKind::Leave {
-            user,
-            reason: left_reason(&reason),
-        },
-        EventKind::Message {
-            from_user,
+        EventKind::Event(RoomEventKind::Joined { user }) => RemoteKind::Join { user },
+        EventKind::Event(RoomEventKind::Left { user, reason }) => {
+            RemoteKind::Leave { user, reason }
+        }
+        EventKind::Event(RoomEventKind::Message {
+            from,
             data,
             idempotency,
-        } => RemoteKind::Message {
-            from: from_user,
-            data: raw(&data)?,
+        }) => RemoteKind::Message {
+            from,
+            data: data.into_raw(),
             idempotency,
         },
-        EventKind::StateSet { key, value, by } => RemoteKind::StateSet {
+        EventKind::Event(RoomEventKind::StateSet { key, value, by }) => RemoteKind::StateSet {
             key,
-            value: raw(&value)?,
+            value: value.into_raw(),
             by,
         },
-        EventKind::StateDelete { key, by } => RemoteKind::StateDelete { key, by },
-        EventKind::Snapshot { members, state } => RemoteKind::Snapshot {
-            members: members.into_iter().map(|(u, h)| (u, stamp(h))).collect(),
-            state: state
-                .into_iter()
-                .map(|r| {
-                    Some(StoreRecord {
-                        key: r.key,
-                        value: match r.value {
-                            Some(v) => Some(raw(&v)?),
-                            None => None,
-                        },
-                        stamp: stamp(r.hlc),
-                        region: r.region,
-                        by: r.by,
-                    })
-                })
-                .collect::<Option<Vec<_>>>()?,
-        },
+        EventKind::Event(RoomEventKind::StateDelete { key, by }) => {
+            RemoteKind::StateDelete { key, by }
+        }
+        EventKind::Snapshot(Snapshot { members, state }) => RemoteKind::Snapshot { members, state },
     };
-    Some(RemoteEvent {
+    RemoteEvent {
         room: event.room,
         origin: OriginPosition {
             region: event.origin_region,
             epoch: epoch_text(event.origin_epoch),
             seq: event.origin_seq,
         },
-        stamp: stamp(event.hlc),
+        stamp: event.hlc,
         prev_seq: event.prev_seq,
         kind,
-    })
+    }
 }
 
 impl Replicator {
@@ -1059,21 +965,11 @@ impl Replicator {
             origin_epoch: epoch_code(&snap.epoch),
             origin_seq: label,
             prev_seq: 0,
-            hlc: hlc(snap.stamp),
-            kind: EventKind::Snapshot {
-                members: snap.members.into_iter().map(|(u, s)| (u, hlc(s))).collect(),
-                state: snap
-                    .state
-                    .into_iter()
-                    .map(|r| StateRecord {
-                        key: r.key,
-                        value: r.value.map(|v| v.get().as_bytes().to_vec()),
-                        hlc: hlc(r.stamp),
-                        region: r.region,
-                        by: r.by,
-                    })
-                    .collect(),
-            },
+            hlc: snap.stamp,
+            kind: EventKind::Snapshot(Snapshot {
+                members: snap.members,
+                state: snap.state,
+            }),
         };
         let h = self.handle()?;
         if let Err(e) = h.send_room_event(peer, &event).await {
@@ -1113,19 +1009,15 @@ impl Replicator {
             if a.seq != cursor.seq + 1 {
                 return Some(false);
             }
-            let head: Head<'_> = match serde_json::from_slice(&a.frame) {
-                Ok(h) => h,
-                Err(_) => return Some(false),
+            let Ok(decoded) = RoomEventFrame::decode(&a.frame) else {
+                return Some(false);
             };
-            if head.origin {
+            if decoded.origin.is_some() {
                 // Replicated from another region: never sent on.
                 cursor.seq = a.seq;
                 continue;
             }
-            if head.kind != "message" {
-                return Some(false);
-            }
-            let (Some(from_user), Some(data)) = (head.from, head.data) else {
+            let RoomEventKind::Message { from, data, .. } = decoded.kind else {
                 return Some(false);
             };
             let event = RoomEvent {
@@ -1140,11 +1032,11 @@ impl Replicator {
                     wall_ms: now_ms(),
                     logical: 0,
                 },
-                kind: EventKind::Message {
-                    from_user,
-                    data: data.get().as_bytes().to_vec(),
+                kind: EventKind::Event(RoomEventKind::Message {
+                    from,
+                    data,
                     idempotency: a.idempotency.clone(),
-                },
+                }),
             };
             cursor.seq = a.seq;
             match h.send_room_event(peer, &event).await {
@@ -1209,7 +1101,7 @@ impl Replicator {
                     origin_epoch: epoch_code(&batch.epoch),
                     origin_seq: entry.seq,
                     prev_seq: cursor.prev,
-                    hlc: hlc(entry.stamp),
+                    hlc: entry.stamp,
                     kind,
                 };
                 match h.send_room_event(peer, &event).await {
@@ -1397,13 +1289,9 @@ impl EventSink for ReplicatorSink {
             return;
         }
         let room = event.room.clone();
-        let Some(remote) = remote_event(event) else {
-            if let Some(m) = r.metrics() {
-                m.malformed(peer);
-            }
-            tracing::warn!(%peer, %room, "dropping a replicated event with invalid JSON");
-            return;
-        };
+        // Client JSON inside was checked when the frame was decoded (a frame with bad JSON is
+        // malformed and never gets here).
+        let remote = remote_event(event);
         let outcome = match r.store.apply(&remote).await {
             Ok(Applied::Applied) => "applied",
             Ok(Applied::Duplicate) => "duplicate",
@@ -1479,7 +1367,7 @@ mod tests {
     fn entry(frame: &str) -> LocalEntry {
         LocalEntry {
             seq: 1,
-            stamp: Stamp::default(),
+            stamp: Hlc::default(),
             origin: None,
             frame: Bytes::copy_from_slice(frame.as_bytes()),
             idempotency: None,
@@ -1493,19 +1381,19 @@ mod tests {
         );
         assert_eq!(
             entry_kind(&e, "eu"),
-            Some(EventKind::Message {
-                from_user: UserId::new("bob").unwrap(),
-                data: br#"{"t":1}"#.to_vec(),
+            Some(EventKind::Event(RoomEventKind::Message {
+                from: UserId::new("bob").unwrap(),
+                data: meridian_protocol::JsonText::new(r#"{"t":1}"#).unwrap(),
                 idempotency: None,
-            })
+            }))
         );
         let j =
             entry(r#"{"type":"joined","room":"r","user":"a","region":"eu","seq":2,"epoch":"e"}"#);
         assert_eq!(
             entry_kind(&j, "eu"),
-            Some(EventKind::Join {
+            Some(EventKind::Event(RoomEventKind::Joined {
                 user: UserId::new("a").unwrap()
-            })
+            }))
         );
         // A member event of a user homed elsewhere is not this region's to send.
         assert_eq!(entry_kind(&j, "us"), None);
@@ -1513,20 +1401,20 @@ mod tests {
             r#"{"type":"left","room":"r","user":"a","region":"eu","reason":"node_lost","seq":3,"epoch":"e"}"#,
         );
         assert!(
-            matches!(entry_kind(&l, "eu"), Some(EventKind::Leave { reason, .. }) if reason == "node_lost")
+            matches!(entry_kind(&l, "eu"), Some(EventKind::Event(RoomEventKind::Left { reason, .. })) if reason == meridian_protocol::LeftReason::NodeLost)
         );
         let d = entry(
             r#"{"type":"state_changed","room":"r","key":"k","value":null,"by":"a","version":2,"seq":4,"epoch":"e"}"#,
         );
         assert!(matches!(
             entry_kind(&d, "eu"),
-            Some(EventKind::StateDelete { .. })
+            Some(EventKind::Event(RoomEventKind::StateDelete { .. }))
         ));
         let s = entry(
             r#"{"type":"state_changed","room":"r","key":"k","value":[1],"by":"a","version":1,"seq":5,"epoch":"e"}"#,
         );
         assert!(
-            matches!(entry_kind(&s, "eu"), Some(EventKind::StateSet { value, .. }) if value == b"[1]")
+            matches!(entry_kind(&s, "eu"), Some(EventKind::Event(RoomEventKind::StateSet { value, .. })) if value.get() == "[1]")
         );
         assert_eq!(entry_kind(&entry("not json"), "eu"), None);
         assert_eq!(
@@ -1537,15 +1425,22 @@ mod tests {
 
     #[test]
     fn replicated_frames_are_told_apart_by_their_origin() {
-        let local: Head<'_> =
-            serde_json::from_str(r#"{"type":"message","from":"b","data":1,"seq":1,"epoch":"e"}"#)
-                .unwrap();
-        assert!(!local.origin);
-        let remote: Head<'_> = serde_json::from_str(
-            r#"{"type":"message","from":"b","data":1,"origin":{"region":"eu","epoch":"x","seq":3},"seq":2,"epoch":"e"}"#,
+        let local = RoomEventFrame::decode(
+            br#"{"type":"message","room":"r","from":"b","data":1,"seq":1,"epoch":"e"}"#,
         )
         .unwrap();
-        assert!(remote.origin);
+        assert!(local.origin.is_none());
+        let remote = RoomEventFrame::decode(
+            br#"{"type":"message","room":"r","from":"b","data":1,"origin":{"region":"eu","epoch":"x","seq":3},"seq":2,"epoch":"e"}"#,
+        )
+        .unwrap();
+        assert!(remote.origin.is_some());
+        // An `origin` inside the client's data is not the event's.
+        let planted = RoomEventFrame::decode(
+            br#"{"type":"message","room":"r","from":"b","data":{"origin":{"region":"eu","epoch":"x","seq":3}},"seq":2,"epoch":"e"}"#,
+        )
+        .unwrap();
+        assert!(planted.origin.is_none());
     }
 
     #[test]
@@ -1557,22 +1452,24 @@ mod tests {
             origin_seq: 4,
             prev_seq: 2,
             hlc: Hlc::default(),
-            kind: EventKind::Message {
-                from_user: UserId::new("bob").unwrap(),
-                data: b"{not json".to_vec(),
+            kind: EventKind::Event(RoomEventKind::Message {
+                from: UserId::new("bob").unwrap(),
+                data: meridian_protocol::JsonText::new("{\"a\":1}").unwrap(),
                 idempotency: None,
-            },
+            }),
         };
-        assert!(remote_event(ev.clone()).is_none());
-        let ok = RoomEvent {
-            kind: EventKind::Message {
-                from_user: UserId::new("bob").unwrap(),
-                data: b"{\"a\":1}".to_vec(),
-                idempotency: None,
-            },
-            ..ev
-        };
-        let r = remote_event(ok).unwrap();
+        // Bad JSON cannot reach the store: the frame carrying it does not decode.
+        let good =
+            meridian_protocol::relay::encode(&Frame::RoomEvent(ev.clone()), 1 << 20).unwrap();
+        let mut bad = good[4..].to_vec();
+        let at = bad.windows(7).position(|w| w == b"{\"a\":1}").unwrap();
+        bad[at..at + 7].copy_from_slice(b"{not js");
+        assert!(meridian_protocol::relay::decode(&bad).is_err());
+        assert_eq!(
+            meridian_protocol::relay::decode(&good[4..]).unwrap(),
+            Frame::RoomEvent(ev.clone())
+        );
+        let r = remote_event(ev);
         assert_eq!(r.origin.epoch, "k3v9x0qa");
         assert_eq!((r.origin.seq, r.prev_seq), (4, 2));
     }

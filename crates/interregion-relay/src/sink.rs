@@ -12,7 +12,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::watch;
 
-use crate::frame::{Direct, Frame, Hello, RoomEvent};
+use meridian_protocol::relay::{Direct, Frame, Hello, RoomEvent};
 
 /// A link came up or went down.
 #[derive(Debug, Clone, PartialEq, Eq)]

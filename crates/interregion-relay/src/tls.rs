@@ -7,7 +7,7 @@
 //! server's SAN against it. An accepting relay learns the dialer's region with
 //! [`region_of_cert`]; the link layer then checks it against the `Hello` and the dial rule.
 //!
-//! The ALPN id is the protocol version ([`crate::frame::ALPN`]). A server with no common id
+//! The ALPN id is the protocol version ([`meridian_protocol::relay::ALPN`]). A server with no common id
 //! fails the handshake with the `no_application_protocol` alert (QUIC error 0x178); the
 //! server's certificate resolver sees the ids the client offered first and reports them, so the
 //! refusal is logged with both versions.
@@ -27,7 +27,7 @@ use rustls::sign::CertifiedKey;
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
 use crate::certs::{region_dns_name, SAN_SUFFIX};
-use crate::frame::ALPN;
+use meridian_protocol::relay::ALPN;
 
 /// Errors loading or assembling the TLS configuration (all at start-up).
 #[derive(Debug, thiserror::Error)]

@@ -10,14 +10,14 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use interregion_relay::certs::{self, DevCa};
 use interregion_relay::config::{Limits, Timing};
-use interregion_relay::frame::{
-    self, Direct, EventKind, Frame, Hello, Hlc, RoomEvent, ALPN, PROTOCOL_VERSION,
-};
 use interregion_relay::link::codes;
 use interregion_relay::sink::{LinkEvent, Received};
 use interregion_relay::tls::{self, TlsFiles, TlsIdentity};
 use interregion_relay::{EventSink, MemorySink, Mesh, RelayOptions, RunningRelay};
-use meridian_protocol::{RoomId, UserId};
+use meridian_protocol::relay::{
+    self as frame, Direct, EventKind, Frame, Hello, RoomEvent, ALPN, PROTOCOL_VERSION,
+};
+use meridian_protocol::{Hlc, JsonText, RoomEventKind, RoomId, UserId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -116,11 +116,11 @@ fn event(room: &str, seq: u64) -> RoomEvent {
             wall_ms: 1_700_000_000_000 + seq,
             logical: 0,
         },
-        kind: EventKind::Message {
-            from_user: UserId::new("alice").unwrap(),
-            data: format!(r#"{{"n":{seq}}}"#).into_bytes(),
+        kind: EventKind::Event(RoomEventKind::Message {
+            from: UserId::new("alice").unwrap(),
+            data: JsonText::new(format!(r#"{{"n":{seq}}}"#)).unwrap(),
             idempotency: None,
-        },
+        }),
     }
 }
 
@@ -999,6 +999,6 @@ fn relay_tls_configs_never_allow_0rtt() {
     let hook: tls::RefusalHook = Arc::new(|_, _| {});
     let server = tls::server_config(&id, names.clone(), hook).unwrap();
     assert_eq!(server.max_early_data_size, 0, "no 0-RTT accepted");
-    let client = tls::client_config(&id, names, interregion_relay::frame::ALPN).unwrap();
+    let client = tls::client_config(&id, names, ALPN).unwrap();
     assert!(!client.enable_early_data, "no 0-RTT offered");
 }

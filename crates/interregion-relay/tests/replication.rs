@@ -5,13 +5,16 @@
 
 use std::time::Duration;
 
-use interregion_relay::frame::{EventKind, Hlc, RoomEvent};
 use interregion_relay::replicate::{ReplicationOptions, Replicator, ReplicatorSink};
 use interregion_relay::EventSink;
-use meridian_protocol::{LeftReason, OriginPosition, RoomId, UserId};
+use meridian_protocol::relay::{self, EventKind, Frame, RoomEvent, Snapshot};
+use meridian_protocol::{
+    Hlc, JsonText, LeftReason, OriginPosition, RoomEventFrame, RoomEventKind, RoomId, StateRecord,
+    UserId,
+};
 use redis::AsyncCommands;
 use region_state::replica::{
-    epoch_code, Applied, RemoteEvent, RemoteKind, ReplicaConfig, ReplicaStore, Stamp, StateRecord,
+    epoch_code, Applied, RemoteEvent, RemoteKind, ReplicaConfig, ReplicaStore,
 };
 use region_state::testing::RedisServer;
 use serde_json::value::RawValue;
@@ -34,8 +37,8 @@ fn user(u: &str) -> UserId {
     UserId::new(u).unwrap()
 }
 
-fn stamp(ms: u64) -> Stamp {
-    Stamp {
+fn stamp(ms: u64) -> Hlc {
+    Hlc {
         wall_ms: 1_700_000_000_000 + ms,
         logical: 0,
     }
@@ -89,8 +92,8 @@ async fn apply_dedupes_detects_gaps_and_merges_by_last_writer() {
         members: vec![(user("bob"), stamp(1))],
         state: vec![StateRecord {
             key: "topic".into(),
-            value: Some(RawValue::from_string("\"a\"".into()).unwrap()),
-            stamp: stamp(2),
+            value: Some(JsonText::new("\"a\"").unwrap()),
+            hlc: stamp(2),
             region: "eu".into(),
             by: user("bob"),
         }],
@@ -117,16 +120,17 @@ async fn apply_dedupes_detects_gaps_and_merges_by_last_writer() {
         Applied::Gap
     );
     let batch = ap.read_local(&room, 0, 100).await.unwrap();
-    let messages: Vec<&str> = batch
+    let messages: Vec<_> = batch
         .entries
         .iter()
-        .filter_map(|e| std::str::from_utf8(&e.frame).ok())
-        .filter(|f| f.contains("\"type\":\"message\""))
+        .map(|e| RoomEventFrame::decode(&e.frame).unwrap())
+        .filter(|e| matches!(e.kind, RoomEventKind::Message { .. }))
         .collect();
     assert_eq!(messages.len(), 1, "{messages:?}");
-    assert!(
-        messages[0].contains("\"origin\":{\"region\":\"eu\""),
-        "{}",
+    assert_eq!(
+        messages[0].origin.as_ref().map(|o| o.region.as_str()),
+        Some("eu"),
+        "{:?}",
         messages[0]
     );
     assert!(
@@ -272,10 +276,10 @@ async fn the_sink_refuses_forwarded_and_malformed_events() {
         hlc: Hlc::default(),
         kind,
     };
-    let snapshot = EventKind::Snapshot {
+    let snapshot = EventKind::Snapshot(Snapshot {
         members: vec![(user("bob"), Hlc::default())],
         state: Vec::new(),
-    };
+    });
     // us-peer sending an event that originated in eu: never applied.
     sink.room_event("us", frame("eu", snapshot.clone())).await;
     assert!(ap
@@ -284,19 +288,26 @@ async fn the_sink_refuses_forwarded_and_malformed_events() {
         .unwrap()
         .entries
         .is_empty());
-    // Invalid JSON in a message body: refused.
-    sink.room_event(
+    // Invalid JSON in a message body: refused (the frame carrying it does not decode, so no
+    // such event reaches the sink).
+    let message = frame(
         "eu",
-        frame(
-            "eu",
-            EventKind::Message {
-                from_user: user("bob"),
-                data: b"{not json".to_vec(),
-                idempotency: None,
-            },
-        ),
-    )
-    .await;
+        EventKind::Event(RoomEventKind::Message {
+            from: user("bob"),
+            data: JsonText::new("{\"json\":1}").unwrap(),
+            idempotency: None,
+        }),
+    );
+    let mut bytes = relay::encode(&Frame::RoomEvent(message), 1 << 20).unwrap()[4..].to_vec();
+    let at = bytes
+        .windows(10)
+        .position(|w| w == b"{\"json\":1}")
+        .unwrap();
+    bytes[at..at + 10].copy_from_slice(b"{not json\"");
+    if let Ok(Frame::RoomEvent(e)) = relay::decode(&bytes) {
+        sink.room_event("eu", e).await;
+        panic!("a relay frame with invalid JSON decoded");
+    }
     assert!(ap
         .read_local(&room, 0, 10)
         .await

@@ -6,8 +6,8 @@
 use std::path::PathBuf;
 
 use meridian_protocol::{
-    ErrorCode, Event, LeftReason, OriginPosition, Reply, Request, RequestId, RoomEventFrame,
-    RoomId, UserId,
+    ErrorCode, Event, JsonText, LeftReason, OriginPosition, Reply, Request, RequestId,
+    RoomEventFrame, RoomEventKind, RoomId, UserId,
 };
 use serde_json::{json, Value};
 
@@ -112,6 +112,49 @@ fn room_events_encode_byte_for_byte() {
         }
         let frame = head.finish(b["seq"].as_u64().unwrap(), b["epoch"].as_str().unwrap());
         assert_eq!(frame, v["frame"].as_str().unwrap());
+    }
+}
+
+#[test]
+fn room_event_frames_decode_to_what_built_them() {
+    let vectors = load("events.json");
+    for v in vectors["room_events"].as_array().unwrap() {
+        let b = &v["build"];
+        let frame = v["frame"].as_str().unwrap();
+        let got = RoomEventFrame::decode(frame.as_bytes()).unwrap();
+        assert_eq!(got.room, room(b), "{frame}");
+        assert_eq!(got.seq, b["seq"].as_u64().unwrap());
+        assert_eq!(got.epoch, b["epoch"].as_str().unwrap());
+        assert_eq!(got.version, b["version"].as_u64());
+        assert_eq!(got.region.as_deref(), b["region"].as_str());
+        let origin: Option<OriginPosition> = serde_json::from_value(b["origin"].clone()).unwrap();
+        assert_eq!(got.origin, origin);
+        let json = |field: &str| JsonText::new(b[field].to_string()).unwrap();
+        let want = match b["kind"].as_str().unwrap() {
+            "message" => RoomEventKind::Message {
+                from: user(b, "from"),
+                data: json("data"),
+                idempotency: None,
+            },
+            "joined" => RoomEventKind::Joined {
+                user: user(b, "user"),
+            },
+            "left" => RoomEventKind::Left {
+                user: user(b, "user"),
+                reason: serde_json::from_value(b["reason"].clone()).unwrap(),
+            },
+            "state_changed" if b["value"].is_null() => RoomEventKind::StateDelete {
+                key: b["key"].as_str().unwrap().into(),
+                by: user(b, "by"),
+            },
+            "state_changed" => RoomEventKind::StateSet {
+                key: b["key"].as_str().unwrap().into(),
+                value: json("value"),
+                by: user(b, "by"),
+            },
+            other => panic!("unknown kind {other}"),
+        };
+        assert_eq!(got.kind, want, "{frame}");
     }
 }
 

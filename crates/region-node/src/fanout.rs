@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::extract::ws::Utf8Bytes;
-use meridian_protocol::{OriginPosition, RoomId, UserId};
+use meridian_protocol::{OriginPosition, RoomEventFrame, RoomId, UserId};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -127,12 +127,7 @@ pub struct Subscriber {
 /// The `origin` of a replicated room event frame, if it has one: the frame's own top-level
 /// field, decoded (a client can put `"origin":{...}` anywhere inside its `data`).
 fn origin_of(frame: &str) -> Option<OriginPosition> {
-    #[derive(serde::Deserialize)]
-    struct Head {
-        #[serde(default)]
-        origin: Option<OriginPosition>,
-    }
-    serde_json::from_str::<Head>(frame).ok()?.origin
+    RoomEventFrame::origin_of(frame.as_bytes())
 }
 
 impl Subscriber {

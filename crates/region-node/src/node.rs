@@ -659,16 +659,12 @@ async fn readyz(State(node): State<Arc<Node>>) -> Response {
                 .await
                 .ok()
                 .and_then(Result::ok);
-            let body = match load {
-                Some(load) => serde_json::json!({
-                    "status": "ready",
-                    "connections": load.connections,
-                    "nodes": load.nodes,
-                    "node_connections": mine,
-                }),
-                None => serde_json::json!({"status": "ready", "node_connections": mine}),
-            };
-            axum::Json(body).into_response()
+            let report = meridian_protocol::health::ReadyReport::ready(mine, load);
+            (
+                [(header::CONTENT_TYPE, "application/json")],
+                report.encode(),
+            )
+                .into_response()
         }
         Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}\n")).into_response(),
         Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "store: timeout\n").into_response(),

@@ -289,14 +289,8 @@ impl StoreError {
 /// Result alias for store calls.
 pub type StoreResult<T> = Result<T, StoreError>;
 
-/// Open connections over a region's live nodes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub struct RegionLoad {
-    /// Connections across the region's live nodes.
-    pub connections: u64,
-    /// Live nodes counted.
-    pub nodes: u64,
-}
+/// Open connections over a region's live nodes (what a node's `/readyz` reports).
+pub use meridian_protocol::health::RegionLoad;
 
 /// The regional state, as seen by one node. Each node creates its own instance (it knows the
 /// node's id and region); all instances of a region share the same backing state.

@@ -21,7 +21,7 @@ use std::time::Duration;
 use crate::link::{LinkConn, PrimaryLink, RedisEndpoint, Resolver};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use meridian_protocol::{LeftReason, OriginPosition, RoomEventFrame, RoomId, UserId};
+use meridian_protocol::{JsonText, LeftReason, OriginPosition, RoomEventFrame, RoomId, UserId};
 use redis::streams::StreamRangeReply;
 use redis::{AsyncCommands, Script};
 use serde_json::value::RawValue;
@@ -33,68 +33,12 @@ use crate::scripts::{
 };
 use crate::{now_ms, StoreResult};
 
-/// A hybrid logical clock stamp: wall-clock milliseconds and a counter within one
-/// millisecond. Stored as `"%013d.%05d"`, so stamps compare as strings in Redis.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Stamp {
-    /// Milliseconds since the Unix epoch.
-    pub wall_ms: u64,
-    /// Counter within `wall_ms` (at most 99999).
-    pub logical: u32,
-}
-
-impl fmt::Display for Stamp {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:013}.{:05}", self.wall_ms, self.logical.min(99_999))
-    }
-}
-
-impl Stamp {
-    /// Parses `"%013d.%05d"` (anything after the first 19 characters is ignored).
-    pub fn parse(s: &str) -> Option<Self> {
-        let (wall, rest) = s.split_once('.')?;
-        let logical = rest.get(..5).unwrap_or(rest);
-        Some(Self {
-            wall_ms: wall.parse().ok()?,
-            logical: logical.parse().ok()?,
-        })
-    }
-}
-
-/// A room history epoch (8 characters of `[0-9a-z]`) as a number, for relay frames. `""` is 0.
-pub fn epoch_code(epoch: &str) -> u64 {
-    u64::from_str_radix(epoch, 36).unwrap_or(0)
-}
-
-/// The inverse of [`epoch_code`]: 8 characters, zero-padded; 0 is `""`.
-pub fn epoch_text(code: u64) -> String {
-    if code == 0 {
-        return String::new();
-    }
-    const DIGITS: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
-    let mut out = [b'0'; 8];
-    let mut n = code;
-    for slot in out.iter_mut().rev() {
-        *slot = DIGITS[(n % 36) as usize];
-        n /= 36;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// One key of a room's state with its last-writer-wins stamp.
-#[derive(Debug, Clone)]
-pub struct StateRecord {
-    /// The key.
-    pub key: String,
-    /// The value; `None` for a deleted key (a tombstone).
-    pub value: Option<Box<RawValue>>,
-    /// When it was written.
-    pub stamp: Stamp,
-    /// Where it was written (ties between equal stamps break on the region name).
-    pub region: String,
-    /// Who wrote it.
-    pub by: UserId,
-}
+/// Room epochs as relay frames carry them (text here, a number on the wire).
+pub use meridian_protocol::relay::{epoch_code, epoch_text};
+/// One key of a room's state with its last-writer-wins stamp (the protocol's one record), and
+/// the hybrid logical clock of every stamp here: its text form (`"%013d.%05d"`) is what the
+/// scripts store, so stamps compare as strings.
+pub use meridian_protocol::{Hlc, StateRecord};
 
 /// What a replicated event does.
 #[derive(Debug, Clone)]
@@ -142,7 +86,7 @@ pub enum RemoteKind {
     /// replaces what this region holds from the origin.
     Snapshot {
         /// Users homed in the origin region, with their membership stamps.
-        members: Vec<(UserId, Stamp)>,
+        members: Vec<(UserId, Hlc)>,
         /// Every state key the origin knows, with stamps (tombstones included).
         state: Vec<StateRecord>,
     },
@@ -156,7 +100,7 @@ pub struct RemoteEvent {
     /// Where it was published: origin region, its room epoch and sequence number.
     pub origin: OriginPosition,
     /// The origin's HLC stamp of the event.
-    pub stamp: Stamp,
+    pub stamp: Hlc,
     /// The origin seq of the event the origin sent before this one (its resume point or
     /// snapshot for the first); ignored for a snapshot.
     pub prev_seq: u64,
@@ -184,7 +128,7 @@ pub struct LocalEntry {
     /// Room sequence number here.
     pub seq: u64,
     /// HLC stamp given when it was appended.
-    pub stamp: Stamp,
+    pub stamp: Hlc,
     /// `Some("<region> <epoch> <seq>")` when it was replicated from another region.
     pub origin: Option<String>,
     /// The client frame.
@@ -214,9 +158,9 @@ pub struct RoomSnapshot {
     /// The position the snapshot reflects: events after it follow.
     pub seq: u64,
     /// The room clock when it was taken.
-    pub stamp: Stamp,
+    pub stamp: Hlc,
     /// Users homed here.
-    pub members: Vec<(UserId, Stamp)>,
+    pub members: Vec<(UserId, Hlc)>,
     /// Every state key (tombstones included).
     pub state: Vec<StateRecord>,
 }
@@ -332,16 +276,16 @@ fn parse_state(raw: &[String]) -> Vec<StateRecord> {
             let value = if c[1].is_empty() {
                 None
             } else {
-                Some(RawValue::from_string(c[1].clone()).ok()?)
+                Some(JsonText::new(c[1].clone()).ok()?)
             };
             let mut parts = c[2].splitn(3, '|');
-            let stamp = Stamp::parse(parts.next()?)?;
+            let stamp = Hlc::parse(parts.next()?)?;
             let region = parts.next()?.to_owned();
             let by = UserId::new(parts.next()?).ok()?;
             Some(StateRecord {
                 key: c[0].clone(),
                 value,
-                stamp,
+                hlc: stamp,
                 region,
                 by,
             })
@@ -474,12 +418,16 @@ impl ReplicaStore {
                 }
                 inv.arg(state.len());
                 for r in state {
-                    let head =
-                        RoomEventFrame::state_changed(room, &r.key, r.value.as_deref(), &r.by)
-                            .with_origin(origin);
+                    let head = RoomEventFrame::state_changed(
+                        room,
+                        &r.key,
+                        r.value.as_ref().map(JsonText::as_raw),
+                        &r.by,
+                    )
+                    .with_origin(origin);
                     inv.arg(&r.key)
                         .arg(r.value.as_ref().map_or("", |v| v.get()))
-                        .arg(format!("{}|{}|{}", r.stamp, r.region, r.by))
+                        .arg(format!("{}|{}|{}", r.hlc, r.region, r.by))
                         .arg(head.head());
                 }
             }
@@ -574,7 +522,7 @@ impl ReplicaStore {
             .iter()
             .filter(|(_, region)| region.as_str() == self.region())
             .filter_map(|(user, _)| stamps.get(user))
-            .filter_map(|s| Stamp::parse(s.split('|').next().unwrap_or_default()))
+            .filter_map(|s| Hlc::parse(s.split('|').next().unwrap_or_default()))
             .map(|s| s.wall_ms)
             .filter(|ms| *ms > 0)
             .min())
@@ -610,7 +558,7 @@ impl ReplicaStore {
                 let at = e
                     .stamp
                     .as_deref()
-                    .and_then(Stamp::parse)
+                    .and_then(Hlc::parse)
                     .map_or(0, |s| s.wall_ms);
                 if at < wall_ms {
                     return Ok((epoch, e.seq.min(position)));
@@ -667,11 +615,7 @@ impl ReplicaStore {
             .into_iter()
             .map(|e| LocalEntry {
                 seq: e.seq,
-                stamp: e
-                    .stamp
-                    .as_deref()
-                    .and_then(Stamp::parse)
-                    .unwrap_or_default(),
+                stamp: e.stamp.as_deref().and_then(Hlc::parse).unwrap_or_default(),
                 origin: e.origin,
                 frame: e.frame,
                 idempotency: e.idempotency,
@@ -693,12 +637,12 @@ impl ReplicaStore {
             inv.invoke_async(&mut self.conn()).await?;
         let members = members
             .chunks_exact(2)
-            .filter_map(|c| Some((UserId::new(c[0].as_str()).ok()?, Stamp::parse(&c[1])?)))
+            .filter_map(|c| Some((UserId::new(c[0].as_str()).ok()?, Hlc::parse(&c[1])?)))
             .collect();
         Ok(RoomSnapshot {
             epoch,
             seq,
-            stamp: Stamp::parse(&stamp).unwrap_or_default(),
+            stamp: Hlc::parse(&stamp).unwrap_or_default(),
             members,
             state: parse_state(&state),
         })
@@ -1013,35 +957,6 @@ fn parse_feed(channel: &str, payload: &[u8]) -> Option<Feed> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn epochs_round_trip_through_their_code() {
-        for e in ["k3v9x0qa", "00000001", "zzzzzzzz", "a0000000"] {
-            assert_eq!(epoch_text(epoch_code(e)), e);
-        }
-        assert_eq!(epoch_code(""), 0);
-        assert_eq!(epoch_text(0), "");
-        assert!(epoch_code("zzzzzzzz") < u64::MAX / 1000);
-    }
-
-    #[test]
-    fn stamps_format_fixed_width_and_parse_back() {
-        let s = Stamp {
-            wall_ms: 1_700_000_000_123,
-            logical: 7,
-        };
-        assert_eq!(s.to_string(), "1700000000123.00007");
-        assert_eq!(Stamp::parse("1700000000123.00007|eu|bob"), Some(s));
-        assert!(Stamp::parse("x").is_none());
-        assert!(
-            Stamp {
-                wall_ms: 5,
-                logical: 0
-            }
-            .to_string()
-                < s.to_string()
-        );
-    }
 
     #[test]
     fn feed_messages_parse() {

@@ -5,6 +5,10 @@
 //! Every room script gets the twelve room keys as `KEYS[1..12]` and the common `ARGV[1..5]`:
 //! the room channel, `history.len`, the history TTL (ms), a fresh epoch for a room that has
 //! none, and this region's name. Script-specific arguments start at `ARGV[6]`.
+//!
+//! Over 700 lines on purpose: it is mostly the Lua of every room script, kept in one file
+//! because they all share one key layout and one `append` (and the tests at the end pin the
+//! room-event JSON that Lua builds to `meridian_protocol::RoomEventFrame`).
 
 use bytes::Bytes;
 use meridian_protocol::RoomId;
@@ -147,12 +151,26 @@ end
 local function idem_prefix()
   return string.sub(ARGV[1], 1, #ARGV[1] - 2) .. 'idem:'
 end
+-- The room-event JSON built here is pinned byte for byte to the Rust type's encoding
+-- (`meridian_protocol::RoomEventFrame`) by the tests at the end of `scripts.rs`.
+-- `RoomEventFrame::close`: a head closed with its sequence number and epoch.
+local function close_frame(head, s, epoch)
+  return head .. ',"seq":' .. s .. ',"epoch":"' .. epoch .. '"}'
+end
+-- `RoomEventFrame::with_version`: a state_changed head with the key's new version.
+local function with_version(head, v)
+  return head .. ',"version":' .. string.format('%d', v)
+end
+-- An `OriginPosition` as JSON (region names and epochs need no escaping).
+local function origin_json(region, epoch, seq)
+  return '{"region":"' .. region .. '","epoch":"' .. epoch .. '","seq":' .. seq .. '}'
+end
 local function append(head, origin, stamp, idem)
   local epoch = ensure_epoch()
   stamp = stamp or hlc_tick()
   local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
   local s = string.format('%d', seq)
-  local frame = head .. ',"seq":' .. s .. ',"epoch":"' .. epoch .. '"}'
+  local frame = close_frame(head, s, epoch)
   if origin then
     redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], s .. '-0', 'e', frame, 'h', stamp, 'o', origin)
   elseif idem then
@@ -176,7 +194,7 @@ local function append(head, origin, stamp, idem)
   return {epoch, seq, stamp}
 end
 -- Member events built here carry only ids ([A-Za-z0-9-_.:@/=+]) and region names, which
--- need no JSON escaping; the field order is the one serde gives RoomEventFrame.
+-- need no JSON escaping; the bytes are `RoomEventFrame::joined`/`left` (+ `with_origin`).
 local function member_head(kind, room, user, region, reason, origin)
   local h = '{"type":"' .. kind .. '","room":"' .. room .. '","user":"' .. user ..
     '","region":"' .. region .. '"'
@@ -284,7 +302,7 @@ redis.call('HSET', KEYS[7], ARGV[6], v)
 redis.call('HSET', KEYS[8], ARGV[6], ARGV[7])
 local stamp = hlc_tick()
 redis.call('HSET', KEYS[11], ARGV[6], stamp .. '|' .. ARGV[5] .. '|' .. ARGV[10])
-append(ARGV[9] .. ',"version":' .. string.format('%d', v), nil, stamp)
+append(with_version(ARGV[9], v), nil, stamp)
 return {1, v}
 "#;
 
@@ -300,7 +318,7 @@ redis.call('HDEL', KEYS[7], ARGV[6])
 redis.call('HDEL', KEYS[8], ARGV[6])
 local stamp = hlc_tick()
 redis.call('HSET', KEYS[11], ARGV[6], stamp .. '|' .. ARGV[5] .. '|' .. ARGV[9])
-append(ARGV[8] .. ',"version":' .. string.format('%d', cur + 1), nil, stamp)
+append(with_version(ARGV[8], cur + 1), nil, stamp)
 return {1, cur + 1}
 "#;
 
@@ -336,7 +354,7 @@ if kind ~= 'snapshot' and (me ~= oepoch or ms ~= tonumber(ARGV[12])) then
 end
 redis.call('HSET', KEYS[12], origin, oepoch .. ' ' .. ARGV[8])
 local tag = origin .. ' ' .. oepoch .. ' ' .. ARGV[8]
-local ojson = '{"region":"' .. origin .. '","epoch":"' .. oepoch .. '","seq":' .. ARGV[8] .. '}'
+local ojson = origin_json(origin, oepoch, ARGV[8])
 hlc_tick(tonumber(string.sub(ostamp, 1, 13)), tonumber(string.sub(ostamp, 15)))
 
 local function remote_join(user, stamp)
@@ -379,13 +397,13 @@ local function remote_set(key, value, lww, head)
     end
     redis.call('HDEL', KEYS[7], key)
     redis.call('HDEL', KEYS[8], key)
-    append(head .. ',"version":' .. string.format('%d', tonumber(v) + 1), tag)
+    append(with_version(head, tonumber(v) + 1), tag)
     return 1
   end
   local v = tonumber(redis.call('HGET', KEYS[7], key) or '0') + 1
   redis.call('HSET', KEYS[7], key, v)
   redis.call('HSET', KEYS[8], key, value)
-  append(head .. ',"version":' .. string.format('%d', v), tag)
+  append(with_version(head, v), tag)
   return 1
 end
 
@@ -714,4 +732,159 @@ pub(crate) fn stored_entries(reply: &StreamRangeReply) -> StoreResult<Vec<Stored
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    //! What the Lua scripts emit, run by a real `redis-server`, pinned byte for byte to the
+    //! Rust encoding of the same room events (`meridian_protocol::RoomEventFrame`).
+
+    use super::*;
+    use meridian_protocol::{
+        LeftReason, OriginPosition, RoomEventFrame, RoomEventKind, RoomId, UserId,
+    };
+
+    async fn redis() -> (
+        crate::testing::RedisServer,
+        redis::aio::MultiplexedConnection,
+    ) {
+        let server = crate::testing::RedisServer::start().unwrap();
+        let conn = redis::Client::open(server.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        (server, conn)
+    }
+
+    #[tokio::test]
+    async fn lua_member_events_are_the_rust_frames_byte_for_byte() {
+        let (_server, mut conn) = redis().await;
+        // The helpers every room script shares, called directly.
+        let script = Script::new(&format!(
+            "{APPEND_LUA}\n{}",
+            r#"
+local origin = origin_json(ARGV[5], ARGV[6], ARGV[7])
+return {
+  close_frame(member_head('joined', ARGV[1], ARGV[2], ARGV[3], nil, nil), '42', ARGV[8]),
+  close_frame(member_head('left', ARGV[1], ARGV[2], ARGV[3], ARGV[4], nil), '43', ARGV[8]),
+  close_frame(member_head('joined', ARGV[1], ARGV[2], ARGV[3], nil, origin), '44', ARGV[8]),
+  close_frame(member_head('left', ARGV[1], ARGV[2], ARGV[3], ARGV[4], origin), '45', ARGV[8]),
+  close_frame(with_version(ARGV[9], 7), '46', ARGV[8]),
+  close_frame(with_version(ARGV[10], tonumber('12') + 1), '47', ARGV[8]),
+}
+"#
+        ));
+        let room = RoomId::new("lobby:7").unwrap();
+        let user = UserId::new("al.ice@x/=+_-").unwrap();
+        let origin = OriginPosition {
+            region: "eu-central".into(),
+            epoch: "k3v9x0qa".into(),
+            seq: 1234,
+        };
+        let reason = LeftReason::RegionDown;
+        let set = RoomEventFrame::new(
+            &room,
+            "",
+            &RoomEventKind::StateSet {
+                key: "topic".into(),
+                value: meridian_protocol::JsonText::new(r#"{"t":"a \"b\""}"#).unwrap(),
+                by: user.clone(),
+            },
+        )
+        .with_origin(&origin);
+        let delete = RoomEventFrame::state_changed(&room, "topic", None, &user);
+        let mut inv = script.prepare_invoke();
+        inv.arg(room.as_str())
+            .arg(user.as_str())
+            .arg("us-east")
+            .arg(reason.as_str())
+            .arg(&origin.region)
+            .arg(&origin.epoch)
+            .arg(origin.seq)
+            .arg("e0000001")
+            .arg(set.head())
+            .arg(delete.head());
+        let lua: Vec<String> = inv.invoke_async(&mut conn).await.unwrap();
+        let joined = RoomEventFrame::new(
+            &room,
+            "us-east",
+            &RoomEventKind::Joined { user: user.clone() },
+        );
+        let left = RoomEventFrame::new(
+            &room,
+            "us-east",
+            &RoomEventKind::Left {
+                user: user.clone(),
+                reason,
+            },
+        );
+        let rust = vec![
+            joined.finish(42, "e0000001"),
+            left.finish(43, "e0000001"),
+            joined.with_origin(&origin).finish(44, "e0000001"),
+            left.with_origin(&origin).finish(45, "e0000001"),
+            set.with_version(7).finish(46, "e0000001"),
+            delete.with_version(13).finish(47, "e0000001"),
+        ];
+        assert_eq!(lua, rust);
+        for frame in &lua {
+            let decoded = RoomEventFrame::decode(frame.as_bytes()).unwrap();
+            assert_eq!(decoded.room, room);
+        }
+    }
+
+    /// The whole region-down script, as the relay runs it: a member homed in the lost region
+    /// leaves with `region_down`; one still connected here comes home with a local `joined`.
+    #[tokio::test]
+    async fn region_down_emits_the_rust_frames_byte_for_byte() {
+        let (_server, mut conn) = redis().await;
+        let room = RoomId::new("stage").unwrap();
+        let keys = RoomKeys::new(&room);
+        let (gone, home) = ("eu", "us");
+        let _: () = redis::pipe()
+            .hset(&keys.keys[k::REG], "alice", gone)
+            .hset(&keys.keys[k::REG], "bob", gone)
+            .zadd(&keys.keys[k::MEM], "alice", 0)
+            .zadd(&keys.keys[k::MEM], "bob", 0)
+            .hset(&keys.keys[3], "bob", 1)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let args = RoomArgs {
+            history_len: 100,
+            history_ttl_ms: 60_000,
+            region: home.into(),
+        };
+        let scripts = Scripts::new();
+        let mut inv = args.invoke(&scripts.region_down, &keys);
+        inv.arg(gone).arg(room.as_str());
+        let removed: i64 = inv.invoke_async(&mut conn).await.unwrap();
+        assert_eq!(removed, 1);
+        let reply: StreamRangeReply = redis::cmd("XRANGE")
+            .arg(&keys.keys[k::HIST])
+            .arg("-")
+            .arg("+")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let entries = stored_entries(&reply).unwrap();
+        assert_eq!(entries.len(), 2);
+        for e in entries {
+            let text = std::str::from_utf8(&e.frame).unwrap();
+            let decoded = RoomEventFrame::decode(&e.frame).unwrap();
+            let want = match decoded.kind {
+                RoomEventKind::Left { ref user, .. } => {
+                    assert_eq!(user.as_str(), "alice");
+                    RoomEventFrame::left(&room, user, gone, LeftReason::RegionDown)
+                }
+                RoomEventKind::Joined { ref user } => {
+                    assert_eq!(user.as_str(), "bob");
+                    RoomEventFrame::joined(&room, user, home)
+                }
+                ref other => panic!("unexpected {other:?}"),
+            };
+            assert_eq!(text, want.finish(e.seq, &decoded.epoch));
+        }
+    }
 }

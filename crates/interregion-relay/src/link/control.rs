@@ -10,8 +10,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{codes, lock, Link, Shared};
-use crate::frame::{self, Frame};
 use crate::metrics::{Metrics, IN, OUT};
+use meridian_protocol::relay::{self as frame, Frame};
 
 pub(super) async fn control_writer(
     mut send: SendStream,

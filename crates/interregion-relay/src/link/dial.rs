@@ -10,7 +10,7 @@ use super::handshake::{read_hello, write_hello, Handshake, LinkError};
 use super::Shared;
 use crate::backoff::Backoff;
 use crate::certs::region_dns_name;
-use crate::frame::FrameError;
+use meridian_protocol::relay::FrameError;
 
 async fn dial(shared: &Shared, peer: &str, addr: SocketAddr) -> Result<Handshake, LinkError> {
     let connecting =

@@ -18,10 +18,10 @@ use super::established::run_link;
 use super::handshake::accept_handshake;
 use super::{codes, lock, Link, RelayError, RelayHandle, Shared};
 use crate::config::{Limits, Mesh, RelayOptions, Timing};
-use crate::frame::{self, Hello, PROTOCOL_VERSION};
 use crate::metrics::Metrics;
 use crate::sink::EventSink;
 use crate::tls::{self, Refusal, TlsError, TlsIdentity};
+use meridian_protocol::relay::{self as frame, Hello, PROTOCOL_VERSION};
 
 /// QUIC transport settings every link uses.
 pub fn transport_config(timing: &Timing, limits: &Limits) -> quinn::TransportConfig {

@@ -15,8 +15,8 @@ use tokio_util::task::TaskTracker;
 use super::control::{control_reader, control_writer};
 use super::lanes::{accept_lanes, Lanes};
 use super::{codes, lock, Link, Shared};
-use crate::frame::Hello;
 use crate::sink::LinkEvent;
+use meridian_protocol::relay::Hello;
 
 /// Runs an established link until it closes.
 pub(super) async fn run_link(

@@ -9,9 +9,9 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use super::{lock, Link, SendError, Shared};
-use crate::frame::{self, Direct, Frame, RoomEvent};
 use crate::link::Outgoing;
 use crate::metrics::{Metrics, OUT};
+use meridian_protocol::relay::{self as frame, Direct, Frame, RoomEvent};
 
 /// The API of a running relay; cheap to clone.
 #[derive(Clone)]

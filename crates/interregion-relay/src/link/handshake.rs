@@ -4,9 +4,9 @@
 use quinn::{Connection, ConnectionError, RecvStream, SendStream, VarInt};
 
 use super::{codes, Shared};
-use crate::frame::{self, Frame, FrameError, Hello, PROTOCOL_VERSION};
 use crate::metrics::{IN, OUT};
 use crate::tls::{self, Refusal};
+use meridian_protocol::relay::{self as frame, Frame, FrameError, Hello, PROTOCOL_VERSION};
 
 /// Why a link could not be established (logged by the dial loop; retried with backoff).
 #[derive(Debug, thiserror::Error)]

@@ -12,8 +12,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{codes, lock, Link, Shared};
-use crate::frame::{self, Direct, Frame, FrameError, RoomEvent};
 use crate::metrics::{Metrics, IN, OUT};
+use meridian_protocol::relay::{self as frame, Direct, Frame, FrameError, RoomEvent};
 
 /// Stable FNV-1a, for lane sharing (the same on every build, unlike `DefaultHasher`).
 fn fnv1a(key: &str) -> u64 {

@@ -8,7 +8,7 @@
 //! - **Handshake.** QUIC + TLS 1.3 with the checks of [`crate::tls`], then the dialer opens the
 //!   control stream (bidirectional) and both sides send [`Hello`]. The Hello's region must
 //!   equal the certificate's and its version must be
-//!   [`PROTOCOL_VERSION`](crate::frame::PROTOCOL_VERSION); otherwise the connection is closed
+//!   [`PROTOCOL_VERSION`](meridian_protocol::relay::PROTOCOL_VERSION); otherwise the connection is closed
 //!   with [`codes::HELLO_MISMATCH`]. The link is *up* once both Hellos are exchanged, all
 //!   within `timing.handshake_timeout_ms`.
 //! - **Lanes.** Room events travel on unidirectional streams, opened lazily by the sender. A
@@ -55,10 +55,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Mesh, RelayOptions};
-use crate::frame::{FrameError, Hello};
 use crate::metrics::Metrics;
 use crate::sink::EventSink;
 use crate::tls::TlsError;
+use meridian_protocol::relay::{FrameError, Hello};
 
 pub use endpoint::{quic_client_config, start_links, transport_config, RunningRelay};
 pub use handle::RelayHandle;

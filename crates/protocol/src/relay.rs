@@ -1,4 +1,5 @@
-//! Relay frames: what two relays say to each other, and how it is put on a QUIC stream.
+//! Relay frames: what two regions' relays say to each other, and how it is put on a QUIC
+//! stream. The relay (`crates/interregion-relay`) owns the links; this module owns the bytes.
 //!
 //! **Wire format.** A frame is `u32` big-endian payload length, then the payload: the
 //! [postcard](https://postcard.jamesmunns.com/wire-format) encoding of [`Frame`]. The length
@@ -10,15 +11,23 @@
 //! version: postcard encodes an enum variant by its index and a struct by field order, so
 //! reordering, removing or retyping anything is a new ALPN id. A peer that receives a variant it
 //! does not know treats the frame as malformed (the stream is closed and counted), so a new
-//! variant is only sent once every region runs a relay that knows it.
+//! variant is only sent once every region runs a relay that knows it. The room events inside
+//! carry the one room-event vocabulary, [`RoomEventKind`] (see [`EventKind`] for how it keeps
+//! the `meridian-relay/1` bytes; a test pins them).
 //!
-//! Identifiers reuse the client protocol's validated [`RoomId`] and [`UserId`]: a frame with an
-//! invalid id fails to decode like any other malformed frame.
+//! Identifiers reuse the client protocol's validated [`RoomId`] and [`UserId`], and client JSON
+//! its [`JsonText`](crate::JsonText): a frame with an invalid id or JSON that breaks the rule
+//! fails to decode like any other malformed frame.
+
+use std::fmt;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use meridian_protocol::{RoomId, UserId};
-use serde::{Deserialize, Serialize};
+use serde::de::{self, DeserializeSeed, Deserializer, EnumAccess, IntoDeserializer, VariantAccess};
+use serde::{Deserialize, Serialize, Serializer};
 use tokio::io::{AsyncRead, AsyncReadExt};
+
+use crate::room::{Hlc, RoomEventKind, StateRecord};
+use crate::{RoomId, UserId};
 
 /// ALPN id of this relay protocol version; a peer that offers no matching id is refused.
 pub const ALPN: &[u8] = b"meridian-relay/1";
@@ -145,18 +154,6 @@ pub struct Follow {
     pub since: Option<Position>,
 }
 
-/// Hybrid logical clock timestamp: wall-clock milliseconds and a logical counter. Ordered
-/// first by `wall_ms`, then `logical`; ties between regions break on the origin region name.
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
-pub struct Hlc {
-    /// Milliseconds since the Unix epoch.
-    pub wall_ms: u64,
-    /// Logical counter within one `wall_ms`.
-    pub logical: u32,
-}
-
 /// A room event replicated from the region where it was published.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoomEvent {
@@ -179,71 +176,164 @@ pub struct RoomEvent {
     pub kind: EventKind,
 }
 
-/// What a [`RoomEvent`] says.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// What a [`RoomEvent`] says: a room event, or the origin's share of the room.
+///
+/// On the wire this is one enum: the variants of [`RoomEventKind`] keep their indices (0 to
+/// 4) and the snapshot is index 5, exactly as `meridian-relay/1` has always encoded them, so
+/// relays built before the vocabulary moved here read these frames unchanged.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EventKind {
-    /// A user homed in the origin region became a member.
-    Join {
-        /// The user.
-        user: UserId,
-    },
-    /// A member homed in the origin region left.
-    Leave {
-        /// The user.
-        user: UserId,
-        /// Why (`leave`, `disconnect`, `node_lost`, `region_down`).
-        reason: String,
-    },
-    /// A message published to the room.
-    Message {
-        /// The publisher.
-        from_user: UserId,
-        /// The message body (JSON bytes).
-        data: Vec<u8>,
-        /// The publish's `<user>|<key>` idempotency id, so that a publish its client retried
-        /// in another region is applied once everywhere.
-        idempotency: Option<String>,
-    },
-    /// A room-state key was set.
-    StateSet {
-        /// The key.
-        key: String,
-        /// The value (JSON bytes).
-        value: Vec<u8>,
-        /// The writer.
-        by: UserId,
-    },
-    /// A room-state key was deleted.
-    StateDelete {
-        /// The key.
-        key: String,
-        /// The writer.
-        by: UserId,
-    },
+    /// Something that happened in the room at the origin.
+    Event(RoomEventKind),
     /// The origin's members of the room and every state key it knows, as of `origin_seq`:
     /// replaces what the receiver holds from the origin. Sent first when a region starts
     /// following a room, and when the origin's history no longer reaches a resume point.
-    Snapshot {
-        /// Members homed in the origin, with the stamp of their membership.
-        members: Vec<(UserId, Hlc)>,
-        /// State keys (deleted ones as tombstones), with last-writer-wins stamps.
-        state: Vec<StateRecord>,
-    },
+    Snapshot(Snapshot),
 }
 
-/// One state key in a [`EventKind::Snapshot`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StateRecord {
-    /// The key.
-    pub key: String,
-    /// JSON bytes; `None` for a deleted key.
-    pub value: Option<Vec<u8>>,
-    /// Last write's stamp.
-    pub hlc: Hlc,
-    /// Region of the last write.
-    pub region: String,
-    /// Writer of the last write.
-    pub by: UserId,
+/// The origin's share of a room ([`EventKind::Snapshot`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Members homed in the origin, with the stamp of their membership.
+    pub members: Vec<(UserId, Hlc)>,
+    /// State keys (deleted ones as tombstones), with last-writer-wins stamps.
+    pub state: Vec<StateRecord>,
+}
+
+/// The wire index of [`EventKind::Snapshot`], after [`RoomEventKind`]'s five variants.
+const SNAPSHOT_INDEX: u32 = 5;
+/// Every variant of the flattened wire enum, by index.
+const KIND_VARIANTS: &[&str] = &[
+    "Joined",
+    "Left",
+    "Message",
+    "StateSet",
+    "StateDelete",
+    "Snapshot",
+];
+
+impl Serialize for EventKind {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            // Its own variant index and fields, as if it were declared inline.
+            EventKind::Event(kind) => kind.serialize(s),
+            // A newtype variant of a struct is encoded like a struct variant.
+            EventKind::Snapshot(snap) => {
+                s.serialize_newtype_variant("EventKind", SNAPSHOT_INDEX, "Snapshot", snap)
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for EventKind {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_enum("EventKind", KIND_VARIANTS, KindVisitor)
+    }
+}
+
+/// Reads the variant index, then the snapshot, or hands the rest to [`RoomEventKind`]'s own
+/// `Deserialize` through [`Replay`].
+struct KindVisitor;
+
+impl<'de> de::Visitor<'de> for KindVisitor {
+    type Value = EventKind;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a relay event kind")
+    }
+
+    fn visit_enum<A: EnumAccess<'de>>(self, data: A) -> Result<EventKind, A::Error> {
+        let (VariantIndex(index), variant) = data.variant()?;
+        if index == SNAPSHOT_INDEX {
+            return variant.newtype_variant().map(EventKind::Snapshot);
+        }
+        RoomEventKind::deserialize(Replay { index, variant }).map(EventKind::Event)
+    }
+}
+
+/// A variant named by index (postcard) or by name (self-describing formats).
+struct VariantIndex(u32);
+
+impl<'de> Deserialize<'de> for VariantIndex {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Id;
+        impl de::Visitor<'_> for Id {
+            type Value = VariantIndex;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a relay event kind variant")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<VariantIndex, E> {
+                match u32::try_from(v) {
+                    Ok(i) if (i as usize) < KIND_VARIANTS.len() => Ok(VariantIndex(i)),
+                    _ => Err(E::invalid_value(
+                        de::Unexpected::Unsigned(v),
+                        &"a variant index 0 <= i < 6",
+                    )),
+                }
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<VariantIndex, E> {
+                KIND_VARIANTS
+                    .iter()
+                    .position(|n| *n == v)
+                    .and_then(|i| u32::try_from(i).ok())
+                    .map(VariantIndex)
+                    .ok_or_else(|| E::unknown_variant(v, KIND_VARIANTS))
+            }
+        }
+        d.deserialize_identifier(Id)
+    }
+}
+
+/// A deserializer that is an enum whose variant index was already read: it gives that index
+/// back, then the rest of the input, to [`RoomEventKind`]'s derived `Deserialize`.
+struct Replay<A> {
+    index: u32,
+    variant: A,
+}
+
+impl<'de, A: VariantAccess<'de>> Deserializer<'de> for Replay<A> {
+    type Error = A::Error;
+
+    fn deserialize_any<W: de::Visitor<'de>>(self, visitor: W) -> Result<W::Value, A::Error> {
+        visitor.visit_enum(self)
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+        option unit unit_struct newtype_struct seq tuple tuple_struct map struct enum
+        identifier ignored_any
+    }
+}
+
+impl<'de, A: VariantAccess<'de>> EnumAccess<'de> for Replay<A> {
+    type Error = A::Error;
+    type Variant = A;
+
+    fn variant_seed<S: DeserializeSeed<'de>>(self, seed: S) -> Result<(S::Value, A), A::Error> {
+        let index: de::value::U32Deserializer<A::Error> = self.index.into_deserializer();
+        Ok((seed.deserialize(index)?, self.variant))
+    }
+}
+
+/// A room history epoch (8 characters of `[0-9a-z]`) as the number relay frames carry. `""`
+/// (and anything that is not base 36) is 0.
+pub fn epoch_code(epoch: &str) -> u64 {
+    u64::from_str_radix(epoch, 36).unwrap_or(0)
+}
+
+/// The inverse of [`epoch_code`]: 8 characters, zero-padded; 0 is `""`.
+pub fn epoch_text(code: u64) -> String {
+    if code == 0 {
+        return String::new();
+    }
+    const DIGITS: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut out = [b'0'; 8];
+    let mut n = code;
+    for slot in out.iter_mut().rev() {
+        *slot = DIGITS[(n % 36) as usize];
+        n /= 36;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A message to one user in another region.
@@ -370,6 +460,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::room::{JsonText, LeftReason};
 
     fn event(seq: u64) -> Frame {
         Frame::RoomEvent(RoomEvent {
@@ -382,12 +473,157 @@ mod tests {
                 wall_ms: 1_700_000_000_000,
                 logical: 3,
             },
-            kind: EventKind::Message {
-                from_user: UserId::new("alice").unwrap(),
-                data: br#"{"text":"hi"}"#.to_vec(),
+            kind: EventKind::Event(RoomEventKind::Message {
+                from: UserId::new("alice").unwrap(),
+                data: JsonText::new(r#"{"text":"hi"}"#).unwrap(),
                 idempotency: Some("alice|k1".into()),
-            },
+            }),
         })
+    }
+
+    fn with_kind(seq: u64, kind: EventKind) -> Frame {
+        match event(seq) {
+            Frame::RoomEvent(e) => Frame::RoomEvent(RoomEvent { kind, ..e }),
+            _ => unreachable!(),
+        }
+    }
+
+    fn cat(parts: &[&[u8]]) -> Vec<u8> {
+        parts.concat()
+    }
+
+    /// The `meridian-relay/1` bytes of every room event kind, as relays built before the
+    /// vocabulary moved into `protocol` encode them (`EventKind::Join { user }`,
+    /// `Leave { user, reason: String }`, `Message { from_user, data: Vec<u8>, idempotency }`,
+    /// `StateSet`, `StateDelete`, `Snapshot { members, state }`): written out by hand from
+    /// postcard's wire format, so that old and new relays keep understanding each other.
+    #[test]
+    fn room_events_keep_their_relay_1_bytes() {
+        let bob = || UserId::new("bob").unwrap();
+        let ev = |kind: EventKind| {
+            Frame::RoomEvent(RoomEvent {
+                room: RoomId::new("r").unwrap(),
+                origin_region: "eu".into(),
+                origin_epoch: 7,
+                origin_seq: 3,
+                prev_seq: 2,
+                hlc: Hlc {
+                    wall_ms: 1,
+                    logical: 2,
+                },
+                kind,
+            })
+        };
+        // Frame::RoomEvent (3), room "r", origin "eu", epoch 7, seq 3, prev 2, hlc (1, 2).
+        let prefix: &[u8] = &[3, 1, b'r', 2, b'e', b'u', 7, 3, 2, 1, 2];
+        let record = |value: Option<&str>| StateRecord {
+            key: "k".into(),
+            value: value.map(|v| JsonText::new(v).unwrap()),
+            hlc: Hlc {
+                wall_ms: 3,
+                logical: 4,
+            },
+            region: "eu".into(),
+            by: bob(),
+        };
+        let cases: Vec<(EventKind, Vec<u8>)> = vec![
+            (
+                EventKind::Event(RoomEventKind::Joined { user: bob() }),
+                cat(&[&[0, 3], b"bob"]),
+            ),
+            (
+                EventKind::Event(RoomEventKind::Left {
+                    user: bob(),
+                    reason: LeftReason::NodeLost,
+                }),
+                cat(&[&[1, 3], b"bob", &[9], b"node_lost"]),
+            ),
+            (
+                EventKind::Event(RoomEventKind::Message {
+                    from: bob(),
+                    data: JsonText::new("{}").unwrap(),
+                    idempotency: Some("k".into()),
+                }),
+                cat(&[&[2, 3], b"bob", &[2], b"{}", &[1, 1], b"k"]),
+            ),
+            (
+                EventKind::Event(RoomEventKind::Message {
+                    from: bob(),
+                    data: JsonText::new("1").unwrap(),
+                    idempotency: None,
+                }),
+                cat(&[&[2, 3], b"bob", &[1], b"1", &[0]]),
+            ),
+            (
+                EventKind::Event(RoomEventKind::StateSet {
+                    key: "k".into(),
+                    value: JsonText::new("[1]").unwrap(),
+                    by: bob(),
+                }),
+                cat(&[&[3, 1], b"k", &[3], b"[1]", &[3], b"bob"]),
+            ),
+            (
+                EventKind::Event(RoomEventKind::StateDelete {
+                    key: "k".into(),
+                    by: bob(),
+                }),
+                cat(&[&[4, 1], b"k", &[3], b"bob"]),
+            ),
+            (
+                EventKind::Snapshot(Snapshot {
+                    members: vec![(
+                        bob(),
+                        Hlc {
+                            wall_ms: 1,
+                            logical: 2,
+                        },
+                    )],
+                    state: vec![record(Some("1")), record(None)],
+                }),
+                cat(&[
+                    // variant 5; one member: "bob", hlc (1, 2); two records:
+                    &[5, 1, 3],
+                    b"bob",
+                    &[1, 2, 2],
+                    // key "k", Some("1"), hlc (3, 4), region "eu", by "bob";
+                    &[1, b'k', 1, 1, b'1', 3, 4, 2, b'e', b'u', 3],
+                    b"bob",
+                    // key "k", None (a tombstone), the same stamp, region and writer.
+                    &[1, b'k', 0, 3, 4, 2, b'e', b'u', 3],
+                    b"bob",
+                ]),
+            ),
+        ];
+        for (kind, tail) in cases {
+            let frame = ev(kind);
+            let bytes = encode(&frame, 1024).unwrap();
+            assert_eq!(&bytes[4..], &cat(&[prefix, &tail])[..], "{frame:?}");
+            assert_eq!(decode(&bytes[4..]).unwrap(), frame);
+        }
+        // There is no kind 6, and a reason this version does not know is a disconnect.
+        assert!(decode(&cat(&[prefix, &[6]])).is_err());
+        let evicted = cat(&[prefix, &[1, 3], b"bob", &[7], b"evicted"]);
+        assert_eq!(
+            decode(&evicted).unwrap(),
+            ev(EventKind::Event(RoomEventKind::Left {
+                user: bob(),
+                reason: LeftReason::Disconnect
+            }))
+        );
+        // Client JSON that breaks the rule makes the frame malformed.
+        let nan = cat(&[prefix, &[2, 3], b"bob", &[3], b"NaN", &[0]]);
+        assert!(matches!(decode(&nan), Err(FrameError::Malformed(_))));
+    }
+
+    #[test]
+    fn event_kinds_round_trip_through_json_too() {
+        for frame in all_frames() {
+            if let Frame::RoomEvent(e) = frame {
+                let text = serde_json::to_string(&e.kind).unwrap();
+                let back: EventKind = serde_json::from_str(&text).unwrap();
+                assert_eq!(back, e.kind, "{text}");
+            }
+        }
     }
 
     fn room_user(room: &RoomId) -> UserId {
@@ -417,10 +653,10 @@ mod tests {
             },
             event(1),
             Frame::RoomEvent(RoomEvent {
-                kind: EventKind::StateDelete {
+                kind: EventKind::Event(RoomEventKind::StateDelete {
                     key: "k".into(),
                     by: user.clone(),
-                },
+                }),
                 ..match event(2) {
                     Frame::RoomEvent(e) => e,
                     _ => unreachable!(),
@@ -431,8 +667,27 @@ mod tests {
                 from_user: user.clone(),
                 payload: vec![1, 2, 3],
             }),
+            with_kind(
+                4,
+                EventKind::Event(RoomEventKind::Joined { user: user.clone() }),
+            ),
+            with_kind(
+                5,
+                EventKind::Event(RoomEventKind::Left {
+                    user: user.clone(),
+                    reason: LeftReason::RegionDown,
+                }),
+            ),
+            with_kind(
+                6,
+                EventKind::Event(RoomEventKind::StateSet {
+                    key: "k".into(),
+                    value: JsonText::new("[1,{\"a\":null}]").unwrap(),
+                    by: user.clone(),
+                }),
+            ),
             Frame::RoomEvent(RoomEvent {
-                kind: EventKind::Snapshot {
+                kind: EventKind::Snapshot(Snapshot {
                     members: vec![(user.clone(), Hlc::default())],
                     state: vec![StateRecord {
                         key: "k".into(),
@@ -444,7 +699,7 @@ mod tests {
                         region: "us-east".into(),
                         by: user.clone(),
                     }],
-                },
+                }),
                 ..match event(3) {
                     Frame::RoomEvent(e) => e,
                     _ => unreachable!(),
@@ -564,6 +819,16 @@ mod tests {
     }
 
     fn epoch_probe() -> u64 {
-        region_state::replica::epoch_code("k3v9x0qa")
+        epoch_code("k3v9x0qa")
+    }
+
+    #[test]
+    fn epochs_round_trip_through_their_code() {
+        for e in ["k3v9x0qa", "00000001", "zzzzzzzz", "a0000000"] {
+            assert_eq!(epoch_text(epoch_code(e)), e);
+        }
+        assert_eq!(epoch_code(""), 0);
+        assert_eq!(epoch_text(0), "");
+        assert!(epoch_code("zzzzzzzz") < u64::MAX / 1000);
     }
 }
