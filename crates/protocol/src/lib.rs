@@ -4,8 +4,9 @@
 //! crate owns everything about those frames and no sockets or servers (its one I/O helper,
 //! [`relay::read_frame`], reads a frame from any async stream): validated identifiers
 //! ([`RoomId`], [`UserId`]), request parsing ([`Request::parse`]), the rule for client JSON
-//! ([`json_rules`]), replies and server events
-//! ([`Reply`], [`Event`]), the stable error codes ([`ErrorCode`]) and connection tokens
+//! ([`json_rules`]), replies and server events ([`Reply`], [`Event`]), the typed `result` of
+//! each op's reply, which the node writes and clients read ([`HelloResult`], [`JoinResult`],
+//! [`PublishResult`], …), the stable error codes ([`ErrorCode`]) and connection tokens
 //! ([`token`]). The region node (`crates/region-node`) drives it; the regional state store
 //! (`crates/region-state`) uses [`RoomEventFrame`] to put sequence numbers into room events
 //! without decoding them again.
@@ -23,17 +24,23 @@ pub mod health;
 mod ids;
 pub mod json_rules;
 pub mod relay;
+mod results;
 pub mod room;
 pub mod token;
 mod wire;
 
 pub use error::ErrorCode;
 pub use ids::{IdError, RoomId, UserId};
+pub use results::{
+    HelloResult, JoinResult, LeaveResult, MemberEntry, MembersResult, PingResult, PresenceEntry,
+    PresenceResult, PublishResult, ResumedRoom, SendResult, StateDeleteResult, StateGetResult,
+    StateSetResult,
+};
 pub use room::{
     DecodedRoomEvent, Hlc, JsonText, JsonTextError, LeftReason, RoomEventError, RoomEventFrame,
     RoomEventKind, StateRecord,
 };
 pub use wire::{
-    Event, MemberEntry, OriginPosition, PresenceEntry, Reply, Request, RequestError, RequestId,
-    ResumePoint, StateEntry, PROTOCOL_VERSION,
+    Event, OriginPosition, Reply, Request, RequestError, RequestId, ResumePoint, StateEntry,
+    PROTOCOL_VERSION,
 };
