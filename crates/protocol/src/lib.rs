@@ -10,6 +10,7 @@
 //! without decoding them again.
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
+mod encode;
 mod error;
 mod ids;
 pub mod json_rules;
