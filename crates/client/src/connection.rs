@@ -245,6 +245,10 @@ impl Connection {
                         | tungstenite::Error::Protocol(
                             tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
                         ) => ClientError::Closed(self.close.clone()),
+                        // The pong to a ping read after the node closed finds the socket shut.
+                        tungstenite::Error::Io(io) if is_gone(&io) => {
+                            ClientError::Closed(self.close.clone())
+                        }
                         e => ClientError::WebSocket(e),
                     });
                 }
@@ -259,7 +263,20 @@ impl Connection {
                 self.ended = true;
                 ClientError::Closed(self.close.clone())
             }
+            tungstenite::Error::Io(io) if is_gone(&io) => {
+                self.ended = true;
+                ClientError::Closed(self.close.clone())
+            }
             e => ClientError::WebSocket(e),
         }
     }
+}
+
+/// Whether an I/O error means the peer has gone (the connection is over, not failing).
+fn is_gone(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        BrokenPipe | ConnectionReset | ConnectionAborted | UnexpectedEof
+    )
 }

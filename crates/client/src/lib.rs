@@ -24,7 +24,7 @@
 mod connection;
 mod error;
 mod frame;
-// mod ops; (TEMP until h-node results)
+mod ops;
 mod transport;
 
 pub use connection::{Connection, Received};

@@ -2,9 +2,9 @@
 //! protocol's [`Request`], a reply decoded into the protocol's result type.
 
 use meridian_protocol::{
-    HelloResult, JoinResult, LeaveResult, MembersResult, PingResult, PresenceResult,
-    PublishResult, Request, ResumePoint, RoomId, SendResult, StateDeleteResult, StateGetResult,
-    StateSetResult, UserId,
+    HelloResult, JoinResult, LeaveResult, MembersResult, PingResult, PresenceResult, PublishResult,
+    Request, ResumePoint, RoomId, SendResult, StateDeleteResult, StateGetResult, StateSetResult,
+    UserId,
 };
 use serde::Serialize;
 use serde_json::value::RawValue;

@@ -472,7 +472,8 @@ impl Session {
         let mut ping = tokio::time::interval(Duration::from_millis(timing.ping_interval_ms));
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ping.tick().await;
-        let mut last_heard = Instant::now();
+        // Tokio's clock, like the ping timer it is compared at (tests run it virtually).
+        let mut last_heard = tokio::time::Instant::now();
         let mut drain_sent = false;
         let kicked_token = self.outbox.kicked.clone();
         // Made once and polled in place (a `cancelled()` made anew on every turn would join and
@@ -557,7 +558,7 @@ impl Session {
                     }
                 }
                 msg = ws.recv() => {
-                    last_heard = Instant::now();
+                    last_heard = tokio::time::Instant::now();
                     // The text frames this read brought (a client may pipeline requests) are
                     // answered together; a frame of another kind ends the run.
                     let mut texts = Vec::new();
