@@ -12,6 +12,9 @@ use crate::error::{ClientError, CloseInfo};
 use crate::frame::{decode, Event, Frame, Reply};
 use crate::transport::{self, ConnectOptions, Ws};
 
+/// How long [`Connection::close`] waits for the node to answer the close.
+pub const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// One frame as received: decoded, with its text (for logs, or tests that look at the bytes).
 #[derive(Debug, Clone)]
 pub struct Received {
@@ -205,15 +208,17 @@ impl Connection {
         taken
     }
 
-    /// Sends a close frame and waits (briefly, as the node answers at once) for the end.
+    /// Sends a close frame and waits for the node's (at most [`CLOSE_WAIT`]).
     pub async fn close(mut self) -> Result<(), ClientError> {
         match self.ws.close(None).await {
             Ok(())
             | Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {}
             Err(e) => return Err(ClientError::WebSocket(e)),
         }
-        // Read to the end so the close handshake completes.
-        while let Some(Ok(_)) = self.ws.next().await {}
+        // Read to the end so the close handshake completes; a node that does not answer is
+        // not waited for long.
+        let end = async { while let Some(Ok(_)) = self.ws.next().await {} };
+        let _ = tokio::time::timeout(CLOSE_WAIT, end).await;
         Ok(())
     }
 

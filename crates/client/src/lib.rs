@@ -15,6 +15,7 @@
 //!
 //! - `connection`: [`Connection`], request/reply correlation, the event stream.
 //! - `ops`: one typed method per op (`join`, `publish`, …).
+//! - `position`: [`RoomPosition`], a room's cursor and version vector for resuming (§7).
 //! - `frame`: decoding the node's frames ([`Frame`], [`Event`], [`RoomEvent`]).
 //! - `transport`: TCP/TLS and the WebSocket upgrade ([`ConnectOptions`]).
 //! - `error`: [`ClientError`], [`ServerError`], [`CloseInfo`].
@@ -25,10 +26,12 @@ mod connection;
 mod error;
 mod frame;
 mod ops;
+mod position;
 mod transport;
 
-pub use connection::{Connection, Received};
+pub use connection::{Connection, Received, CLOSE_WAIT};
 pub use error::{ClientError, CloseInfo, ServerError};
 pub use frame::{decode, Event, Frame, Reconnect, Reply, RoomEvent, RoomEventKind};
 pub use meridian_protocol as protocol;
+pub use position::RoomPosition;
 pub use transport::{platform_tls, ConnectOptions};
