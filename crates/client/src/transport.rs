@@ -97,3 +97,86 @@ pub async fn open(url: &str, options: &ConnectOptions) -> Result<Ws, ClientError
         })?;
     Ok(ws)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::{SinkExt, StreamExt};
+    use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer};
+    use tokio_tungstenite::tungstenite::Message;
+
+    /// A one-shot wss server with a self-signed certificate for 127.0.0.1 that answers one
+    /// request with `pong`; returns its URL and the certificate to trust.
+    async fn wss_server() -> (String, CertificateDer<'static>) {
+        let signed = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+        let cert = signed.cert.der().clone();
+        let key = PrivatePkcs8KeyDer::from(signed.signing_key.serialize_der());
+        let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.clone()], key.into())
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    continue;
+                };
+                let Ok(mut ws) = tokio_tungstenite::accept_async(tls).await else {
+                    continue;
+                };
+                if let Some(Ok(Message::Text(request))) = ws.next().await {
+                    let request: serde_json::Value = serde_json::from_str(&request).unwrap();
+                    assert_eq!(request["op"], "ping");
+                    let reply = format!(
+                        r#"{{"type":"ok","id":{},"result":{{"pong":true}}}}"#,
+                        request["id"]
+                    );
+                    let _ = ws.send(Message::Text(reply.into())).await;
+                }
+            }
+        });
+        (format!("wss://127.0.0.1:{port}/v1/ws"), cert)
+    }
+
+    #[tokio::test]
+    async fn wss_with_a_trusted_certificate_and_not_without() {
+        let (url, cert) = wss_server().await;
+        // The platform's roots do not know the self-signed certificate.
+        assert!(matches!(
+            crate::Connection::connect(&url).await,
+            Err(ClientError::Connect { .. })
+        ));
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert).unwrap();
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let options = ConnectOptions {
+            tls: Some(Arc::new(tls)),
+            websocket: None,
+        };
+        let mut c = crate::Connection::connect_with(&url, &options)
+            .await
+            .unwrap();
+        assert!(c.ping().await.unwrap().pong);
+    }
+
+    #[tokio::test]
+    async fn only_ws_and_wss_urls() {
+        for url in ["http://127.0.0.1:1/v1/ws", "not a url", "ws:///nohost"] {
+            let e = crate::Connection::connect(url).await.unwrap_err();
+            assert!(matches!(e, ClientError::Url { .. }), "{url}: {e}");
+            assert!(!e.is_retryable());
+        }
+    }
+}
