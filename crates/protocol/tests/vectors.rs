@@ -1,7 +1,8 @@
 //! The wire test vectors in `tests/vectors/` (shared with the JavaScript SDK's tests) checked
 //! against this crate: request frames parse (or fail with the listed code), room and other
-//! events encode byte for byte as listed, error replies and their retryability match, and the
-//! resume entries a client sends are valid `hello.resume` entries.
+//! events encode byte for byte as listed, error replies and their retryability match, the
+//! resume entries a client sends are valid `hello.resume` entries, and the node's `resumed`
+//! entries and `join` results are the typed results (`ResumedRoom`, `JoinResult`).
 
 use std::path::PathBuf;
 

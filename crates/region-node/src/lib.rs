@@ -7,19 +7,29 @@
 //!
 //! - [`config`]: the TOML/env configuration, validated at start.
 //! - [`admission`]: the node's bounded accept rate (sheds reconnect storms).
-//! - [`node`]: start-up, background loops (lease, reaper, fan-out), HTTP endpoints, drain.
-//! - `session`: one client connection (protocol v1, `docs/protocol.md`).
+//! - [`context`]: the [`Node`] every session, loop and handler shares.
+//! - [`node`]: start-up, the HTTP routes (`/v1/ws`, `/readyz`, …) and the drain.
+//! - `listen`: the client and ops listeners (fd budget, header timeouts).
+//! - `dispatch`: fan-out of what the store pushes, and the catch-up after a pub/sub outage.
+//! - `lease`: the node lease, the re-assert after a lapse, and the reaper of dead nodes.
+//! - `session`: one client connection (protocol v1, `docs/protocol.md`), a folder by layer:
+//!   hello, the request loop, requests and the publish batch, join, access rules, socket.
 //! - [`metrics`]: the Prometheus registry behind `/metrics`.
 //! - [`signal`]: node-wide drain and close flags, cheap to read per frame.
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod admission;
 pub mod config;
+pub mod context;
+mod dispatch;
 pub mod fanout;
+mod lease;
+mod listen;
 pub mod metrics;
 pub mod node;
 mod session;
 pub mod signal;
 
 pub use config::NodeConfig;
-pub use node::{start, start_with_store, Node, NodeError, RunningNode};
+pub use context::Node;
+pub use node::{start, start_with_store, NodeError, RunningNode};
