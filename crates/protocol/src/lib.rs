@@ -19,6 +19,7 @@
 //! - [`health`]: the readiness report a node's `/readyz` writes and the geo-router reads.
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
+mod encode;
 mod error;
 pub mod health;
 mod ids;

@@ -2,7 +2,7 @@
 //! requests each read brings, pings, and reacts to kicks, drain, shutdown and token expiry.
 
 use std::pin::Pin;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::FutureExt;
@@ -35,7 +35,8 @@ impl Session {
         let mut ping = tokio::time::interval(Duration::from_millis(timing.ping_interval_ms));
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ping.tick().await;
-        let mut last_heard = Instant::now();
+        // Tokio's clock, like the ping timer it is compared at (tests run it virtually).
+        let mut last_heard = tokio::time::Instant::now();
         let mut drain_sent = false;
         let kicked_token = self.outbox.kicked.clone();
         // Made once and polled in place (a `cancelled()` made anew on every turn would join and
@@ -91,7 +92,7 @@ impl Session {
                     }
                 }
                 msg = ws.recv() => {
-                    last_heard = Instant::now();
+                    last_heard = tokio::time::Instant::now();
                     if !self.received(&node, ws, msg).await {
                         break;
                     }
