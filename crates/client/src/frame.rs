@@ -4,7 +4,7 @@
 
 use std::borrow::Cow;
 
-use meridian_protocol::{LeftReason, OriginPosition, RequestId, RoomId, UserId};
+use meridian_protocol::{RequestId, RoomEventFrame, UserId};
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
@@ -68,7 +68,7 @@ impl Event {
     /// The event's `type` on the wire.
     pub fn kind(&self) -> &str {
         match self {
-            Self::Room(e) => e.kind.name(),
+            Self::Room(e) => room_event_type(&e.kind),
             Self::Direct { .. } => "direct",
             Self::Reconnect(_) => "reconnect",
             Self::Error(_) => "error",
@@ -90,71 +90,19 @@ pub struct Reconnect {
     pub region: Option<String>,
 }
 
-/// An event of a room's sequence: where it sits (`seq`, `epoch`, and `origin` when it was
-/// replicated from another region) and what happened.
-#[derive(Debug, Clone)]
-pub struct RoomEvent {
-    /// The room.
-    pub room: RoomId,
-    /// Its position in this region's sequence of the room.
-    pub seq: u64,
-    /// This region's history epoch of the room.
-    pub epoch: String,
-    /// Its position in the sequence of the region where it happened, if that is another one.
-    pub origin: Option<OriginPosition>,
-    /// What happened.
-    pub kind: RoomEventKind,
-}
+/// An event of a room's sequence, as the protocol crate decodes it: where it sits (`seq`,
+/// `epoch`, and `origin` when it was replicated from another region) and what happened (the one
+/// [`RoomEventKind`] the node, the stores and the relay use).
+pub use meridian_protocol::DecodedRoomEvent as RoomEvent;
+pub use meridian_protocol::RoomEventKind;
 
-/// What a [`RoomEvent`] reports.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub enum RoomEventKind {
-    /// A user's first connection entered the room.
-    Joined {
-        /// The user.
-        user: UserId,
-        /// The user's home region.
-        region: String,
-    },
-    /// A user's last connection left the room.
-    Left {
-        /// The user.
-        user: UserId,
-        /// The user's home region.
-        region: String,
-        /// Why.
-        reason: LeftReason,
-    },
-    /// A room message.
-    Message {
-        /// The publisher.
-        from: UserId,
-        /// The payload as published.
-        data: Box<RawValue>,
-    },
-    /// A state key was written (`value: Some`) or deleted (`None`).
-    StateChanged {
-        /// The key.
-        key: String,
-        /// The new value as written; `None` for a delete.
-        value: Option<Box<RawValue>>,
-        /// The writer.
-        by: UserId,
-        /// The key's version after the change.
-        version: u64,
-    },
-}
-
-impl RoomEventKind {
-    /// The event's `type` on the wire.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Self::Joined { .. } => "joined",
-            Self::Left { .. } => "left",
-            Self::Message { .. } => "message",
-            Self::StateChanged { .. } => "state_changed",
-        }
+/// The `type` on the wire of a room event of this kind.
+pub fn room_event_type(kind: &RoomEventKind) -> &'static str {
+    match kind {
+        RoomEventKind::Joined { .. } => "joined",
+        RoomEventKind::Left { .. } => "left",
+        RoomEventKind::Message { .. } => "message",
+        RoomEventKind::StateSet { .. } | RoomEventKind::StateDelete { .. } => "state_changed",
     }
 }
 
@@ -170,19 +118,10 @@ struct RawFrame<'a> {
     result: Option<Box<RawValue>>,
     code: Option<String>,
     message: Option<String>,
-    room: Option<RoomId>,
-    user: Option<UserId>,
     region: Option<String>,
     reason: Option<String>,
     from: Option<UserId>,
     data: Option<Box<RawValue>>,
-    key: Option<String>,
-    value: Option<Box<RawValue>>,
-    by: Option<UserId>,
-    version: Option<u64>,
-    seq: Option<u64>,
-    epoch: Option<String>,
-    origin: Option<OriginPosition>,
     after_ms: Option<u64>,
     url: Option<String>,
 }
@@ -210,15 +149,6 @@ pub fn decode(text: &str) -> Result<Frame, ClientError> {
         .map_err(|e| ClientError::Protocol(format!("{e}: {}", preview(text))))?;
     let kind = raw.kind.as_ref();
     let need = |field: &str| missing(kind, field);
-    let room_event = |raw_kind: RoomEventKind, room, seq, epoch, origin| {
-        Ok(Frame::Event(Event::Room(RoomEvent {
-            room,
-            seq,
-            epoch,
-            origin,
-            kind: raw_kind,
-        })))
-    };
     match kind {
         "ok" => Ok(Frame::Reply(Reply {
             id: raw.id.flatten(),
@@ -234,39 +164,9 @@ pub fn decode(text: &str) -> Result<Frame, ClientError> {
                 None => Frame::Event(Event::Error(error)),
             })
         }
-        "joined" | "left" | "message" | "state_changed" => {
-            let room = raw.room.ok_or_else(|| need("room"))?;
-            let seq = raw.seq.ok_or_else(|| need("seq"))?;
-            let epoch = raw.epoch.ok_or_else(|| need("epoch"))?;
-            let what = match kind {
-                "joined" => RoomEventKind::Joined {
-                    user: raw.user.ok_or_else(|| need("user"))?,
-                    region: raw.region.ok_or_else(|| need("region"))?,
-                },
-                "left" => {
-                    let reason = raw.reason.ok_or_else(|| need("reason"))?;
-                    RoomEventKind::Left {
-                        user: raw.user.ok_or_else(|| need("user"))?,
-                        region: raw.region.ok_or_else(|| need("region"))?,
-                        reason: serde_json::from_value(serde_json::Value::String(reason.clone()))
-                            .map_err(|_| {
-                            ClientError::Protocol(format!("unknown `left` reason {reason:?}"))
-                        })?,
-                    }
-                }
-                "message" => RoomEventKind::Message {
-                    from: raw.from.ok_or_else(|| need("from"))?,
-                    data: raw.data.ok_or_else(|| need("data"))?,
-                },
-                _ => RoomEventKind::StateChanged {
-                    key: raw.key.ok_or_else(|| need("key"))?,
-                    value: raw.value,
-                    by: raw.by.ok_or_else(|| need("by"))?,
-                    version: raw.version.ok_or_else(|| need("version"))?,
-                },
-            };
-            room_event(what, room, seq, epoch, raw.origin)
-        }
+        "joined" | "left" | "message" | "state_changed" => RoomEventFrame::decode(text.as_bytes())
+            .map(|e| Frame::Event(Event::Room(e)))
+            .map_err(|e| ClientError::Protocol(format!("{e}: {}", preview(text)))),
         "direct" => Ok(Frame::Event(Event::Direct {
             from: raw.from.ok_or_else(|| need("from"))?,
             data: raw.data.ok_or_else(|| need("data"))?,
@@ -343,8 +243,9 @@ mod tests {
                     assert_eq!(e.seq, v["seq"].as_u64().unwrap());
                     assert_eq!(e.room.as_str(), v["room"].as_str().unwrap());
                     assert_eq!(e.origin.is_some(), v.get("origin").is_some(), "{text}");
-                    if let RoomEventKind::StateChanged { value, .. } = &e.kind {
-                        assert_eq!(value.is_none(), v["value"].is_null(), "{text}");
+                    if v["type"] == "state_changed" {
+                        let deleted = matches!(e.kind, RoomEventKind::StateDelete { .. });
+                        assert_eq!(deleted, v["value"].is_null(), "{text}");
                     }
                 }
                 seen += 1;

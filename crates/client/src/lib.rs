@@ -31,7 +31,9 @@ mod transport;
 
 pub use connection::{Connection, Received, CLOSE_WAIT};
 pub use error::{ClientError, CloseInfo, ServerError};
-pub use frame::{decode, Event, Frame, Reconnect, Reply, RoomEvent, RoomEventKind};
+pub use frame::{
+    decode, room_event_type, Event, Frame, Reconnect, Reply, RoomEvent, RoomEventKind,
+};
 pub use meridian_protocol as protocol;
 pub use position::RoomPosition;
 pub use transport::{platform_tls, ConnectOptions};
