@@ -32,11 +32,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use meridian_protocol::relay::{
-    epoch_code, epoch_text, Direct, EventKind, Follow, Frame, Position, Presence, RoomEvent,
-    Snapshot,
+    epoch_code, Direct, EventKind, Follow, Frame, Position, Presence, RoomEvent, Snapshot,
 };
-use meridian_protocol::{Hlc, OriginPosition, RoomEventFrame, RoomEventKind, RoomId, UserId};
-use region_state::replica::{Applied, Feed, LocalEntry, RemoteEvent, RemoteKind, ReplicaStore};
+use meridian_protocol::{Hlc, RoomEventFrame, RoomEventKind, RoomId, UserId};
+use region_state::replica::{Applied, Feed, LocalEntry, ReplicaStore};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -201,45 +200,6 @@ fn entry_kind(entry: &LocalEntry, region: &str) -> Option<EventKind> {
         },
         kind => kind,
     }))
-}
-
-/// A received relay event as the store's [`RemoteEvent`].
-fn remote_event(event: RoomEvent) -> RemoteEvent {
-    let kind = match event.kind {
-        EventKind::Event(RoomEventKind::Joined { user }) => RemoteKind::Join { user },
-        EventKind::Event(RoomEventKind::Left { user, reason }) => {
-            RemoteKind::Leave { user, reason }
-        }
-        EventKind::Event(RoomEventKind::Message {
-            from,
-            data,
-            idempotency,
-        }) => RemoteKind::Message {
-            from,
-            data: data.into_raw(),
-            idempotency,
-        },
-        EventKind::Event(RoomEventKind::StateSet { key, value, by }) => RemoteKind::StateSet {
-            key,
-            value: value.into_raw(),
-            by,
-        },
-        EventKind::Event(RoomEventKind::StateDelete { key, by }) => {
-            RemoteKind::StateDelete { key, by }
-        }
-        EventKind::Snapshot(Snapshot { members, state }) => RemoteKind::Snapshot { members, state },
-    };
-    RemoteEvent {
-        room: event.room,
-        origin: OriginPosition {
-            region: event.origin_region,
-            epoch: epoch_text(event.origin_epoch),
-            seq: event.origin_seq,
-        },
-        stamp: event.hlc,
-        prev_seq: event.prev_seq,
-        kind,
-    }
 }
 
 impl Replicator {
@@ -1332,8 +1292,7 @@ impl EventSink for ReplicatorSink {
         let room = event.room.clone();
         // Client JSON inside was checked when the frame was decoded (a frame with bad JSON is
         // malformed and never gets here).
-        let remote = remote_event(event);
-        let outcome = match r.store.apply(&remote).await {
+        let outcome = match r.store.apply(&event).await {
             Ok(Applied::Applied) => "applied",
             Ok(Applied::Duplicate) => "duplicate",
             Ok(Applied::Superseded) => "superseded",
@@ -1510,8 +1469,9 @@ mod tests {
             meridian_protocol::relay::decode(&good[4..]).unwrap(),
             Frame::RoomEvent(ev.clone())
         );
-        let r = remote_event(ev);
-        assert_eq!(r.origin.epoch, "k3v9x0qa");
-        assert_eq!((r.origin.seq, r.prev_seq), (4, 2));
+        assert_eq!(
+            meridian_protocol::relay::epoch_text(ev.origin_epoch),
+            "k3v9x0qa"
+        );
     }
 }
