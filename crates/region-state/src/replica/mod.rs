@@ -13,12 +13,16 @@
 //!   stamp with the writer's region (`mr:{room}:mh`, `mr:{room}:sh`); a replicated write
 //!   older than the stored one is dropped, so every region converges on the same value.
 
+pub mod conformance;
+pub mod model;
+
 use std::collections::{BTreeSet, HashSet};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::link::{LinkConn, PrimaryLink, RedisEndpoint, Resolver};
+use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use meridian_protocol::{JsonText, OriginPosition, RoomEventFrame, RoomEventKind, RoomId, UserId};
@@ -146,6 +150,71 @@ pub enum Feed {
     },
     /// The feed reconnected: messages may have been missed; rescan.
     Resynced,
+}
+
+pub use model::{MemoryReplica, ReplicaModel};
+
+/// The apply rules of a region's replica, as the relay uses them: [`ReplicaStore`] runs them
+/// in Redis (the Lua scripts), [`MemoryReplica`] in the Rust reference model
+/// ([`model::ReplicaModel`]). Both pass [`conformance::run_all`].
+#[async_trait]
+pub trait ReplicaApply: Send + Sync {
+    /// This region.
+    fn region(&self) -> &str;
+    /// Applies one replicated event: dedupe on the origin's watermark, `prev_seq` gaps,
+    /// last-writer-wins for membership and state, then the history append.
+    async fn apply(&self, event: &RemoteEvent) -> StoreResult<Applied>;
+    /// The last `(epoch, seq)` applied from `origin` in each room (`None`: nothing yet).
+    async fn watermarks(
+        &self,
+        origin: &str,
+        rooms: &[RoomId],
+    ) -> StoreResult<Vec<Option<(String, u64)>>>;
+    /// `region` was declared down: its members leave `room` with `region_down`.
+    async fn region_down(&self, room: &RoomId, region: &str) -> StoreResult<usize>;
+    /// Up to `count` history entries after `after`, with the room's position.
+    async fn read_local(&self, room: &RoomId, after: u64, count: usize) -> StoreResult<LocalBatch>;
+    /// This region's members of the room and the room state, with the position.
+    async fn snapshot(&self, room: &RoomId) -> StoreResult<RoomSnapshot>;
+    /// Every member of the room (all regions) with its home region, sorted by user.
+    async fn members(&self, room: &RoomId) -> StoreResult<Vec<(UserId, String)>>;
+}
+
+#[async_trait]
+impl ReplicaApply for ReplicaStore {
+    fn region(&self) -> &str {
+        ReplicaStore::region(self)
+    }
+    async fn apply(&self, event: &RemoteEvent) -> StoreResult<Applied> {
+        ReplicaStore::apply(self, event).await
+    }
+    async fn watermarks(
+        &self,
+        origin: &str,
+        rooms: &[RoomId],
+    ) -> StoreResult<Vec<Option<(String, u64)>>> {
+        ReplicaStore::watermarks(self, origin, rooms).await
+    }
+    async fn region_down(&self, room: &RoomId, region: &str) -> StoreResult<usize> {
+        ReplicaStore::region_down(self, room, region).await
+    }
+    async fn read_local(&self, room: &RoomId, after: u64, count: usize) -> StoreResult<LocalBatch> {
+        ReplicaStore::read_local(self, room, after, count).await
+    }
+    async fn snapshot(&self, room: &RoomId) -> StoreResult<RoomSnapshot> {
+        ReplicaStore::snapshot(self, room).await
+    }
+    async fn members(&self, room: &RoomId) -> StoreResult<Vec<(UserId, String)>> {
+        let keys = RoomKeys::new(room);
+        let reg: std::collections::HashMap<String, String> =
+            self.conn().hgetall(&keys.keys[k::REG]).await?;
+        let mut out: Vec<(UserId, String)> = reg
+            .into_iter()
+            .filter_map(|(u, h)| Some((UserId::new(u).ok()?, h)))
+            .collect();
+        out.sort();
+        Ok(out)
+    }
 }
 
 /// Where the relay's Redis is and the room settings the region's nodes use.
