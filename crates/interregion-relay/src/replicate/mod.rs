@@ -25,6 +25,8 @@
 //!   leave every local room with `left {reason: region_down}` (a user connected here meanwhile
 //!   stays, homed here) and its users' presence is dropped.
 
+pub mod core;
+
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -35,7 +37,7 @@ use meridian_protocol::relay::{
     epoch_code, Direct, EventKind, Follow, Frame, Position, Presence, RoomEvent, Snapshot,
 };
 use meridian_protocol::{Hlc, RoomEventFrame, RoomEventKind, RoomId, UserId};
-use region_state::replica::{Applied, Feed, LocalEntry, ReplicaStore};
+use region_state::replica::{Applied, Feed, ReplicaStore};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -182,24 +184,6 @@ fn now_ms() -> u64 {
 
 fn lock(m: &Mutex<Inner>) -> std::sync::MutexGuard<'_, Inner> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// What a history entry of this region says, as a relay event; `None` for entries that are
-/// not this region's to send (a member event of a user homed elsewhere) or unreadable.
-fn entry_kind(entry: &LocalEntry, region: &str) -> Option<EventKind> {
-    let event = RoomEventFrame::decode(&entry.frame).ok()?;
-    if event.region.as_deref().is_some_and(|r| r != region) {
-        return None;
-    }
-    Some(EventKind::Event(match event.kind {
-        // The history keeps a publish's idempotency id beside the frame.
-        RoomEventKind::Message { from, data, .. } => RoomEventKind::Message {
-            from,
-            data,
-            idempotency: entry.idempotency.clone(),
-        },
-        kind => kind,
-    }))
 }
 
 impl Replicator {
@@ -1093,7 +1077,7 @@ impl Replicator {
                 if entry.origin.is_some() {
                     continue;
                 }
-                let Some(kind) = entry_kind(entry, self.region()) else {
+                let Some(kind) = core::outgoing_kind(entry, self.region()) else {
                     continue;
                 };
                 let event = RoomEvent {
@@ -1103,7 +1087,7 @@ impl Replicator {
                     origin_seq: entry.seq,
                     prev_seq: cursor.prev,
                     hlc: entry.stamp,
-                    kind,
+                    kind: EventKind::Event(kind),
                 };
                 match h.send_room_event(peer, &event).await {
                     Ok(()) => cursor.prev = entry.seq,
@@ -1363,6 +1347,11 @@ impl EventSink for ReplicatorSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use region_state::replica::LocalEntry;
+
+    fn outgoing(entry: &LocalEntry, region: &str) -> Option<EventKind> {
+        core::outgoing_kind(entry, region).map(EventKind::Event)
+    }
 
     fn entry(frame: &str) -> LocalEntry {
         LocalEntry {
@@ -1380,7 +1369,7 @@ mod tests {
             r#"{"type":"message","room":"r","from":"bob","data":{"t":1},"seq":1,"epoch":"e"}"#,
         );
         assert_eq!(
-            entry_kind(&e, "eu"),
+            outgoing(&e, "eu"),
             Some(EventKind::Event(RoomEventKind::Message {
                 from: UserId::new("bob").unwrap(),
                 data: meridian_protocol::JsonText::new(r#"{"t":1}"#).unwrap(),
@@ -1390,35 +1379,35 @@ mod tests {
         let j =
             entry(r#"{"type":"joined","room":"r","user":"a","region":"eu","seq":2,"epoch":"e"}"#);
         assert_eq!(
-            entry_kind(&j, "eu"),
+            outgoing(&j, "eu"),
             Some(EventKind::Event(RoomEventKind::Joined {
                 user: UserId::new("a").unwrap()
             }))
         );
         // A member event of a user homed elsewhere is not this region's to send.
-        assert_eq!(entry_kind(&j, "us"), None);
+        assert_eq!(outgoing(&j, "us"), None);
         let l = entry(
             r#"{"type":"left","room":"r","user":"a","region":"eu","reason":"node_lost","seq":3,"epoch":"e"}"#,
         );
         assert!(
-            matches!(entry_kind(&l, "eu"), Some(EventKind::Event(RoomEventKind::Left { reason, .. })) if reason == meridian_protocol::LeftReason::NodeLost)
+            matches!(outgoing(&l, "eu"), Some(EventKind::Event(RoomEventKind::Left { reason, .. })) if reason == meridian_protocol::LeftReason::NodeLost)
         );
         let d = entry(
             r#"{"type":"state_changed","room":"r","key":"k","value":null,"by":"a","version":2,"seq":4,"epoch":"e"}"#,
         );
         assert!(matches!(
-            entry_kind(&d, "eu"),
+            outgoing(&d, "eu"),
             Some(EventKind::Event(RoomEventKind::StateDelete { .. }))
         ));
         let s = entry(
             r#"{"type":"state_changed","room":"r","key":"k","value":[1],"by":"a","version":1,"seq":5,"epoch":"e"}"#,
         );
         assert!(
-            matches!(entry_kind(&s, "eu"), Some(EventKind::Event(RoomEventKind::StateSet { value, .. })) if value.get() == "[1]")
+            matches!(outgoing(&s, "eu"), Some(EventKind::Event(RoomEventKind::StateSet { value, .. })) if value.get() == "[1]")
         );
-        assert_eq!(entry_kind(&entry("not json"), "eu"), None);
+        assert_eq!(outgoing(&entry("not json"), "eu"), None);
         assert_eq!(
-            entry_kind(&entry(r#"{"type":"message","room":"r"}"#), "eu"),
+            outgoing(&entry(r#"{"type":"message","room":"r"}"#), "eu"),
             None
         );
     }
