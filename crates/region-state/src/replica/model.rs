@@ -237,6 +237,10 @@ impl ReplicaModel {
         value: Option<&JsonText>,
         by: &UserId,
     ) {
+        // The node's delete script leaves a key that does not exist alone (no stamp).
+        if value.is_none() && !self.room(room).version.contains_key(key) {
+            return;
+        }
         let stamp = self.tick(room, None);
         let region = self.region.clone();
         let r = self.room(room);
@@ -249,9 +253,7 @@ impl ReplicaModel {
                 r.value.insert(key.to_owned(), v.get().to_owned());
             }
             None => {
-                if r.value.remove(key).is_none() {
-                    return;
-                }
+                r.value.remove(key);
                 r.version.remove(key);
             }
         }
