@@ -42,6 +42,7 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::link::RelayHandle;
 use crate::metrics::Metrics;
@@ -165,6 +166,8 @@ pub struct Replicator {
     options: ReplicationOptions,
     handle: OnceLock<RelayHandle>,
     inner: Mutex<Inner>,
+    /// The rooms' pump tasks: [`Replicator::run`] waits for them at shutdown.
+    pumps: TaskTracker,
 }
 
 impl std::fmt::Debug for Replicator {
@@ -200,6 +203,7 @@ impl Replicator {
             options,
             handle: OnceLock::new(),
             inner: Mutex::new(inner),
+            pumps: TaskTracker::new(),
         })
     }
 
@@ -252,6 +256,16 @@ impl Replicator {
             }
         }
         feed_task.abort();
+        // The pumps end once their channels close; a pump in the middle of a send is given
+        // a moment (the links are closing too, so sends fail fast).
+        lock(&self.inner).pumps.clear();
+        self.pumps.close();
+        if tokio::time::timeout(Duration::from_secs(2), self.pumps.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("room pumps still busy at shutdown");
+        }
     }
 
     // ---- this region's Redis -----------------------------------------------------------
@@ -765,7 +779,7 @@ impl Replicator {
         }
         let (tx, rx) = mpsc::unbounded_channel();
         inner.pumps.insert(room.clone(), tx.clone());
-        tokio::spawn(self.clone().pump(room.clone(), rx));
+        self.pumps.spawn(self.clone().pump(room.clone(), rx));
         tx
     }
 
