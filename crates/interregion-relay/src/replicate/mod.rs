@@ -24,6 +24,10 @@
 //! - **Region loss.** A peer whose link stays down for `grace` is declared down: its members
 //!   leave every local room with `left {reason: region_down}` (a user connected here meanwhile
 //!   stays, homed here) and its users' presence is dropped.
+//!
+//! Over the ~700-line aim: this is still the async actor the relay runs. Its rules exist again
+//! as the pure [`core::ReplicationCore`] (tested by `tests/sim.rs`); once a driver runs the
+//! relay on the core, this file shrinks to that driver.
 
 pub mod core;
 
