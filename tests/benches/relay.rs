@@ -159,10 +159,10 @@ async fn main() -> Result<()> {
     let emulator = {
         let stop = tokio_util::sync::CancellationToken::new();
         let sink = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
-        let (proxy, _task) = interregion_relay::impair::start(
+        let (proxy, _task) = wan_impair::start(
             "127.0.0.1:0".parse()?,
             sink.local_addr()?,
-            interregion_relay::impair::Impairment {
+            wan_impair::Impairment {
                 delay_ms: rtt / 2,
                 jitter_ms: 0,
                 loss: 0.0,

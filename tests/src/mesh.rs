@@ -12,8 +12,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use interregion_relay::impair::{self, Impairment, ProxyHandle};
 use tokio_util::sync::CancellationToken;
+use wan_impair::{self as impair, Impairment, ProxyHandle};
 
 use crate::{bin_path, http_get, NodeProcess, RedisServer, TempDir};
 

@@ -177,6 +177,17 @@ pub struct MeshFiles {
     pub regions: BTreeMap<String, (PathBuf, PathBuf)>,
 }
 
+/// One line for the CA, then one per region (what `interregion-relay gen-certs` prints).
+impl std::fmt::Display for MeshFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "mesh CA: {}", self.ca_cert.display())?;
+        for (region, (cert, key)) in &self.regions {
+            writeln!(f, "{region}: cert {} key {}", cert.display(), key.display())?;
+        }
+        Ok(())
+    }
+}
+
 /// Generates a new dev mesh CA and a certificate for each of `regions`, and writes them to
 /// `out` (created if missing): `ca.pem`, `ca.key.pem`, `<region>.cert.pem`, `<region>.key.pem`.
 /// Keys are written with mode 0600. Existing files are replaced only when `overwrite` is set,

@@ -280,9 +280,9 @@ impl Default for ReplicationSettings {
 
 impl ReplicationSettings {
     /// As the replicator's options.
-    pub fn options(&self) -> crate::replicate::ReplicationOptions {
+    pub fn options(&self) -> ReplicationOptions {
         let ms = Duration::from_millis;
-        crate::replicate::ReplicationOptions {
+        ReplicationOptions {
             grace: ms(self.grace_ms),
             interest_linger: ms(self.interest_linger_ms),
             rescan: ms(self.rescan_ms),
@@ -292,6 +292,50 @@ impl ReplicationSettings {
             join_skew: ms(self.join_skew_ms),
             direct_buffer_bytes: self.direct_buffer_bytes,
             direct_buffer_age: ms(self.direct_buffer_ms),
+        }
+    }
+}
+
+/// Replication timers and sizes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplicationOptions {
+    /// A peer whose link stays down this long is declared down (`region_down`).
+    pub grace: Duration,
+    /// How long a room stays followed after its last local member left.
+    pub interest_linger: Duration,
+    /// Period of the interest rescan (the safety net behind the interest channel).
+    pub rescan: Duration,
+    /// History entries read per Redis call when sending.
+    pub batch: usize,
+    /// Least time between two requests for the same room after a gap.
+    pub gap_retry: Duration,
+    /// A peer's users count as online here until this long after anything was last heard
+    /// from its relay (the pseudo-node's lease is renewed every second to end then), so a dead
+    /// region's users are hidden from `presence` within this bound, long before the link is
+    /// declared down.
+    pub presence_ttl: Duration,
+    /// Clock-skew allowance of a join time: a region that starts following a room is sent
+    /// the room's history from this long before its first local member joined.
+    pub join_skew: Duration,
+    /// Direct messages for a region whose link is down are kept up to this many bytes (per
+    /// region) and delivered when the link is back...
+    pub direct_buffer_bytes: usize,
+    /// ...unless they are older than this.
+    pub direct_buffer_age: Duration,
+}
+
+impl Default for ReplicationOptions {
+    fn default() -> Self {
+        Self {
+            grace: Duration::from_secs(15),
+            interest_linger: Duration::from_secs(5),
+            rescan: Duration::from_secs(10),
+            batch: 256,
+            gap_retry: Duration::from_secs(1),
+            presence_ttl: Duration::from_secs(4),
+            join_skew: Duration::from_millis(500),
+            direct_buffer_bytes: 4 << 20,
+            direct_buffer_age: Duration::from_secs(30),
         }
     }
 }

@@ -1,24 +1,23 @@
-//! Start-up and the HTTP side: wires config, catalogue, TLS identity and sink into the links
-//! of [`crate::link`], and serves `/healthz`, `/readyz` and `/metrics`.
+//! Start-up pieces: [`prepare`] reads the catalogue and certificates a config names (before
+//! any socket is bound; `--validate` stops there), and [`start`] starts the links of
+//! [`crate::link`] on an already-bound socket with a given sink, plus the operations HTTP
+//! server (`ops.rs`), active from the start.
 //!
-//! `/healthz` is 200 while the process serves HTTP. `/readyz` is 200 once the QUIC endpoint is
-//! bound and until shutdown starts: a relay with no live link is still ready, because links
-//! depend on the other regions (per-link state is `meridian_relay_link_up` in `/metrics`).
+//! [`start`] is the transport alone (tests with a [`crate::MemorySink`]); a region's relay,
+//! with the lease, the standby and replication, is [`crate::run`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::State;
-use axum::http::{header, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Mesh, RelayConfig, RelayOptions};
 use crate::link::{start_links, RelayError, RelayHandle};
 use crate::metrics::Metrics;
+use crate::ops::{self, OpsState};
+use crate::role::Role;
 use crate::sink::EventSink;
 use crate::tls::TlsIdentity;
 
@@ -57,7 +56,7 @@ pub async fn start(
         identity,
         sink,
         socket,
-        metrics,
+        metrics.clone(),
         shutdown.clone(),
     )?;
     let handle = links.handle.clone();
@@ -66,20 +65,13 @@ pub async fn start(
         None => None,
     };
     let server = http.map(|listener| {
-        let app = Router::new()
-            .route("/healthz", get(|| async { "ok\n" }))
-            .route("/readyz", get(readyz))
-            .route("/metrics", get(metrics_text))
-            .with_state((handle.clone(), shutdown.clone()));
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await
-            {
-                tracing::warn!(error = %e, "relay HTTP server failed");
-            }
-        })
+        let state = OpsState {
+            metrics: metrics.clone(),
+            // A relay started this way is active from the start (no lease).
+            role: watch::channel(Role::Active).1,
+            shutdown: shutdown.clone(),
+        };
+        ops::serve(listener, state, shutdown.clone())
     });
     let links_done = links.done;
     let done = tokio::spawn(async move {
@@ -96,28 +88,8 @@ pub async fn start(
     })
 }
 
-type HttpState = (RelayHandle, CancellationToken);
-
-async fn readyz(State((_, shutdown)): State<HttpState>) -> Response {
-    if shutdown.is_cancelled() {
-        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response()
-    } else {
-        (StatusCode::OK, "ready\n").into_response()
-    }
-}
-
-async fn metrics_text(State((handle, _)): State<HttpState>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        handle.metrics().render(),
-    )
-        .into_response()
-}
-
-/// Everything `serve` needs, resolved from a config file before any socket is bound.
+/// Everything [`crate::run`] needs besides the config, resolved from the config file before any
+/// socket is bound.
 #[derive(Debug)]
 pub struct Prepared {
     /// Runtime options.

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use interregion_relay::certs::{self, DevCa};
 use interregion_relay::config::{Limits, Timing};
-use interregion_relay::impair::{self, Impairment};
 use interregion_relay::link::codes;
 use interregion_relay::sink::{LinkEvent, Received};
 use interregion_relay::tls::{self, TlsFiles, TlsIdentity};
@@ -22,6 +21,7 @@ use meridian_protocol::{Hlc, JsonText, RoomEventKind, RoomId, UserId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use wan_impair::{self as impair, Impairment};
 
 const EU: &str = "eu-central";
 const US: &str = "us-east";

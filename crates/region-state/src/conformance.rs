@@ -1,7 +1,8 @@
 //! The conformance suite every [`StateStore`] implementation must pass.
 //!
 //! A [`Harness`] makes stores for several nodes of one region; [`run_all`] runs every check
-//! against it. Rooms and users get random names, so checks never see each other's data.
+//! against it. Rooms and users get random names, so checks never see each other's data. Test
+//! support: compiled only with the `test-support` feature.
 
 // A test suite: a panic is a failed assertion.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]

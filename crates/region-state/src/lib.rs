@@ -5,19 +5,23 @@
 //! room history with per-room sequence numbers, room state, and the pub/sub fan-out of room
 //! events and direct messages. [`StateStore`] is the contract; [`RedisStore`] is the production
 //! implementation (key schema in `docs/redis-schema.md`), [`MemoryStore`] an in-process one for
-//! a single-node dev region and fast tests. Both pass the same [`conformance`] suite.
+//! a single-node dev region and fast tests. Both pass the same conformance suite
+//! (`conformance`, with the `redis-server` harness in `testing`: both behind the `test-support`
+//! feature, so they are not in release builds).
 //!
 //! Neighbours: `meridian-protocol` supplies ids and pre-encoded room event frames; the region
 //! node (`crates/region-node`) calls the store and fans out what arrives on the [`Inbound`]
 //! channel.
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
+#[cfg(feature = "test-support")]
 pub mod conformance;
 mod link;
 mod memory;
 mod redis_store;
 pub mod replica;
 mod scripts;
+#[cfg(any(test, feature = "test-support"))]
 pub mod testing;
 
 use std::fmt;

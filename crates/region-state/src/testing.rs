@@ -1,6 +1,7 @@
 //! Test support: a real `redis-server` on a free loopback port, killed on drop.
 //!
-//! Used by this crate's conformance tests and by the end-to-end tests in `tests/`.
+//! Used by this crate's conformance tests and by the end-to-end tests in `tests/`; compiled only
+//! with the `test-support` feature (and in this crate's own unit tests).
 
 use std::net::TcpListener;
 use std::path::PathBuf;

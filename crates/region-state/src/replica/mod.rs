@@ -13,10 +13,11 @@
 //!   stamp with the writer's region (`mr:{room}:mh`, `mr:{room}:sh`); a replicated write
 //!   older than the stored one is dropped, so every region converges on the same value.
 //!
-//! The same rules in Rust: [`model::ReplicaModel`]; both pass [`conformance::run_all`]
-//! through [`ReplicaApply`]. (Over the ~700-line aim: one Redis method per relay need, plus
+//! The same rules in Rust: [`model::ReplicaModel`]; both pass `conformance::run_all`
+//! (feature `test-support`) through [`ReplicaApply`]. (Over the ~700-line aim: one Redis method per relay need, plus
 //! the pub/sub feed; the feed could move to its own file.)
 
+#[cfg(any(test, feature = "test-support"))]
 pub mod conformance;
 pub mod model;
 

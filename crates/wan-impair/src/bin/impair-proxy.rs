@@ -1,13 +1,13 @@
 //! `impair-proxy`: a UDP proxy that adds delay, jitter, loss and partitions between two
 //! relays on one machine, controlled over HTTP (`GET /state`, `POST /partition`,
-//! `POST /heal`, `POST /impairment?delay_ms=&jitter_ms=&loss=`). See `interregion_relay::impair`.
+//! `POST /heal`, `POST /impairment?delay_ms=&jitter_ms=&loss=`). See the `wan_impair` crate.
 
 use std::net::SocketAddr;
 
 use anyhow::Context;
 use clap::Parser;
-use interregion_relay::impair::{self, Impairment};
 use tokio_util::sync::CancellationToken;
+use wan_impair::{self as impair, Impairment};
 
 /// UDP impairment proxy for emulating WAN links and partitions on loopback.
 #[derive(Parser, Debug)]

@@ -9,6 +9,11 @@
 //! [`ProxyHandle::set_partitioned`] drops everything, including datagrams already queued,
 //! until it is switched off. Settings change at run time through the handle or, in the
 //! `impair-proxy` binary, through [`control_router`]'s HTTP endpoints.
+//!
+//! Test and dev tooling, kept out of the product crates: the relay's link tests and the
+//! end-to-end mesh tests start it in-process ([`start`]); `meridian up --wan` starts the
+//! `impair-proxy` binary beside the relays (`docs/relay.md`, "Impairment proxy").
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
