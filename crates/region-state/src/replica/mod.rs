@@ -14,8 +14,8 @@
 //!   older than the stored one is dropped, so every region converges on the same value.
 //!
 //! The same rules in Rust: [`model::ReplicaModel`]; both pass `conformance::run_all`
-//! (feature `test-support`) through [`ReplicaApply`]. (Over the ~700-line aim: one Redis method per relay need, plus
-//! the pub/sub feed; the feed could move to its own file.)
+//! (feature `test-support`) through [`ReplicaApply`]. (Over the ~700-line aim: one Redis
+//! method per relay need, plus the pub/sub feed; the feed could move to its own file.)
 
 #[cfg(any(test, feature = "test-support"))]
 pub mod conformance;
