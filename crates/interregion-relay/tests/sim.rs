@@ -147,6 +147,10 @@ struct Sim {
     duplicate_percent: u64,
     /// Cuts (pair, start, end): the link cannot come back before the end.
     cuts: Vec<(usize, usize, u64, u64)>,
+    /// History reads the cores asked for, and events sent (the cost of reading the history
+    /// for every append instead of sending from the feed).
+    reads: usize,
+    events_sent: usize,
 }
 
 fn pair(a: usize, b: usize) -> (usize, usize) {
@@ -209,6 +213,8 @@ impl Sim {
             latency,
             duplicate_percent,
             cuts: Vec::new(),
+            reads: 0,
+            events_sent: 0,
         }
     }
 
@@ -235,6 +241,7 @@ impl Sim {
                         after,
                         count,
                     } => {
+                        self.reads += 1;
                         let batch = self.regions[r].model.read_local(&room, after, count);
                         inputs.push_back(Input::HistoryRead { peer, room, batch });
                     }
@@ -299,6 +306,9 @@ impl Sim {
 
     fn send(&mut self, from: usize, peer: &str, frame: Frame) {
         let to = self.index(peer);
+        if matches!(frame, Frame::RoomEvent(_)) {
+            self.events_sent += 1;
+        }
         let lane = match &frame {
             Frame::RoomEvent(e) => e.room.as_str().to_owned(),
             _ => String::new(),
@@ -663,6 +673,8 @@ struct Totals {
     messages: usize,
     region_downs: usize,
     drops: usize,
+    history_reads: usize,
+    events_sent: usize,
 }
 
 fn run_seed(seed: u64, totals: &mut Totals) -> Result<(), String> {
@@ -672,6 +684,8 @@ fn run_seed(seed: u64, totals: &mut Totals) -> Result<(), String> {
     totals.messages += sim.published.iter().map(Vec::len).sum::<usize>();
     totals.region_downs += sim.declared.len();
     totals.drops += sim.pairs.values().map(|p| p.down.len()).sum::<usize>();
+    totals.history_reads += sim.reads;
+    totals.events_sent += sim.events_sent;
     result
 }
 
