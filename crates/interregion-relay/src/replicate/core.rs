@@ -720,3 +720,252 @@ impl ReplicationCore {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meridian_protocol::Hlc;
+
+    fn core() -> ReplicationCore {
+        let options = CoreOptions {
+            grace: Duration::from_secs(15),
+            interest_linger: Duration::from_secs(5),
+            rescan: Duration::from_secs(10),
+            batch: 8,
+            gap_retry: Duration::from_secs(1),
+            presence_ttl: Duration::from_secs(4),
+        };
+        ReplicationCore::new("eu", &["us".to_owned()], options, Duration::ZERO)
+    }
+
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    fn room() -> RoomId {
+        RoomId::new("r").unwrap()
+    }
+
+    #[test]
+    fn a_peer_is_declared_down_once_after_the_grace_period() {
+        let mut c = core();
+        c.handle(
+            secs(0),
+            Input::LocalInterest {
+                room: room(),
+                local_members: true,
+            },
+        );
+        let declares = |out: &[Output]| {
+            out.iter()
+                .filter(|o| matches!(o, Output::DeclareDown { .. }))
+                .count()
+        };
+        assert_eq!(declares(&c.handle(secs(14), Input::Tick)), 0);
+        let out = c.handle(secs(15), Input::Tick);
+        assert_eq!(
+            out.iter().find(|o| matches!(o, Output::DeclareDown { .. })),
+            Some(&Output::DeclareDown {
+                peer: "us".into(),
+                rooms: vec![room()],
+            })
+        );
+        // Pending, then done: never asked again.
+        assert_eq!(declares(&c.handle(secs(16), Input::Tick)), 0);
+        c.handle(
+            secs(16),
+            Input::DownDeclared {
+                peer: "us".into(),
+                ok: true,
+            },
+        );
+        assert_eq!(c.declared_down().len(), 1);
+        assert_eq!(declares(&c.handle(secs(30), Input::Tick)), 0);
+        // Back: no longer down, and a failed declaration is retried on the next tick.
+        c.handle(secs(31), Input::LinkUp("us".into()));
+        assert!(c.declared_down().is_empty());
+        c.handle(secs(32), Input::LinkDown("us".into()));
+        assert_eq!(declares(&c.handle(secs(47), Input::Tick)), 1);
+        c.handle(
+            secs(47),
+            Input::DownDeclared {
+                peer: "us".into(),
+                ok: false,
+            },
+        );
+        assert_eq!(declares(&c.handle(secs(48), Input::Tick)), 1);
+    }
+
+    #[test]
+    fn a_gap_asks_again_at_most_once_per_gap_retry() {
+        let mut c = core();
+        c.handle(
+            secs(0),
+            Input::LocalInterest {
+                room: room(),
+                local_members: true,
+            },
+        );
+        c.handle(secs(0), Input::LinkUp("us".into()));
+        let gap = || Input::Applied {
+            peer: "us".into(),
+            room: room(),
+            outcome: Some(Applied::Gap),
+        };
+        let asks = |out: Vec<Output>| {
+            out.into_iter()
+                .filter(|o| {
+                    matches!(
+                        o,
+                        Output::ReadResumePoints {
+                            purpose: ResumeFor::Interest,
+                            ..
+                        }
+                    )
+                })
+                .count()
+        };
+        assert_eq!(asks(c.handle(Duration::from_millis(1_000), gap())), 1);
+        assert_eq!(asks(c.handle(Duration::from_millis(1_500), gap())), 0);
+        assert_eq!(asks(c.handle(Duration::from_millis(2_000), gap())), 1);
+        // A store error asks again too; a duplicate does not.
+        let error = Input::Applied {
+            peer: "us".into(),
+            room: room(),
+            outcome: None,
+        };
+        assert_eq!(asks(c.handle(secs(5), error)), 1);
+        let dup = Input::Applied {
+            peer: "us".into(),
+            room: room(),
+            outcome: Some(Applied::Duplicate),
+        };
+        assert_eq!(asks(c.handle(secs(9), dup)), 0);
+    }
+
+    #[test]
+    fn only_the_origin_may_send_its_events() {
+        let mut c = core();
+        let event = RoomEvent {
+            room: room(),
+            origin_region: "ap".into(),
+            origin_epoch: 1,
+            origin_seq: 1,
+            prev_seq: 0,
+            hlc: Hlc::default(),
+            kind: EventKind::Snapshot(Snapshot::default()),
+        };
+        let out = c.handle(
+            secs(1),
+            Input::PeerFrame {
+                peer: "us".into(),
+                frame: Frame::RoomEvent(event.clone()),
+            },
+        );
+        assert!(matches!(out.as_slice(), [Output::Malformed { .. }]));
+        let mut own = event;
+        own.origin_region = "us".into();
+        let out = c.handle(
+            secs(1),
+            Input::PeerFrame {
+                peer: "us".into(),
+                frame: Frame::RoomEvent(own.clone()),
+            },
+        );
+        assert_eq!(
+            out,
+            vec![Output::Apply {
+                peer: "us".into(),
+                event: own
+            }]
+        );
+    }
+
+    #[test]
+    fn a_follower_gets_a_snapshot_then_the_history_after_it() {
+        let mut c = core();
+        c.handle(secs(0), Input::LinkUp("us".into()));
+        let since = Position {
+            epoch: epoch_code("abcd0000"),
+            seq: 4,
+        };
+        let out = c.handle(
+            secs(1),
+            Input::PeerFrame {
+                peer: "us".into(),
+                frame: Frame::Interest {
+                    room: room(),
+                    interested: true,
+                    since: Some(since),
+                },
+            },
+        );
+        assert_eq!(
+            out,
+            vec![Output::TakeSnapshot {
+                peer: "us".into(),
+                room: room(),
+                at: Some(("abcd0000".into(), 4)),
+            }]
+        );
+        let snapshot = RoomSnapshot {
+            epoch: "abcd0000".into(),
+            seq: 9,
+            stamp: Hlc::default(),
+            members: Vec::new(),
+            state: Vec::new(),
+        };
+        let out = c.handle(
+            secs(1),
+            Input::SnapshotTaken {
+                peer: "us".into(),
+                room: room(),
+                at: Some(("abcd0000".into(), 4)),
+                snapshot,
+            },
+        );
+        assert!(
+            matches!(&out[0], Output::Send { frame: Frame::RoomEvent(e), .. } if e.origin_seq == 4)
+        );
+        assert!(matches!(&out[1], Output::ReadHistory { after: 4, .. }));
+        // The history after it: a local message is sent with its predecessor, a replicated
+        // entry is skipped.
+        let entry = |seq: u64, origin: Option<&str>| LocalEntry {
+            seq,
+            stamp: Hlc::default(),
+            origin: origin.map(str::to_owned),
+            frame: bytes::Bytes::from(format!(
+                r#"{{"type":"message","room":"r","from":"bob","data":{seq},"seq":{seq},"epoch":"abcd0000"}}"#
+            )),
+            idempotency: None,
+        };
+        let out = c.handle(
+            secs(1),
+            Input::HistoryRead {
+                peer: "us".into(),
+                room: room(),
+                batch: LocalBatch {
+                    epoch: "abcd0000".into(),
+                    seq: 7,
+                    oldest: Some(1),
+                    entries: vec![entry(5, None), entry(6, Some("ap x 3")), entry(7, None)],
+                },
+            },
+        );
+        let sent: Vec<(u64, u64)> = out
+            .iter()
+            .filter_map(|o| match o {
+                Output::Send {
+                    frame: Frame::RoomEvent(e),
+                    ..
+                } => Some((e.origin_seq, e.prev_seq)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(sent, vec![(5, 4), (7, 5)]);
+        assert!(c.is_following("us", &room()));
+        // The link goes: the follow goes with it.
+        c.handle(secs(2), Input::LinkDown("us".into()));
+        assert!(!c.is_following("us", &room()));
+    }
+}
