@@ -14,6 +14,9 @@
 //!   an origin tag; member events only for users homed here) on the room's lane, in order,
 //!   each with `prev_seq`. A follower without a usable resume point (none, another epoch, or
 //!   trimmed away) gets a snapshot first.
+//!   A pump's commands wait in a bounded channel; what does not fit merges into a bounded
+//!   overflow (see `PumpEntry::offer`), and the pumps run under a `TaskTracker` that
+//!   [`Replicator::run`] waits for at shutdown.
 //! - **Receiving.** Events are applied by one Lua script that dedupes on the per-origin
 //!   watermark, checks `prev_seq` against it (a gap asks the origin again with `Interest`,
 //!   at most once per `gap_retry`), and merges membership and state by last-writer-wins.
@@ -31,7 +34,7 @@
 
 pub mod core;
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -69,6 +72,79 @@ enum PumpCmd {
     Appended(Appended),
 }
 
+/// Commands a room's pump holds queued at most (see [`PumpEntry::offer`]).
+const PUMP_QUEUE: usize = 1024;
+
+/// A room's pump as the replicator reaches it: a bounded channel, and what did not fit.
+#[derive(Debug)]
+struct PumpEntry {
+    tx: mpsc::Sender<PumpCmd>,
+    overflow: Overflow,
+}
+
+/// Commands that found the pump's channel full, merged so that they take bounded room: any
+/// number of appended events become one `Poke` (the pump then reads the room's history, which
+/// holds them all), and follow changes keep the last one per peer.
+#[derive(Debug, Default)]
+struct Overflow {
+    poke: bool,
+    /// Per peer: `Some(since)` follow, `None` unfollow.
+    follows: BTreeMap<String, Option<Option<Position>>>,
+}
+
+impl Overflow {
+    fn is_empty(&self) -> bool {
+        !self.poke && self.follows.is_empty()
+    }
+
+    fn add(&mut self, cmd: PumpCmd) {
+        match cmd {
+            PumpCmd::Poke | PumpCmd::Appended(_) => self.poke = true,
+            PumpCmd::Follow(peer, since) => {
+                self.follows.insert(peer, Some(since));
+            }
+            PumpCmd::Unfollow(peer) => {
+                self.follows.insert(peer, None);
+            }
+        }
+    }
+
+    fn into_cmds(self) -> Vec<PumpCmd> {
+        let mut cmds: Vec<PumpCmd> = self
+            .follows
+            .into_iter()
+            .map(|(peer, f)| match f {
+                Some(since) => PumpCmd::Follow(peer, since),
+                None => PumpCmd::Unfollow(peer),
+            })
+            .collect();
+        if self.poke {
+            cmds.push(PumpCmd::Poke);
+        }
+        cmds
+    }
+}
+
+impl PumpEntry {
+    /// Queues `cmd` for the pump without waiting (callers hold the replicator's lock) and
+    /// without losing it. The channel is bounded ([`PUMP_QUEUE`]); when it is full, or while
+    /// earlier commands wait in the overflow (so that order is kept), the command goes to the
+    /// overflow, which merges instead of growing: appended events become one history read,
+    /// follow changes keep the last per peer. A slow pump therefore costs history reads, never
+    /// memory without bound and never an event. A pump that has ended (closed channel) takes
+    /// nothing, as before: the next follow starts a new one.
+    fn offer(&mut self, cmd: PumpCmd) {
+        if self.overflow.is_empty() {
+            match self.tx.try_send(cmd) {
+                Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+                Err(mpsc::error::TrySendError::Full(cmd)) => self.overflow.add(cmd),
+            }
+        } else {
+            self.overflow.add(cmd);
+        }
+    }
+}
+
 /// An event as the room channel carried it.
 #[derive(Debug, Clone)]
 struct Appended {
@@ -92,7 +168,7 @@ struct Cursor {
 #[derive(Default)]
 struct Inner {
     /// Pumps of the rooms some peer follows.
-    pumps: HashMap<RoomId, mpsc::UnboundedSender<PumpCmd>>,
+    pumps: HashMap<RoomId, PumpEntry>,
     /// Rooms each peer follows (to apply an interest snapshot).
     followed: HashMap<String, BTreeSet<RoomId>>,
     /// Rooms with local members, announced to the peers.
@@ -242,8 +318,8 @@ impl Replicator {
                 frame,
                 idempotency,
             } => {
-                if let Some(pump) = lock(&self.inner).pumps.get(&room) {
-                    let _ = pump.send(PumpCmd::Appended(Appended {
+                if let Some(pump) = lock(&self.inner).pumps.get_mut(&room) {
+                    pump.offer(PumpCmd::Appended(Appended {
                         seq,
                         epoch,
                         frame,
@@ -282,9 +358,8 @@ impl Replicator {
             Feed::Resynced => {
                 // Announcements may have been missed while the feed was down.
                 self.rescan_interest().await;
-                let pumps: Vec<_> = lock(&self.inner).pumps.values().cloned().collect();
-                for pump in pumps {
-                    let _ = pump.send(PumpCmd::Poke);
+                for pump in lock(&self.inner).pumps.values_mut() {
+                    pump.offer(PumpCmd::Poke);
                 }
                 // Redis may have lost data (a restart without it, or with the last second of
                 // an append-only file missing, or a failover to a replica that lagged): ask
@@ -730,20 +805,26 @@ impl Replicator {
 
     // ---- sending ---------------------------------------------------------------------
 
-    fn pump_for(
-        self: &Arc<Self>,
-        inner: &mut Inner,
-        room: &RoomId,
-    ) -> mpsc::UnboundedSender<PumpCmd> {
-        if let Some(p) = inner.pumps.get(room) {
-            if !p.is_closed() {
-                return p.clone();
+    fn pump_for<'a>(self: &Arc<Self>, inner: &'a mut Inner, room: &RoomId) -> &'a mut PumpEntry {
+        use std::collections::hash_map::Entry;
+        match inner.pumps.entry(room.clone()) {
+            Entry::Occupied(e) if !e.get().tx.is_closed() => e.into_mut(),
+            entry => {
+                let (tx, rx) = mpsc::channel(PUMP_QUEUE);
+                self.pumps.spawn(self.clone().pump(room.clone(), rx));
+                let fresh = PumpEntry {
+                    tx,
+                    overflow: Overflow::default(),
+                };
+                match entry {
+                    Entry::Occupied(mut e) => {
+                        e.insert(fresh);
+                        e.into_mut()
+                    }
+                    Entry::Vacant(v) => v.insert(fresh),
+                }
             }
         }
-        let (tx, rx) = mpsc::unbounded_channel();
-        inner.pumps.insert(room.clone(), tx.clone());
-        self.pumps.spawn(self.clone().pump(room.clone(), rx));
-        tx
     }
 
     fn follow(self: &Arc<Self>, peer: &str, room: &RoomId, since: Option<Position>) {
@@ -751,8 +832,8 @@ impl Replicator {
         let followed = inner.followed.entry(peer.to_owned()).or_default();
         followed.insert(room.clone());
         let n = followed.len();
-        let pump = self.pump_for(&mut inner, room);
-        let _ = pump.send(PumpCmd::Follow(peer.to_owned(), since));
+        self.pump_for(&mut inner, room)
+            .offer(PumpCmd::Follow(peer.to_owned(), since));
         drop(inner);
         self.set_followed_gauge(peer, n);
     }
@@ -766,8 +847,8 @@ impl Replicator {
             }
             None => 0,
         };
-        if let Some(p) = inner.pumps.get(room) {
-            let _ = p.send(PumpCmd::Unfollow(peer.to_owned()));
+        if let Some(p) = inner.pumps.get_mut(room) {
+            p.offer(PumpCmd::Unfollow(peer.to_owned()));
         }
         drop(inner);
         self.set_followed_gauge(peer, n);
@@ -782,14 +863,22 @@ impl Replicator {
     }
 
     /// The task that sends one room's events to the peers following it.
-    async fn pump(self: Arc<Self>, room: RoomId, mut rx: mpsc::UnboundedReceiver<PumpCmd>) {
+    async fn pump(self: Arc<Self>, room: RoomId, mut rx: mpsc::Receiver<PumpCmd>) {
         let mut followers: HashMap<String, Cursor> = HashMap::new();
         loop {
             let Some(first) = rx.recv().await else { return };
             let mut poke = false;
             let mut cmds = vec![first];
-            while let Ok(c) = rx.try_recv() {
-                cmds.push(c);
+            {
+                // Under the lock no command can be queued: the channel's commands are all
+                // older than the overflow's (see `PumpEntry::offer`).
+                let mut inner = lock(&self.inner);
+                while let Ok(c) = rx.try_recv() {
+                    cmds.push(c);
+                }
+                if let Some(p) = inner.pumps.get_mut(&room) {
+                    cmds.extend(std::mem::take(&mut p.overflow).into_cmds());
+                }
             }
             let mut fresh: HashSet<String> = HashSet::new();
             let mut appended: Vec<Appended> = Vec::new();
@@ -1223,8 +1312,8 @@ impl Replicator {
         // The peer re-follows from its watermarks when it is back.
         if let Some(rooms) = inner.followed.remove(peer) {
             for room in rooms {
-                if let Some(p) = inner.pumps.get(&room) {
-                    let _ = p.send(PumpCmd::Unfollow(peer.to_owned()));
+                if let Some(p) = inner.pumps.get_mut(&room) {
+                    p.offer(PumpCmd::Unfollow(peer.to_owned()));
                 }
             }
         }
@@ -1325,6 +1414,40 @@ impl EventSink for ReplicatorSink {
 mod tests {
     use super::*;
     use region_state::replica::LocalEntry;
+
+    #[test]
+    fn a_full_pump_channel_merges_commands_instead_of_losing_them() {
+        let (tx, mut rx) = mpsc::channel(1);
+        let mut pump = PumpEntry {
+            tx,
+            overflow: Overflow::default(),
+        };
+        let appended = |seq| {
+            PumpCmd::Appended(Appended {
+                seq,
+                epoch: "e".into(),
+                frame: Bytes::new(),
+                idempotency: None,
+            })
+        };
+        pump.offer(appended(1));
+        pump.offer(appended(2)); // full: becomes a history read
+        pump.offer(PumpCmd::Follow("us".into(), None));
+        pump.offer(PumpCmd::Unfollow("us".into())); // the last change per peer wins
+        pump.offer(PumpCmd::Follow("ap".into(), None));
+        assert!(matches!(rx.try_recv(), Ok(PumpCmd::Appended(a)) if a.seq == 1));
+        // Room in the channel again, but older commands wait in the overflow: keep the order.
+        pump.offer(appended(3));
+        assert!(rx.try_recv().is_err());
+        let cmds = std::mem::take(&mut pump.overflow).into_cmds();
+        assert_eq!(cmds.len(), 3, "{cmds:?}");
+        assert!(matches!(&cmds[0], PumpCmd::Follow(p, None) if p == "ap"));
+        assert!(matches!(&cmds[1], PumpCmd::Unfollow(p) if p == "us"));
+        assert!(matches!(cmds[2], PumpCmd::Poke));
+        // Drained: the channel takes commands again.
+        pump.offer(appended(4));
+        assert!(matches!(rx.try_recv(), Ok(PumpCmd::Appended(a)) if a.seq == 4));
+    }
 
     fn outgoing(entry: &LocalEntry, region: &str) -> Option<EventKind> {
         core::outgoing_kind(entry, region).map(EventKind::Event)
