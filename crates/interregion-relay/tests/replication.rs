@@ -9,15 +9,11 @@ use interregion_relay::replicate::{ReplicationOptions, Replicator, ReplicatorSin
 use interregion_relay::EventSink;
 use meridian_protocol::relay::{self, EventKind, Frame, RoomEvent, Snapshot};
 use meridian_protocol::{
-    Hlc, JsonText, LeftReason, OriginPosition, RoomEventFrame, RoomEventKind, RoomId, StateRecord,
-    UserId,
+    Hlc, JsonText, LeftReason, RoomEventFrame, RoomEventKind, RoomId, StateRecord, UserId,
 };
 use redis::AsyncCommands;
-use region_state::replica::{
-    epoch_code, Applied, RemoteEvent, RemoteKind, ReplicaConfig, ReplicaStore,
-};
+use region_state::replica::{epoch_code, Applied, ReplicaConfig, ReplicaStore};
 use region_state::testing::RedisServer;
-use serde_json::value::RawValue;
 
 const EPOCH: &str = "k3v9x0qa";
 
@@ -44,26 +40,24 @@ fn stamp(ms: u64) -> Hlc {
     }
 }
 
-fn event(room: &RoomId, seq: u64, prev: u64, kind: RemoteKind) -> RemoteEvent {
-    RemoteEvent {
+fn event(room: &RoomId, seq: u64, prev: u64, kind: EventKind) -> RoomEvent {
+    RoomEvent {
         room: room.clone(),
-        origin: OriginPosition {
-            region: "eu".into(),
-            epoch: EPOCH.into(),
-            seq,
-        },
-        stamp: stamp(seq),
+        origin_region: "eu".into(),
+        origin_epoch: epoch_code(EPOCH),
+        origin_seq: seq,
+        hlc: stamp(seq),
         prev_seq: prev,
         kind,
     }
 }
 
-fn message(n: u64) -> RemoteKind {
-    RemoteKind::Message {
+fn message(n: u64) -> EventKind {
+    EventKind::Event(RoomEventKind::Message {
         from: user("bob"),
-        data: RawValue::from_string(format!("{{\"n\":{n}}}")).unwrap(),
+        data: JsonText::new(format!("{{\"n\":{n}}}")).unwrap(),
         idempotency: None,
-    }
+    })
 }
 
 async fn members(redis: &RedisServer, room: &RoomId) -> Vec<(String, String)> {
@@ -88,7 +82,7 @@ async fn apply_dedupes_detects_gaps_and_merges_by_last_writer() {
     // Without a snapshot first there is no watermark: a gap.
     let early = ap.apply(&event(&room, 3, 2, message(0))).await.unwrap();
     assert_eq!(early, Applied::Gap);
-    let snapshot = RemoteKind::Snapshot {
+    let snapshot = EventKind::Snapshot(Snapshot {
         members: vec![(user("bob"), stamp(1))],
         state: vec![StateRecord {
             key: "topic".into(),
@@ -97,7 +91,7 @@ async fn apply_dedupes_detects_gaps_and_merges_by_last_writer() {
             region: "eu".into(),
             by: user("bob"),
         }],
-    };
+    });
     assert_eq!(
         ap.apply(&event(&room, 5, 0, snapshot)).await.unwrap(),
         Applied::Applied
@@ -145,17 +139,17 @@ async fn apply_dedupes_detects_gaps_and_merges_by_last_writer() {
     );
 
     // Last writer wins on a state key: an older write from the origin is superseded.
-    let older = RemoteEvent {
-        stamp: stamp(1),
+    let older = RoomEvent {
+        hlc: stamp(1),
         ..event(
             &room,
             8,
             7,
-            RemoteKind::StateSet {
+            EventKind::Event(RoomEventKind::StateSet {
                 key: "topic".into(),
-                value: RawValue::from_string("\"stale\"".into()).unwrap(),
+                value: JsonText::new("\"stale\"").unwrap(),
                 by: user("bob"),
-            },
+            }),
         )
     };
     assert_eq!(ap.apply(&older).await.unwrap(), Applied::Superseded);
@@ -163,10 +157,10 @@ async fn apply_dedupes_detects_gaps_and_merges_by_last_writer() {
         &room,
         10,
         8,
-        RemoteKind::StateDelete {
+        EventKind::Event(RoomEventKind::StateDelete {
             key: "topic".into(),
             by: user("bob"),
-        },
+        }),
     );
     assert_eq!(ap.apply(&newer).await.unwrap(), Applied::Applied);
     let snap = ap.snapshot(&room).await.unwrap();
@@ -179,10 +173,10 @@ async fn apply_dedupes_detects_gaps_and_merges_by_last_writer() {
             &room,
             11,
             10,
-            RemoteKind::Leave {
+            EventKind::Event(RoomEventKind::Left {
                 user: user("bob"),
                 reason: LeftReason::Leave,
-            }
+            })
         ))
         .await
         .unwrap(),
@@ -196,10 +190,10 @@ async fn a_region_declared_down_loses_its_members_but_not_rehomed_ones() {
     let redis = RedisServer::start().unwrap();
     let ap = store(&redis, "ap").await;
     let room = RoomId::new("lobby").unwrap();
-    let snapshot = RemoteKind::Snapshot {
+    let snapshot = EventKind::Snapshot(Snapshot {
         members: vec![(user("bob"), stamp(1)), (user("carol"), stamp(1))],
         state: Vec::new(),
-    };
+    });
     ap.apply(&event(&room, 4, 0, snapshot)).await.unwrap();
     // carol holds a connection here (as the join script records it).
     let client = redis::Client::open(redis.url()).unwrap();
@@ -245,10 +239,10 @@ async fn a_region_declared_down_loses_its_members_but_not_rehomed_ones() {
         &room,
         5,
         0,
-        RemoteKind::Snapshot {
+        EventKind::Snapshot(Snapshot {
             members: vec![(user("dave"), stamp(9))],
             state: Vec::new(),
-        },
+        }),
     ))
     .await
     .unwrap();
@@ -328,17 +322,19 @@ async fn a_publish_retried_in_another_region_is_applied_once() {
     let redis = RedisServer::start().unwrap();
     let ap = store(&redis, "ap").await;
     let room = RoomId::new("stage").unwrap();
-    let snapshot = RemoteKind::Snapshot {
+    let snapshot = EventKind::Snapshot(Snapshot {
         members: Vec::new(),
         state: Vec::new(),
-    };
+    });
     ap.apply(&event(&room, 1, 0, snapshot.clone()))
         .await
         .unwrap();
-    let keyed = |n: u64| RemoteKind::Message {
-        from: user("bob"),
-        data: RawValue::from_string(format!("{{\"n\":{n}}}")).unwrap(),
-        idempotency: Some("bob|k1".into()),
+    let keyed = |n: u64| {
+        EventKind::Event(RoomEventKind::Message {
+            from: user("bob"),
+            data: JsonText::new(format!("{{\"n\":{n}}}")).unwrap(),
+            idempotency: Some("bob|k1".into()),
+        })
     };
     // The original from eu-central is applied and remembered by its idempotency id.
     assert_eq!(
@@ -351,10 +347,10 @@ async fn a_publish_retried_in_another_region_is_applied_once() {
     assert!(seq.is_some(), "a retry of the publish here finds it");
     // The client's retry, published in us-east and replicated from there: not again.
     let mut retry = event(&room, 7, 0, snapshot);
-    retry.origin.region = "us".into();
+    retry.origin_region = "us".into();
     ap.apply(&retry).await.unwrap();
     let mut retry = event(&room, 8, 7, keyed(1));
-    retry.origin.region = "us".into();
+    retry.origin_region = "us".into();
     assert_eq!(ap.apply(&retry).await.unwrap(), Applied::Superseded);
     let messages = ap
         .read_local(&room, 0, 100)
@@ -374,10 +370,10 @@ async fn the_position_before_a_moment_covers_everything_appended_since() {
     let redis = RedisServer::start().unwrap();
     let ap = store(&redis, "ap").await;
     let room = RoomId::new("stage").unwrap();
-    let snapshot = RemoteKind::Snapshot {
+    let snapshot = EventKind::Snapshot(Snapshot {
         members: vec![(user("bob"), stamp(1))],
         state: vec![],
-    };
+    });
     assert_eq!(
         ap.apply(&event(&room, 5, 0, snapshot)).await.unwrap(),
         Applied::Applied

@@ -12,6 +12,14 @@
 //! - **Last writer wins.** Membership changes and state keys carry a hybrid-logical-clock
 //!   stamp with the writer's region (`mr:{room}:mh`, `mr:{room}:sh`); a replicated write
 //!   older than the stored one is dropped, so every region converges on the same value.
+//!
+//! The same rules in Rust: [`model::ReplicaModel`]; both pass `conformance::run_all`
+//! (feature `test-support`) through [`ReplicaApply`]. (Over the ~700-line aim: one Redis
+//! method per relay need, plus the pub/sub feed; the feed could move to its own file.)
+
+#[cfg(any(test, feature = "test-support"))]
+pub mod conformance;
+pub mod model;
 
 use std::collections::{BTreeSet, HashSet};
 use std::fmt;
@@ -19,12 +27,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::link::{LinkConn, PrimaryLink, RedisEndpoint, Resolver};
+use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use meridian_protocol::{JsonText, LeftReason, OriginPosition, RoomEventFrame, RoomId, UserId};
+use meridian_protocol::{JsonText, OriginPosition, RoomEventFrame, RoomEventKind, RoomId, UserId};
 use redis::streams::StreamRangeReply;
 use redis::{AsyncCommands, Script};
-use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
 use crate::scripts::{
@@ -40,73 +48,13 @@ pub use meridian_protocol::relay::{epoch_code, epoch_text};
 /// scripts store, so stamps compare as strings.
 pub use meridian_protocol::{Hlc, StateRecord};
 
-/// What a replicated event does.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub enum RemoteKind {
-    /// A user became a member in the origin region.
-    Join {
-        /// The user.
-        user: UserId,
-    },
-    /// A member homed in the origin region left.
-    Leave {
-        /// The user.
-        user: UserId,
-        /// Why.
-        reason: LeftReason,
-    },
-    /// A room message.
-    Message {
-        /// The publisher.
-        from: UserId,
-        /// The message body.
-        data: Box<RawValue>,
-        /// The publish's `<user>|<key>` idempotency id: applied once per window here, also
-        /// when the client retried it in another region.
-        idempotency: Option<String>,
-    },
-    /// A state key was written.
-    StateSet {
-        /// The key.
-        key: String,
-        /// The value.
-        value: Box<RawValue>,
-        /// The writer.
-        by: UserId,
-    },
-    /// A state key was deleted.
-    StateDelete {
-        /// The key.
-        key: String,
-        /// The writer.
-        by: UserId,
-    },
-    /// The origin's members of the room and the room's state as of the event's position:
-    /// replaces what this region holds from the origin.
-    Snapshot {
-        /// Users homed in the origin region, with their membership stamps.
-        members: Vec<(UserId, Hlc)>,
-        /// Every state key the origin knows, with stamps (tombstones included).
-        state: Vec<StateRecord>,
-    },
-}
-
-/// A room event published in another region, to apply here.
-#[derive(Debug, Clone)]
-pub struct RemoteEvent {
-    /// The room.
-    pub room: RoomId,
-    /// Where it was published: origin region, its room epoch and sequence number.
-    pub origin: OriginPosition,
-    /// The origin's HLC stamp of the event.
-    pub stamp: Hlc,
-    /// The origin seq of the event the origin sent before this one (its resume point or
-    /// snapshot for the first); ignored for a snapshot.
-    pub prev_seq: u64,
-    /// What happened.
-    pub kind: RemoteKind,
-}
+/// A room event published in another region, to apply here: the relay frame itself (the
+/// protocol's one vocabulary, [`RoomEventKind`] or a [`Snapshot`], with the one [`Hlc`] and
+/// [`StateRecord`]). The origin's epoch travels as a number; the store keeps it as text
+/// ([`epoch_text`]).
+pub use meridian_protocol::relay::RoomEvent as RemoteEvent;
+/// What a replicated event says, and the origin's share of a room.
+pub use meridian_protocol::relay::{EventKind, Snapshot};
 
 /// What applying a replicated event did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -207,6 +155,71 @@ pub enum Feed {
     },
     /// The feed reconnected: messages may have been missed; rescan.
     Resynced,
+}
+
+pub use model::{MemoryReplica, ReplicaModel};
+
+/// The apply rules of a region's replica, as the relay uses them: [`ReplicaStore`] runs them
+/// in Redis (the Lua scripts), [`MemoryReplica`] in the Rust reference model
+/// ([`model::ReplicaModel`]). Both pass [`conformance::run_all`].
+#[async_trait]
+pub trait ReplicaApply: Send + Sync {
+    /// This region.
+    fn region(&self) -> &str;
+    /// Applies one replicated event: dedupe on the origin's watermark, `prev_seq` gaps,
+    /// last-writer-wins for membership and state, then the history append.
+    async fn apply(&self, event: &RemoteEvent) -> StoreResult<Applied>;
+    /// The last `(epoch, seq)` applied from `origin` in each room (`None`: nothing yet).
+    async fn watermarks(
+        &self,
+        origin: &str,
+        rooms: &[RoomId],
+    ) -> StoreResult<Vec<Option<(String, u64)>>>;
+    /// `region` was declared down: its members leave `room` with `region_down`.
+    async fn region_down(&self, room: &RoomId, region: &str) -> StoreResult<usize>;
+    /// Up to `count` history entries after `after`, with the room's position.
+    async fn read_local(&self, room: &RoomId, after: u64, count: usize) -> StoreResult<LocalBatch>;
+    /// This region's members of the room and the room state, with the position.
+    async fn snapshot(&self, room: &RoomId) -> StoreResult<RoomSnapshot>;
+    /// Every member of the room (all regions) with its home region, sorted by user.
+    async fn members(&self, room: &RoomId) -> StoreResult<Vec<(UserId, String)>>;
+}
+
+#[async_trait]
+impl ReplicaApply for ReplicaStore {
+    fn region(&self) -> &str {
+        ReplicaStore::region(self)
+    }
+    async fn apply(&self, event: &RemoteEvent) -> StoreResult<Applied> {
+        ReplicaStore::apply(self, event).await
+    }
+    async fn watermarks(
+        &self,
+        origin: &str,
+        rooms: &[RoomId],
+    ) -> StoreResult<Vec<Option<(String, u64)>>> {
+        ReplicaStore::watermarks(self, origin, rooms).await
+    }
+    async fn region_down(&self, room: &RoomId, region: &str) -> StoreResult<usize> {
+        ReplicaStore::region_down(self, room, region).await
+    }
+    async fn read_local(&self, room: &RoomId, after: u64, count: usize) -> StoreResult<LocalBatch> {
+        ReplicaStore::read_local(self, room, after, count).await
+    }
+    async fn snapshot(&self, room: &RoomId) -> StoreResult<RoomSnapshot> {
+        ReplicaStore::snapshot(self, room).await
+    }
+    async fn members(&self, room: &RoomId) -> StoreResult<Vec<(UserId, String)>> {
+        let keys = RoomKeys::new(room);
+        let reg: std::collections::HashMap<String, String> =
+            self.conn().hgetall(&keys.keys[k::REG]).await?;
+        let mut out: Vec<(UserId, String)> = reg
+            .into_iter()
+            .filter_map(|(u, h)| Some((UserId::new(u).ok()?, h)))
+            .collect();
+        out.sort();
+        Ok(out)
+    }
 }
 
 /// Where the relay's Redis is and the room settings the region's nodes use.
@@ -366,52 +379,57 @@ impl ReplicaStore {
     /// membership and state, then the same append (history + fan-out) as a local event.
     pub async fn apply(&self, event: &RemoteEvent) -> StoreResult<Applied> {
         let keys = RoomKeys::new(&event.room);
-        let origin = &event.origin;
+        let origin = OriginPosition {
+            region: event.origin_region.clone(),
+            epoch: epoch_text(event.origin_epoch),
+            seq: event.origin_seq,
+        };
+        let origin = &origin;
         let mut inv = self.args.invoke(&self.scripts.apply, &keys);
         inv.arg(&origin.region)
             .arg(&origin.epoch)
             .arg(origin.seq)
-            .arg(event.stamp.to_string());
+            .arg(event.hlc.to_string());
         let room = &event.room;
         let kind = match &event.kind {
-            RemoteKind::Join { .. } => "join",
-            RemoteKind::Leave { .. } => "leave",
-            RemoteKind::Message { .. } => "message",
-            RemoteKind::StateSet { .. } => "set",
-            RemoteKind::StateDelete { .. } => "delete",
-            RemoteKind::Snapshot { .. } => "snapshot",
+            EventKind::Event(RoomEventKind::Joined { .. }) => "join",
+            EventKind::Event(RoomEventKind::Left { .. }) => "leave",
+            EventKind::Event(RoomEventKind::Message { .. }) => "message",
+            EventKind::Event(RoomEventKind::StateSet { .. }) => "set",
+            EventKind::Event(RoomEventKind::StateDelete { .. }) => "delete",
+            EventKind::Snapshot(_) => "snapshot",
         };
         inv.arg(kind).arg(room.as_str()).arg(event.prev_seq);
         match &event.kind {
-            RemoteKind::Join { user } => {
+            EventKind::Event(RoomEventKind::Joined { user }) => {
                 inv.arg(user.as_str());
             }
-            RemoteKind::Leave { user, reason } => {
+            EventKind::Event(RoomEventKind::Left { user, reason }) => {
                 inv.arg(user.as_str()).arg(reason.as_str());
             }
-            RemoteKind::Message {
+            EventKind::Event(RoomEventKind::Message {
                 from,
                 data,
                 idempotency,
-            } => {
-                let head = RoomEventFrame::message(room, from, data).with_origin(origin);
+            }) => {
+                let head = RoomEventFrame::message(room, from, data.as_raw()).with_origin(origin);
                 inv.arg(head.head())
                     .arg(idempotency.as_deref().unwrap_or(""))
                     .arg(self.idempotency_window_ms);
             }
-            RemoteKind::StateSet { key, value, by } => {
-                let head =
-                    RoomEventFrame::state_changed(room, key, Some(value), by).with_origin(origin);
+            EventKind::Event(RoomEventKind::StateSet { key, value, by }) => {
+                let head = RoomEventFrame::state_changed(room, key, Some(value.as_raw()), by)
+                    .with_origin(origin);
                 inv.arg(key)
                     .arg(value.get())
                     .arg(by.as_str())
                     .arg(head.head());
             }
-            RemoteKind::StateDelete { key, by } => {
+            EventKind::Event(RoomEventKind::StateDelete { key, by }) => {
                 let head = RoomEventFrame::state_changed(room, key, None, by).with_origin(origin);
                 inv.arg(key).arg(by.as_str()).arg(head.head());
             }
-            RemoteKind::Snapshot { members, state } => {
+            EventKind::Snapshot(Snapshot { members, state }) => {
                 inv.arg(members.len());
                 for (user, stamp) in members {
                     inv.arg(user.as_str()).arg(stamp.to_string());

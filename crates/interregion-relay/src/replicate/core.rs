@@ -1,0 +1,971 @@
+//! The pure replication core: the rules of [`super::Replicator`] as a state machine in the
+//! style of quinn-proto. [`ReplicationCore::handle`] takes the time and one [`Input`] and
+//! returns the [`Output`]s to execute; it has no tokio, no Redis and no sockets, so
+//! `tests/sim.rs` runs thousands of seeded multi-region schedules on virtual time.
+//!
+//! It owns the follow cursors (what each peer has been sent of each room), the interest and
+//! its linger, the gap retry, the grace period and region loss, and the presence leases.
+//! Reading the store and sending frames are outputs; their results come back as inputs
+//! (`HistoryRead`, `SnapshotTaken`, `ResumePoints`, `Applied`, `DownDeclared`).
+//!
+//! Not yet here (the async [`super::Replicator`] still does them itself): direct-message
+//! buffering, join-time and resumer positions for a first follow, the Redis resync
+//! re-follow, and the fast path that sends a message from the feed without a history read.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use meridian_protocol::relay::{
+    epoch_code, epoch_text, EventKind, Follow, Frame, Position, Presence, RoomEvent, Snapshot,
+};
+use meridian_protocol::{RoomEventFrame, RoomEventKind, RoomId};
+use region_state::replica::{Applied, LocalBatch, LocalEntry, RoomSnapshot};
+
+/// The core's timers and sizes (a subset of [`super::ReplicationOptions`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CoreOptions {
+    /// A peer whose link stays down this long is declared down.
+    pub grace: Duration,
+    /// How long a room stays followed after its last local member left.
+    pub interest_linger: Duration,
+    /// Period of the interest snapshot sent to every peer (anti-entropy).
+    pub rescan: Duration,
+    /// History entries per read.
+    pub batch: usize,
+    /// Least time between two requests for the same room after a gap.
+    pub gap_retry: Duration,
+    /// A peer's users count as online until this long after it was last heard.
+    pub presence_ttl: Duration,
+}
+
+impl From<&super::ReplicationOptions> for CoreOptions {
+    fn from(o: &super::ReplicationOptions) -> Self {
+        Self {
+            grace: o.grace,
+            interest_linger: o.interest_linger,
+            rescan: o.rescan,
+            batch: o.batch,
+            gap_retry: o.gap_retry,
+            presence_ttl: o.presence_ttl,
+        }
+    }
+}
+
+/// Why resume points were asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResumeFor {
+    /// One `Interest` per room (a new local interest, or asking again after a gap).
+    Interest,
+    /// One `InterestSnapshot` with every room (link up, periodic rescan).
+    Snapshot,
+}
+
+/// What happened, for the core.
+#[derive(Debug, Clone)]
+pub enum Input {
+    /// An entry was appended to `room`'s history here (local or replicated).
+    LocalAppended {
+        /// The room.
+        room: RoomId,
+    },
+    /// `room` gained its first (`true`) or lost its last (`false`) local member.
+    LocalInterest {
+        /// The room.
+        room: RoomId,
+        /// Whether it has local members now.
+        local_members: bool,
+    },
+    /// A frame from `peer`.
+    PeerFrame {
+        /// The peer region.
+        peer: String,
+        /// The frame.
+        frame: Frame,
+    },
+    /// The link to `peer` is up.
+    LinkUp(String),
+    /// The link to `peer` is down (or a send to it failed).
+    LinkDown(String),
+    /// Time passed (the driver ticks every second).
+    Tick,
+    /// The answer to [`Output::ReadHistory`].
+    HistoryRead {
+        /// The follower.
+        peer: String,
+        /// The room.
+        room: RoomId,
+        /// What the store returned.
+        batch: LocalBatch,
+    },
+    /// The answer to [`Output::TakeSnapshot`].
+    SnapshotTaken {
+        /// The follower.
+        peer: String,
+        /// The room.
+        room: RoomId,
+        /// The follower's resume point, if it had one.
+        at: Option<(String, u64)>,
+        /// The snapshot.
+        snapshot: RoomSnapshot,
+    },
+    /// The answer to [`Output::ReadResumePoints`]: the watermark of each room.
+    ResumePoints {
+        /// The peer to ask.
+        peer: String,
+        /// Rooms with the last `(epoch, seq)` applied from the peer.
+        rooms: Vec<(RoomId, Option<(String, u64)>)>,
+        /// Why they were read.
+        purpose: ResumeFor,
+    },
+    /// The outcome of [`Output::Apply`] (`None`: the store failed).
+    Applied {
+        /// The peer the event came from.
+        peer: String,
+        /// The room.
+        room: RoomId,
+        /// The outcome.
+        outcome: Option<Applied>,
+    },
+    /// The outcome of [`Output::DeclareDown`].
+    DownDeclared {
+        /// The peer region.
+        peer: String,
+        /// Whether every room was done (otherwise the next tick tries again).
+        ok: bool,
+    },
+}
+
+/// What the driver must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// Send `frame` to `peer` (a failure comes back as [`Input::LinkDown`]).
+    Send {
+        /// The peer region.
+        peer: String,
+        /// The frame.
+        frame: Frame,
+    },
+    /// Read `room`'s history after `after` for `peer` ([`Input::HistoryRead`]).
+    ReadHistory {
+        /// The follower.
+        peer: String,
+        /// The room.
+        room: RoomId,
+        /// Position to read after.
+        after: u64,
+        /// Entries at most.
+        count: usize,
+    },
+    /// Take `room`'s snapshot for `peer` ([`Input::SnapshotTaken`]).
+    TakeSnapshot {
+        /// The follower.
+        peer: String,
+        /// The room.
+        room: RoomId,
+        /// The follower's resume point, to label the snapshot with.
+        at: Option<(String, u64)>,
+    },
+    /// Read the watermarks of `peer` in `rooms` ([`Input::ResumePoints`]).
+    ReadResumePoints {
+        /// The peer.
+        peer: String,
+        /// The rooms.
+        rooms: Vec<RoomId>,
+        /// Why.
+        purpose: ResumeFor,
+    },
+    /// Apply a replicated event ([`Input::Applied`]).
+    Apply {
+        /// The peer it came from.
+        peer: String,
+        /// The event.
+        event: RoomEvent,
+    },
+    /// Record the users `peer` says are connected there.
+    SetPresence {
+        /// The peer.
+        peer: String,
+        /// What it said.
+        presence: Presence,
+    },
+    /// Send `peer` this region's online users (a reset presence frame).
+    SendPresenceSnapshot {
+        /// The peer.
+        peer: String,
+    },
+    /// Extend the lease of `peer`'s users here by `ttl`.
+    RenewPresence {
+        /// The peer.
+        peer: String,
+        /// For how long.
+        ttl: Duration,
+    },
+    /// `peer` stayed down for the grace period: its members leave `rooms` with
+    /// `region_down` and its users' presence goes ([`Input::DownDeclared`]).
+    DeclareDown {
+        /// The peer.
+        peer: String,
+        /// The rooms with local interest.
+        rooms: Vec<RoomId>,
+    },
+    /// The room's last local member left `interest_linger` ago: drop its replica and tell
+    /// the peers (the driver sends the `Interest { interested: false }` frames itself after
+    /// the purge, since a member may be back).
+    Withdraw {
+        /// The room.
+        room: RoomId,
+    },
+    /// A frame from a peer broke a rule (counted, logged, dropped).
+    Malformed {
+        /// The peer.
+        peer: String,
+        /// Why.
+        why: &'static str,
+    },
+}
+
+/// Where a follower is in a room's history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Cursor {
+    epoch: String,
+    /// History position read up to.
+    seq: u64,
+    /// Origin seq of the last event sent (the follower's watermark).
+    prev: u64,
+}
+
+#[derive(Debug, Default)]
+struct Follower {
+    /// `None` while the first snapshot is being taken.
+    cursor: Option<Cursor>,
+    /// A store read is under way; `dirty`: the history grew meanwhile.
+    reading: bool,
+    dirty: bool,
+}
+
+#[derive(Debug, Default)]
+struct Link {
+    up: bool,
+    down_since: Option<Duration>,
+    declared_down: bool,
+    declaring: bool,
+    last_heard: Option<Duration>,
+}
+
+/// The replication state machine of one region's relay.
+#[derive(Debug)]
+pub struct ReplicationCore {
+    region: String,
+    options: CoreOptions,
+    interest: BTreeSet<RoomId>,
+    withdraw: BTreeMap<RoomId, Duration>,
+    links: BTreeMap<String, Link>,
+    follows: BTreeMap<(RoomId, String), Follower>,
+    gap_asked: BTreeMap<(String, RoomId), Duration>,
+    last_rescan: Duration,
+}
+
+/// The relay event for a history entry of this region, `None` for one that is not this
+/// region's to send (replicated from elsewhere, a member event of a user homed elsewhere, or
+/// unreadable). Decoded with the protocol's decoder; the history keeps a publish's
+/// idempotency id beside the frame.
+pub fn outgoing_kind(entry: &LocalEntry, region: &str) -> Option<RoomEventKind> {
+    if entry.origin.is_some() {
+        return None;
+    }
+    let event = RoomEventFrame::decode(&entry.frame).ok()?;
+    if event.origin.is_some() || event.region.as_deref().is_some_and(|r| r != region) {
+        return None;
+    }
+    Some(match event.kind {
+        RoomEventKind::Message { from, data, .. } => RoomEventKind::Message {
+            from,
+            data,
+            idempotency: entry.idempotency.clone(),
+        },
+        kind => kind,
+    })
+}
+
+impl ReplicationCore {
+    /// The core of region `region` with these peers, at time `now` (every peer's link is
+    /// down from `now` until it comes up).
+    pub fn new(region: &str, peers: &[String], options: CoreOptions, now: Duration) -> Self {
+        Self {
+            region: region.to_owned(),
+            options,
+            interest: BTreeSet::new(),
+            withdraw: BTreeMap::new(),
+            links: peers
+                .iter()
+                .map(|p| {
+                    (
+                        p.clone(),
+                        Link {
+                            down_since: Some(now),
+                            ..Link::default()
+                        },
+                    )
+                })
+                .collect(),
+            follows: BTreeMap::new(),
+            gap_asked: BTreeMap::new(),
+            last_rescan: now,
+        }
+    }
+
+    /// Peers declared down and not back.
+    pub fn declared_down(&self) -> BTreeSet<String> {
+        self.links
+            .iter()
+            .filter(|(_, l)| l.declared_down)
+            .map(|(p, _)| p.clone())
+            .collect()
+    }
+
+    /// Rooms with local interest.
+    pub fn interest(&self) -> &BTreeSet<RoomId> {
+        &self.interest
+    }
+
+    /// Whether `peer` follows `room` here with a cursor (its snapshot was sent).
+    pub fn is_following(&self, peer: &str, room: &RoomId) -> bool {
+        self.follows
+            .get(&(room.clone(), peer.to_owned()))
+            .is_some_and(|f| f.cursor.is_some())
+    }
+
+    fn up_peers(&self) -> Vec<String> {
+        self.links
+            .iter()
+            .filter(|(_, l)| l.up)
+            .map(|(p, _)| p.clone())
+            .collect()
+    }
+
+    /// Handles one input at `now` (time since any fixed origin) and returns what to do.
+    pub fn handle(&mut self, now: Duration, input: Input) -> Vec<Output> {
+        let mut out = Vec::new();
+        match input {
+            Input::LocalAppended { room } => self.on_appended(&room, &mut out),
+            Input::LocalInterest {
+                room,
+                local_members: true,
+            } => {
+                self.withdraw.remove(&room);
+                if self.interest.insert(room.clone()) {
+                    for peer in self.up_peers() {
+                        out.push(Output::ReadResumePoints {
+                            peer,
+                            rooms: vec![room.clone()],
+                            purpose: ResumeFor::Interest,
+                        });
+                    }
+                }
+            }
+            Input::LocalInterest {
+                room,
+                local_members: false,
+            } => {
+                if self.interest.contains(&room) {
+                    self.withdraw
+                        .insert(room, now + self.options.interest_linger);
+                }
+            }
+            Input::PeerFrame { peer, frame } => self.on_frame(now, peer, frame, &mut out),
+            Input::LinkUp(peer) => {
+                let link = self.links.entry(peer.clone()).or_default();
+                link.up = true;
+                link.down_since = None;
+                link.declared_down = false;
+                link.last_heard = Some(now);
+                out.push(Output::ReadResumePoints {
+                    peer: peer.clone(),
+                    rooms: self.interest.iter().cloned().collect(),
+                    purpose: ResumeFor::Snapshot,
+                });
+                out.push(Output::SendPresenceSnapshot { peer: peer.clone() });
+                out.push(Output::RenewPresence {
+                    peer,
+                    ttl: self.options.presence_ttl,
+                });
+            }
+            Input::LinkDown(peer) => {
+                let link = self.links.entry(peer.clone()).or_default();
+                link.up = false;
+                link.down_since.get_or_insert(now);
+                // The peer re-follows from its watermarks when it is back.
+                self.follows.retain(|(_, p), _| *p != peer);
+            }
+            Input::Tick => self.on_tick(now, &mut out),
+            Input::HistoryRead { peer, room, batch } => {
+                self.on_history(&peer, &room, batch, &mut out)
+            }
+            Input::SnapshotTaken {
+                peer,
+                room,
+                at,
+                snapshot,
+            } => self.on_snapshot(&peer, &room, at, snapshot, &mut out),
+            Input::ResumePoints {
+                peer,
+                rooms,
+                purpose,
+            } => {
+                if !self.links.get(&peer).is_some_and(|l| l.up) {
+                    return out;
+                }
+                let follows: Vec<Follow> = rooms
+                    .into_iter()
+                    .map(|(room, mark)| Follow {
+                        room,
+                        since: mark.map(|(e, s)| Position {
+                            epoch: epoch_code(&e),
+                            seq: s,
+                        }),
+                    })
+                    .collect();
+                match purpose {
+                    ResumeFor::Snapshot => out.push(Output::Send {
+                        peer,
+                        frame: Frame::InterestSnapshot { rooms: follows },
+                    }),
+                    ResumeFor::Interest => {
+                        for f in follows {
+                            out.push(Output::Send {
+                                peer: peer.clone(),
+                                frame: Frame::Interest {
+                                    room: f.room,
+                                    interested: true,
+                                    since: f.since,
+                                },
+                            });
+                        }
+                    }
+                }
+            }
+            Input::Applied {
+                peer,
+                room,
+                outcome,
+            } => {
+                if matches!(outcome, None | Some(Applied::Gap)) {
+                    self.ask_again(now, &peer, &room, &mut out);
+                }
+            }
+            Input::DownDeclared { peer, ok } => {
+                if let Some(link) = self.links.get_mut(&peer) {
+                    link.declaring = false;
+                    // Declared only while still down (the link may be back meanwhile).
+                    link.declared_down = ok && !link.up;
+                }
+            }
+        }
+        out
+    }
+
+    fn on_frame(&mut self, now: Duration, peer: String, frame: Frame, out: &mut Vec<Output>) {
+        if let Some(link) = self.links.get_mut(&peer) {
+            link.last_heard = Some(now);
+        }
+        match frame {
+            Frame::RoomEvent(event) => {
+                if event.origin_region != peer {
+                    out.push(Output::Malformed {
+                        peer,
+                        why: "forwarded event: peers may only send their own region's events",
+                    });
+                    return;
+                }
+                out.push(Output::Apply { peer, event });
+            }
+            Frame::Interest {
+                room,
+                interested: true,
+                since,
+            } => self.follow(&peer, room, since, out),
+            Frame::Interest {
+                room,
+                interested: false,
+                ..
+            } => {
+                self.follows.remove(&(room, peer));
+            }
+            Frame::InterestSnapshot { rooms } => {
+                let listed: BTreeSet<RoomId> = rooms.iter().map(|f| f.room.clone()).collect();
+                self.follows
+                    .retain(|(room, p), _| *p != peer || listed.contains(room));
+                for f in rooms {
+                    if !self.follows.contains_key(&(f.room.clone(), peer.clone())) {
+                        self.follow(&peer, f.room, f.since, out);
+                    }
+                }
+            }
+            Frame::Presence(presence) => out.push(Output::SetPresence { peer, presence }),
+            _ => {}
+        }
+    }
+
+    /// `peer` follows `room` from `since`: a snapshot first (labelled with the resume point
+    /// when the history still reaches it), then the history after it.
+    fn follow(&mut self, peer: &str, room: RoomId, since: Option<Position>, out: &mut Vec<Output>) {
+        let at = since
+            .filter(|p| p.epoch != 0)
+            .map(|p| (epoch_text(p.epoch), p.seq));
+        self.follows.insert(
+            (room.clone(), peer.to_owned()),
+            Follower {
+                cursor: None,
+                reading: true,
+                dirty: false,
+            },
+        );
+        out.push(Output::TakeSnapshot {
+            peer: peer.to_owned(),
+            room,
+            at,
+        });
+    }
+
+    fn on_snapshot(
+        &mut self,
+        peer: &str,
+        room: &RoomId,
+        at: Option<(String, u64)>,
+        snap: RoomSnapshot,
+        out: &mut Vec<Output>,
+    ) {
+        let Some(f) = self.follows.get_mut(&(room.clone(), peer.to_owned())) else {
+            return;
+        };
+        let label = match at {
+            Some((epoch, seq)) if epoch == snap.epoch && seq <= snap.seq => seq,
+            _ => snap.seq,
+        };
+        out.push(Output::Send {
+            peer: peer.to_owned(),
+            frame: Frame::RoomEvent(RoomEvent {
+                room: room.clone(),
+                origin_region: self.region.clone(),
+                origin_epoch: epoch_code(&snap.epoch),
+                origin_seq: label,
+                prev_seq: 0,
+                hlc: snap.stamp,
+                kind: EventKind::Snapshot(Snapshot {
+                    members: snap.members,
+                    state: snap.state,
+                }),
+            }),
+        });
+        f.cursor = Some(Cursor {
+            epoch: snap.epoch,
+            seq: label,
+            prev: label,
+        });
+        f.reading = true;
+        f.dirty = false;
+        out.push(Output::ReadHistory {
+            peer: peer.to_owned(),
+            room: room.clone(),
+            after: label,
+            count: self.options.batch,
+        });
+    }
+
+    fn on_appended(&mut self, room: &RoomId, out: &mut Vec<Output>) {
+        let batch = self.options.batch;
+        let keys: Vec<(RoomId, String)> = self
+            .follows
+            .range((room.clone(), String::new())..)
+            .take_while(|((r, _), _)| r == room)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in keys {
+            let Some(f) = self.follows.get_mut(&key) else {
+                continue;
+            };
+            if f.reading {
+                f.dirty = true;
+                continue;
+            }
+            let Some(c) = &f.cursor else { continue };
+            f.reading = true;
+            out.push(Output::ReadHistory {
+                peer: key.1.clone(),
+                room: key.0.clone(),
+                after: c.seq,
+                count: batch,
+            });
+        }
+    }
+
+    fn on_history(&mut self, peer: &str, room: &RoomId, batch: LocalBatch, out: &mut Vec<Output>) {
+        let region = self.region.clone();
+        let count = self.options.batch;
+        let Some(f) = self.follows.get_mut(&(room.clone(), peer.to_owned())) else {
+            return;
+        };
+        let Some(cursor) = f.cursor.as_mut() else {
+            return;
+        };
+        let trimmed = batch.oldest.is_some_and(|o| o > cursor.seq + 1) && batch.seq > cursor.seq;
+        if batch.epoch != cursor.epoch || trimmed || batch.seq < cursor.seq {
+            // The room restarted or the follower fell behind the history: start over.
+            f.cursor = None;
+            out.push(Output::TakeSnapshot {
+                peer: peer.to_owned(),
+                room: room.clone(),
+                at: None,
+            });
+            return;
+        }
+        let full = batch.entries.len() >= count;
+        for entry in &batch.entries {
+            if entry.seq <= cursor.seq {
+                continue;
+            }
+            cursor.seq = entry.seq;
+            let Some(kind) = outgoing_kind(entry, &region) else {
+                continue;
+            };
+            out.push(Output::Send {
+                peer: peer.to_owned(),
+                frame: Frame::RoomEvent(RoomEvent {
+                    room: room.clone(),
+                    origin_region: region.clone(),
+                    origin_epoch: epoch_code(&batch.epoch),
+                    origin_seq: entry.seq,
+                    prev_seq: cursor.prev,
+                    hlc: entry.stamp,
+                    kind: EventKind::Event(kind),
+                }),
+            });
+            cursor.prev = entry.seq;
+        }
+        if full || f.dirty {
+            f.dirty = false;
+            out.push(Output::ReadHistory {
+                peer: peer.to_owned(),
+                room: room.clone(),
+                after: cursor.seq,
+                count,
+            });
+        } else {
+            f.reading = false;
+        }
+    }
+
+    fn ask_again(&mut self, now: Duration, peer: &str, room: &RoomId, out: &mut Vec<Output>) {
+        if !self.interest.contains(room) {
+            return;
+        }
+        let key = (peer.to_owned(), room.clone());
+        if let Some(at) = self.gap_asked.get(&key) {
+            if now.saturating_sub(*at) < self.options.gap_retry {
+                return;
+            }
+        }
+        self.gap_asked.insert(key, now);
+        out.push(Output::ReadResumePoints {
+            peer: peer.to_owned(),
+            rooms: vec![room.clone()],
+            purpose: ResumeFor::Interest,
+        });
+    }
+
+    fn on_tick(&mut self, now: Duration, out: &mut Vec<Output>) {
+        let due: Vec<RoomId> = self
+            .withdraw
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(r, _)| r.clone())
+            .collect();
+        for room in due {
+            self.withdraw.remove(&room);
+            self.interest.remove(&room);
+            out.push(Output::Withdraw { room });
+        }
+        let ttl = self.options.presence_ttl;
+        for (peer, link) in &mut self.links {
+            if link.up {
+                let quiet = link.last_heard.map_or(ttl, |h| now.saturating_sub(h));
+                if let Some(left) = ttl.checked_sub(quiet).filter(|l| !l.is_zero()) {
+                    out.push(Output::RenewPresence {
+                        peer: peer.clone(),
+                        ttl: left,
+                    });
+                }
+            } else if let Some(since) = link.down_since {
+                if now.saturating_sub(since) >= self.options.grace
+                    && !link.declared_down
+                    && !link.declaring
+                {
+                    link.declaring = true;
+                    out.push(Output::DeclareDown {
+                        peer: peer.clone(),
+                        rooms: self.interest.iter().cloned().collect(),
+                    });
+                }
+            }
+        }
+        if now.saturating_sub(self.last_rescan) >= self.options.rescan {
+            self.last_rescan = now;
+            for peer in self.up_peers() {
+                out.push(Output::ReadResumePoints {
+                    peer,
+                    rooms: self.interest.iter().cloned().collect(),
+                    purpose: ResumeFor::Snapshot,
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meridian_protocol::Hlc;
+
+    fn core() -> ReplicationCore {
+        let options = CoreOptions {
+            grace: Duration::from_secs(15),
+            interest_linger: Duration::from_secs(5),
+            rescan: Duration::from_secs(10),
+            batch: 8,
+            gap_retry: Duration::from_secs(1),
+            presence_ttl: Duration::from_secs(4),
+        };
+        ReplicationCore::new("eu", &["us".to_owned()], options, Duration::ZERO)
+    }
+
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    fn room() -> RoomId {
+        RoomId::new("r").unwrap()
+    }
+
+    #[test]
+    fn a_peer_is_declared_down_once_after_the_grace_period() {
+        let mut c = core();
+        c.handle(
+            secs(0),
+            Input::LocalInterest {
+                room: room(),
+                local_members: true,
+            },
+        );
+        let declares = |out: &[Output]| {
+            out.iter()
+                .filter(|o| matches!(o, Output::DeclareDown { .. }))
+                .count()
+        };
+        assert_eq!(declares(&c.handle(secs(14), Input::Tick)), 0);
+        let out = c.handle(secs(15), Input::Tick);
+        assert_eq!(
+            out.iter().find(|o| matches!(o, Output::DeclareDown { .. })),
+            Some(&Output::DeclareDown {
+                peer: "us".into(),
+                rooms: vec![room()],
+            })
+        );
+        // Pending, then done: never asked again.
+        assert_eq!(declares(&c.handle(secs(16), Input::Tick)), 0);
+        c.handle(
+            secs(16),
+            Input::DownDeclared {
+                peer: "us".into(),
+                ok: true,
+            },
+        );
+        assert_eq!(c.declared_down().len(), 1);
+        assert_eq!(declares(&c.handle(secs(30), Input::Tick)), 0);
+        // Back: no longer down, and a failed declaration is retried on the next tick.
+        c.handle(secs(31), Input::LinkUp("us".into()));
+        assert!(c.declared_down().is_empty());
+        c.handle(secs(32), Input::LinkDown("us".into()));
+        assert_eq!(declares(&c.handle(secs(47), Input::Tick)), 1);
+        c.handle(
+            secs(47),
+            Input::DownDeclared {
+                peer: "us".into(),
+                ok: false,
+            },
+        );
+        assert_eq!(declares(&c.handle(secs(48), Input::Tick)), 1);
+    }
+
+    #[test]
+    fn a_gap_asks_again_at_most_once_per_gap_retry() {
+        let mut c = core();
+        c.handle(
+            secs(0),
+            Input::LocalInterest {
+                room: room(),
+                local_members: true,
+            },
+        );
+        c.handle(secs(0), Input::LinkUp("us".into()));
+        let gap = || Input::Applied {
+            peer: "us".into(),
+            room: room(),
+            outcome: Some(Applied::Gap),
+        };
+        let asks = |out: Vec<Output>| {
+            out.into_iter()
+                .filter(|o| {
+                    matches!(
+                        o,
+                        Output::ReadResumePoints {
+                            purpose: ResumeFor::Interest,
+                            ..
+                        }
+                    )
+                })
+                .count()
+        };
+        assert_eq!(asks(c.handle(Duration::from_millis(1_000), gap())), 1);
+        assert_eq!(asks(c.handle(Duration::from_millis(1_500), gap())), 0);
+        assert_eq!(asks(c.handle(Duration::from_millis(2_000), gap())), 1);
+        // A store error asks again too; a duplicate does not.
+        let error = Input::Applied {
+            peer: "us".into(),
+            room: room(),
+            outcome: None,
+        };
+        assert_eq!(asks(c.handle(secs(5), error)), 1);
+        let dup = Input::Applied {
+            peer: "us".into(),
+            room: room(),
+            outcome: Some(Applied::Duplicate),
+        };
+        assert_eq!(asks(c.handle(secs(9), dup)), 0);
+    }
+
+    #[test]
+    fn only_the_origin_may_send_its_events() {
+        let mut c = core();
+        let event = RoomEvent {
+            room: room(),
+            origin_region: "ap".into(),
+            origin_epoch: 1,
+            origin_seq: 1,
+            prev_seq: 0,
+            hlc: Hlc::default(),
+            kind: EventKind::Snapshot(Snapshot::default()),
+        };
+        let out = c.handle(
+            secs(1),
+            Input::PeerFrame {
+                peer: "us".into(),
+                frame: Frame::RoomEvent(event.clone()),
+            },
+        );
+        assert!(matches!(out.as_slice(), [Output::Malformed { .. }]));
+        let mut own = event;
+        own.origin_region = "us".into();
+        let out = c.handle(
+            secs(1),
+            Input::PeerFrame {
+                peer: "us".into(),
+                frame: Frame::RoomEvent(own.clone()),
+            },
+        );
+        assert_eq!(
+            out,
+            vec![Output::Apply {
+                peer: "us".into(),
+                event: own
+            }]
+        );
+    }
+
+    #[test]
+    fn a_follower_gets_a_snapshot_then_the_history_after_it() {
+        let mut c = core();
+        c.handle(secs(0), Input::LinkUp("us".into()));
+        let since = Position {
+            epoch: epoch_code("abcd0000"),
+            seq: 4,
+        };
+        let out = c.handle(
+            secs(1),
+            Input::PeerFrame {
+                peer: "us".into(),
+                frame: Frame::Interest {
+                    room: room(),
+                    interested: true,
+                    since: Some(since),
+                },
+            },
+        );
+        assert_eq!(
+            out,
+            vec![Output::TakeSnapshot {
+                peer: "us".into(),
+                room: room(),
+                at: Some(("abcd0000".into(), 4)),
+            }]
+        );
+        let snapshot = RoomSnapshot {
+            epoch: "abcd0000".into(),
+            seq: 9,
+            stamp: Hlc::default(),
+            members: Vec::new(),
+            state: Vec::new(),
+        };
+        let out = c.handle(
+            secs(1),
+            Input::SnapshotTaken {
+                peer: "us".into(),
+                room: room(),
+                at: Some(("abcd0000".into(), 4)),
+                snapshot,
+            },
+        );
+        assert!(
+            matches!(&out[0], Output::Send { frame: Frame::RoomEvent(e), .. } if e.origin_seq == 4)
+        );
+        assert!(matches!(&out[1], Output::ReadHistory { after: 4, .. }));
+        // The history after it: a local message is sent with its predecessor, a replicated
+        // entry is skipped.
+        let entry = |seq: u64, origin: Option<&str>| LocalEntry {
+            seq,
+            stamp: Hlc::default(),
+            origin: origin.map(str::to_owned),
+            frame: bytes::Bytes::from(format!(
+                r#"{{"type":"message","room":"r","from":"bob","data":{seq},"seq":{seq},"epoch":"abcd0000"}}"#
+            )),
+            idempotency: None,
+        };
+        let out = c.handle(
+            secs(1),
+            Input::HistoryRead {
+                peer: "us".into(),
+                room: room(),
+                batch: LocalBatch {
+                    epoch: "abcd0000".into(),
+                    seq: 7,
+                    oldest: Some(1),
+                    entries: vec![entry(5, None), entry(6, Some("ap x 3")), entry(7, None)],
+                },
+            },
+        );
+        let sent: Vec<(u64, u64)> = out
+            .iter()
+            .filter_map(|o| match o {
+                Output::Send {
+                    frame: Frame::RoomEvent(e),
+                    ..
+                } => Some((e.origin_seq, e.prev_seq)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(sent, vec![(5, 4), (7, 5)]);
+        assert!(c.is_following("us", &room()));
+        // The link goes: the follow goes with it.
+        c.handle(secs(2), Input::LinkDown("us".into()));
+        assert!(!c.is_following("us", &room()));
+    }
+}
