@@ -19,7 +19,6 @@ use interregion_relay::sink::{LinkEvent, Received};
 use interregion_relay::tls::{self, TlsFiles, TlsIdentity};
 use interregion_relay::{EventSink, MemorySink, Mesh, RelayOptions, RunningRelay};
 use meridian_protocol::{RoomId, UserId};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
