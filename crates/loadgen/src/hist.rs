@@ -10,19 +10,21 @@ use serde::Serialize;
 /// home-made histogram this replaced kept 1.6 %).
 const SIGFIGS: u8 = 2;
 
-/// Latency values (µs): an HdrHistogram (the `hdrhistogram` crate) plus the exact sum, so the
-/// mean is exact.
+/// Latency values (µs): an HdrHistogram (the `hdrhistogram` crate) plus the exact sum and
+/// largest value (HdrHistogram keeps them only within its precision), so the mean and the max
+/// are exact.
 #[derive(Clone)]
 pub struct Histogram {
     inner: hdrhistogram::Histogram<u64>,
     sum: u128,
+    max: u64,
 }
 
 impl std::fmt::Debug for Histogram {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Histogram")
             .field("total", &self.inner.len())
-            .field("max", &self.inner.max())
+            .field("max", &self.max)
             .finish()
     }
 }
@@ -39,13 +41,21 @@ impl Histogram {
         let mut inner = hdrhistogram::Histogram::new_with_max(2, SIGFIGS)
             .unwrap_or_else(|_| unreachable!("2 significant digits are in range"));
         inner.auto(true);
-        Self { inner, sum: 0 }
+        Self {
+            inner,
+            sum: 0,
+            max: 0,
+        }
     }
 
     /// Records one value.
     pub fn record(&mut self, us: u64) {
-        self.inner.saturating_record(us);
+        // `record` grows the histogram; beyond what it can ever hold, the largest value it can.
+        if self.inner.record(us).is_err() {
+            self.inner.saturating_record(us);
+        }
         self.sum += u128::from(us);
+        self.max = self.max.max(us);
     }
 
     /// Adds every value of `other`.
@@ -53,11 +63,14 @@ impl Histogram {
         if self.inner.add(&other.inner).is_err() {
             // Only when a histogram cannot grow; never with `auto`. Value by value then.
             for v in other.inner.iter_recorded() {
-                self.inner
-                    .saturating_record_n(v.value_iterated_to(), v.count_at_value());
+                let (value, count) = (v.value_iterated_to(), v.count_at_value());
+                if self.inner.record_n(value, count).is_err() {
+                    self.inner.saturating_record_n(value, count);
+                }
             }
         }
         self.sum += other.sum;
+        self.max = self.max.max(other.max);
     }
 
     /// How many values were recorded.
@@ -76,7 +89,7 @@ impl Histogram {
         if self.inner.is_empty() {
             return 0;
         }
-        self.inner.value_at_quantile(q).min(self.inner.max())
+        self.inner.value_at_quantile(q).min(self.max)
     }
 
     /// p50/p99/p99.9/max in milliseconds.
@@ -94,7 +107,7 @@ impl Histogram {
             p90_ms: ms(self.quantile(0.90)),
             p99_ms: ms(self.quantile(0.99)),
             p999_ms: ms(self.quantile(0.999)),
-            max_ms: ms(if total == 0 { 0 } else { self.inner.max() }),
+            max_ms: ms(self.max),
         }
     }
 }
