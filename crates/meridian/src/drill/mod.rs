@@ -11,10 +11,11 @@
 //! flags turn violations into exit status 3.
 //!
 //! Modules: [`run`] (the drill as phases over one `DrillRun`: setup, disrupt, observe,
-//! restore, report), [`target`] (what the drill talks to), [`mesh`] (router, DNS and
-//! `meridian up` control clients), [`workload`] (clients), [`routing`] (watching the routing
-//! move), [`membership`] (members listings against the connected clients), [`restore`] (the
-//! return of traffic), [`ledger`] (pure accounting), [`report`] (output and SLOs).
+//! restore, report), [`timeline`] (connections per second and notes), [`target`] (what the
+//! drill talks to), [`mesh`] (router, DNS and `meridian up` control clients), [`workload`]
+//! (clients), [`routing`] (watching the routing move), [`membership`] (members listings
+//! against the connected clients), [`restore`] (the return of traffic), [`ledger`] (pure
+//! accounting), [`report`] (output and SLOs).
 
 pub mod ledger;
 mod membership;
@@ -24,6 +25,7 @@ mod restore;
 mod routing;
 mod run;
 mod target;
+mod timeline;
 pub mod workload;
 
 use std::path::PathBuf;
@@ -35,7 +37,7 @@ use serde::Serialize;
 pub use membership::Membership;
 pub use restore::Restore;
 pub use routing::RouteWatch;
-pub use run::TimelinePoint;
+pub use timeline::TimelinePoint;
 
 /// How region R is taken away.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize)]

@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
-use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -21,22 +20,9 @@ use super::membership::{check_membership, Membership};
 use super::restore::{restore, Restore};
 use super::routing::{fmt_opt, shell, watch_route, RouteWatch};
 use super::target::Target;
+use super::timeline::{self, TimelinePoint};
 use super::workload::{self, ClientPlan, Phase, Placed, Shared};
 use super::{report, DrillArgs, Mode};
-
-/// Connections per region at one second of the drill.
-#[derive(Debug, Clone, Serialize)]
-pub struct TimelinePoint {
-    /// Seconds since the workload started.
-    pub t_s: u64,
-    /// Connected clients per region.
-    pub regions: BTreeMap<String, usize>,
-    /// Clients between connections.
-    pub reconnecting: usize,
-    /// What the drill did during this second, if anything.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub note: Option<String>,
-}
 
 /// Everything the phases of one drill share: what it drills, the placed clients and their
 /// logs, the workload's tasks and phase, the timeline and its notes.
@@ -260,7 +246,12 @@ impl DrillRun {
         drill.settle().await?;
         let _ = drill.phase.send(Phase::Running);
         drill.running_at = Instant::now();
-        drill.sampler = Some(drill.sample());
+        drill.sampler = Some(timeline::sample(
+            drill.logs.clone(),
+            Arc::clone(&drill.timeline),
+            drill.names.clone(),
+            drill.running_at,
+        ));
         Ok(drill)
     }
 
@@ -341,39 +332,6 @@ impl DrillRun {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-    }
-
-    /// The timeline sampler: connections per region every second.
-    fn sample(&self) -> JoinHandle<()> {
-        let logs = self.logs.clone();
-        let timeline = Arc::clone(&self.timeline);
-        let names = self.names.clone();
-        let running_at = self.running_at;
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            loop {
-                tick.tick().await;
-                let mut regions: BTreeMap<String, usize> =
-                    names.iter().map(|n| (n.clone(), 0)).collect();
-                let mut reconnecting = 0;
-                for log in &logs {
-                    match &log.lock().unwrap_or_else(PoisonError::into_inner).region {
-                        Some(r) => *regions.entry(r.clone()).or_default() += 1,
-                        None => reconnecting += 1,
-                    }
-                }
-                let point = TimelinePoint {
-                    t_s: running_at.elapsed().as_secs(),
-                    regions,
-                    reconnecting,
-                    note: None,
-                };
-                timeline
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .push(point);
-            }
-        })
     }
 
     /// Disrupt: after a warm-up, drains or kills R while watching HTTP and DNS routing move
@@ -636,7 +594,7 @@ impl DrillRun {
             args.slo_rehome_p95,
             args.slo_rehome_p99,
         );
-        let timeline = self.annotated_timeline();
+        let timeline = timeline::annotated(&self.timeline, &self.notes, self.running_at);
         let mut resume_status: BTreeMap<String, u64> = BTreeMap::new();
         let mut request_errors: BTreeMap<String, u64> = BTreeMap::new();
         let mut errors: Vec<String> = Vec::new();
@@ -691,29 +649,5 @@ impl DrillRun {
             );
         }
         Ok(report.passed)
-    }
-
-    /// The sampled timeline with each note in the second it was made.
-    fn annotated_timeline(&self) -> Vec<TimelinePoint> {
-        let mut timeline = self
-            .timeline
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        for (at, what) in self
-            .notes
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-        {
-            let second = at.saturating_duration_since(self.running_at).as_secs();
-            if let Some(point) = timeline.iter_mut().find(|p| p.t_s == second) {
-                point.note = Some(match point.note.take() {
-                    Some(old) => format!("{old}; {what}"),
-                    None => what.clone(),
-                });
-            }
-        }
-        timeline
     }
 }
