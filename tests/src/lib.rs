@@ -1,10 +1,9 @@
 //! Harness for Meridian's end-to-end tests: real `redis-server` and `region-node` processes on
-//! loopback, a WebSocket client that speaks protocol v1, and token minting. Every child is
+//! loopback, a WebSocket client that speaks protocol v1 (over `meridian-client`), and token minting. Every child is
 //! killed on drop, so a failing test leaves nothing behind.
 //!
 //! The tests need the binaries built first (`cargo build --bins`; `.ci/run` does it).
 
-use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -12,16 +11,15 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
-use futures_util::{SinkExt, StreamExt};
 use meridian_protocol::token::{issue, Claims, RoomGrant};
 use meridian_protocol::UserId;
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+pub use client::{Client, WAIT};
 pub use region_state::testing::RedisServer;
 
+mod client;
 pub mod mesh;
 pub mod up;
 
@@ -509,198 +507,6 @@ pub fn token_with_dm(user: &str, ttl_secs: i64, grants: &[(&str, bool)], secret:
 /// anyone (claim `dm`), valid for an hour.
 pub fn token(user: &str) -> String {
     token_with_dm(user, 3600, &[("*", true)], SECRET)
-}
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-/// A protocol v1 client: requests wait for their reply while events queue up in order.
-#[derive(Debug)]
-pub struct Client {
-    ws: Ws,
-    next_id: u64,
-    events: VecDeque<Value>,
-    /// Set when the server closed the connection (code, reason).
-    pub closed: Option<(u16, String)>,
-}
-
-/// How long a test waits for any one frame.
-pub const WAIT: Duration = Duration::from_secs(5);
-
-impl Client {
-    /// Opens a WebSocket without saying hello.
-    pub async fn connect(url: &str) -> Result<Self> {
-        let (ws, _) = tokio::time::timeout(
-            WAIT,
-            tokio_tungstenite::connect_async_with_config(url, None, true),
-        )
-        .await??;
-        Ok(Self {
-            ws,
-            next_id: 0,
-            events: VecDeque::new(),
-            closed: None,
-        })
-    }
-
-    /// Connects and says hello with `token`; returns the client and the hello result.
-    pub async fn hello(url: &str, token: &str, resume: Value) -> Result<(Self, Value)> {
-        let mut c = Self::connect(url).await?;
-        let r = c
-            .request(json!({"op": "hello", "token": token, "resume": resume}))
-            .await?;
-        let result = ok(r)?;
-        Ok((c, result))
-    }
-
-    /// Sends a raw text frame.
-    pub async fn send_raw(&mut self, text: impl Into<String>) -> Result<()> {
-        self.ws.send(Message::Text(text.into().into())).await?;
-        Ok(())
-    }
-
-    /// Sends several text frames with one write (a client pipelining requests).
-    pub async fn send_pipelined(&mut self, frames: impl IntoIterator<Item = String>) -> Result<()> {
-        for frame in frames {
-            self.ws.feed(Message::Text(frame.into())).await?;
-        }
-        self.ws.flush().await?;
-        Ok(())
-    }
-
-    /// The next `n` replies (`ok`/`error` frames, with or without an id) in the order they
-    /// arrive; events received meanwhile are queued for [`Client::event`].
-    pub async fn replies(&mut self, n: usize) -> Result<Vec<Value>> {
-        let deadline = Instant::now() + WAIT;
-        let mut out = Vec::with_capacity(n);
-        while out.len() < n {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let Some(frame) = self.next_frame(left).await? else {
-                bail!("{} of {n} replies arrived", out.len())
-            };
-            if matches!(frame["type"].as_str(), Some("ok") | Some("error")) {
-                out.push(frame);
-            } else {
-                self.events.push_back(frame);
-            }
-        }
-        Ok(out)
-    }
-
-    async fn next_frame(&mut self, wait: Duration) -> Result<Option<Value>> {
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            let msg = match tokio::time::timeout_at(deadline, self.ws.next()).await {
-                Err(_) => return Ok(None),
-                Ok(None) => bail!("connection closed (close: {:?})", self.closed),
-                Ok(Some(m)) => m?,
-            };
-            match msg {
-                Message::Text(t) => return Ok(Some(serde_json::from_str(&t)?)),
-                Message::Close(f) => {
-                    self.closed = Some(
-                        f.map(|f| (u16::from(f.code), f.reason.to_string()))
-                            .unwrap_or((1005, String::new())),
-                    );
-                }
-                _ => {}
-            }
-        }
-    }
-
-    /// Sends a request (an `id` is added) and waits for its reply; events received meanwhile
-    /// are queued for [`Client::event`].
-    pub async fn request(&mut self, mut req: Value) -> Result<Value> {
-        self.next_id += 1;
-        let id = self.next_id;
-        req["id"] = json!(id);
-        self.send_raw(req.to_string()).await?;
-        self.reply_for(Some(id)).await
-    }
-
-    /// Waits for the reply with this id (`None`: a reply with `id: null`).
-    pub async fn reply_for(&mut self, id: Option<u64>) -> Result<Value> {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let Some(frame) = self.next_frame(left).await? else {
-                bail!("no reply to request {id:?}")
-            };
-            let is_reply = matches!(frame["type"].as_str(), Some("ok") | Some("error"))
-                && frame.get("id").is_some();
-            if is_reply && frame["id"].as_u64() == id {
-                return Ok(frame);
-            }
-            self.events.push_back(frame);
-        }
-    }
-
-    /// The next server event of type `kind` (others are kept), within `wait`.
-    pub async fn event_within(&mut self, kind: &str, wait: Duration) -> Result<Value> {
-        if let Some(i) = self.events.iter().position(|e| e["type"] == kind) {
-            return self.events.remove(i).ok_or_else(|| anyhow!("queue"));
-        }
-        let deadline = Instant::now() + wait;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let Some(frame) = self.next_frame(left).await? else {
-                bail!("no {kind} event within {wait:?}")
-            };
-            if frame["type"] == kind {
-                return Ok(frame);
-            }
-            self.events.push_back(frame);
-        }
-    }
-
-    /// The next event of type `kind` within [`WAIT`].
-    pub async fn event(&mut self, kind: &str) -> Result<Value> {
-        self.event_within(kind, WAIT).await
-    }
-
-    /// Every event of type `kind` that arrives within `wait` (plus those queued).
-    pub async fn drain_events(&mut self, kind: &str, wait: Duration) -> Result<Vec<Value>> {
-        let mut out: Vec<Value> = Vec::new();
-        let mut rest = VecDeque::new();
-        for e in self.events.drain(..) {
-            if e["type"] == kind {
-                out.push(e)
-            } else {
-                rest.push_back(e)
-            }
-        }
-        self.events = rest;
-        let deadline = Instant::now() + wait;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Ok(out);
-            }
-            match self.next_frame(left).await {
-                Ok(Some(f)) if f["type"] == kind => out.push(f),
-                Ok(Some(f)) => self.events.push_back(f),
-                Ok(None) | Err(_) => return Ok(out),
-            }
-        }
-    }
-
-    /// Waits until the server closes the connection; returns the close code.
-    pub async fn closed_within(&mut self, wait: Duration) -> Result<u16> {
-        let deadline = Instant::now() + wait;
-        loop {
-            if let Some((code, _)) = &self.closed {
-                return Ok(*code);
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                bail!("connection still open after {wait:?}");
-            }
-            match self.next_frame(left).await {
-                Ok(Some(f)) => self.events.push_back(f),
-                Ok(None) => {}
-                Err(_) => return Ok(self.closed.as_ref().map_or(1006, |c| c.0)),
-            }
-        }
-    }
 }
 
 /// The `result` of an `ok` reply, or an error naming the code.

@@ -8,7 +8,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
 use meridian_protocol::token::{issue, Claims, RoomGrant};
-use meridian_protocol::UserId;
+use meridian_protocol::{RoomId, UserId};
+use serde_json::value::RawValue;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
@@ -118,6 +119,11 @@ impl std::fmt::Display for ClientError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}: {}", self.stage.name(), self.detail)
     }
+}
+
+/// A room name as the protocol's id (validated once per frame: a byte scan).
+fn room_id(room: &str) -> Result<RoomId, String> {
+    RoomId::new(room).map_err(|e| format!("room {room:?}: {e}"))
 }
 
 fn fail(stage: Stage, detail: impl std::fmt::Display) -> ClientError {
@@ -255,7 +261,9 @@ impl Client {
     pub async fn join(&mut self, room: &str) -> Result<(), ClientError> {
         let id = self.id();
         let frame = match self.system {
-            System::Meridian => meridian::join(id, room),
+            System::Meridian => {
+                meridian::join(id, room_id(room).map_err(|e| fail(Stage::Join, e))?)
+            }
             System::SocketIo => socketio::join(id, room),
         };
         self.request(frame, id)
@@ -264,21 +272,33 @@ impl Client {
     }
 
     /// The frame that publishes `data` to `room` under a fresh id.
-    pub fn publish_frame(&mut self, room: &str, data: &str) -> String {
+    pub fn publish_frame(
+        &mut self,
+        room: &str,
+        data: Box<RawValue>,
+    ) -> Result<String, ClientError> {
         let id = self.id();
-        match self.system {
-            System::Meridian => meridian::publish(id, room, data),
-            System::SocketIo => socketio::publish(id, room, data),
-        }
+        Ok(match self.system {
+            System::Meridian => meridian::publish(
+                id,
+                room_id(room).map_err(|e| fail(Stage::Traffic, e))?,
+                data,
+            ),
+            System::SocketIo => socketio::publish(id, room, data.get()),
+        })
     }
 
     /// The frame that sends `data` to user `to` under a fresh id.
-    pub fn send_frame(&mut self, to: &str, data: &str) -> String {
+    pub fn send_frame(&mut self, to: &str, data: Box<RawValue>) -> Result<String, ClientError> {
         let id = self.id();
-        match self.system {
-            System::Meridian => meridian::send(id, to, data),
-            System::SocketIo => socketio::send(id, to, data),
-        }
+        Ok(match self.system {
+            System::Meridian => {
+                let to = UserId::new(to)
+                    .map_err(|e| fail(Stage::Traffic, format!("user {to:?}: {e}")))?;
+                meridian::send(id, to, data)
+            }
+            System::SocketIo => socketio::send(id, to, data.get()),
+        })
     }
 
     /// Classifies a frame with this connection's protocol.

@@ -7,7 +7,7 @@
 //! and burst number `b`. They are found with a byte scan, not a JSON parse, so the receive path
 //! costs little next to the servers'.
 
-use std::fmt::Write as _;
+use serde_json::value::RawValue;
 
 /// Which server a run talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -122,45 +122,78 @@ pub fn stamp(body: &str) -> Option<Stamp> {
     })
 }
 
-/// A payload with a stamp and `pad` bytes of filler.
-pub fn payload(sent_us: u64, phase: usize, kind: Option<(char, u64)>, pad: usize) -> String {
-    let mut s = String::with_capacity(48 + pad);
-    s.push('{');
-    if let Some((k, b)) = kind {
-        let _ = write!(s, "\"k\":\"{k}\",\"b\":{b},");
-    }
-    let _ = write!(s, "\"t\":{sent_us},\"ph\":{phase}");
-    if pad > 0 {
-        s.push_str(",\"pad\":\"");
-        s.extend(std::iter::repeat_n('x', pad));
-        s.push('"');
-    }
-    s.push('}');
-    s
+/// The load generator's payload: its fields in the order [`stamp`] scans them.
+#[derive(serde::Serialize)]
+struct Payload<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    k: Option<char>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    b: Option<u64>,
+    t: u64,
+    ph: usize,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pad: &'a str,
+}
+
+/// A payload with a stamp and `pad` bytes of filler, as the JSON value a request carries
+/// (serialized once, never re-parsed).
+pub fn payload(sent_us: u64, phase: usize, kind: Option<(char, u64)>, pad: usize) -> Box<RawValue> {
+    use std::sync::LazyLock;
+    /// Filler to slice from, so a payload costs one allocation.
+    static FILLER: LazyLock<String> = LazyLock::new(|| "x".repeat(4096));
+    let long;
+    let pad = match FILLER.get(..pad) {
+        Some(p) => p,
+        None => {
+            long = "x".repeat(pad);
+            &long
+        }
+    };
+    let p = Payload {
+        k: kind.map(|(k, _)| k),
+        b: kind.map(|(_, b)| b),
+        t: sent_us,
+        ph: phase,
+        pad,
+    };
+    // Numbers, a char and x's: serializing cannot fail.
+    serde_json::value::to_raw_value(&p).unwrap_or_else(|_| RawValue::NULL.to_owned())
 }
 
 /// Meridian protocol v1 frames.
 pub mod meridian {
     use super::Incoming;
 
+    use meridian_protocol::{Request, RequestId, RoomId, UserId};
+    use serde_json::value::RawValue;
+
     /// `hello` with a token.
     pub fn hello(id: u64, token: &str) -> String {
-        format!(r#"{{"id":{id},"op":"hello","token":"{token}"}}"#)
+        Request::Hello {
+            token: Some(token.to_owned()),
+            resume: Vec::new(),
+        }
+        .encode(&RequestId::Num(id))
     }
 
     /// `join` a room.
-    pub fn join(id: u64, room: &str) -> String {
-        format!(r#"{{"id":{id},"op":"join","room":"{room}"}}"#)
+    pub fn join(id: u64, room: RoomId) -> String {
+        Request::Join { room }.encode(&RequestId::Num(id))
     }
 
     /// `publish` a JSON payload to a room.
-    pub fn publish(id: u64, room: &str, data: &str) -> String {
-        format!(r#"{{"id":{id},"op":"publish","room":"{room}","data":{data}}}"#)
+    pub fn publish(id: u64, room: RoomId, data: Box<RawValue>) -> String {
+        Request::Publish {
+            room,
+            data,
+            idempotency_key: None,
+        }
+        .encode(&RequestId::Num(id))
     }
 
     /// `send` a JSON payload to a user.
-    pub fn send(id: u64, to: &str, data: &str) -> String {
-        format!(r#"{{"id":{id},"op":"send","to":"{to}","data":{data}}}"#)
+    pub fn send(id: u64, to: UserId, data: Box<RawValue>) -> String {
+        Request::Send { to, data }.encode(&RequestId::Num(id))
     }
 
     /// Classifies a frame from a node.
@@ -329,8 +362,9 @@ mod tests {
     #[test]
     fn payload_round_trip() {
         let p = payload(123_456, 3, Some(('o', 9)), 8);
+        let p = p.get();
         assert_eq!(p, r#"{"k":"o","b":9,"t":123456,"ph":3,"pad":"xxxxxxxx"}"#);
-        let v: serde_json::Value = serde_json::from_str(&p).unwrap();
+        let v: serde_json::Value = serde_json::from_str(p).unwrap();
         assert_eq!(v["t"], 123_456);
         let frame = format!(r#"{{"type":"direct","from":"alice","data":{p}}}"#);
         assert_eq!(
@@ -343,7 +377,12 @@ mod tests {
             })
         );
         let plain = payload(5, 0, None, 0);
+        let plain = plain.get();
         assert_eq!(plain, r#"{"t":5,"ph":0}"#);
+        assert_eq!(
+            payload(1, 0, None, 5000).get().len(),
+            r#"{"t":1,"ph":0,"pad":""}"#.len() + 5000
+        );
         let socketio = format!(r#"42["message",{{"room":"r","from":"u","data":{plain}}}]"#);
         assert_eq!(
             stamp(&socketio),
@@ -397,11 +436,21 @@ mod tests {
             Some(std::time::Duration::from_millis(250))
         );
         assert_eq!(super::reconnect_after("token_invalid"), None);
-        let j: serde_json::Value = serde_json::from_str(&publish(3, "room", r#"{"t":1}"#)).unwrap();
-        assert_eq!(j["op"], "publish");
-        assert_eq!(j["data"]["t"], 1);
-        let s: serde_json::Value = serde_json::from_str(&send(4, "bob", "{}")).unwrap();
-        assert_eq!(s["to"], "bob");
+        let room = meridian_protocol::RoomId::new("room").unwrap();
+        let frame = publish(3, room.clone(), payload(1, 0, None, 0));
+        assert_eq!(
+            frame,
+            r#"{"id":3,"op":"publish","room":"room","data":{"t":1,"ph":0}}"#
+        );
+        let bob = meridian_protocol::UserId::new("bob").unwrap();
+        let s: serde_json::Value =
+            serde_json::from_str(&send(4, bob, payload(2, 1, None, 0))).unwrap();
+        assert_eq!(
+            (s["op"].as_str(), s["to"].as_str()),
+            (Some("send"), Some("bob"))
+        );
+        assert_eq!(join(5, room), r#"{"id":5,"op":"join","room":"room"}"#);
+        assert_eq!(hello(1, "tok"), r#"{"id":1,"op":"hello","token":"tok"}"#);
     }
 
     #[test]

@@ -52,8 +52,9 @@ pub struct OriginPosition {
 }
 
 /// A parsed, validated request.
+///
+/// Exhaustive on purpose: a new op is a compile error in the node until it has a handler.
 #[derive(Debug, Clone)]
-#[non_exhaustive]
 pub enum Request {
     /// Authenticate, optionally resuming rooms from an earlier connection.
     Hello {
@@ -334,28 +335,6 @@ impl Request {
         };
         Ok((id, request))
     }
-}
-
-/// One member of a room, as `members` lists it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MemberEntry {
-    /// The user.
-    pub user: UserId,
-    /// The region whose node holds the user's connection(s).
-    pub region: String,
-}
-
-/// One user's online status, as `presence` reports it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PresenceEntry {
-    /// The user.
-    pub user: UserId,
-    /// Whether the user has at least one live connection.
-    pub online: bool,
-    /// Live connections.
-    pub connections: u32,
-    /// Regions holding those connections.
-    pub regions: Vec<String>,
 }
 
 /// One room state key.

@@ -6,8 +6,8 @@
 use std::path::PathBuf;
 
 use meridian_protocol::{
-    ErrorCode, Event, LeftReason, OriginPosition, Reply, Request, RequestId, RoomEventFrame,
-    RoomId, UserId,
+    ErrorCode, Event, JoinResult, LeftReason, OriginPosition, Reply, Request, RequestId,
+    ResumedRoom, RoomEventFrame, RoomId, UserId,
 };
 use serde_json::{json, Value};
 
@@ -196,4 +196,39 @@ fn resume_entries_a_client_sends_are_valid_hello_entries() {
         }
     }
     assert!(checked >= 7);
+}
+
+#[test]
+fn resumed_entries_are_typed_hello_results() {
+    let vectors = load("resume.json");
+    let mut checked = 0;
+    for scenario in vectors["scenarios"].as_array().unwrap() {
+        for step in scenario["steps"].as_array().unwrap() {
+            if let Some(resumed) = step.get("resumed") {
+                let entry = &resumed["entry"];
+                let typed: ResumedRoom = serde_json::from_value(entry.clone())
+                    .unwrap_or_else(|e| panic!("{entry}: {e}"));
+                assert_eq!(typed.status(), entry["status"].as_str().unwrap());
+                // What the node writes for it is the same JSON value.
+                assert_eq!(&serde_json::to_value(&typed).unwrap(), entry);
+                checked += 1;
+            }
+            if let Some(join) = step.get("join") {
+                // The `join` result a client reads in that region.
+                let mut result = join.clone();
+                result["room"] = scenario["room"].clone();
+                result["first"] = json!(true);
+                let region = result.as_object_mut().unwrap().remove("region").unwrap();
+                assert!(region.is_string());
+                let typed: JoinResult = serde_json::from_value(result.clone()).unwrap();
+                assert_eq!(typed.seq, join["seq"].as_u64().unwrap());
+                if typed.origins.is_empty() {
+                    result.as_object_mut().unwrap().remove("origins");
+                }
+                assert_eq!(serde_json::to_value(&typed).unwrap(), result);
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 7, "{checked}");
 }

@@ -10,12 +10,13 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::FutureExt;
 use meridian_protocol::token::Claims;
 use meridian_protocol::{
-    ErrorCode, Event, LeftReason, OriginPosition, Reply, Request, RequestId, ResumePoint,
-    RoomEventFrame, RoomId, UserId,
+    ErrorCode, Event, HelloResult, JoinResult, LeaveResult, LeftReason, MembersResult,
+    OriginPosition, PingResult, PresenceEntry, PresenceResult, PublishResult, Reply, Request,
+    RequestId, ResumePoint, ResumedRoom, RoomEventFrame, RoomId, SendResult, StateDeleteResult,
+    StateGetResult, StateSetResult, UserId,
 };
 use region_state::{Budget, ConnRef, PublishItem, Recovery, StoreError};
 use serde::Serialize;
-use serde_json::json;
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 use tracing::Instrument;
@@ -68,13 +69,6 @@ type Outcome = Result<Box<RawValue>, Failure>;
 fn answer<T: Serialize>(result: T) -> Outcome {
     serde_json::value::to_raw_value(&result)
         .map_err(|e| Failure(ErrorCode::Internal, format!("cannot encode the reply: {e}")))
-}
-
-/// A `state_get` result.
-#[derive(Serialize)]
-struct StateGetReply<'a> {
-    room: &'a RoomId,
-    entries: &'a [meridian_protocol::StateEntry],
 }
 
 /// State a test can make a session fail on, to check that nothing a session holds outlives it.
@@ -314,14 +308,6 @@ struct PendingPublish {
     key: Option<String>,
 }
 
-#[derive(Serialize)]
-struct PublishReply<'a> {
-    room: &'a RoomId,
-    seq: u64,
-    epoch: &'a str,
-    duplicate: bool,
-}
-
 /// Frames to write right after the hello reply: replayed room history.
 type Replays = Vec<bytes::Bytes>;
 
@@ -453,14 +439,14 @@ async fn hello(node: &Arc<Node>, ws: &mut WebSocket, conn_no: u64) -> Option<(Se
         }
         let reply = ok_reply(
             &id,
-            json!({
-                "protocol": meridian_protocol::PROTOCOL_VERSION,
-                "user": session.conn.user,
-                "conn": conn_no,
-                "node": session.conn.node.as_str(),
-                "region": node.config.region,
-                "resumed": resumed,
-            }),
+            HelloResult {
+                conn: conn_no,
+                node: session.conn.node.as_str().to_owned(),
+                protocol: meridian_protocol::PROTOCOL_VERSION,
+                region: node.config.region.clone(),
+                resumed,
+                user: session.conn.user.clone(),
+            },
         );
         if !send_text(node, ws, reply).await {
             session.cleanup().await;
@@ -486,7 +472,8 @@ impl Session {
         let mut ping = tokio::time::interval(Duration::from_millis(timing.ping_interval_ms));
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ping.tick().await;
-        let mut last_heard = Instant::now();
+        // Tokio's clock, like the ping timer it is compared at (tests run it virtually).
+        let mut last_heard = tokio::time::Instant::now();
         let mut drain_sent = false;
         let kicked_token = self.outbox.kicked.clone();
         // Made once and polled in place (a `cancelled()` made anew on every turn would join and
@@ -571,7 +558,7 @@ impl Session {
                     }
                 }
                 msg = ws.recv() => {
-                    last_heard = Instant::now();
+                    last_heard = tokio::time::Instant::now();
                     // The text frames this read brought (a client may pipeline requests) are
                     // answered together; a frame of another kind ends the run.
                     let mut texts = Vec::new();
@@ -773,10 +760,10 @@ impl Session {
         match result {
             Ok(published) => {
                 for (p, done) in batch.items.iter().zip(published) {
-                    let result = PublishReply {
-                        room: &batch.room,
+                    let result = PublishResult {
+                        room: batch.room.clone(),
                         seq: done.seq,
-                        epoch: &done.epoch,
+                        epoch: done.epoch,
                         duplicate: done.duplicate,
                     };
                     replies[p.slot] = ok_reply(&p.id, result);
@@ -804,15 +791,16 @@ impl Session {
                 ErrorCode::AlreadyAuthenticated,
                 "hello was already sent".into(),
             )),
-            Request::Ping => answer(json!({ "pong": true })),
+            Request::Ping => answer(PingResult { pong: true }),
             Request::Join { room } => {
                 let j = self.join(&room, None, &mut Vec::new()).await?;
-                let mut result =
-                    json!({ "room": room, "epoch": j.epoch, "seq": j.seq, "first": j.first });
-                if !j.origins.is_empty() {
-                    result["origins"] = json!(j.origins);
-                }
-                answer(result)
+                answer(JoinResult {
+                    epoch: j.epoch,
+                    first: j.first,
+                    origins: j.origins,
+                    room,
+                    seq: j.seq,
+                })
             }
             Request::Leave { room } => {
                 let Some(_) = self.rooms.get(&room) else {
@@ -824,7 +812,7 @@ impl Session {
                 self.rooms.remove(&room);
                 node.local.remove_subscriber(&room, self.conn.conn);
                 let _ = store.unsubscribe(&room).await;
-                answer(json!({ "room": room, "left": left }))
+                answer(LeaveResult { left, room })
             }
             // `handle_many` batches every publish; none reaches here.
             Request::Publish { .. } => Err(Failure(
@@ -843,7 +831,7 @@ impl Session {
                     .timed("send_direct", store.send_direct(&to, &frame))
                     .await?
                 {
-                    answer(json!({ "to": to }))
+                    answer(SendResult { to })
                 } else {
                     Err(Failure(
                         ErrorCode::UserOffline,
@@ -858,11 +846,15 @@ impl Session {
                 let page = node
                     .timed("members", store.members(&room, after.as_ref(), limit))
                     .await?;
-                answer(json!({ "room": room, "members": page.members, "next": page.next }))
+                answer(MembersResult {
+                    members: page.members,
+                    next: page.next,
+                    room,
+                })
             }
             Request::Presence { users } => {
                 let entries = self.presence(&users).await?;
-                answer(json!({ "users": entries }))
+                answer(PresenceResult { users: entries })
             }
             Request::StateSet {
                 room,
@@ -877,17 +869,14 @@ impl Session {
                         store.state_set(&room, &key, &value, if_version, &self.conn.user),
                     )
                     .await?;
-                answer(json!({ "room": room, "key": key, "version": version }))
+                answer(StateSetResult { key, room, version })
             }
             Request::StateGet { room, key } => {
                 self.may_see(&room)?;
                 let entries = node
                     .timed("state_get", store.state_get(&room, key.as_deref()))
                     .await?;
-                answer(StateGetReply {
-                    room: &room,
-                    entries: &entries,
-                })
+                answer(StateGetResult { room, entries })
             }
             Request::StateDelete {
                 room,
@@ -901,12 +890,8 @@ impl Session {
                         store.state_delete(&room, &key, if_version, &self.conn.user),
                     )
                     .await?;
-                answer(json!({ "room": room, "key": key, "deleted": deleted }))
+                answer(StateDeleteResult { deleted, key, room })
             }
-            _ => Err(Failure(
-                ErrorCode::UnknownOp,
-                "op not supported by this node".into(),
-            )),
         }
     }
 
@@ -1004,10 +989,7 @@ impl Session {
     /// joined) are reported offline, whatever their state, so presence tells nothing about
     /// strangers. The asker always sees itself; a token with the claim `dm` (may contact
     /// anyone) sees everyone.
-    async fn presence(
-        &self,
-        users: &[UserId],
-    ) -> Result<Vec<meridian_protocol::PresenceEntry>, Failure> {
+    async fn presence(&self, users: &[UserId]) -> Result<Vec<PresenceEntry>, Failure> {
         let node = &self.node;
         let rooms: Vec<RoomId> = self.rooms.keys().cloned().collect();
         let shared = if self.claims.dm {
@@ -1024,7 +1006,7 @@ impl Session {
             .filter(|(u, s)| **s || **u == self.conn.user)
             .map(|(u, _)| u.clone())
             .collect();
-        let found: HashMap<UserId, meridian_protocol::PresenceEntry> = if visible.is_empty() {
+        let found: HashMap<UserId, PresenceEntry> = if visible.is_empty() {
             HashMap::new()
         } else {
             node.timed("presence", node.store.presence(&visible))
@@ -1036,15 +1018,12 @@ impl Session {
         Ok(users
             .iter()
             .map(|u| {
-                found
-                    .get(u)
-                    .cloned()
-                    .unwrap_or_else(|| meridian_protocol::PresenceEntry {
-                        user: u.clone(),
-                        online: false,
-                        connections: 0,
-                        regions: Vec::new(),
-                    })
+                found.get(u).cloned().unwrap_or_else(|| PresenceEntry {
+                    user: u.clone(),
+                    online: false,
+                    connections: 0,
+                    regions: Vec::new(),
+                })
             })
             .collect())
     }
@@ -1198,7 +1177,7 @@ impl Session {
     }
 
     /// One room of a `hello` resume list, reported as `{room, status, epoch, seq}`.
-    async fn resume(&mut self, point: ResumePoint, replays: &mut Replays) -> serde_json::Value {
+    async fn resume(&mut self, point: ResumePoint, replays: &mut Replays) -> ResumedRoom {
         let ResumePoint {
             room,
             epoch,
@@ -1210,23 +1189,26 @@ impl Session {
             .join(&room, Some((&epoch, seq, &origins)), replays)
             .await
         {
-            Ok(j) => {
-                let mut r = if j.history_lost {
-                    json!({ "room": room, "status": "history_lost", "epoch": j.epoch, "seq": j.seq })
-                } else {
-                    json!({
-                        "room": room, "status": "recovered", "epoch": j.epoch, "seq": j.seq,
-                        "replayed": replays.len() - before,
-                    })
-                };
-                if !j.origins.is_empty() {
-                    r["origins"] = json!(j.origins);
-                }
-                r
-            }
+            Ok(j) if j.history_lost => ResumedRoom::HistoryLost {
+                room,
+                epoch: j.epoch,
+                seq: j.seq,
+                origins: j.origins,
+            },
+            Ok(j) => ResumedRoom::Recovered {
+                room,
+                epoch: j.epoch,
+                seq: j.seq,
+                replayed: (replays.len() - before) as u64,
+                origins: j.origins,
+            },
             Err(Failure(code, message)) => {
                 self.node.metrics.error(code);
-                json!({ "room": room, "status": "error", "code": code, "message": message })
+                ResumedRoom::Error {
+                    room,
+                    code,
+                    message,
+                }
             }
         }
     }
@@ -1311,6 +1293,7 @@ mod tests {
     use futures_util::{SinkExt, StreamExt};
     use meridian_protocol::token::{issue, Claims, RoomGrant};
     use region_state::{MemoryRegion, NodeId, StateStore};
+    use serde_json::json;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio_tungstenite::tungstenite::Message as WsMessage;
 

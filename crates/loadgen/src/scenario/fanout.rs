@@ -144,7 +144,7 @@ impl Publisher {
                     }
                     for _ in 0..burst {
                         let data = payload(now_us(), phase, None, args.pad);
-                        let frame = self.client.publish_frame(&args.room, &data);
+                        let frame = self.client.publish_frame(&args.room, data)?;
                         self.client.feed(frame).await.map_err(|e| ClientError {
                             stage: Stage::Traffic,
                             detail: format!("publisher send: {e}"),

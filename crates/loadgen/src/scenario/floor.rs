@@ -176,7 +176,7 @@ pub async fn run(args: FloorArgs) -> Result<Report, LoadgenError> {
         let due = (at.duration_since(start).as_secs_f64() * args.rate) as u64;
         let mut lines = String::new();
         for _ in sent..due {
-            lines.push_str(&payload(now_us(), phase_tag, None, args.pad));
+            lines.push_str(payload(now_us(), phase_tag, None, args.pad).get());
             lines.push('\n');
         }
         if !lines.is_empty() {

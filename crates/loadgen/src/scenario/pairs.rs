@@ -104,11 +104,11 @@ struct Burst {
 async fn send_all(
     client: &mut Client,
     to: &str,
-    frames: impl Iterator<Item = String>,
+    frames: impl Iterator<Item = Box<serde_json::value::RawValue>>,
 ) -> Result<u64, ClientError> {
     let mut n = 0;
     for data in frames {
-        let f = client.send_frame(to, &data);
+        let f = client.send_frame(to, data)?;
         client
             .feed(f)
             .await
