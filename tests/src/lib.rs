@@ -14,7 +14,6 @@ use anyhow::{anyhow, bail, Context, Result};
 use meridian_protocol::token::{issue, Claims, RoomGrant};
 use meridian_protocol::UserId;
 use serde_json::Value;
-use tokio::net::TcpStream;
 
 pub use client::{Client, WAIT};
 pub use region_state::testing::RedisServer;

@@ -127,7 +127,8 @@ fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
     Ok(certs)
 }
 
-fn client_config() -> Result<Arc<rustls::ClientConfig>> {
+/// The client TLS configuration: the platform roots plus the CA given to [`trust_ca`].
+pub fn client_config() -> Result<Arc<rustls::ClientConfig>> {
     let mut trust = TRUST.lock().unwrap_or_else(PoisonError::into_inner);
     if let Some(config) = &trust.1 {
         return Ok(Arc::clone(config));

@@ -1,4 +1,4 @@
-//! Membership checks: a plain protocol client ([`Monitor`]) lists every room in every live
+//! Membership checks: a `meridian-client` connection ([`Monitor`]) lists every room in every live
 //! region and compares the listings with where the workload's clients are connected.
 
 use std::collections::BTreeMap;
@@ -6,16 +6,18 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
-use futures_util::{SinkExt, StreamExt};
+use anyhow::{anyhow, Context, Result};
+use meridian_client::{ConnectOptions, Connection};
+use meridian_protocol::{RoomId, UserId};
 use serde::Serialize;
-use serde_json::{json, Value};
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::Message;
 
 use super::ledger::{self, ClientLog};
 use super::mesh::RouterApi;
 use super::workload::ClientPlan;
+
+/// How long one request of the checks may take.
+const REPLY_WAIT: Duration = Duration::from_secs(5);
 
 /// Membership as seen from each live region after the grace period.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -49,91 +51,64 @@ pub(super) async fn probe_connect(
         .regions
         .first()
         .ok_or_else(|| anyhow!("the router offers no region"))?;
-    let mut ws = Monitor::connect(&best.ws_url, token).await?;
+    let ws = Monitor::connect(&best.ws_url, token).await?;
     let region = ws.region.clone();
     ws.close().await;
     Ok(region)
 }
 
-/// A plain protocol client for the drill's own checks (members listings, probes).
+/// The drill's own checks' client (members listings, probes): the typed `meridian-client`.
 pub(super) struct Monitor {
-    ws: crate::tls::Ws,
-    next_id: u64,
-    region: String,
+    conn: Connection,
+    pub(super) region: String,
 }
 
 impl Monitor {
-    async fn connect(url: &str, token: &str) -> Result<Monitor> {
-        let (ws, _) = tokio::time::timeout(Duration::from_secs(3), crate::tls::connect_ws(url))
-            .await
-            .map_err(|_| anyhow!("connect {url}: timed out"))?
-            .with_context(|| format!("connect {url}"))?;
-        let mut m = Monitor {
-            ws,
-            next_id: 0,
-            region: String::new(),
+    pub(super) async fn connect(url: &str, token: &str) -> Result<Monitor> {
+        let options = ConnectOptions {
+            tls: Some(crate::tls::client_config()?),
+            ..ConnectOptions::default()
         };
-        let hello = m.request(json!({"op": "hello", "token": token})).await?;
-        m.region = hello["region"].as_str().unwrap_or_default().to_owned();
-        Ok(m)
-    }
-
-    /// Sends a request; returns its `result` (an `error` reply is an error).
-    async fn request(&mut self, mut req: Value) -> Result<Value> {
-        self.next_id += 1;
-        let id = self.next_id;
-        req["id"] = json!(id);
-        self.ws.send(Message::Text(req.to_string().into())).await?;
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let frame = tokio::time::timeout_at(deadline, self.ws.next())
-                .await
-                .map_err(|_| anyhow!("no reply within 5 s"))?;
-            let text = match frame {
-                Some(Ok(Message::Text(t))) => t,
-                Some(Ok(Message::Close(_))) | None => bail!("connection closed"),
-                Some(Ok(_)) => continue,
-                Some(Err(e)) => bail!("connection error: {e}"),
-            };
-            let v: Value = serde_json::from_str(&text)?;
-            if v["id"].as_u64() == Some(id) {
-                if v["type"] == "ok" {
-                    return Ok(v["result"].clone());
-                }
-                bail!(
-                    "{} {}",
-                    v["code"].as_str().unwrap_or("?"),
-                    v["message"].as_str().unwrap_or("")
-                );
-            }
-        }
+        let mut conn = tokio::time::timeout(
+            Duration::from_secs(3),
+            Connection::connect_with(url, &options),
+        )
+        .await
+        .map_err(|_| anyhow!("connect {url}: timed out"))?
+        .with_context(|| format!("connect {url}"))?;
+        let hello = tokio::time::timeout(REPLY_WAIT, conn.hello(token, Vec::new()))
+            .await
+            .map_err(|_| anyhow!("no reply within 5 s"))??;
+        Ok(Monitor {
+            conn,
+            region: hello.region,
+        })
     }
 
     /// Every member of `room`: user → region.
-    async fn members(&mut self, room: &str) -> Result<BTreeMap<String, String>> {
+    pub(super) async fn members(&mut self, room: &str) -> Result<BTreeMap<String, String>> {
+        let room = RoomId::new(room)?;
         let mut out = BTreeMap::new();
-        let mut after: Option<String> = None;
+        let mut after: Option<UserId> = None;
         loop {
-            let mut req = json!({"op": "members", "room": room, "limit": 100});
-            if let Some(a) = &after {
-                req["after"] = json!(a);
+            let page = tokio::time::timeout(
+                REPLY_WAIT,
+                self.conn.members(&room, after.as_ref(), Some(100)),
+            )
+            .await
+            .map_err(|_| anyhow!("no reply within 5 s"))??;
+            for m in page.members {
+                out.insert(m.user.to_string(), m.region);
             }
-            let r = self.request(req).await?;
-            for m in r["members"].as_array().into_iter().flatten() {
-                out.insert(
-                    m["user"].as_str().unwrap_or_default().to_owned(),
-                    m["region"].as_str().unwrap_or_default().to_owned(),
-                );
-            }
-            match r["next"].as_str() {
-                Some(next) => after = Some(next.to_owned()),
+            match page.next {
+                Some(next) => after = Some(next),
                 None => return Ok(out),
             }
         }
     }
 
-    async fn close(&mut self) {
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.ws.close(None)).await;
+    pub(super) async fn close(self) {
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.conn.close()).await;
     }
 }
 
@@ -249,7 +224,7 @@ pub(super) async fn check_membership(
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    for (_, m) in &mut monitors {
+    for (_, m) in monitors {
         m.close().await;
     }
     out
