@@ -6,11 +6,16 @@
 //! (e.g. the mesh stopped); 3 the server refused (an error reply such as `token_invalid`,
 //! `forbidden`, `user_offline`, or a close with 1008). stdout carries the results (JSON lines for
 //! `chat` and with `--json`), stderr the notes meant for people.
+//!
+//! The one-shot commands' [`Session`] is a `meridian-client` connection (typed requests, the
+//! reply's `result` printed as the node sent it); [`chat`] keeps its own JSON client for now.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
+use meridian_protocol::{Request, RoomId, UserId};
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
@@ -226,80 +231,122 @@ async fn send_json(ws: &mut Ws, value: &Value) -> Res<()> {
         .map_err(|e| failed(format!("sending to the server failed: {e}")))
 }
 
-/// A connection that has said `hello`, for request/reply use.
+/// A connection that has said `hello`, for request/reply use: a `meridian-client`
+/// [`Connection`](meridian_client::Connection) whose errors read as the CLI's.
 pub struct Session {
-    ws: Ws,
-    next_id: u64,
+    conn: meridian_client::Connection,
+}
+
+/// The words of the client crate's errors, as the CLI says them (and their exit status).
+fn session_error(op: &str, e: meridian_client::ClientError) -> ClientError {
+    use meridian_client::ClientError as E;
+    match e {
+        E::Server(e) => ClientError::Refused(if e.message.is_empty() {
+            format!("{op}: {}", e.name)
+        } else {
+            format!("{op}: {}: {}", e.name, e.message)
+        }),
+        E::Closed(info) => {
+            let frame = info.map(|c| CloseFrame {
+                code: c.code.into(),
+                reason: c.reason.into(),
+            });
+            close_error(frame.as_ref())
+        }
+        E::WebSocket(e) => failed(format!("connection error: {e}")),
+        other => failed(other),
+    }
+}
+
+/// A request the node would refuse as malformed (a bad room or user id): refused here.
+fn bad_input(op: &str, e: impl std::fmt::Display) -> ClientError {
+    ClientError::Refused(format!("{op}: {e}"))
+}
+
+fn room_id(op: &str, room: &str) -> Res<RoomId> {
+    RoomId::new(room).map_err(|e| bad_input(op, format!("room {room:?}: {e}")))
+}
+
+fn user_id(op: &str, user: &str) -> Res<UserId> {
+    UserId::new(user).map_err(|e| bad_input(op, format!("user {user:?}: {e}")))
+}
+
+fn raw(op: &str, value: &Value) -> Res<Box<RawValue>> {
+    serde_json::value::to_raw_value(value).map_err(|e| bad_input(op, e))
 }
 
 impl Session {
     /// Connects and says `hello`.
     pub async fn open(url: &str, token: &str) -> Res<Session> {
-        let ws = connect(url).await?;
-        let mut session = Session { ws, next_id: 1 };
-        session.call(json!({"op": "hello", "token": token})).await?;
+        let options = meridian_client::ConnectOptions {
+            tls: Some(crate::tls::client_config().map_err(|e| failed(format!("{e:#}")))?),
+            ..meridian_client::ConnectOptions::default()
+        };
+        let connecting = meridian_client::Connection::connect_with(url, &options);
+        let conn = match tokio::time::timeout(REPLY_TIMEOUT, connecting).await {
+            Err(_) => {
+                return Err(failed(format!(
+                    "cannot connect to {url}: no answer within {REPLY_TIMEOUT:?}"
+                )))
+            }
+            Ok(Err(meridian_client::ClientError::Connect { source, .. })) => {
+                let why = connect_error_text(&source);
+                let hint = if why.contains("certificate") {
+                    "trust the mesh's CA with --ca FILE, or give --state-dir of a `meridian up --tls`"
+                } else {
+                    "is the mesh running, and is the URL right?"
+                };
+                return Err(failed(format!("cannot connect to {url}: {why} ({hint})")));
+            }
+            Ok(Err(e)) => return Err(failed(format!("cannot connect to {url}: {e}"))),
+            Ok(Ok(conn)) => conn,
+        };
+        let mut session = Session { conn };
+        session
+            .call(&Request::Hello {
+                token: Some(token.to_owned()),
+                resume: Vec::new(),
+            })
+            .await?;
         Ok(session)
     }
 
-    /// Sends one request and waits for its reply: `result` of `ok`, else the error.
-    pub async fn call(&mut self, mut request: Value) -> Res<Value> {
-        let id = self.next_id;
-        self.next_id += 1;
-        request["id"] = json!(id);
-        send_json(&mut self.ws, &request).await?;
-        let op = request["op"].as_str().unwrap_or("request").to_owned();
-        let wait = async {
-            loop {
-                match self.ws.next().await {
-                    Some(Ok(Message::Text(text))) => {
-                        let Ok(frame) = serde_json::from_str::<Value>(&text) else {
-                            continue;
-                        };
-                        if frame["id"] != json!(id) {
-                            continue; // an event, or another reply
-                        }
-                        return match frame["type"].as_str() {
-                            Some("ok") => Ok(frame["result"].clone()),
-                            _ => Err(ClientError::Refused(format!(
-                                "{op}: {}",
-                                describe_error(&frame)
-                            ))),
-                        };
-                    }
-                    Some(Ok(Message::Close(frame))) => return Err(close_error(frame.as_ref())),
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => return Err(failed(format!("connection error: {e}"))),
-                    None => return Err(close_error(None)),
-                }
-            }
-        };
-        tokio::time::timeout(REPLY_TIMEOUT, wait)
+    /// Sends one request and waits for its reply: `result` of `ok` as the node sent it, else
+    /// the error.
+    pub async fn call(&mut self, request: &Request) -> Res<Value> {
+        let op = request.op();
+        let result = tokio::time::timeout(REPLY_TIMEOUT, self.conn.request(request))
             .await
             .map_err(|_| failed(format!("no reply to {op} within {REPLY_TIMEOUT:?}")))?
+            .map_err(|e| session_error(op, e))?;
+        serde_json::from_str(result.get()).map_err(|e| failed(format!("{op}: {e}")))
     }
 
     /// Closes politely.
-    pub async fn close(mut self) {
-        let _ = self.ws.close(None).await;
+    pub async fn close(self) {
+        let _ = self.conn.close().await;
     }
 }
 
 /// `meridian members`: every member of a room (all pages).
 pub async fn members(url: &str, token: &str, room: &str) -> Res<Value> {
+    let room_id = room_id("members", room)?;
     let mut session = Session::open(url, token).await?;
     let mut all = Vec::new();
-    let mut after: Option<String> = None;
+    let mut after: Option<UserId> = None;
     loop {
-        let mut request = json!({"op": "members", "room": room, "limit": 100});
-        if let Some(a) = &after {
-            request["after"] = json!(a);
-        }
-        let page = session.call(request).await?;
+        let page = session
+            .call(&Request::Members {
+                room: room_id.clone(),
+                after: after.take(),
+                limit: Some(100),
+            })
+            .await?;
         if let Some(list) = page["members"].as_array() {
             all.extend(list.iter().cloned());
         }
         match page["next"].as_str() {
-            Some(next) if !next.is_empty() => after = Some(next.to_owned()),
+            Some(next) if !next.is_empty() => after = Some(user_id("members", next)?),
             _ => break,
         }
     }
@@ -311,29 +358,34 @@ pub async fn members(url: &str, token: &str, room: &str) -> Res<Value> {
 /// the other user, or the room itself).
 async fn join_all(session: &mut Session, rooms: &[String]) -> Res<()> {
     for room in rooms {
-        session.call(json!({"op": "join", "room": room})).await?;
+        let room = room_id("join", room)?;
+        session.call(&Request::Join { room }).await?;
     }
     Ok(())
 }
 
 /// `meridian presence`.
 pub async fn presence(url: &str, token: &str, rooms: &[String], users: &[String]) -> Res<Value> {
+    let users = users
+        .iter()
+        .map(|u| user_id("presence", u))
+        .collect::<Res<Vec<_>>>()?;
     let mut session = Session::open(url, token).await?;
     join_all(&mut session, rooms).await?;
-    let result = session
-        .call(json!({"op": "presence", "users": users}))
-        .await?;
+    let result = session.call(&Request::Presence { users }).await?;
     session.close().await;
     Ok(result)
 }
 
 /// `meridian send`.
 pub async fn send(url: &str, token: &str, rooms: &[String], to: &str, data: Value) -> Res<Value> {
+    let request = Request::Send {
+        to: user_id("send", to)?,
+        data: raw("send", &data)?,
+    };
     let mut session = Session::open(url, token).await?;
     join_all(&mut session, rooms).await?;
-    let result = session
-        .call(json!({"op": "send", "to": to, "data": data}))
-        .await?;
+    let result = session.call(&request).await?;
     session.close().await;
     Ok(result)
 }
@@ -358,37 +410,36 @@ pub enum StateOp {
 
 /// `meridian state`.
 pub async fn state(url: &str, token: &str, room: &str, op: StateOp) -> Res<Value> {
-    let mut session = Session::open(url, token).await?;
-    let request = match op {
-        StateOp::Get(key) => {
-            let mut r = json!({"op": "state_get", "room": room});
-            if let Some(k) = key {
-                r["key"] = json!(k);
-            }
-            r
-        }
+    let room_id = room_id("state", room)?;
+    let (request, join) = match op {
+        StateOp::Get(key) => (Request::StateGet { room: room_id, key }, false),
         StateOp::Set {
             key,
             value,
             if_version,
-        } => {
-            join_all(&mut session, &[room.to_owned()]).await?;
-            let mut r = json!({"op": "state_set", "room": room, "key": key, "value": value});
-            if let Some(v) = if_version {
-                r["if_version"] = json!(v);
-            }
-            r
-        }
-        StateOp::Delete { key, if_version } => {
-            join_all(&mut session, &[room.to_owned()]).await?;
-            let mut r = json!({"op": "state_delete", "room": room, "key": key});
-            if let Some(v) = if_version {
-                r["if_version"] = json!(v);
-            }
-            r
-        }
+        } => (
+            Request::StateSet {
+                room: room_id,
+                key,
+                value: raw("state_set", &value)?,
+                if_version,
+            },
+            true,
+        ),
+        StateOp::Delete { key, if_version } => (
+            Request::StateDelete {
+                room: room_id,
+                key,
+                if_version,
+            },
+            true,
+        ),
     };
-    let result = session.call(request).await?;
+    let mut session = Session::open(url, token).await?;
+    if join {
+        join_all(&mut session, &[room.to_owned()]).await?;
+    }
+    let result = session.call(&request).await?;
     session.close().await;
     Ok(result)
 }
