@@ -14,7 +14,6 @@ use anyhow::{anyhow, bail, Context, Result};
 use meridian_protocol::token::{issue, Claims, RoomGrant};
 use meridian_protocol::UserId;
 use serde_json::Value;
-use tokio::net::TcpStream;
 
 pub use client::{Client, WAIT};
 pub use region_state::testing::RedisServer;
@@ -444,26 +443,27 @@ pub fn redis_info(port: u16, section: &str) -> Result<String> {
     Ok(redis::cmd("INFO").arg(section).query(&mut conn)?)
 }
 
-/// A minimal HTTP/1.1 GET over loopback (no client dependency needed for three endpoints).
+/// The tests' HTTP client (reqwest): never through an `HTTP_PROXY` from the environment, no
+/// redirect followed (tests look at the 3xx themselves), and no idle connection kept (each
+/// `#[tokio::test]` has its own runtime, and a pooled connection belongs to the one that made
+/// it).
+fn http_client() -> Result<&'static reqwest::Client> {
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    if let Some(client) = CLIENT.get() {
+        return Ok(client);
+    }
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(5))
+        .build()?;
+    Ok(CLIENT.get_or_init(|| client))
+}
+
+/// An HTTP GET over loopback: (status, body).
 pub async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = TcpStream::connect(addr).await?;
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await?;
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await??;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| anyhow!("bad HTTP response: {text}"))?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
+    let (status, _, body) = http_request(addr, "GET", path, &[], "").await?;
     Ok((status, body))
 }
 
@@ -542,7 +542,8 @@ where
     false
 }
 
-/// An HTTP/1.1 request over loopback; returns (status, raw head, body).
+/// An HTTP request over loopback; returns (status, head, body). The head is the status line
+/// and one `name: value` line per header, as the server sent them (names in lower case).
 pub async fn http_request(
     addr: SocketAddr,
     method: &str,
@@ -550,28 +551,24 @@ pub async fn http_request(
     headers: &[(&str, &str)],
     body: &str,
 ) -> Result<(u16, String, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = TcpStream::connect(addr).await?;
-    let mut request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
+    let method = reqwest::Method::from_bytes(method.as_bytes())?;
+    let mut request = http_client()?
+        .request(method, format!("http://{addr}{path}"))
+        .body(body.to_owned());
     for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
+        request = request.header(*name, *value);
     }
-    request.push_str("\r\n");
-    request.push_str(body);
-    s.write_all(request.as_bytes()).await?;
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await??;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| anyhow!("bad HTTP response: {text}"))?;
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    Ok((status, head.to_owned(), body.to_owned()))
+    let response = request.send().await?;
+    let status = response.status();
+    let mut head = format!("{:?} {status}", response.version());
+    for (name, value) in response.headers() {
+        head.push_str(&format!(
+            "\r\n{name}: {}",
+            String::from_utf8_lossy(value.as_bytes())
+        ));
+    }
+    let body = response.text().await?;
+    Ok((status.as_u16(), head, body))
 }
 
 /// A `geo-router` child process.

@@ -18,7 +18,6 @@ use meridian_protocol::relay::{
     self as frame, Direct, EventKind, Frame, Hello, RoomEvent, ALPN, PROTOCOL_VERSION,
 };
 use meridian_protocol::{Hlc, JsonText, RoomEventKind, RoomId, UserId};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use wan_impair::{self as impair, Impairment};
@@ -125,18 +124,13 @@ fn event(room: &str, seq: u64) -> RoomEvent {
 }
 
 async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut out = String::new();
-    tokio::time::timeout(LIMIT, s.read_to_string(&mut out))
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let response = tokio::time::timeout(LIMIT, client.get(format!("http://{addr}{path}")).send())
         .await
         .unwrap()
         .unwrap();
-    let status = out[9..12].parse().unwrap();
-    let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
-    (status, body)
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap())
 }
 
 /// A sink that holds back events of room `slow` until the gate opens.

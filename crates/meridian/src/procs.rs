@@ -240,26 +240,32 @@ pub fn wait_port(addr: SocketAddr, within: Duration) -> Result<()> {
     bail!("nothing accepts connections on {addr} after {within:?}")
 }
 
-/// A blocking HTTP/1.1 GET on loopback: (status, body).
+/// A blocking HTTP GET on loopback: (status, body).
 pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
-    use std::io::Read;
-    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut text = String::new();
-    stream.read_to_string(&mut text)?;
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| anyhow!("bad HTTP response from {addr}"))?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
+    blocking_get(&format!("http://{addr}{path}"), None)
+}
+
+/// A blocking GET of `url` (reqwest; `tls`: the trust for https, None: the platform roots):
+/// (status, body). For `up`'s own readiness checks, outside any async runtime.
+pub fn blocking_get(url: &str, tls: Option<rustls::ClientConfig>) -> Result<(u16, String)> {
+    let builder = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(5));
+    let builder = match tls {
+        Some(config) => builder.use_preconfigured_tls(config),
+        None => builder,
+    };
+    let response = builder
+        .build()?
+        .get(url)
+        .send()
+        .with_context(|| format!("GET {url}"))?;
+    let status = response.status().as_u16();
+    let body = response
+        .text()
+        .with_context(|| format!("GET {url}: reading the body"))?;
     Ok((status, body))
 }
 

@@ -14,7 +14,7 @@ use rcgen::{
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::client::Response;
@@ -127,7 +127,8 @@ fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
     Ok(certs)
 }
 
-fn client_config() -> Result<Arc<rustls::ClientConfig>> {
+/// The client TLS configuration: the platform roots plus the CA given to [`trust_ca`].
+pub fn client_config() -> Result<Arc<rustls::ClientConfig>> {
     let mut trust = TRUST.lock().unwrap_or_else(PoisonError::into_inner);
     if let Some(config) = &trust.1 {
         return Ok(Arc::clone(config));
@@ -198,43 +199,11 @@ pub async fn connect_ws(url: &str) -> Result<(Ws, Response), WsError> {
     tokio_tungstenite::client_async(request, stream).await
 }
 
-/// A blocking HTTPS GET (for `up`'s readiness checks through a TLS balancer): (status, body).
+/// A blocking HTTPS GET (for `up`'s readiness checks through a TLS balancer), trusting the
+/// platform roots and the CA given to [`trust_ca`]: (status, body).
 pub fn https_get(addr: std::net::SocketAddr, path: &str) -> Result<(u16, String)> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        let host = addr.ip().to_string();
-        let mut stream = tokio::time::timeout(
-            std::time::Duration::from_secs(3),
-            open(&host, addr.port(), true),
-        )
-        .await
-        .map_err(|_| anyhow!("https://{addr}: no answer"))??;
-        stream
-            .write_all(
-                format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
-                    .as_bytes(),
-            )
-            .await?;
-        let mut raw = Vec::new();
-        let _ = tokio::time::timeout(
-            std::time::Duration::from_secs(5),
-            stream.read_to_end(&mut raw),
-        )
-        .await;
-        let text = String::from_utf8_lossy(&raw).into_owned();
-        let status = text
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| anyhow!("bad HTTP response from https://{addr}"))?;
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default();
-        Ok((status, body))
-    })
+    let config = rustls::ClientConfig::clone(&*client_config()?);
+    crate::procs::blocking_get(&format!("https://{addr}{path}"), Some(config))
 }
 
 #[cfg(test)]

@@ -97,11 +97,9 @@ fn actor(state: &RouterState, headers: &HeaderMap) -> Result<String, Response> {
         })
 }
 
+/// `subtle`'s constant-time compare (a length mismatch returns at once: lengths are not secret).
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    subtle::ConstantTimeEq::ct_eq(a, b).into()
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -99,83 +99,47 @@ impl RegionStatus {
     }
 }
 
-/// A small HTTP/1.1 client for the router's and `meridian up`'s plain-HTTP APIs: one request
-/// per connection (`Connection: close`), `Content-Length` or chunked bodies. The drill needs
-/// nothing more, and this keeps an HTTP client stack out of the CLI.
+/// The CLI's HTTP client for the router's and `meridian up`'s APIs: reqwest over rustls
+/// (`tls`: the trust to use for https; None: reqwest's, the platform roots). It talks to the
+/// address given, never through an `HTTP_PROXY` from the environment, and follows no redirect.
+pub fn http_client(tls: Option<rustls::ClientConfig>) -> Result<reqwest::Client> {
+    let builder = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none());
+    let builder = match tls {
+        Some(config) => builder.use_preconfigured_tls(config),
+        None => builder,
+    };
+    builder.build().context("building the HTTP client")
+}
+
+/// Sends `request` and reads the whole answer, `within` a deadline: (status, body). `what`
+/// names the request in errors (`POST http://…/path`).
 pub async fn http_call(
-    authority: &str,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: Option<&str>,
+    request: reqwest::RequestBuilder,
+    what: &str,
     within: Duration,
 ) -> Result<(u16, String)> {
     let work = async {
-        let stream = tokio::net::TcpStream::connect(authority)
-            .await
-            .with_context(|| format!("connect to {authority}"))?;
-        exchange(stream, authority, method, path, headers, body).await
+        let response = request.send().await?;
+        let status = response.status().as_u16();
+        let body = response.text().await?;
+        Ok::<_, reqwest::Error>((status, body))
     };
-    tokio::time::timeout(within, work)
-        .await
-        .map_err(|_| anyhow!("{method} http://{authority}{path}: no answer within {within:?}"))?
-}
-
-/// One request and its whole response on `stream` (plain TCP or TLS).
-async fn exchange<S>(
-    mut stream: S,
-    authority: &str,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: Option<&str>,
-) -> Result<(u16, String)>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    {
-        let body = body.unwrap_or("");
-        let mut request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\nContent-Length: {}\r\n",
-            body.len()
-        );
-        for (name, value) in headers {
-            request.push_str(&format!("{name}: {value}\r\n"));
-        }
-        request.push_str("\r\n");
-        request.push_str(body);
-        stream.write_all(request.as_bytes()).await?;
-        let mut raw = Vec::new();
-        // A TLS peer that closes without close_notify still sent the whole response.
-        if let Err(e) = stream.read_to_end(&mut raw).await {
-            if raw.is_empty() || e.kind() != std::io::ErrorKind::UnexpectedEof {
-                return Err(e.into());
-            }
-        }
-        parse_response(&raw)
+    match tokio::time::timeout(within, work).await {
+        Ok(answer) => answer.with_context(|| format!("{what}: no answer")),
+        Err(_) => bail!("{what}: no answer within {within:?}"),
     }
 }
 
 /// The router's admin listener: `http://HOST:PORT`, or `https://HOST:PORT` (its `admin_tls`),
 /// trusting the platform's roots plus `ca` (a PEM file: the router's self-signed certificate or
 /// your CA).
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct AdminApi {
     authority: String,
-    tls: Option<(
-        tokio_rustls::TlsConnector,
-        rustls::pki_types::ServerName<'static>,
-    )>,
-}
-
-impl std::fmt::Debug for AdminApi {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AdminApi")
-            .field("authority", &self.authority)
-            .field("tls", &self.tls.is_some())
-            .finish()
-    }
+    https: bool,
+    http: reqwest::Client,
 }
 
 impl AdminApi {
@@ -196,7 +160,7 @@ impl AdminApi {
                 .map_or(authority, |(host, _)| host)
                 .trim_start_matches('[')
                 .trim_end_matches(']');
-            let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+            rustls::pki_types::ServerName::try_from(host.to_owned())
                 .with_context(|| format!("--router-admin {base}: bad host name"))?;
             let mut roots = rustls::RootCertStore::empty();
             for cert in rustls_native_certs::load_native_certs().certs {
@@ -220,22 +184,20 @@ impl AdminApi {
             .with_safe_default_protocol_versions()?
             .with_root_certificates(roots)
             .with_no_client_auth();
-            Some((
-                tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)),
-                name,
-            ))
+            Some(config)
         } else {
             None
         };
         Ok(Self {
             authority: authority.to_owned(),
-            tls,
+            https,
+            http: http_client(tls)?,
         })
     }
 
     /// The base URL.
     pub fn base(&self) -> String {
-        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let scheme = if self.https { "https" } else { "http" };
         format!("{scheme}://{}", self.authority)
     }
 
@@ -244,21 +206,19 @@ impl AdminApi {
     pub async fn admin(&self, token: &str, region: &str, action: &str, note: &str) -> Result<()> {
         let path = format!("/v1/admin/regions/{region}/{action}");
         let url = format!("{}{path}", self.base());
-        let auth = format!("Bearer {token}");
-        let body = json!({"drill": true, "note": note}).to_string();
-        let (status, body) = self
-            .call(
-                "POST",
-                &path,
-                &[
-                    ("Authorization", auth.as_str()),
-                    ("Content-Type", "application/json"),
-                ],
-                Some(&body),
-                Duration::from_secs(5),
-            )
+        let request = self
+            .http
+            .post(&url)
+            .bearer_auth(token)
+            .json(&json!({"drill": true, "note": note}));
+        let hint = if self.https {
+            " (is --router-admin-ca right?)"
+        } else {
+            ""
+        };
+        let (status, body) = http_call(request, &format!("POST {url}"), Duration::from_secs(5))
             .await
-            .with_context(|| format!("POST {url}"))?;
+            .with_context(|| format!("POST {url}{hint}"))?;
         match status {
             200 => Ok(()),
             404 if body.contains("admin_not_here") => bail!(
@@ -277,73 +237,13 @@ impl AdminApi {
             _ => bail!("POST {url}: {status}: {body}"),
         }
     }
-
-    async fn call(
-        &self,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: Option<&str>,
-        within: Duration,
-    ) -> Result<(u16, String)> {
-        let Some((connector, name)) = &self.tls else {
-            return http_call(&self.authority, method, path, headers, body, within).await;
-        };
-        let authority = &self.authority;
-        let work = async {
-            let tcp = tokio::net::TcpStream::connect(authority)
-                .await
-                .with_context(|| format!("connect to {authority}"))?;
-            let tls = connector
-                .connect(name.clone(), tcp)
-                .await
-                .with_context(|| format!("TLS to {authority} (is --router-admin-ca right?)"))?;
-            exchange(tls, authority, method, path, headers, body).await
-        };
-        tokio::time::timeout(within, work).await.map_err(|_| {
-            anyhow!("{method} https://{authority}{path}: no answer within {within:?}")
-        })?
-    }
-}
-
-fn parse_response(raw: &[u8]) -> Result<(u16, String)> {
-    let text = String::from_utf8_lossy(raw);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| anyhow!("truncated HTTP response"))?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| anyhow!("bad HTTP status line: {head}"))?;
-    let chunked = head.lines().any(|l| {
-        let l = l.to_ascii_lowercase();
-        l.starts_with("transfer-encoding:") && l.contains("chunked")
-    });
-    if !chunked {
-        return Ok((status, body.to_owned()));
-    }
-    let mut out = String::new();
-    let mut rest = body;
-    while let Some((size, after)) = rest.split_once("\r\n") {
-        let size = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16)
-            .map_err(|_| anyhow!("bad chunk size in HTTP response"))?;
-        if size == 0 {
-            break;
-        }
-        let chunk = after
-            .get(..size)
-            .ok_or_else(|| anyhow!("truncated HTTP chunk"))?;
-        out.push_str(chunk);
-        rest = after.get(size..).unwrap_or("").trim_start_matches("\r\n");
-    }
-    Ok((status, out))
 }
 
 /// The geo-router's HTTP API.
 #[derive(Debug, Clone)]
 pub struct RouterApi {
     authority: String,
+    http: reqwest::Client,
 }
 
 impl RouterApi {
@@ -363,6 +263,7 @@ impl RouterApi {
         }
         Ok(Self {
             authority: authority.to_owned(),
+            http: http_client(None)?,
         })
     }
 
@@ -372,12 +273,10 @@ impl RouterApi {
     }
 
     async fn get(&self, path: &str) -> Result<(u16, String)> {
+        let url = format!("{}{path}", self.base());
         http_call(
-            &self.authority,
-            "GET",
-            path,
-            &[],
-            None,
+            self.http.get(&url),
+            &format!("GET {url}"),
             Duration::from_secs(3),
         )
         .await
@@ -435,23 +334,25 @@ impl RouterApi {
 #[derive(Debug, Clone)]
 pub struct ControlApi {
     addr: SocketAddr,
+    http: reqwest::Client,
 }
 
 impl ControlApi {
     /// The API at `addr` (from endpoints.json).
-    pub fn new(addr: SocketAddr) -> Self {
-        Self { addr }
+    pub fn new(addr: SocketAddr) -> Result<Self> {
+        Ok(Self {
+            addr,
+            http: http_client(None)?,
+        })
     }
 
     /// `POST /regions/<region>/<action>`; returns the answer text.
     pub async fn call(&self, region: &str, action: &str) -> Result<String> {
         let path = format!("/regions/{region}/{action}");
+        let url = format!("http://{}{path}", self.addr);
         let (status, body) = http_call(
-            &self.addr.to_string(),
-            "POST",
-            &path,
-            &[],
-            None,
+            self.http.post(&url),
+            &format!("POST {url}"),
             Duration::from_secs(120),
         )
         .await
@@ -591,9 +492,32 @@ mod tests {
             RouterApi::new("127.0.0.1:8053/").unwrap().base(),
             "http://127.0.0.1:8053"
         );
-        assert_eq!(
-            parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").unwrap(),
-            (200, "abcde".to_owned())
-        );
+    }
+
+    /// A chunked answer is read whole (the router streams some answers). The server here is a
+    /// raw socket on purpose: it writes the chunked encoding byte for byte.
+    #[tokio::test]
+    async fn chunked_answers_are_read_whole() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 1024];
+            let _ = socket.read(&mut request).await.unwrap();
+            socket
+                .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
+                .await
+                .unwrap();
+        });
+        let client = http_client(None).unwrap();
+        let answer = http_call(
+            client.get(format!("http://{addr}/v1/regions")),
+            "GET /v1/regions",
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        assert_eq!(answer, (200, "abcde".to_owned()));
     }
 }
