@@ -16,7 +16,6 @@ use interregion_relay::{
     Announcement, Listeners, QuicSocket, RelayConfig, RunError, RunningService,
 };
 use region_state::testing::RedisServer;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 const LIMIT: Duration = Duration::from_secs(10);
@@ -83,14 +82,14 @@ async fn next_announcement(relay: &mut RunningService) -> Announcement {
 
 /// `GET path` with `Connection: close`: (status, body).
 async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    let status = out[9..12].parse().unwrap();
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    (status, body.to_owned())
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let get = client.get(format!("http://{addr}{path}")).send();
+    let response = tokio::time::timeout(Duration::from_secs(10), get)
+        .await
+        .unwrap()
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
