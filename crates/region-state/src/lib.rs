@@ -20,6 +20,7 @@ mod link;
 mod memory;
 mod redis_store;
 pub mod replica;
+mod rules;
 mod scripts;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testing;
