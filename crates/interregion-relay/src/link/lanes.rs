@@ -161,8 +161,9 @@ async fn lane_reader(
                     FrameError::TooLarge { .. } => codes::FRAME_TOO_LARGE,
                     _ => codes::MALFORMED_FRAME,
                 };
-                let _ = recv.stop(code);
+                // Counted before the stop is sent, so whoever sees the stop sees the count.
                 shared.metrics.malformed(&peer);
+                let _ = recv.stop(code);
                 tracing::warn!(%peer, stream = %recv.id(), error = %e, "closing a lane: bad frame");
                 return;
             }
@@ -182,8 +183,8 @@ async fn lane_reader(
                 shared.sink.direct(&peer, direct).await;
             }
             other => {
-                let _ = recv.stop(codes::UNEXPECTED_FRAME);
                 shared.metrics.malformed(&peer);
+                let _ = recv.stop(codes::UNEXPECTED_FRAME);
                 tracing::warn!(%peer, frame = other.name(), "closing a lane: frame does not belong on a lane");
                 return;
             }
