@@ -120,7 +120,8 @@ impl Cli {
                 return Ok(());
             }
             if let Some(status) = self.child.try_wait()? {
-                // Let the reader threads catch up once more.
+                // Let the reader threads catch up once more (their EOF is no signal: the
+                // CLI's own children may hold the pipes).
                 std::thread::sleep(Duration::from_millis(100));
                 if check(&self.stdout(), &self.stderr()) {
                     return Ok(());
@@ -160,7 +161,8 @@ impl Cli {
             }
             std::thread::sleep(Duration::from_millis(50));
         };
-        // The reader threads end at EOF, shortly after the exit.
+        // The reader threads end at EOF, shortly after the exit (not awaited: the CLI's
+        // children may hold the pipes open).
         std::thread::sleep(Duration::from_millis(100));
         Ok(Output {
             code: status.code(),

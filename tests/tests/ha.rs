@@ -515,7 +515,8 @@ impl Load {
     /// Like [`Load::finish`], returning the problems instead of failing.
     async fn finish_lenient(self, within: Duration) -> LoadReport {
         let _ = self.phase.send(Phase::Quiesce);
-        // Let in-flight publishes settle.
+        // Let in-flight publishes settle: whether one is in flight is local to each member task
+        // (not observable here), and `complete` below can only see acknowledged ones.
         tokio::time::sleep(Duration::from_millis(300)).await;
         let complete = || {
             self.members.iter().all(|(spec, s)| {
@@ -765,9 +766,13 @@ async fn sentinel_failover_under_load_loses_nothing_acknowledged() -> Result<()>
     load.start_publishing(Duration::from_secs(20)).await?;
     let (ready_stop_tx, ready_stop) = watch::channel(Phase::Run);
     let readiness = watch_readiness(vec![n1.addr, n2.addr], ready_stop);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Within the 1.5 s the test used to wait.
+    let steady = eventually(Duration::from_millis(1500), || async {
+        load.ledger.total() > 20
+    })
+    .await;
     let before = load.ledger.total();
-    assert!(before > 20, "publishing steadily before the kill: {before}");
+    assert!(steady, "publishing steadily before the kill: {before}");
 
     let old_port = group.primary.as_ref().map(|p| p.port());
     let killed_at = Instant::now();
@@ -786,8 +791,13 @@ async fn sentinel_failover_under_load_loses_nothing_acknowledged() -> Result<()>
     let failover = first_ok.duration_since(killed_at);
     let new_port = group.current_primary_port()?;
     assert_ne!(Some(new_port), old_port, "sentinels promoted the replica");
-    // Keep publishing on the new primary for a while.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Keep publishing on the new primary: until a publish first sent after the failover is
+    // acknowledged.
+    let resumed = eventually(Duration::from_secs(10), || async {
+        load.ledger.first_ack_sent_after(first_ok).is_some()
+    })
+    .await;
+    assert!(resumed, "publishing continues on the new primary");
     let back = eventually(Duration::from_secs(5), || async {
         matches!(n1.http_get("/readyz").await, Ok((200, _)))
             && matches!(n2.http_get("/readyz").await, Ok((200, _)))
@@ -936,6 +946,7 @@ async fn planned_failover_moves_nodes_off_the_demoted_primary() -> Result<()> {
     let specs = specs(8, 3, 4, Duration::from_millis(40));
     let load = Load::start(specs.clone(), &lb);
     load.start_publishing(Duration::from_secs(20)).await?;
+    // Workload pacing: the failover lands in the middle of a publishing run.
     tokio::time::sleep(Duration::from_millis(800)).await;
     let old_port = group.current_primary_port()?;
     let started = Instant::now();
@@ -971,6 +982,7 @@ async fn planned_failover_moves_nodes_off_the_demoted_primary() -> Result<()> {
     })
     .await;
     assert!(resumed, "publishing continues on the new primary");
+    // Workload pacing: a second more of publishing on the new primary before the checks.
     tokio::time::sleep(Duration::from_millis(1000)).await;
     load.all_live(Duration::from_secs(20)).await?;
     let present: Vec<(MemberSpec, bool)> = specs.iter().map(|s| (s.clone(), true)).collect();
@@ -1042,6 +1054,7 @@ async fn node_loss_under_load_reaps_only_those_who_did_not_return() -> Result<()
     }
     let load = Load::start(specs.clone(), &lb);
     load.start_publishing(Duration::from_secs(20)).await?;
+    // Workload pacing: the kill lands in the middle of a publishing run.
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let killed_at = Instant::now();
     n3.signal("KILL")?;
@@ -1055,10 +1068,29 @@ async fn node_loss_under_load_reaps_only_those_who_did_not_return() -> Result<()
     .await;
     assert!(back, "node 3's returning clients resumed elsewhere");
     let resumed_in = killed_at.elapsed();
-    // Past lease (1.5 s) + reap interval: the quitters must be reaped by now.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
     let quitters: HashSet<String> = specs[9..].iter().map(|s| s.user.clone()).collect();
     let returners: HashSet<String> = specs[6..9].iter().map(|s| s.user.clone()).collect();
+    // Past lease (1.5 s) + reap interval (within the 2.5 s the test used to wait) the quitters
+    // are reaped (their `node_lost` seen); the returners, on the same lease, would be reaped by
+    // the same pass: checked below.
+    let reaped = eventually(Duration::from_millis(2500), || async {
+        let seen: HashSet<String> = load
+            .members
+            .iter()
+            .flat_map(|(_, st)| {
+                st.lock()
+                    .unwrap()
+                    .lefts
+                    .iter()
+                    .filter(|(_, _, reason)| reason == "node_lost")
+                    .map(|(_, user, _)| user.clone())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        quitters.is_subset(&seen)
+    })
+    .await;
+    assert!(reaped, "the clients that did not return are reaped");
     // `left` events seen so far (before the members themselves leave at the end).
     let mut node_lost: HashSet<String> = HashSet::new();
     for (_, st) in &load.members {
@@ -1107,6 +1139,7 @@ async fn scale_two_to_four_to_one_under_load() -> Result<()> {
     let specs = specs(16, 4, 8, Duration::from_millis(50));
     let load = Load::start(specs.clone(), &lb);
     load.start_publishing(Duration::from_secs(20)).await?;
+    // Workload pacing: the scaling happens in the middle of a publishing run.
     tokio::time::sleep(Duration::from_millis(800)).await;
     // Scale out: two nodes join at run time and take new connections.
     nodes.push(NodeProcess::start(REGION, &redis.url(), "")?);

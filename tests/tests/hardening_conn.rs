@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use futures_util::StreamExt;
-use meridian_e2e::{bin_path, http_get, ok, token, Client, TempDir, SECRET};
+use meridian_e2e::{bin_path, eventually, http_get, ok, token, Client, TempDir, SECRET};
 use serde_json::json;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpSocket, TcpStream};
@@ -226,13 +226,21 @@ async fn an_unauthenticated_flood_from_one_address_does_not_starve_real_users() 
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The real users come while the flood is on: the per-source limits already refuse it.
+    let flooding = eventually(Duration::from_secs(5), || async {
+        node.metric("meridian_node_refused_connections", "source")
+            .await
+            .is_ok_and(|n| n > 0.0)
+    })
+    .await;
+    assert!(flooding, "the flood never reached the per-source limits");
     let mut failures = Vec::new();
     let tries = 20;
     for i in 0..tries {
         if let Err(e) = real_user(&url, &format!("user{i}")).await {
             failures.push(e.to_string());
         }
+        // Workload pacing: the real users arrive spread over the flood.
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
     stop.store(true, Ordering::Relaxed);

@@ -661,6 +661,8 @@ async fn a_region_gets_a_room_only_while_it_has_members_there() -> Result<()> {
     for n in 1..=5 {
         a.publish(n).await?;
     }
+    // Negative check: eu-central must not start following within a second of the publishes
+    // (an interest announcement would reach it well within that).
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(
         followed(AP, EU).await?,

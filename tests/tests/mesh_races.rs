@@ -165,6 +165,7 @@ async fn a_region_whose_redis_restarts_empty_gets_every_remote_member_and_state_
     for round in 0..ROUNDS {
         let us = mesh.region_mut(US)?;
         us.kill_redis()?;
+        // The fault: us-east's Redis stays down for 3 s.
         tokio::time::sleep(Duration::from_secs(3)).await;
         us.restart_redis_empty()?;
         let back = Instant::now();
@@ -524,13 +525,15 @@ async fn messages_published_while_a_regions_redis_was_down_are_resent_when_it_is
     for _ in 1..=5 {
         us1.event_within("message", LONG).await?;
     }
-    // Past the fsync of the last applied event.
+    // Past the fsync of the last applied event (fsync every second; the relay's own writes
+    // after the delivery, such as its watermarks, are not observable from here).
     tokio::time::sleep(Duration::from_millis(1500)).await;
     drop(admin);
     mesh.region_mut(US)?.kill_redis()?;
     for n in 100..110 {
         ok(ap1.request(publish(n)).await?)?;
     }
+    // The fault: us-east's Redis stays down for 2 s while messages are published.
     tokio::time::sleep(Duration::from_secs(2)).await;
     mesh.region_mut(US)?
         .restart_redis_from_aof(std::path::Path::new(&dir))?;
@@ -605,6 +608,8 @@ async fn a_resumer_rehomed_into_a_region_without_members_gets_everything_it_miss
     for n in 11..=20 {
         ok(alice.request(publish(n)).await?)?;
     }
+    // The property needs the time to pass: these messages are older than the relays' 500 ms
+    // join-skew allowance when Bob arrives.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     // Bob re-homes to us-east, where nobody is in the room, with his vector.
     let resume = json!([{"room": ROOM, "epoch": epoch, "seq": seq,

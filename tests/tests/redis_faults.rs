@@ -11,11 +11,11 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use meridian_e2e::{error_code, ok, token, Client, NodeProcess, TempDir};
+use meridian_e2e::{error_code, eventually, ok, token, Client, NodeProcess, TempDir};
 use serde_json::{json, Value};
 
 const ROOM: &str = "faults";
@@ -113,20 +113,21 @@ enum Fault {
 type Attempt = (Instant, Result<u64, String>);
 
 /// Keeps a connection read (so pings are answered) until `stop`; returns the client and the
-/// events of `kind` it saw.
+/// events of `kind` it saw (also in `seen` as they come).
 fn reader(
     mut c: Client,
     kind: &'static str,
     stop: Arc<AtomicBool>,
+    seen: Arc<Mutex<Vec<Value>>>,
 ) -> tokio::task::JoinHandle<(Client, Vec<Value>)> {
     tokio::spawn(async move {
-        let mut seen = Vec::new();
         while !stop.load(Ordering::Relaxed) && c.closed.is_none() {
             match c.drain_events(kind, Duration::from_millis(200)).await {
-                Ok(events) => seen.extend(events),
+                Ok(events) => seen.lock().unwrap().extend(events),
                 Err(_) => break,
             }
         }
+        let seen = seen.lock().unwrap().clone();
         (c, seen)
     })
 }
@@ -167,9 +168,12 @@ async fn run(fault: Fault) -> Result<()> {
         .collect();
 
     let stop = Arc::new(AtomicBool::new(false));
-    let watch = reader(watcher, "message", stop.clone());
-    let carol = reader(carol, "left", stop.clone());
-    let dave = reader(dave, "left", stop.clone());
+    // The readers stop after the publisher, once the last acked message has arrived.
+    let readers_stop = Arc::new(AtomicBool::new(false));
+    let watched: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let watch = reader(watcher, "message", readers_stop.clone(), watched.clone());
+    let carol = reader(carol, "left", readers_stop.clone(), Arc::default());
+    let dave = reader(dave, "left", readers_stop.clone(), Arc::default());
     let publisher_stop = stop.clone();
     let publisher = tokio::spawn(async move {
         let mut attempts: Vec<Attempt> = Vec::new();
@@ -200,11 +204,13 @@ async fn run(fault: Fault) -> Result<()> {
                 );
             }
             attempts.push((Instant::now(), outcome));
+            // Workload pacing: a publish every 50 ms.
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         (canary, attempts)
     });
 
+    // Workload pacing: a second of publishing before the fault.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let fault_at = Instant::now();
     let back_at = match fault {
@@ -224,12 +230,23 @@ async fn run(fault: Fault) -> Result<()> {
             Instant::now()
         }
     };
-    // Publish for a while after Redis is back, then stop everything.
+    // Publish for a while after Redis is back (workload pacing), then stop everything.
     tokio::time::sleep(Duration::from_secs(4)).await;
     stop.store(true, Ordering::Relaxed);
     let (mut canary, attempts) = publisher.await?;
-    // Let the last acked messages arrive.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Let the last acked messages arrive (within the 500 ms the test used to wait); a message
+    // still missing then is reported as lost below.
+    let acked_seqs: BTreeSet<u64> = attempts
+        .iter()
+        .filter_map(|(_, r)| r.as_ref().ok().copied())
+        .collect();
+    let _all_arrived = eventually(Duration::from_millis(500), || async {
+        let watched = watched.lock().unwrap();
+        let received: BTreeSet<u64> = watched.iter().filter_map(|m| m["seq"].as_u64()).collect();
+        acked_seqs.is_subset(&received)
+    })
+    .await;
+    readers_stop.store(true, Ordering::Relaxed);
     let (mut watcher, messages) = watch.await?;
     let (carol, carol_left) = carol.await?;
     let (dave, dave_left) = dave.await?;
@@ -415,9 +432,11 @@ async fn planned_failover_with_paused_writes_loses_nothing_acknowledged() -> Res
             (acked, retries)
         }));
     }
+    // Workload pacing: a second of publishing before the failover.
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let paused_for = group.planned_failover_paused(Duration::from_secs(15))?;
     let new_port = group.current_primary_port()?;
+    // Workload pacing: publishing goes on for 3 s after the failover.
     tokio::time::sleep(Duration::from_secs(3)).await;
     stop.store(true, Ordering::Relaxed);
     let mut acked = Vec::new();

@@ -349,7 +349,21 @@ async fn a_dead_region_leaves_the_answers_within_the_bound_and_returns_after_ris
         .await
     );
     // Let every region be probed once, so this is a real up → down transition.
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let probed = eventually(Duration::from_secs(5), || async {
+        meridian_e2e::http_get(router.http, "/metrics")
+            .await
+            .is_ok_and(|(_, body)| {
+                REGIONS.iter().all(|(name, ..)| {
+                    body.lines().any(|l| {
+                        l.starts_with("meridian_router_health_checks_total{")
+                            && l.contains(&format!("region=\"{name}\""))
+                            && l.contains("result=\"ok\"")
+                    })
+                })
+            })
+    })
+    .await;
+    assert!(probed, "every region probed healthy once");
 
     let health = fixture.health("eu-central").context("health server")?;
     let addr = health.addr;
