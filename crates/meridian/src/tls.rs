@@ -1,8 +1,8 @@
 //! TLS for the local mesh and its clients: `meridian up --tls` makes a dev web CA and one
 //! certificate for `localhost`, `127.0.0.1` and `::1` that each region's HAProxy serves, so
 //! clients use `wss://` and `https://`. Every WebSocket the CLI opens (`chat`, `members`, …, the
-//! drill's clients) goes through [`connect_ws`], which trusts the platform's roots plus the CA
-//! named by [`trust_ca`] (`--ca`, `MERIDIAN_CA`, or `tls_ca` in a mesh's `endpoints.json`).
+//! drill's clients) is a `meridian-client` connection whose TLS config is [`client_config`]: the
+//! platform's roots plus the CA named by [`trust_ca`] (`--ca`, `MERIDIAN_CA`, or `tls_ca` in a mesh's `endpoints.json`).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -13,20 +13,7 @@ use rcgen::{
     Issuer, KeyPair, KeyUsagePurpose,
 };
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::handshake::client::Response;
-use tokio_tungstenite::tungstenite::Error as WsError;
-use tokio_tungstenite::WebSocketStream;
-
-/// A byte stream: plain TCP or TLS over TCP.
-pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
-
-/// A WebSocket over [`Io`].
-pub type Ws = WebSocketStream<Box<dyn Io>>;
+use rustls::pki_types::CertificateDer;
 
 /// The dev web certificates of one mesh.
 #[derive(Debug, Clone)]
@@ -155,50 +142,6 @@ pub fn client_config() -> Result<Arc<rustls::ClientConfig>> {
     Ok(config)
 }
 
-fn io_error(e: impl std::fmt::Display) -> std::io::Error {
-    std::io::Error::other(e.to_string())
-}
-
-/// Opens a TCP or TLS stream to `host:port`.
-async fn open(host: &str, port: u16, tls: bool) -> std::io::Result<Box<dyn Io>> {
-    let tcp = TcpStream::connect((host, port)).await?;
-    let _ = tcp.set_nodelay(true);
-    if !tls {
-        return Ok(Box::new(tcp));
-    }
-    let config = client_config().map_err(io_error)?;
-    let name = ServerName::try_from(host.to_owned()).map_err(io_error)?;
-    let stream = tokio_rustls::TlsConnector::from(config)
-        .connect(name, tcp)
-        .await?;
-    Ok(Box::new(stream))
-}
-
-/// `connect_async` for `ws://` and `wss://` URLs, trusting the platform roots and the CA given
-/// to [`trust_ca`].
-pub async fn connect_ws(url: &str) -> Result<(Ws, Response), WsError> {
-    let request = url.into_client_request()?;
-    let uri = request.uri().clone();
-    let tls = match uri.scheme_str() {
-        Some("wss") => true,
-        Some("ws") => false,
-        other => {
-            return Err(WsError::Io(io_error(format!(
-                "unsupported URL scheme {other:?}: use ws:// or wss://"
-            ))))
-        }
-    };
-    let host = uri
-        .host()
-        .ok_or_else(|| WsError::Io(io_error("the URL has no host")))?
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_owned();
-    let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
-    let stream = open(&host, port, tls).await?;
-    tokio_tungstenite::client_async(request, stream).await
-}
-
 /// A blocking HTTPS GET (for `up`'s readiness checks through a TLS balancer), trusting the
 /// platform roots and the CA given to [`trust_ca`]: (status, body).
 pub fn https_get(addr: std::net::SocketAddr, path: &str) -> Result<(u16, String)> {
@@ -209,6 +152,15 @@ pub fn https_get(addr: std::net::SocketAddr, path: &str) -> Result<(u16, String)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A `meridian-client` connection with the CLI's TLS config (as every CLI client opens one).
+    async fn connect_ws(url: &str) -> Result<meridian_client::Connection> {
+        let options = meridian_client::ConnectOptions {
+            tls: Some(client_config()?),
+            ..meridian_client::ConnectOptions::default()
+        };
+        Ok(meridian_client::Connection::connect_with(url, &options).await?)
+    }
 
     #[tokio::test]
     async fn a_wss_server_with_the_dev_certificate_is_trusted_through_the_dev_ca() {

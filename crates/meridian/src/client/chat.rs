@@ -1,19 +1,22 @@
 //! `meridian chat`: join a room, print every event as a JSON line, publish each line typed on
 //! stdin (with `/members`, `/send`, `/state` and friends), follow `reconnect` and resume.
+//!
+//! The connection is a `meridian-client` [`Connection`](meridian_client::Connection): typed
+//! requests, frames printed as the node sent them, the room's [`RoomPosition`] (cursor and
+//! version vector) sent back in `hello` after a reconnect.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use serde_json::{json, Value};
+use meridian_client::{ClientError as WireError, Event, Frame, Received, RoomPosition};
+use meridian_protocol::{HelloResult, JoinResult, Request, RequestId, ResumedRoom, RoomId};
+use serde_json::Value;
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::Message;
 
 use super::{
-    close_error, connect, describe_error, failed, loose_json, send_json, ClientError, Res,
-    REPLY_TIMEOUT,
+    bad_input, closed_error, describe_server_error, failed, loose_json, open_connection, raw,
+    user_id, ClientError, Res, REPLY_TIMEOUT,
 };
-
 /// `meridian chat` options beyond where to connect.
 #[derive(Debug, Clone)]
 pub struct ChatOptions {
@@ -65,10 +68,10 @@ const CHAT_HELP: &str = "commands: a plain line publishes it as {\"text\": …};
   //text                   publish a line that starts with /";
 
 /// What a chat line asks for: a request to send, a local action, or nothing.
-#[derive(Debug, PartialEq)]
+#[derive(Debug)]
 pub enum ChatLine {
-    /// Send this request (without id).
-    Request(Value),
+    /// Send this request.
+    Request(Request),
     /// Print the help.
     Help,
     /// Leave.
@@ -77,45 +80,85 @@ pub enum ChatLine {
     Bad(String),
 }
 
+/// A publish of `{"text": text}`.
+fn publish_text(room: &RoomId, text: &str) -> ChatLine {
+    request(
+        raw("publish", &serde_json::json!({ "text": text })).map(|data| Request::Publish {
+            room: room.clone(),
+            data,
+            idempotency_key: None,
+        }),
+    )
+}
+
+fn request(built: Res<Request>) -> ChatLine {
+    match built {
+        Ok(r) => ChatLine::Request(r),
+        Err(e) => ChatLine::Bad(e.to_string()),
+    }
+}
+
 /// Turns one typed line into what it asks for.
-pub fn parse_chat_line(room: &str, line: &str) -> ChatLine {
+pub fn parse_chat_line(room: &RoomId, line: &str) -> ChatLine {
     if let Some(text) = line.strip_prefix("//") {
-        return ChatLine::Request(
-            json!({"op": "publish", "room": room, "data": {"text": format!("/{text}")}}),
-        );
+        return publish_text(room, &format!("/{text}"));
     }
     let Some(command) = line.strip_prefix('/') else {
-        return ChatLine::Request(json!({"op": "publish", "room": room, "data": {"text": line}}));
+        return publish_text(room, line);
     };
     let mut words = command.splitn(2, char::is_whitespace);
     let name = words.next().unwrap_or("");
     let rest = words.next().unwrap_or("").trim();
+    let room = room.clone();
     match name {
-        "members" => ChatLine::Request(json!({"op": "members", "room": room})),
-        "presence" if !rest.is_empty() => ChatLine::Request(
-            json!({"op": "presence", "users": rest.split_whitespace().collect::<Vec<_>>()}),
+        "members" => ChatLine::Request(Request::Members {
+            room,
+            after: None,
+            limit: None,
+        }),
+        "presence" if !rest.is_empty() => request(
+            rest.split_whitespace()
+                .map(|u| user_id("presence", u))
+                .collect::<Res<Vec<_>>>()
+                .map(|users| Request::Presence { users }),
         ),
         "send" | "dm" => match rest.split_once(char::is_whitespace) {
             Some((to, text)) => {
                 let data = match serde_json::from_str::<Value>(text.trim()) {
                     Ok(v @ Value::Object(_)) => v,
-                    _ => json!({"text": text.trim()}),
+                    _ => serde_json::json!({ "text": text.trim() }),
                 };
-                ChatLine::Request(json!({"op": "send", "to": to, "data": data}))
+                request(user_id("send", to).and_then(|to| {
+                    Ok(Request::Send {
+                        to,
+                        data: raw("send", &data)?,
+                    })
+                }))
             }
             None => ChatLine::Bad("usage: /send USER TEXT…".into()),
         },
-        "state" if rest.is_empty() => ChatLine::Request(json!({"op": "state_get", "room": room})),
-        "state" => ChatLine::Request(json!({"op": "state_get", "room": room, "key": rest})),
+        "state" => ChatLine::Request(Request::StateGet {
+            room,
+            key: (!rest.is_empty()).then(|| rest.to_owned()),
+        }),
         "set" => match rest.split_once(char::is_whitespace) {
-            Some((key, value)) => ChatLine::Request(
-                json!({"op": "state_set", "room": room, "key": key, "value": loose_json(value.trim())}),
-            ),
+            Some((key, value)) => {
+                request(raw("state_set", &loose_json(value.trim())).map(|value| {
+                    Request::StateSet {
+                        room,
+                        key: key.to_owned(),
+                        value,
+                        if_version: None,
+                    }
+                }))
+            }
             None => ChatLine::Bad("usage: /set KEY VALUE".into()),
         },
-        "del" | "delete" if !rest.is_empty() => {
-            ChatLine::Request(json!({"op": "state_delete", "room": room, "key": rest}))
-        }
+        "del" | "delete" if !rest.is_empty() => ChatLine::Request(Request::StateDelete {
+            room,
+            key: rest.to_owned(),
+            if_version: None,
+        }),
         "help" | "?" => ChatLine::Help,
         "quit" | "exit" => ChatLine::Quit,
         _ => ChatLine::Bad(format!(
@@ -128,23 +171,36 @@ fn note(text: impl std::fmt::Display) {
     eprintln!("meridian chat: {text}");
 }
 
-/// Where this chat stands in the room's event stream (to resume after a reconnect).
-#[derive(Default)]
-struct Position {
-    epoch: Option<String>,
-    seq: u64,
+/// The ids of the chat's own requests: `hello` and `join` (the tests and scripts look for
+/// `"id":"join"` in the output); typed lines are numbered from 1.
+const HELLO_ID: RequestId = RequestId::Num(0);
+
+fn join_id() -> RequestId {
+    RequestId::Str("join".to_owned())
 }
 
-/// One request in flight: the request as sent (publishes are re-sent after a reconnect with
-/// the same idempotency key, so nothing typed is lost or doubled).
-struct Pending {
-    request: Value,
+fn sending(e: WireError) -> ClientError {
+    failed(format!("sending to the server failed: {e}"))
+}
+
+fn decode<T: serde::de::DeserializeOwned>(op: &str, raw: &serde_json::value::RawValue) -> Res<T> {
+    serde_json::from_str(raw.get()).map_err(|e| failed(format!("{op} reply: {e}")))
+}
+
+/// How a connection ended.
+enum Next {
+    /// Connect again (to `url`, resuming from the position).
+    Reconnect,
+    /// Done.
+    Exit(Res<()>),
 }
 
 /// `meridian chat`: returns when the chat ends; Ok at the end of input (or `/quit`) once every
 /// request was answered.
 pub async fn chat(url: &str, token: &str, options: &ChatOptions) -> Res<()> {
-    let room = options.room.as_str();
+    let room_name = options.room.as_str();
+    let room = RoomId::new(room_name)
+        .map_err(|e| bad_input("join", format!("room {room_name:?}: {e}")))?;
     // Where to (re)connect: the given URL, or the one a `reconnect` event names.
     let mut url = url.to_owned();
     let run_key: String = {
@@ -154,16 +210,18 @@ pub async fn chat(url: &str, token: &str, options: &ChatOptions) -> Res<()> {
     };
     let mut input = stdin_lines();
     let mut stdin_open = true;
-    let mut pending: BTreeMap<u64, Pending> = BTreeMap::new();
+    // Requests in flight, as sent (re-sent after a reconnect; publishes keep their
+    // idempotency key, so nothing typed is lost or doubled).
+    let mut pending: BTreeMap<u64, Request> = BTreeMap::new();
     let mut next_id = 1u64;
-    let mut position = Position::default();
+    let mut position: Option<RoomPosition> = None;
     let mut attempt = 0u32;
     let mut eof_deadline: Option<tokio::time::Instant> = None;
 
     'connection: loop {
         // Connect (again), hello (with resume after a reconnect), join.
-        let mut ws = match connect(&url).await {
-            Ok(ws) => ws,
+        let mut conn = match open_connection(&url).await {
+            Ok(conn) => conn,
             Err(e) if attempt > 0 && attempt < 8 => {
                 note(format!("{e}; retrying"));
                 attempt += 1;
@@ -172,25 +230,24 @@ pub async fn chat(url: &str, token: &str, options: &ChatOptions) -> Res<()> {
             }
             Err(e) => return Err(e),
         };
-        let mut hello = json!({"id": 0, "op": "hello", "token": token});
-        if let Some(epoch) = &position.epoch {
-            hello["resume"] = json!([{"room": room, "epoch": epoch, "seq": position.seq}]);
-        }
-        send_json(&mut ws, &hello).await?;
-        let joined_by_resume = position.epoch.is_some();
-        // In the room (join or resume answered): only then may the end of input end the chat.
-        let mut ready = false;
+        let joined_by_resume = position.is_some();
+        let hello = Request::Hello {
+            token: Some(token.to_owned()),
+            resume: position.iter().map(RoomPosition::resume_point).collect(),
+        };
+        let mut frames = vec![hello.encode(&HELLO_ID)];
         if !joined_by_resume {
-            send_json(&mut ws, &json!({"id": "join", "op": "join", "room": room})).await?;
+            frames.push(Request::Join { room: room.clone() }.encode(&join_id()));
         }
         // Requests still unanswered on the old connection: send them again.
-        for (id, p) in &pending {
-            let mut request = p.request.clone();
-            request["id"] = json!(id);
-            send_json(&mut ws, &request).await?;
-        }
+        frames.extend(pending.iter().map(|(id, r)| r.encode(&RequestId::Num(*id))));
+        conn.send_texts(frames).await.map_err(sending)?;
+        // The node's region (events without `origin` happened there).
+        let mut region = String::new();
+        // In the room (join or resume answered): only then may the end of input end the chat.
+        let mut ready = false;
 
-        loop {
+        let next = loop {
             let eof_wait = async {
                 match eof_deadline {
                     Some(at) => tokio::time::sleep_until(at).await,
@@ -198,105 +255,113 @@ pub async fn chat(url: &str, token: &str, options: &ChatOptions) -> Res<()> {
                 }
             };
             tokio::select! {
-                frame = ws.next() => {
-                    let text = match frame {
-                        Some(Ok(Message::Text(text))) => text,
-                        Some(Ok(Message::Close(frame))) => {
-                            let code = frame.as_ref().map(|f| u16::from(f.code));
-                            let err = close_error(frame.as_ref());
-                            if matches!(err, ClientError::Refused(_)) || !options.reconnect || code == Some(1000) {
-                                return Err(err);
+                received = conn.next_frame() => {
+                    let Received { frame, text } = match received {
+                        Ok(r) => r,
+                        // A frame this client cannot read: skipped.
+                        Err(WireError::Protocol(_)) => continue,
+                        Err(WireError::Closed(Some(info))) => {
+                            let err = closed_error(Some(&info));
+                            if matches!(err, ClientError::Refused(_)) || !options.reconnect || info.code == 1000 {
+                                break Next::Exit(Err(err));
                             }
                             note(format!("{err}; reconnecting"));
                             attempt = 1;
                             tokio::time::sleep(backoff(attempt)).await;
-                            continue 'connection;
+                            break Next::Reconnect;
                         }
-                        Some(Ok(_)) => continue,
-                        Some(Err(_)) | None => {
+                        Err(_) => {
                             if !options.reconnect {
-                                return Err(close_error(None));
+                                break Next::Exit(Err(closed_error(None)));
                             }
                             note("the connection was lost; reconnecting");
                             attempt = 1;
                             tokio::time::sleep(backoff(attempt)).await;
-                            continue 'connection;
+                            break Next::Reconnect;
                         }
                     };
                     println!("{text}");
-                    let Ok(frame) = serde_json::from_str::<Value>(&text) else { continue };
-                    match frame["type"].as_str() {
-                        Some("ok") if frame["id"] == json!(0) => {
-                            let result = &frame["result"];
-                            for r in result["resumed"].as_array().into_iter().flatten() {
-                                if r["status"] == "error" {
-                                    return Err(ClientError::Refused(format!("rejoining {room}: {}", describe_error(r))));
+                    match frame {
+                        Frame::Reply(reply) if reply.id.as_ref() == Some(&HELLO_ID) => {
+                            let result = match reply.outcome {
+                                Ok(result) => result,
+                                Err(e) => break Next::Exit(Err(ClientError::Refused(describe_server_error(&e)))),
+                            };
+                            let hello: HelloResult = match decode("hello", &result) {
+                                Ok(h) => h,
+                                Err(e) => break Next::Exit(Err(e)),
+                            };
+                            region.clone_from(&hello.region);
+                            for entry in &hello.resumed {
+                                if let ResumedRoom::Error { code, message, .. } = entry {
+                                    let why = if message.is_empty() {
+                                        code.as_str().to_owned()
+                                    } else {
+                                        format!("{}: {message}", code.as_str())
+                                    };
+                                    return Err(ClientError::Refused(format!("rejoining {room_name}: {why}")));
                                 }
-                                if let Some(e) = r["epoch"].as_str() {
-                                    position.epoch = Some(e.to_owned());
-                                    position.seq = r["seq"].as_u64().unwrap_or(0);
+                                if let Some(p) = position.as_mut().filter(|p| p.room() == entry.room()) {
+                                    p.resumed(&region, entry);
                                 }
                             }
                             ready = joined_by_resume;
                             note(format!(
                                 "connected to {} as {}{}; type a line to publish, /help for commands",
-                                result["region"].as_str().unwrap_or("?"),
-                                result["user"].as_str().unwrap_or("?"),
+                                hello.region,
+                                hello.user,
                                 if joined_by_resume { " (resumed)" } else { "" }
                             ));
                         }
-                        Some("ok") if frame["id"] == json!("join") => {
-                            if let Some(e) = frame["result"]["epoch"].as_str() {
-                                position.epoch = Some(e.to_owned());
-                                position.seq = frame["result"]["seq"].as_u64().unwrap_or(0);
+                        Frame::Reply(reply) if reply.id == Some(join_id()) => {
+                            let result = match reply.outcome {
+                                Ok(result) => result,
+                                Err(e) => break Next::Exit(Err(ClientError::Refused(describe_server_error(&e)))),
+                            };
+                            match decode::<JoinResult>("join", &result) {
+                                Ok(join) => position = Some(RoomPosition::joined(&region, &join)),
+                                Err(e) => break Next::Exit(Err(e)),
                             }
                             ready = true;
                         }
-                        Some("error") if frame["id"] == json!(0) || frame["id"] == json!("join") => {
-                            return Err(ClientError::Refused(describe_error(&frame)));
-                        }
-                        Some("ok" | "error") => {
-                            let answered = frame["id"].as_u64().and_then(|id| pending.remove(&id));
-                            if let (Some(p), Some("error")) = (answered, frame["type"].as_str()) {
-                                note(format!(
-                                    "{} refused: {}",
-                                    p.request["op"].as_str().unwrap_or("request"),
-                                    describe_error(&frame)
-                                ));
+                        Frame::Reply(reply) => {
+                            let answered = match reply.id {
+                                Some(RequestId::Num(id)) => pending.remove(&id),
+                                _ => None,
+                            };
+                            if let (Some(request), Err(e)) = (answered, &reply.outcome) {
+                                note(format!("{} refused: {}", request.op(), describe_server_error(e)));
                             }
                         }
-                        Some("reconnect") => {
-                            let reason = frame["reason"].as_str().unwrap_or("no reason");
+                        Frame::Event(Event::Reconnect(r)) => {
                             if !options.reconnect {
-                                return Err(failed(format!(
-                                    "the server asked to reconnect ({reason}); not following it (--no-reconnect)"
-                                )));
+                                break Next::Exit(Err(failed(format!(
+                                    "the server asked to reconnect ({}); not following it (--no-reconnect)",
+                                    r.reason
+                                ))));
                             }
-                            let after = frame["after_ms"].as_u64().unwrap_or(500).min(30_000);
-                            note(format!("the server asks to reconnect ({reason}); reconnecting in {after} ms"));
-                            if let Some(next) = frame["url"].as_str().filter(|u| *u != url) {
+                            let after = r.after_ms.min(30_000);
+                            note(format!("the server asks to reconnect ({}); reconnecting in {after} ms", r.reason));
+                            if let Some(next) = r.url.filter(|u| *u != url) {
                                 // Another region numbers the room's events itself: join afresh.
                                 note(format!("moving to {next}; events published meanwhile are not replayed"));
-                                url = next.to_owned();
-                                position = Position::default();
+                                url = next;
+                                position = None;
                             }
-                            let _ = ws.close(None).await;
+                            let _ = conn.close().await;
                             tokio::time::sleep(Duration::from_millis(after)).await;
                             attempt = 1;
                             continue 'connection;
                         }
-                        _ => {
-                            if frame["room"] == json!(room) {
-                                if let (Some(e), Some(s)) = (frame["epoch"].as_str(), frame["seq"].as_u64()) {
-                                    position.epoch = Some(e.to_owned());
-                                    position.seq = s;
-                                }
+                        Frame::Event(Event::Room(event)) => {
+                            if let Some(p) = position.as_mut().filter(|p| *p.room() == event.room) {
+                                p.event(&event);
                             }
                         }
+                        Frame::Event(_) => {}
                     }
                     if !stdin_open && ready && pending.is_empty() {
-                        let _ = ws.close(None).await;
-                        return Ok(());
+                        break Next::Exit(Ok(()));
                     }
                 }
                 line = input.recv(), if stdin_open => {
@@ -305,8 +370,7 @@ pub async fn chat(url: &str, token: &str, options: &ChatOptions) -> Res<()> {
                         Some(Input::Eof) | None => {
                             stdin_open = false;
                             if ready && pending.is_empty() {
-                                let _ = ws.close(None).await;
-                                return Ok(());
+                                break Next::Exit(Ok(()));
                             }
                             eof_deadline = Some(tokio::time::Instant::now() + REPLY_TIMEOUT);
                             continue;
@@ -315,35 +379,42 @@ pub async fn chat(url: &str, token: &str, options: &ChatOptions) -> Res<()> {
                     if line.trim().is_empty() {
                         continue;
                     }
-                    match parse_chat_line(room, &line) {
+                    match parse_chat_line(&room, &line) {
                         ChatLine::Request(mut request) => {
                             let id = next_id;
                             next_id += 1;
-                            request["id"] = json!(id);
-                            if request["op"] == "publish" {
-                                request["idempotency_key"] = json!(format!("{run_key}-{id}"));
+                            if let Request::Publish { idempotency_key, .. } = &mut request {
+                                *idempotency_key = Some(format!("{run_key}-{id}"));
                             }
-                            send_json(&mut ws, &request).await?;
-                            pending.insert(id, Pending { request });
+                            conn.send_text(request.encode(&RequestId::Num(id))).await.map_err(sending)?;
+                            pending.insert(id, request);
                         }
                         ChatLine::Help => eprintln!("{CHAT_HELP}"),
                         ChatLine::Bad(why) => note(why),
                         ChatLine::Quit => {
                             stdin_open = false;
                             if ready && pending.is_empty() {
-                                let _ = ws.close(None).await;
-                                return Ok(());
+                                break Next::Exit(Ok(()));
                             }
                             eof_deadline = Some(tokio::time::Instant::now() + REPLY_TIMEOUT);
                         }
                     }
                 }
                 () = eof_wait => {
-                    return Err(failed(format!(
+                    break Next::Exit(Err(failed(format!(
                         "{} request(s) still unanswered {REPLY_TIMEOUT:?} after the end of input",
                         pending.len()
-                    )));
+                    ))));
                 }
+            }
+        };
+        match next {
+            Next::Reconnect => continue 'connection,
+            Next::Exit(result) => {
+                if !conn.is_closed() {
+                    let _ = conn.close().await;
+                }
+                return result;
             }
         }
     }
@@ -359,57 +430,61 @@ fn backoff(attempt: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    /// The request a line asks for, as its frame (without id), or the line's other outcome.
+    fn frame(line: &str) -> Value {
+        let room = RoomId::new("lobby").unwrap();
+        match parse_chat_line(&room, line) {
+            ChatLine::Request(r) => {
+                let mut v: Value = serde_json::from_str(&r.encode(&RequestId::Num(1))).unwrap();
+                v.as_object_mut().unwrap().remove("id");
+                v
+            }
+            ChatLine::Help => json!("help"),
+            ChatLine::Quit => json!("quit"),
+            ChatLine::Bad(_) => json!("bad"),
+        }
+    }
 
     #[test]
     fn chat_lines_become_requests() {
         assert_eq!(
-            parse_chat_line("lobby", "hi there"),
-            ChatLine::Request(
-                json!({"op": "publish", "room": "lobby", "data": {"text": "hi there"}})
-            )
+            frame("hi there"),
+            json!({"op": "publish", "room": "lobby", "data": {"text": "hi there"}})
         );
         assert_eq!(
-            parse_chat_line("lobby", "//members"),
-            ChatLine::Request(
-                json!({"op": "publish", "room": "lobby", "data": {"text": "/members"}})
-            )
+            frame("//members"),
+            json!({"op": "publish", "room": "lobby", "data": {"text": "/members"}})
+        );
+        assert_eq!(frame("/members"), json!({"op": "members", "room": "lobby"}));
+        assert_eq!(
+            frame("/send bob hello you"),
+            json!({"op": "send", "to": "bob", "data": {"text": "hello you"}})
         );
         assert_eq!(
-            parse_chat_line("lobby", "/members"),
-            ChatLine::Request(json!({"op": "members", "room": "lobby"}))
+            frame(r#"/send bob {"kind":"offer"}"#),
+            json!({"op": "send", "to": "bob", "data": {"kind": "offer"}})
         );
         assert_eq!(
-            parse_chat_line("lobby", "/send bob hello you"),
-            ChatLine::Request(json!({"op": "send", "to": "bob", "data": {"text": "hello you"}}))
+            frame("/presence bob carol"),
+            json!({"op": "presence", "users": ["bob", "carol"]})
         );
         assert_eq!(
-            parse_chat_line("lobby", r#"/send bob {"kind":"offer"}"#),
-            ChatLine::Request(json!({"op": "send", "to": "bob", "data": {"kind": "offer"}}))
+            frame("/set topic {\"a\":1}"),
+            json!({"op": "state_set", "room": "lobby", "key": "topic", "value": {"a": 1}})
         );
         assert_eq!(
-            parse_chat_line("lobby", "/presence bob carol"),
-            ChatLine::Request(json!({"op": "presence", "users": ["bob", "carol"]}))
+            frame("/set topic launch day"),
+            json!({"op": "state_set", "room": "lobby", "key": "topic", "value": "launch day"})
         );
+        assert_eq!(frame("/state"), json!({"op": "state_get", "room": "lobby"}));
         assert_eq!(
-            parse_chat_line("lobby", "/set topic {\"a\":1}"),
-            ChatLine::Request(
-                json!({"op": "state_set", "room": "lobby", "key": "topic", "value": {"a": 1}})
-            )
+            frame("/del topic"),
+            json!({"op": "state_delete", "room": "lobby", "key": "topic"})
         );
-        assert_eq!(
-            parse_chat_line("lobby", "/set topic launch day"),
-            ChatLine::Request(
-                json!({"op": "state_set", "room": "lobby", "key": "topic", "value": "launch day"})
-            )
-        );
-        assert_eq!(parse_chat_line("lobby", "/quit"), ChatLine::Quit);
-        assert!(matches!(
-            parse_chat_line("lobby", "/send bob"),
-            ChatLine::Bad(_)
-        ));
-        assert!(matches!(
-            parse_chat_line("lobby", "/bogus"),
-            ChatLine::Bad(_)
-        ));
+        assert_eq!(frame("/quit"), json!("quit"));
+        assert_eq!(frame("/send bob"), json!("bad"));
+        assert_eq!(frame("/bogus"), json!("bad"));
     }
 }

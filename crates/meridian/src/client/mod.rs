@@ -8,19 +8,16 @@
 //! `chat` and with `--json`), stderr the notes meant for people.
 //!
 //! The one-shot commands' [`Session`] is a `meridian-client` connection (typed requests, the
-//! reply's `result` printed as the node sent it); [`chat`] keeps its own JSON client for now.
+//! reply's `result` printed as the node sent it); [`chat`] drives one too, printing every frame
+//! as the node sent it.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use futures_util::SinkExt;
 use meridian_protocol::{Request, RoomId, UserId};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::Message;
-
-use crate::tls::Ws;
 
 pub mod chat;
 mod commands;
@@ -174,12 +171,12 @@ pub fn describe_close(frame: Option<&CloseFrame>) -> String {
     }
 }
 
-/// The server's error reply in plain words: `token_invalid: the token's signature is wrong`.
-fn describe_error(reply: &Value) -> String {
-    let code = reply["code"].as_str().unwrap_or("error");
-    match reply["message"].as_str() {
-        Some(m) if !m.is_empty() => format!("{code}: {m}"),
-        _ => code.to_owned(),
+/// The server's error in plain words: `token_invalid: the token's signature is wrong`.
+fn describe_server_error(e: &meridian_client::ServerError) -> String {
+    if e.message.is_empty() {
+        e.name.clone()
+    } else {
+        format!("{}: {}", e.name, e.message)
     }
 }
 
@@ -194,25 +191,6 @@ fn close_error(frame: Option<&CloseFrame>) -> ClientError {
     }
 }
 
-/// Connects; the error names the URL once (tungstenite's errors repeat their cause).
-async fn connect(url: &str) -> Res<Ws> {
-    match tokio::time::timeout(REPLY_TIMEOUT, crate::tls::connect_ws(url)).await {
-        Err(_) => Err(failed(format!(
-            "cannot connect to {url}: no answer within {REPLY_TIMEOUT:?}"
-        ))),
-        Ok(Err(e)) => {
-            let why = connect_error_text(&e);
-            let hint = if why.contains("certificate") {
-                "trust the mesh's CA with --ca FILE, or give --state-dir of a `meridian up --tls`"
-            } else {
-                "is the mesh running, and is the URL right?"
-            };
-            Err(failed(format!("cannot connect to {url}: {why} ({hint})")))
-        }
-        Ok(Ok((ws, _))) => Ok(ws),
-    }
-}
-
 fn connect_error_text(e: &tokio_tungstenite::tungstenite::Error) -> String {
     use tokio_tungstenite::tungstenite::Error;
     match e {
@@ -223,12 +201,6 @@ fn connect_error_text(e: &tokio_tungstenite::tungstenite::Error) -> String {
         Error::Http(response) => format!("HTTP {}", response.status()),
         other => other.to_string(),
     }
-}
-
-async fn send_json(ws: &mut Ws, value: &Value) -> Res<()> {
-    ws.send(Message::Text(value.to_string().into()))
-        .await
-        .map_err(|e| failed(format!("sending to the server failed: {e}")))
 }
 
 /// A connection that has said `hello`, for request/reply use: a `meridian-client`
@@ -246,16 +218,19 @@ fn session_error(op: &str, e: meridian_client::ClientError) -> ClientError {
         } else {
             format!("{op}: {}: {}", e.name, e.message)
         }),
-        E::Closed(info) => {
-            let frame = info.map(|c| CloseFrame {
-                code: c.code.into(),
-                reason: c.reason.into(),
-            });
-            close_error(frame.as_ref())
-        }
+        E::Closed(info) => closed_error(info.as_ref()),
         E::WebSocket(e) => failed(format!("connection error: {e}")),
         other => failed(other),
     }
+}
+
+/// [`close_error`] for the client crate's record of a close frame.
+fn closed_error(info: Option<&meridian_client::CloseInfo>) -> ClientError {
+    let frame = info.map(|c| CloseFrame {
+        code: c.code.into(),
+        reason: c.reason.clone().into(),
+    });
+    close_error(frame.as_ref())
 }
 
 /// A request the node would refuse as malformed (a bad room or user id): refused here.
@@ -278,29 +253,7 @@ fn raw(op: &str, value: &Value) -> Res<Box<RawValue>> {
 impl Session {
     /// Connects and says `hello`.
     pub async fn open(url: &str, token: &str) -> Res<Session> {
-        let options = meridian_client::ConnectOptions {
-            tls: Some(crate::tls::client_config().map_err(|e| failed(format!("{e:#}")))?),
-            ..meridian_client::ConnectOptions::default()
-        };
-        let connecting = meridian_client::Connection::connect_with(url, &options);
-        let conn = match tokio::time::timeout(REPLY_TIMEOUT, connecting).await {
-            Err(_) => {
-                return Err(failed(format!(
-                    "cannot connect to {url}: no answer within {REPLY_TIMEOUT:?}"
-                )))
-            }
-            Ok(Err(meridian_client::ClientError::Connect { source, .. })) => {
-                let why = connect_error_text(&source);
-                let hint = if why.contains("certificate") {
-                    "trust the mesh's CA with --ca FILE, or give --state-dir of a `meridian up --tls`"
-                } else {
-                    "is the mesh running, and is the URL right?"
-                };
-                return Err(failed(format!("cannot connect to {url}: {why} ({hint})")));
-            }
-            Ok(Err(e)) => return Err(failed(format!("cannot connect to {url}: {e}"))),
-            Ok(Ok(conn)) => conn,
-        };
+        let conn = open_connection(url).await?;
         let mut session = Session { conn };
         session
             .call(&Request::Hello {
@@ -325,6 +278,32 @@ impl Session {
     /// Closes politely.
     pub async fn close(self) {
         let _ = self.conn.close().await;
+    }
+}
+
+/// Connects (TLS roots: the system's and `--ca`'s) without saying `hello`; the error names
+/// the URL once (tungstenite's errors repeat their cause).
+async fn open_connection(url: &str) -> Res<meridian_client::Connection> {
+    let options = meridian_client::ConnectOptions {
+        tls: Some(crate::tls::client_config().map_err(|e| failed(format!("{e:#}")))?),
+        ..meridian_client::ConnectOptions::default()
+    };
+    let connecting = meridian_client::Connection::connect_with(url, &options);
+    match tokio::time::timeout(REPLY_TIMEOUT, connecting).await {
+        Err(_) => Err(failed(format!(
+            "cannot connect to {url}: no answer within {REPLY_TIMEOUT:?}"
+        ))),
+        Ok(Err(meridian_client::ClientError::Connect { source, .. })) => {
+            let why = connect_error_text(&source);
+            let hint = if why.contains("certificate") {
+                "trust the mesh's CA with --ca FILE, or give --state-dir of a `meridian up --tls`"
+            } else {
+                "is the mesh running, and is the URL right?"
+            };
+            Err(failed(format!("cannot connect to {url}: {why} ({hint})")))
+        }
+        Ok(Err(e)) => Err(failed(format!("cannot connect to {url}: {e}"))),
+        Ok(Ok(conn)) => Ok(conn),
     }
 }
 

@@ -1,22 +1,25 @@
 //! One workload client: connect through the router, hello/resume with its version vector,
 //! join, publish and send direct messages, follow `reconnect`, and log everything for the
-//! ledger.
+//! ledger. The connection is a `meridian-client` [`Connection`]: typed requests, replies and
+//! events.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use futures_util::{SinkExt, StreamExt};
+use meridian_client::{ClientError, ConnectOptions, Connection, Event, Frame, RoomEvent};
+use meridian_protocol::{
+    JoinResult, OriginPosition, Request, RequestId, ResumePoint, ResumedRoom, RoomEventKind,
+    RoomId, UserId,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use serde_json::{json, Value};
+use serde::Deserialize;
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::Message;
 
 use super::{ClientPlan, Phase, Shared};
 use crate::drill::ledger::{ClientLog, DirectSent, Disruption, Published};
-use crate::tls::Ws;
 
 /// The client's position in its room: where it is connected and the version vector.
 #[derive(Debug, Default, Clone)]
@@ -32,27 +35,22 @@ struct Positions {
 
 impl Positions {
     /// A join reply or a `resumed` entry of a hello reply, in `region`.
-    fn seed(&mut self, region: &str, result: &Value) {
+    fn seed(&mut self, region: &str, epoch: &str, seq: u64, origins: &[OriginPosition]) {
         self.region = region.to_owned();
-        self.epoch = result["epoch"].as_str().unwrap_or_default().to_owned();
-        self.seq = result["seq"].as_u64().unwrap_or(0);
+        self.epoch = epoch.to_owned();
+        self.seq = seq;
         self.vector
             .insert(region.to_owned(), (self.epoch.clone(), self.seq));
-        for o in result["origins"].as_array().into_iter().flatten() {
-            let origin = o["region"].as_str().unwrap_or_default().to_owned();
-            let pos = (
-                o["epoch"].as_str().unwrap_or_default().to_owned(),
-                o["seq"].as_u64().unwrap_or(0),
-            );
-            self.vector.entry(origin).or_insert(pos);
+        for o in origins {
+            self.vector
+                .entry(o.region.clone())
+                .or_insert((o.epoch.clone(), o.seq));
         }
     }
 
     /// A room event received on the current connection.
-    fn on_event(&mut self, event: &Value) {
-        let (Some(epoch), Some(seq)) = (event["epoch"].as_str(), event["seq"].as_u64()) else {
-            return;
-        };
+    fn on_event(&mut self, event: &RoomEvent) {
+        let (epoch, seq) = (event.epoch.as_str(), event.seq);
         if epoch == self.epoch {
             self.seq = self.seq.max(seq);
         } else {
@@ -60,14 +58,9 @@ impl Positions {
             self.epoch = epoch.to_owned();
             self.seq = seq;
         }
-        let origin = &event["origin"];
-        let (region, pos) = match (
-            origin["region"].as_str(),
-            origin["epoch"].as_str(),
-            origin["seq"].as_u64(),
-        ) {
-            (Some(r), Some(e), Some(s)) => (r.to_owned(), (e.to_owned(), s)),
-            _ => (self.region.clone(), (epoch.to_owned(), seq)),
+        let (region, pos) = match &event.origin {
+            Some(o) => (o.region.clone(), (o.epoch.clone(), o.seq)),
+            None => (self.region.clone(), (epoch.to_owned(), seq)),
         };
         let slot = self.vector.entry(region).or_insert(pos.clone());
         if slot.0 != pos.0 || slot.1 < pos.1 {
@@ -79,33 +72,51 @@ impl Positions {
     /// origin, events reach a region in order (one hop, one lane per room), so such an event
     /// is one this client received already in another region: the resume's replay skipped it,
     /// but it can still arrive live when the relay applied it here after the resume.
-    fn already_seen(&self, event: &Value) -> bool {
-        let origin = &event["origin"];
-        match (
-            origin["region"].as_str(),
-            origin["epoch"].as_str(),
-            origin["seq"].as_u64(),
-        ) {
-            (Some(r), Some(e), Some(s)) => self
-                .vector
-                .get(r)
-                .is_some_and(|(epoch, seq)| epoch == e && s <= *seq),
-            _ => false,
-        }
+    fn already_seen(&self, event: &RoomEvent) -> bool {
+        event.origin.as_ref().is_some_and(|o| {
+            self.vector
+                .get(&o.region)
+                .is_some_and(|(epoch, seq)| *epoch == o.epoch && o.seq <= *seq)
+        })
     }
 
     /// The resume entry for `room`.
-    fn resume_entry(&self, room: &str) -> Value {
-        let origins: Vec<Value> = self
-            .vector
-            .iter()
-            .map(|(r, (e, s))| json!({"region": r, "epoch": e, "seq": s}))
-            .collect();
-        json!({"room": room, "epoch": self.epoch, "seq": self.seq, "origins": origins})
+    fn resume_point(&self, room: &RoomId) -> ResumePoint {
+        ResumePoint {
+            room: room.clone(),
+            epoch: self.epoch.clone(),
+            seq: self.seq,
+            origins: self
+                .vector
+                .iter()
+                .map(|(r, (e, s))| OriginPosition {
+                    region: r.clone(),
+                    epoch: e.clone(),
+                    seq: *s,
+                })
+                .collect(),
+        }
     }
 
     fn origins(&self) -> Vec<String> {
         self.vector.keys().cloned().collect()
+    }
+}
+
+/// The `data` of the drill's messages and direct messages.
+#[derive(Debug, Default, Deserialize)]
+struct DrillData {
+    /// The run.
+    drill: Option<String>,
+    /// A message's key.
+    k: Option<String>,
+    /// A direct message's id.
+    dm: Option<String>,
+}
+
+impl DrillData {
+    fn read(json: &str) -> Self {
+        serde_json::from_str(json).unwrap_or_default()
     }
 }
 
@@ -131,8 +142,30 @@ pub async fn run_client(
     shared: Arc<Shared>,
     log: Arc<Mutex<ClientLog>>,
 ) {
+    let partner = match plan.partner.as_deref().map(UserId::new).transpose() {
+        Ok(partner) => partner,
+        Err(e) => {
+            let text = format!("partner of {}: {e}", plan.user);
+            log.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .error(text);
+            return;
+        }
+    };
+    let room = match RoomId::new(&plan.room) {
+        Ok(room) => room,
+        Err(e) => {
+            let text = format!("room {:?}: {e}", plan.room);
+            log.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .error(text);
+            return;
+        }
+    };
     let mut client = Client {
         plan,
+        room,
+        partner,
         token,
         rng: StdRng::seed_from_u64(shared.seed),
         shared,
@@ -155,6 +188,8 @@ pub async fn run_client(
 
 struct Client {
     plan: Arc<ClientPlan>,
+    room: RoomId,
+    partner: Option<UserId>,
     token: String,
     shared: Arc<Shared>,
     log: Arc<Mutex<ClientLog>>,
@@ -193,12 +228,18 @@ impl Client {
     }
 
     /// Updates the version vector; publishes the known origins when one is new.
-    fn on_event(&mut self, frame: &Value) {
+    fn on_event(&mut self, event: &RoomEvent) {
         let known = self.positions.vector.len();
-        self.positions.on_event(frame);
+        self.positions.on_event(event);
         if self.positions.vector.len() != known {
             let origins = self.positions.origins();
             self.log(|l| l.origins = origins);
+        }
+    }
+
+    fn join(&self) -> Request {
+        Request::Join {
+            room: self.room.clone(),
         }
     }
 
@@ -216,9 +257,9 @@ impl Client {
                 break;
             }
             match self.connect().await {
-                Ok((ws, region)) => {
+                Ok((conn, region)) => {
                     round = 0;
-                    match self.session(ws, &region).await {
+                    match self.session(conn, &region).await {
                         SessionEnd::Done => break,
                         SessionEnd::Lost { cause, recorded } => {
                             let now = self.shared.now();
@@ -285,7 +326,7 @@ impl Client {
     }
 
     /// Asks the router, then tries the ranked regions in order.
-    async fn connect(&mut self) -> Result<(Ws, String)> {
+    async fn connect(&mut self) -> Result<(Connection, String)> {
         let ranking: Vec<(String, String)> = match self.shared.router.route(self.plan.address).await
         {
             Ok(answer) if !answer.regions.is_empty() => answer
@@ -308,37 +349,61 @@ impl Client {
     }
 
     /// Connects to one region and says hello (with `resume` once joined); returns the
-    /// socket and the region named by the hello reply.
-    async fn try_region(&mut self, region: &str, url: &str) -> Result<(Ws, String)> {
-        let (mut ws, _) = tokio::time::timeout(Duration::from_secs(3), crate::tls::connect_ws(url))
-            .await
-            .map_err(|_| anyhow!("connect timed out"))?
-            .with_context(|| format!("connect {url}"))?;
-        let mut hello = json!({"id": 1, "op": "hello", "token": self.token});
-        if self.joined {
-            hello["resume"] = json!([self.positions.resume_entry(&self.plan.room)]);
-        }
-        ws.send(Message::Text(hello.to_string().into())).await?;
-        let reply = read_reply(&mut ws, Duration::from_secs(5)).await?;
-        if reply["type"] != "ok" {
-            let _ = ws.close(None).await;
-            bail!(
-                "hello refused in {region}: {} {}",
-                reply["code"].as_str().unwrap_or("?"),
-                reply["message"].as_str().unwrap_or("")
-            );
-        }
-        let result = &reply["result"];
-        let actual = result["region"].as_str().unwrap_or(region).to_owned();
+    /// connection and the region named by the hello reply.
+    async fn try_region(&mut self, region: &str, url: &str) -> Result<(Connection, String)> {
+        let options = ConnectOptions {
+            tls: Some(crate::tls::client_config()?),
+            ..ConnectOptions::default()
+        };
+        let mut conn = tokio::time::timeout(
+            Duration::from_secs(3),
+            Connection::connect_with(url, &options),
+        )
+        .await
+        .map_err(|_| anyhow!("connect timed out"))?
+        .with_context(|| format!("connect {url}"))?;
+        let resume = if self.joined {
+            vec![self.positions.resume_point(&self.room)]
+        } else {
+            Vec::new()
+        };
+        let within = Duration::from_secs(5);
+        let result = match tokio::time::timeout(within, conn.hello(&self.token, resume)).await {
+            Err(_) => bail!("no reply to hello within {within:?}"),
+            Ok(Err(ClientError::Server(e))) => {
+                let _ = tokio::time::timeout(Duration::from_secs(1), conn.close()).await;
+                bail!("hello refused in {region}: {} {}", e.name, e.message)
+            }
+            Ok(Err(ClientError::Closed(info))) => bail!(
+                "closed before the hello reply ({})",
+                info.map_or(1005, |i| i.code)
+            ),
+            Ok(Err(e)) => bail!("connection error before the hello reply: {e}"),
+            Ok(Ok(result)) => result,
+        };
+        let actual = result.region;
         let mut in_room = false;
         let mut statuses = Vec::new();
-        for entry in result["resumed"].as_array().into_iter().flatten() {
-            let status = entry["status"].as_str().unwrap_or("?").to_owned();
-            if status != "error" {
-                in_room = true;
-                self.positions.seed(&actual, entry);
+        for entry in &result.resumed {
+            statuses.push(entry.status().to_owned());
+            match entry {
+                ResumedRoom::Recovered {
+                    epoch,
+                    seq,
+                    origins,
+                    ..
+                }
+                | ResumedRoom::HistoryLost {
+                    epoch,
+                    seq,
+                    origins,
+                    ..
+                } => {
+                    in_room = true;
+                    self.positions.seed(&actual, epoch, *seq, origins);
+                }
+                ResumedRoom::Error { .. } => {}
             }
-            statuses.push(status);
         }
         self.positions.region.clone_from(&actual);
         let now = self.shared.now();
@@ -363,10 +428,10 @@ impl Client {
             // The resume entry failed: the session joins again.
             self.joined = false;
         }
-        Ok((ws, actual))
+        Ok((conn, actual))
     }
 
-    async fn session(&mut self, mut ws: Ws, region: &str) -> SessionEnd {
+    async fn session(&mut self, mut conn: Connection, region: &str) -> SessionEnd {
         // Seen published on the last connection, `ok` lost with it: nothing to retry.
         self.publish_echoed();
         let publish_every = self.shared.publish_every;
@@ -378,21 +443,23 @@ impl Client {
         let mut direct_tick = tokio::time::interval_at(first_direct, direct_every);
         direct_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut phase = self.shared.phase.clone();
-        let mut pending: HashMap<u64, Pending> = HashMap::new();
-        let mut next_id = 1u64;
+        // At most a join, a publish and a direct message in flight.
+        let mut pending: Vec<(RequestId, Pending)> = Vec::new();
         let mut go_away: Option<Instant> = None;
         let mut publish_in_flight = false;
         let mut direct_in_flight = false;
         let mut in_room = self.joined;
         if !self.joined {
-            next_id += 1;
-            pending.insert(next_id, Pending::Join);
-            let join = json!({"id": next_id, "op": "join", "room": self.plan.room});
-            if let Err(e) = ws.send(Message::Text(join.to_string().into())).await {
-                return SessionEnd::Lost {
-                    cause: format!("error:{e}"),
-                    recorded: false,
-                };
+            match conn.send(&self.join()).await {
+                Ok(id) => {
+                    pending.push((id, Pending::Join));
+                }
+                Err(e) => {
+                    return SessionEnd::Lost {
+                        cause: format!("error:{e}"),
+                        recorded: false,
+                    }
+                }
             }
         }
         let far = Instant::now() + Duration::from_secs(86_400);
@@ -400,33 +467,35 @@ impl Client {
             let can_send =
                 self.phase() == Phase::Running && go_away.is_none() && in_room && self.plan.active;
             tokio::select! {
-                frame = ws.next() => {
-                    let text = match frame {
-                        None => return SessionEnd::Lost { cause: "closed".into(), recorded: go_away.is_some() },
-                        Some(Err(e)) => return SessionEnd::Lost { cause: format!("error:{e}"), recorded: go_away.is_some() },
-                        Some(Ok(Message::Close(frame))) => {
-                            let code = frame.map_or(1005, |f| u16::from(f.code));
-                            return SessionEnd::Lost { cause: format!("closed:{code}"), recorded: go_away.is_some() };
+                received = conn.next_frame() => {
+                    let frame = match received {
+                        Ok(r) => r.frame,
+                        // A frame this client cannot read: skipped.
+                        Err(ClientError::Protocol(_)) => continue,
+                        Err(ClientError::Closed(None)) => return SessionEnd::Lost { cause: "closed".into(), recorded: go_away.is_some() },
+                        Err(ClientError::Closed(Some(info))) => {
+                            return SessionEnd::Lost { cause: format!("closed:{}", info.code), recorded: go_away.is_some() };
                         }
-                        Some(Ok(Message::Text(t))) => t,
-                        Some(Ok(_)) => continue,
+                        Err(e) => return SessionEnd::Lost { cause: format!("error:{e}"), recorded: go_away.is_some() },
                     };
-                    let Ok(frame) = serde_json::from_str::<Value>(&text) else { continue };
-                    let kind = frame["type"].as_str().unwrap_or("");
-                    let id = frame["id"].as_u64();
-                    match (kind, id) {
-                        ("ok" | "error", Some(id)) => {
-                            let Some(what) = pending.remove(&id) else { continue };
-                            let ok = kind == "ok";
-                            let code = frame["code"].as_str().unwrap_or("").to_owned();
-                            if !ok {
-                                let code = code.clone();
+                    match frame {
+                        Frame::Reply(reply) => {
+                            let Some(i) = pending.iter().position(|(id, _)| reply.id.as_ref() == Some(id)) else { continue };
+                            let (_, what) = pending.swap_remove(i);
+                            let code = match &reply.outcome {
+                                Ok(_) => None,
+                                Err(e) => Some(e.name.clone()),
+                            };
+                            if let Some(code) = code.clone() {
                                 self.log(|l| *l.request_errors.entry(code).or_default() += 1);
                             }
                             match what {
                                 Pending::Join => {
-                                    if ok {
-                                        self.positions.seed(region, &frame["result"]);
+                                    let join = reply.outcome.ok().and_then(|raw| {
+                                        serde_json::from_str::<JoinResult>(raw.get()).ok()
+                                    });
+                                    if let Some(join) = join {
+                                        self.positions.seed(region, &join.epoch, join.seq, &join.origins);
                                         let origins = self.positions.origins();
                                         self.log(|l| l.origins = origins);
                                         self.joined = true;
@@ -436,83 +505,77 @@ impl Client {
                                 }
                                 Pending::Publish => {
                                     publish_in_flight = false;
-                                    if ok {
+                                    if code.is_none() {
                                         self.echo = None;
                                         if let Some(key) = self.pending_publish.take() {
                                             let at = self.shared.now();
                                             let region = region.to_owned();
                                             self.log(|l| l.published.push(Published { key, region, at }));
                                         }
-                                    } else if code == "not_joined" {
+                                    } else if code.as_deref() == Some("not_joined") {
                                         in_room = false;
-                                        next_id += 1;
-                                        pending.insert(next_id, Pending::Join);
-                                        let join = json!({"id": next_id, "op": "join", "room": self.plan.room});
-                                        let _ = ws.send(Message::Text(join.to_string().into())).await;
+                                        if let Ok(id) = conn.send(&self.join()).await {
+                                            pending.push((id, Pending::Join));
+                                        }
                                     }
                                 }
                                 Pending::Direct => {
                                     direct_in_flight = false;
-                                    if ok {
+                                    if code.is_none() {
                                         if let Some(id) = self.pending_direct.take() {
                                             let at = self.shared.now();
                                             let region = region.to_owned();
                                             self.log(|l| l.directs_acked.push(DirectSent { id, region, at }));
                                         }
-                                    } else if code == "user_offline" {
+                                    } else if code.as_deref() == Some("user_offline") {
                                         let region = region.to_owned();
                                         self.log(|l| *l.direct_refused.entry(region).or_default() += 1);
                                     }
                                 }
                             }
                         }
-                        ("reconnect", _) if go_away.is_none() => {
-                            let after = frame["after_ms"].as_u64().unwrap_or(0).min(10_000);
+                        Frame::Event(Event::Reconnect(r)) if go_away.is_none() => {
+                            let after = r.after_ms.min(10_000);
                             go_away = Some(Instant::now() + Duration::from_millis(after));
-                            let reason = frame["reason"].as_str().unwrap_or("?");
                             let now = self.shared.now();
-                            self.disrupted(now, format!("reconnect:{reason}"), Some(region.to_owned()));
+                            self.disrupted(now, format!("reconnect:{}", r.reason), Some(region.to_owned()));
                         }
-                        ("message" | "joined" | "left" | "state_changed", _)
-                            if self.positions.already_seen(&frame) =>
-                        {
+                        Frame::Event(Event::Room(event)) if self.positions.already_seen(&event) => {
                             // Seen already on the last connection (replicated into this
                             // region after the resume read its history).
                             self.log(|l| l.deduped += 1);
                         }
-                        ("message", _) => {
-                            self.on_event(&frame);
-                            let data = &frame["data"];
-                            let own = frame["from"] == self.plan.user.as_str();
-                            if data["drill"] == self.shared.run.as_str() && !own {
-                                if let Some(key) = data["k"].as_str() {
-                                    let key = key.to_owned();
-                                    self.log(|l| *l.received.entry(key).or_default() += 1);
+                        Frame::Event(Event::Room(event)) => {
+                            self.on_event(&event);
+                            if let RoomEventKind::Message { from, data, .. } = &event.kind {
+                                let data = DrillData::read(data.get());
+                                let own = from.as_str() == self.plan.user;
+                                if data.drill.as_deref() == Some(self.shared.run.as_str()) && !own {
+                                    if let Some(key) = data.k.clone() {
+                                        self.log(|l| *l.received.entry(key).or_default() += 1);
+                                    }
                                 }
-                            }
-                            // Our own pending publish came back: it is published even if its
-                            // `ok` never arrives (the region died after committing it), so it
-                            // must not be sent again (idempotency keys are per region).
-                            let key = data["k"].as_str();
-                            if own && key.is_some() && key == self.pending_publish.as_deref() {
-                                let origin = frame["origin"]["region"].as_str().unwrap_or(region).to_owned();
-                                self.echo = Some(origin);
-                                if !publish_in_flight {
-                                    self.publish_echoed();
+                                // Our own pending publish came back: it is published even if
+                                // its `ok` never arrives (the region died after committing it),
+                                // so it must not be sent again (idempotency keys are per region).
+                                if own && data.k.is_some() && data.k == self.pending_publish {
+                                    let origin = event.origin.as_ref().map_or(region, |o| o.region.as_str()).to_owned();
+                                    self.echo = Some(origin);
+                                    if !publish_in_flight {
+                                        self.publish_echoed();
+                                    }
                                 }
                             }
                         }
-                        ("direct", _) => {
-                            let data = &frame["data"];
-                            if data["drill"] == self.shared.run.as_str() {
-                                if let Some(id) = data["dm"].as_str() {
-                                    let id = id.to_owned();
+                        Frame::Event(Event::Direct { data, .. }) => {
+                            let data = DrillData::read(data.get());
+                            if data.drill.as_deref() == Some(self.shared.run.as_str()) {
+                                if let Some(id) = data.dm {
                                     self.log(|l| *l.directs_received.entry(id).or_default() += 1);
                                 }
                             }
                         }
-                        ("joined" | "left" | "state_changed", _) => self.on_event(&frame),
-                        _ => {}
+                        Frame::Event(_) => {}
                     }
                 }
                 _ = publish_tick.tick(), if can_send && !publish_in_flight => {
@@ -530,16 +593,25 @@ impl Client {
                             key
                         }
                     };
-                    next_id += 1;
-                    pending.insert(next_id, Pending::Publish);
-                    publish_in_flight = true;
-                    let req = json!({"id": next_id, "op": "publish", "room": self.plan.room,
-                        "data": {"drill": self.shared.run, "k": key}, "idempotency_key": key});
-                    if let Err(e) = ws.send(Message::Text(req.to_string().into())).await {
-                        return SessionEnd::Lost { cause: format!("error:{e}"), recorded: false };
+                    let data = serde_json::json!({"drill": self.shared.run, "k": key});
+                    let request = serde_json::value::to_raw_value(&data).map(|data| Request::Publish {
+                        room: self.room.clone(),
+                        data,
+                        idempotency_key: Some(key),
+                    });
+                    let sent = match request {
+                        Ok(request) => conn.send(&request).await,
+                        Err(e) => Err(ClientError::Encode(e)),
+                    };
+                    match sent {
+                        Ok(id) => {
+                            pending.push((id, Pending::Publish));
+                            publish_in_flight = true;
+                        }
+                        Err(e) => return SessionEnd::Lost { cause: format!("error:{e}"), recorded: false },
                     }
                 }
-                _ = direct_tick.tick(), if can_send && !direct_in_flight && self.plan.partner.is_some() => {
+                _ = direct_tick.tick(), if can_send && !direct_in_flight && self.partner.is_some() => {
                     let id = match &self.pending_direct {
                         Some(id) => id.clone(),
                         None => {
@@ -549,22 +621,27 @@ impl Client {
                             id
                         }
                     };
-                    next_id += 1;
-                    pending.insert(next_id, Pending::Direct);
-                    direct_in_flight = true;
-                    let req = json!({"id": next_id, "op": "send", "to": self.plan.partner,
-                        "data": {"drill": self.shared.run, "dm": id}});
-                    if let Err(e) = ws.send(Message::Text(req.to_string().into())).await {
-                        return SessionEnd::Lost { cause: format!("error:{e}"), recorded: false };
+                    let Some(to) = self.partner.clone() else { continue };
+                    let data = serde_json::json!({"drill": self.shared.run, "dm": id});
+                    let sent = match serde_json::value::to_raw_value(&data) {
+                        Ok(data) => conn.send(&Request::Send { to, data }).await,
+                        Err(e) => Err(ClientError::Encode(e)),
+                    };
+                    match sent {
+                        Ok(id) => {
+                            pending.push((id, Pending::Direct));
+                            direct_in_flight = true;
+                        }
+                        Err(e) => return SessionEnd::Lost { cause: format!("error:{e}"), recorded: false },
                     }
                 }
                 _ = tokio::time::sleep_until(go_away.unwrap_or(far)), if go_away.is_some() => {
-                    let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
+                    let _ = tokio::time::timeout(Duration::from_secs(1), conn.close()).await;
                     return SessionEnd::Lost { cause: "go-away".into(), recorded: true };
                 }
                 changed = phase.changed() => {
                     if changed.is_err() || *phase.borrow() == Phase::Done {
-                        let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
+                        let _ = tokio::time::timeout(Duration::from_secs(1), conn.close()).await;
                         return SessionEnd::Done;
                     }
                 }
@@ -578,79 +655,94 @@ fn jitter(rng: &mut StdRng, every: Duration) -> Duration {
     Duration::from_millis(rng.gen_range(0..ms))
 }
 
-/// Reads frames until the reply to request 1 (or an `id: null` error) arrives.
-async fn read_reply(ws: &mut Ws, within: Duration) -> Result<Value> {
-    let deadline = Instant::now() + within;
-    loop {
-        let frame = tokio::time::timeout_at(deadline, ws.next())
-            .await
-            .map_err(|_| anyhow!("no reply to hello within {within:?}"))?;
-        match frame {
-            None => bail!("closed before the hello reply"),
-            Some(Err(e)) => bail!("connection error before the hello reply: {e}"),
-            Some(Ok(Message::Close(f))) => {
-                bail!(
-                    "closed before the hello reply ({})",
-                    f.map_or(1005, |f| u16::from(f.code))
-                )
-            }
-            Some(Ok(Message::Text(t))) => {
-                let v: Value = serde_json::from_str(&t).context("a frame that is not JSON")?;
-                let is_reply =
-                    matches!(v["type"].as_str(), Some("ok" | "error")) && v.get("id").is_some();
-                if is_reply && (v["id"] == 1 || v["id"].is_null()) {
-                    return Ok(v);
-                }
-            }
-            Some(Ok(_)) => {}
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::{json, Value};
+
+    /// A `message` event of room `r` at (`epoch`, `seq`), with `origin` when replicated.
+    fn message(epoch: &str, seq: u64, origin: Option<Value>) -> RoomEvent {
+        let mut frame = json!({"type": "message", "room": "r", "from": "u", "data": {},
+                               "epoch": epoch, "seq": seq});
+        if let Some(o) = origin {
+            frame["origin"] = o;
+        }
+        match meridian_client::decode(&frame.to_string()).unwrap() {
+            Frame::Event(Event::Room(e)) => e,
+            other => panic!("not a room event: {other:?}"),
+        }
+    }
+
+    fn origin(region: &str, epoch: &str, seq: u64) -> OriginPosition {
+        OriginPosition {
+            region: region.to_owned(),
+            epoch: epoch.to_owned(),
+            seq,
+        }
+    }
 
     #[test]
     fn the_version_vector_follows_origins_and_the_connected_region() {
+        let room = RoomId::new("r").unwrap();
         let mut pos = Positions::default();
-        pos.seed(
-            "ap",
-            &json!({"epoch":"aaaa0000","seq":3,"origins":[{"region":"eu","epoch":"eeee0000","seq":40}]}),
-        );
-        pos.on_event(&json!({"type":"message","epoch":"aaaa0000","seq":7}));
-        pos.on_event(&json!({"type":"message","epoch":"aaaa0000","seq":8,
-                    "origin":{"region":"eu","epoch":"eeee0000","seq":41}}));
-        let entry = pos.resume_entry("r");
-        assert_eq!(entry["epoch"], "aaaa0000");
-        assert_eq!(entry["seq"], 8);
+        pos.seed("ap", "aaaa0000", 3, &[origin("eu", "eeee0000", 40)]);
+        pos.on_event(&message("aaaa0000", 7, None));
+        pos.on_event(&message(
+            "aaaa0000",
+            8,
+            Some(json!({"region":"eu","epoch":"eeee0000","seq":41})),
+        ));
+        let entry = pos.resume_point(&room);
+        assert_eq!(entry.epoch, "aaaa0000");
+        assert_eq!(entry.seq, 8);
         assert_eq!(
-            entry["origins"],
-            json!([{"region":"ap","epoch":"aaaa0000","seq":7},{"region":"eu","epoch":"eeee0000","seq":41}])
+            entry.origins,
+            vec![origin("ap", "aaaa0000", 7), origin("eu", "eeee0000", 41)]
         );
         // Resumed in eu: its own events now come without origin.
-        pos.seed("eu", &json!({"epoch":"eeee0000","seq":45}));
-        pos.on_event(&json!({"type":"message","epoch":"eeee0000","seq":46}));
-        pos.on_event(&json!({"type":"joined","epoch":"eeee0000","seq":47,
-                    "origin":{"region":"us","epoch":"uuuu0000","seq":2}}));
-        let entry = pos.resume_entry("r");
-        assert_eq!(
-            (entry["epoch"].clone(), entry["seq"].clone()),
-            (json!("eeee0000"), json!(47))
-        );
+        pos.seed("eu", "eeee0000", 45, &[]);
+        pos.on_event(&message("eeee0000", 46, None));
+        pos.on_event(&message(
+            "eeee0000",
+            47,
+            Some(json!({"region":"us","epoch":"uuuu0000","seq":2})),
+        ));
+        let entry = pos.resume_point(&room);
+        assert_eq!((entry.epoch.as_str(), entry.seq), ("eeee0000", 47));
         assert_eq!(pos.vector["eu"], ("eeee0000".to_owned(), 46));
         assert_eq!(pos.vector["us"], ("uuuu0000".to_owned(), 2));
         assert_eq!(pos.vector["ap"], ("aaaa0000".to_owned(), 7));
         // ap's seq 7 arriving again through eu is a duplicate; seq 8 is news.
-        let again = json!({"type":"message","epoch":"eeee0000","seq":48,
-                           "origin":{"region":"ap","epoch":"aaaa0000","seq":7}});
+        let again = message(
+            "eeee0000",
+            48,
+            Some(json!({"region":"ap","epoch":"aaaa0000","seq":7})),
+        );
         assert!(pos.already_seen(&again));
-        let news = json!({"type":"message","epoch":"eeee0000","seq":48,
-                          "origin":{"region":"ap","epoch":"aaaa0000","seq":8}});
+        let news = message(
+            "eeee0000",
+            48,
+            Some(json!({"region":"ap","epoch":"aaaa0000","seq":8})),
+        );
         assert!(!pos.already_seen(&news));
-        let restarted = json!({"type":"message","epoch":"eeee0000","seq":49,
-                               "origin":{"region":"ap","epoch":"bbbb0000","seq":1}});
+        let restarted = message(
+            "eeee0000",
+            49,
+            Some(json!({"region":"ap","epoch":"bbbb0000","seq":1})),
+        );
         assert!(!pos.already_seen(&restarted));
-        assert!(!pos.already_seen(&json!({"type":"message","epoch":"eeee0000","seq":3})));
+        assert!(!pos.already_seen(&message("eeee0000", 3, None)));
+    }
+
+    #[test]
+    fn drill_data_reads_the_keys_and_tolerates_other_payloads() {
+        let d = DrillData::read(r#"{"drill":"run1","k":"c1-p3"}"#);
+        assert_eq!(
+            (d.drill.as_deref(), d.k.as_deref(), d.dm),
+            (Some("run1"), Some("c1-p3"), None)
+        );
+        let d = DrillData::read(r#"{"text":"hi"}"#);
+        assert!(d.drill.is_none() && d.k.is_none());
+        assert!(DrillData::read("[1,2]").drill.is_none());
     }
 }
