@@ -1392,4 +1392,303 @@ mod tests {
         c.handle(secs(2), Input::LinkDown("us".into()));
         assert!(!c.is_following("us", &room()));
     }
+
+    fn direct(n: u8) -> Direct {
+        Direct {
+            to_user: meridian_protocol::UserId::new("bob").unwrap(),
+            from_user: meridian_protocol::UserId::new("ann").unwrap(),
+            payload: vec![n; 100],
+        }
+    }
+
+    fn sent_directs(out: &[Output]) -> Vec<u8> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::SendDirects { directs, .. } => Some(directs.iter().map(|d| d.payload[0])),
+                _ => None,
+            })
+            .flatten()
+            .collect()
+    }
+
+    fn dropped(out: &[Output]) -> u64 {
+        out.iter()
+            .map(|o| match o {
+                Output::DirectsDropped { count, .. } => *count,
+                _ => 0,
+            })
+            .sum()
+    }
+
+    #[test]
+    fn direct_messages_are_held_while_the_link_is_down_and_sent_in_order() {
+        let mut c = core();
+        let d = |n| Input::Direct {
+            peer: "us".into(),
+            direct: direct(n),
+        };
+        // Down: held; the bound (1,000 bytes, 164 a message) drops the oldest.
+        for n in 1..=7 {
+            let out = c.handle(secs(1), d(n));
+            assert!(sent_directs(&out).is_empty());
+            assert_eq!(dropped(&out), u64::from(n == 7));
+        }
+        let out = c.handle(secs(2), Input::LinkUp("us".into()));
+        assert_eq!(sent_directs(&out), vec![2, 3, 4, 5, 6, 7]);
+        // While a send is under way new ones queue behind it; the unsent come back in front.
+        assert!(sent_directs(&c.handle(secs(2), d(8))).is_empty());
+        let out = c.handle(
+            secs(2),
+            Input::DirectsDone {
+                peer: "us".into(),
+                unsent: vec![direct(6), direct(7)],
+            },
+        );
+        assert_eq!(sent_directs(&out), vec![6, 7, 8]);
+        c.handle(
+            secs(2),
+            Input::DirectsDone {
+                peer: "us".into(),
+                unsent: Vec::new(),
+            },
+        );
+        // Up and heard: sent at once.
+        assert_eq!(sent_directs(&c.handle(secs(3), d(9))), vec![9]);
+        c.handle(
+            secs(3),
+            Input::DirectsDone {
+                peer: "us".into(),
+                unsent: Vec::new(),
+            },
+        );
+        // Quiet for presence_ttl − 1 s: held, then expired past direct_buffer_age.
+        assert!(sent_directs(&c.handle(secs(6), d(10))).is_empty());
+        c.handle(secs(40), Input::LinkDown("us".into()));
+        let out = c.handle(secs(41), Input::LinkUp("us".into()));
+        assert!(sent_directs(&out).is_empty());
+        assert_eq!(dropped(&out), 1);
+        // Declared down: what is held goes, and new ones are dropped.
+        c.handle(secs(42), Input::LinkDown("us".into()));
+        c.handle(secs(43), d(11));
+        c.handle(secs(57), Input::Tick);
+        let out = c.handle(
+            secs(57),
+            Input::DownDeclared {
+                peer: "us".into(),
+                ok: true,
+            },
+        );
+        assert_eq!(dropped(&out), 1);
+        assert_eq!(dropped(&c.handle(secs(58), d(12))), 1);
+    }
+
+    #[test]
+    fn a_first_follow_starts_at_the_join_time_or_the_resumers_position() {
+        let mut c = core();
+        c.handle(secs(0), Input::LinkUp("us".into()));
+        // Asking: the watermark, else a resumer's position, else the join time.
+        let out = c.handle(
+            secs(1),
+            Input::ResumePoints {
+                peer: "us".into(),
+                rooms: vec![
+                    (room(), StartPoint::JoinedAt(10_000)),
+                    (
+                        RoomId::new("s").unwrap(),
+                        StartPoint::Resumer("abcd0000".into(), 3),
+                    ),
+                    (RoomId::new("t").unwrap(), StartPoint::Unknown),
+                ],
+                purpose: ResumeFor::Snapshot,
+            },
+        );
+        let Some(Output::Send {
+            frame: Frame::InterestSnapshot { rooms },
+            ..
+        }) = out.first()
+        else {
+            panic!("an interest snapshot: {out:?}");
+        };
+        let since: Vec<Option<Position>> = rooms.iter().map(|f| f.since).collect();
+        assert_eq!(
+            since,
+            vec![
+                Some(Position::joined_at(10_000)),
+                Some(Position {
+                    epoch: epoch_code("abcd0000"),
+                    seq: 3
+                }),
+                None
+            ]
+        );
+        // Followed from a join time: the position just before it, less the skew.
+        let out = c.handle(
+            secs(1),
+            Input::PeerFrame {
+                peer: "us".into(),
+                frame: Frame::Interest {
+                    room: room(),
+                    interested: true,
+                    since: Some(Position::joined_at(10_000)),
+                },
+            },
+        );
+        assert_eq!(
+            out,
+            vec![Output::FindJoinPosition {
+                peer: "us".into(),
+                room: room(),
+                from_ms: 9_500,
+            }]
+        );
+        let out = c.handle(
+            secs(1),
+            Input::JoinPosition {
+                peer: "us".into(),
+                room: room(),
+                at: Some(("abcd0000".into(), 2)),
+            },
+        );
+        assert_eq!(
+            out,
+            vec![Output::TakeSnapshot {
+                peer: "us".into(),
+                room: room(),
+                at: Some(("abcd0000".into(), 2)),
+            }]
+        );
+    }
+
+    #[test]
+    fn a_redis_resync_asks_every_peer_again_until_it_is_done() {
+        let mut c = core();
+        c.handle(
+            secs(0),
+            Input::LocalInterest {
+                room: room(),
+                local_members: true,
+            },
+        );
+        c.handle(secs(0), Input::LinkUp("us".into()));
+        let refollows = |out: &[Output]| {
+            out.iter()
+                .filter(|o| {
+                    matches!(
+                        o,
+                        Output::ReadResumePoints {
+                            purpose: ResumeFor::Refollow,
+                            ..
+                        }
+                    )
+                })
+                .count()
+        };
+        assert_eq!(refollows(&c.handle(secs(1), Input::Resynced)), 1);
+        // Redis cannot say yet: asked again on the next tick.
+        c.handle(
+            secs(1),
+            Input::ResumeFailed {
+                peer: "us".into(),
+                purpose: ResumeFor::Refollow,
+            },
+        );
+        assert_eq!(refollows(&c.handle(secs(2), Input::Tick)), 1);
+        let out = c.handle(
+            secs(2),
+            Input::ResumePoints {
+                peer: "us".into(),
+                rooms: vec![(room(), StartPoint::Applied("abcd0000".into(), 7))],
+                purpose: ResumeFor::Refollow,
+            },
+        );
+        assert_eq!(
+            out,
+            vec![Output::Send {
+                peer: "us".into(),
+                frame: Frame::Interest {
+                    room: room(),
+                    interested: true,
+                    since: Some(Position {
+                        epoch: epoch_code("abcd0000"),
+                        seq: 7
+                    }),
+                },
+            }]
+        );
+        assert_eq!(refollows(&c.handle(secs(3), Input::Tick)), 0);
+    }
+
+    #[test]
+    fn a_message_continuing_the_cursor_is_sent_without_a_history_read() {
+        let mut c = core();
+        c.handle(secs(0), Input::LinkUp("us".into()));
+        c.handle(
+            secs(0),
+            Input::PeerFrame {
+                peer: "us".into(),
+                frame: Frame::Interest {
+                    room: room(),
+                    interested: true,
+                    since: None,
+                },
+            },
+        );
+        let snapshot = RoomSnapshot {
+            epoch: "abcd0000".into(),
+            seq: 4,
+            stamp: Hlc::default(),
+            members: Vec::new(),
+            state: Vec::new(),
+        };
+        c.handle(
+            secs(0),
+            Input::SnapshotTaken {
+                peer: "us".into(),
+                room: room(),
+                at: None,
+                snapshot,
+            },
+        );
+        c.handle(
+            secs(0),
+            Input::HistoryRead {
+                peer: "us".into(),
+                room: room(),
+                batch: LocalBatch {
+                    epoch: "abcd0000".into(),
+                    seq: 4,
+                    oldest: Some(1),
+                    entries: Vec::new(),
+                },
+            },
+        );
+        let appended = |seq: u64, frame: String| Input::Appended {
+            room: room(),
+            entry: AppendedEntry {
+                epoch: "abcd0000".into(),
+                seq,
+                frame: bytes::Bytes::from(frame),
+                idempotency: Some("k".into()),
+            },
+            wall: Hlc::default(),
+        };
+        let message = |seq: u64| {
+            format!(
+                r#"{{"type":"message","room":"r","from":"bob","data":{seq},"seq":{seq},"epoch":"abcd0000"}}"#
+            )
+        };
+        let out = c.handle(secs(1), appended(5, message(5)));
+        assert!(matches!(
+            out.as_slice(),
+            [Output::Send { frame: Frame::RoomEvent(e), .. }]
+                if e.origin_seq == 5 && e.prev_seq == 4
+                    && matches!(&e.kind, EventKind::Event(RoomEventKind::Message { idempotency: Some(k), .. }) if k == "k")
+        ));
+        // A gap (an entry the feed skipped): read the history instead.
+        let out = c.handle(secs(1), appended(7, message(7)));
+        assert!(matches!(
+            out.as_slice(),
+            [Output::ReadHistory { after: 5, .. }]
+        ));
+    }
 }
