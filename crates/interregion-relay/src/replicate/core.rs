@@ -219,6 +219,8 @@ pub enum Input {
     LinkDown(String),
     /// Time passed (the driver ticks every second).
     Tick,
+    /// `peer`'s relay was heard at the link level (a keep-alive): held direct messages may go.
+    Heard(String),
     /// The answer to [`Output::ReadHistory`].
     HistoryRead {
         /// The follower.
@@ -609,6 +611,12 @@ impl ReplicationCore {
                 self.follows.retain(|(_, p), _| *p != peer);
             }
             Input::Tick => self.on_tick(now, &mut out),
+            Input::Heard(peer) => {
+                if let Some(link) = self.links.get_mut(&peer).filter(|l| l.up) {
+                    link.last_heard = Some(now);
+                    self.drain_directs(now, &peer, &mut out);
+                }
+            }
             Input::HistoryRead { peer, room, batch } => {
                 self.on_history(&peer, &room, batch, &mut out)
             }
@@ -1463,6 +1471,19 @@ mod tests {
         );
         // Quiet for presence_ttl − 1 s: held, then expired past direct_buffer_age.
         assert!(sent_directs(&c.handle(secs(6), d(10))).is_empty());
+        // Heard (a keep-alive): sent.
+        assert_eq!(
+            sent_directs(&c.handle(secs(7), Input::Heard("us".into()))),
+            vec![10]
+        );
+        c.handle(
+            secs(7),
+            Input::DirectsDone {
+                peer: "us".into(),
+                unsent: Vec::new(),
+            },
+        );
+        assert!(sent_directs(&c.handle(secs(10), d(13))).is_empty());
         c.handle(secs(40), Input::LinkDown("us".into()));
         let out = c.handle(secs(41), Input::LinkUp("us".into()));
         assert!(sent_directs(&out).is_empty());
