@@ -4,14 +4,14 @@
 //! It connects the region's Redis, serves `/healthz` `/readyz` `/metrics` (`ops.rs`) from
 //! the start, and drives the [`Lifecycle`] role machine ([`crate::role`]): it checks the
 //! active-relay lease at start and every `lease.renew_ms`, binds the region's QUIC port once
-//! the lease is ours, then starts the links ([`crate::link`]) with the [`Replicator`] as their
-//! sink. On shutdown it stops them, then releases the lease; when the lease turns out to be
+//! the lease is ours, then starts the links ([`crate::link`]) with the replication driver's
+//! sink ([`crate::replicate::driver`]) as their sink. On shutdown it stops them, then releases the lease; when the lease turns out to be
 //! another relay's it stops them and ends with [`RunError::LostLease`], releasing nothing.
 //! Without `[redis]` the relay is active at once and replicates nothing (it only keeps
 //! links, and says so).
 //!
-//! The replication wiring (how the replicator is built, given its sink role and started) is
-//! in `Activation::start`, the one place that knows both the links and the replicator.
+//! The replication wiring (how the driver is built, its sink given to the links, and started)
+//! is in `Activation::start`, the one place that knows both the links and the driver.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -30,7 +30,7 @@ use crate::link::{self, start_links, RelayError, RelayHandle};
 use crate::metrics::Metrics;
 use crate::ops::{self, OpsState};
 use crate::relay::{prepare, PrepareError, Prepared};
-use crate::replicate::{Replicator, ReplicatorSink};
+use crate::replicate::driver::Driver as ReplicationDriver;
 use crate::role::{Action, Input, LeaseCheck, Lifecycle, Role};
 use crate::sink::{EventSink, LogSink};
 
@@ -445,10 +445,10 @@ impl Activation {
             .filter(|r| **r != prepared.options.region)
             .cloned()
             .collect();
-        let replicator = store.map(|store| Replicator::new(store, peers, replication));
-        let sink: Arc<dyn EventSink> = match &replicator {
-            Some(r) => Arc::new(ReplicatorSink(r.clone())),
-            None => Arc::new(LogSink),
+        let driver = store.map(|store| ReplicationDriver::new(store, peers, replication));
+        let (driver, sink): (Option<ReplicationDriver>, Arc<dyn EventSink>) = match driver {
+            Some((d, sink)) => (Some(d), sink),
+            None => (None, Arc::new(LogSink)),
         };
         let links = start_links(
             prepared.options,
@@ -459,8 +459,7 @@ impl Activation {
             metrics,
             stop.clone(),
         )?;
-        let replicator =
-            replicator.map(|r| tokio::spawn(r.run(links.handle.clone(), stop.clone())));
+        let replicator = driver.map(|d| tokio::spawn(d.run(links.handle.clone(), stop.clone())));
         Ok(Self {
             links,
             replicator,

@@ -1,12 +1,12 @@
 //! The replication half against a real `redis-server`: the apply script's dedupe, gap
-//! detection and last-writer-wins merges, region loss, interest withdrawal, and the sink's
-//! refusal of forwarded or malformed events. (The full mesh over QUIC is in
+//! detection and last-writer-wins merges, region loss, interest withdrawal, and the refusal
+//! of forwarded or malformed events. (The full mesh over QUIC is in
 //! `tests/tests/mesh.rs`.)
 
 use std::time::Duration;
 
-use interregion_relay::replicate::{ReplicationOptions, Replicator, ReplicatorSink};
-use interregion_relay::EventSink;
+use interregion_relay::replicate::core::{CoreOptions, Input, Output, ReplicationCore};
+use interregion_relay::replicate::ReplicationOptions;
 use meridian_protocol::relay::{self, EventKind, Frame, RoomEvent, Snapshot};
 use meridian_protocol::{
     Hlc, JsonText, LeftReason, RoomEventFrame, RoomEventKind, RoomId, StateRecord, UserId,
@@ -255,12 +255,36 @@ async fn the_sink_refuses_forwarded_and_malformed_events() {
     let redis = RedisServer::start().unwrap();
     let ap = store(&redis, "ap").await;
     let room = RoomId::new("stage").unwrap();
-    let replicator = Replicator::new(
-        ap.clone(),
-        vec!["eu".into(), "us".into()],
-        ReplicationOptions::default(),
-    );
-    let sink = ReplicatorSink(replicator);
+    // The core decides, the driver executes its `Apply` on the store (as here).
+    let core = std::sync::Mutex::new(ReplicationCore::new(
+        "ap",
+        &["eu".into(), "us".into()],
+        CoreOptions::from(&ReplicationOptions::default()),
+        Duration::ZERO,
+    ));
+    let receive = |peer: &'static str, event: RoomEvent| {
+        let outputs = core.lock().unwrap().handle(
+            Duration::from_secs(1),
+            Input::PeerFrame {
+                peer: peer.into(),
+                frame: Frame::RoomEvent(event),
+            },
+        );
+        let ap = ap.clone();
+        async move {
+            let mut malformed = false;
+            for output in outputs {
+                match output {
+                    Output::Apply { event, .. } => {
+                        ap.apply(&event).await.unwrap();
+                    }
+                    Output::Malformed { .. } => malformed = true,
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            malformed
+        }
+    };
     let frame = |origin: &str, kind: EventKind| RoomEvent {
         room: room.clone(),
         origin_region: origin.into(),
@@ -275,7 +299,7 @@ async fn the_sink_refuses_forwarded_and_malformed_events() {
         state: Vec::new(),
     });
     // us-peer sending an event that originated in eu: never applied.
-    sink.room_event("us", frame("eu", snapshot.clone())).await;
+    assert!(receive("us", frame("eu", snapshot.clone())).await);
     assert!(ap
         .read_local(&room, 0, 10)
         .await
@@ -299,7 +323,7 @@ async fn the_sink_refuses_forwarded_and_malformed_events() {
         .unwrap();
     bytes[at..at + 10].copy_from_slice(b"{not json\"");
     if let Ok(Frame::RoomEvent(e)) = relay::decode(&bytes) {
-        sink.room_event("eu", e).await;
+        receive("eu", e).await;
         panic!("a relay frame with invalid JSON decoded");
     }
     assert!(ap
@@ -309,7 +333,7 @@ async fn the_sink_refuses_forwarded_and_malformed_events() {
         .entries
         .is_empty());
     // The real thing is applied.
-    sink.room_event("eu", frame("eu", snapshot)).await;
+    assert!(!receive("eu", frame("eu", snapshot)).await);
     assert_eq!(ap.read_local(&room, 0, 10).await.unwrap().entries.len(), 1);
     assert_eq!(
         members(&redis, &room).await,

@@ -22,7 +22,9 @@
 use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::time::Duration;
 
-use interregion_relay::replicate::core::{CoreOptions, Input, Output, ReplicationCore};
+use interregion_relay::replicate::core::{
+    AppendedEntry, CoreOptions, Input, Output, ReplicationCore,
+};
 use meridian_protocol::relay::Frame;
 use meridian_protocol::{JsonText, LeftReason, RoomEventFrame, RoomEventKind, RoomId, UserId};
 use region_state::replica::{Applied, ReplicaModel};
@@ -55,6 +57,27 @@ const WARMUP_MS: u64 = 2_000;
 const ACTIVE_MS: u64 = 8_000;
 const QUIET_MS: u64 = 14_000;
 
+/// The input for an entry just appended to `room`: the feed carries the entry, so the
+/// core's fast path sends a message (or skips a replicated entry) without a history read
+/// where it continues a follower's cursor.
+fn appended(model: &ReplicaModel, room: RoomId) -> Input {
+    let head = model.read_local(&room, u64::MAX, 1);
+    let last = model.read_local(&room, head.seq.saturating_sub(1), 1);
+    match last.entries.first() {
+        Some(e) if e.seq == head.seq => Input::Appended {
+            room,
+            entry: AppendedEntry {
+                epoch: last.epoch.clone(),
+                seq: e.seq,
+                frame: e.frame.clone(),
+                idempotency: e.idempotency.clone(),
+            },
+            wall: e.stamp,
+        },
+        _ => Input::LocalAppended { room },
+    }
+}
+
 fn options() -> CoreOptions {
     CoreOptions {
         grace: Duration::from_millis(GRACE_MS),
@@ -63,6 +86,9 @@ fn options() -> CoreOptions {
         batch: 16,
         gap_retry: Duration::from_millis(500),
         presence_ttl: Duration::from_secs(4),
+        direct_buffer_bytes: 4 << 20,
+        direct_buffer_age: Duration::from_secs(30),
+        join_skew: Duration::from_millis(500),
     }
 }
 
@@ -262,7 +288,10 @@ impl Sim {
                         let marks = self.regions[r].model.watermarks(&peer, &rooms);
                         inputs.push_back(Input::ResumePoints {
                             peer,
-                            rooms: rooms.into_iter().zip(marks).collect(),
+                            rooms: rooms
+                                .into_iter()
+                                .zip(marks.into_iter().map(Into::into))
+                                .collect(),
                             purpose,
                         });
                     }
@@ -275,7 +304,7 @@ impl Sim {
                             outcome: Some(outcome),
                         });
                         if outcome != Applied::Duplicate && outcome != Applied::Gap {
-                            inputs.push_back(Input::LocalAppended { room });
+                            inputs.push_back(appended(&self.regions[r].model, room));
                         }
                     }
                     Output::DeclareDown { peer, rooms } => {
@@ -286,6 +315,17 @@ impl Sim {
                         let p = self.index(&peer);
                         self.declared.push((r, p, self.now));
                         inputs.push_back(Input::DownDeclared { peer, ok: true });
+                    }
+                    Output::FindJoinPosition { peer, room, .. } => {
+                        // The model keeps no wall times: a snapshot as of now.
+                        inputs.push_back(Input::JoinPosition {
+                            peer,
+                            room,
+                            at: None,
+                        });
+                    }
+                    Output::SendDirects { .. } | Output::DirectsDropped { .. } => {
+                        panic!("the simulation sends no direct messages")
                     }
                     Output::SetPresence { .. }
                     | Output::SendPresenceSnapshot { .. }
@@ -389,7 +429,8 @@ impl Sim {
                 self.regions[region]
                     .model
                     .local_publish(&room_id, &from, &data, None);
-                self.drive(region, Input::LocalAppended { room: room_id });
+                let input = appended(&self.regions[region].model, room_id);
+                self.drive(region, input);
             }
             Op::SetState {
                 region,
