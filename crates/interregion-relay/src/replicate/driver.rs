@@ -32,6 +32,10 @@ const INPUTS: usize = 1024;
 const FEED: usize = 4096;
 /// Store operations under way at most; more wait in a queue.
 pub const MAX_IN_FLIGHT: usize = 64;
+/// Peers' events waiting for their room's apply at most: above it the driver stops reading the
+/// links' channel, which fills and slows the links' readers, and QUIC flow control slows the
+/// sending relay (backpressure, as when the links applied inline; never an unbounded backlog).
+pub const MAX_QUEUED_APPLIES: usize = 4096;
 
 /// What the links hand the driver.
 #[derive(Debug)]
@@ -147,6 +151,7 @@ impl Driver {
             tasks: JoinSet::new(),
             waiting: VecDeque::new(),
             applies: HashMap::new(),
+            queued_applies: 0,
             local: VecDeque::new(),
         };
         match self.store.local_interest().await {
@@ -171,7 +176,7 @@ impl Driver {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                item = rx.recv() => match item {
+                item = rx.recv(), if run.queued_applies < MAX_QUEUED_APPLIES => match item {
                     Some(FromLinks::Frame(peer, frame)) => {
                         run.local.push_back(Input::PeerFrame { peer, frame });
                     }
@@ -222,6 +227,8 @@ struct Running {
     waiting: VecDeque<Op>,
     /// Applies per room: the first is under way, the rest wait for it.
     applies: HashMap<RoomId, VecDeque<(String, RoomEvent)>>,
+    /// Events in `applies`, all rooms together.
+    queued_applies: usize,
     /// Inputs to hand the core next.
     local: VecDeque<Input>,
 }
@@ -386,6 +393,7 @@ impl Running {
                 let room = event.room.clone();
                 let queue = self.applies.entry(room).or_default();
                 queue.push_back((peer.clone(), event.clone()));
+                self.queued_applies += 1;
                 if queue.len() == 1 {
                     self.waiting.push_back(Op::Apply(peer, event));
                 }
@@ -410,7 +418,9 @@ impl Running {
         let Some(queue) = self.applies.get_mut(&room) else {
             return;
         };
-        queue.pop_front();
+        if queue.pop_front().is_some() {
+            self.queued_applies = self.queued_applies.saturating_sub(1);
+        }
         match queue.front() {
             Some((peer, event)) => {
                 let op = Op::Apply(peer.clone(), event.clone());
