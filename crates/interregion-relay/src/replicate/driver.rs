@@ -207,6 +207,7 @@ impl Driver {
                         }
                     }
                     run.local.push_back(Input::Tick);
+                    run.report_followed();
                 }
             }
             run.settle().await;
@@ -244,6 +245,17 @@ impl Running {
         self.handle.metrics()
     }
 
+    /// The rooms each peer follows, as a gauge (once a tick: not per event).
+    fn report_followed(&self) {
+        for peer in self.handle.links().into_keys() {
+            let n = self.core.followed_count(&peer);
+            self.metrics()
+                .followed_rooms
+                .get_or_create(&crate::metrics::PeerLabels { peer })
+                .set(n as i64);
+        }
+    }
+
     /// Hands the core every pending input and executes its outputs.
     async fn settle(&mut self) {
         while let Some(input) = self.local.pop_front() {
@@ -251,13 +263,6 @@ impl Running {
             for output in self.core.handle(now, input) {
                 self.execute(output).await;
             }
-        }
-        for peer in self.handle.links().into_keys() {
-            let n = self.core.followed_count(&peer);
-            self.metrics()
-                .followed_rooms
-                .get_or_create(&crate::metrics::PeerLabels { peer })
-                .set(n as i64);
         }
         while self.tasks.len() < MAX_IN_FLIGHT {
             let Some(op) = self.waiting.pop_front() else {
