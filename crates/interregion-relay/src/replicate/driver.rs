@@ -4,7 +4,10 @@
 //! core's outputs on the [`ReplicaStore`] and the relay's [`RelayHandle`]: frames are sent
 //! in order from the task itself; store operations run concurrently (at most
 //! [`MAX_IN_FLIGHT`] at a time) and come back as inputs, except the applies of one room,
-//! which run one after the other (each event continues the one before it).
+//! which run one after the other (each event continues the one before it): the events a room
+//! has queued while its apply ran go to Redis together, in one round trip
+//! ([`ReplicaStore::apply_batch`], at most [`APPLY_BATCH`]), with the outcomes one at a time
+//! would give.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
@@ -36,6 +39,8 @@ pub const MAX_IN_FLIGHT: usize = 64;
 /// links' channel, which fills and slows the links' readers, and QUIC flow control slows the
 /// sending relay (backpressure, as when the links applied inline; never an unbounded backlog).
 pub const MAX_QUEUED_APPLIES: usize = 4096;
+/// Events of one room applied in one round trip at most.
+pub const APPLY_BATCH: usize = 128;
 
 /// What the links hand the driver.
 #[derive(Debug)]
@@ -99,9 +104,9 @@ pub struct Driver {
     rx: mpsc::Receiver<FromLinks>,
 }
 
-/// A store operation's result: the inputs it gives the core, and the room whose apply
-/// finished (the next one of that room may start).
-type Done = (Vec<Input>, Option<RoomId>);
+/// A store operation's result: the inputs it gives the core, and the room whose applies
+/// finished with how many events they were (the next ones of that room may start).
+type Done = (Vec<Input>, Option<(RoomId, usize)>);
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -189,10 +194,10 @@ impl Driver {
                     None => break,
                 },
                 Some(done) = run.tasks.join_next(), if !run.tasks.is_empty() => {
-                    if let Ok((inputs, room)) = done {
+                    if let Ok((inputs, applied)) = done {
                         run.local.extend(inputs);
-                        if let Some(room) = room {
-                            run.next_apply(room);
+                        if let Some((room, n)) = applied {
+                            run.next_apply(room, n);
                         }
                     }
                 }
@@ -226,7 +231,7 @@ struct Running {
     tasks: JoinSet<Done>,
     /// Store operations waiting for a free slot.
     waiting: VecDeque<Op>,
-    /// Applies per room: the first is under way, the rest wait for it.
+    /// Applies per room: the first ones (a batch) are under way, the rest wait for them.
     applies: HashMap<RoomId, VecDeque<(String, RoomEvent)>>,
     /// Events in `applies`, all rooms together.
     queued_applies: usize,
@@ -237,7 +242,8 @@ struct Running {
 /// A store operation.
 enum Op {
     Output(Output),
-    Apply(String, RoomEvent),
+    /// Events of one room, from the front of its queue, in order.
+    Apply(Vec<(String, RoomEvent)>),
 }
 
 impl Running {
@@ -400,7 +406,7 @@ impl Running {
                 queue.push_back((peer.clone(), event.clone()));
                 self.queued_applies += 1;
                 if queue.len() == 1 {
-                    self.waiting.push_back(Op::Apply(peer, event));
+                    self.waiting.push_back(Op::Apply(vec![(peer, event)]));
                 }
             }
             Output::Malformed { peer, why } => {
@@ -418,23 +424,21 @@ impl Running {
         }
     }
 
-    /// The apply of `room` finished: the next one of the room may start.
-    fn next_apply(&mut self, room: RoomId) {
+    /// `n` applies of `room` finished: the next ones of the room (those queued meanwhile, up
+    /// to [`APPLY_BATCH`]) may start, as one batch.
+    fn next_apply(&mut self, room: RoomId, n: usize) {
         let Some(queue) = self.applies.get_mut(&room) else {
             return;
         };
-        if queue.pop_front().is_some() {
-            self.queued_applies = self.queued_applies.saturating_sub(1);
+        let done = n.min(queue.len());
+        queue.drain(..done);
+        self.queued_applies = self.queued_applies.saturating_sub(done);
+        if queue.is_empty() {
+            self.applies.remove(&room);
+            return;
         }
-        match queue.front() {
-            Some((peer, event)) => {
-                let op = Op::Apply(peer.clone(), event.clone());
-                self.waiting.push_back(op);
-            }
-            None => {
-                self.applies.remove(&room);
-            }
-        }
+        let batch: Vec<_> = queue.iter().take(APPLY_BATCH).cloned().collect();
+        self.waiting.push_back(Op::Apply(batch));
     }
 
     fn spawn(&mut self, op: Op) {
@@ -453,29 +457,39 @@ async fn run_op(
     op: Op,
 ) -> Done {
     let output = match op {
-        Op::Apply(peer, event) => {
-            let room = event.room.clone();
-            let outcome = match store.apply(&event).await {
-                Ok(a) => Some(a),
+        Op::Apply(batch) => {
+            let Some(room) = batch.first().map(|(_, e)| e.room.clone()) else {
+                return (Vec::new(), None);
+            };
+            let n = batch.len();
+            let (peers, events): (Vec<String>, Vec<RoomEvent>) = batch.into_iter().unzip();
+            let outcomes: Vec<Option<Applied>> = match store.apply_batch(&events).await {
+                Ok(outcomes) => outcomes.into_iter().map(Some).collect(),
                 Err(e) => {
-                    tracing::warn!(%peer, %room, error = %e, "cannot apply a replicated event");
-                    None
+                    tracing::warn!(%room, events = n, error = %e, "cannot apply replicated events");
+                    vec![None; n]
                 }
             };
-            let label = match outcome {
-                Some(Applied::Applied) => "applied",
-                Some(Applied::Duplicate) => "duplicate",
-                Some(Applied::Superseded) => "superseded",
-                Some(Applied::Gap) => "gap",
-                None => "error",
-            };
-            handle.metrics().applied(&peer, label);
-            let input = Input::Applied {
-                peer,
-                room: room.clone(),
-                outcome,
-            };
-            return (vec![input], Some(room));
+            let inputs = peers
+                .into_iter()
+                .zip(outcomes)
+                .map(|(peer, outcome)| {
+                    let label = match outcome {
+                        Some(Applied::Applied) => "applied",
+                        Some(Applied::Duplicate) => "duplicate",
+                        Some(Applied::Superseded) => "superseded",
+                        Some(Applied::Gap) => "gap",
+                        None => "error",
+                    };
+                    handle.metrics().applied(&peer, label);
+                    Input::Applied {
+                        peer,
+                        room: room.clone(),
+                        outcome,
+                    }
+                })
+                .collect();
+            return (inputs, Some((room, n)));
         }
         Op::Output(o) => o,
     };

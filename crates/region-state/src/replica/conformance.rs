@@ -123,6 +123,7 @@ pub async fn run_all(s: &dyn ReplicaApply) {
     check!(
         nothing_applies_before_a_snapshot,
         watermark_dedupes_and_prev_seq_finds_gaps,
+        a_batch_applies_like_one_at_a_time,
         a_snapshot_may_repeat_its_position,
         a_new_epoch_needs_a_snapshot,
         state_merges_by_last_writer,
@@ -206,6 +207,43 @@ async fn watermark_dedupes_and_prev_seq_finds_gaps(s: &dyn ReplicaApply) {
     assert_eq!(
         s.watermarks("us", std::slice::from_ref(&r)).await.unwrap(),
         vec![None]
+    );
+}
+
+async fn a_batch_applies_like_one_at_a_time(s: &dyn ReplicaApply) {
+    let r = room();
+    assert!(s.apply_batch(&[]).await.unwrap().is_empty());
+    let m7 = event(&r, "eu", 7, 5, message(7, None));
+    let batch = [
+        event(&r, "eu", 5, 0, snapshot(&[("bob", 1)], Vec::new())),
+        m7.clone(),
+        m7,
+        event(&r, "eu", 6, 5, message(6, None)),
+        event(&r, "eu", 9, 8, message(9, None)),
+        event(&r, "eu", 9, 7, message(9, None)),
+        event(&r, "eu", 10, 9, set("topic", "\"x\"")),
+    ];
+    assert_eq!(
+        s.apply_batch(&batch).await.unwrap(),
+        vec![
+            Applied::Applied,
+            Applied::Applied,
+            Applied::Duplicate,
+            Applied::Duplicate,
+            Applied::Gap,
+            Applied::Applied,
+            Applied::Applied,
+        ],
+        "each event sees the ones before it in the batch"
+    );
+    assert_eq!(
+        s.watermarks("eu", std::slice::from_ref(&r)).await.unwrap(),
+        vec![Some((EPOCH.to_owned(), 10))]
+    );
+    assert_eq!(history(s, &r).await.len(), 4, "joined, 7, 9, topic");
+    assert_eq!(
+        state(s, &r).await,
+        vec![("topic".to_owned(), Some("\"x\"".to_owned()))]
     );
 }
 

@@ -169,6 +169,15 @@ pub trait ReplicaApply: Send + Sync {
     /// Applies one replicated event: dedupe on the origin's watermark, `prev_seq` gaps,
     /// last-writer-wins for membership and state, then the history append.
     async fn apply(&self, event: &RemoteEvent) -> StoreResult<Applied>;
+    /// Applies events in order with the outcomes one [`ReplicaApply::apply`] after the other
+    /// would give (the Redis store sends them in one round trip).
+    async fn apply_batch(&self, events: &[RemoteEvent]) -> StoreResult<Vec<Applied>> {
+        let mut out = Vec::with_capacity(events.len());
+        for event in events {
+            out.push(self.apply(event).await?);
+        }
+        Ok(out)
+    }
     /// The last `(epoch, seq)` applied from `origin` in each room (`None`: nothing yet).
     async fn watermarks(
         &self,
@@ -192,6 +201,9 @@ impl ReplicaApply for ReplicaStore {
     }
     async fn apply(&self, event: &RemoteEvent) -> StoreResult<Applied> {
         ReplicaStore::apply(self, event).await
+    }
+    async fn apply_batch(&self, events: &[RemoteEvent]) -> StoreResult<Vec<Applied>> {
+        ReplicaStore::apply_batch(self, events).await
     }
     async fn watermarks(
         &self,
@@ -378,6 +390,49 @@ impl ReplicaStore {
     /// Applies one replicated event: dedupe on the origin's watermark, last-writer-wins for
     /// membership and state, then the same append (history + fan-out) as a local event.
     pub async fn apply(&self, event: &RemoteEvent) -> StoreResult<Applied> {
+        let (status,): (i64,) = self
+            .apply_invocation(event)
+            .invoke_async(&mut self.conn())
+            .await?;
+        Ok(applied(status))
+    }
+
+    /// Applies events one after the other, as [`ReplicaStore::apply`] would, in one round trip
+    /// (a pipeline of the apply script: each call is atomic on its own, as one at a time).
+    /// After a Redis restart the script cache is empty: the whole pipeline then fails with
+    /// NOSCRIPT before any call ran, and is sent again behind a `SCRIPT LOAD`.
+    pub async fn apply_batch(&self, events: &[RemoteEvent]) -> StoreResult<Vec<Applied>> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let invocations: Vec<_> = events.iter().map(|e| self.apply_invocation(e)).collect();
+        let mut pipe = redis::pipe();
+        for inv in &invocations {
+            pipe.invoke_script(inv);
+        }
+        let rows: Vec<(i64,)> = match pipe.query_async(&mut self.conn()).await {
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                let mut pipe = redis::pipe();
+                pipe.load_script(&self.scripts.apply).ignore();
+                for inv in &invocations {
+                    pipe.invoke_script(inv);
+                }
+                pipe.query_async(&mut self.conn()).await?
+            }
+            other => other?,
+        };
+        if rows.len() != events.len() {
+            return Err(crate::StoreError::Corrupt(format!(
+                "apply pipeline returned {} results for {} events",
+                rows.len(),
+                events.len()
+            )));
+        }
+        Ok(rows.into_iter().map(|(status,)| applied(status)).collect())
+    }
+
+    /// The apply script's call for `event`.
+    fn apply_invocation<'a>(&'a self, event: &RemoteEvent) -> redis::ScriptInvocation<'a> {
         let keys = RoomKeys::new(&event.room);
         let origin = OriginPosition {
             region: event.origin_region.clone(),
@@ -450,13 +505,7 @@ impl ReplicaStore {
                 }
             }
         }
-        let (status,): (i64,) = inv.invoke_async(&mut self.conn()).await?;
-        Ok(match status {
-            0 => Applied::Duplicate,
-            2 => Applied::Superseded,
-            3 => Applied::Gap,
-            _ => Applied::Applied,
-        })
+        inv
     }
 
     /// The last `(epoch, seq)` applied from `origin` in each room (`None`: nothing yet).
@@ -970,6 +1019,16 @@ fn parse_feed(channel: &str, payload: &[u8]) -> Option<Feed> {
         frame: Bytes::copy_from_slice(frame),
         idempotency,
     })
+}
+
+/// The apply script's status code.
+fn applied(status: i64) -> Applied {
+    match status {
+        0 => Applied::Duplicate,
+        2 => Applied::Superseded,
+        3 => Applied::Gap,
+        _ => Applied::Applied,
+    }
 }
 
 #[cfg(test)]
