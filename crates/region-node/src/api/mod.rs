@@ -240,3 +240,54 @@ async fn call(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_openapi_document_lists_exactly_the_methods() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).unwrap();
+        let paths = doc["paths"].as_object().unwrap();
+        for m in ApiMethod::ALL {
+            let path = format!("/api/v1/{}", m.name());
+            assert!(paths[&path]["post"].is_object(), "{path} is documented");
+            let scope = paths[&path]["post"]["description"].as_str().unwrap();
+            assert!(
+                scope.contains(&format!("`{}`", m.scope())),
+                "{path}: {scope}"
+            );
+        }
+        assert_eq!(
+            paths.len(),
+            ApiMethod::ALL.len() + 1,
+            "the methods and openapi.json"
+        );
+    }
+
+    #[test]
+    fn every_error_code_has_a_documented_status() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).unwrap();
+        let codes = [
+            ApiErrorCode::BadRequest,
+            ApiErrorCode::Unauthorized,
+            ApiErrorCode::Forbidden,
+            ApiErrorCode::NotFound,
+            ApiErrorCode::MethodNotAllowed,
+            ApiErrorCode::VersionConflict,
+            ApiErrorCode::TooLarge,
+            ApiErrorCode::RateLimited,
+            ApiErrorCode::Internal,
+            ApiErrorCode::Unavailable,
+        ];
+        for code in codes {
+            let (status, label) = code.status();
+            assert_eq!(status.as_str(), label);
+            let name = format!("E{label}");
+            assert!(
+                doc["components"]["responses"][&name].is_object(),
+                "{name} documented"
+            );
+        }
+    }
+}
