@@ -411,7 +411,12 @@ async fn run_one(
                     format!("`users` lists at most {MAX_LIST} users"),
                 ));
             }
-            let users = node.timed("presence", store.presence(&b.users)).await?;
+            // The Redis store cannot take an empty list (an empty command): nothing to ask.
+            let users = if b.users.is_empty() {
+                Vec::new()
+            } else {
+                node.timed("presence", store.presence(&b.users)).await?
+            };
             encode(&PresenceResult { users })
         }
         ApiMethod::StateGet => {
