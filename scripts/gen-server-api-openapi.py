@@ -100,6 +100,12 @@ METHODS = {
             "region_connections": U64, "region_nodes": U64,
         }, ["region", "node", "connections", "region_connections", "region_nodes"]),
     ),
+    "disconnect": (
+        "admin",
+        "Close every connection of a user in this region; each client gets an `error` event (`forbidden`, \"disconnected by the server: <reason>\") and a close (1008).",
+        obj({"user": USER, "reason": {"type": "string", "maxLength": 256}}, ["user"]),
+        obj({"user": USER, "disconnected": {"type": "boolean"}}, ["user", "disconnected"]),
+    ),
     "batch": (
         "read",
         "Several calls (at most 100) in order; each is checked against the key's scopes and answered with `result` or `error`. A batch cannot contain a batch.",

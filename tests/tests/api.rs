@@ -264,6 +264,67 @@ async fn every_method_end_to_end() -> Result<()> {
     Ok(())
 }
 
+/// `disconnect` closes every connection of the user, on whichever node of the region holds
+/// them, with the backend's reason in an `error` event; the user's presence goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disconnect_closes_every_connection_with_the_reason() -> Result<()> {
+    let redis = RedisServer::start()?;
+    let n1 = NodeProcess::start("test-region", &redis.url(), &api_toml(""))?;
+    let n2 = NodeProcess::start("test-region", &redis.url(), "")?;
+    let api = api_addr(&n1)?;
+    let (mut a1, _) = Client::hello(&n1.ws_url(), &token("alice"), json!([])).await?;
+    let (mut a2, _) = Client::hello(&n2.ws_url(), &token("alice"), json!([])).await?;
+    let (mut bob, _) = Client::hello(&n2.ws_url(), &token("bob"), json!([])).await?;
+    // A read-only key may not disconnect anyone.
+    refused(
+        api,
+        READER,
+        "disconnect",
+        r#"{"user":"alice"}"#,
+        403,
+        "forbidden",
+    )
+    .await?;
+    let long = "x".repeat(300);
+    refused(
+        api,
+        ADMIN,
+        "disconnect",
+        &json!({"user": "alice", "reason": long}).to_string(),
+        400,
+        "bad_request",
+    )
+    .await?;
+    let d = call(
+        api,
+        "disconnect",
+        json!({"user": "alice", "reason": "account suspended"}),
+    )
+    .await?;
+    assert_eq!(d["disconnected"], true);
+    for c in [&mut a1, &mut a2] {
+        let e = c.event("error").await?;
+        assert_eq!(e["code"], "forbidden");
+        assert_eq!(
+            e["message"],
+            "disconnected by the server: account suspended"
+        );
+        assert_eq!(c.closed_within(Duration::from_secs(5)).await?, 1008);
+    }
+    let gone = eventually(Duration::from_secs(5), || async {
+        call(api, "presence", json!({"users": ["alice"]}))
+            .await
+            .is_ok_and(|p| p["users"][0]["online"] == false)
+    })
+    .await;
+    assert!(gone, "alice is offline once her connections closed");
+    // Bob was not touched; a user with no connection is reported as such.
+    ok(bob.request(json!({"op": "ping"})).await?)?;
+    let none = call(api, "disconnect", json!({"user": "nobody"})).await?;
+    assert_eq!(none["disconnected"], false);
+    Ok(())
+}
+
 /// Bad keys, wrong scopes, malformed and oversized bodies: a JSON error with a code, a
 /// message and the right status; the client port does not serve the API; the OpenAPI document
 /// served is the committed one.

@@ -59,6 +59,7 @@ api_methods! {
     StateDelete => "state_delete", "state";
     History => "history", "read";
     Info => "info", "read";
+    Disconnect => "disconnect", "admin";
     Batch => "batch", "read";
 }
 
@@ -213,6 +214,24 @@ struct HistoryResult {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct InfoBody {}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DisconnectBody {
+    user: UserId,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+#[derive(Serialize)]
+struct DisconnectResult {
+    user: UserId,
+    /// Whether at least one node held a connection of the user.
+    disconnected: bool,
+}
+
+/// Longest `disconnect` reason, in bytes (it goes into an `error` event).
+const MAX_REASON_LEN: usize = 256;
 
 #[derive(Serialize)]
 struct InfoResult<'a> {
@@ -516,6 +535,21 @@ async fn run_one(
                 connections: mine,
                 region_connections: load.connections,
                 region_nodes: load.nodes,
+            })
+        }
+        ApiMethod::Disconnect => {
+            let b: DisconnectBody = parse(body)?;
+            let reason = b.reason.unwrap_or_default();
+            if reason.len() > MAX_REASON_LEN {
+                return Err(bad(format!("`reason` is at most {MAX_REASON_LEN} bytes")));
+            }
+            let frame = super::disconnect_frame(&reason);
+            let disconnected = node
+                .timed("send_direct", store.send_direct(&b.user, &frame))
+                .await?;
+            encode(&DisconnectResult {
+                user: b.user,
+                disconnected,
             })
         }
         ApiMethod::Batch => Err(bad("a batch cannot contain a batch")),

@@ -27,6 +27,30 @@ pub use methods::ApiMethod;
 /// The committed OpenAPI 3 document of this API, served as is.
 pub const OPENAPI: &str = include_str!("../../../../docs/server-api.openapi.json");
 
+/// The start of the control frame `disconnect` sends on the direct-message path.
+const DISCONNECT_HEAD: &str = r#"{"type":"server_disconnect","reason":"#;
+
+/// The frame that tells the nodes holding a user's connections to close them with `reason`.
+pub(crate) fn disconnect_frame(reason: &str) -> String {
+    let reason = serde_json::to_string(reason).unwrap_or_else(|_| "\"\"".into());
+    format!("{DISCONNECT_HEAD}{reason}}}")
+}
+
+/// The reason of a [`disconnect_frame`], or `None` for any other frame (a client's direct
+/// message is an encoded `direct` event).
+pub(crate) fn disconnect_reason(frame: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Disconnect {
+        reason: String,
+    }
+    if !frame.starts_with(DISCONNECT_HEAD.as_bytes()) {
+        return None;
+    }
+    serde_json::from_slice::<Disconnect>(frame)
+        .ok()
+        .map(|d| d.reason)
+}
+
 /// A failed call: the HTTP status follows from the code.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
@@ -244,6 +268,26 @@ async fn call(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn disconnect_frames_round_trip_and_nothing_else_is_one() {
+        let f = disconnect_frame("bye \"now\"");
+        assert_eq!(
+            disconnect_reason(f.as_bytes()).as_deref(),
+            Some("bye \"now\"")
+        );
+        assert_eq!(
+            disconnect_reason(
+                br#"{"type":"direct","from":"a","data":{"type":"server_disconnect","reason":"x"}}"#
+            ),
+            None
+        );
+        assert_eq!(
+            disconnect_reason(br#"{"type":"server_disconnect","reason":"#),
+            None
+        );
+        assert_eq!(disconnect_reason(b""), None);
+    }
 
     #[test]
     fn the_openapi_document_lists_exactly_the_methods() {
