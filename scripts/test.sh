@@ -3,8 +3,8 @@
 # real redis-server, and the end-to-end tests that start redis-server and region-node processes.
 # `scripts/test.sh --rust-only` (or MERIDIAN_TEST_ONLY=rust) skips the infrastructure checks
 # (terraform, Prometheus rules, systemd units: they install checkov, python-hcl2 and promtool),
-# the JavaScript and browser tests and the fuzzers while developing; CI (`.ci/run`) runs
-# everything.
+# the server API's schemathesis run, the JavaScript and browser tests and the fuzzers while
+# developing; CI (`.ci/run`) runs everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 only="${MERIDIAN_TEST_ONLY:-all}"
@@ -48,6 +48,8 @@ else
   cargo test --workspace --locked --no-fail-fast -- --test-threads 2
 fi
 if [ "$only" = all ]; then
+  # The server API against its OpenAPI document with schemathesis (installs it into .venv-api/).
+  bash scripts/api-schemathesis.sh
   # The JavaScript SDK: unit, end-to-end on `meridian up`, and the WebRTC demo in Chromium.
   bash clients/js/test.sh
   # A short run of every fuzz target (docs/fuzzing.md; FUZZ_SECONDS per target, 0 replays the

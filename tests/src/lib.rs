@@ -114,6 +114,8 @@ pub struct NodeProcess {
     child: Child,
     /// Its bound address.
     pub addr: SocketAddr,
+    /// Its server API address, when `extra` configured `[api]`.
+    pub api_addr: Option<SocketAddr>,
     _dir: TempDir,
 }
 
@@ -176,10 +178,14 @@ impl NodeProcess {
             .context("spawn region-node")?;
         let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
         let (tx, rx) = std::sync::mpsc::channel();
+        let (api_tx, api_rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Some(addr) = line.strip_prefix("listening on ") {
                     let _ = tx.send(addr.trim().to_owned());
+                }
+                if let Some(addr) = line.strip_prefix("api listening on ") {
+                    let _ = api_tx.send(addr.trim().to_owned());
                 }
             }
         });
@@ -190,9 +196,22 @@ impl NodeProcess {
                 bail!("region-node did not report its address");
             }
         };
+        // The API line follows the client one at once when the API is configured.
+        let api_addr = if extra.contains("[api]") {
+            match api_rx.recv_timeout(Duration::from_secs(5)) {
+                Ok(a) => Some(a.parse()?),
+                Err(_) => {
+                    let _ = child.kill();
+                    bail!("region-node did not report its API address");
+                }
+            }
+        } else {
+            None
+        };
         Ok(Self {
             child,
             addr,
+            api_addr,
             _dir: dir,
         })
     }

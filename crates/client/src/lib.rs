@@ -19,6 +19,8 @@
 //! - `frame`: decoding the node's frames ([`Frame`], [`Event`], [`RoomEvent`]).
 //! - `transport`: TCP/TLS and the WebSocket upgrade ([`ConnectOptions`]).
 //! - `error`: [`ClientError`], [`ServerError`], [`CloseInfo`].
+//! - [`server`]: helpers for an application backend calling a node's server API
+//!   (`docs/server-api.md`), over HTTP+JSON rather than the WebSocket.
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
@@ -27,6 +29,7 @@ mod error;
 mod frame;
 mod ops;
 mod position;
+pub mod server;
 mod transport;
 
 pub use connection::{Connection, Received, CLOSE_WAIT};

@@ -419,6 +419,86 @@ pub struct NodeConfig {
     /// Room history.
     #[serde(default)]
     pub history: History,
+    /// The server API for application backends (`docs/server-api.md`): off unless set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<ApiConfig>,
+}
+
+/// The server API: HTTP+JSON on its own listener, for application backends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Its own address, never the client port.
+    pub listen: SocketAddr,
+    /// API keys (`Authorization: Bearer <secret>`).
+    #[serde(default)]
+    pub keys: Vec<ApiKey>,
+    /// A TOML file of more keys (`[[keys]]` tables like `api.keys`), re-read when its
+    /// modification time changes (checked every second): rotating a key needs no restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys_file: Option<std::path::PathBuf>,
+    /// Largest request body (bytes); larger gets 413 `too_large`.
+    #[serde(default = "default_api_max_body")]
+    pub max_body_bytes: usize,
+}
+
+fn default_api_max_body() -> usize {
+    64 * 1024
+}
+
+/// One API key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKey {
+    /// A name for logs and metrics (never the secret).
+    pub name: String,
+    /// The bearer secret (at least 16 bytes).
+    pub secret: String,
+    /// What the key may do: `publish` (publish, broadcast, send), `read` (members, presence,
+    /// state_get, history, info), `state` (state_set, state_delete), `admin` (everything).
+    pub scopes: Vec<String>,
+    /// The user id the key's publishes, messages and state writes are shown as.
+    #[serde(default = "default_api_from")]
+    pub from: String,
+}
+
+fn default_api_from() -> String {
+    "server".into()
+}
+
+/// The scopes an API key may hold.
+pub const API_SCOPES: [&str; 4] = ["publish", "read", "state", "admin"];
+
+impl ApiKey {
+    /// Checks one key; `Err` is the one-line reason.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.name.is_empty() {
+            return Err("api.keys: every key needs a name".into());
+        }
+        if self.secret.len() < 16 {
+            return Err(format!(
+                "api.keys {:?}: secret must be at least 16 bytes",
+                self.name
+            ));
+        }
+        if let Some(bad) = self
+            .scopes
+            .iter()
+            .find(|s| !API_SCOPES.contains(&s.as_str()))
+        {
+            return Err(format!(
+                "api.keys {:?}: unknown scope {bad:?} (known: publish, read, state, admin)",
+                self.name
+            ));
+        }
+        if meridian_protocol::UserId::new(self.from.as_str()).is_err() {
+            return Err(format!(
+                "api.keys {:?}: from {:?} is not a valid user id",
+                self.name, self.from
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl NodeConfig {
@@ -451,6 +531,7 @@ impl NodeConfig {
             limits: Limits::default(),
             timing: Timing::default(),
             history: History::default(),
+            api: None,
         }
     }
 
@@ -559,6 +640,18 @@ impl NodeConfig {
         }
         if self.history.len == 0 || self.history.max_replay == 0 {
             return fail("history.len and history.max_replay must be at least 1".into());
+        }
+        if let Some(api) = &self.api {
+            let clash = |a: SocketAddr| a == api.listen && a.port() != 0;
+            if clash(self.listen) || self.ops_listen.is_some_and(clash) {
+                return fail("api.listen must differ from listen and ops_listen".into());
+            }
+            if !(256..=16 * 1024 * 1024).contains(&api.max_body_bytes) {
+                return fail("api.max_body_bytes must be between 256 and 16 MiB".into());
+            }
+            for key in &api.keys {
+                key.validate().map_err(ConfigError::Invalid)?;
+            }
         }
         Ok(())
     }
@@ -688,6 +781,11 @@ mod tests {
             (format!("{MINIMAL}\n[limits]\ntrusted_proxies = [\"10.0.0.0/40\"]"), "limits.trusted_proxies"),
             (format!("{MINIMAL}\n[timing]\nupgrade_timeout_ms = 0"), "timing.upgrade_timeout_ms"),
             (format!("{MINIMAL}\nops_listen = \"127.0.0.1:7001\""), "ops_listen"),
+            (format!("{MINIMAL}\n[api]\nlisten = \"127.0.0.1:7001\""), "api.listen"),
+            (format!("{MINIMAL}\n[api]\nlisten = \"127.0.0.1:7002\"\n[[api.keys]]\nname = \"a\"\nsecret = \"short\"\nscopes = []"), "api.keys"),
+            (format!("{MINIMAL}\n[api]\nlisten = \"127.0.0.1:7002\"\n[[api.keys]]\nname = \"a\"\nsecret = \"0123456789abcdef\"\nscopes = [\"root\"]"), "unknown scope"),
+            (format!("{MINIMAL}\n[api]\nlisten = \"127.0.0.1:7002\"\nmax_body_bytes = 1"), "api.max_body_bytes"),
+            (format!("{MINIMAL}\n[api]\nlisten = \"127.0.0.1:7002\"\nbogus = 1"), "bogus"),
         ];
         for (toml, key) in cases {
             let e = parse(&toml).unwrap_err().to_string();

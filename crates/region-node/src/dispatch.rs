@@ -43,6 +43,14 @@ pub(crate) async fn dispatch(
                     .observe(started.elapsed().as_secs_f64());
             }
             Inbound::Direct { user, frame } => {
+                // The server API's `disconnect` travels the direct-message path to whichever
+                // nodes hold the user's connections; a client's direct message is always an
+                // encoded `direct` event, so it cannot pose as one.
+                if let Some(reason) = crate::api::disconnect_reason(&frame) {
+                    let n = node.local.disconnect_user(&user, &reason);
+                    tracing::info!(%user, connections = n, "disconnecting a user for the server API");
+                    continue;
+                }
                 if let Ok(text) = Utf8Bytes::try_from(frame) {
                     node.local.deliver_direct(&user, &text);
                 }

@@ -24,6 +24,9 @@ pub enum KickReason {
     /// The node could not renew its lease in time and may have been reaped: its memberships
     /// cannot be trusted, so every client resumes (on any node).
     LeaseLost,
+    /// The application's backend disconnected the user (server API `disconnect`): the client
+    /// gets an `error` event with the backend's reason instead of `reconnect`.
+    Disconnected,
 }
 
 impl KickReason {
@@ -33,6 +36,7 @@ impl KickReason {
             Self::SlowConsumer => "slow_consumer",
             Self::Resync => "resync",
             Self::LeaseLost => "lease_lost",
+            Self::Disconnected => "disconnected",
         }
     }
 }
@@ -45,6 +49,8 @@ pub struct Outbox {
     /// Cancelled when the connection must go: the session sends `reconnect` and closes.
     pub kicked: CancellationToken,
     reason: Arc<std::sync::OnceLock<KickReason>>,
+    /// The backend's words with [`KickReason::Disconnected`].
+    note: Arc<std::sync::OnceLock<Box<str>>>,
 }
 
 impl Outbox {
@@ -54,6 +60,7 @@ impl Outbox {
             tx,
             kicked: CancellationToken::new(),
             reason: Arc::default(),
+            note: Arc::default(),
         }
     }
 
@@ -86,6 +93,17 @@ impl Outbox {
     pub fn kick(&self, reason: KickReason) {
         let _ = self.reason.set(reason);
         self.kicked.cancel();
+    }
+
+    /// Disconnects the connection for the backend, with its `reason` for the client.
+    pub fn disconnect(&self, reason: &str) {
+        let _ = self.note.set(reason.into());
+        self.kick(KickReason::Disconnected);
+    }
+
+    /// The backend's reason, once [`Outbox::disconnect`] was called.
+    pub fn disconnect_note(&self) -> Option<&str> {
+        self.note.get().map(|n| &**n)
     }
 
     /// Whether it was kicked: one atomic load (the token's own `is_cancelled` takes a mutex).
@@ -380,6 +398,16 @@ impl LocalIndex {
                 users.remove(user);
             }
         }
+    }
+
+    /// Disconnects every local connection of `user` with `reason`; returns how many.
+    pub fn disconnect_user(&self, user: &UserId, reason: &str) -> usize {
+        let users = self.users.lock().unwrap_or_else(|p| p.into_inner());
+        let conns = users.get(user).map(Vec::as_slice).unwrap_or_default();
+        for (_, outbox) in conns {
+            outbox.disconnect(reason);
+        }
+        conns.len()
     }
 
     /// Hands a direct message to every local connection of `user` whose queue has room for it

@@ -5,6 +5,7 @@
 //! Redis in production). Any node serves any user; a node that dies loses only sockets, and
 //! the others reap its members once its lease expires.
 //!
+//! - [`api`]: the server API for application backends (HTTP+JSON on `api.listen`).
 //! - [`config`]: the TOML/env configuration, validated at start.
 //! - [`admission`]: the node's bounded accept rate (sheds reconnect storms).
 //! - [`context`]: the [`Node`] every session, loop and handler shares.
@@ -19,6 +20,7 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod admission;
+pub mod api;
 pub mod config;
 pub mod context;
 mod dispatch;

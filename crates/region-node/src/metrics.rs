@@ -54,6 +54,8 @@ pub struct Metrics {
     /// Times the node re-registered its lease after it had expired and re-asserted its
     /// sessions' presence and memberships.
     pub lease_reasserts: Counter,
+    /// Server API calls, by method and HTTP status.
+    pub api_calls: Family<Labels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -96,6 +98,7 @@ impl Metrics {
             unauthenticated: Gauge::default(),
             at_fd_limit: Gauge::default(),
             lease_reasserts: Counter::default(),
+            api_calls: Family::default(),
             registry: Registry::default(),
         };
         let r = &mut root;
@@ -168,6 +171,11 @@ impl Metrics {
             "Times the node re-registered an expired lease and re-asserted its sessions",
             m.lease_reasserts.clone(),
         );
+        r.register(
+            "api_calls",
+            "Server API calls by method and HTTP status",
+            m.api_calls.clone(),
+        );
         Self {
             registry: root,
             ..m
@@ -185,6 +193,13 @@ impl Metrics {
     pub fn refused(&self, reason: &'static str) {
         self.refused_connections
             .get_or_create(&vec![("reason", reason)])
+            .inc();
+    }
+
+    /// Counts one server API call.
+    pub fn api_call(&self, method: &'static str, status: &'static str) {
+        self.api_calls
+            .get_or_create(&vec![("method", method), ("status", status)])
             .inc();
     }
 

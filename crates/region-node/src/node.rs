@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admission::Shed;
+use crate::api::KeySet;
 use crate::config::NodeConfig;
 pub use crate::context::Node;
 use crate::dispatch::dispatch;
@@ -38,6 +39,9 @@ pub enum NodeError {
     /// The listener failed.
     #[error("server I/O: {0}")]
     Io(#[from] std::io::Error),
+    /// The server API's keys could not be loaded (`api.keys_file`).
+    #[error("{0}")]
+    ApiKeys(String),
 }
 
 /// A started node: its address and a handle to wait for it.
@@ -47,6 +51,8 @@ pub struct RunningNode {
     pub addr: SocketAddr,
     /// The bound operations address (`ops_listen`), if there is one.
     pub ops_addr: Option<SocketAddr>,
+    /// The bound server API address (`api.listen`), if the API is on.
+    pub api_addr: Option<SocketAddr>,
     /// The node's id in the store.
     pub node_id: NodeId,
     /// Resolves when the node has fully stopped.
@@ -102,13 +108,22 @@ pub async fn start_with_store(
         None => None,
     };
     let ops_addr = ops.as_ref().map(TcpListener::local_addr).transpose()?;
+    let api = match &config.api {
+        Some(c) => {
+            let keys = KeySet::new(c).map_err(NodeError::ApiKeys)?;
+            Some((TcpListener::bind(c.listen).await?, Arc::new(keys)))
+        }
+        None => None,
+    };
+    let api_addr = api.as_ref().map(|(l, _)| l.local_addr()).transpose()?;
     let node_id = store.node().clone();
     let node = Arc::new(Node::new(config, store));
-    tracing::info!(%addr, ?ops_addr, node = %node_id, region = %node.config.region, "region node serving");
-    let done = tokio::spawn(run(node, listener, ops, inbound, shutdown));
+    tracing::info!(%addr, ?ops_addr, ?api_addr, node = %node_id, region = %node.config.region, "region node serving");
+    let done = tokio::spawn(run(node, listener, ops, api, inbound, shutdown));
     Ok(RunningNode {
         addr,
         ops_addr,
+        api_addr,
         node_id,
         done,
     })
@@ -118,18 +133,33 @@ async fn run(
     node: Arc<Node>,
     listener: TcpListener,
     ops: Option<TcpListener>,
+    api: Option<(TcpListener, Arc<KeySet>)>,
     inbound: mpsc::Receiver<Inbound>,
     shutdown: CancellationToken,
 ) -> Result<(), NodeError> {
     let loops = CancellationToken::new();
+    let ops_stop = CancellationToken::new();
+    let ops_stop_for_api = ops_stop.clone();
     let background = TaskTracker::new();
     background.spawn(dispatch(node.clone(), inbound, loops.clone()));
     background.spawn(lease_loop(node.clone(), loops.clone()));
     background.spawn(reap_loop(node.clone(), loops.clone()));
+    // The server API, like the ops listener, serves until the drain is over (backends may
+    // still publish to the sessions moving away).
+    let api_server = api.map(|(listener, keys)| {
+        background.spawn(keys.clone().watch(loops.clone()));
+        let max_body = node.config.api.as_ref().map_or(0, |a| a.max_body_bytes);
+        let app = crate::api::router(node.clone(), keys, max_body);
+        tokio::spawn(serve_ops(
+            node.clone(),
+            listener,
+            app,
+            ops_stop_for_api.clone(),
+        ))
+    });
     background.close();
 
     // The ops listener outlives the drain: balancers see `/readyz` 503 until the end.
-    let ops_stop = CancellationToken::new();
     let ops_app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -164,6 +194,11 @@ async fn run(
     if let Some(ops) = ops_server {
         if let Err(e) = ops.await {
             tracing::warn!(error = %e, "ops server task failed");
+        }
+    }
+    if let Some(api) = api_server {
+        if let Err(e) = api.await {
+            tracing::warn!(error = %e, "API server task failed");
         }
     }
     loops.cancel();

@@ -68,6 +68,9 @@ async fn serve(config: NodeConfig) -> anyhow::Result<()> {
     if let Some(ops) = running.ops_addr {
         println!("ops listening on {ops}");
     }
+    if let Some(api) = running.api_addr {
+        println!("api listening on {api}");
+    }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: draining"),

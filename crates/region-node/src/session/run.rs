@@ -159,6 +159,19 @@ impl Session {
         } else {
             close::TRY_LATER
         };
+        if reason == KickReason::Disconnected {
+            let note = self.outbox.disconnect_note().unwrap_or_default();
+            tracing::info!(user = %self.conn.user, note, "disconnected by the server API");
+            let message = format!("disconnected by the server: {note}");
+            let text = Event::Error {
+                code: ErrorCode::Forbidden,
+                message: &message,
+            }
+            .encode();
+            send_text(node, ws, text).await;
+            close_with(ws, close::POLICY, reason.as_str()).await;
+            return;
+        }
         tracing::info!(user = %self.conn.user, reason = reason.as_str(), "telling the client to reconnect");
         let text = Event::Reconnect {
             after_ms: jitter(100, 1_000),
