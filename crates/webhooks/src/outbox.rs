@@ -1,0 +1,125 @@
+//! The region's webhook outbox in Redis: `K` partition streams `mw:wh:p<i>`, a marker key
+//! `mw:wh:on` (the partition count, kept alive by nodes with webhooks on: without it the Lua
+//! scripts write nothing) and per-endpoint partition leases `mw:wh:lease:<endpoint>:<i>`.
+//!
+//! Events of one room hash (djb2 of `r:<room>`) to one partition, events of one user
+//! (`u:<user>`) to one partition, so a single owner per partition delivers them in order.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::event::EventKind;
+
+/// The marker key: its value is the partition count.
+pub const ON_KEY: &str = "mw:wh:on";
+
+/// Stream key of partition `p`.
+pub fn stream_key(p: u16) -> String {
+    format!("mw:wh:p{p}")
+}
+
+/// Lease key of `endpoint` on partition `p`.
+pub fn lease_key(endpoint: &str, p: u16) -> String {
+    format!("mw:wh:lease:{endpoint}:{p}")
+}
+
+/// djb2 modulo 2^32, the same arithmetic as the Lua side (exact in doubles).
+pub fn partition_of(key: &str, partitions: u16) -> u16 {
+    let mut h: u64 = 5381;
+    for b in key.bytes() {
+        h = (h * 33 + u64::from(b)) % 4_294_967_296;
+    }
+    (h % u64::from(partitions.max(1))) as u16
+}
+
+/// Lua shared by the scripts that produce events: `wh_emit(kind, room, user, reason, key)`
+/// appends one entry to the partition of `key` when the marker says webhooks are on.
+/// Undeclared keys: fine for the single-primary deployments Meridian supports (no Cluster).
+pub const EMIT_LUA: &str = r#"
+local function wh_emit(kind, room, user, reason, pkey, region)
+  local k = tonumber(redis.call('GET', 'mw:wh:on') or '0')
+  if k <= 0 then return end
+  local h = 5381
+  for i = 1, #pkey do h = (h * 33 + string.byte(pkey, i)) % 4294967296 end
+  local t = redis.call('TIME')
+  local at = string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+  local f = {'t', kind, 'g', region, 'at', at}
+  if room then table.insert(f, 'r'); table.insert(f, room) end
+  if user then table.insert(f, 'u'); table.insert(f, user) end
+  if reason then table.insert(f, 'why'); table.insert(f, reason) end
+  redis.call('XADD', 'mw:wh:p' .. string.format('%d', h % k), 'MAXLEN', '~',
+    redis.call('GET', 'mw:wh:max') or '1000000', '*', unpack(f))
+end
+"#;
+
+/// Appends one event from Rust (tests, and producers outside Lua). Returns the entry id.
+pub async fn append(
+    conn: &mut impl redis::aio::ConnectionLike,
+    partitions: u16,
+    region: &str,
+    kind: EventKind,
+    room: Option<&str>,
+    user: Option<&str>,
+    reason: Option<&str>,
+) -> redis::RedisResult<String> {
+    let pkey = match (room, user) {
+        (Some(r), _) => format!("r:{r}"),
+        (None, Some(u)) => format!("u:{u}"),
+        (None, None) => String::new(),
+    };
+    let at = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(stream_key(partition_of(&pkey, partitions)))
+        .arg("*")
+        .arg("t")
+        .arg(kind.as_str())
+        .arg("g")
+        .arg(region)
+        .arg("at")
+        .arg(at);
+    for (f, v) in [("r", room), ("u", user), ("why", reason)] {
+        if let Some(v) = v {
+            cmd.arg(f).arg(v);
+        }
+    }
+    cmd.query_async(conn).await
+}
+
+/// Marks webhooks on for `ttl_ms` (nodes with endpoints refresh it).
+pub async fn mark_on(
+    conn: &mut impl redis::aio::ConnectionLike,
+    partitions: u16,
+    stream_max_len: u64,
+    ttl_ms: u64,
+) -> redis::RedisResult<()> {
+    redis::pipe()
+        .cmd("SET")
+        .arg(ON_KEY)
+        .arg(partitions)
+        .arg("PX")
+        .arg(ttl_ms)
+        .ignore()
+        .cmd("SET")
+        .arg("mw:wh:max")
+        .arg(stream_max_len)
+        .arg("PX")
+        .arg(ttl_ms)
+        .ignore()
+        .query_async(conn)
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_are_stable_and_in_range() {
+        assert_eq!(partition_of("r:lobby", 8), partition_of("r:lobby", 8));
+        for i in 0..100 {
+            assert!(partition_of(&format!("r:{i}"), 8) < 8);
+        }
+        assert_eq!(partition_of("x", 0), 0);
+    }
+}
