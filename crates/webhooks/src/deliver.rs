@@ -424,14 +424,22 @@ impl Worker {
     ) -> redis::RedisResult<Outcome> {
         let ep = self.endpoint().clone();
         let events = self.events_of(entries);
+        let reported = events
+            .first()
+            .filter(|e| e.kind == EventKind::Dropped)
+            .and_then(|e| e.count)
+            .unwrap_or(0);
         if !events.is_empty() {
             let batch = Batch {
+                // Stable across retries and owners: the same first event and length are the
+                // same events (a group's entries are read in stream order).
                 id: format!(
-                    "{}.{}.{}.{}",
+                    "{}.{}.{}.{}.{}",
                     self.shared.region,
                     ep.name,
                     self.p,
-                    events.first().map_or("-", |e| e.id.as_str())
+                    events.first().map_or("-", |e| e.id.as_str()),
+                    events.len()
                 ),
                 events,
             };
@@ -451,7 +459,8 @@ impl Worker {
                     self.shared
                         .metrics
                         .delivered(&ep.name, batch.events.len() as u64);
-                    self.dropped_unreported = 0;
+                    // Drops counted while this batch was retried go in the next one.
+                    self.dropped_unreported = self.dropped_unreported.saturating_sub(reported);
                     break;
                 }
                 self.shared.metrics.batch(&ep.name, "failed");
@@ -485,6 +494,8 @@ impl Worker {
                     if !self.hold_lease(conn).await? {
                         return Ok(Outcome::LostLease);
                     }
+                    // The backlog grows while we wait: keep it bounded.
+                    self.trim_backlog(conn).await?;
                 }
                 self.shared.metrics.batch(&ep.name, "retried");
             }

@@ -16,6 +16,8 @@ pub mod event;
 mod metrics;
 pub mod outbox;
 pub mod signature;
+#[cfg(feature = "test-support")]
+pub mod testing;
 
 pub use config::{EndpointConfig, RetryConfig, WebhooksConfig, WebhooksConfigError};
 pub use event::{Batch, EventKind, WebhookEvent};
