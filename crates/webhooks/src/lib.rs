@@ -7,7 +7,7 @@
 //! are in [`event`], settings in [`config`]; `docs/webhooks.md` is the receiver's guide.
 //!
 //! Neighbours: `region-node` starts the workers and registers [`WebhookMetrics`];
-//! `region-state` embeds [`outbox::EMIT_LUA`]-equivalent Lua in its scripts.
+//! `region-state` writes the outbox from its Lua scripts (`region_state::WEBHOOK_LUA`).
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod config;

@@ -4,6 +4,9 @@
 //!
 //! Events of one room hash (djb2 of `r:<room>`) to one partition, events of one user
 //! (`u:<user>`) to one partition, so a single owner per partition delivers them in order.
+//! The production writer is the Lua `wh_emit` in `region_state::WEBHOOK_LUA`, called inside
+//! the join, leave, region-down and presence scripts (atomic with the change); [`append`] is
+//! its Rust twin for tests.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -30,26 +33,6 @@ pub fn partition_of(key: &str, partitions: u16) -> u16 {
     }
     (h % u64::from(partitions.max(1))) as u16
 }
-
-/// Lua shared by the scripts that produce events: `wh_emit(kind, room, user, reason, key)`
-/// appends one entry to the partition of `key` when the marker says webhooks are on.
-/// Undeclared keys: fine for the single-primary deployments Meridian supports (no Cluster).
-pub const EMIT_LUA: &str = r#"
-local function wh_emit(kind, room, user, reason, pkey, region)
-  local k = tonumber(redis.call('GET', 'mw:wh:on') or '0')
-  if k <= 0 then return end
-  local h = 5381
-  for i = 1, #pkey do h = (h * 33 + string.byte(pkey, i)) % 4294967296 end
-  local t = redis.call('TIME')
-  local at = string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
-  local f = {'t', kind, 'g', region, 'at', at}
-  if room then table.insert(f, 'r'); table.insert(f, room) end
-  if user then table.insert(f, 'u'); table.insert(f, user) end
-  if reason then table.insert(f, 'why'); table.insert(f, reason) end
-  redis.call('XADD', 'mw:wh:p' .. string.format('%d', h % k), 'MAXLEN', '~',
-    redis.call('GET', 'mw:wh:max') or '1000000', '*', unpack(f))
-end
-"#;
 
 /// Appends one event from Rust (tests, and producers outside Lua). Returns the entry id.
 pub async fn append(
