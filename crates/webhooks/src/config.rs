@@ -3,12 +3,12 @@
 
 use std::collections::HashSet;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::event::EventKind;
 
 /// The `[webhooks]` table of a node's configuration.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WebhooksConfig {
     /// The endpoints; none (the default) turns webhooks off: no stream writes at all.
@@ -34,7 +34,7 @@ impl Default for WebhooksConfig {
 }
 
 /// One receiver.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointConfig {
     /// Stable name (`[A-Za-z0-9_-]`, ≤ 64): the consumer group of its cursor.
@@ -64,7 +64,7 @@ pub struct EndpointConfig {
 
 /// Exponential backoff of a failing batch: `base_ms · 2^attempt`, capped at `max_ms`, for
 /// `give_up_after_s` in total (then the batch is dropped and reported).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RetryConfig {
     /// First delay.

@@ -19,6 +19,9 @@ pub mod signature;
 #[cfg(feature = "test-support")]
 pub mod testing;
 
+/// The Redis client the workers take ([`deliver::spawn`]).
+pub use redis;
+
 pub use config::{EndpointConfig, RetryConfig, WebhooksConfig, WebhooksConfigError};
 pub use event::{Batch, EventKind, WebhookEvent};
 pub use metrics::WebhookMetrics;

@@ -21,25 +21,26 @@ pub struct WebhookMetrics {
 }
 
 impl WebhookMetrics {
-    /// Registers the metrics under `meridian_webhook_*`.
+    /// Registers the metrics as `webhook_*` under the registry's prefix (the node's:
+    /// `meridian_node_webhook_*`).
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
-            "meridian_webhook_batches",
+            "webhook_batches",
             "Webhook batch attempts by endpoint and result",
             self.batches.clone(),
         );
         registry.register(
-            "meridian_webhook_events",
+            "webhook_events",
             "Webhook events delivered by endpoint",
             self.events.clone(),
         );
         registry.register(
-            "meridian_webhook_dropped",
+            "webhook_dropped",
             "Webhook events dropped by endpoint (backlog full or retries exhausted)",
             self.dropped.clone(),
         );
         registry.register(
-            "meridian_webhook_backlog",
+            "webhook_backlog",
             "Webhook events waiting for an endpoint in the last partition read",
             self.backlog.clone(),
         );
