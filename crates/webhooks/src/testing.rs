@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -32,6 +32,7 @@ pub struct RawRequest {
 struct Inner {
     verifier: Verifier,
     failing: bool,
+    failing_until: Option<Instant>,
     attempts: usize,
     accepted: Vec<(RawRequest, Batch)>,
     refused: Vec<VerifyError>,
@@ -57,6 +58,7 @@ impl TestReceiver {
         let inner = Arc::new(Mutex::new(Inner {
             verifier: Verifier::new(secret, 300),
             failing: false,
+            failing_until: None,
             attempts: 0,
             accepted: Vec::new(),
             refused: Vec::new(),
@@ -78,6 +80,11 @@ impl TestReceiver {
     /// Answers 500 to everything while `failing`.
     pub fn set_failing(&self, failing: bool) {
         lock(&self.inner).failing = failing;
+    }
+
+    /// Answers 500 to everything for `period` from now.
+    pub fn fail_for(&self, period: Duration) {
+        lock(&self.inner).failing_until = Some(Instant::now() + period);
     }
 
     /// Closes the port: senders get connection refused.
@@ -165,7 +172,7 @@ async fn receive(State(inner): State<Shared>, headers: HeaderMap, body: Bytes) -
     };
     let mut g = lock(&inner);
     g.attempts += 1;
-    if g.failing {
+    if g.failing || g.failing_until.is_some_and(|t| Instant::now() < t) {
         return StatusCode::INTERNAL_SERVER_ERROR;
     }
     let now = SystemTime::now()
