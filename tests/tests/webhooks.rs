@@ -88,10 +88,19 @@ async fn members_in_two_regions_are_reported_once_each() -> Result<()> {
     ensure!(left["user"] == "bob", "{left}");
     leave(&mut alice, "lobby").await?;
 
-    let vacated = |rx: &TestReceiver| rx.events().iter().any(|e| e.kind == EventKind::RoomVacated);
+    // Each region delivers its own outbox: wait for the last event of both.
+    let complete = |rx: &TestReceiver| {
+        let events = rx.events();
+        let has = |kind, user: Option<&str>| {
+            events
+                .iter()
+                .any(|e| e.kind == kind && e.user.as_deref() == user)
+        };
+        has(EventKind::RoomVacated, None) && has(EventKind::MemberLeft, Some("bob"))
+    };
     ensure!(
-        eventually(Duration::from_secs(20), || async { vacated(&rx) }).await,
-        "no room.vacated; got {:?}",
+        eventually(Duration::from_secs(20), || async { complete(&rx) }).await,
+        "incomplete; got {:?}",
         rx.events()
     );
     let events = rx.events();
