@@ -148,6 +148,58 @@ async fn members_in_two_regions_are_reported_once_each() -> Result<()> {
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_declared_down_has_its_members_reported_left_once() -> Result<()> {
+    let rx = TestReceiver::start(HOOK_SECRET).await?;
+    let timing = MeshTiming {
+        node_extra: hooks_toml(&rx.url()),
+        grace_ms: 1_000,
+        ..MeshTiming::default()
+    };
+    let mesh = TestMesh::start(&[US, EU], 0, 1, timing).await?;
+    let mut alice = connect(&mesh.region(US)?.node.ws_url(), "alice").await?;
+    let mut bob = connect(&mesh.region(EU)?.node.ws_url(), "bob").await?;
+    join(&mut alice, "lobby").await?;
+    join(&mut bob, "lobby").await?;
+    let long = Duration::from_secs(15);
+    ensure!(alice.event_within("joined", long).await?["user"] == "bob");
+    ensure!(bob.event_within("joined", long).await?["user"] == "alice");
+    mesh.partition(US, EU, true)?;
+    let down = |rx: &TestReceiver, user: &str| {
+        rx.events()
+            .iter()
+            .filter(|e| {
+                e.kind == EventKind::MemberLeft
+                    && e.user.as_deref() == Some(user)
+                    && e.reason.as_deref() == Some("region_down")
+            })
+            .count()
+    };
+    ensure!(
+        eventually(Duration::from_secs(20), || async {
+            down(&rx, "bob") >= 1 && down(&rx, "alice") >= 1
+        })
+        .await,
+        "no region_down lefts: {:?}",
+        rx.events()
+    );
+    let events = rx.events();
+    ensure_unique(&events)?;
+    ensure!(
+        down(&rx, "bob") == 1 && down(&rx, "alice") == 1,
+        "{events:?}"
+    );
+    // Each side reports the other's member: the only region left holding the room.
+    let by = |user: &str| {
+        events
+            .iter()
+            .find(|e| e.user.as_deref() == Some(user) && e.reason.as_deref() == Some("region_down"))
+            .map(|e| e.region.clone())
+    };
+    ensure!(by("bob").as_deref() == Some(US) && by("alice").as_deref() == Some(EU));
+    Ok(())
+}
+
 /// The outbox of one region: per room, its entries' event ids in stream order.
 async fn outbox_order(redis: &RedisServer) -> Result<BTreeMap<String, Vec<String>>> {
     let mut conn = redis::Client::open(redis.url())?

@@ -551,7 +551,7 @@ for j = 1, #reg, 2 do
       redis.call('HDEL', KEYS[6], user)
       redis.call('HDEL', KEYS[10], user)
       append(member_head('left', room, user, gone, 'region_down', nil))
-      if emit then wh_emit('member.left', room, user, 'region_down', gone) end
+      if emit then wh_emit('member.left', room, user, 'region_down', ARGV[5]) end
       removed = removed + 1
     end
   end
