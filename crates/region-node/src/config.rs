@@ -422,6 +422,9 @@ pub struct NodeConfig {
     /// The server API for application backends (`docs/server-api.md`): off unless set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api: Option<ApiConfig>,
+    /// Webhook endpoints (`docs/webhooks.md`); none by default.
+    #[serde(default)]
+    pub webhooks: meridian_webhooks::WebhooksConfig,
 }
 
 /// The server API: HTTP+JSON on its own listener, for application backends.
@@ -532,6 +535,7 @@ impl NodeConfig {
             timing: Timing::default(),
             history: History::default(),
             api: None,
+            webhooks: Default::default(),
         }
     }
 
@@ -556,6 +560,12 @@ impl NodeConfig {
         }
         if let Err(m) = self.store.validate() {
             return fail(m);
+        }
+        if let Err(e) = self.webhooks.validate() {
+            return fail(e.to_string());
+        }
+        if self.webhooks.enabled() && !matches!(self.store, StoreConfig::Redis { .. }) {
+            return fail("webhooks: endpoints need store.kind = \"redis\"".into());
         }
         let l = &self.limits;
         if !(256..=16 * 1024 * 1024).contains(&l.max_frame_bytes) {
@@ -799,6 +809,48 @@ mod tests {
         NodeConfig::dev("dev", "0123456789abcdef")
             .validate()
             .unwrap();
+    }
+
+    const WEBHOOK: &str = r#"
+        [[webhooks.endpoints]]
+        name = "crm"
+        url = "http://127.0.0.1:9000/hook"
+        secret = "0123456789abcdef"
+        events = ["member.joined", "member.left"]
+        batch_max_events = 50
+        retry = { base_ms = 100, max_ms = 1000, give_up_after_s = 60 }
+    "#;
+
+    #[test]
+    fn webhooks_are_off_by_default_and_parse_when_set() {
+        assert!(!parse(MINIMAL).unwrap().webhooks.enabled());
+        let c = parse(&format!("{MINIMAL}{WEBHOOK}")).unwrap();
+        assert_eq!(c.webhooks.endpoints[0].batch_max_events, 50);
+        assert_eq!(c.webhooks.endpoints[0].retry.base_ms, 100);
+    }
+
+    #[test]
+    fn bad_webhooks_are_refused_with_one_line() {
+        let cases = [
+            format!("{MINIMAL}{}", WEBHOOK.replace("http://", "gopher://")),
+            format!("{MINIMAL}{}", WEBHOOK.replace("0123456789abcdef\"", "x\"")),
+            format!("{MINIMAL}{WEBHOOK}        surprise = 1\n"),
+            format!(
+                "{}{WEBHOOK}",
+                MINIMAL.replace(
+                    r#"{ kind = "redis", url = "redis://127.0.0.1:6379/" }"#,
+                    r#"{ kind = "memory" }"#
+                )
+            ),
+        ];
+        for text in cases {
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(
+                err.contains("webhooks") || err.contains("surprise"),
+                "{err}"
+            );
+            assert!(!err.trim_end().contains('\n'), "{err}");
+        }
     }
 }
 

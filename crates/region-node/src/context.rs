@@ -27,6 +27,8 @@ pub struct Node {
     pub local: LocalIndex,
     /// Metrics.
     pub metrics: Metrics,
+    /// Webhook delivery metrics (registered in `metrics`).
+    pub webhook_metrics: meridian_webhooks::WebhookMetrics,
     next_conn: AtomicU64,
     /// Fired on SIGTERM: sessions send `reconnect`, `/readyz` fails.
     pub draining: Signal,
@@ -54,6 +56,9 @@ impl std::fmt::Debug for Node {
 impl Node {
     /// A node on `store` with nothing connected yet.
     pub(crate) fn new(config: NodeConfig, store: Arc<dyn StateStore>) -> Self {
+        let mut metrics = Metrics::new(&config.region);
+        let webhook_metrics = meridian_webhooks::WebhookMetrics::default();
+        webhook_metrics.register(metrics.registry_mut());
         Node {
             admission: Admission::new(&config),
             renew_now: tokio::sync::Notify::new(),
@@ -62,7 +67,8 @@ impl Node {
                 Instant::now().checked_sub(Duration::from_millis(config.timing.lease_ttl_ms)),
             ),
             verifier: TokenVerifier::new(config.token_secret.as_bytes()),
-            metrics: Metrics::new(&config.region),
+            metrics,
+            webhook_metrics,
             config: Arc::new(config),
             store,
             local: LocalIndex::default(),

@@ -210,6 +210,11 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
+    /// The registry, for metrics owned elsewhere (webhook delivery).
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
     /// The text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::new();

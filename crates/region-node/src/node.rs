@@ -158,6 +158,7 @@ async fn run(
         ))
     });
     background.close();
+    let mut webhooks = start_webhooks(&node, loops.clone());
 
     // The ops listener outlives the drain: balancers see `/readyz` 503 until the end.
     let ops_app = Router::new()
@@ -203,6 +204,14 @@ async fn run(
     }
     loops.cancel();
     background.wait().await;
+    // A worker mid-request stops within its timeout; do not wait that long: what it was
+    // sending stays pending in Redis for the next lease holder.
+    let stopped = tokio::time::timeout(Duration::from_secs(2), async {
+        while webhooks.join_next().await.is_some() {}
+    });
+    if stopped.await.is_err() {
+        webhooks.abort_all();
+    }
     if !clean {
         // Keep the lease and index: once the lease expires, another node's reaper removes the
         // memberships these sessions could not.
@@ -215,6 +224,31 @@ async fn run(
         "node stopped"
     );
     Ok(())
+}
+
+/// The webhook delivery workers (`meridian-webhooks`), when endpoints are configured.
+fn start_webhooks(node: &Node, stop: CancellationToken) -> tokio::task::JoinSet<()> {
+    let cfg = &node.config.webhooks;
+    let crate::config::StoreConfig::Redis { url, .. } = &node.config.store else {
+        return tokio::task::JoinSet::new();
+    };
+    if !cfg.enabled() {
+        return tokio::task::JoinSet::new();
+    }
+    match meridian_webhooks::redis::Client::open(url.as_str()) {
+        Ok(client) => meridian_webhooks::deliver::spawn(
+            client,
+            cfg.clone(),
+            node.config.region.clone(),
+            node.store.node().to_string(),
+            node.webhook_metrics.clone(),
+            stop,
+        ),
+        Err(e) => {
+            tracing::error!(error = %e, "webhooks: bad Redis URL, webhooks off");
+            tokio::task::JoinSet::new()
+        }
+    }
 }
 
 /// The drain: every session is told to reconnect and given most of the drain deadline to go;

@@ -40,7 +40,7 @@ use serde_json::value::RawValue;
 pub use link::{RedisEndpoint, SentinelEndpoint};
 pub use memory::{MemoryRegion, MemoryStore};
 pub use redis_store::{Durability, RedisStore, RedisStoreConfig};
-pub use scripts::{INTEREST_CHANNEL, PRESENCE_CHANNEL, RELAY_NODE_PREFIX};
+pub use scripts::{INTEREST_CHANNEL, PRESENCE_CHANNEL, RELAY_NODE_PREFIX, WEBHOOK_LUA};
 
 /// A node's id: random per process start, so a restarted node is a new node and can never
 /// inherit a dead one's lease.

@@ -207,6 +207,36 @@ local function local_members_gone()
 end
 "#;
 
+/// Webhook outbox (`meridian-webhooks`; `docs/webhooks.md`): `wh_emit(kind, room, user,
+/// reason, region)` appends one event to the partition stream of its room (or, without a
+/// room, its user) while `mw:wh:on` (the partition count, kept alive by nodes delivering
+/// webhooks) exists; without it, nothing is written. The partition hash (djb2 mod 2^32) is
+/// `meridian_webhooks::outbox::partition_of`. Events are written only by the scripts of the
+/// change's origin, never by `APPLY_LUA`, so each is produced once per mesh.
+/// Undeclared keys: fine for the single-primary deployments Meridian supports (no Cluster).
+pub const WEBHOOK_LUA: &str = r#"
+local function wh_emit(kind, room, user, reason, region)
+  local k = tonumber(redis.call('GET', 'mw:wh:on') or '0')
+  if not k or k <= 0 then return end
+  local pkey
+  if room then pkey = 'r:' .. room else pkey = 'u:' .. user end
+  local h = 5381
+  for i = 1, #pkey do h = (h * 33 + string.byte(pkey, i)) % 4294967296 end
+  local t = redis.call('TIME')
+  local at = string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+  local f = {'t', kind, 'g', region, 'at', at}
+  if room then table.insert(f, 'r'); table.insert(f, room) end
+  if user then table.insert(f, 'u'); table.insert(f, user) end
+  if reason then table.insert(f, 'why'); table.insert(f, reason) end
+  redis.call('XADD', 'mw:wh:p' .. string.format('%d', h % k), 'MAXLEN', '~',
+    redis.call('GET', 'mw:wh:max') or '1000000', '*', unpack(f))
+end
+-- The room id of a room script (ARGV[1] is `mr:{room}:ev`).
+local function wh_room()
+  return string.sub(ARGV[1], 5, #ARGV[1] - 4)
+end
+"#;
+
 /// ARGV[6] token, [7] user, [8] max members, [9] joined head. Returns `{status, epoch, seq,
 /// watermarks}`: the per-origin watermarks (`mr:{room}:rw`) read atomically with the join's
 /// position, the seed of the joiner's version vector.
@@ -228,6 +258,15 @@ if redis.call('HINCRBY', KEYS[4], ARGV[7], 1) == 1 then
   end
   if redis.call('HLEN', KEYS[4]) == 1 then
     redis.call('PUBLISH', 'meridian:interest', '1 ' .. ARGV[1])
+  end
+  -- Webhooks: a user who was no member anywhere joined here (a re-homed member is not new);
+  -- the room is occupied when this region's full view of it (remote members included) was
+  -- empty. Two regions' first members joining at once may both see it empty (see docs).
+  if not member then
+    if redis.call('ZCARD', KEYS[5]) == 0 then
+      wh_emit('room.occupied', wh_room(), nil, nil, ARGV[5])
+    end
+    wh_emit('member.joined', wh_room(), ARGV[7], nil, ARGV[5])
   end
   redis.call('ZADD', KEYS[5], 0, ARGV[7])
   redis.call('HSET', KEYS[6], ARGV[7], ARGV[5])
@@ -256,6 +295,10 @@ redis.call('ZREM', KEYS[5], ARGV[7])
 redis.call('HDEL', KEYS[6], ARGV[7])
 redis.call('HDEL', KEYS[10], ARGV[7])
 append(ARGV[8])
+wh_emit('member.left', wh_room(), ARGV[7], string.match(ARGV[8], '"reason":"([^"]*)"'), ARGV[5])
+if redis.call('ZCARD', KEYS[5]) == 0 then
+  wh_emit('room.vacated', wh_room(), nil, nil, ARGV[5])
+end
 return 1
 "#;
 
@@ -487,6 +530,14 @@ const REGION_DOWN_LUA: &str = r#"
 local gone, room = ARGV[6], ARGV[7]
 local removed = 0
 local reg = redis.call('HGETALL', KEYS[6])
+-- Webhooks: every surviving region holding the room runs this; the one producing the
+-- events is the smallest-named region that still has members in the room (the same choice
+-- in every converged view; this one when only re-homed members of `gone` are left).
+local producer = nil
+for j = 2, #reg, 2 do
+  if reg[j] ~= gone and (not producer or reg[j] < producer) then producer = reg[j] end
+end
+local emit = (producer == nil) or (producer == ARGV[5])
 for j = 1, #reg, 2 do
   local user = reg[j]
   if reg[j + 1] == gone then
@@ -500,9 +551,13 @@ for j = 1, #reg, 2 do
       redis.call('HDEL', KEYS[6], user)
       redis.call('HDEL', KEYS[10], user)
       append(member_head('left', room, user, gone, 'region_down', nil))
+      if emit then wh_emit('member.left', room, user, 'region_down', ARGV[5]) end
       removed = removed + 1
     end
   end
+end
+if emit and removed > 0 and redis.call('ZCARD', KEYS[5]) == 0 then
+  wh_emit('room.vacated', room, nil, nil, ARGV[5])
 end
 -- The watermark stays: when the region is back, it resumes after it (a partition longer
 -- than the grace period loses no message) and reconciles membership with a snapshot.
@@ -540,18 +595,26 @@ local function local_conns()
 end
 "#;
 
-/// ARGV[1] field, [2] value, [3] user.
+/// ARGV[1] field, [2] value (`<region>|<ms>`), [3] user. Webhooks: `user.online` when this is
+/// the user's first connection in this region's view of the mesh (no relay pseudo-node).
 const CONNECT_LUA: &str = r#"
 if redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) == 1 and local_conns() == 1 then
   redis.call('PUBLISH', 'meridian:presence', '1 ' .. ARGV[3])
+  if redis.call('HLEN', KEYS[1]) == 1 then
+    wh_emit('user.online', nil, ARGV[3], nil, string.match(ARGV[2], '^[^|]*'))
+  end
 end
 return 1
 "#;
 
-/// ARGV[1] field, [2] user.
+/// ARGV[1] field, [2] user, [3] this region (optional: no webhook event without it).
+/// Webhooks: `user.offline` when the last connection in this region's view of the mesh goes.
 const DISCONNECT_LUA: &str = r#"
 if redis.call('HDEL', KEYS[1], ARGV[1]) == 1 and local_conns() == 0 then
   redis.call('PUBLISH', 'meridian:presence', '0 ' .. ARGV[2])
+  if ARGV[3] and redis.call('HLEN', KEYS[1]) == 0 then
+    wh_emit('user.offline', nil, ARGV[2], nil, ARGV[3])
+  end
 end
 return 1
 "#;
@@ -610,8 +673,8 @@ pub(crate) struct Scripts {
 
 impl Scripts {
     pub fn new() -> Self {
-        let room = |body: &str| Script::new(&format!("{APPEND_LUA}\n{body}"));
-        let user = |body: &str| Script::new(&format!("{PRESENCE_LUA}\n{body}"));
+        let room = |body: &str| Script::new(&format!("{APPEND_LUA}\n{WEBHOOK_LUA}\n{body}"));
+        let user = |body: &str| Script::new(&format!("{PRESENCE_LUA}\n{WEBHOOK_LUA}\n{body}"));
         Self {
             join: room(JOIN_LUA),
             leave: room(LEAVE_LUA),

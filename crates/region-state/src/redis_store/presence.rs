@@ -21,7 +21,8 @@ pub(super) async fn drop_presence(
     let mut inv = store.scripts.disconnect.prepare_invoke();
     inv.key(user_conns_key(user))
         .arg(format!("{node}|{conn}"))
-        .arg(user.as_str());
+        .arg(user.as_str())
+        .arg(&store.config.region);
     let _: i64 = inv.invoke_async(&mut store.conn()).await?;
     Ok(())
 }
