@@ -525,3 +525,75 @@ async fn publish_in_one_region_reaches_a_member_in_another() -> Result<()> {
     assert_eq!(m["origin"]["region"], "us-east", "{m}");
     Ok(())
 }
+
+/// The Rust client's `ServerApi`, as a backend would use it: typed calls, the node's errors
+/// as `ServerApiError::Api`, a batch with one failing call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rust_server_api_client_speaks_the_api() -> Result<()> {
+    use meridian_client::protocol::{RoomId, UserId};
+    use meridian_client::server::{ServerApi, ServerApiError};
+
+    let redis = RedisServer::start()?;
+    let node = NodeProcess::start("test-region", &redis.url(), &api_toml(""))?;
+    let base = format!("http://{}", api_addr(&node)?);
+    let api = ServerApi::new(&base, ADMIN)?;
+    let (mut alice, _) = Client::hello(&node.ws_url(), &token("alice"), json!([])).await?;
+    ok(alice
+        .request(json!({"op": "join", "room": "lobby"}))
+        .await?)?;
+    let lobby = RoomId::new("lobby")?;
+
+    let first = api.publish(&lobby, &json!({"n": 1}), Some("once")).await?;
+    let again = api.publish(&lobby, &json!({"n": 1}), Some("once")).await?;
+    assert_eq!(
+        (first.duplicate, again.duplicate, again.seq),
+        (false, true, first.seq)
+    );
+    let m = alice.event("message").await?;
+    assert_eq!(m["data"]["n"].as_i64(), Some(1));
+
+    let members = api.members(&lobby, None, None).await?;
+    assert_eq!(members.members.len(), 1, "{members:?}");
+    let set = api
+        .state_set(&lobby, "topic", &json!("hi"), Some(0))
+        .await?;
+    let conflict = api
+        .state_set(&lobby, "topic", &json!("again"), Some(0))
+        .await;
+    assert!(
+        matches!(&conflict, Err(ServerApiError::Api { status: 409, code, .. }) if code == "version_conflict"),
+        "{conflict:?} after {set:?}"
+    );
+    let history = api.history(&lobby, None).await?;
+    assert!(!history.lost && !history.events.is_empty(), "{history:?}");
+    let info = api.info().await?;
+    assert_eq!(info.region, "test-region");
+    let sent = api.send(&UserId::new("alice")?, &json!({"hi": 1})).await?;
+    assert!(sent.delivered);
+
+    let replies = api
+        .batch(&[
+            ("members", json!({"room": "lobby"})),
+            ("members", json!({"room": "lobby", "nope": 1})),
+        ])
+        .await?;
+    assert!(replies[0].is_ok(), "{replies:?}");
+    assert!(
+        matches!(&replies[1], Err(ServerApiError::Api { code, .. }) if code == "bad_request"),
+        "{replies:?}"
+    );
+
+    let reader = ServerApi::new(&base, READER)?;
+    let refused = reader.publish(&lobby, &json!({}), None).await;
+    assert!(
+        matches!(&refused, Err(ServerApiError::Api { status: 403, code, .. }) if code == "forbidden"),
+        "{refused:?}"
+    );
+    let stranger = ServerApi::new(&base, "not-a-key-0123456789abcdef")?;
+    let refused = stranger.info().await;
+    assert!(
+        matches!(&refused, Err(e @ ServerApiError::Api { status: 401, .. }) if !e.is_retryable()),
+        "{refused:?}"
+    );
+    Ok(())
+}

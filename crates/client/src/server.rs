@@ -12,13 +12,22 @@
 //! # Ok(()) }
 //! ```
 
+use meridian_protocol::server_api::{
+    ApiErrorBody, BatchBody, BatchCall, BatchResult, BroadcastBody, DisconnectBody, HistoryBody,
+    InfoBody, MembersBody, PresenceBody, PublishBody, SendBody, StateDeleteBody, StateGetBody,
+    StateSetBody,
+};
+pub use meridian_protocol::server_api::{
+    BroadcastResult, DisconnectResult, HistoryResult, InfoResult, SendOutcome,
+};
 use meridian_protocol::{
     MembersResult, PresenceResult, PublishResult, RoomId, StateDeleteResult, StateGetResult,
     StateSetResult, UserId,
 };
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::value::{to_raw_value, RawValue};
+use serde_json::Value;
 
 /// What can go wrong calling the server API.
 #[derive(Debug, thiserror::Error)]
@@ -38,7 +47,7 @@ pub enum ServerApiError {
         /// For people.
         message: String,
     },
-    /// The answer was not what the method returns.
+    /// A body could not be encoded, or the answer was not what the method returns.
     #[error("server API answer: {0}")]
     Decode(#[from] serde_json::Error),
     /// An argument was refused before sending (a bad base URL).
@@ -55,62 +64,6 @@ impl ServerApiError {
             _ => false,
         }
     }
-}
-
-/// The result of `broadcast`: one publish result per room, in order.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct BroadcastResult {
-    /// Per room.
-    pub results: Vec<PublishResult>,
-}
-
-/// The result of `send`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct SendOutcome {
-    /// The user.
-    pub to: UserId,
-    /// Whether a node of the region held a connection of the user.
-    pub delivered: bool,
-}
-
-/// The result of `disconnect`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct DisconnectOutcome {
-    /// The user.
-    pub user: UserId,
-    /// Whether a node of the region held a connection of the user.
-    pub disconnected: bool,
-}
-
-/// The result of `history`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct History {
-    /// The room.
-    pub room: RoomId,
-    /// The room history's epoch.
-    pub epoch: String,
-    /// True when the history no longer reaches back to the position asked for.
-    pub lost: bool,
-    /// With `lost`: the room's current sequence number.
-    #[serde(default)]
-    pub seq: Option<u64>,
-    /// The room events (as clients receive them), in order.
-    pub events: Vec<Value>,
-}
-
-/// The result of `info`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct NodeInfo {
-    /// The node's region.
-    pub region: String,
-    /// The node's id.
-    pub node: String,
-    /// This node's connections.
-    pub connections: u64,
-    /// The region's connections.
-    pub region_connections: u64,
-    /// The region's live nodes.
-    pub region_nodes: u64,
 }
 
 /// A handle on one node's server API. Cheap to clone (the HTTP connection pool is shared).
@@ -158,14 +111,18 @@ impl ServerApi {
         if status.is_success() {
             return Ok(serde_json::from_slice(&bytes)?);
         }
-        let v: Value = serde_json::from_slice(&bytes).unwrap_or_default();
-        Err(ServerApiError::Api {
-            status: status.as_u16(),
-            code: v["error"]["code"].as_str().unwrap_or("unknown").to_owned(),
-            message: v["error"]["message"].as_str().map_or_else(
-                || String::from_utf8_lossy(&bytes).into_owned(),
-                str::to_owned,
-            ),
+        Err(match serde_json::from_slice::<ApiErrorBody>(&bytes) {
+            Ok(ApiErrorBody { error }) => ServerApiError::Api {
+                status: status.as_u16(),
+                code: error.code,
+                message: error.message,
+            },
+            // Not the API's error shape (a proxy in between, say): show what came back.
+            Err(_) => ServerApiError::Api {
+                status: status.as_u16(),
+                code: "unknown".into(),
+                message: String::from_utf8_lossy(&bytes).into_owned(),
+            },
         })
     }
 
@@ -176,10 +133,11 @@ impl ServerApi {
         data: &Value,
         idempotency_key: Option<&str>,
     ) -> Result<PublishResult, ServerApiError> {
-        let mut body = json!({"room": room, "data": data});
-        if let Some(k) = idempotency_key {
-            body["idempotency_key"] = json!(k);
-        }
+        let body = PublishBody {
+            room: room.clone(),
+            data: to_raw_value(data)?,
+            idempotency_key: idempotency_key.map(str::to_owned),
+        };
         self.call("publish", &body).await
     }
 
@@ -189,13 +147,21 @@ impl ServerApi {
         rooms: &[RoomId],
         data: &Value,
     ) -> Result<BroadcastResult, ServerApiError> {
-        self.call("broadcast", &json!({"rooms": rooms, "data": data}))
-            .await
+        let body = BroadcastBody {
+            rooms: rooms.to_vec(),
+            data: to_raw_value(data)?,
+            idempotency_key: None,
+        };
+        self.call("broadcast", &body).await
     }
 
     /// A direct message to every connection of `to` in the node's region.
     pub async fn send(&self, to: &UserId, data: &Value) -> Result<SendOutcome, ServerApiError> {
-        self.call("send", &json!({"to": to, "data": data})).await
+        let body = SendBody {
+            to: to.clone(),
+            data: to_raw_value(data)?,
+        };
+        self.call("send", &body).await
     }
 
     /// One page of `room`'s members after `after`.
@@ -205,19 +171,20 @@ impl ServerApi {
         after: Option<&UserId>,
         limit: Option<u32>,
     ) -> Result<MembersResult, ServerApiError> {
-        let mut body = json!({"room": room});
-        if let Some(a) = after {
-            body["after"] = json!(a);
-        }
-        if let Some(l) = limit {
-            body["limit"] = json!(l);
-        }
+        let body = MembersBody {
+            room: room.clone(),
+            after: after.cloned(),
+            limit,
+        };
         self.call("members", &body).await
     }
 
     /// Online status of `users`.
     pub async fn presence(&self, users: &[UserId]) -> Result<PresenceResult, ServerApiError> {
-        self.call("presence", &json!({"users": users})).await
+        let body = PresenceBody {
+            users: users.to_vec(),
+        };
+        self.call("presence", &body).await
     }
 
     /// One state key of `room`, or all of them.
@@ -226,10 +193,10 @@ impl ServerApi {
         room: &RoomId,
         key: Option<&str>,
     ) -> Result<StateGetResult, ServerApiError> {
-        let mut body = json!({"room": room});
-        if let Some(k) = key {
-            body["key"] = json!(k);
-        }
+        let body = StateGetBody {
+            room: room.clone(),
+            key: key.map(str::to_owned),
+        };
         self.call("state_get", &body).await
     }
 
@@ -241,10 +208,12 @@ impl ServerApi {
         value: &Value,
         if_version: Option<u64>,
     ) -> Result<StateSetResult, ServerApiError> {
-        let mut body = json!({"room": room, "key": key, "value": value});
-        if let Some(v) = if_version {
-            body["if_version"] = json!(v);
-        }
+        let body = StateSetBody {
+            room: room.clone(),
+            key: key.to_owned(),
+            value: to_raw_value(value)?,
+            if_version,
+        };
         self.call("state_set", &body).await
     }
 
@@ -255,10 +224,11 @@ impl ServerApi {
         key: &str,
         if_version: Option<u64>,
     ) -> Result<StateDeleteResult, ServerApiError> {
-        let mut body = json!({"room": room, "key": key});
-        if let Some(v) = if_version {
-            body["if_version"] = json!(v);
-        }
+        let body = StateDeleteBody {
+            room: room.clone(),
+            key: key.to_owned(),
+            if_version,
+        };
         self.call("state_delete", &body).await
     }
 
@@ -267,12 +237,12 @@ impl ServerApi {
         &self,
         room: &RoomId,
         after: Option<(&str, u64)>,
-    ) -> Result<History, ServerApiError> {
-        let mut body = json!({"room": room});
-        if let Some((epoch, since)) = after {
-            body["epoch"] = json!(epoch);
-            body["since"] = json!(since);
-        }
+    ) -> Result<HistoryResult, ServerApiError> {
+        let body = HistoryBody {
+            room: room.clone(),
+            epoch: after.map(|(epoch, _)| epoch.to_owned()),
+            since: after.map(|(_, since)| since),
+        };
         self.call("history", &body).await
     }
 
@@ -281,14 +251,17 @@ impl ServerApi {
         &self,
         user: &UserId,
         reason: &str,
-    ) -> Result<DisconnectOutcome, ServerApiError> {
-        self.call("disconnect", &json!({"user": user, "reason": reason}))
-            .await
+    ) -> Result<DisconnectResult, ServerApiError> {
+        let body = DisconnectBody {
+            user: user.clone(),
+            reason: Some(reason.to_owned()),
+        };
+        self.call("disconnect", &body).await
     }
 
     /// The node and its region.
-    pub async fn info(&self) -> Result<NodeInfo, ServerApiError> {
-        self.call("info", &json!({})).await
+    pub async fn info(&self) -> Result<InfoResult, ServerApiError> {
+        self.call("info", &InfoBody::default()).await
     }
 
     /// Several calls `(method, params)` in one request; one `Ok(result)` or `Err(error)` per
@@ -296,24 +269,33 @@ impl ServerApi {
     pub async fn batch(
         &self,
         calls: &[(&str, Value)],
-    ) -> Result<Vec<Result<Value, ServerApiError>>, ServerApiError> {
-        let calls: Vec<Value> = calls
-            .iter()
-            .map(|(m, p)| json!({"method": m, "params": p}))
-            .collect();
-        let answer: Value = self.call("batch", &json!({"calls": calls})).await?;
-        let replies = answer["replies"].as_array().cloned().unwrap_or_default();
-        Ok(replies
+    ) -> Result<Vec<Result<Box<RawValue>, ServerApiError>>, ServerApiError> {
+        let body = BatchBody {
+            calls: calls
+                .iter()
+                .map(|(method, params)| {
+                    Ok(BatchCall {
+                        method: (*method).to_owned(),
+                        params: Some(to_raw_value(params)?),
+                    })
+                })
+                .collect::<Result<_, serde_json::Error>>()?,
+        };
+        let answer: BatchResult = self.call("batch", &body).await?;
+        Ok(answer
+            .replies
             .into_iter()
-            .map(|r| match r.get("result") {
-                Some(result) => Ok(result.clone()),
-                None => Err(ServerApiError::Api {
+            .map(|reply| match (reply.result, reply.error) {
+                (Some(result), None) => Ok(result),
+                (_, Some(error)) => Err(ServerApiError::Api {
                     status: 200,
-                    code: r["error"]["code"].as_str().unwrap_or("unknown").to_owned(),
-                    message: r["error"]["message"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_owned(),
+                    code: error.code,
+                    message: error.message,
+                }),
+                (None, None) => Err(ServerApiError::Api {
+                    status: 200,
+                    code: "unknown".into(),
+                    message: "a batch reply with neither result nor error".into(),
                 }),
             })
             .collect())

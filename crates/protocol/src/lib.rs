@@ -27,6 +27,7 @@ pub mod json_rules;
 pub mod relay;
 mod results;
 pub mod room;
+pub mod server_api;
 pub mod token;
 mod wire;
 

@@ -16,6 +16,7 @@
 
 #[cfg(feature = "test-support")]
 pub mod conformance;
+pub mod lease;
 mod link;
 mod memory;
 mod redis_store;

@@ -14,23 +14,13 @@ use redis::{AsyncCommands, Value};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use region_state::lease::LeaseScripts;
+
 use crate::config::{EndpointConfig, WebhooksConfig};
 use crate::event::{Batch, EventKind, WebhookEvent};
 use crate::metrics::WebhookMetrics;
 use crate::outbox::{lease_key, mark_on, stream_key};
 use crate::signature::{sign, HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP};
-
-const LEASE_LUA: &str = r#"
-local v = redis.call('GET', KEYS[1])
-if v == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
-if not v then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end
-return 0
-"#;
-
-const RELEASE_LUA: &str = r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"#;
 
 /// The delay before retry `attempt` (0-based): `base · 2^attempt`, capped at `max`.
 pub fn backoff(base: Duration, max: Duration, attempt: u32) -> Duration {
@@ -45,6 +35,7 @@ struct Shared {
     node: String,
     metrics: WebhookMetrics,
     http: reqwest::Client,
+    lease: LeaseScripts,
 }
 
 /// Starts the outbox marker and one worker per endpoint and partition, under `shutdown`.
@@ -68,6 +59,7 @@ pub fn spawn(
         node,
         metrics,
         http: reqwest::Client::new(),
+        lease: LeaseScripts::default(),
     });
     set.spawn(mark(shared.clone(), shutdown.clone()));
     for ep in 0..shared.cfg.endpoints.len() {
@@ -151,10 +143,9 @@ async fn partition_worker(shared: Arc<Shared>, ep: usize, p: u16, shutdown: Canc
                 }
             }
         }
-        let _: redis::RedisResult<i64> = redis::Script::new(RELEASE_LUA)
-            .key(&worker.lease)
-            .arg(&shared.node)
-            .invoke_async(&mut conn)
+        let _ = shared
+            .lease
+            .release(&mut conn, &worker.lease, &shared.node)
             .await;
     }
 }
@@ -183,13 +174,11 @@ impl Worker {
     }
 
     async fn hold_lease(&self, conn: &mut MultiplexedConnection) -> redis::RedisResult<bool> {
-        let held: i64 = redis::Script::new(LEASE_LUA)
-            .key(&self.lease)
-            .arg(&self.shared.node)
-            .arg(self.shared.cfg.lease_ttl_ms)
-            .invoke_async(conn)
-            .await?;
-        Ok(held == 1)
+        let ttl = Duration::from_millis(self.shared.cfg.lease_ttl_ms);
+        self.shared
+            .lease
+            .hold(conn, &self.lease, &self.shared.node, ttl)
+            .await
     }
 
     /// Delivers while it holds the lease. `Ok(false)`: another node holds it.

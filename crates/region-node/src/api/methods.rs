@@ -1,13 +1,18 @@
 //! The API's methods: each body is parsed strictly (`deny_unknown_fields`, the protocol's id
 //! and JSON rules) and executed with the same store calls as the client's requests.
 
+use meridian_protocol::server_api::{
+    BatchBody, BatchReply, BatchResult, BroadcastBody, BroadcastResult, DisconnectBody,
+    DisconnectResult, HistoryBody, HistoryResult, InfoBody, InfoResult, MembersBody, PresenceBody,
+    PublishBody, SendBody, SendOutcome, StateDeleteBody, StateGetBody, StateSetBody,
+};
 use meridian_protocol::{
     json_rules, Event, MembersResult, PresenceResult, PublishResult, RoomEventFrame, RoomId,
     StateDeleteResult, StateGetResult, StateSetResult, UserId,
 };
 use region_state::{PublishItem, Recovery};
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::value::RawValue;
 
 use super::{ApiError, ApiErrorCode};
@@ -109,159 +114,8 @@ fn sender(key: &ApiKey) -> Result<UserId, ApiError> {
         .map_err(|e| ApiError::new(ApiErrorCode::Internal, format!("api key `from`: {e}")))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PublishBody {
-    room: RoomId,
-    data: Box<RawValue>,
-    #[serde(default)]
-    idempotency_key: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BroadcastBody {
-    rooms: Vec<RoomId>,
-    data: Box<RawValue>,
-    #[serde(default)]
-    idempotency_key: Option<String>,
-}
-
-#[derive(Serialize)]
-struct BroadcastResult {
-    results: Vec<PublishResult>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SendBody {
-    to: UserId,
-    data: Box<RawValue>,
-}
-
-#[derive(Serialize)]
-struct SendResult {
-    to: UserId,
-    /// Whether at least one node held a connection of the user.
-    delivered: bool,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct MembersBody {
-    room: RoomId,
-    #[serde(default)]
-    after: Option<UserId>,
-    #[serde(default)]
-    limit: Option<u32>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PresenceBody {
-    users: Vec<UserId>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct StateGetBody {
-    room: RoomId,
-    #[serde(default)]
-    key: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct StateSetBody {
-    room: RoomId,
-    key: String,
-    value: Box<RawValue>,
-    #[serde(default)]
-    if_version: Option<u64>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct StateDeleteBody {
-    room: RoomId,
-    key: String,
-    #[serde(default)]
-    if_version: Option<u64>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct HistoryBody {
-    room: RoomId,
-    #[serde(default)]
-    epoch: Option<String>,
-    #[serde(default)]
-    since: Option<u64>,
-}
-
-#[derive(Serialize)]
-struct HistoryResult {
-    room: RoomId,
-    epoch: String,
-    /// True when the history no longer reaches back to `since` in `epoch`.
-    lost: bool,
-    /// With `lost`: the room's current sequence number.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    seq: Option<u64>,
-    events: Vec<Box<RawValue>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct InfoBody {}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DisconnectBody {
-    user: UserId,
-    #[serde(default)]
-    reason: Option<String>,
-}
-
-#[derive(Serialize)]
-struct DisconnectResult {
-    user: UserId,
-    /// Whether at least one node held a connection of the user.
-    disconnected: bool,
-}
-
 /// Longest `disconnect` reason, in bytes (it goes into an `error` event).
 const MAX_REASON_LEN: usize = 256;
-
-#[derive(Serialize)]
-struct InfoResult<'a> {
-    region: &'a str,
-    node: &'a str,
-    connections: u64,
-    region_connections: u64,
-    region_nodes: u64,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BatchBody {
-    calls: Vec<BatchCall>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BatchCall {
-    method: String,
-    #[serde(default)]
-    params: Option<Box<RawValue>>,
-}
-
-#[derive(Serialize)]
-#[serde(untagged)]
-enum BatchReply {
-    Ok { result: Box<RawValue> },
-    Err { error: serde_json::Value },
-}
 
 /// Runs one call for `key` (its scopes are checked here, so a batch checks each call).
 pub(super) async fn run(
@@ -284,7 +138,8 @@ pub(super) async fn run(
     let mut replies = Vec::with_capacity(batch.calls.len());
     for c in batch.calls {
         let params = c.params.as_ref().map_or("{}", |p| p.get());
-        let outcome = match ApiMethod::from_name(&c.method) {
+        let method = ApiMethod::from_name(&c.method);
+        let outcome = match method {
             Some(ApiMethod::Batch) => Err(bad("a batch cannot contain a batch")),
             Some(m) => run_one(node, key, m, params.as_bytes()).await,
             None => Err(ApiError::new(
@@ -292,7 +147,7 @@ pub(super) async fn run(
                 format!("no API method {:?}", c.method),
             )),
         };
-        if let Some(m) = ApiMethod::from_name(&c.method) {
+        if let Some(m) = method {
             let label = match &outcome {
                 Ok(_) => "200",
                 Err(e) => e.code.status().1,
@@ -300,13 +155,17 @@ pub(super) async fn run(
             node.metrics.api_call(m.name(), label);
         }
         replies.push(match outcome {
-            Ok(result) => BatchReply::Ok { result },
-            Err(e) => BatchReply::Err {
-                error: e.body()["error"].clone(),
+            Ok(result) => BatchReply {
+                result: Some(result),
+                error: None,
+            },
+            Err(e) => BatchReply {
+                result: None,
+                error: Some(e.body().error),
             },
         });
     }
-    encode(&serde_json::json!({ "replies": replies }))
+    encode(&BatchResult { replies })
 }
 
 fn allowed(key: &ApiKey, method: ApiMethod) -> Result<(), ApiError> {
@@ -404,7 +263,7 @@ async fn run_one(
             let delivered = node
                 .timed("send_direct", store.send_direct(&b.to, &frame))
                 .await?;
-            encode(&SendResult {
+            encode(&SendOutcome {
                 to: b.to,
                 delivered,
             })
@@ -530,8 +389,8 @@ async fn run_one(
             let mine = u64::try_from(node.metrics.connections.get()).unwrap_or(0);
             let load = node.timed("region_load", store.region_load(mine)).await?;
             encode(&InfoResult {
-                region: &node.config.region,
-                node: store.node().as_str(),
+                region: node.config.region.clone(),
+                node: store.node().as_str().to_owned(),
                 connections: mine,
                 region_connections: load.connections,
                 region_nodes: load.nodes,

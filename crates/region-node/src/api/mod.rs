@@ -18,6 +18,7 @@ use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::Router;
+use meridian_protocol::server_api::{ApiErrorBody, ApiErrorDetail};
 
 use crate::config::ApiKey;
 use crate::context::Node;
@@ -130,8 +131,13 @@ impl ApiError {
     }
 
     /// `{"error":{"code":..,"message":..}}`.
-    pub fn body(&self) -> serde_json::Value {
-        serde_json::json!({"error": {"code": self.code.as_str(), "message": self.message}})
+    pub fn body(&self) -> ApiErrorBody {
+        ApiErrorBody {
+            error: ApiErrorDetail {
+                code: self.code.as_str().to_owned(),
+                message: self.message.clone(),
+            },
+        }
     }
 }
 
@@ -167,7 +173,7 @@ fn json_response(status: StatusCode, body: String) -> Response {
 fn error_response(node: &Node, method: &'static str, e: &ApiError) -> Response {
     let (status, label) = e.code.status();
     node.metrics.api_call(method, label);
-    json_response(status, e.body().to_string())
+    json_response(status, serde_json::to_string(&e.body()).unwrap_or_default())
 }
 
 /// Shared by the API's handlers.

@@ -32,7 +32,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use meridian_protocol::{JsonText, OriginPosition, RoomEventFrame, RoomEventKind, RoomId, UserId};
 use redis::streams::StreamRangeReply;
-use redis::{AsyncCommands, Script};
+use redis::AsyncCommands;
 use tokio::sync::mpsc;
 
 use crate::scripts::{
@@ -256,18 +256,6 @@ const MH: usize = 9;
 /// The lease key naming the region's active relay.
 pub const ACTIVE_RELAY_KEY: &str = "meridian:relay:active";
 
-const HOLD_LUA: &str = r#"
-local cur = redis.call('GET', KEYS[1])
-if cur == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
-if not cur then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end
-return 0
-"#;
-
-const RELEASE_LUA: &str = r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
-return 1
-"#;
-
 /// The relay's handle on its region's Redis.
 #[derive(Clone)]
 pub struct ReplicaStore {
@@ -275,8 +263,7 @@ pub struct ReplicaStore {
     link: Arc<PrimaryLink>,
     args: RoomArgs,
     scripts: Arc<Scripts>,
-    hold: Arc<Script>,
-    release: Arc<Script>,
+    lease: crate::lease::LeaseScripts,
     idempotency_window_ms: u64,
 }
 
@@ -343,8 +330,7 @@ impl ReplicaStore {
                 region: config.region,
             },
             scripts: Arc::new(Scripts::new()),
-            hold: Arc::new(Script::new(HOLD_LUA)),
-            release: Arc::new(Script::new(RELEASE_LUA)),
+            lease: crate::lease::LeaseScripts::default(),
             idempotency_window_ms: config.idempotency_window.as_millis().max(1) as u64,
         })
     }
@@ -369,20 +355,20 @@ impl ReplicaStore {
     /// Takes or extends the active-relay lease for `relay_id`; false while another relay
     /// holds it.
     pub async fn hold_active(&self, relay_id: &str, ttl: Duration) -> StoreResult<bool> {
-        let mut inv = self.hold.prepare_invoke();
-        inv.key(ACTIVE_RELAY_KEY)
-            .arg(relay_id)
-            .arg(ttl.as_millis() as u64);
-        let held: i64 = inv.invoke_async(&mut self.conn()).await?;
-        Ok(held == 1)
+        let mut conn = self.conn();
+        Ok(self
+            .lease
+            .hold(&mut conn, ACTIVE_RELAY_KEY, relay_id, ttl)
+            .await?)
     }
 
     /// Gives the lease up (graceful stop), so the standby takes over at once.
     pub async fn release_active(&self, relay_id: &str) -> StoreResult<()> {
-        let mut inv = self.release.prepare_invoke();
-        inv.key(ACTIVE_RELAY_KEY).arg(relay_id);
-        let _: i64 = inv.invoke_async(&mut self.conn()).await?;
-        Ok(())
+        let mut conn = self.conn();
+        Ok(self
+            .lease
+            .release(&mut conn, ACTIVE_RELAY_KEY, relay_id)
+            .await?)
     }
 
     // ---- receiving: events from other regions --------------------------------------------
