@@ -114,25 +114,31 @@ async fn partition_worker(shared: Arc<Shared>, ep: usize, p: u16, shutdown: Canc
         dropped_unreported: 0,
     };
     let idle = Duration::from_millis(shared.cfg.lease_ttl_ms / 3);
+    // One connection per worker (its blocking reads would hold up a shared one), kept
+    // until it fails.
+    let mut conn: Option<MultiplexedConnection> = None;
     while !shutdown.is_cancelled() {
-        let conn = match connect(&shared).await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::debug!(error = %e, "webhooks: no Redis connection");
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    () = tokio::time::sleep(idle) => continue,
+        let c = match conn.as_mut() {
+            Some(c) => c,
+            None => match connect(&shared).await {
+                Ok(c) => conn.insert(c),
+                Err(e) => {
+                    tracing::debug!(error = %e, "webhooks: no Redis connection");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(idle) => continue,
+                    }
                 }
-            }
+            },
         };
-        let mut conn = conn;
-        match worker.own(&mut conn, &shutdown).await {
-            Ok(true) => {}
+        let failed = match worker.own(c, &shutdown).await {
+            Ok(true) => false,
             Ok(false) => {
                 tokio::select! {
                     () = shutdown.cancelled() => {}
                     () = tokio::time::sleep(idle) => {}
                 }
+                false
             }
             Err(e) => {
                 tracing::warn!(endpoint = %worker.endpoint().name, partition = p, error = %e,
@@ -141,12 +147,13 @@ async fn partition_worker(shared: Arc<Shared>, ep: usize, p: u16, shutdown: Canc
                     () = shutdown.cancelled() => {}
                     () = tokio::time::sleep(idle) => {}
                 }
+                true
             }
+        };
+        let _ = shared.lease.release(c, &worker.lease, &shared.node).await;
+        if failed {
+            conn = None;
         }
-        let _ = shared
-            .lease
-            .release(&mut conn, &worker.lease, &shared.node)
-            .await;
     }
 }
 
