@@ -6,10 +6,8 @@ use std::time::Duration;
 use region_state::replica::{conformance::run_all, ReplicaConfig, ReplicaStore};
 use region_state::testing::RedisServer;
 
-#[tokio::test]
-async fn redis_replica_conforms() {
-    let redis = RedisServer::start().expect("redis-server");
-    let store = ReplicaStore::connect(ReplicaConfig {
+async fn connect(redis: &RedisServer) -> ReplicaStore {
+    ReplicaStore::connect(ReplicaConfig {
         endpoint: region_state::RedisEndpoint::url(redis.url()),
         region: "ap".into(),
         history_len: 100,
@@ -17,7 +15,13 @@ async fn redis_replica_conforms() {
         idempotency_window: Duration::from_secs(300),
     })
     .await
-    .expect("connect");
+    .expect("connect")
+}
+
+#[tokio::test]
+async fn redis_replica_conforms() {
+    let redis = RedisServer::start().expect("redis-server");
+    let store = connect(&redis).await;
     run_all(&store).await;
 }
 
@@ -30,15 +34,7 @@ async fn a_batch_of_applies_survives_an_empty_script_cache() {
     use region_state::replica::Applied;
 
     let redis = RedisServer::start().expect("redis-server");
-    let store = ReplicaStore::connect(ReplicaConfig {
-        endpoint: region_state::RedisEndpoint::url(redis.url()),
-        region: "ap".into(),
-        history_len: 100,
-        history_ttl: Duration::from_secs(600),
-        idempotency_window: Duration::from_secs(300),
-    })
-    .await
-    .expect("connect");
+    let store = connect(&redis).await;
     let client = redis::Client::open(redis.url()).expect("client");
     let mut conn = client
         .get_multiplexed_async_connection()
