@@ -41,6 +41,21 @@ async fn leave(c: &mut Client, room: &str) -> Result<()> {
     Ok(())
 }
 
+/// alice in us-east and bob in eu-central, both in `lobby`, each seeing the other joined.
+async fn lobby_in_two_regions(timing: MeshTiming) -> Result<(TestMesh, Client, Client)> {
+    let mesh = TestMesh::start(&[US, EU], 0, 1, timing).await?;
+    let mut alice = connect(&mesh.region(US)?.node.ws_url(), "alice").await?;
+    let mut bob = connect(&mesh.region(EU)?.node.ws_url(), "bob").await?;
+    join(&mut alice, "lobby").await?;
+    join(&mut bob, "lobby").await?;
+    let long = Duration::from_secs(15);
+    let joined = alice.event_within("joined", long).await?;
+    ensure!(joined["user"] == "bob", "{joined}");
+    let joined = bob.event_within("joined", long).await?;
+    ensure!(joined["user"] == "alice", "{joined}");
+    Ok((mesh, alice, bob))
+}
+
 fn ensure_unique(events: &[WebhookEvent]) -> Result<()> {
     let mut ids = HashSet::new();
     for e in events {
@@ -72,17 +87,9 @@ async fn members_in_two_regions_are_reported_once_each() -> Result<()> {
         node_extra: hooks_toml(&rx.url()),
         ..MeshTiming::default()
     };
-    let mesh = TestMesh::start(&[US, EU], 0, 1, timing).await?;
-    let mut alice = connect(&mesh.region(US)?.node.ws_url(), "alice").await?;
-    let mut bob = connect(&mesh.region(EU)?.node.ws_url(), "bob").await?;
-    join(&mut alice, "lobby").await?;
-    join(&mut bob, "lobby").await?;
     // Both regions see both members before anyone leaves.
+    let (_mesh, mut alice, mut bob) = lobby_in_two_regions(timing).await?;
     let long = Duration::from_secs(15);
-    let joined = alice.event_within("joined", long).await?;
-    ensure!(joined["user"] == "bob", "{joined}");
-    let joined = bob.event_within("joined", long).await?;
-    ensure!(joined["user"] == "alice", "{joined}");
     leave(&mut bob, "lobby").await?;
     let left = alice.event_within("left", long).await?;
     ensure!(left["user"] == "bob", "{left}");
@@ -156,14 +163,7 @@ async fn a_region_declared_down_has_its_members_reported_left_once() -> Result<(
         grace_ms: 1_000,
         ..MeshTiming::default()
     };
-    let mesh = TestMesh::start(&[US, EU], 0, 1, timing).await?;
-    let mut alice = connect(&mesh.region(US)?.node.ws_url(), "alice").await?;
-    let mut bob = connect(&mesh.region(EU)?.node.ws_url(), "bob").await?;
-    join(&mut alice, "lobby").await?;
-    join(&mut bob, "lobby").await?;
-    let long = Duration::from_secs(15);
-    ensure!(alice.event_within("joined", long).await?["user"] == "bob");
-    ensure!(bob.event_within("joined", long).await?["user"] == "alice");
+    let (mesh, _alice, _bob) = lobby_in_two_regions(timing).await?;
     mesh.partition(US, EU, true)?;
     let down = |rx: &TestReceiver, user: &str| {
         rx.events()
